@@ -1,6 +1,7 @@
 //! Fake quantization (quantize then dequantize in float) and its straight-through gradient mask,
 //! element by element, exactly as PyTorch's CPU kernels compute them. `qfake` wraps these.
 
+use crate::scalar::nearbyint;
 use crate::{QError, QResult};
 
 /// The value and gradient mask of one fake-quantized element.
@@ -51,7 +52,7 @@ pub fn fake_quantize_per_tensor(
     quant_max: i64,
 ) -> FakeQuant {
     let inv = 1.0f32 / scale;
-    let qf = zero_point as f32 + (x * inv).round_ties_even();
+    let qf = zero_point as f32 + nearbyint(x * inv);
     // std::fmax/fmin on (float, int64) promote to double and ignore a NaN operand.
     let clamped = f64::from(qf).max(quant_min as f64).min(quant_max as f64);
     let q = clamped as i64;
@@ -72,7 +73,7 @@ pub fn fake_quantize_per_channel(
     quant_max: i64,
 ) -> FakeQuant {
     let inv = 1.0f32 / scale;
-    let qf = zero_point as f32 + (x * inv).round_ties_even();
+    let qf = zero_point as f32 + nearbyint(x * inv);
     let q = if qf.is_nan() || qf.abs() >= 9.223_372e18 { i64::MIN } else { qf as i64 };
     let clamped = q.clamp(quant_min, quant_max);
     let value = ((clamped - zero_point) as f64 * f64::from(scale)) as f32;

@@ -14,12 +14,33 @@ use crate::{QDType, QError, QResult};
 /// The largest float below `i32::MAX` (2^31 - 128): FBGEMM clips scaled values to it before converting.
 const F32_BELOW_I32_MAX: f32 = 2_147_483_520.0;
 
-/// x86 `cvtps2dq` on one lane: round half to even; NaN and anything outside i32 become `i32::MIN`.
+/// x86 `cvtss2si` (one lane of `cvtps2dq`): round half to even; NaN and anything outside i32 give
+/// `i32::MIN`.
+///
+/// On x86-64 this is the instruction itself (SSE2 is part of the baseline, and the rounding mode is
+/// the default round-to-nearest-even, which Rust never changes); elsewhere the same rule in plain Rust.
 pub fn cvt_f32_to_i32_x86(x: f32) -> i32 {
-    // 2^31 as f32 is exact; every float strictly inside (-2^31 - 1, 2^31) rounds into i32.
-    const LIMIT: f32 = 2_147_483_648.0;
-    let r = x.round_ties_even();
-    if r.is_nan() || !(-LIMIT..LIMIT).contains(&r) { i32::MIN } else { r as i32 }
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        use std::arch::x86_64::{_mm_cvtss_si32, _mm_set_ss};
+        // SAFETY: the two intrinsics need SSE2, which the cfg above guarantees is enabled for this
+        // target; they only move and convert a register value and touch no memory.
+        unsafe { _mm_cvtss_si32(_mm_set_ss(x)) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    {
+        // 2^31 as f32 is exact; every float strictly inside (-2^31 - 1, 2^31) rounds into i32.
+        const LIMIT: f32 = 2_147_483_648.0;
+        let r = x.round_ties_even();
+        if r.is_nan() || !(-LIMIT..LIMIT).contains(&r) { i32::MIN } else { r as i32 }
+    }
+}
+
+/// C's `nearbyint` in the default rounding mode (half to even), except that a zero result is
+/// always +0.0: callers add it to a zero point or convert it to an integer, where the sign of zero
+/// cannot show. Floats of magnitude 2^31 or more are integers already and pass through, as do NaN and ±Inf.
+pub(crate) fn nearbyint(t: f32) -> f32 {
+    if t.abs() < 2_147_483_648.0 { cvt_f32_to_i32_x86(t) as f32 } else { t }
 }
 
 /// The reciprocal every quantizer multiplies by: `1.0f32 / (float)scale`, never a division of `x`.
@@ -80,7 +101,7 @@ pub fn quantize_val(scale: f64, zero_point: i64, x: f32, dtype: QDType) -> i32 {
 
 /// [`quantize_val`] with the reciprocal of the scale already computed.
 fn quantize_val_with_inverse(inv: f32, zero_point: i64, x: f32, dtype: QDType) -> i32 {
-    let v = zero_point as f32 + (x * inv).round_ties_even();
+    let v = zero_point as f32 + nearbyint(x * inv);
     let clamped = f64::from(v).max(dtype.min() as f64).min(dtype.max() as f64);
     // `max`/`min` above return the other operand for NaN; C++'s std::max/std::min keep NaN.
     double_to_storage(if v.is_nan() { f64::NAN } else { clamped }, dtype)

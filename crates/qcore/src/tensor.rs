@@ -356,11 +356,14 @@ where
     D: Dimension,
 {
     let quantizer = AffineQuantizer::new(scale, zero_point, dtype)?;
-    let values = x.mapv(|v| quantizer.quantize(v)).into_dyn();
-    Ok(QTensor {
-        repr: IntRepr::from_clamped(values, dtype),
-        qparams: QParams::PerTensor { scale, zero_point },
-    })
+    let x = x.view().into_dyn();
+    // `quantize` returns values already clamped to the dtype, so the narrowing casts are exact.
+    let repr = match dtype {
+        QDType::QUInt8 => IntRepr::U8(x.mapv(|v| quantizer.quantize(v) as u8)),
+        QDType::QInt8 => IntRepr::I8(x.mapv(|v| quantizer.quantize(v) as i8)),
+        QDType::QInt32 => IntRepr::I32(x.mapv(|v| quantizer.quantize(v))),
+    };
+    Ok(QTensor { repr, qparams: QParams::PerTensor { scale, zero_point } })
 }
 
 /// Quantizes `x` with a scale and zero point per index of `axis`, as
