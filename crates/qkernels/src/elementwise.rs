@@ -1,0 +1,1 @@
+//! Quantized elementwise ops with PyTorch numerics: add, mul, cat, activations, lookup tables.

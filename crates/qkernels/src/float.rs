@@ -1,0 +1,1 @@
+//! f32 kernels for float models (NCHW): GEMM through the gemm crate, convolution, batch norm, activations, pooling, softmax.

@@ -1,0 +1,1 @@
+//! Quantized pooling and resampling on NHWC tensors: max / average / adaptive pooling, upsampling.
