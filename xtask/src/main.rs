@@ -1,36 +1,32 @@
 //! `cargo xtask <task>`: project tasks that need more than one cargo command.
 //!
-//! * `cargo xtask bench [FILTER] [-- CRITERION ARGS]`: runs the criterion benchmarks of the
-//!   `qbench` package in release mode; FILTER selects benchmarks by name as criterion does.
+//! `cargo xtask bench [--quick] [--vs-torch] [FILTER] [-- CRITERION ARGS]` runs every criterion
+//! benchmark of the workspace (those whose id contains FILTER), measures this CPU's peaks in the
+//! same run, and prints one table (time, GOPS or GB/s, percent of peak, and with `--vs-torch` the
+//! ratio to PyTorch), also written as JSON under `target/xtask-bench/`. The conventions the
+//! benchmarks follow are in `tools/bench/README.md`.
 
-use std::process::{Command, ExitCode};
+mod bench;
+mod peak;
+mod report;
+mod results;
+mod torch;
+
+use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("bench") => bench(&args[1..]),
-        _ => {
-            eprintln!("usage: cargo xtask bench [FILTER] [-- CRITERION ARGS]");
-            ExitCode::from(2)
+    let outcome = match args.first().map(String::as_str) {
+        Some("bench") => bench::Options::parse(&args[1..]).and_then(|options| bench::run(&options)),
+        _ => Err(USAGE.to_string()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// Runs `cargo bench -p qbench` with the given filter and criterion arguments.
-fn bench(args: &[String]) -> ExitCode {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.args(["bench", "--package", "qbench", "--"]);
-    command.args(args.iter().filter(|a| a.as_str() != "--"));
-    match command.status() {
-        Ok(status) if status.success() => ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!("xtask bench: cargo bench failed ({status})");
-            ExitCode::FAILURE
-        }
-        Err(err) => {
-            eprintln!("xtask bench: could not run cargo: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--vs-torch] [FILTER] [-- CRITERION ARGS]";

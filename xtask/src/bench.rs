@@ -1,0 +1,107 @@
+//! `cargo xtask bench`: run the benchmarks, collect criterion's results, report them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use crate::{USAGE, peak, report, results, torch};
+
+/// Command-line options of `cargo xtask bench`.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Short warm-up and measurement: the whole run in a few minutes.
+    pub quick: bool,
+    /// Also time PyTorch on the same work and print the ratios.
+    pub vs_torch: bool,
+    /// Only benchmarks whose id contains this.
+    pub filter: Option<String>,
+    /// Passed to criterion as they are.
+    pub criterion_args: Vec<String>,
+}
+
+impl Options {
+    /// Parses the arguments after `bench`.
+    pub fn parse(args: &[String]) -> Result<Self, String> {
+        let mut options = Options::default();
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                "--vs-torch" => options.vs_torch = true,
+                "--" => options.criterion_args.extend(rest.by_ref().cloned()),
+                flag if flag.starts_with('-') => return Err(format!("unknown option {flag}\n{USAGE}")),
+                filter if options.filter.is_none() => options.filter = Some(filter.to_string()),
+                extra => return Err(format!("only one FILTER is allowed, got a second: {extra}\n{USAGE}")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The target directory `cargo bench` writes to.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+}
+
+/// Runs the whole task.
+pub fn run(options: &Options) -> Result<(), String> {
+    let root = workspace_root();
+    eprintln!("xtask bench: measuring this CPU's peaks (one and two cores)...");
+    let peaks = peak::measure();
+    let started = SystemTime::now();
+    run_criterion(&root, options)?;
+    let target = target_dir(&root);
+    let rows = results::collect(&target.join("criterion"), started, options.filter.as_deref())?;
+    if rows.is_empty() {
+        return Err("no benchmark results were written; is the filter right?".into());
+    }
+    let torch_times = if options.vs_torch { torch::run(&root, &rows)? } else { Default::default() };
+    let table = report::Report::new(&peaks, &rows, &torch_times);
+    println!("{}", table.render());
+    let path = table.write_json(&target.join("xtask-bench"))?;
+    eprintln!("xtask bench: table written to {}", path.display());
+    Ok(())
+}
+
+/// `cargo bench --workspace --bench '*' -- FILTER ARGS`, with short timings in quick mode.
+fn run_criterion(root: &Path, options: &Options) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(root).args(["bench", "--workspace", "--bench", "*", "--"]);
+    if let Some(filter) = &options.filter {
+        command.arg(filter);
+    }
+    if options.quick {
+        command.args(["--warm-up-time", "0.5", "--measurement-time", "1", "--sample-size", "10"]);
+    }
+    command.args(&options.criterion_args);
+    let status = command.status().map_err(|err| format!("could not run cargo bench: {err}"))?;
+    if status.success() { Ok(()) } else { Err(format!("cargo bench failed ({status})")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_parse_flags_filter_and_criterion_args() {
+        let options = Options::parse(&strings(&["--quick", "conv", "--vs-torch", "--", "--noplot"])).unwrap();
+        assert!(options.quick && options.vs_torch);
+        assert_eq!(options.filter.as_deref(), Some("conv"));
+        assert_eq!(options.criterion_args, ["--noplot"]);
+        assert!(Options::parse(&strings(&["--fast"])).unwrap_err().contains("unknown option --fast"));
+        assert!(Options::parse(&strings(&["a", "b"])).unwrap_err().contains("second"));
+    }
+}

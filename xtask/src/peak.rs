@@ -1,0 +1,155 @@
+//! This CPU's peaks, measured in the same run as the benchmarks: int8 `vpdpbusd` (AVX-512 VNNI),
+//! int8 `vpmaddubsw` (AVX2), f32 FMA, and copy bandwidth, on one and two cores. Each compute loop
+//! keeps enough independent accumulators to cover the instruction latency, like the C loops in
+//! `../shared/reference/ubench/`.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Measured peaks, per core for compute, per thread count for copy.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Peaks {
+    /// int8 GOPS per core with `vpdpbusd` zmm, if the CPU has AVX-512 VNNI.
+    pub int8_vnni_gops: Option<f64>,
+    /// int8 GOPS per core with `vpmaddubsw` + `vpmaddwd` + `vpaddd` ymm, if the CPU has AVX2.
+    pub int8_avx2_gops: Option<f64>,
+    /// f32 GFLOPS per core with FMA, if the CPU has FMA.
+    pub f32_fma_gflops: Option<f64>,
+    /// Copy bandwidth (bytes read + written) with one thread, GB/s.
+    pub copy_gbps_1t: f64,
+    /// Copy bandwidth with two threads, GB/s.
+    pub copy_gbps_2t: f64,
+}
+
+/// Iterations of each compute loop per timing: about 20 ms at the expected rates.
+const ITERATIONS: u64 = 1 << 20;
+
+/// Measures every peak: the median of five timings each.
+pub fn measure() -> Peaks {
+    Peaks {
+        int8_vnni_gops: x86::vnni_gops(),
+        int8_avx2_gops: x86::avx2_int8_gops(),
+        f32_fma_gflops: x86::fma_gflops(),
+        copy_gbps_1t: copy_gbps(1),
+        copy_gbps_2t: copy_gbps(2),
+    }
+}
+
+/// The median of five runs of `f`, which returns the work done; result in work per nanosecond.
+fn median_rate(mut f: impl FnMut() -> f64) -> f64 {
+    let mut rates: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let work = f();
+            work / start.elapsed().as_nanos().max(1) as f64
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[2]
+}
+
+/// Copies 64 MiB per thread with `copy_from_slice` (memcpy), counting bytes read plus written.
+fn copy_gbps(threads: usize) -> f64 {
+    const BYTES: usize = 64 << 20;
+    let mut buffers: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..threads).map(|_| (vec![1u8; BYTES], vec![0u8; BYTES])).collect();
+    median_rate(|| {
+        std::thread::scope(|scope| {
+            for (src, dst) in buffers.iter_mut() {
+                scope.spawn(move || dst.copy_from_slice(std::hint::black_box(src)));
+            }
+        });
+        (2 * BYTES * threads) as f64
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+
+    use super::{ITERATIONS, median_rate};
+
+    /// Independent accumulators per loop: more than latency x throughput on current x86 cores.
+    const ACCUMULATORS: usize = 12;
+
+    pub fn vnni_gops() -> Option<f64> {
+        let supported = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
+        // SAFETY: the features the function is compiled for were detected on this CPU just above.
+        supported.then(|| median_rate(|| unsafe { vnni_loop(ITERATIONS) }))
+    }
+
+    pub fn avx2_int8_gops() -> Option<f64> {
+        let supported = is_x86_feature_detected!("avx2");
+        // SAFETY: AVX2 was detected on this CPU just above.
+        supported.then(|| median_rate(|| unsafe { maddubs_loop(ITERATIONS) }))
+    }
+
+    pub fn fma_gflops() -> Option<f64> {
+        let supported = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        // SAFETY: AVX2 and FMA were detected on this CPU just above.
+        supported.then(|| median_rate(|| unsafe { fma_loop(ITERATIONS) }))
+    }
+
+    /// `vpdpbusd` zmm: 64 u8 x s8 multiply-adds per instruction; returns the operations done.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    fn vnni_loop(n: u64) -> f64 {
+        let (a, b) = (_mm512_set1_epi32(black_box(0x0101_0101)), _mm512_set1_epi32(black_box(0x0102_0304)));
+        let mut acc = [_mm512_setzero_si512(); ACCUMULATORS];
+        for _ in 0..n {
+            for c in acc.iter_mut() {
+                *c = _mm512_dpbusd_epi32(*c, a, b);
+            }
+        }
+        black_box(acc);
+        (n as usize * ACCUMULATORS * 64 * 2) as f64
+    }
+
+    /// AVX2 `vpmaddubsw` + `vpmaddwd(ones)` + `vpaddd`: 32 u8 x s8 multiply-adds per triple. The
+    /// weights are read with volatile loads, as a kernel loads them, so the multiply cannot be
+    /// hoisted out of the loop (it does not depend on the accumulator).
+    #[target_feature(enable = "avx2")]
+    fn maddubs_loop(n: u64) -> f64 {
+        let a = _mm256_set1_epi32(black_box(0x0101_0101));
+        let weights = [_mm256_set1_epi32(black_box(0x0102_0304)); ACCUMULATORS];
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); ACCUMULATORS];
+        for _ in 0..n {
+            for (c, w) in acc.iter_mut().zip(&weights) {
+                // SAFETY: `w` is a reference into a live local array, so the pointer is valid and aligned.
+                let w = unsafe { std::ptr::read_volatile(w) };
+                *c = _mm256_add_epi32(*c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w), ones));
+            }
+        }
+        black_box(acc);
+        (n as usize * ACCUMULATORS * 32 * 2) as f64
+    }
+
+    /// `vfmadd` ymm: 8 f32 multiply-adds per instruction (ymm and zmm reach the same rate on Zen 4).
+    #[target_feature(enable = "avx2,fma")]
+    fn fma_loop(n: u64) -> f64 {
+        let (a, b) = (_mm256_set1_ps(black_box(0.999_999)), _mm256_set1_ps(black_box(1e-7)));
+        let mut acc = [_mm256_setzero_ps(); ACCUMULATORS];
+        for _ in 0..n {
+            for c in acc.iter_mut() {
+                *c = _mm256_fmadd_ps(*c, a, b);
+            }
+        }
+        black_box(acc);
+        (n as usize * ACCUMULATORS * 8 * 2) as f64
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    pub fn vnni_gops() -> Option<f64> {
+        None
+    }
+    pub fn avx2_int8_gops() -> Option<f64> {
+        None
+    }
+    pub fn fma_gflops() -> Option<f64> {
+        None
+    }
+}
