@@ -4,42 +4,22 @@ Run with the interpreter that ../shared/tools/torch-env.sh sets up:
 
     ~/.torch-ref/bin/python tools/golden/gen_qcore.py
 
-Writes crates/qcore/tests/fixtures/*.safetensors. Each file holds tensors named
-"<case>/<field>" and, in its metadata, "cases": a JSON list of the cases with their scalar
-parameters, and "torch": the PyTorch version that produced it. Everything is deterministic.
+Writes crates/qcore/tests/fixtures/*.safetensors in the format of tools/golden/fixtures.py.
+Everything is deterministic.
 """
 
-import json
 import math
-import pathlib
 import warnings
 
 import torch
-from safetensors.torch import save_file
+from fixtures import Fixture
 from torch.ao.quantization.utils import calculate_qmin_qmax
 
 warnings.filterwarnings("ignore")
 torch.backends.quantized.engine = "fbgemm"
 torch.manual_seed(0)
-OUT = pathlib.Path(__file__).resolve().parents[2] / "crates" / "qcore" / "tests" / "fixtures"
 DTYPES = {"quint8": torch.quint8, "qint8": torch.qint8, "qint32": torch.qint32}
 RANGES = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-(2**31), 2**31 - 1)}
-
-
-class Fixture:
-    def __init__(self, name):
-        self.name, self.tensors, self.cases = name, {}, []
-
-    def case(self, name, params, **tensors):
-        assert all(not c["name"] == name for c in self.cases), name
-        self.cases.append({"name": name, **params})
-        for field, t in tensors.items():
-            self.tensors[f"{name}/{field}"] = t.contiguous().clone()
-
-    def save(self):
-        meta = {"cases": json.dumps(self.cases), "torch": torch.__version__}
-        save_file(self.tensors, str(OUT / f"{self.name}.safetensors"), metadata=meta)
-        print(f"{self.name}: {len(self.cases)} cases, {len(self.tensors)} tensors")
 
 
 def special_values():
@@ -52,7 +32,7 @@ def special_values():
 
 
 def gen_quantize():
-    fx = Fixture("quantize")
+    fx = Fixture("qcore", "quantize")
     specials = special_values()
     scales = [1.0, 0.25, 2.0, 0.1, 0.00214854861, 1e-6, 1e-30, 1e5, 3e38, 0.3333333333333333]
     for dt, (lo, hi) in RANGES.items():
@@ -112,7 +92,7 @@ def gen_quantize():
 
 def gen_dequantize():
     """Dequantize of integer data built directly, including qint32 extremes."""
-    fx = Fixture("dequantize")
+    fx = Fixture("qcore", "dequantize")
     for dt, (lo, hi) in RANGES.items():
         storage = {"quint8": torch.uint8, "qint8": torch.int8, "qint32": torch.int32}[dt]
         values = sorted({lo, lo + 1, -1 if lo < 0 else 1, 0 if lo <= 0 else lo, hi - 1, hi, 12345 % (hi + 1)})
@@ -126,7 +106,7 @@ def gen_dequantize():
 
 def gen_binary():
     """quantized::add / add_relu / mul / mul_relu, and add_scalar / mul_scalar."""
-    fx = Fixture("binary")
+    fx = Fixture("qcore", "binary")
     # 256 elements: a multiple of every vector width, so every element takes the vector body.
     for dt in ["quint8", "qint8"]:
         lo, hi = RANGES[dt]
@@ -158,7 +138,7 @@ def gen_binary():
 
 
 def gen_fake_quant():
-    fx = Fixture("fake_quant")
+    fx = Fixture("qcore", "fake_quant")
     x = torch.cat([special_values() * 0.25, torch.randn(200) * 40]).float()
     for (scale, zp, qmin, qmax) in [(0.25, 4, 0, 255), (0.1, 0, -128, 127), (0.25, 3, 0, 127),
                                     (0.05, -7, -64, 63), (1e-3, 0, -(2**31), 2**31 - 1), (0.5, 1, 0, 15)]:
@@ -188,7 +168,7 @@ def gen_fake_quant():
 
 def gen_linear():
     """quantized::linear(_relu) on fbgemm with 7-bit activations: tests the output requantization."""
-    fx = Fixture("linear")
+    fx = Fixture("qcore", "linear")
     torch.manual_seed(1)
     for ci, (per_channel, w_zp, relu, bias_on, out_zp) in enumerate(
             [(False, 0, False, True, 64), (True, 0, False, True, 3), (False, 0, True, True, 100),
@@ -220,7 +200,7 @@ def gen_linear():
 
 
 def gen_qmin_qmax():
-    fx = Fixture("qmin_qmax")
+    fx = Fixture("qcore", "qmin_qmax")
     rows = []
     for dt in ["quint8", "qint8", "qint32"]:
         for reduce in [False, True]:
@@ -235,7 +215,6 @@ def gen_qmin_qmax():
 
 
 if __name__ == "__main__":
-    OUT.mkdir(parents=True, exist_ok=True)
     gen_quantize()
     gen_dequantize()
     gen_binary()

@@ -5,7 +5,7 @@ use qcore::fake_quant::{fake_quantize_per_channel, fake_quantize_per_tensor};
 use qcore::requant::{AddRequant, MulRequant, ScalarOp};
 use serde_json::Value;
 
-use crate::fixture::{Fixture, assert_bits_eq, assert_ints_eq, dtype_of, f64_of, i64_of, name};
+use crate::fixture::{self, assert_bits_eq, assert_ints_eq, dtype_of, f64_of, i64_of, name};
 
 fn pair(v: &Value) -> (f64, i64) {
     (f64_of(&v[0]), i64_of(&v[1]))
@@ -17,7 +17,7 @@ const VECTOR_BODY: usize = 256;
 
 #[test]
 fn add_and_mul_match_pytorch() {
-    let fx = Fixture::load("binary");
+    let fx = fixture::load("binary");
     let mut tail_off_by_one = 0;
     let mut checked = 0;
     for case in fx.cases.iter().filter(|c| !c["op"].as_str().unwrap().contains("scalar")) {
@@ -50,7 +50,7 @@ fn add_and_mul_match_pytorch() {
 
 #[test]
 fn add_scalar_and_mul_scalar_match_pytorch() {
-    let fx = Fixture::load("binary");
+    let fx = fixture::load("binary");
     let mut checked = 0;
     for case in fx.cases.iter().filter(|c| c["op"].as_str().unwrap().contains("scalar")) {
         let name = name(case);
@@ -77,7 +77,7 @@ fn add_scalar_and_mul_scalar_match_pytorch() {
 
 #[test]
 fn fake_quantize_matches_pytorch_values_and_gradient_masks() {
-    let fx = Fixture::load("fake_quant");
+    let fx = fixture::load("fake_quant");
     for case in &fx.cases {
         let name = name(case);
         let x = fx.tensor::<f32>(name, "x");

@@ -5,11 +5,11 @@ use qcore::{
     quantize_per_tensor,
 };
 
-use crate::fixture::{Fixture, assert_bits_eq, assert_ints_eq, dtype_of, f64_of, i64_of, name};
+use crate::fixture::{self, assert_bits_eq, assert_ints_eq, dtype_of, f64_of, i64_of, name};
 
 #[test]
 fn quantize_and_dequantize_match_pytorch_bit_for_bit() {
-    let fx = Fixture::load("quantize");
+    let fx = fixture::load("quantize");
     assert!(fx.cases.len() > 300, "fixture has {} cases", fx.cases.len());
     for case in &fx.cases {
         let name = name(case);
@@ -43,7 +43,7 @@ fn quantize_and_dequantize_match_pytorch_bit_for_bit() {
 
 #[test]
 fn dequantize_of_raw_integers_matches_pytorch() {
-    let fx = Fixture::load("dequantize");
+    let fx = fixture::load("dequantize");
     for case in &fx.cases {
         let name = name(case);
         let ints = fx.ints(name, "q");
@@ -62,7 +62,7 @@ fn dequantize_of_raw_integers_matches_pytorch() {
 
 #[test]
 fn calculate_qmin_qmax_matches_pytorch() {
-    let fx = Fixture::load("qmin_qmax");
+    let fx = fixture::load("qmin_qmax");
     let rows = fx.cases[0]["rows"].as_array().unwrap();
     assert!(rows.len() > 40);
     for row in rows {

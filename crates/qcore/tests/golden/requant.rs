@@ -6,11 +6,11 @@
 use ndarray::Array2;
 use qcore::requant::{BiasTerm, ConvRequant};
 
-use crate::fixture::{Fixture, assert_ints_eq, f64_of, i64_of, name};
+use crate::fixture::{self, assert_ints_eq, f64_of, i64_of, name};
 
 #[test]
 fn linear_output_requantization_matches_fbgemm() {
-    let fx = Fixture::load("linear");
+    let fx = fixture::load("linear");
     assert_eq!(fx.cases.len(), 6);
     for case in &fx.cases {
         let name = name(case);

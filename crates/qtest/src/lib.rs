@@ -1,0 +1,133 @@
+//! Test support shared by the workspace's crates (a dev-dependency only): the reader of the
+//! golden fixtures that `tools/golden/*.py` write with PyTorch, bit-exact assertions with
+//! readable failures, and thread pools for benchmarks.
+//!
+//! A fixture file is safetensors: tensors named `<case>/<field>`, and one metadata entry,
+//! `fixture`: JSON `{"torch": <version>, "cases": [...]}` with each case's `name` and scalar
+//! parameters (`tools/golden/fixtures.py` writes it).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ndarray::{ArrayD, IxDyn};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+/// One fixture file: its cases and its tensors by name.
+pub struct Fixture {
+    /// The cases, in file order.
+    pub cases: Vec<Value>,
+    tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+}
+
+/// Element types a fixture tensor can be read as.
+pub trait Element: Copy {
+    /// The safetensors dtype of this element type.
+    const DTYPE: Dtype;
+    /// Decodes one little-endian element.
+    fn from_le(bytes: &[u8]) -> Self;
+}
+
+macro_rules! element {
+    ($t:ty, $d:expr) => {
+        impl Element for $t {
+            const DTYPE: Dtype = $d;
+            fn from_le(bytes: &[u8]) -> Self {
+                <$t>::from_le_bytes(bytes.try_into().expect("element width"))
+            }
+        }
+    };
+}
+element!(f32, Dtype::F32);
+element!(f64, Dtype::F64);
+element!(i64, Dtype::I64);
+element!(i32, Dtype::I32);
+element!(u8, Dtype::U8);
+element!(i8, Dtype::I8);
+
+impl Fixture {
+    /// Reads `dir/<name>.safetensors`; panics with the path on any problem (tests only).
+    pub fn load(dir: impl AsRef<Path>, name: &str) -> Self {
+        let path = dir.as_ref().join(format!("{name}.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (_, metadata) = SafeTensors::read_metadata(&bytes).expect("fixture header");
+        let header = metadata.metadata().as_ref().and_then(|m| m.get("fixture")).expect("`fixture` metadata");
+        let header: Value = serde_json::from_str(header).expect("fixture JSON");
+        let cases = header["cases"].as_array().expect("`cases` list").clone();
+        let st = SafeTensors::deserialize(&bytes).expect("fixture tensors");
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec(), view.data().to_vec())))
+            .collect();
+        Self { cases, tensors }
+    }
+
+    /// The tensor `<case>/<field>`, which must have element type `T`.
+    pub fn tensor<T: Element>(&self, case: &str, field: &str) -> ArrayD<T> {
+        let key = format!("{case}/{field}");
+        let (dtype, shape, data) = self.tensors.get(&key).unwrap_or_else(|| panic!("no tensor {key}"));
+        assert_eq!(*dtype, T::DTYPE, "{key}");
+        let values = data.chunks_exact(std::mem::size_of::<T>()).map(T::from_le).collect();
+        ArrayD::from_shape_vec(IxDyn(shape), values).expect("shape")
+    }
+
+    /// Integer data of any 8- or 32-bit storage type, widened to i32.
+    pub fn ints(&self, case: &str, field: &str) -> ArrayD<i32> {
+        let key = format!("{case}/{field}");
+        match self.tensors.get(&key).map(|t| t.0) {
+            Some(Dtype::U8) => self.tensor::<u8>(case, field).mapv(i32::from),
+            Some(Dtype::I8) => self.tensor::<i8>(case, field).mapv(i32::from),
+            Some(Dtype::I32) => self.tensor::<i32>(case, field),
+            other => panic!("{key}: not integer data ({other:?})"),
+        }
+    }
+
+    /// True if the case has the field.
+    pub fn has(&self, case: &str, field: &str) -> bool {
+        self.tensors.contains_key(&format!("{case}/{field}"))
+    }
+}
+
+/// The case's `name`.
+pub fn name(case: &Value) -> &str {
+    case["name"].as_str().expect("name")
+}
+
+/// A JSON number as f64.
+pub fn f64_of(v: &Value) -> f64 {
+    v.as_f64().expect("number")
+}
+
+/// A JSON integer as i64.
+pub fn i64_of(v: &Value) -> i64 {
+    v.as_i64().expect("integer")
+}
+
+/// Asserts two f32 arrays are equal bit for bit (NaN equal to NaN of any payload), naming the case
+/// and the first differing index.
+pub fn assert_bits_eq(case: &str, what: &str, got: &ArrayD<f32>, expected: &ArrayD<f32>) {
+    assert_eq!(got.shape(), expected.shape(), "{case}: {what} shape");
+    for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
+        let same = g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan());
+        assert!(
+            same,
+            "{case}: {what}[{i}] = {g:e} ({:#010x}), PyTorch {e:e} ({:#010x})",
+            g.to_bits(),
+            e.to_bits()
+        );
+    }
+}
+
+/// Asserts two integer arrays are equal, naming the case and the first differing index.
+pub fn assert_ints_eq(case: &str, what: &str, got: &ArrayD<i32>, expected: &ArrayD<i32>) {
+    assert_eq!(got.shape(), expected.shape(), "{case}: {what} shape");
+    if let Some((i, (g, e))) = got.iter().zip(expected.iter()).enumerate().find(|(_, (g, e))| g != e) {
+        panic!("{case}: {what}[{i}] = {g}, PyTorch {e}");
+    }
+}
+
+/// A rayon pool of exactly `threads` threads, for benchmarks that time one thread count.
+pub fn thread_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon thread pool")
+}
