@@ -43,7 +43,9 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 Isa::Avx2.is_supported()
@@ -53,7 +55,9 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512dq")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => Isa::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512vnni"),
+            Isa::Avx512Vnni => {
+                Isa::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
