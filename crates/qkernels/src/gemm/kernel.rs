@@ -1,0 +1,595 @@
+//! The generic loop nests (GEMM block, depthwise rows) written once over [`Tier`], and the
+//! `#[target_feature]` entry point that instantiates them for each tier.
+
+use std::ops::Range;
+
+use super::tier::{Scalar, Tier};
+
+/// Where results go: the output matrix at row 0 of the current block, column 0.
+#[derive(Clone, Copy)]
+pub(crate) enum OutPtr {
+    U8(*mut u8),
+    I32(*mut i32),
+    F32(*mut f32),
+}
+
+/// The output pipeline, per global column `n` (arrays padded by at least 64 past the last column).
+#[derive(Clone, Copy)]
+pub(crate) struct Epi {
+    /// `-a_zp * colsum[n] + K * a_zp * w_zp[n]`, added to the raw accumulator.
+    pub col_term: *const i32,
+    /// `w_zp[n]`, multiplied by the row sum of A when `Block::rowsums` is not null.
+    pub w_zp: *const i32,
+    /// Requantization: bias term; dequantization: bias.
+    pub bias: *const f32,
+    /// Requantization: multiplier; dequantization: `a_scale * w_scale[n]`.
+    pub scale: *const f32,
+    pub zp: i32,
+    /// Floor of the u8 output: `zp` with ReLU, else 0.
+    pub lo: i32,
+    pub relu: bool,
+}
+
+/// One block of rows of A against a range of packed weight panels.
+pub(crate) struct Block {
+    /// Row 0 of the block; row `i` starts at `a + i * lda` and has `k` readable bytes.
+    pub a: *const u8,
+    pub lda: usize,
+    pub rows: usize,
+    pub k: usize,
+    /// The first panel of the range; panel `p` starts `p * panel_stride` bytes later and holds
+    /// `ceil(k / 4) * NR * 4` bytes.
+    pub panels: *const i8,
+    pub panel_stride: usize,
+    pub npanels: usize,
+    /// Global column of the first panel's first column.
+    pub n0: usize,
+    /// Global column limit: columns at or past it are computed but not stored.
+    pub n_end: usize,
+    /// Row sums of A per block row (`rows` of them), or null when every weight zero point is 0.
+    pub rowsums: *const i32,
+    /// Output at block row 0, global column 0, with row stride `ldc`.
+    pub out: OutPtr,
+    pub ldc: usize,
+}
+
+/// Applies the output pipeline to one vector of zero-point-corrected accumulators of global
+/// columns `n..n + count` and stores it at element offset `off` of `out`.
+///
+/// # Safety
+/// The tier's features are enabled; `epi`'s arrays hold `n + LANES` elements; `out + off` is
+/// writable for `count` elements.
+#[inline(always)]
+pub(crate) unsafe fn emit<T: Tier>(epi: &Epi, v: T::V, n: usize, out: OutPtr, off: usize, count: usize) {
+    // SAFETY: guaranteed by the caller as documented above.
+    unsafe {
+        match out {
+            OutPtr::U8(p) => {
+                let bias = T::load_f32(epi.bias.add(n));
+                let mult = T::load_f32(epi.scale.add(n));
+                T::requant_store_u8(p.add(off), v, bias, mult, epi.zp, epi.lo, count)
+            }
+            OutPtr::F32(p) => {
+                let y = T::dequant(v, T::load_f32(epi.scale.add(n)), T::load_f32(epi.bias.add(n)), epi.relu);
+                T::store_f32(p.add(off), y, count)
+            }
+            OutPtr::I32(p) => T::store_i32(p.add(off), v, count),
+        }
+    }
+}
+
+/// A hint to fetch the cache line of `p` into L1; `p` may point anywhere (prefetches never fault).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint that never faults, whatever the address; SSE is baseline on x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// One `MR x (NV * LANES)` tile: rows `row0..row0 + MR` of the block against panel `p`.
+///
+/// # Safety
+/// As for [`block`], with `row0 + MR <= blk.rows` and `p < blk.npanels`.
+#[inline(always)]
+unsafe fn tile<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi, row0: usize, p: usize) {
+    let lanes = T::LANES;
+    let nr = NV * lanes;
+    // SAFETY: `p < npanels`, so the panel lies inside the packed weights.
+    let bp = unsafe { blk.panels.add(p * blk.panel_stride) };
+    // SAFETY: rows `row0..row0 + MR` exist in the block (pointer arithmetic only).
+    let arow: [*const u8; MR] = std::array::from_fn(|i| unsafe { blk.a.add((row0 + i) * blk.lda) });
+    // The accumulators start at the column term (the activation zero point's correction).
+    let n = blk.n0 + p * nr;
+    // SAFETY: the epilogue arrays are padded past every panel column; features are enabled.
+    let init: [T::V; NV] = std::array::from_fn(|j| unsafe { T::load_i32(epi.col_term.add(n + j * lanes)) });
+    let mut acc = [init; MR];
+    let k4 = blk.k / 4;
+    for q in 0..k4 {
+        if q % 16 == 0 {
+            for &row in &arow {
+                prefetch(row.wrapping_add(4 * q + 320));
+            }
+        }
+        // SAFETY: the panel holds ceil(k/4) groups of NR * 4 bytes and q < ceil(k/4).
+        let b: [T::B; NV] = std::array::from_fn(|j| unsafe { T::prep_b(bp.add((q * nr + j * lanes) * 4)) });
+        for i in 0..MR {
+            // SAFETY: 4 * q + 4 <= k bytes of the row are readable.
+            let x = unsafe { arow[i].add(4 * q).cast::<u32>().read_unaligned() };
+            // SAFETY: the tier's features are enabled.
+            let a = unsafe { T::prep_a(x) };
+            for j in 0..NV {
+                // SAFETY: the tier's features are enabled.
+                acc[i][j] = unsafe { T::dot(acc[i][j], a, b[j]) };
+            }
+        }
+    }
+    let rem = blk.k % 4;
+    if rem > 0 {
+        // SAFETY: as above, for the last (zero-padded) group of the panel.
+        let b: [T::B; NV] = std::array::from_fn(|j| unsafe { T::prep_b(bp.add((k4 * nr + j * lanes) * 4)) });
+        for i in 0..MR {
+            let mut x = 0u32;
+            for t in 0..rem {
+                // SAFETY: byte 4 * k4 + t < k of the row is readable.
+                x |= u32::from(unsafe { arow[i].add(4 * k4 + t).read() }) << (8 * t);
+            }
+            // SAFETY: the tier's features are enabled.
+            let a = unsafe { T::prep_a(x) };
+            for j in 0..NV {
+                // SAFETY: the tier's features are enabled.
+                acc[i][j] = unsafe { T::dot(acc[i][j], a, b[j]) };
+            }
+        }
+    }
+    let cols = blk.n_end.saturating_sub(n).min(nr);
+    for (i, acc_row) in acc.iter().enumerate() {
+        let row = row0 + i;
+        // SAFETY: `rowsums`, when not null, holds `rows` entries and row < rows.
+        let rowsum = if blk.rowsums.is_null() { None } else { Some(unsafe { blk.rowsums.add(row).read() }) };
+        for (j, &v) in acc_row.iter().enumerate() {
+            let c0 = j * lanes;
+            if c0 >= cols {
+                break;
+            }
+            let nn = n + c0;
+            // SAFETY: the epilogue arrays are padded past every panel column; the output row has
+            // `cols - c0` writable elements from column `nn`; the tier's features are enabled.
+            unsafe {
+                let mut v = v;
+                if let Some(s) = rowsum {
+                    v = T::sub(v, T::mul(T::splat(s), T::load_i32(epi.w_zp.add(nn))));
+                }
+                emit::<T>(epi, v, nn, blk.out, row * blk.ldc + nn, (cols - c0).min(lanes));
+            }
+        }
+    }
+}
+
+/// Every tile of a block: panels outer (each panel stays in L1 across the block's rows), row
+/// tiles inner, with MR-specialised tiles for the row remainder.
+///
+/// # Safety
+/// The tier's features are enabled; every pointer of `blk` and `epi` is valid as documented on
+/// [`Block`] and [`Epi`]; `NV * T::LANES` is the panel width the weights were packed with.
+#[inline(always)]
+unsafe fn block<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi) {
+    for p in 0..blk.npanels {
+        let mut r = 0;
+        while r + MR <= blk.rows {
+            // SAFETY: rows r..r + MR exist; p < npanels.
+            unsafe { tile::<T, MR, NV>(blk, epi, r, p) };
+            r += MR;
+        }
+        // SAFETY: exactly `blk.rows - r` (< MR <= 8) rows remain.
+        unsafe {
+            match blk.rows - r {
+                1 => tile::<T, 1, NV>(blk, epi, r, p),
+                2 => tile::<T, 2, NV>(blk, epi, r, p),
+                3 => tile::<T, 3, NV>(blk, epi, r, p),
+                4 if MR > 4 => tile::<T, 4, NV>(blk, epi, r, p),
+                5 if MR > 5 => tile::<T, 5, NV>(blk, epi, r, p),
+                6 if MR > 6 => tile::<T, 6, NV>(blk, epi, r, p),
+                7 if MR > 7 => tile::<T, 7, NV>(blk, epi, r, p),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A depthwise convolution (one input channel per output channel) over NDHWC input.
+pub(crate) struct DwJob {
+    pub input: *const u8,
+    /// Input `[D, H, W]`, channels `c`.
+    pub in_dims: [usize; 3],
+    pub c: usize,
+    pub out_dims: [usize; 3],
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    pub pad: [usize; 3],
+    pub dilation: [usize; 3],
+    pub reflect: bool,
+    /// `(w - w_zp)` as i32, `[tap][cpad]`, `cpad` a multiple of 16.
+    pub weights: *const i32,
+    pub cpad: usize,
+    pub a_zp: i32,
+    /// Output at pixel 0, channel 0 (pixel stride `c`).
+    pub out: OutPtr,
+}
+
+/// Maps output coordinate `o` and tap `t` of one axis to an input coordinate, or `None` for a
+/// zero-padding tap. Reflect padding needs `pad < len` (checked at construction).
+#[inline(always)]
+pub(crate) fn tap_coord(
+    o: usize,
+    t: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    len: usize,
+    reflect: bool,
+) -> Option<usize> {
+    let i = (o * stride + t * dil) as isize - pad as isize;
+    if i >= 0 && (i as usize) < len {
+        Some(i as usize)
+    } else if reflect {
+        let last = len as isize - 1;
+        let r = if i < 0 { -i } else { 2 * last - i };
+        Some(r.clamp(0, last) as usize)
+    } else {
+        None
+    }
+}
+
+/// The output coordinates of one axis whose taps all fall inside the input: `lo..hi`.
+fn interior(out: usize, len: usize, k: usize, s: usize, p: usize, d: usize) -> (usize, usize) {
+    let lo = p.div_ceil(s);
+    let span = d * (k - 1);
+    let hi = if len + p > span { ((len + p - span - 1) / s + 1).min(out) } else { 0 };
+    (lo.min(hi), hi)
+}
+
+/// Interior output pixels `xs..xe` of one output row, channels `c0..c0 + V * LANES` (the last
+/// vector holding `count` channels), with `N` taps whose weights stay in registers across the row.
+///
+/// # Safety
+/// Every tap of these pixels lies inside the input (`base` is the first tap's input pixel of
+/// output `x = 0`, possibly out of range itself but never dereferenced unless in range);
+/// `c0 + V * LANES <= cpad`; the rest as for [`depthwise`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_interior<T: Tier, const N: usize, const V: usize>(
+    job: &DwJob,
+    epi: &Epi,
+    offs: &[usize; N],
+    base: *const u8,
+    xstep: usize,
+    out_row: usize,
+    xs: usize,
+    xe: usize,
+    c0: usize,
+    count: usize,
+) {
+    let lanes = T::LANES;
+    // SAFETY: weights hold N x cpad entries with c0 + V * lanes <= cpad; every tap of the pixels
+    // xs..xe is an input pixel with `c >= c0 + (V - 1) * lanes + count` channels; the epilogue
+    // arrays are padded; the output row holds the pixels' channels; the features are enabled.
+    unsafe {
+        let w: [[T::V; V]; N] = std::array::from_fn(|t| {
+            std::array::from_fn(|v| T::load_i32(job.weights.add(t * job.cpad + c0 + v * lanes)))
+        });
+        let init: [T::V; V] = std::array::from_fn(|v| T::load_i32(epi.col_term.add(c0 + v * lanes)));
+        for x in xs..xe {
+            let p = base.wrapping_add(x * xstep + c0);
+            let mut acc = init;
+            for t in 0..N {
+                for v in 0..V {
+                    let n = if v + 1 == V { count } else { lanes };
+                    let a = T::load_u8(p.add(offs[t] + v * lanes), n);
+                    acc[v] = T::add(acc[v], T::mul_u16(a, w[t][v]));
+                }
+            }
+            let out_off = (out_row + x) * job.c + c0;
+            for (v, &acc) in acc.iter().enumerate() {
+                let n = if v + 1 == V { count } else { lanes };
+                emit::<T>(epi, acc, c0 + v * lanes, job.out, out_off + v * lanes, n);
+            }
+        }
+    }
+}
+
+/// The interior pixels `xs..xe` of one row, every channel, for `N` taps.
+///
+/// # Safety
+/// As for [`dw_interior`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_interior_row<T: Tier, const N: usize>(
+    job: &DwJob,
+    epi: &Epi,
+    offs: &[usize; N],
+    base: *const u8,
+    xstep: usize,
+    out_row: usize,
+    xs: usize,
+    xe: usize,
+) {
+    let lanes = T::LANES;
+    let c = job.c;
+    let mut c0 = 0;
+    // SAFETY: forwarded; every block stays below c <= cpad.
+    unsafe {
+        if N <= 12 {
+            while c0 + 2 * lanes <= c {
+                dw_interior::<T, N, 2>(job, epi, offs, base, xstep, out_row, xs, xe, c0, lanes);
+                c0 += 2 * lanes;
+            }
+        }
+        while c0 < c {
+            let count = (c - c0).min(lanes);
+            dw_interior::<T, N, 1>(job, epi, offs, base, xstep, out_row, xs, xe, c0, count);
+            c0 += lanes;
+        }
+    }
+}
+
+/// One output pixel with some taps in the padding: sums `(a - a_zp) * (w - w_zp)` over the taps
+/// that exist (zero padding) or their mirrors (reflect).
+///
+/// # Safety
+/// As for [`depthwise`].
+#[inline(always)]
+unsafe fn dw_border<T: Tier>(job: &DwJob, epi: &Epi, coords: [usize; 4], taps: &mut Vec<(usize, usize)>) {
+    let [b, z, y, x] = coords;
+    let [od, oh, ow] = job.out_dims;
+    let [id, ih, iw] = job.in_dims;
+    let (c, lanes) = (job.c, T::LANES);
+    taps.clear();
+    let mut t = 0;
+    for kd in 0..job.kernel[0] {
+        let zi = tap_coord(z, kd, job.stride[0], job.pad[0], job.dilation[0], id, job.reflect);
+        for kh in 0..job.kernel[1] {
+            let yi = tap_coord(y, kh, job.stride[1], job.pad[1], job.dilation[1], ih, job.reflect);
+            for kw in 0..job.kernel[2] {
+                let xi = tap_coord(x, kw, job.stride[2], job.pad[2], job.dilation[2], iw, job.reflect);
+                if let (Some(zi), Some(yi), Some(xi)) = (zi, yi, xi) {
+                    taps.push(((((b * id + zi) * ih + yi) * iw + xi) * c, t));
+                }
+                t += 1;
+            }
+        }
+    }
+    let out_off = (((b * od + z) * oh + y) * ow + x) * c;
+    let mut c0 = 0;
+    while c0 < c {
+        let count = (c - c0).min(lanes);
+        // SAFETY: every tap offset is a pixel of the input, which holds `c` channels from it;
+        // the weights hold `cpad >= c0 + lanes` entries per tap; the tier's features are
+        // enabled; the output pixel has `c` writable elements.
+        unsafe {
+            let za = T::splat(job.a_zp);
+            let mut acc = T::zero();
+            for &(off, t) in taps.iter() {
+                let a = T::sub(T::load_u8(job.input.add(off + c0), count), za);
+                acc = T::add(acc, T::mul(a, T::load_i32(job.weights.add(t * job.cpad + c0))));
+            }
+            emit::<T>(epi, acc, c0, job.out, out_off + c0, count);
+        }
+        c0 += lanes;
+    }
+}
+
+/// Depthwise rows: output pixels `pixels` (flattened over batch and `out_dims`).
+///
+/// Interior pixels (every tap inside the input) take the fast path: fixed tap offsets,
+/// `col_term[c] + Σ_t a_t * (w_t - w_zp)` with the activation zero point folded into the
+/// pipeline's column term (`-a_zp * Σ_t (w_t - w_zp)`), weights held in registers along a row
+/// for 3x3 and 5x5 kernels. Border pixels list their valid (or mirrored) taps and sum
+/// `(a_t - a_zp) * (w_t - w_zp)`.
+///
+/// # Safety
+/// The tier's features are enabled; `job`'s pointers are valid for the whole tensors they
+/// describe; `epi` was built for these weights; `taps` is only scratch.
+#[inline(always)]
+unsafe fn depthwise<T: Tier>(job: &DwJob, epi: &Epi, pixels: Range<usize>, taps: &mut Vec<(usize, usize)>) {
+    let [od, oh, ow] = job.out_dims;
+    let [id, ih, iw] = job.in_dims;
+    let c = job.c;
+    let ranges: [(usize, usize); 3] = std::array::from_fn(|ax| {
+        let len = job.in_dims[ax];
+        interior(job.out_dims[ax], len, job.kernel[ax], job.stride[ax], job.pad[ax], job.dilation[ax])
+    });
+    // Interior tap offsets relative to the pixel's first tap, in tap order.
+    // Interior tap offsets for the fast paths (at most 27 taps; larger kernels use the generic
+    // per-pixel path), on the stack: no allocation per call.
+    const MAX_TAPS: usize = 27;
+    let ntaps = job.kernel.iter().product::<usize>();
+    let mut offs_buf = [0usize; MAX_TAPS];
+    if ntaps <= MAX_TAPS {
+        let mut t = 0;
+        for kd in 0..job.kernel[0] {
+            for kh in 0..job.kernel[1] {
+                for kw in 0..job.kernel[2] {
+                    offs_buf[t] =
+                        ((kd * job.dilation[0] * ih + kh * job.dilation[1]) * iw + kw * job.dilation[2]) * c;
+                    t += 1;
+                }
+            }
+        }
+    }
+    let offs = &offs_buf[..ntaps.min(MAX_TAPS)];
+    let xstep = job.stride[2] * c;
+    let mut pix = pixels.start;
+    while pix < pixels.end {
+        let (b, rest) = (pix / (od * oh * ow), pix % (od * oh * ow));
+        let (z, y, x) = (rest / (oh * ow), rest / ow % oh, rest % ow);
+        let xe = (x + pixels.end - pix).min(ow);
+        let row_inside = ranges[0].0 <= z && z < ranges[0].1 && ranges[1].0 <= y && y < ranges[1].1;
+        let (ilo, ihi) = if row_inside {
+            let (lo, hi) = (ranges[2].0.max(x), ranges[2].1.min(xe));
+            if lo < hi { (lo, hi) } else { (xe, xe) }
+        } else {
+            (xe, xe)
+        };
+        for xb in (x..ilo).chain(ihi..xe) {
+            // SAFETY: forwarded from the caller.
+            unsafe { dw_border::<T>(job, epi, [b, z, y, xb], taps) };
+        }
+        if ilo < ihi {
+            let (zi, yi) = (z * job.stride[0] - job.pad[0], y * job.stride[1] - job.pad[1]);
+            // The input pixel of output x = 0's first tap; x * xstep - pad_w * c is added per
+            // pixel, so start `pad_w * c` bytes before the row (wrapping: never dereferenced).
+            let row = (((b * id + zi) * ih + yi) * iw) * c;
+            let base = job.input.wrapping_add(row).wrapping_sub(job.pad[2] * c);
+            let out_row = pix - x;
+            // SAFETY: pixels ilo..ihi are interior, so every tap is inside the input.
+            unsafe {
+                match ntaps {
+                    9 => {
+                        let o: &[usize; 9] = offs[..].try_into().unwrap_or(&[0; 9]);
+                        dw_interior_row::<T, 9>(job, epi, o, base, xstep, out_row, ilo, ihi)
+                    }
+                    25 => {
+                        let o: &[usize; 25] = offs[..].try_into().unwrap_or(&[0; 25]);
+                        dw_interior_row::<T, 25>(job, epi, o, base, xstep, out_row, ilo, ihi)
+                    }
+                    3 => {
+                        let o: &[usize; 3] = offs[..].try_into().unwrap_or(&[0; 3]);
+                        dw_interior_row::<T, 3>(job, epi, o, base, xstep, out_row, ilo, ihi)
+                    }
+                    27 => {
+                        let o: &[usize; 27] = offs[..].try_into().unwrap_or(&[0; 27]);
+                        dw_interior_row::<T, 27>(job, epi, o, base, xstep, out_row, ilo, ihi)
+                    }
+                    _ => {
+                        for xb in ilo..ihi {
+                            dw_border::<T>(job, epi, [b, z, y, xb], taps);
+                        }
+                    }
+                }
+            }
+        }
+        pix += xe - x;
+    }
+}
+
+/// The micro-kernel family a call runs: one per tier, and two for AVX2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Exact,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fast,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+/// `(MR, NR)` of the scalar tier.
+pub(crate) const SCALAR_TILE: (usize, usize) = (4, 4);
+/// `(MR, NR)` of the AVX2 tiers.
+pub(crate) const AVX2_TILE: (usize, usize) = (4, 16);
+/// `(MR, NR)` of the AVX-512 tiers.
+pub(crate) const AVX512_TILE: (usize, usize) = (8, 32);
+
+/// Runs one GEMM block with `kernel`.
+///
+/// # Safety
+/// The CPU supports `kernel`'s tier; `blk` and `epi` are valid as documented on their types, and
+/// the weights were packed with the kernel's panel width.
+pub(crate) unsafe fn run_block(kernel: Kernel, blk: &Block, epi: &Epi) {
+    // SAFETY: forwarded from the caller; each entry point enables exactly its tier's features.
+    unsafe {
+        match kernel {
+            Kernel::Scalar => block::<Scalar, { SCALAR_TILE.0 }, 4>(blk, epi),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Exact => x86::block_avx2_exact(blk, epi),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fast => x86::block_avx2_fast(blk, epi),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => x86::block_avx512(blk, epi),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => x86::block_vnni(blk, epi),
+        }
+    }
+}
+
+/// Runs depthwise output pixels with `kernel`'s tier (both AVX2 kernels use the same code).
+///
+/// # Safety
+/// As for [`run_block`], with `job` valid as documented on [`DwJob`].
+pub(crate) unsafe fn run_depthwise(
+    kernel: Kernel,
+    job: &DwJob,
+    epi: &Epi,
+    pixels: Range<usize>,
+    taps: &mut Vec<(usize, usize)>,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match kernel {
+            Kernel::Scalar => depthwise::<Scalar>(job, epi, pixels, taps),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Exact | Kernel::Avx2Fast => x86::depthwise_avx2(job, epi, pixels, taps),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 | Kernel::Vnni => x86::depthwise_avx512(job, epi, pixels, taps),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use crate::gemm::tier::{Avx2Exact, Avx2Fast, Avx512Exact, Vnni};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_avx2_exact(blk: &Block, epi: &Epi) {
+        // SAFETY: AVX2 is enabled here; the rest is the caller's contract.
+        unsafe { block::<Avx2Exact, { AVX2_TILE.0 }, 2>(blk, epi) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_avx2_fast(blk: &Block, epi: &Epi) {
+        // SAFETY: AVX2 is enabled here; the rest is the caller's contract.
+        unsafe { block::<Avx2Fast, { AVX2_TILE.0 }, 2>(blk, epi) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub(super) unsafe fn block_avx512(blk: &Block, epi: &Epi) {
+        // SAFETY: AVX-512 F/BW/VL/DQ are enabled here; the rest is the caller's contract.
+        unsafe { block::<Avx512Exact, { AVX512_TILE.0 }, 2>(blk, epi) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn block_vnni(blk: &Block, epi: &Epi) {
+        // SAFETY: AVX-512 VNNI is enabled here; the rest is the caller's contract.
+        unsafe { block::<Vnni, { AVX512_TILE.0 }, 2>(blk, epi) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn depthwise_avx2(
+        job: &DwJob,
+        epi: &Epi,
+        pixels: Range<usize>,
+        taps: &mut Vec<(usize, usize)>,
+    ) {
+        // SAFETY: AVX2 is enabled here; the rest is the caller's contract.
+        unsafe { depthwise::<Avx2Exact>(job, epi, pixels, taps) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub(super) unsafe fn depthwise_avx512(
+        job: &DwJob,
+        epi: &Epi,
+        pixels: Range<usize>,
+        taps: &mut Vec<(usize, usize)>,
+    ) {
+        // SAFETY: AVX-512 F/BW/VL/DQ are enabled here; the rest is the caller's contract.
+        unsafe { depthwise::<Avx512Exact>(job, epi, pixels, taps) }
+    }
+}
