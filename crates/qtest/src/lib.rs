@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
-use safetensors::{Dtype, SafeTensors};
+pub use safetensors::Dtype;
+use safetensors::SafeTensors;
 use serde_json::Value;
 
 /// One fixture file: its cases and its tensors by name.
@@ -81,6 +82,13 @@ impl Fixture {
             Some(Dtype::I32) => self.tensor::<i32>(case, field),
             other => panic!("{key}: not integer data ({other:?})"),
         }
+    }
+
+    /// The dtype, shape and little-endian bytes of `<case>/<field>`, whatever its element type.
+    pub fn raw(&self, case: &str, field: &str) -> (Dtype, &[usize], &[u8]) {
+        let key = format!("{case}/{field}");
+        let (dtype, shape, data) = self.tensors.get(&key).unwrap_or_else(|| panic!("no tensor {key}"));
+        (*dtype, shape, data)
     }
 
     /// True if the case has the field.

@@ -1,1 +1,0 @@
-//! Quantized elementwise ops with PyTorch numerics: add, mul, cat, activations, lookup tables.

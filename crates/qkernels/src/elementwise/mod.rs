@@ -1,0 +1,557 @@
+//! Quantized elementwise ops with PyTorch numerics: add, mul, scalar add / mul, cat, activations.
+//!
+//! Every function works on plain slices of quantized values ([`QElem`]: `u8` for quint8, `i8` for
+//! qint8) with per-tensor parameters ([`PerTensor`]) and an explicit [`Isa`] tier, so a test can
+//! run every tier. Output buffers are supplied by the caller; nothing allocates per call.
+//!
+//! * Binary ops ([`add`], [`mul`], [`binary`] with broadcasting) are bit-exact with
+//!   [`qcore::requant::AddRequant`] and [`qcore::requant::MulRequant`] on every tier.
+//! * Ops of one input (every activation, [`add_scalar`], [`mul_scalar`], the requantization
+//!   inside [`cat`]) are a 256-entry lookup table ([`Lut`]) built once from the element rule and
+//!   applied with a SIMD shuffle.
+
+mod lut;
+mod x86;
+
+use qcore::requant::{AddRequant, MulRequant, ScalarOp};
+use qcore::{AffineQuantizer, QDType};
+use rayon::prelude::*;
+
+use crate::{Isa, KernelError, KernelResult};
+
+pub use lut::{Dequant, Lut, Unary};
+
+/// Elements per rayon task; tensors at most this long run on the calling thread.
+pub(crate) const PAR_CHUNK: usize = 1 << 16;
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for i8 {}
+}
+
+/// An 8-bit quantized storage type: `u8` (quint8) or `i8` (qint8).
+pub trait QElem: Copy + Default + Send + Sync + Ord + std::fmt::Debug + 'static + private::Sealed {
+    /// The quantized dtype stored.
+    const DTYPE: QDType;
+    /// True for `i8`.
+    const SIGNED: bool;
+    /// The value, widened.
+    fn to_i32(self) -> i32;
+    /// The value `v`, which must lie within the type's range (it is truncated otherwise).
+    fn from_i32(v: i32) -> Self;
+    /// The byte pattern as a table index, 0..=255.
+    fn index(self) -> usize;
+    /// The value whose byte pattern is `i` (the inverse of [`QElem::index`]).
+    fn from_index(i: usize) -> Self;
+}
+
+impl QElem for u8 {
+    const DTYPE: QDType = QDType::QUInt8;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    fn to_i32(self) -> i32 {
+        i32::from(self)
+    }
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v as u8
+    }
+    #[inline(always)]
+    fn index(self) -> usize {
+        usize::from(self)
+    }
+    #[inline(always)]
+    fn from_index(i: usize) -> Self {
+        i as u8
+    }
+}
+
+impl QElem for i8 {
+    const DTYPE: QDType = QDType::QInt8;
+    const SIGNED: bool = true;
+    #[inline(always)]
+    fn to_i32(self) -> i32 {
+        i32::from(self)
+    }
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v as i8
+    }
+    #[inline(always)]
+    fn index(self) -> usize {
+        usize::from(self as u8)
+    }
+    #[inline(always)]
+    fn from_index(i: usize) -> Self {
+        i as u8 as i8
+    }
+}
+
+/// Per-tensor quantization parameters, as PyTorch holds them: a double scale and an integer zero
+/// point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PerTensor {
+    /// The scale (used as `f32(scale)` by every kernel, as in PyTorch).
+    pub scale: f64,
+    /// The zero point, within the dtype's range.
+    pub zero_point: i64,
+}
+
+impl PerTensor {
+    /// `(scale, zero_point)`; checked when an op uses it.
+    pub const fn new(scale: f64, zero_point: i64) -> Self {
+        Self { scale, zero_point }
+    }
+
+    /// Checks the parameters for `dtype` and returns the quantizer they define.
+    pub fn quantizer(self, dtype: QDType) -> KernelResult<AffineQuantizer> {
+        Ok(AffineQuantizer::new(self.scale, self.zero_point, dtype)?)
+    }
+
+    /// `(scale, zero_point)` as a tuple, the form `qcore::requant` takes.
+    pub const fn pair(self) -> (f64, i64) {
+        (self.scale, self.zero_point)
+    }
+}
+
+pub(crate) fn check_len(
+    op: &'static str,
+    what: &'static str,
+    got: usize,
+    expected: usize,
+) -> KernelResult<()> {
+    if got == expected { Ok(()) } else { Err(KernelError::ShapeMismatch { op, what, got, expected }) }
+}
+
+pub(crate) fn invalid(
+    op: &'static str,
+    what: &'static str,
+    value: impl std::fmt::Debug,
+    reason: &'static str,
+) -> KernelError {
+    KernelError::InvalidArgument { op, what, value: format!("{value:?}"), reason }
+}
+
+/// The number of elements of `shape`, or an error if it overflows.
+pub(crate) fn numel(op: &'static str, shape: &[usize]) -> KernelResult<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| invalid(op, "shape", shape, "the number of elements overflows usize"))
+}
+
+/// Splits `len` work items into one contiguous part per rayon thread (each a multiple of 64
+/// items), or runs `f(0, len)` inline for inputs of at most [`PAR_CHUNK`] items.
+///
+/// Static parts, not many small tasks: a tensor that fits in the caches stays split the same way
+/// between the cores from one call to the next, so each core finds its half in its own L2.
+pub(crate) fn for_chunks(len: usize, f: impl Fn(usize, usize) + Sync) {
+    let threads = rayon::current_num_threads();
+    if len <= PAR_CHUNK || threads == 1 {
+        f(0, len);
+    } else {
+        let part = len.div_ceil(threads).next_multiple_of(64);
+        (0..len.div_ceil(part)).into_par_iter().for_each(|t| f(t * part, ((t + 1) * part).min(len)));
+    }
+}
+
+/// A raw output pointer that rayon tasks write disjoint ranges of.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: the pointer is only used to write disjoint ranges from different tasks (see each use).
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above; no two tasks touch the same element.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer `n` elements further (not dereferenced here).
+    pub(crate) fn offset(self, n: usize) -> Self {
+        SendPtr(self.0.wrapping_add(n))
+    }
+
+    /// The mutable sub-slice `[start, end)`.
+    ///
+    /// # Safety
+    /// The range must lie inside the buffer the pointer was taken from, that buffer must outlive
+    /// the slice, and no other live reference may overlap the range.
+    pub(crate) unsafe fn slice<'a>(self, start: usize, end: usize) -> &'a mut [T] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), end - start) }
+    }
+}
+
+/// Which binary op [`binary`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// `quantized::add`.
+    Add,
+    /// `quantized::add_relu`.
+    AddRelu,
+    /// `quantized::mul`.
+    Mul,
+    /// `quantized::mul_relu`.
+    MulRelu,
+}
+
+impl BinaryOp {
+    fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::AddRelu => "add_relu",
+            BinaryOp::Mul => "mul",
+            BinaryOp::MulRelu => "mul_relu",
+        }
+    }
+}
+
+/// The prepared element rule of a binary op: the qcore oracle plus the constants SIMD tiers use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BinaryPlan {
+    Add { oracle: AddRequant, k: x86::AddConsts },
+    Mul { oracle: MulRequant, k: x86::MulConsts },
+}
+
+impl BinaryPlan {
+    fn new(op: BinaryOp, a: PerTensor, b: PerTensor, out: PerTensor, dtype: QDType) -> KernelResult<Self> {
+        let relu = matches!(op, BinaryOp::AddRelu | BinaryOp::MulRelu);
+        Ok(match op {
+            BinaryOp::Add | BinaryOp::AddRelu => {
+                let oracle = AddRequant::new(a.pair(), b.pair(), out.pair(), dtype, relu)?;
+                let q = out.quantizer(dtype)?;
+                let k = x86::AddConsts {
+                    sa: a.scale as f32,
+                    pa: a.scale as f32 * -(a.zero_point as f32),
+                    sb: b.scale as f32,
+                    pb: b.scale as f32 * -(b.zero_point as f32),
+                    inv: q.inv_scale(),
+                    zp: q.zero_point(),
+                    relu,
+                };
+                BinaryPlan::Add { oracle, k }
+            }
+            BinaryOp::Mul | BinaryOp::MulRelu => {
+                let oracle = MulRequant::new(a.pair(), b.pair(), out.pair(), dtype, relu)?;
+                let multiplier = a.scale as f32 * b.scale as f32 * (1.0f32 / out.scale as f32);
+                let k = x86::MulConsts {
+                    za: a.zero_point as i32,
+                    zb: b.zero_point as i32,
+                    multiplier,
+                    zp: out.zero_point as i32,
+                    relu,
+                    // |(a - za)(b - zb)| <= 255 * 255: the vector conversion cannot overflow i32,
+                    // so cvtps2dq equals lrintf (NaN/Inf/huge multipliers take the scalar rule).
+                    vector_ok: multiplier.is_finite() && multiplier.abs() * 65025.0 < 1.0e9,
+                };
+                BinaryPlan::Mul { oracle, k }
+            }
+        })
+    }
+
+    #[inline]
+    fn apply_scalar<T: QElem>(&self, a: T, b: T) -> T {
+        T::from_i32(match self {
+            BinaryPlan::Add { oracle, .. } => oracle.apply(a.to_i32(), b.to_i32()),
+            BinaryPlan::Mul { oracle, .. } => oracle.apply(a.to_i32(), b.to_i32()),
+        })
+    }
+
+    /// Same-length rows, on the chosen tier.
+    fn run<T: QElem>(&self, a: &[T], b: &[T], out: &mut [T], isa: Isa) {
+        debug_assert!(a.len() == out.len() && b.len() == out.len());
+        let done = x86::binary_rows(self, a, b, out, isa);
+        for i in done..out.len() {
+            out[i] = self.apply_scalar(a[i], b[i]);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+/// `quantized::add` (or `add_relu` when `relu`) of two tensors of the same shape:
+/// `out[i] = quantize(dequantize(a[i]) + dequantize(b[i]))` by [`AddRequant`]'s rule.
+pub fn add<T: QElem>(
+    a: &[T],
+    a_q: PerTensor,
+    b: &[T],
+    b_q: PerTensor,
+    out: &mut [T],
+    out_q: PerTensor,
+    relu: bool,
+    isa: Isa,
+) -> KernelResult<()> {
+    let op = if relu { BinaryOp::AddRelu } else { BinaryOp::Add };
+    same_shape_binary(op, a, a_q, b, b_q, out, out_q, isa)
+}
+
+#[allow(clippy::too_many_arguments)]
+/// `quantized::mul` (or `mul_relu` when `relu`) of two tensors of the same shape, by
+/// [`MulRequant`]'s rule.
+pub fn mul<T: QElem>(
+    a: &[T],
+    a_q: PerTensor,
+    b: &[T],
+    b_q: PerTensor,
+    out: &mut [T],
+    out_q: PerTensor,
+    relu: bool,
+    isa: Isa,
+) -> KernelResult<()> {
+    let op = if relu { BinaryOp::MulRelu } else { BinaryOp::Mul };
+    same_shape_binary(op, a, a_q, b, b_q, out, out_q, isa)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn same_shape_binary<T: QElem>(
+    op: BinaryOp,
+    a: &[T],
+    a_q: PerTensor,
+    b: &[T],
+    b_q: PerTensor,
+    out: &mut [T],
+    out_q: PerTensor,
+    isa: Isa,
+) -> KernelResult<()> {
+    let name = op.name();
+    isa.ensure_supported()?;
+    check_len(name, "length of b", b.len(), a.len())?;
+    check_len(name, "output length", out.len(), a.len())?;
+    let plan = BinaryPlan::new(op, a_q, b_q, out_q, T::DTYPE)?;
+    let ptr = SendPtr(out.as_mut_ptr());
+    for_chunks(a.len(), |s, e| {
+        // SAFETY: `for_chunks` hands out disjoint ranges within `out`, which outlives the call.
+        let o = unsafe { ptr.slice(s, e) };
+        plan.run(&a[s..e], &b[s..e], o, isa);
+    });
+    Ok(())
+}
+
+/// The broadcast shape of `a` and `b` by NumPy / PyTorch rules, or an error naming the dimension.
+pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> KernelResult<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| if i + s.len() >= rank { s[i + s.len() - rank] } else { 1 };
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y => Ok(x),
+            (1, y) => Ok(y),
+            (x, 1) => Ok(x),
+            (x, y) => {
+                Err(KernelError::ShapeMismatch { op, what: "broadcast dimension of b", got: y, expected: x })
+            }
+        })
+        .collect()
+}
+
+/// A binary op with PyTorch broadcasting: `a` of shape `a_shape`, `b` of shape `b_shape`, `out` of
+/// their [`broadcast_shape`]. Rows where both inputs are contiguous take the vector tiers; rows
+/// where one input is broadcast along the last dimension take the scalar rule (same numbers).
+#[allow(clippy::too_many_arguments)]
+pub fn binary<T: QElem>(
+    op: BinaryOp,
+    a: &[T],
+    a_shape: &[usize],
+    a_q: PerTensor,
+    b: &[T],
+    b_shape: &[usize],
+    b_q: PerTensor,
+    out: &mut [T],
+    out_q: PerTensor,
+    isa: Isa,
+) -> KernelResult<()> {
+    let name = op.name();
+    isa.ensure_supported()?;
+    check_len(name, "length of a", a.len(), numel(name, a_shape)?)?;
+    check_len(name, "length of b", b.len(), numel(name, b_shape)?)?;
+    let shape = broadcast_shape(name, a_shape, b_shape)?;
+    let total = numel(name, &shape)?;
+    check_len(name, "output length", out.len(), total)?;
+    if a_shape == b_shape {
+        return same_shape_binary(op, a, a_q, b, b_q, out, out_q, isa);
+    }
+    let plan = BinaryPlan::new(op, a_q, b_q, out_q, T::DTYPE)?;
+    if total == 0 {
+        return Ok(());
+    }
+    let rank = shape.len();
+    let strides = |s: &[usize]| -> Vec<usize> {
+        let mut st = vec![0; rank];
+        let mut acc = 1;
+        for i in (0..rank).rev() {
+            let d = if i + s.len() >= rank { s[i + s.len() - rank] } else { 1 };
+            st[i] = if d == 1 { 0 } else { acc };
+            acc *= d;
+        }
+        st
+    };
+    let (sa, sb) = (strides(a_shape), strides(b_shape));
+    let inner = shape[rank - 1];
+    let rows = total / inner;
+    let ptr = SendPtr(out.as_mut_ptr());
+    let do_rows = |r0: usize, r1: usize| {
+        for r in r0..r1 {
+            // Offsets of the row in a and b.
+            let (mut rem, mut oa, mut ob) = (r, 0, 0);
+            for i in (0..rank - 1).rev() {
+                let idx = rem % shape[i];
+                rem /= shape[i];
+                oa += idx * sa[i];
+                ob += idx * sb[i];
+            }
+            // SAFETY: rows are disjoint ranges of `out`, which has `rows * inner` elements.
+            let o = unsafe { ptr.slice(r * inner, (r + 1) * inner) };
+            match (sa[rank - 1], sb[rank - 1]) {
+                (1, 1) => plan.run(&a[oa..oa + inner], &b[ob..ob + inner], o, isa),
+                (x, y) => {
+                    for (j, v) in o.iter_mut().enumerate() {
+                        *v = plan.apply_scalar(a[oa + j * x], b[ob + j * y]);
+                    }
+                }
+            }
+        }
+    };
+    let rows_per_task = (PAR_CHUNK / inner).max(1);
+    if rows <= rows_per_task {
+        do_rows(0, rows);
+    } else {
+        (0..rows.div_ceil(rows_per_task))
+            .into_par_iter()
+            .for_each(|t| do_rows(t * rows_per_task, ((t + 1) * rows_per_task).min(rows)));
+    }
+    Ok(())
+}
+
+/// `quantized::add_scalar` (`add_scalar_relu` when `relu`): `input + c`. PyTorch moves the zero
+/// point instead of touching the data when it can ([`ScalarOp::add_scalar`]); the returned
+/// parameters are the output's, and `out` holds its data.
+pub fn add_scalar<T: QElem>(
+    input: &[T],
+    in_q: PerTensor,
+    c: f64,
+    relu: bool,
+    out: &mut [T],
+    isa: Isa,
+) -> KernelResult<PerTensor> {
+    let plan = ScalarOp::add_scalar(in_q.scale, in_q.zero_point, c, T::DTYPE, relu)?;
+    scalar_op("add_scalar", plan, input, out, isa)
+}
+
+/// `quantized::mul_scalar` (`mul_scalar_relu` when `relu`): `input * c`, by
+/// [`ScalarOp::mul_scalar`]. Returns the output parameters; `out` holds the data.
+pub fn mul_scalar<T: QElem>(
+    input: &[T],
+    in_q: PerTensor,
+    c: f64,
+    relu: bool,
+    out: &mut [T],
+    isa: Isa,
+) -> KernelResult<PerTensor> {
+    let plan = ScalarOp::mul_scalar(in_q.scale, in_q.zero_point, c, T::DTYPE, relu)?;
+    scalar_op("mul_scalar", plan, input, out, isa)
+}
+
+fn scalar_op<T: QElem>(
+    op: &'static str,
+    plan: ScalarOp,
+    input: &[T],
+    out: &mut [T],
+    isa: Isa,
+) -> KernelResult<PerTensor> {
+    isa.ensure_supported()?;
+    check_len(op, "output length", out.len(), input.len())?;
+    let lut = Lut::from_fn(|q: T| T::from_i32(plan.apply(q.to_i32())));
+    lut.apply(input, out, isa)?;
+    Ok(PerTensor::new(plan.scale, plan.zero_point))
+}
+
+/// A unary op: `out = op(input)` element by element, PyTorch's numbers. `out_q` must be what
+/// PyTorch would produce: see [`Unary::output_qparams`].
+///
+/// ReLU, ReLU6 and hardtanh are integer clamps and run as such. The other ops build their
+/// 256-entry table on every call (256 evaluations of the float op, a few microseconds for the
+/// transcendental ones); a layer that runs many times should build it once with [`Lut::unary`]
+/// and call [`Lut::apply`].
+pub fn unary<T: QElem>(
+    op: Unary,
+    input: &[T],
+    in_q: PerTensor,
+    out: &mut [T],
+    out_q: PerTensor,
+    isa: Isa,
+) -> KernelResult<()> {
+    isa.ensure_supported()?;
+    check_len(op.name(), "output length", out.len(), input.len())?;
+    if let Some((lo, hi)) = op.integer_clamp::<T>(in_q, out_q)? {
+        let ptr = SendPtr(out.as_mut_ptr());
+        for_chunks(input.len(), |s, e| {
+            // SAFETY: disjoint ranges of `out`, which outlives the call.
+            let o = unsafe { ptr.slice(s, e) };
+            x86::clamp(&input[s..e], o, lo, hi, isa);
+        });
+        return Ok(());
+    }
+    Lut::unary(op, in_q, out_q)?.apply(input, out, isa)
+}
+
+/// One input of [`cat`]: its data, shape and parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct CatInput<'a, T> {
+    /// The values, row-major.
+    pub data: &'a [T],
+    /// The shape.
+    pub shape: &'a [usize],
+    /// Its parameters.
+    pub q: PerTensor,
+}
+
+/// `quantized::cat` (`cat_relu` when `relu`) along `dim`: every input requantized to `out_q`,
+/// element by element `quantize(dequantize(q))` ([`Dequant`] chooses PyTorch's general path, plain
+/// dequantize, or its channels-last `dim == 1` path, FMA dequantize). An input whose parameters
+/// equal the output's is copied. Returns the output shape.
+pub fn cat<T: QElem>(
+    inputs: &[CatInput<'_, T>],
+    dim: usize,
+    out: &mut [T],
+    out_q: PerTensor,
+    relu: bool,
+    dequant: Dequant,
+    isa: Isa,
+) -> KernelResult<Vec<usize>> {
+    const OP: &str = "cat";
+    isa.ensure_supported()?;
+    let first = inputs.first().ok_or_else(|| invalid(OP, "inputs", 0, "cat needs at least one input"))?;
+    let rank = first.shape.len();
+    if dim >= rank {
+        return Err(invalid(OP, "dim", dim, "must be less than the rank of the inputs"));
+    }
+    let mut shape = first.shape.to_vec();
+    shape[dim] = 0;
+    for input in inputs {
+        check_len(OP, "rank of an input", input.shape.len(), rank)?;
+        for (i, (&d, &e)) in input.shape.iter().zip(first.shape).enumerate() {
+            if i != dim {
+                check_len(OP, "size of a non-cat dimension", d, e)?;
+            }
+        }
+        check_len(OP, "length of an input", input.data.len(), numel(OP, input.shape)?)?;
+        input.q.quantizer(T::DTYPE)?;
+        shape[dim] += input.shape[dim];
+    }
+    out_q.quantizer(T::DTYPE)?;
+    let total = numel(OP, &shape)?;
+    check_len(OP, "output length", out.len(), total)?;
+    let outer: usize = shape[..dim].iter().product();
+    let row: usize = shape[dim..].iter().product();
+    let mut offset = 0;
+    for input in inputs {
+        let chunk = input.data.len() / outer.max(1);
+        if chunk == 0 {
+            continue;
+        }
+        let lut = Lut::requantize(input.q, out_q, relu, dequant)?;
+        for o in 0..outer {
+            let dst = &mut out[o * row + offset..o * row + offset + chunk];
+            lut.apply(&input.data[o * chunk..(o + 1) * chunk], dst, isa)?;
+        }
+        offset += chunk;
+    }
+    Ok(shape)
+}

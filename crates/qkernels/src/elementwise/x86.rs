@@ -1,0 +1,539 @@
+//! The vector tiers of the elementwise kernels (AVX2 + FMA, AVX-512 BW/VL, AVX-512 VBMI) and the
+//! scalar loops they fall back to. Every vector routine computes exactly the scalar rule: the
+//! same f32 operations in the same order (FMA where the rule has FMA), `cvtps2dq` rounding, and a
+//! clamp that equals the oracle's.
+
+use super::{BinaryPlan, QElem};
+use crate::Isa;
+
+/// Constants of the add rule ([`qcore::requant::AddRequant`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AddConsts {
+    pub sa: f32,
+    pub pa: f32,
+    pub sb: f32,
+    pub pb: f32,
+    pub inv: f32,
+    pub zp: i32,
+    pub relu: bool,
+}
+
+/// Constants of the mul rule ([`qcore::requant::MulRequant`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MulConsts {
+    pub za: i32,
+    pub zb: i32,
+    pub multiplier: f32,
+    pub zp: i32,
+    pub relu: bool,
+    /// True when the vector conversion provably equals `lrintf` for every product.
+    pub vector_ok: bool,
+}
+
+fn bytes<T: QElem>(s: &[T]) -> &[u8] {
+    // SAFETY: `T` is `u8` or `i8` (sealed trait): one byte, every bit pattern valid.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len()) }
+}
+
+fn bytes_mut<T: QElem>(s: &mut [T]) -> &mut [u8] {
+    // SAFETY: as in `bytes`; the borrow of `s` is moved into the result.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u8>(), s.len()) }
+}
+
+/// Runs the vector tier of `plan` over a prefix of the rows; returns how many elements it wrote
+/// (the caller finishes the rest with the scalar rule).
+pub(crate) fn binary_rows<T: QElem>(plan: &BinaryPlan, a: &[T], b: &[T], out: &mut [T], isa: Isa) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        debug_assert!(isa.is_supported());
+        let (a, b, o) = (bytes(a), bytes(b), bytes_mut(out));
+        match (plan, isa) {
+            (_, Isa::Scalar) => 0,
+            (BinaryPlan::Add { k, .. }, Isa::Avx2) => {
+                // SAFETY: every public entry checks `isa.ensure_supported()`: AVX2 and FMA exist.
+                unsafe {
+                    if T::SIGNED { avx2::add::<true>(k, a, b, o) } else { avx2::add::<false>(k, a, b, o) }
+                }
+            }
+            (BinaryPlan::Add { k, .. }, _) => {
+                // SAFETY: the tier is AVX-512 or higher and was checked as supported.
+                unsafe {
+                    if T::SIGNED { avx512::add::<true>(k, a, b, o) } else { avx512::add::<false>(k, a, b, o) }
+                }
+            }
+            (BinaryPlan::Mul { k, .. }, _) if !k.vector_ok => 0,
+            (BinaryPlan::Mul { k, .. }, Isa::Avx2) => {
+                // SAFETY: as for add.
+                unsafe {
+                    if T::SIGNED { avx2::mul::<true>(k, a, b, o) } else { avx2::mul::<false>(k, a, b, o) }
+                }
+            }
+            (BinaryPlan::Mul { k, .. }, _) => {
+                // SAFETY: as for add.
+                unsafe {
+                    if T::SIGNED { avx512::mul::<true>(k, a, b, o) } else { avx512::mul::<false>(k, a, b, o) }
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (plan, a, b, out, isa);
+        0
+    }
+}
+
+/// `out[i] = min(max(input[i], lo), hi)` on the chosen tier.
+pub(crate) fn clamp<T: QElem>(input: &[T], out: &mut [T], lo: T, hi: T, isa: Isa) {
+    let done = match isa {
+        Isa::Scalar => 0,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: the public entry checked that the tier is supported.
+            unsafe {
+                if T::SIGNED {
+                    avx2::clamp::<true>(bytes(input), bytes_mut(out), lo.index() as u8, hi.index() as u8)
+                } else {
+                    avx2::clamp::<false>(bytes(input), bytes_mut(out), lo.index() as u8, hi.index() as u8)
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        _ => {
+            // SAFETY: as above.
+            unsafe {
+                if T::SIGNED {
+                    avx512::clamp::<true>(bytes(input), bytes_mut(out), lo.index() as u8, hi.index() as u8)
+                } else {
+                    avx512::clamp::<false>(bytes(input), bytes_mut(out), lo.index() as u8, hi.index() as u8)
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => 0,
+    };
+    for (o, &x) in out[done..].iter_mut().zip(&input[done..]) {
+        *o = x.max(lo).min(hi);
+    }
+}
+
+/// `out[i] = table[input[i]]` on the chosen tier.
+pub(crate) fn lut(table: &[u8; 256], input: &[u8], out: &mut [u8], isa: Isa) {
+    let done = match isa {
+        Isa::Scalar => 0,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: the public entry checked that the tier is supported.
+            unsafe { avx2::lut(table, input, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            // SAFETY: as above.
+            unsafe { avx512::lut(table, input, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            if std::arch::is_x86_feature_detected!("avx512vbmi") {
+                // SAFETY: the tier is supported and VBMI was just detected.
+                unsafe { avx512::lut_vbmi(table, input, out) }
+            } else {
+                // SAFETY: the tier is supported, so AVX-512 BW/VL are.
+                unsafe { avx512::lut(table, input, out) }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => 0,
+    };
+    for (o, &x) in out[done..].iter_mut().zip(&input[done..]) {
+        *o = table[usize::from(x)];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{AddConsts, MulConsts};
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn widen<const S: bool>(x: __m128i) -> __m256i {
+        if S { _mm256_cvtepi8_epi32(x) } else { _mm256_cvtepu8_epi32(x) }
+    }
+
+    /// Packs four vectors of i32 already within the dtype's range into 32 bytes, in order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn pack4<const S: bool>(r0: __m256i, r1: __m256i, r2: __m256i, r3: __m256i) -> __m256i {
+        let p01 = _mm256_packs_epi32(r0, r1);
+        let p23 = _mm256_packs_epi32(r2, r3);
+        let b = if S { _mm256_packs_epi16(p01, p23) } else { _mm256_packus_epi16(p01, p23) };
+        _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    /// Eight lanes of the add rule.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    fn add8<const S: bool>(
+        a: __m128i,
+        b: __m128i,
+        k: &AddConsts,
+        sa: __m256,
+        pa: __m256,
+        sb: __m256,
+        pb: __m256,
+        inv: __m256,
+    ) -> __m256i {
+        let af = _mm256_cvtepi32_ps(widen::<S>(a));
+        let bf = _mm256_cvtepi32_ps(widen::<S>(b));
+        let mut c = _mm256_add_ps(_mm256_fmadd_ps(sa, af, pa), _mm256_fmadd_ps(sb, bf, pb));
+        if k.relu {
+            c = _mm256_max_ps(c, _mm256_setzero_ps());
+        }
+        // min_ps returns its second operand for NaN, as FBGEMM relies on.
+        let t = _mm256_min_ps(_mm256_mul_ps(c, inv), _mm256_set1_ps(2_147_483_520.0));
+        let r = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(k.zp));
+        let (lo, hi) = if S { (-128, 127) } else { (0, 255) };
+        _mm256_min_epi32(_mm256_max_epi32(r, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn add<const S: bool>(k: &AddConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
+        let n = out.len().min(a.len()).min(b.len());
+        let (sa, pa) = (_mm256_set1_ps(k.sa), _mm256_set1_ps(k.pa));
+        let (sb, pb) = (_mm256_set1_ps(k.sb), _mm256_set1_ps(k.pb));
+        let inv = _mm256_set1_ps(k.inv);
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n <= the length of each slice, so each 32-byte access is in bounds.
+            let (va, vb) = unsafe {
+                (_mm256_loadu_si256(a.as_ptr().add(i).cast()), _mm256_loadu_si256(b.as_ptr().add(i).cast()))
+            };
+            let (a0, a1) = (_mm256_castsi256_si128(va), _mm256_extracti128_si256::<1>(va));
+            let (b0, b1) = (_mm256_castsi256_si128(vb), _mm256_extracti128_si256::<1>(vb));
+            let r0 = add8::<S>(a0, b0, k, sa, pa, sb, pb, inv);
+            let r1 = add8::<S>(_mm_srli_si128::<8>(a0), _mm_srli_si128::<8>(b0), k, sa, pa, sb, pb, inv);
+            let r2 = add8::<S>(a1, b1, k, sa, pa, sb, pb, inv);
+            let r3 = add8::<S>(_mm_srli_si128::<8>(a1), _mm_srli_si128::<8>(b1), k, sa, pa, sb, pb, inv);
+            // SAFETY: as for the loads.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), pack4::<S>(r0, r1, r2, r3)) };
+            i += 32;
+        }
+        i
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn mul8<const S: bool>(a: __m128i, b: __m128i, k: &MulConsts) -> __m256i {
+        let da = _mm256_sub_epi32(widen::<S>(a), _mm256_set1_epi32(k.za));
+        let db = _mm256_sub_epi32(widen::<S>(b), _mm256_set1_epi32(k.zb));
+        let p = _mm256_cvtepi32_ps(_mm256_mullo_epi32(da, db));
+        let r = _mm256_add_epi32(
+            _mm256_cvtps_epi32(_mm256_mul_ps(p, _mm256_set1_ps(k.multiplier))),
+            _mm256_set1_epi32(k.zp),
+        );
+        let (lo, hi) = if S { (-128, 127) } else { (0, 255) };
+        let lo = if k.relu { k.zp.max(lo) } else { lo };
+        _mm256_min_epi32(_mm256_max_epi32(r, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn mul<const S: bool>(k: &MulConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
+        let n = out.len().min(a.len()).min(b.len());
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n: every access is in bounds.
+            let (va, vb) = unsafe {
+                (_mm256_loadu_si256(a.as_ptr().add(i).cast()), _mm256_loadu_si256(b.as_ptr().add(i).cast()))
+            };
+            let (a0, a1) = (_mm256_castsi256_si128(va), _mm256_extracti128_si256::<1>(va));
+            let (b0, b1) = (_mm256_castsi256_si128(vb), _mm256_extracti128_si256::<1>(vb));
+            let r0 = mul8::<S>(a0, b0, k);
+            let r1 = mul8::<S>(_mm_srli_si128::<8>(a0), _mm_srli_si128::<8>(b0), k);
+            let r2 = mul8::<S>(a1, b1, k);
+            let r3 = mul8::<S>(_mm_srli_si128::<8>(a1), _mm_srli_si128::<8>(b1), k);
+            // SAFETY: as for the loads.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), pack4::<S>(r0, r1, r2, r3)) };
+            i += 32;
+        }
+        i
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn clamp<const S: bool>(input: &[u8], out: &mut [u8], lo: u8, hi: u8) -> usize {
+        let n = out.len().min(input.len());
+        let (vlo, vhi) = (_mm256_set1_epi8(lo as i8), _mm256_set1_epi8(hi as i8));
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n: in bounds.
+            let x = unsafe { _mm256_loadu_si256(input.as_ptr().add(i).cast()) };
+            let y = if S {
+                _mm256_min_epi8(_mm256_max_epi8(x, vlo), vhi)
+            } else {
+                _mm256_min_epu8(_mm256_max_epu8(x, vlo), vhi)
+            };
+            // SAFETY: in bounds, as above.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), y) };
+            i += 32;
+        }
+        i
+    }
+
+    /// 256-entry lookup: 16 `vpshufb` on the low nibble, blended by the high nibble.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn lut(table: &[u8; 256], input: &[u8], out: &mut [u8]) -> usize {
+        let n = out.len().min(input.len());
+        let mut t = [_mm256_setzero_si256(); 16];
+        for (k, tk) in t.iter_mut().enumerate() {
+            // SAFETY: 16 * k + 16 <= 256: the 16 bytes read lie inside `table`.
+            *tk = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(table.as_ptr().add(16 * k).cast()) });
+        }
+        let nib = _mm256_set1_epi8(0x0F);
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n: in bounds.
+            let x = unsafe { _mm256_loadu_si256(input.as_ptr().add(i).cast()) };
+            let lo = _mm256_and_si256(x, nib);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(x), nib);
+            let mut r = _mm256_shuffle_epi8(t[0], lo);
+            for (k, tk) in t.iter().enumerate().skip(1) {
+                let m = _mm256_cmpeq_epi8(hi, _mm256_set1_epi8(k as i8));
+                r = _mm256_blendv_epi8(r, _mm256_shuffle_epi8(*tk, lo), m);
+            }
+            // SAFETY: in bounds, as above.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), r) };
+            i += 32;
+        }
+        i
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{AddConsts, MulConsts};
+
+    /// The mask of the first `n.min(16)` lanes.
+    #[inline]
+    fn mask16(n: usize) -> __mmask16 {
+        if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as __mmask16 }
+    }
+
+    /// The mask of the first `n.min(64)` lanes.
+    #[inline]
+    fn mask64(n: usize) -> __mmask64 {
+        if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    fn widen<const S: bool>(x: __m128i) -> __m512i {
+        if S { _mm512_cvtepi8_epi32(x) } else { _mm512_cvtepu8_epi32(x) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    fn add16<const S: bool>(a: __m128i, b: __m128i, k: &AddConsts) -> __m128i {
+        let af = _mm512_cvtepi32_ps(widen::<S>(a));
+        let bf = _mm512_cvtepi32_ps(widen::<S>(b));
+        let da = _mm512_fmadd_ps(_mm512_set1_ps(k.sa), af, _mm512_set1_ps(k.pa));
+        let db = _mm512_fmadd_ps(_mm512_set1_ps(k.sb), bf, _mm512_set1_ps(k.pb));
+        let mut c = _mm512_add_ps(da, db);
+        if k.relu {
+            c = _mm512_max_ps(c, _mm512_setzero_ps());
+        }
+        let t = _mm512_min_ps(_mm512_mul_ps(c, _mm512_set1_ps(k.inv)), _mm512_set1_ps(2_147_483_520.0));
+        let r = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(k.zp));
+        let (lo, hi) = if S { (-128, 127) } else { (0, 255) };
+        _mm512_cvtepi32_epi8(_mm512_min_epi32(
+            _mm512_max_epi32(r, _mm512_set1_epi32(lo)),
+            _mm512_set1_epi32(hi),
+        ))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub(super) fn add<const S: bool>(k: &AddConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
+        let n = out.len().min(a.len()).min(b.len());
+        let mut i = 0;
+        while i + 64 <= n {
+            for j in (0..64).step_by(16) {
+                // SAFETY: i + j + 16 <= i + 64 <= n: in bounds.
+                let (va, vb) = unsafe {
+                    (
+                        _mm_loadu_si128(a.as_ptr().add(i + j).cast()),
+                        _mm_loadu_si128(b.as_ptr().add(i + j).cast()),
+                    )
+                };
+                let r = add16::<S>(va, vb, k);
+                // SAFETY: in bounds, as above.
+                unsafe { _mm_storeu_si128(out.as_mut_ptr().add(i + j).cast(), r) };
+            }
+            i += 64;
+        }
+        while i < n {
+            let m = mask16(n - i);
+            // SAFETY: masked loads and stores touch only the first n - i lanes, which are in
+            // bounds; masked-off lanes are neither read nor written (no fault, no access).
+            unsafe {
+                let va = _mm_maskz_loadu_epi8(m, a.as_ptr().add(i).cast());
+                let vb = _mm_maskz_loadu_epi8(m, b.as_ptr().add(i).cast());
+                _mm_mask_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, add16::<S>(va, vb, k));
+            }
+            i += 16;
+        }
+        n
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    fn mul16<const S: bool>(a: __m128i, b: __m128i, k: &MulConsts) -> __m128i {
+        let da = _mm512_sub_epi32(widen::<S>(a), _mm512_set1_epi32(k.za));
+        let db = _mm512_sub_epi32(widen::<S>(b), _mm512_set1_epi32(k.zb));
+        let p = _mm512_cvtepi32_ps(_mm512_mullo_epi32(da, db));
+        let r = _mm512_add_epi32(
+            _mm512_cvtps_epi32(_mm512_mul_ps(p, _mm512_set1_ps(k.multiplier))),
+            _mm512_set1_epi32(k.zp),
+        );
+        let (lo, hi) = if S { (-128, 127) } else { (0, 255) };
+        let lo = if k.relu { k.zp.max(lo) } else { lo };
+        _mm512_cvtepi32_epi8(_mm512_min_epi32(
+            _mm512_max_epi32(r, _mm512_set1_epi32(lo)),
+            _mm512_set1_epi32(hi),
+        ))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub(super) fn mul<const S: bool>(k: &MulConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
+        let n = out.len().min(a.len()).min(b.len());
+        let mut i = 0;
+        while i < n {
+            let m = mask16(n - i);
+            // SAFETY: masked accesses touch only the first min(16, n - i) lanes, in bounds.
+            unsafe {
+                let va = _mm_maskz_loadu_epi8(m, a.as_ptr().add(i).cast());
+                let vb = _mm_maskz_loadu_epi8(m, b.as_ptr().add(i).cast());
+                _mm_mask_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, mul16::<S>(va, vb, k));
+            }
+            i += 16;
+        }
+        n
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub(super) fn clamp<const S: bool>(input: &[u8], out: &mut [u8], lo: u8, hi: u8) -> usize {
+        let n = out.len().min(input.len());
+        let (vlo, vhi) = (_mm512_set1_epi8(lo as i8), _mm512_set1_epi8(hi as i8));
+        let f = |x: __m512i| {
+            if S {
+                _mm512_min_epi8(_mm512_max_epi8(x, vlo), vhi)
+            } else {
+                _mm512_min_epu8(_mm512_max_epu8(x, vlo), vhi)
+            }
+        };
+        let mut i = 0;
+        while i + 128 <= n {
+            // SAFETY: i + 128 <= n: both 64-byte accesses are in bounds.
+            unsafe {
+                let x0 = _mm512_loadu_si512(input.as_ptr().add(i).cast());
+                let x1 = _mm512_loadu_si512(input.as_ptr().add(i + 64).cast());
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), f(x0));
+                _mm512_storeu_si512(out.as_mut_ptr().add(i + 64).cast(), f(x1));
+            }
+            i += 128;
+        }
+        while i < n {
+            let m = mask64(n - i);
+            // SAFETY: masked accesses touch only the first min(64, n - i) bytes, in bounds.
+            unsafe {
+                let x = _mm512_maskz_loadu_epi8(m, input.as_ptr().add(i).cast());
+                _mm512_mask_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, f(x));
+            }
+            i += 64;
+        }
+        n
+    }
+
+    /// 256-entry lookup with AVX-512 BW: 16 masked `vpshufb`, one per high nibble.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub(super) fn lut(table: &[u8; 256], input: &[u8], out: &mut [u8]) -> usize {
+        let n = out.len().min(input.len());
+        let mut t = [_mm512_setzero_si512(); 16];
+        for (k, tk) in t.iter_mut().enumerate() {
+            // SAFETY: 16 * k + 16 <= 256: in bounds of `table`.
+            *tk = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(table.as_ptr().add(16 * k).cast()) });
+        }
+        let nib = _mm512_set1_epi8(0x0F);
+        let step = |x: __m512i| {
+            let lo = _mm512_and_si512(x, nib);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
+            let mut r = _mm512_shuffle_epi8(t[0], lo);
+            for (k, tk) in t.iter().enumerate().skip(1) {
+                let sel = _mm512_cmpeq_epi8_mask(hi, _mm512_set1_epi8(k as i8));
+                r = _mm512_mask_shuffle_epi8(r, sel, *tk, lo);
+            }
+            r
+        };
+        let mut i = 0;
+        while i + 64 <= n {
+            // SAFETY: i + 64 <= n: in bounds.
+            unsafe {
+                let x = _mm512_loadu_si512(input.as_ptr().add(i).cast());
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), step(x));
+            }
+            i += 64;
+        }
+        if i < n {
+            let m = mask64(n - i);
+            // SAFETY: masked accesses touch only the first n - i (< 64) bytes, in bounds.
+            unsafe {
+                let x = _mm512_maskz_loadu_epi8(m, input.as_ptr().add(i).cast());
+                _mm512_mask_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, step(x));
+            }
+        }
+        n
+    }
+
+    /// 256-entry lookup with AVX-512 VBMI: two `vpermi2b` over 128-entry halves, blended by bit 7.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma")]
+    pub(super) fn lut_vbmi(table: &[u8; 256], input: &[u8], out: &mut [u8]) -> usize {
+        let n = out.len().min(input.len());
+        // SAFETY: four 64-byte loads at offsets 0, 64, 128, 192 cover exactly the 256-byte table.
+        let (t0, t1, t2, t3) = unsafe {
+            let p = table.as_ptr();
+            (
+                _mm512_loadu_si512(p.cast()),
+                _mm512_loadu_si512(p.add(64).cast()),
+                _mm512_loadu_si512(p.add(128).cast()),
+                _mm512_loadu_si512(p.add(192).cast()),
+            )
+        };
+        let mut i = 0;
+        let step = |x: __m512i| {
+            let low = _mm512_permutex2var_epi8(t0, x, t1);
+            let high = _mm512_permutex2var_epi8(t2, x, t3);
+            _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), low, high)
+        };
+        while i + 128 <= n {
+            // SAFETY: i + 128 <= n: both 64-byte accesses are in bounds.
+            unsafe {
+                let x0 = _mm512_loadu_si512(input.as_ptr().add(i).cast());
+                let x1 = _mm512_loadu_si512(input.as_ptr().add(i + 64).cast());
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), step(x0));
+                _mm512_storeu_si512(out.as_mut_ptr().add(i + 64).cast(), step(x1));
+            }
+            i += 128;
+        }
+        while i < n {
+            let m = mask64(n - i);
+            // SAFETY: masked accesses touch only the first min(64, n - i) bytes, in bounds.
+            unsafe {
+                let x = _mm512_maskz_loadu_epi8(m, input.as_ptr().add(i).cast());
+                _mm512_mask_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, step(x));
+            }
+            i += 64;
+        }
+        n
+    }
+}

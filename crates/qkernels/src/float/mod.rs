@@ -1,0 +1,1093 @@
+//! f32 kernels for float models and calibration, in PyTorch's NCHW layout: GEMM through the
+//! `gemm` crate, convolution (1-3 D, groups, dilation; im2col + GEMM, 1x1 without im2col, a
+//! direct depthwise path), batch norm (eval), activations, pooling and softmax.
+//!
+//! These follow PyTorch's definitions, not its bit patterns: sums run in a different order, so
+//! results agree with PyTorch and with the naive references in the tests to a relative 1e-5 of
+//! the sum of absolute terms.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::elementwise::{SendPtr, check_len, invalid, numel};
+use crate::pool::{Tiered, Window, dispatch};
+use crate::{Isa, KernelResult};
+
+/// Products above this many multiply-adds run the GEMM on the rayon pool.
+const PAR_GEMM_MACS: usize = 1 << 18;
+
+/// Single-precision GEMM: `c = a * b` (or `c += a * b` when `accumulate`), row-major with leading
+/// dimensions: `a` is `m x k` (row stride `lda`), `b` is `k x n` (`ldb`), `c` is `m x n` (`ldc`).
+/// Runs on the `gemm` crate, on the current rayon pool when the product is large.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) -> KernelResult<()> {
+    const OP: &str = "sgemm";
+    let need =
+        |rows: usize, cols: usize, ld: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
+    if lda < k || ldb < n || ldc < n {
+        return Err(invalid(OP, "leading dimension", (lda, ldb, ldc), "must be at least the row length"));
+    }
+    if a.len() < need(m, k, lda) {
+        return Err(crate::KernelError::ShapeMismatch {
+            op: OP,
+            what: "length of a",
+            got: a.len(),
+            expected: need(m, k, lda),
+        });
+    }
+    if b.len() < need(k, n, ldb) {
+        return Err(crate::KernelError::ShapeMismatch {
+            op: OP,
+            what: "length of b",
+            got: b.len(),
+            expected: need(k, n, ldb),
+        });
+    }
+    if c.len() < need(m, n, ldc) {
+        return Err(crate::KernelError::ShapeMismatch {
+            op: OP,
+            what: "length of c",
+            got: c.len(),
+            expected: need(m, n, ldc),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    let par = parallelism(m * n * k);
+    // SAFETY: the checks above guarantee every element the strides address lies inside its slice
+    // (`(rows - 1) * ld + cols <= len`); `c` is borrowed mutably, so it cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            lda as isize,
+            b.as_ptr(),
+            1,
+            ldb as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+/// Convolution geometry over `D` spatial dimensions (PyTorch's `ConvNd` arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvParams<const D: usize> {
+    /// Stride.
+    pub stride: [usize; D],
+    /// Zero padding on both sides.
+    pub padding: [usize; D],
+    /// Dilation.
+    pub dilation: [usize; D],
+    /// Groups: input and output channels are split into this many independent convolutions.
+    pub groups: usize,
+}
+
+impl<const D: usize> Default for ConvParams<D> {
+    fn default() -> Self {
+        Self { stride: [1; D], padding: [0; D], dilation: [1; D], groups: 1 }
+    }
+}
+
+/// Reusable scratch for [`conv`] (the im2col buffer); grows to the largest layer and is kept.
+#[derive(Debug, Default, Clone)]
+pub struct ConvScratch {
+    col: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+fn pad3<const D: usize>(v: [usize; D], fill: usize) -> [usize; 3] {
+    let mut r = [fill; 3];
+    r[3 - D..].copy_from_slice(&v);
+    r
+}
+
+/// The output shape of [`conv`]: `[N, O, out spatial...]`, or an error for inconsistent shapes.
+pub fn conv_output_shape<const D: usize>(
+    in_shape: &[usize],
+    w_shape: &[usize],
+    p: &ConvParams<D>,
+) -> KernelResult<Vec<usize>> {
+    const OP: &str = "conv";
+    if !(1..=3).contains(&D) {
+        return Err(invalid(OP, "spatial dimensions", D, "must be 1, 2 or 3"));
+    }
+    check_len(OP, "rank of the input (N, C, spatial...)", in_shape.len(), D + 2)?;
+    check_len(OP, "rank of the weight (O, C / groups, kernel...)", w_shape.len(), D + 2)?;
+    let (c, o, g) = (in_shape[1], w_shape[0], p.groups);
+    if g == 0 || c % g != 0 || o % g != 0 {
+        return Err(invalid(OP, "groups", g, "must be positive and divide the input and output channels"));
+    }
+    check_len(OP, "weight input channels", w_shape[1], c / g)?;
+    if p.stride.contains(&0) || p.dilation.contains(&0) {
+        return Err(invalid(OP, "stride / dilation", (p.stride, p.dilation), "must be positive"));
+    }
+    let mut out = vec![in_shape[0], o];
+    for i in 0..D {
+        let k = w_shape[2 + i];
+        let span = p.dilation[i] * (k.max(1) - 1) + 1;
+        let padded = in_shape[2 + i] + 2 * p.padding[i];
+        if k == 0 || padded < span {
+            return Err(invalid(
+                OP,
+                "kernel size",
+                &w_shape[2..],
+                "the kernel is larger than the padded input",
+            ));
+        }
+        out.push((padded - span) / p.stride[i] + 1);
+    }
+    Ok(out)
+}
+
+/// Convolution in NCHW (`torch.nn.functional.conv1d/2d/3d`): `input` `[N, C, spatial...]`,
+/// `weight` `[O, C / groups, kernel...]`, optional `bias` `[O]`, `out` of
+/// [`conv_output_shape`]. Depthwise 2-D layers (groups = C = O) run a direct kernel; 1x1 layers
+/// with stride 1 and no padding are one GEMM per group; the rest are im2col + GEMM.
+#[allow(clippy::too_many_arguments)]
+pub fn conv<const D: usize>(
+    input: &[f32],
+    in_shape: &[usize],
+    weight: &[f32],
+    w_shape: &[usize],
+    bias: Option<&[f32]>,
+    params: &ConvParams<D>,
+    out: &mut [f32],
+    scratch: &mut ConvScratch,
+    isa: Isa,
+) -> KernelResult<Vec<usize>> {
+    const OP: &str = "conv";
+    isa.ensure_supported()?;
+    let oshape = conv_output_shape(in_shape, w_shape, params)?;
+    check_len(OP, "input length", input.len(), numel(OP, in_shape)?)?;
+    check_len(OP, "weight length", weight.len(), numel(OP, w_shape)?)?;
+    check_len(OP, "output length", out.len(), numel(OP, &oshape)?)?;
+    let (n, c, o, g) = (in_shape[0], in_shape[1], w_shape[0], params.groups);
+    if let Some(b) = bias {
+        check_len(OP, "bias length", b.len(), o)?;
+    }
+    let isp = pad3::<D>(in_shape[2..].try_into().expect("rank checked"), 1);
+    let osp = pad3::<D>(oshape[2..].try_into().expect("rank checked"), 1);
+    let ksp = pad3::<D>(w_shape[2..].try_into().expect("rank checked"), 1);
+    let (s, p, d) = (pad3(params.stride, 1), pad3(params.padding, 0), pad3(params.dilation, 1));
+    let (cg, og) = (c / g, o / g);
+    let (in_plane, out_plane): (usize, usize) = (isp.iter().product(), osp.iter().product());
+    let kvol: usize = ksp.iter().product();
+    if out.is_empty() {
+        return Ok(oshape);
+    }
+    if g == c && o == c && D == 2 {
+        depthwise(input, weight, bias, out, n * c, c, isp, osp, ksp, s, p, d, scratch, isa);
+        return Ok(oshape);
+    }
+    let pointwise = kvol == 1 && s == [1; 3] && p == [0; 3];
+    let rows = cg * kvol;
+    // Wide 2-D layers skip im2col: one GEMM per kernel tap on a padded, stride-phase-split copy
+    // of the input (the unfolded matrix would be kernel-size times the input and spill to L3).
+    let shifted = D == 2 && !pointwise && cg >= SHIFTED_MIN_CHANNELS && osp[2] >= SHIFTED_MIN_WIDTH;
+    if !pointwise && !shifted {
+        grow(&mut scratch.col, rows * out_plane);
+        grow(&mut scratch.tmp, out_plane * og);
+    }
+    for b in 0..n {
+        for gi in 0..g {
+            let x = &input[(b * c + gi * cg) * in_plane..(b * c + (gi + 1) * cg) * in_plane];
+            let w = &weight[gi * og * rows..(gi + 1) * og * rows];
+            let y = &mut out[(b * o + gi * og) * out_plane..(b * o + (gi + 1) * og) * out_plane];
+            let bias = bias.map(|bias| &bias[gi * og..(gi + 1) * og]);
+            if pointwise {
+                if let Some(bias) = bias {
+                    for (row, &bv) in y.chunks_mut(out_plane).zip(bias) {
+                        row.fill(bv);
+                    }
+                }
+                let yp = SendPtr(y.as_mut_ptr());
+                split_outputs(og, out_plane * cg, |o0, o1, par| {
+                    // SAFETY: parts [o0, o1) are disjoint rows of `y` (og x out_plane).
+                    let yy = unsafe { yp.slice(o0 * out_plane, o1 * out_plane) };
+                    // SAFETY: w rows o0..o1 (cg each), x (cg x out_plane) and yy are in bounds
+                    // for these strides; yy is borrowed mutably and aliases neither input.
+                    unsafe {
+                        gemm::gemm(
+                            o1 - o0,
+                            out_plane,
+                            cg,
+                            yy.as_mut_ptr(),
+                            1,
+                            out_plane as isize,
+                            bias.is_some(),
+                            w.as_ptr().add(o0 * cg),
+                            1,
+                            cg as isize,
+                            x.as_ptr(),
+                            1,
+                            out_plane as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            par,
+                        );
+                    }
+                });
+                continue;
+            }
+            if shifted {
+                shifted_conv2d(x, w, bias, y, scratch, cg, og, isp, osp, ksp, s, p, d);
+                continue;
+            }
+            let col = &mut scratch.col[..rows * out_plane];
+            im2col(x, col, cg, isp, osp, ksp, s, p, d);
+            // The gemm crate runs this shape (long K) far faster with the pixels as rows of the
+            // product: tmp[pixel][o] = sum_r col[r][pixel] * w[o][r], then transposed into NCHW.
+            let tmp = &mut scratch.tmp[..out_plane * og];
+            let tp = SendPtr(tmp.as_mut_ptr());
+            let col = &*col;
+            split_outputs(og, out_plane * rows, |o0, o1, par| {
+                // SAFETY: col is rows x out_plane (read transposed), w rows o0..o1 are
+                // (o1 - o0) x rows (read transposed), and the destination is columns o0..o1 of
+                // tmp (out_plane x og, row stride og): all in bounds. Parts write disjoint
+                // columns of tmp, which aliases neither col nor w.
+                unsafe {
+                    gemm::gemm(
+                        out_plane,
+                        o1 - o0,
+                        rows,
+                        tp.offset(o0).0,
+                        1,
+                        og as isize,
+                        false,
+                        col.as_ptr(),
+                        out_plane as isize,
+                        1,
+                        w.as_ptr().add(o0 * rows),
+                        rows as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    );
+                }
+            });
+            transpose_add_bias(tmp, y, out_plane, og, bias);
+        }
+    }
+    Ok(oshape)
+}
+
+/// Input channels per group from which 2-D convolutions use [`shifted_conv2d`] instead of im2col.
+const SHIFTED_MIN_CHANNELS: usize = 32;
+/// Output width from which [`shifted_conv2d`] pays: narrower rows waste too many phase-grid
+/// columns and give the per-tap GEMMs too few columns (measured: 56 and 28 gain, 7 loses).
+const SHIFTED_MIN_WIDTH: usize = 20;
+
+/// 2-D convolution of one group as a sum of GEMMs, one per kernel tap, without im2col.
+///
+/// The input is copied once, zero-padded and split into `s x s` stride phases
+/// (`P[ry][rx][c][i][j] = xpad[c][i * s + ry][j * s + rx]`). Output pixel `(oy, ox)` of tap
+/// `(ky, kx)` then reads phase `((ky d) mod s, (kx d) mod s)` at `(oy + ky d / s, ox + kx d / s)`,
+/// so with the output laid out on the phase grid (row length `Wq`), every tap is one GEMM
+/// `acc (og x L) += W_tap (og x cg) * P_shifted (cg x L)` with unit column stride. The `Wq - OW`
+/// extra columns per row are computed and dropped when the result is copied out.
+#[allow(clippy::too_many_arguments)]
+fn shifted_conv2d(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut ConvScratch,
+    cg: usize,
+    og: usize,
+    isp: [usize; 3],
+    osp: [usize; 3],
+    ksp: [usize; 3],
+    s: [usize; 3],
+    p: [usize; 3],
+    d: [usize; 3],
+) {
+    let ([_, ih, iw], [_, oh, ow], [_, kh, kw]) = (isp, osp, ksp);
+    let (sy, sx) = (s[1], s[2]);
+    let (hp, wp) = (ih + 2 * p[1], iw + 2 * p[2]);
+    let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
+    let plane = hq * wq;
+    let phases = sy * sx;
+    grow(&mut scratch.col, phases * cg * plane);
+    grow(&mut scratch.tmp, og * oh * wq);
+    let buf = &mut scratch.col[..phases * cg * plane];
+    // Fill the phases: zero, then scatter each input row.
+    let fill = |ph: usize, dst: &mut [f32]| {
+        let (ry, rx) = (ph / sx, ph % sx);
+        dst.fill(0.0);
+        for c in 0..cg {
+            let src = &x[c * ih * iw..(c + 1) * ih * iw];
+            for i in 0..hq {
+                let yy = (i * sy + ry).wrapping_sub(p[1]);
+                if yy >= ih {
+                    continue;
+                }
+                let row = &src[yy * iw..(yy + 1) * iw];
+                let out = &mut dst[(c * hq + i) * wq..(c * hq + i + 1) * wq];
+                scatter_row(row, out, sx, rx, p[2]);
+            }
+        }
+    };
+    if phases > 1 && rayon::current_num_threads() > 1 {
+        buf.par_chunks_mut(cg * plane).enumerate().for_each(|(ph, dst)| fill(ph, dst));
+    } else {
+        buf.chunks_mut(cg * plane).enumerate().for_each(|(ph, dst)| fill(ph, dst));
+    }
+    let len = (oh - 1) * wq + ow;
+    let acc = &mut scratch.tmp[..og * oh * wq];
+    let kk = kh * kw;
+    let ap = SendPtr(acc.as_mut_ptr());
+    let buf = &*buf;
+    split_outputs(og, len * cg * kk, |o0, o1, par| {
+        // SAFETY: parts [o0, o1) are disjoint row blocks of `acc` (og x oh * wq).
+        let acc = unsafe { ap.slice(o0 * oh * wq, o1 * oh * wq) };
+        let w = &w[o0 * cg * kk..o1 * cg * kk];
+        shifted_taps(acc, w, buf, o1 - o0, cg, len, oh * wq, kh, kw, d, [sy, sx], wq, plane, par);
+    });
+    for o in 0..og {
+        let bv = bias.map_or(0.0, |b| b[o]);
+        for oy in 0..oh {
+            let src = &acc[o * oh * wq + oy * wq..o * oh * wq + oy * wq + ow];
+            for (v, &a) in y[(o * oh + oy) * ow..(o * oh + oy + 1) * ow].iter_mut().zip(src) {
+                *v = a + bv;
+            }
+        }
+    }
+}
+
+/// The per-tap GEMMs of [`shifted_conv2d`] for `og` output channels: `acc` is `og` rows of
+/// `acc_stride`, `w` their weights (`og x cg x kh x kw`).
+#[allow(clippy::too_many_arguments)]
+fn shifted_taps(
+    acc: &mut [f32],
+    w: &[f32],
+    buf: &[f32],
+    og: usize,
+    cg: usize,
+    len: usize,
+    acc_stride: usize,
+    kh: usize,
+    kw: usize,
+    d: [usize; 3],
+    [sy, sx]: [usize; 2],
+    wq: usize,
+    plane: usize,
+    par: Parallelism,
+) {
+    let (oh_wq, kk) = (acc_stride, kh * kw);
+    let mut first = true;
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let (ry, qy) = ((ky * d[1]) % sy, (ky * d[1]) / sy);
+            let (rx, qx) = ((kx * d[2]) % sx, (kx * d[2]) / sx);
+            let base = (ry * sx + rx) * cg * plane + qy * wq + qx;
+            // Largest element read: (cg - 1) * plane + base + len - 1, inside phase (ry, rx)
+            // because (oh - 1 + qy) * wq + ow - 1 + qx <= (hq - 1) * wq + wq - 1.
+            debug_assert!(base + (cg - 1) * plane + len <= buf.len());
+            // SAFETY: lhs: og x cg elements of w at (o * cg + c) * kk + ky * kw + kx, inside w
+            // (og * cg * kk long). rhs: cg x len elements at base + c * plane + i, inside `buf`
+            // (see above). dst: og x len at o * (oh * wq) + i, inside `acc`. `acc` and `buf` are
+            // different buffers and neither aliases `w`.
+            unsafe {
+                gemm::gemm(
+                    og,
+                    len,
+                    cg,
+                    acc.as_mut_ptr(),
+                    1,
+                    oh_wq as isize,
+                    !first,
+                    w.as_ptr().add(ky * kw + kx),
+                    kk as isize,
+                    (cg * kk) as isize,
+                    buf.as_ptr().add(base),
+                    1,
+                    plane as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            first = false;
+        }
+    }
+}
+
+/// `dst[j] = row[j * s + r - pad]` where that index is inside `row`; other entries untouched.
+#[inline(always)]
+fn scatter_row(row: &[f32], dst: &mut [f32], s: usize, r: usize, pad: usize) {
+    // Valid j: pad <= j * s + r < row.len() + pad.
+    let lo = if pad > r { (pad - r).div_ceil(s) } else { 0 };
+    let hi = if row.len() + pad > r { (row.len() + pad - r).div_ceil(s).min(dst.len()) } else { 0 };
+    if lo >= hi {
+        return;
+    }
+    let start = lo * s + r - pad;
+    if s == 1 {
+        dst[lo..hi].copy_from_slice(&row[start..start + hi - lo]);
+    } else if s == 2 {
+        // Pairs (a deinterleave LLVM vectorises), then the last odd element.
+        let n = hi - lo;
+        let pairs = (row.len() - start) / 2;
+        let m = n.min(pairs);
+        for (v, pair) in dst[lo..lo + m].iter_mut().zip(row[start..start + 2 * m].chunks_exact(2)) {
+            *v = pair[0];
+        }
+        if m < n {
+            dst[lo + m] = row[start + 2 * m];
+        }
+    } else {
+        for (v, &x) in dst[lo..hi].iter_mut().zip(row[start..].iter().step_by(s)) {
+            *v = x;
+        }
+    }
+}
+
+/// Runs `f(o0, o1, parallelism)` over the output channels `0..og`: split into one part per rayon
+/// thread (multiples of 16 channels), each a single-threaded GEMM, when there are several
+/// threads and enough channels; otherwise once, letting the gemm crate parallelise inside.
+/// Splitting the channels scales better than the gemm crate's own threading on these shapes.
+fn split_outputs(og: usize, macs_per_channel: usize, f: impl Fn(usize, usize, Parallelism) + Sync) {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && og >= 32 && og * macs_per_channel >= PAR_GEMM_MACS {
+        let part = og.div_ceil(threads).next_multiple_of(16);
+        (0..og.div_ceil(part))
+            .into_par_iter()
+            .for_each(|t| f(t * part, ((t + 1) * part).min(og), Parallelism::None));
+    } else {
+        f(0, og, parallelism(og * macs_per_channel));
+    }
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+fn parallelism(macs: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if macs >= PAR_GEMM_MACS && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None }
+}
+
+/// `y[o][p] = tmp[p][o] + bias[o]`, in blocks of pixels that stay in L1.
+fn transpose_add_bias(tmp: &[f32], y: &mut [f32], pixels: usize, og: usize, bias: Option<&[f32]>) {
+    const BLOCK: usize = 64;
+    for pb in (0..pixels).step_by(BLOCK) {
+        let pe = (pb + BLOCK).min(pixels);
+        for o in 0..og {
+            let bv = bias.map_or(0.0, |b| b[o]);
+            for (pi, v) in y[o * pixels + pb..o * pixels + pe].iter_mut().enumerate() {
+                *v = tmp[(pb + pi) * og + o] + bv;
+            }
+        }
+    }
+}
+
+/// Unfolds `x` (`cg` channels of `isp`) into `col`: row `(ch, kz, ky, kx)`, column = output pixel.
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    x: &[f32],
+    col: &mut [f32],
+    cg: usize,
+    isp: [usize; 3],
+    osp: [usize; 3],
+    ksp: [usize; 3],
+    s: [usize; 3],
+    p: [usize; 3],
+    d: [usize; 3],
+) {
+    let out_plane: usize = osp.iter().product();
+    let kvol: usize = ksp.iter().product();
+    let in_plane: usize = isp.iter().product();
+    let fill_row = |r: usize, dst: &mut [f32]| {
+        let ch = r / kvol;
+        let kk = r % kvol;
+        let (kz, ky, kx) = (kk / (ksp[1] * ksp[2]), kk / ksp[2] % ksp[1], kk % ksp[2]);
+        let src = &x[ch * in_plane..(ch + 1) * in_plane];
+        // Output x range whose input column lies inside the image: ix = ox*s - p + kx*d.
+        let off = kx * d[2];
+        let lo = if off >= p[2] { 0 } else { (p[2] - off).div_ceil(s[2]) };
+        let hi = if isp[2] + p[2] > off { ((isp[2] + p[2] - off - 1) / s[2] + 1).min(osp[2]) } else { 0 };
+        for oz in 0..osp[0] {
+            let iz = (oz * s[0] + kz * d[0]).wrapping_sub(p[0]);
+            for oy in 0..osp[1] {
+                let iy = (oy * s[1] + ky * d[1]).wrapping_sub(p[1]);
+                let o = &mut dst[(oz * osp[1] + oy) * osp[2]..(oz * osp[1] + oy + 1) * osp[2]];
+                if iz >= isp[0] || iy >= isp[1] || lo >= hi {
+                    o.fill(0.0);
+                    continue;
+                }
+                let row = &src[(iz * isp[1] + iy) * isp[2]..(iz * isp[1] + iy + 1) * isp[2]];
+                o[..lo].fill(0.0);
+                o[hi..].fill(0.0);
+                if s[2] == 1 {
+                    let start = lo + off - p[2];
+                    o[lo..hi].copy_from_slice(&row[start..start + hi - lo]);
+                } else {
+                    for (ox, v) in o[lo..hi].iter_mut().enumerate() {
+                        *v = row[(ox + lo) * s[2] + off - p[2]];
+                    }
+                }
+            }
+        }
+    };
+    let rows = cg * kvol;
+    if rows * out_plane >= 1 << 16 && rayon::current_num_threads() > 1 {
+        col[..rows * out_plane].par_chunks_mut(out_plane).enumerate().for_each(|(r, dst)| fill_row(r, dst));
+    } else {
+        for (r, dst) in col[..rows * out_plane].chunks_mut(out_plane).enumerate() {
+            fill_row(r, dst);
+        }
+    }
+}
+
+struct DepthwisePlanes<'a> {
+    input: &'a [f32],
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    out: SendPtr<f32>,
+    planes: (usize, usize),
+    c: usize,
+    g: DwGeometry,
+    /// This task's scratch: the phase-split padded plane, then the phase-grid accumulator.
+    scratch: SendPtr<f32>,
+}
+
+/// The phase-grid geometry of a depthwise layer (see [`shifted_conv2d`] for the scheme).
+#[derive(Debug, Clone, Copy)]
+struct DwGeometry {
+    ih: usize,
+    iw: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    s: [usize; 2],
+    p: [usize; 2],
+    d: [usize; 2],
+    hq: usize,
+    wq: usize,
+}
+
+impl DwGeometry {
+    fn scratch_len(&self) -> usize {
+        self.s[0] * self.s[1] * self.hq * self.wq + self.oh * self.wq
+    }
+}
+
+impl Tiered for DepthwisePlanes<'_> {
+    #[inline(always)]
+    fn run(&self) {
+        let g = self.g;
+        let plane = g.hq * g.wq;
+        let phases = g.s[0] * g.s[1];
+        // SAFETY: each task owns a disjoint `scratch_len` region of the scratch buffer.
+        let buf = unsafe { self.scratch.slice(0, g.scratch_len()) };
+        let (ph_buf, acc) = buf.split_at_mut(phases * plane);
+        let len = (g.oh - 1) * g.wq + g.ow;
+        for pl in self.planes.0..self.planes.1 {
+            let ch = pl % self.c;
+            let x = &self.input[pl * g.ih * g.iw..(pl + 1) * g.ih * g.iw];
+            ph_buf.fill(0.0);
+            for ph in 0..phases {
+                let (ry, rx) = (ph / g.s[1], ph % g.s[1]);
+                for i in 0..g.hq {
+                    let yy = (i * g.s[0] + ry).wrapping_sub(g.p[0]);
+                    if yy >= g.ih {
+                        continue;
+                    }
+                    let row = &x[yy * g.iw..(yy + 1) * g.iw];
+                    let dst = &mut ph_buf[ph * plane + i * g.wq..ph * plane + (i + 1) * g.wq];
+                    scatter_row(row, dst, g.s[1], rx, g.p[1]);
+                }
+            }
+            let acc = &mut acc[..len];
+            acc.fill(0.0);
+            let w = &self.weight[ch * g.kh * g.kw..(ch + 1) * g.kh * g.kw];
+            let base = |ky: usize, kx: usize| {
+                let (ry, qy) = ((ky * g.d[0]) % g.s[0], (ky * g.d[0]) / g.s[0]);
+                let (rx, qx) = ((kx * g.d[1]) % g.s[1], (kx * g.d[1]) / g.s[1]);
+                (ry * g.s[1] + rx) * plane + qy * g.wq + qx
+            };
+            for ky in 0..g.kh {
+                let mut kx = 0;
+                // Three taps per pass over the accumulator (one load and store for three FMAs).
+                while kx + 3 <= g.kw {
+                    let (w0, w1, w2) = (w[ky * g.kw + kx], w[ky * g.kw + kx + 1], w[ky * g.kw + kx + 2]);
+                    let (b0, b1, b2) = (base(ky, kx), base(ky, kx + 1), base(ky, kx + 2));
+                    let (r0, r1, r2) = (&ph_buf[b0..b0 + len], &ph_buf[b1..b1 + len], &ph_buf[b2..b2 + len]);
+                    for (((a, &v0), &v1), &v2) in acc.iter_mut().zip(r0).zip(r1).zip(r2) {
+                        *a += w0 * v0 + w1 * v1 + w2 * v2;
+                    }
+                    kx += 3;
+                }
+                for kx in kx..g.kw {
+                    let wv = w[ky * g.kw + kx];
+                    let b = base(ky, kx);
+                    for (a, &v) in acc.iter_mut().zip(&ph_buf[b..b + len]) {
+                        *a += wv * v;
+                    }
+                }
+            }
+            // SAFETY: planes are disjoint ranges of `out`, one task each.
+            let y = unsafe { self.out.slice(pl * g.oh * g.ow, (pl + 1) * g.oh * g.ow) };
+            let bv = self.bias.map_or(0.0, |b| b[ch]);
+            for oy in 0..g.oh {
+                for (v, &a) in y[oy * g.ow..(oy + 1) * g.ow].iter_mut().zip(&acc[oy * g.wq..oy * g.wq + g.ow])
+                {
+                    *v = a + bv;
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise 2-D convolution (groups = C = O), plane by plane: each plane is zero-padded and
+/// split into stride phases, and each kernel tap is one contiguous multiply-add over the
+/// phase grid, so the inner loops are long and vectorise fully.
+#[allow(clippy::too_many_arguments)]
+fn depthwise(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    planes: usize,
+    c: usize,
+    isp: [usize; 3],
+    osp: [usize; 3],
+    ksp: [usize; 3],
+    s: [usize; 3],
+    p: [usize; 3],
+    d: [usize; 3],
+    scratch: &mut ConvScratch,
+    isa: Isa,
+) {
+    let (hp, wp) = (isp[1] + 2 * p[1], isp[2] + 2 * p[2]);
+    let g = DwGeometry {
+        ih: isp[1],
+        iw: isp[2],
+        oh: osp[1],
+        ow: osp[2],
+        kh: ksp[1],
+        kw: ksp[2],
+        s: [s[1], s[2]],
+        p: [p[1], p[2]],
+        d: [d[1], d[2]],
+        hq: hp.div_ceil(s[1]),
+        wq: wp.div_ceil(s[2]),
+    };
+    let tasks = planes.min(4 * rayon::current_num_threads()).max(1);
+    let per = g.scratch_len();
+    grow(&mut scratch.col, tasks * per);
+    let ptr = SendPtr(out.as_mut_ptr());
+    let sptr = SendPtr(scratch.col.as_mut_ptr());
+    let run = |t: usize| {
+        let (a, b) = (t * planes / tasks, (t + 1) * planes / tasks);
+        // Task t's scratch region [t * per, (t + 1) * per) lies inside `scratch.col` (grown to
+        // tasks * per above) and no other task uses it.
+        let scratch = sptr.offset(t * per);
+        let k = DepthwisePlanes { input, weight, bias, out: ptr, planes: (a, b), c, g, scratch };
+        dispatch(&k, isa);
+    };
+    if tasks > 1 {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        run(0);
+    }
+}
+
+/// Batch norm in eval mode (`F.batch_norm(training=False)`) on `[N, C, ...]`:
+/// `y = x * alpha + beta` with `alpha = weight / sqrt(var + eps)`, `beta = bias - mean * alpha`
+/// per channel, as PyTorch's CPU kernel folds it. `weight` / `bias` default to 1 / 0.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm(
+    input: &[f32],
+    shape: &[usize],
+    mean: &[f32],
+    var: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f64,
+    out: &mut [f32],
+    isa: Isa,
+) -> KernelResult<()> {
+    const OP: &str = "batch_norm";
+    isa.ensure_supported()?;
+    if shape.len() < 2 {
+        return Err(invalid(OP, "shape", shape, "needs at least (N, C)"));
+    }
+    check_len(OP, "input length", input.len(), numel(OP, shape)?)?;
+    check_len(OP, "output length", out.len(), input.len())?;
+    let c = shape[1];
+    for (what, v) in [
+        ("mean length", Some(mean)),
+        ("var length", Some(var)),
+        ("weight length", weight),
+        ("bias length", bias),
+    ] {
+        if let Some(v) = v {
+            check_len(OP, what, v.len(), c)?;
+        }
+    }
+    let inner: usize = shape[2..].iter().product();
+    if inner == 0 || input.is_empty() {
+        return Ok(());
+    }
+    let ptr = SendPtr(out.as_mut_ptr());
+    let planes = shape[0] * c;
+    let run = |a: usize, b: usize| {
+        let k = Affine { input, out: ptr, planes: (a, b), c, inner, mean, var, weight, bias, eps };
+        dispatch(&k, isa);
+    };
+    if planes * inner > 1 << 16 && rayon::current_num_threads() > 1 {
+        let per = ((1 << 16) / inner).max(1);
+        (0..planes.div_ceil(per)).into_par_iter().for_each(|t| run(t * per, ((t + 1) * per).min(planes)));
+    } else {
+        run(0, planes);
+    }
+    Ok(())
+}
+
+struct Affine<'a> {
+    input: &'a [f32],
+    out: SendPtr<f32>,
+    planes: (usize, usize),
+    c: usize,
+    inner: usize,
+    mean: &'a [f32],
+    var: &'a [f32],
+    weight: Option<&'a [f32]>,
+    bias: Option<&'a [f32]>,
+    eps: f64,
+}
+
+impl Tiered for Affine<'_> {
+    #[inline(always)]
+    fn run(&self) {
+        for plane in self.planes.0..self.planes.1 {
+            let ch = plane % self.c;
+            let invstd = (1.0 / (f64::from(self.var[ch]) + self.eps).sqrt()) as f32;
+            let alpha = invstd * self.weight.map_or(1.0, |w| w[ch]);
+            let beta = self.bias.map_or(0.0, |b| b[ch]) - self.mean[ch] * alpha;
+            let (a, b) = (plane * self.inner, (plane + 1) * self.inner);
+            // SAFETY: planes are disjoint ranges of `out`.
+            let y = unsafe { self.out.slice(a, b) };
+            for (o, &x) in y.iter_mut().zip(&self.input[a..b]) {
+                *o = x * alpha + beta;
+            }
+        }
+    }
+}
+
+/// A float activation, PyTorch's definition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// `min(max(x, min), max)`.
+    Hardtanh {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// `x * min(max(x + 3, 0), 6) / 6`.
+    Hardswish,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+    /// `x > 0 ? x : x * negative_slope`.
+    LeakyRelu {
+        /// Slope for negative inputs.
+        negative_slope: f32,
+    },
+    /// `x > 0 ? x : alpha * (exp(x) - 1)`.
+    Elu {
+        /// `alpha`.
+        alpha: f32,
+    },
+}
+
+impl Activation {
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::Hardtanh { min, max } => x.max(min).min(max),
+            Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::Tanh => x.tanh(),
+            Activation::LeakyRelu { negative_slope } => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x * negative_slope
+                }
+            }
+            Activation::Elu { alpha } => {
+                if x > 0.0 {
+                    x
+                } else {
+                    alpha * x.exp_m1()
+                }
+            }
+        }
+    }
+}
+
+struct ActRange<'a> {
+    act: Activation,
+    input: &'a [f32],
+    out: SendPtr<f32>,
+    range: (usize, usize),
+}
+
+impl Tiered for ActRange<'_> {
+    #[inline(always)]
+    fn run(&self) {
+        let (a, b) = self.range;
+        // SAFETY: ranges are disjoint parts of `out`.
+        let y = unsafe { self.out.slice(a, b) };
+        let x = &self.input[a..b];
+        // One loop per op so the clamping ones vectorise.
+        match self.act {
+            Activation::Relu => y.iter_mut().zip(x).for_each(|(o, &v)| *o = v.max(0.0)),
+            Activation::Relu6 => y.iter_mut().zip(x).for_each(|(o, &v)| *o = v.clamp(0.0, 6.0)),
+            act => y.iter_mut().zip(x).for_each(|(o, &v)| *o = act.apply(v)),
+        }
+    }
+}
+
+/// `out = act(input)` element by element.
+pub fn activation(act: Activation, input: &[f32], out: &mut [f32], isa: Isa) -> KernelResult<()> {
+    isa.ensure_supported()?;
+    check_len("activation", "output length", out.len(), input.len())?;
+    if let Activation::Hardtanh { min, max } = act
+        && (min.is_nan() || max.is_nan() || min > max)
+    {
+        return Err(invalid("hardtanh", "(min, max)", (min, max), "needs min <= max"));
+    }
+    let ptr = SendPtr(out.as_mut_ptr());
+    crate::elementwise::for_chunks(input.len(), |a, b| {
+        dispatch(&ActRange { act, input, out: ptr, range: (a, b) }, isa)
+    });
+    Ok(())
+}
+
+/// Softmax along `dim` of a row-major tensor of `shape`: `exp(x - max) / sum(exp(x - max))`.
+pub fn softmax(input: &[f32], shape: &[usize], dim: usize, out: &mut [f32], isa: Isa) -> KernelResult<()> {
+    const OP: &str = "softmax";
+    isa.ensure_supported()?;
+    if dim >= shape.len() {
+        return Err(invalid(OP, "dim", dim, "must be less than the rank"));
+    }
+    check_len(OP, "input length", input.len(), numel(OP, shape)?)?;
+    check_len(OP, "output length", out.len(), input.len())?;
+    let (len, inner) = (shape[dim], shape[dim + 1..].iter().product::<usize>());
+    let outer: usize = shape[..dim].iter().product();
+    if input.is_empty() {
+        return Ok(());
+    }
+    let block = len * inner;
+    let one = |o: usize, y: &mut [f32]| {
+        let x = &input[o * block..(o + 1) * block];
+        for i in 0..inner {
+            let mut m = f32::NEG_INFINITY;
+            for j in 0..len {
+                m = m.max(x[j * inner + i]);
+            }
+            let mut sum = 0.0f32;
+            for j in 0..len {
+                let e = (x[j * inner + i] - m).exp();
+                y[j * inner + i] = e;
+                sum += e;
+            }
+            for j in 0..len {
+                y[j * inner + i] /= sum;
+            }
+        }
+    };
+    if outer > 1 && block * outer > 1 << 15 {
+        out.par_chunks_mut(block).enumerate().for_each(|(o, y)| one(o, y));
+    } else {
+        out.chunks_mut(block).enumerate().for_each(|(o, y)| one(o, y));
+    }
+    Ok(())
+}
+
+/// How a float pooling op reduces its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// Maximum (NaN propagates, as in PyTorch).
+    Max,
+    /// Average; `count_include_pad` and `divisor_override` as in `F.avg_pool2d`.
+    Avg {
+        /// Count padding positions in the divisor.
+        count_include_pad: bool,
+        /// Divide by this instead (non-zero).
+        divisor_override: Option<i64>,
+    },
+}
+
+/// 2-D max or average pooling of an NCHW f32 tensor. Returns the output shape.
+pub fn pool2d(
+    input: &[f32],
+    shape: &[usize],
+    window: &Window<2>,
+    kind: PoolKind,
+    out: &mut [f32],
+    isa: Isa,
+) -> KernelResult<Vec<usize>> {
+    const OP: &str = "pool2d";
+    isa.ensure_supported()?;
+    check_len(OP, "rank of the input (N, C, H, W)", shape.len(), 4)?;
+    check_len(OP, "input length", input.len(), numel(OP, shape)?)?;
+    if let PoolKind::Avg { divisor_override: Some(0), .. } = kind {
+        return Err(invalid(OP, "divisor_override", 0, "must be non-zero"));
+    }
+    if matches!(kind, PoolKind::Avg { .. }) && window.dilation != [1, 1] {
+        return Err(invalid(OP, "dilation", window.dilation, "average pooling has no dilation"));
+    }
+    let (ih, iw) = (shape[2], shape[3]);
+    let [oh, ow] = window.output_size(OP, [ih, iw])?;
+    let oshape = vec![shape[0], shape[1], oh, ow];
+    check_len(OP, "output length", out.len(), numel(OP, &oshape)?)?;
+    let w = *window;
+    let plane = |pl: usize, y: &mut [f32]| {
+        let x = &input[pl * ih * iw..(pl + 1) * ih * iw];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let y0 = (oy * w.stride[0]) as i64 - w.padding[0] as i64;
+                let x0 = (ox * w.stride[1]) as i64 - w.padding[1] as i64;
+                y[oy * ow + ox] = match kind {
+                    PoolKind::Max => {
+                        let mut m = f32::NEG_INFINITY;
+                        for ky in 0..w.kernel[0] {
+                            let yy = y0 + (ky * w.dilation[0]) as i64;
+                            if yy < 0 || yy >= ih as i64 {
+                                continue;
+                            }
+                            for kx in 0..w.kernel[1] {
+                                let xx = x0 + (kx * w.dilation[1]) as i64;
+                                if xx < 0 || xx >= iw as i64 {
+                                    continue;
+                                }
+                                let v = x[yy as usize * iw + xx as usize];
+                                if v > m || v.is_nan() {
+                                    m = v;
+                                }
+                            }
+                        }
+                        m
+                    }
+                    PoolKind::Avg { count_include_pad, divisor_override } => {
+                        let y1 = (y0 + w.kernel[0] as i64).min((ih + w.padding[0]) as i64);
+                        let x1 = (x0 + w.kernel[1] as i64).min((iw + w.padding[1]) as i64);
+                        let pool = (y1 - y0) * (x1 - x0);
+                        let (ya, xa, yb, xb) = (y0.max(0), x0.max(0), y1.min(ih as i64), x1.min(iw as i64));
+                        let mut sum = 0.0f32;
+                        for yy in ya..yb {
+                            for xx in xa..xb {
+                                sum += x[yy as usize * iw + xx as usize];
+                            }
+                        }
+                        let div = divisor_override.unwrap_or(if count_include_pad {
+                            pool
+                        } else {
+                            (yb - ya) * (xb - xa)
+                        });
+                        sum / div as f32
+                    }
+                };
+            }
+        }
+    };
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(pl, y)| plane(pl, y));
+    Ok(oshape)
+}
+
+/// Adaptive average pooling of an NCHW f32 tensor to `output_size` (PyTorch's start/end index
+/// rule: `floor(o * in / out) .. ceil((o + 1) * in / out)`).
+pub fn adaptive_avg_pool2d(
+    input: &[f32],
+    shape: &[usize],
+    output_size: [usize; 2],
+    out: &mut [f32],
+    isa: Isa,
+) -> KernelResult<Vec<usize>> {
+    const OP: &str = "adaptive_avg_pool2d";
+    isa.ensure_supported()?;
+    check_len(OP, "rank of the input (N, C, H, W)", shape.len(), 4)?;
+    check_len(OP, "input length", input.len(), numel(OP, shape)?)?;
+    let (ih, iw) = (shape[2], shape[3]);
+    let [oh, ow] = output_size;
+    if oh == 0 || ow == 0 || ih == 0 || iw == 0 {
+        return Err(invalid(OP, "output_size", output_size, "input and output sizes must be positive"));
+    }
+    let oshape = vec![shape[0], shape[1], oh, ow];
+    check_len(OP, "output length", out.len(), numel(OP, &oshape)?)?;
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(pl, y)| {
+        let x = &input[pl * ih * iw..(pl + 1) * ih * iw];
+        for oy in 0..oh {
+            let (y0, y1) = (oy * ih / oh, ((oy + 1) * ih).div_ceil(oh));
+            for ox in 0..ow {
+                let (x0, x1) = (ox * iw / ow, ((ox + 1) * iw).div_ceil(ow));
+                let mut sum = 0.0f32;
+                for yy in y0..y1 {
+                    for xx in x0..x1 {
+                        sum += x[yy * iw + xx];
+                    }
+                }
+                y[oy * ow + ox] = sum / ((y1 - y0) * (x1 - x0)) as f32;
+            }
+        }
+    });
+    Ok(oshape)
+}

@@ -1,1 +1,0 @@
-//! Quantized pooling and resampling on NHWC tensors: max / average / adaptive pooling, upsampling.

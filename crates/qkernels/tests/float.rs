@@ -1,0 +1,449 @@
+//! f32 kernels against naive f64 references: every result within a relative 1e-5 of the sum of
+//! the absolute values of its terms (the stated tolerance for sums of products), on every tier.
+// Naive references index like the formulas they transcribe.
+#![allow(clippy::needless_range_loop)]
+
+use proptest::prelude::*;
+use qkernels::float::{self, Activation, ConvParams, ConvScratch, PoolKind};
+use qkernels::pool::Window;
+use qkernels::{Isa, KernelError};
+
+/// A scalar reference of an activation, in f64.
+type Reference = fn(f64) -> f64;
+
+fn cfg() -> ProptestConfig {
+    ProptestConfig { cases: 48, ..ProptestConfig::default() }
+}
+
+fn fill(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Asserts |got - value| <= 1e-5 * magnitude + 1e-6 for each (value, magnitude) reference.
+fn assert_close(what: &str, got: &[f32], reference: &[(f64, f64)]) {
+    assert_eq!(got.len(), reference.len(), "{what}: length");
+    for (i, (&g, &(v, mag))) in got.iter().zip(reference).enumerate() {
+        let tol = 1e-5 * mag + 1e-6;
+        // Equal values (including two infinities of the same sign) pass before any arithmetic.
+        assert!(
+            f64::from(g) == v || (f64::from(g) - v).abs() <= tol,
+            "{what}[{i}]: {g} vs {v} (tolerance {tol:e})"
+        );
+    }
+}
+
+/// Naive convolution in f64 over 3 spatial dims (leading dims of size 1 for 1-D / 2-D).
+#[allow(clippy::too_many_arguments)]
+fn naive_conv(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    isp: [usize; 3],
+    w: &[f32],
+    o: usize,
+    ksp: [usize; 3],
+    bias: Option<&[f32]>,
+    s: [usize; 3],
+    p: [usize; 3],
+    d: [usize; 3],
+    g: usize,
+    osp: [usize; 3],
+) -> Vec<(f64, f64)> {
+    let (cg, og) = (c / g, o / g);
+    let mut out = Vec::new();
+    for b in 0..n {
+        for oc in 0..o {
+            let gi = oc / og;
+            for oz in 0..osp[0] {
+                for oy in 0..osp[1] {
+                    for ox in 0..osp[2] {
+                        let bv = bias.map_or(0.0, |b| f64::from(b[oc]));
+                        let (mut sum, mut mag) = (bv, bv.abs());
+                        for ic in 0..cg {
+                            for kz in 0..ksp[0] {
+                                for ky in 0..ksp[1] {
+                                    for kx in 0..ksp[2] {
+                                        let iz = (oz * s[0] + kz * d[0]) as i64 - p[0] as i64;
+                                        let iy = (oy * s[1] + ky * d[1]) as i64 - p[1] as i64;
+                                        let ix = (ox * s[2] + kx * d[2]) as i64 - p[2] as i64;
+                                        if iz < 0
+                                            || iy < 0
+                                            || ix < 0
+                                            || iz >= isp[0] as i64
+                                            || iy >= isp[1] as i64
+                                            || ix >= isp[2] as i64
+                                        {
+                                            continue;
+                                        }
+                                        let xi = ((((b * c) + gi * cg + ic) * isp[0] + iz as usize) * isp[1]
+                                            + iy as usize)
+                                            * isp[2]
+                                            + ix as usize;
+                                        let wi = (((oc * cg + ic) * ksp[0] + kz) * ksp[1] + ky) * ksp[2] + kx;
+                                        let t = f64::from(x[xi]) * f64::from(w[wi]);
+                                        sum += t;
+                                        mag += t.abs();
+                                    }
+                                }
+                            }
+                        }
+                        out.push((sum, mag));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    #[test]
+    fn sgemm_matches_naive(m in 1usize..40, n in 1usize..70, k in 0usize..50, accumulate in any::<bool>(), seed in any::<u64>()) {
+        let a = fill(m * k, seed);
+        let b = fill(k * n, seed ^ 1);
+        let c0 = fill(m * n, seed ^ 2);
+        let mut c = c0.clone();
+        float::sgemm(m, n, k, &a, k, &b, n, &mut c, n, accumulate).unwrap();
+        let mut reference = Vec::new();
+        for i in 0..m {
+            for j in 0..n {
+                let init = if accumulate { f64::from(c0[i * n + j]) } else { 0.0 };
+                let (mut s, mut mag) = (init, init.abs());
+                for l in 0..k {
+                    let t = f64::from(a[i * k + l]) * f64::from(b[l * n + j]);
+                    s += t;
+                    mag += t.abs();
+                }
+                reference.push((s, mag));
+            }
+        }
+        assert_close("sgemm", &c, &reference);
+    }
+
+    #[test]
+    fn conv_1d_2d_3d_match_naive(
+        dims in 1usize..4,
+        n in 1usize..3,
+        cg in 1usize..5,
+        og in 1usize..5,
+        g in 1usize..4,
+        isp in proptest::array::uniform3(1usize..9),
+        ksp in proptest::array::uniform3(1usize..4),
+        s in proptest::array::uniform3(1usize..3),
+        p in proptest::array::uniform3(0usize..3),
+        d in proptest::array::uniform3(1usize..3),
+        with_bias in any::<bool>(),
+        depthwise in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let (mut isp, mut ksp, mut s, mut p, mut d) = (isp, ksp, s, p, d);
+        for i in 0..3 - dims {
+            isp[i] = 1; ksp[i] = 1; s[i] = 1; p[i] = 0; d[i] = 1;
+        }
+        let (cg, og) = if depthwise { (1, 1) } else { (cg, og) };
+        let (c, o) = (cg * g, og * g);
+        let span = |i: usize| d[i] * (ksp[i] - 1) + 1;
+        if (0..3).any(|i| isp[i] + 2 * p[i] < span(i)) {
+            return Ok(());
+        }
+        let osp: [usize; 3] = std::array::from_fn(|i| (isp[i] + 2 * p[i] - span(i)) / s[i] + 1);
+        let x = fill(n * c * isp.iter().product::<usize>(), seed);
+        let w = fill(o * cg * ksp.iter().product::<usize>(), seed ^ 7);
+        let bias = fill(o, seed ^ 9);
+        let bias = with_bias.then_some(&bias[..]);
+        let reference = naive_conv(&x, n, c, isp, &w, o, ksp, bias, s, p, d, g, osp);
+        let mut out = vec![f32::NAN; reference.len()];
+        let mut scratch = ConvScratch::default();
+        let shape = |a: usize, b: usize, sp: [usize; 3]| {
+            let mut v = vec![a, b];
+            v.extend_from_slice(&sp[3 - dims..]);
+            v
+        };
+        for isa in Isa::supported() {
+            let oshape = match dims {
+                1 => float::conv::<1>(&x, &shape(n, c, isp), &w, &shape(o, cg, ksp), bias,
+                    &ConvParams { stride: [s[2]], padding: [p[2]], dilation: [d[2]], groups: g }, &mut out, &mut scratch, isa),
+                2 => float::conv::<2>(&x, &shape(n, c, isp), &w, &shape(o, cg, ksp), bias,
+                    &ConvParams { stride: [s[1], s[2]], padding: [p[1], p[2]], dilation: [d[1], d[2]], groups: g }, &mut out, &mut scratch, isa),
+                _ => float::conv::<3>(&x, &shape(n, c, isp), &w, &shape(o, cg, ksp), bias,
+                    &ConvParams { stride: s, padding: p, dilation: d, groups: g }, &mut out, &mut scratch, isa),
+            }.unwrap();
+            prop_assert_eq!(oshape, shape(n, o, osp));
+            assert_close(&format!("conv{dims}d on {isa}"), &out, &reference);
+        }
+    }
+
+    #[test]
+    fn pooling_matches_naive(
+        k in proptest::array::uniform2(1usize..4), s in proptest::array::uniform2(1usize..3),
+        p in proptest::array::uniform2(0usize..2), dil in 1usize..3, sp in proptest::array::uniform2(1usize..9),
+        ceil_mode in any::<bool>(), count_include_pad in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let padding = [p[0].min(k[0] / 2), p[1].min(k[1] / 2)];
+        let c = 3;
+        let x = fill(2 * c * sp[0] * sp[1], seed);
+        for (kind, dilation) in [(PoolKind::Max, [dil, dil]), (PoolKind::Avg { count_include_pad, divisor_override: None }, [1, 1])] {
+            let w = Window { kernel: k, stride: s, padding, dilation, ceil_mode };
+            let Ok([oh, ow]) = w.output_size("test", sp) else { continue };
+            let mut reference = Vec::new();
+            for pl in 0..2 * c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (mut m, mut sum, mut cnt, mut mag) = (f64::NEG_INFINITY, 0.0, 0i64, 0.0);
+                        let mut padded = 0i64;
+                        for ky in 0..k[0] {
+                            for kx in 0..k[1] {
+                                let yy = (oy * s[0] + ky * dilation[0]) as i64 - padding[0] as i64;
+                                let xx = (ox * s[1] + kx * dilation[1]) as i64 - padding[1] as i64;
+                                if yy < (sp[0] + padding[0]) as i64 && xx < (sp[1] + padding[1]) as i64 { padded += 1; }
+                                if yy < 0 || xx < 0 || yy >= sp[0] as i64 || xx >= sp[1] as i64 { continue; }
+                                let v = f64::from(x[(pl * sp[0] + yy as usize) * sp[1] + xx as usize]);
+                                m = m.max(v); sum += v; cnt += 1; mag += v.abs();
+                            }
+                        }
+                        reference.push(match kind {
+                            PoolKind::Max => (m, 0.0),
+                            _ => {
+                                let div = if count_include_pad { padded } else { cnt } as f64;
+                                (sum / div, mag / div)
+                            }
+                        });
+                    }
+                }
+            }
+            for isa in Isa::supported() {
+                let mut out = vec![0.0f32; reference.len()];
+                float::pool2d(&x, &[2, c, sp[0], sp[1]], &w, kind, &mut out, isa).unwrap();
+                assert_close(&format!("{kind:?} on {isa}"), &out, &reference);
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_norm_activations_softmax_and_adaptive_pool_match_their_definitions() {
+    let shape = [2, 3, 5, 7];
+    let x = fill(2 * 3 * 35, 11);
+    let mean = [0.1f32, -0.2, 0.3];
+    let var = [0.5f32, 2.0, 0.01];
+    let weight = [1.5f32, -0.5, 2.0];
+    let bias = [0.0f32, 0.25, -1.0];
+    let eps = 1e-5;
+    for isa in Isa::supported() {
+        let mut out = vec![0.0; x.len()];
+        float::batch_norm(&x, &shape, &mean, &var, Some(&weight), Some(&bias), eps, &mut out, isa).unwrap();
+        let reference: Vec<(f64, f64)> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let c = i / 35 % 3;
+                let y = (f64::from(v) - f64::from(mean[c])) / (f64::from(var[c]) + eps).sqrt()
+                    * f64::from(weight[c])
+                    + f64::from(bias[c]);
+                (y, y.abs() + 1.0)
+            })
+            .collect();
+        assert_close("batch_norm", &out, &reference);
+
+        let acts: [(Activation, Reference); 8] = [
+            (Activation::Relu, |v| v.max(0.0)),
+            (Activation::Relu6, |v| v.clamp(0.0, 6.0)),
+            (Activation::Hardtanh { min: -0.5, max: 0.25 }, |v| v.clamp(-0.5, 0.25)),
+            (Activation::Hardswish, |v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0),
+            (Activation::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
+            (Activation::Tanh, f64::tanh),
+            (Activation::LeakyRelu { negative_slope: 0.1 }, |v| if v > 0.0 { v } else { 0.1 * v }),
+            (Activation::Elu { alpha: 0.7 }, |v| if v > 0.0 { v } else { 0.7 * v.exp_m1() }),
+        ];
+        let big: Vec<f32> = x.iter().map(|v| v * 8.0).collect();
+        for (act, f) in acts {
+            let mut out = vec![0.0; big.len()];
+            float::activation(act, &big, &mut out, isa).unwrap();
+            let reference: Vec<(f64, f64)> =
+                big.iter().map(|&v| (f(f64::from(v)), f(f64::from(v)).abs() + 0.1)).collect();
+            assert_close(&format!("{act:?}"), &out, &reference);
+        }
+
+        for dim in 0..4 {
+            let mut out = vec![0.0; x.len()];
+            float::softmax(&big, &shape, dim, &mut out, isa).unwrap();
+            let strides = [105, 35, 7, 1];
+            let reference: Vec<(f64, f64)> = (0..x.len())
+                .map(|i| {
+                    let base = i - (i / strides[dim] % shape[dim]) * strides[dim];
+                    let vals: Vec<f64> =
+                        (0..shape[dim]).map(|j| f64::from(big[base + j * strides[dim]])).collect();
+                    let m = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = vals.iter().map(|v| (v - m).exp()).sum();
+                    ((f64::from(big[i]) - m).exp() / sum, 1.0)
+                })
+                .collect();
+            assert_close(&format!("softmax dim {dim}"), &out, &reference);
+        }
+
+        for osz in [[1, 1], [2, 3], [5, 7], [4, 4]] {
+            let mut out = vec![0.0; 6 * osz[0] * osz[1]];
+            float::adaptive_avg_pool2d(&x, &shape, osz, &mut out, isa).unwrap();
+            let mut reference = Vec::new();
+            for pl in 0..6 {
+                for oy in 0..osz[0] {
+                    for ox in 0..osz[1] {
+                        let (y0, y1) = (oy * 5 / osz[0], ((oy + 1) * 5).div_ceil(osz[0]));
+                        let (x0, x1) = (ox * 7 / osz[1], ((ox + 1) * 7).div_ceil(osz[1]));
+                        let vals: Vec<f64> = (y0..y1)
+                            .flat_map(|yy| (x0..x1).map(move |xx| (yy, xx)))
+                            .map(|(yy, xx)| f64::from(x[pl * 35 + yy * 7 + xx]))
+                            .collect();
+                        let n = vals.len() as f64;
+                        reference.push((
+                            vals.iter().sum::<f64>() / n,
+                            vals.iter().map(|v| v.abs()).sum::<f64>() / n,
+                        ));
+                    }
+                }
+            }
+            assert_close("adaptive_avg_pool2d", &out, &reference);
+        }
+    }
+}
+
+#[test]
+fn resnet_sized_layers_split_across_threads_match_one_thread() {
+    // Large enough to take the rayon paths of im2col, GEMM and depthwise.
+    let (c, h, w) = (32, 28, 28);
+    let x = fill(c * h * w, 5);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for (o, k, groups) in [(64, 3, 1), (32, 3, 32), (48, 1, 1)] {
+        let wt = fill(o * (c / groups) * k * k, 6);
+        let p = ConvParams { stride: [1, 1], padding: [k / 2, k / 2], dilation: [1, 1], groups };
+        let len = o * h * w;
+        let (mut a, mut b) = (vec![0.0; len], vec![0.0; len]);
+        let mut scratch = ConvScratch::default();
+        let shape = [1, c, h, w];
+        let wshape = [o, c / groups, k, k];
+        float::conv::<2>(&x, &shape, &wt, &wshape, None, &p, &mut a, &mut scratch, Isa::Scalar).unwrap();
+        pool.install(|| {
+            float::conv::<2>(&x, &shape, &wt, &wshape, None, &p, &mut b, &mut scratch, Isa::detect())
+        })
+        .unwrap();
+        let reference = naive_conv(
+            &x,
+            1,
+            c,
+            [1, h, w],
+            &wt,
+            o,
+            [1, k, k],
+            None,
+            [1; 3],
+            [0, k / 2, k / 2],
+            [1; 3],
+            groups,
+            [1, h, w],
+        );
+        assert_close("one thread", &a, &reference);
+        assert_close("two threads", &b, &reference);
+    }
+}
+
+#[test]
+fn bad_float_input_is_a_typed_error() {
+    let x = [0.0f32; 2 * 4 * 5 * 5];
+    let mut out = vec![0.0f32; 10_000];
+    let mut scratch = ConvScratch::default();
+    let isa = Isa::Scalar;
+    let p = ConvParams::<2>::default();
+    // Groups that do not divide the channels; weight channels that do not match.
+    let err = float::conv::<2>(
+        &x,
+        &[2, 4, 5, 5],
+        &[0.0; 8 * 3 * 9],
+        &[8, 3, 3, 3],
+        None,
+        &ConvParams { groups: 3, ..p },
+        &mut out,
+        &mut scratch,
+        isa,
+    )
+    .unwrap_err();
+    assert!(matches!(err, KernelError::InvalidArgument { what: "groups", .. }), "{err}");
+    let err = float::conv::<2>(
+        &x,
+        &[2, 4, 5, 5],
+        &[0.0; 8 * 3 * 9],
+        &[8, 3, 3, 3],
+        None,
+        &p,
+        &mut out,
+        &mut scratch,
+        isa,
+    )
+    .unwrap_err();
+    assert!(matches!(err, KernelError::ShapeMismatch { what: "weight input channels", .. }), "{err}");
+    // Kernel larger than the padded input.
+    let err = float::conv::<2>(
+        &x,
+        &[2, 4, 5, 5],
+        &[0.0; 8 * 4 * 36],
+        &[8, 4, 6, 6],
+        None,
+        &p,
+        &mut out,
+        &mut scratch,
+        isa,
+    )
+    .unwrap_err();
+    assert!(matches!(err, KernelError::InvalidArgument { what: "kernel size", .. }), "{err}");
+    // Wrong output length, bias length.
+    let err = float::conv::<2>(
+        &x,
+        &[2, 4, 5, 5],
+        &[0.0; 8 * 4 * 9],
+        &[8, 4, 3, 3],
+        None,
+        &p,
+        &mut out,
+        &mut scratch,
+        isa,
+    )
+    .unwrap_err();
+    assert!(matches!(err, KernelError::ShapeMismatch { what: "output length", .. }), "{err}");
+    assert!(
+        float::conv::<2>(
+            &x,
+            &[2, 4, 5, 5],
+            &[0.0; 8 * 4 * 9],
+            &[8, 4, 3, 3],
+            Some(&[0.0; 7]),
+            &p,
+            &mut out[..2 * 8 * 9],
+            &mut scratch,
+            isa
+        )
+        .is_err()
+    );
+    // sgemm with short buffers.
+    assert!(float::sgemm(4, 4, 4, &[0.0; 15], 4, &[0.0; 16], 4, &mut [0.0; 16], 4, false).is_err());
+    // Batch norm with the wrong number of channels, softmax over a missing dim.
+    assert!(
+        float::batch_norm(&x, &[2, 4, 25], &[0.0; 3], &[1.0; 4], None, None, 1e-5, &mut out[..200], isa)
+            .is_err()
+    );
+    assert!(float::softmax(&x, &[2, 4, 25], 3, &mut out[..200], isa).is_err());
+    assert!(
+        float::activation(Activation::Hardtanh { min: 1.0, max: 0.0 }, &x, &mut out[..200], isa).is_err()
+    );
+    let w = Window { kernel: [7, 7], stride: [1, 1], padding: [0, 0], dilation: [1, 1], ceil_mode: false };
+    assert!(float::pool2d(&x, &[2, 4, 5, 5], &w, PoolKind::Max, &mut out, isa).is_err());
+    assert!(float::adaptive_avg_pool2d(&x, &[2, 4, 5, 5], [0, 1], &mut out, isa).is_err());
+}
