@@ -2,7 +2,13 @@
 //! `DeQuantStub`, module fusion, qconfig assignment, `prepare` / calibrate / `convert`, quantized
 //! modules that run on `qkernels`, save and load as safetensors, and a model zoo.
 //!
-//! The workflow arrives with the qgraph work; this crate currently fixes its place in the
-//! workspace: above `qobserve`, below `qfake`.
+//! In place so far: [`qconfig`] (PyTorch's per-backend defaults over `qobserve`'s observer
+//! descriptions) and [`fusion`] (batch-norm folding with PyTorch's arithmetic). The module tree
+//! and the workflow built on them come next.
 
+mod error;
+pub mod fusion;
+pub mod qconfig;
+
+pub use error::{GraphError, GraphResult};
 pub use qobserve;
