@@ -55,9 +55,11 @@ fn target_dir(root: &Path) -> PathBuf {
 pub fn run(options: &Options) -> Result<(), String> {
     let root = workspace_root();
     eprintln!("xtask bench: measuring this CPU's peaks (one and two cores)...");
-    let peaks = peak::measure();
+    let before = peak::measure();
     let started = SystemTime::now();
     run_criterion(&root, options)?;
+    eprintln!("xtask bench: measuring the peaks again...");
+    let peaks = before.max(peak::measure());
     let target = target_dir(&root);
     let rows = results::collect(&target.join("criterion"), started, options.filter.as_deref())?;
     if rows.is_empty() {
