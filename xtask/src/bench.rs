@@ -82,7 +82,7 @@ fn run_criterion(root: &Path, options: &Options) -> Result<(), String> {
         command.arg(filter);
     }
     if options.quick {
-        command.args(["--warm-up-time", "0.5", "--measurement-time", "1", "--sample-size", "10"]);
+        command.args(["--warm-up-time", "0.2", "--measurement-time", "0.5", "--sample-size", "10"]);
     }
     command.args(&options.criterion_args);
     let status = command.status().map_err(|err| format!("could not run cargo bench: {err}"))?;
