@@ -13,35 +13,14 @@ under the engines "x86" and "fbgemm", with torch.set_num_threads(N). Weights are
 import argparse
 import json
 import pathlib
-import time
 import warnings
 
 import torch
 import torch.ao.nn.intrinsic.quantized as nniq
+from timing import median_ns
 
 warnings.filterwarnings("ignore")
 SHAPES = pathlib.Path(__file__).resolve().parent / "conv_shapes.json"
-
-
-def median_ns(fn, min_time=0.3, min_iters=5):
-    """Median of per-call times over batches of calls, after a warm-up."""
-    for _ in range(3):
-        fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    per_batch = max(1, int(0.02 / one))
-    samples = []
-    start = time.perf_counter()
-    while len(samples) < min_iters or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter_ns()
-        for _ in range(per_batch):
-            fn()
-        samples.append((time.perf_counter_ns() - t0) / per_batch)
-        if len(samples) >= 200:
-            break
-    samples.sort()
-    return samples[len(samples) // 2]
 
 
 def build(case, engine):

@@ -7,6 +7,7 @@
 //! `Throughput::Elements(2 * MACs)`. Unary activations are timed as the layer above runs them: the
 //! 256-entry table is built once (when the layer is prepared), each call applies it.
 
+use qtest::random_bytes;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -19,20 +20,8 @@ use serde_json::Value;
 const SHAPES: &str = include_str!("../../../tools/bench/elementwise_shapes.json");
 const THREADS: [usize; 2] = [1, 2];
 
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
-}
-
 fn floats(n: usize, seed: u64) -> Vec<f32> {
-    bytes(n, seed).into_iter().map(|b| f32::from(b) / 128.0 - 1.0).collect()
+    random_bytes(n, seed).into_iter().map(|b| f32::from(b) / 128.0 - 1.0).collect()
 }
 
 fn usizes(v: &Value) -> Vec<usize> {
@@ -65,8 +54,8 @@ fn bench_elementwise(c: &mut Criterion, cases: &[Value], isa: Isa) {
         let op = case["op"].as_str().expect("op");
         let shape = usizes(&case["shape"]);
         let n: usize = shape.iter().product();
-        let a = bytes(n, 1);
-        let b = bytes(n, 2);
+        let a = random_bytes(n, 1);
+        let b = random_bytes(n, 2);
         let mut out = vec![0u8; n * 2];
         for (threads, pool) in pools() {
             let id = BenchmarkId::new(name, format!("t{threads}"));
@@ -115,7 +104,7 @@ fn bench_elementwise(c: &mut Criterion, cases: &[Value], isa: Isa) {
                 "cat" => {
                     let inputs = case["inputs"].as_u64().expect("inputs") as usize;
                     let dim = case["dim"].as_u64().expect("dim") as usize;
-                    let datas: Vec<Vec<u8>> = (0..inputs).map(|i| bytes(n, 10 + i as u64)).collect();
+                    let datas: Vec<Vec<u8>> = (0..inputs).map(|i| random_bytes(n, 10 + i as u64)).collect();
                     let qs = [qa, qb, qo, qa];
                     group.throughput(Throughput::Bytes(2 * (inputs * n) as u64));
                     group.bench_function(id, |bch| {
@@ -171,7 +160,7 @@ fn bench_pool(c: &mut Criterion, cases: &[Value], isa: Isa) {
         // NCHW in the shapes file; the kernels take NHWC.
         let shape = [s[0], s[2], s[3], s[1]];
         let n: usize = shape.iter().product();
-        let x = bytes(n, 3);
+        let x = random_bytes(n, 3);
         let k = case["kernel"].as_u64().unwrap_or(1) as usize;
         let st = case["stride"].as_u64().unwrap_or(1) as usize;
         let pd = case["padding"].as_u64().unwrap_or(0) as usize;

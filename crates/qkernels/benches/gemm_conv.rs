@@ -7,6 +7,7 @@
 //!
 //! `QKERNELS_ISA` caps the tier (e.g. `QKERNELS_ISA=avx2` for the AVX2 path).
 
+use qtest::random_bytes;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -37,19 +38,6 @@ const GEMM_SHAPES: [(usize, usize, usize); 21] = [
     (1, 1000, 2048),
 ];
 
-/// Deterministic pseudo-random bytes.
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
-}
-
 fn pools() -> Vec<(usize, rayon::ThreadPool)> {
     [1, 2].into_iter().map(|t| (t, qtest::thread_pool(t))).collect()
 }
@@ -59,8 +47,8 @@ fn bench_gemm(c: &mut Criterion) {
     group.sample_size(10);
     let pools = pools();
     for &(m, n, k) in &GEMM_SHAPES {
-        let a = bytes(m * k, 1);
-        let w: Vec<i8> = bytes(n * k, 2).into_iter().map(|x| x as i8).collect();
+        let a = random_bytes(m * k, 1);
+        let w: Vec<i8> = random_bytes(n * k, 2).into_iter().map(|x| x as i8).collect();
         let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
         let q = WeightQParams::per_channel((0..n).map(|i| 0.001 + i as f64 * 1e-6).collect());
         let packed = PackedWeights::new(&w, n, k, &q, Some(&bias)).unwrap();
@@ -78,8 +66,8 @@ fn bench_gemm(c: &mut Criterion) {
     }
     // 7-bit activations (PyTorch's reduce_range): the AVX2 tier's vpmaddubsw path applies.
     for &(m, n, k) in &[(3136, 64, 576), (784, 128, 1152), (196, 256, 2304)] {
-        let a: Vec<u8> = bytes(m * k, 1).into_iter().map(|x| x >> 1).collect();
-        let w: Vec<i8> = bytes(n * k, 2).into_iter().map(|x| x as i8).collect();
+        let a: Vec<u8> = random_bytes(m * k, 1).into_iter().map(|x| x >> 1).collect();
+        let w: Vec<i8> = random_bytes(n * k, 2).into_iter().map(|x| x as i8).collect();
         let q = WeightQParams::per_channel((0..n).map(|i| 0.001 + i as f64 * 1e-6).collect());
         let packed = PackedWeights::new(&w, n, k, &q, None).unwrap();
         let pipeline = packed.output_u8(0.02, 64, 0.05 * (k as f64).sqrt(), 100, true).unwrap();
@@ -118,13 +106,13 @@ fn bench_conv(c: &mut Criterion) {
             .groups(groups);
         let out_spatial = params.output_spatial(&input).unwrap();
         let taps: usize = kernel.iter().product();
-        let w: Vec<i8> = bytes(oc * ic / groups * taps, 3).into_iter().map(|x| x as i8).collect();
+        let w: Vec<i8> = random_bytes(oc * ic / groups * taps, 3).into_iter().map(|x| x as i8).collect();
         let q = WeightQParams::per_channel((0..oc).map(|i| 0.001 + i as f64 * 1e-6).collect());
         let bias: Vec<f32> = (0..oc).map(|i| i as f32 * 0.01).collect();
         let packed = PackedConv::new(params, &w, &q, Some(&bias)).unwrap();
         let pipeline =
             packed.output_u8(0.02, 128, 0.05 * ((ic / groups * taps) as f64).sqrt(), 100, true).unwrap();
-        let x = bytes(batch * input.iter().product::<usize>() * ic, 4);
+        let x = random_bytes(batch * input.iter().product::<usize>() * ic, 4);
         let pixels: usize = batch * out_spatial.iter().product::<usize>();
         let mut out = vec![0u8; pixels * oc];
         group.throughput(Throughput::Elements(2 * (pixels * oc * ic / groups * taps) as u64));

@@ -7,24 +7,13 @@ use proptest::prelude::*;
 use qkernels::float::{self, Activation, ConvParams, ConvScratch, PoolKind};
 use qkernels::pool::Window;
 use qkernels::{Isa, KernelError};
+use qtest::random_f32s;
 
 /// A scalar reference of an activation, in f64.
 type Reference = fn(f64) -> f64;
 
 fn cfg() -> ProptestConfig {
     ProptestConfig { cases: 48, ..ProptestConfig::default() }
-}
-
-fn fill(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// Asserts |got - value| <= 1e-5 * magnitude + 1e-6 for each (value, magnitude) reference.
@@ -109,9 +98,9 @@ proptest! {
 
     #[test]
     fn sgemm_matches_naive(m in 1usize..40, n in 1usize..70, k in 0usize..50, accumulate in any::<bool>(), seed in any::<u64>()) {
-        let a = fill(m * k, seed);
-        let b = fill(k * n, seed ^ 1);
-        let c0 = fill(m * n, seed ^ 2);
+        let a = random_f32s(m * k, seed);
+        let b = random_f32s(k * n, seed ^ 1);
+        let c0 = random_f32s(m * n, seed ^ 2);
         let mut c = c0.clone();
         float::sgemm(m, n, k, &a, k, &b, n, &mut c, n, accumulate).unwrap();
         let mut reference = Vec::new();
@@ -157,9 +146,9 @@ proptest! {
             return Ok(());
         }
         let osp: [usize; 3] = std::array::from_fn(|i| (isp[i] + 2 * p[i] - span(i)) / s[i] + 1);
-        let x = fill(n * c * isp.iter().product::<usize>(), seed);
-        let w = fill(o * cg * ksp.iter().product::<usize>(), seed ^ 7);
-        let bias = fill(o, seed ^ 9);
+        let x = random_f32s(n * c * isp.iter().product::<usize>(), seed);
+        let w = random_f32s(o * cg * ksp.iter().product::<usize>(), seed ^ 7);
+        let bias = random_f32s(o, seed ^ 9);
         let bias = with_bias.then_some(&bias[..]);
         let reference = naive_conv(&x, n, c, isp, &w, o, ksp, bias, s, p, d, g, osp);
         let mut out = vec![f32::NAN; reference.len()];
@@ -191,7 +180,7 @@ proptest! {
     ) {
         let padding = [p[0].min(k[0] / 2), p[1].min(k[1] / 2)];
         let c = 3;
-        let x = fill(2 * c * sp[0] * sp[1], seed);
+        let x = random_f32s(2 * c * sp[0] * sp[1], seed);
         for (kind, dilation) in [(PoolKind::Max, [dil, dil]), (PoolKind::Avg { count_include_pad, divisor_override: None }, [1, 1])] {
             let w = Window { kernel: k, stride: s, padding, dilation, ceil_mode };
             let Ok([oh, ow]) = w.output_size("test", sp) else { continue };
@@ -233,7 +222,7 @@ proptest! {
 #[test]
 fn batch_norm_activations_softmax_and_adaptive_pool_match_their_definitions() {
     let shape = [2, 3, 5, 7];
-    let x = fill(2 * 3 * 35, 11);
+    let x = random_f32s(2 * 3 * 35, 11);
     let mean = [0.1f32, -0.2, 0.3];
     let var = [0.5f32, 2.0, 0.01];
     let weight = [1.5f32, -0.5, 2.0];
@@ -321,10 +310,10 @@ fn batch_norm_activations_softmax_and_adaptive_pool_match_their_definitions() {
 fn resnet_sized_layers_split_across_threads_match_one_thread() {
     // Large enough to take the rayon paths of im2col, GEMM and depthwise.
     let (c, h, w) = (32, 28, 28);
-    let x = fill(c * h * w, 5);
+    let x = random_f32s(c * h * w, 5);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     for (o, k, groups) in [(64, 3, 1), (32, 3, 32), (48, 1, 1)] {
-        let wt = fill(o * (c / groups) * k * k, 6);
+        let wt = random_f32s(o * (c / groups) * k * k, 6);
         let p = ConvParams { stride: [1, 1], padding: [k / 2, k / 2], dilation: [1, 1], groups };
         let len = o * h * w;
         let (mut a, mut b) = (vec![0.0; len], vec![0.0; len]);

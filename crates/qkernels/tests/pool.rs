@@ -8,21 +8,10 @@ use qcore::{QDType, quantize_val};
 use qkernels::elementwise::PerTensor;
 use qkernels::pool::{self, AvgPool2d, PYTORCH_VECTOR_CHANNELS, Window};
 use qkernels::{Isa, KernelError};
+use qtest::random_bytes;
 
 fn cfg() -> ProptestConfig {
     ProptestConfig { cases: 64, ..ProptestConfig::default() }
-}
-
-fn fill(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
 }
 
 /// Naive max pooling over 3 spatial dims (D < 3 pads with size-1 dims), i64 arithmetic.
@@ -98,7 +87,7 @@ proptest! {
             w.kernel[i] = 1; w.stride[i] = 1; w.padding[i] = 0; w.dilation[i] = 1;
         }
         let Ok(osp) = w.output_size("test", sp) else { return Ok(()) };
-        let x = fill(n * sp.iter().product::<usize>() * c, seed);
+        let x = random_bytes(n * sp.iter().product::<usize>() * c, seed);
         let expected = naive_max(&x, n, sp, c, &w, osp);
         for isa in Isa::supported() {
             let mut out = vec![0u8; expected.len()];
@@ -125,7 +114,7 @@ proptest! {
         // x -> x ^ 0x80 maps i8 order onto u8 order: pooling commutes with it.
         let w = Window { kernel: [k, k], stride: [1, 2], padding: [k / 2, 0], dilation: [1, 1], ceil_mode: true };
         let Ok(osp) = w.output_size("test", sp) else { return Ok(()) };
-        let x = fill(sp[0] * sp[1] * c, seed);
+        let x = random_bytes(sp[0] * sp[1] * c, seed);
         let xi: Vec<i8> = x.iter().map(|&v| (v ^ 0x80) as i8).collect();
         let mut ou = vec![0u8; osp[0] * osp[1] * c];
         let mut oi = vec![0i8; ou.len()];
@@ -155,7 +144,7 @@ proptest! {
         let Ok(osp) = window.output_size("test", sp) else { return Ok(()) };
         let opts = AvgPool2d { window, count_include_pad, divisor_override: divisor };
         let q = PerTensor::new(0.05, zp);
-        let x = fill(sp[0] * sp[1] * c, seed);
+        let x = random_bytes(sp[0] * sp[1] * c, seed);
         // Reference: PyTorch's _qavg_pool_nhwc_kernel, written out per element.
         let mut expected = Vec::new();
         for oy in 0..osp[0] {
@@ -196,7 +185,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let q = PerTensor::new(0.1, 9);
-        let x = fill(n * sp[0] * sp[1] * c, seed);
+        let x = random_bytes(n * sp[0] * sp[1] * c, seed);
         let shape = [n, sp[0], sp[1], c];
         let len = n * osz[0] * osz[1] * c;
         let run = |isa: Isa| {
@@ -233,7 +222,7 @@ proptest! {
 fn max_pool_with_more_than_64_taps_equals_naive() {
     // 9 x 9 = 81 taps takes the kernel's heap tap list instead of its stack one.
     let (h, w, c) = (12, 11, 70);
-    let x = fill(h * w * c, 17);
+    let x = random_bytes(h * w * c, 17);
     let win = Window { kernel: [9, 9], stride: [2, 1], padding: [4, 3], dilation: [1, 1], ceil_mode: true };
     let osp = win.output_size("test", [h, w]).unwrap();
     let w3 = Window {
@@ -253,7 +242,7 @@ fn max_pool_with_more_than_64_taps_equals_naive() {
 
 #[test]
 fn adaptive_avg_pool1d_matches_2d_with_height_one() {
-    let x = fill(2 * 13 * 5, 3);
+    let x = random_bytes(2 * 13 * 5, 3);
     let q = PerTensor::new(0.2, 4);
     let mut a = vec![0u8; 2 * 4 * 5];
     let mut b = a.clone();

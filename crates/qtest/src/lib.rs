@@ -139,3 +139,34 @@ pub fn assert_ints_eq(case: &str, what: &str, got: &ArrayD<i32>, expected: &Arra
 pub fn thread_pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon thread pool")
 }
+
+/// A deterministic xorshift64 stream: the same numbers on every machine, with no dependency.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A stream from `seed` (any value; it is made odd, which xorshift needs).
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `len` pseudo-random bytes from `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = XorShift::new(seed);
+    (0..len).map(|_| (rng.next_u64() >> 24) as u8).collect()
+}
+
+/// `len` pseudo-random f32 in [-1, 1) from `seed`.
+pub fn random_f32s(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = XorShift::new(seed);
+    (0..len).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0).collect()
+}

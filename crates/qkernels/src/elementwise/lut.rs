@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use qcore::{QDType, cvt_f32_to_i32_x86, dequantize_val, quantize_val};
 
 use super::{PerTensor, QElem, SendPtr, for_chunks, invalid, x86};
+use crate::float::Activation;
 use crate::{Isa, KernelResult};
 
 /// How PyTorch dequantizes before a float op, which differs between its kernels (NUMERICS.md §6).
@@ -181,21 +182,12 @@ impl<T: QElem> Lut<T> {
         let inv_f64 = (1.0 / out_q.scale) as f32;
         let out = |y: f32, inv: f32| T::from_i32(quantize_vec_rule(y, inv, ozp, dtype));
         Ok(match op {
-            Unary::Hardswish => Self::from_fn(|q| {
-                let x = fma(q);
-                out(x * (x + 3.0).clamp(0.0, 6.0) / 6.0, inv_f64)
-            }),
-            Unary::Sigmoid => Self::from_fn(|q| {
-                let x = fma(q);
-                out(1.0 / (1.0 + (-x).exp()), inv_f64)
-            }),
-            Unary::Tanh => Self::from_fn(|q| out(fma(q).tanh(), inv_f64)),
+            Unary::Hardswish => Self::from_fn(|q| out(Activation::Hardswish.apply(fma(q)), inv_f64)),
+            Unary::Sigmoid => Self::from_fn(|q| out(Activation::Sigmoid.apply(fma(q)), inv_f64)),
+            Unary::Tanh => Self::from_fn(|q| out(Activation::Tanh.apply(fma(q)), inv_f64)),
             Unary::LeakyRelu { negative_slope } => {
                 let inv = 1.0f32 / out_q.scale as f32;
-                Self::from_fn(|q| {
-                    let x = fma(q);
-                    out(x * if x > 0.0 { 1.0 } else { negative_slope }, inv)
-                })
+                Self::from_fn(|q| out(Activation::LeakyRelu { negative_slope }.apply(fma(q)), inv))
             }
             Unary::Elu { alpha, scale, input_scale } => {
                 let inv = (1.0 / f64::from(out_q.scale as f32)) as f32;

@@ -855,8 +855,9 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation of one value (also what the quantized lookup tables are built from).
     #[inline(always)]
-    fn apply(self, x: f32) -> f32 {
+    pub(crate) fn apply(self, x: f32) -> f32 {
         match self {
             Activation::Relu => x.max(0.0),
             Activation::Relu6 => x.clamp(0.0, 6.0),
