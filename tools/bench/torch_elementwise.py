@@ -24,8 +24,8 @@ import pathlib
 import warnings
 
 import torch
-from timing import median_ns
 import torch.nn.functional as F
+from timing import median_ns
 
 warnings.filterwarnings("ignore")
 SHAPES = pathlib.Path(__file__).resolve().parent / "elementwise_shapes.json"
