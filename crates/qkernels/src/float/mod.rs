@@ -38,29 +38,15 @@ pub fn sgemm(
     if lda < k || ldb < n || ldc < n {
         return Err(invalid(OP, "leading dimension", (lda, ldb, ldc), "must be at least the row length"));
     }
-    if a.len() < need(m, k, lda) {
-        return Err(crate::KernelError::ShapeMismatch {
-            op: OP,
-            what: "length of a",
-            got: a.len(),
-            expected: need(m, k, lda),
-        });
-    }
-    if b.len() < need(k, n, ldb) {
-        return Err(crate::KernelError::ShapeMismatch {
-            op: OP,
-            what: "length of b",
-            got: b.len(),
-            expected: need(k, n, ldb),
-        });
-    }
-    if c.len() < need(m, n, ldc) {
-        return Err(crate::KernelError::ShapeMismatch {
-            op: OP,
-            what: "length of c",
-            got: c.len(),
-            expected: need(m, n, ldc),
-        });
+    let lengths = [
+        ("length of a", a.len(), need(m, k, lda)),
+        ("length of b", b.len(), need(k, n, ldb)),
+        ("length of c", c.len(), need(m, n, ldc)),
+    ];
+    for (what, got, expected) in lengths {
+        if got < expected {
+            return Err(crate::KernelError::ShapeMismatch { op: OP, what, got, expected });
+        }
     }
     if m == 0 || n == 0 {
         return Ok(());
