@@ -188,6 +188,7 @@ pub fn conv<const D: usize>(
     let osp = pad3::<D>(oshape[2..].try_into().expect("rank checked"), 1);
     let ksp = pad3::<D>(w_shape[2..].try_into().expect("rank checked"), 1);
     let (s, p, d) = (pad3(params.stride, 1), pad3(params.padding, 0), pad3(params.dilation, 1));
+    let geo = Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d };
     let (cg, og) = (c / g, o / g);
     let (in_plane, out_plane): (usize, usize) = (isp.iter().product(), osp.iter().product());
     let kvol: usize = ksp.iter().product();
@@ -195,7 +196,7 @@ pub fn conv<const D: usize>(
         return Ok(oshape);
     }
     if g == c && o == c && D == 2 {
-        depthwise(input, weight, bias, out, n * c, c, isp, osp, ksp, s, p, d, scratch, isa);
+        depthwise(input, weight, bias, out, n * c, c, geo, scratch, isa);
         return Ok(oshape);
     }
     let pointwise = kvol == 1 && s == [1; 3] && p == [0; 3];
@@ -252,11 +253,11 @@ pub fn conv<const D: usize>(
                 continue;
             }
             if shifted {
-                shifted_conv2d(x, w, bias, y, scratch, cg, og, isp, osp, ksp, s, p, d);
+                shifted_conv2d(x, w, bias, y, scratch, cg, og, geo);
                 continue;
             }
             let col = &mut scratch.col[..rows * out_plane];
-            im2col(x, col, cg, isp, osp, ksp, s, p, d);
+            im2col(x, col, cg, geo);
             // The gemm crate runs this shape (long K) far faster with the pixels as rows of the
             // product: tmp[pixel][o] = sum_r col[r][pixel] * w[o][r], then transposed into NCHW.
             let tmp = &mut scratch.tmp[..out_plane * og];
@@ -320,13 +321,9 @@ fn shifted_conv2d(
     scratch: &mut ConvScratch,
     cg: usize,
     og: usize,
-    isp: [usize; 3],
-    osp: [usize; 3],
-    ksp: [usize; 3],
-    s: [usize; 3],
-    p: [usize; 3],
-    d: [usize; 3],
+    geo: Geometry,
 ) {
+    let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
     let ([_, ih, iw], [_, oh, ow], [_, kh, kw]) = (isp, osp, ksp);
     let (sy, sx) = (s[1], s[2]);
     let (hp, wp) = (ih + 2 * p[1], iw + 2 * p[2]);
@@ -512,19 +509,20 @@ fn transpose_add_bias(tmp: &[f32], y: &mut [f32], pixels: usize, og: usize, bias
     }
 }
 
+/// The spatial geometry of one convolution, each part padded to three dimensions.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    input: [usize; 3],
+    output: [usize; 3],
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+    dilation: [usize; 3],
+}
+
 /// Unfolds `x` (`cg` channels of `isp`) into `col`: row `(ch, kz, ky, kx)`, column = output pixel.
-#[allow(clippy::too_many_arguments)]
-fn im2col(
-    x: &[f32],
-    col: &mut [f32],
-    cg: usize,
-    isp: [usize; 3],
-    osp: [usize; 3],
-    ksp: [usize; 3],
-    s: [usize; 3],
-    p: [usize; 3],
-    d: [usize; 3],
-) {
+fn im2col(x: &[f32], col: &mut [f32], cg: usize, geo: Geometry) {
+    let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
     let out_plane: usize = osp.iter().product();
     let kvol: usize = ksp.iter().product();
     let in_plane: usize = isp.iter().product();
@@ -682,15 +680,11 @@ fn depthwise(
     out: &mut [f32],
     planes: usize,
     c: usize,
-    isp: [usize; 3],
-    osp: [usize; 3],
-    ksp: [usize; 3],
-    s: [usize; 3],
-    p: [usize; 3],
-    d: [usize; 3],
+    geo: Geometry,
     scratch: &mut ConvScratch,
     isa: Isa,
 ) {
+    let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
     let (hp, wp) = (isp[1] + 2 * p[1], isp[2] + 2 * p[2]);
     let g = DwGeometry {
         ih: isp[1],
