@@ -461,7 +461,7 @@ fn shortest_digits(x: f64) -> Option<SciParts> {
 /// Python's `repr(x)` of a float: shortest round-trip digits, scientific (`1e-05`, `1.5e+16`)
 /// when the decimal exponent is below -4 or at least 16, else positional with at least one
 /// decimal (`0.0001`, `123.0`, `0.25`).
-fn python_float_repr(x: f64) -> String {
+pub fn python_float_repr(x: f64) -> String {
     if let Some(s) = python_non_finite(x) {
         return s.to_owned();
     }

@@ -1,10 +1,19 @@
 //! The one error type of `qgraph`.
 
 /// Everything that can be wrong with the input of a `qgraph` function. Each variant names the
-/// module or function, the offending value and the fix.
+/// module or function, the offending value and the fix. An error raised inside a container
+/// carries the dotted path of the module it came from ([`GraphError::At`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GraphError {
+    /// An error inside the module at `path` (dotted, as PyTorch names it).
+    #[error("module `{path}`: {source}")]
+    At {
+        /// The module's path, e.g. `layer1.0.conv1`.
+        path: String,
+        /// What went wrong there.
+        source: Box<GraphError>,
+    },
     /// Two sizes that must agree do not.
     #[error("{context}: {what} is {got} but must be {expected}")]
     ShapeMismatch {
@@ -17,6 +26,18 @@ pub enum GraphError {
         /// The size required.
         expected: usize,
     },
+    /// A module or function argument outside what is accepted.
+    #[error("{context}: {what} = {value} is invalid: {reason}")]
+    InvalidArgument {
+        /// The module or function.
+        context: &'static str,
+        /// The argument.
+        what: &'static str,
+        /// Its value, formatted.
+        value: String,
+        /// Why, and what would be accepted.
+        reason: String,
+    },
     /// A backend name that `get_default_qconfig` does not know.
     #[error(
         "get_default_qconfig: backend {backend:?} is not supported; use one of x86, fbgemm, qnnpack, onednn"
@@ -25,7 +46,102 @@ pub enum GraphError {
         /// The name given.
         backend: String,
     },
+    /// A float tensor reached a quantized module.
+    #[error(
+        "{module} received a float tensor but runs on quantized tensors: a QuantStub is missing before \
+         it (or give it qconfig None before prepare so that it stays float)"
+    )]
+    ExpectedQuantized {
+        /// The module's type.
+        module: String,
+    },
+    /// A quantized tensor reached a module that only runs in float.
+    #[error(
+        "{module} received a quantized tensor but runs on float tensors: a DeQuantStub is missing before it"
+    )]
+    ExpectedFloat {
+        /// The module's type.
+        module: String,
+    },
+    /// No module has this path.
+    #[error("no module is named `{path}`; {hint}")]
+    NoSuchModule {
+        /// The path asked for.
+        path: String,
+        /// The names that exist at the deepest level reached.
+        hint: String,
+    },
+    /// Modules that cannot be fused as asked.
+    #[error("fuse_modules {modules:?}: {reason}")]
+    Fusion {
+        /// The names given.
+        modules: Vec<String>,
+        /// Why, and what is supported.
+        reason: String,
+    },
+    /// A workflow step (prepare, calibrate, convert) cannot go ahead.
+    #[error("{step}: {reason}")]
+    Workflow {
+        /// `prepare`, `calibrate`, `convert`, ...
+        step: &'static str,
+        /// Why, naming the modules concerned and the fix.
+        reason: String,
+    },
+    /// A state dict or saved model does not fit the module tree.
+    #[error("{context}: {reason}")]
+    Mismatch {
+        /// `load_state_dict`, `load`, ...
+        context: &'static str,
+        /// Which names or shapes differ.
+        reason: String,
+    },
+    /// A model file that cannot be read.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file (or `<bytes>`).
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Invalid quantization parameters, as `qcore` reports them.
+    #[error(transparent)]
+    Quant(#[from] qcore::QError),
+    /// A kernel refused its input.
+    #[error(transparent)]
+    Kernel(#[from] qkernels::KernelError),
+    /// An observer refused its input or has no statistics.
+    #[error(transparent)]
+    Observe(#[from] qobserve::ObserveError),
+}
+
+impl GraphError {
+    /// This error as raised inside the child `name`: the path grows at the front, so an error
+    /// three containers deep reads `layer1.0.conv1: ...`.
+    pub fn within(self, name: &str) -> GraphError {
+        match self {
+            GraphError::At { path, source } => GraphError::At { path: format!("{name}.{path}"), source },
+            other => GraphError::At { path: name.to_string(), source: Box::new(other) },
+        }
+    }
+
+    /// The error without its path.
+    pub fn root_cause(&self) -> &GraphError {
+        match self {
+            GraphError::At { source, .. } => source.root_cause(),
+            other => other,
+        }
+    }
 }
 
 /// `Result` with [`GraphError`].
 pub type GraphResult<T> = Result<T, GraphError>;
+
+/// Shorthand for [`GraphError::InvalidArgument`].
+pub(crate) fn invalid(
+    context: &'static str,
+    what: &'static str,
+    value: impl std::fmt::Debug,
+    reason: impl Into<String>,
+) -> GraphError {
+    GraphError::InvalidArgument { context, what, value: format!("{value:?}"), reason: reason.into() }
+}

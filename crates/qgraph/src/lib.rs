@@ -1,14 +1,23 @@
 //! PyTorch's eager-mode quantization workflow in Rust: a tree of named modules, `QuantStub` /
 //! `DeQuantStub`, module fusion, qconfig assignment, `prepare` / calibrate / `convert`, quantized
-//! modules that run on `qkernels`, save and load as safetensors, and a model zoo.
+//! modules that run on `qkernels`, and save and load as safetensors.
 //!
-//! In place so far: [`qconfig`] (PyTorch's per-backend defaults over `qobserve`'s observer
-//! descriptions) and [`fusion`] (batch-norm folding with PyTorch's arithmetic). The module tree
-//! and the workflow built on them come next.
+//! A model is a tree of [`Module`]s named as in PyTorch (`features.0`, `layer1.0.conv1`); the
+//! containers are [`Sequential`] and [`Graph`] (named nodes, for residual adds and branches).
+//! Values between modules are [`Value`]s: float tensors in NCHW, or quantized activations.
 
+mod container;
 mod error;
 pub mod fusion;
+mod module;
+pub mod nn;
 pub mod qconfig;
+pub mod record;
+mod value;
 
+pub use container::{Graph, GraphBuilder, Node, Op, Sequential};
+pub(crate) use error::invalid;
 pub use error::{GraphError, GraphResult};
+pub use module::{Functional, Module, ModuleAny, eval, load_state_dict, replace, slot_mut, train};
 pub use qobserve;
+pub use value::{QuantTensor, Value};

@@ -1,0 +1,165 @@
+//! Modules that only move values: `Identity`, `Flatten`, and adaptive average pooling.
+
+use ndarray::IxDyn;
+use qkernels::{Isa, float, pool};
+use serde::{Deserialize, Serialize};
+
+use super::py_tuple;
+use crate::value::{QuantTensor, to_channels_last};
+use crate::{GraphError, GraphResult, Module, Value, invalid};
+
+/// `nn.Identity`: returns its input (what `fuse_modules` leaves in the fused slots).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Identity;
+
+impl Identity {
+    /// The identity.
+    pub fn new() -> Self {
+        Identity
+    }
+}
+
+impl Module for Identity {
+    fn type_name(&self) -> &str {
+        "Identity"
+    }
+
+    fn forward(&self, input: Value) -> GraphResult<Value> {
+        Ok(input)
+    }
+}
+
+/// `nn.Flatten(start_dim, end_dim)`: merges dimensions `start_dim..=end_dim` (negative counts
+/// from the end), on float and quantized values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Flatten {
+    start_dim: i64,
+    end_dim: i64,
+}
+
+impl Flatten {
+    /// `nn.Flatten(start_dim, end_dim)`; PyTorch's default is `(1, -1)`.
+    pub fn new(start_dim: i64, end_dim: i64) -> Self {
+        Self { start_dim, end_dim }
+    }
+
+    fn out_shape(&self, shape: &[usize]) -> GraphResult<Vec<usize>> {
+        let rank = shape.len() as i64;
+        let axis = |d: i64| if d < 0 { d + rank } else { d };
+        let (s, e) = (axis(self.start_dim), axis(self.end_dim));
+        if !(0..rank.max(1)).contains(&s) || !(0..rank.max(1)).contains(&e) || s > e {
+            return Err(invalid(
+                "Flatten",
+                "(start_dim, end_dim)",
+                (self.start_dim, self.end_dim),
+                format!("out of range for a tensor of shape {shape:?}"),
+            ));
+        }
+        let (s, e) = (s as usize, e as usize);
+        let mut out = shape[..s].to_vec();
+        out.push(shape[s..=e].iter().product());
+        out.extend_from_slice(&shape[e + 1..]);
+        Ok(out)
+    }
+}
+
+impl Module for Flatten {
+    fn type_name(&self) -> &str {
+        "Flatten"
+    }
+
+    fn forward(&self, input: Value) -> GraphResult<Value> {
+        let shape = self.out_shape(input.shape())?;
+        match input {
+            Value::Float(x) => Ok(Value::Float(
+                x.into_shape_with_order(IxDyn(&shape))
+                    .map_err(|e| invalid("Flatten", "input", e, "not contiguous"))?,
+            )),
+            Value::Quant(q) => {
+                // Channels-last storage equals PyTorch's order when there is no spatial extent,
+                // so flattening [N, C, 1, 1] (or a rank-2 tensor) to rank 2 only relabels it.
+                let spatial: usize = q.shape().iter().skip(2).product();
+                if shape.len() < 3 && spatial == 1 {
+                    return Ok(Value::Quant(q.with_storage_shape(shape)));
+                }
+                let params = q.qparams();
+                let logical = q.int_repr().into_shape_with_order(IxDyn(&shape)).expect("same length");
+                let data = to_channels_last(&logical);
+                Ok(Value::Quant(QuantTensor::new(data, shape, params)?))
+            }
+        }
+    }
+
+    fn extra_repr(&self) -> String {
+        format!("start_dim={}, end_dim={}", self.start_dim, self.end_dim)
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data")
+    }
+}
+
+/// `nn.AdaptiveAvgPool2d(output_size)`: average pooling to a fixed output size, in f32 or on
+/// quantized values (PyTorch's `quantized::adaptive_avg_pool2d`, same parameters out as in).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdaptiveAvgPool2d {
+    output_size: [usize; 2],
+}
+
+impl AdaptiveAvgPool2d {
+    /// Pools `[N, C, H, W]` to `[N, C, output_size[0], output_size[1]]`.
+    pub fn new(output_size: [usize; 2]) -> Self {
+        Self { output_size }
+    }
+}
+
+impl Module for AdaptiveAvgPool2d {
+    fn type_name(&self) -> &str {
+        "AdaptiveAvgPool2d"
+    }
+
+    fn forward(&self, input: Value) -> GraphResult<Value> {
+        const NAME: &str = "AdaptiveAvgPool2d";
+        let shape = input.shape().to_vec();
+        if shape.len() != 4 {
+            return Err(GraphError::ShapeMismatch {
+                context: NAME,
+                what: "input rank (N, C, H, W)",
+                got: shape.len(),
+                expected: 4,
+            });
+        }
+        let [oh, ow] = self.output_size;
+        let out_shape = vec![shape[0], shape[1], oh, ow];
+        let len = out_shape.iter().product();
+        let isa = Isa::active();
+        match input {
+            Value::Float(x) => {
+                let mut out = vec![0f32; len];
+                let x = x.as_standard_layout();
+                float::adaptive_avg_pool2d(
+                    x.as_slice().expect("standard layout"),
+                    &shape,
+                    self.output_size,
+                    &mut out,
+                    isa,
+                )?;
+                Ok(Value::Float(ndarray::ArrayD::from_shape_vec(IxDyn(&out_shape), out).expect("length")))
+            }
+            Value::Quant(q) => {
+                let mut out = vec![0u8; len];
+                let nhwc = [shape[0], shape[2], shape[3], shape[1]];
+                pool::adaptive_avg_pool2d(q.data(), &nhwc, q.qparams(), self.output_size, &mut out, isa)?;
+                Ok(Value::Quant(QuantTensor::new(out, out_shape, q.qparams())?))
+            }
+        }
+    }
+
+    fn extra_repr(&self) -> String {
+        format!("output_size={}", py_tuple(&self.output_size))
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data")
+    }
+}

@@ -1,0 +1,225 @@
+//! What flows between modules: a float tensor (NCHW, as PyTorch shows it) or a quantized
+//! activation (quint8, per-tensor, stored channels-last).
+
+use ndarray::{ArrayD, IxDyn};
+use qcore::{AffineQuantizer, QDType, QParams, QTensor, dequantize_val};
+use qkernels::elementwise::PerTensor;
+
+use crate::{GraphError, GraphResult};
+
+/// A quantized activation: quint8 values with one scale and zero point, in PyTorch's logical
+/// shape `[N, C, spatial...]` but stored channels-last (`[N, spatial..., C]`), the layout the
+/// kernels run on. Rank-1 and rank-2 tensors are stored as they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantTensor {
+    data: Vec<u8>,
+    shape: Vec<usize>,
+    q: PerTensor,
+}
+
+impl QuantTensor {
+    /// Wraps channels-last `data` of logical shape `shape` (an error if the lengths differ or the
+    /// parameters are not valid quint8 parameters).
+    pub fn new(data: Vec<u8>, shape: Vec<usize>, q: PerTensor) -> GraphResult<Self> {
+        let expected = shape.iter().product::<usize>();
+        if data.len() != expected {
+            return Err(GraphError::ShapeMismatch {
+                context: "QuantTensor",
+                what: "data length",
+                got: data.len(),
+                expected,
+            });
+        }
+        AffineQuantizer::new(q.scale, q.zero_point, QDType::QUInt8)?;
+        Ok(Self { data, shape, q })
+    }
+
+    /// Quantizes a float NCHW tensor as `torch.quantize_per_tensor(x, scale, zero_point,
+    /// torch.quint8)` does on x86, into channels-last storage.
+    pub fn quantize(x: &ArrayD<f32>, q: PerTensor) -> GraphResult<Self> {
+        let quantizer = AffineQuantizer::new(q.scale, q.zero_point, QDType::QUInt8)?;
+        let shape = x.shape().to_vec();
+        let data = to_channels_last(x).iter().map(|&v| quantizer.quantize(v) as u8).collect();
+        Ok(Self { data, shape, q })
+    }
+
+    /// The float values, NCHW: `(q - zero_point) * scale` as PyTorch's `dequantize`.
+    pub fn dequantize(&self) -> ArrayD<f32> {
+        let (scale, zp) = (self.q.scale, self.q.zero_point);
+        let flat: Vec<f32> = self.data.iter().map(|&v| dequantize_val(scale, zp, i32::from(v))).collect();
+        from_channels_last(flat, &self.shape)
+    }
+
+    /// The integer values in PyTorch's NCHW order (`int_repr()`).
+    pub fn int_repr(&self) -> ArrayD<u8> {
+        from_channels_last(self.data.clone(), &self.shape)
+    }
+
+    /// As a `qcore` tensor (NCHW), e.g. to print it as PyTorch does.
+    pub fn to_qtensor(&self) -> QTensor {
+        let repr = qcore::IntRepr::U8(self.int_repr());
+        QTensor::from_int_repr(
+            repr,
+            QParams::PerTensor { scale: self.q.scale, zero_point: self.q.zero_point },
+        )
+        .expect("parameters were checked at construction")
+    }
+
+    /// The logical shape `[N, C, spatial...]`.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The stored values, channels-last.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The stored values, channels-last, by value.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
+    }
+
+    /// Scale and zero point.
+    pub fn qparams(&self) -> PerTensor {
+        self.q
+    }
+
+    /// The same values under a new logical shape with the same element order in storage; only
+    /// for shapes whose channels-last order equals the old one (used by flatten and reshape
+    /// after the caller has checked that).
+    pub(crate) fn with_storage_shape(self, shape: Vec<usize>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), self.data.len());
+        Self { shape, ..self }
+    }
+}
+
+/// The permutation of an NCHW tensor into channels-last order (a copy); rank < 3 is unchanged.
+pub(crate) fn to_channels_last<T: Copy>(x: &ArrayD<T>) -> Vec<T> {
+    let rank = x.ndim();
+    if rank < 3 {
+        return x.iter().copied().collect();
+    }
+    let mut axes: Vec<usize> = vec![0];
+    axes.extend(2..rank);
+    axes.push(1);
+    x.view().permuted_axes(IxDyn(&axes)).iter().copied().collect()
+}
+
+/// The inverse of [`to_channels_last`]: channels-last `data` to an NCHW array of `shape`.
+pub(crate) fn from_channels_last<T: Copy>(data: Vec<T>, shape: &[usize]) -> ArrayD<T> {
+    let rank = shape.len();
+    if rank < 3 {
+        return ArrayD::from_shape_vec(IxDyn(shape), data).expect("length checked by the caller");
+    }
+    let mut stored: Vec<usize> = vec![shape[0]];
+    stored.extend_from_slice(&shape[2..]);
+    stored.push(shape[1]);
+    let nhwc = ArrayD::from_shape_vec(IxDyn(&stored), data).expect("length checked by the caller");
+    let mut axes: Vec<usize> = vec![0, rank - 1];
+    axes.extend(1..rank - 1);
+    nhwc.permuted_axes(IxDyn(&axes)).as_standard_layout().into_owned()
+}
+
+/// A tensor between modules.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// f32, NCHW, standard layout.
+    Float(ArrayD<f32>),
+    /// quint8 per-tensor, stored channels-last.
+    Quant(QuantTensor),
+}
+
+impl From<ArrayD<f32>> for Value {
+    fn from(x: ArrayD<f32>) -> Self {
+        Value::Float(x.as_standard_layout().into_owned())
+    }
+}
+
+impl From<QuantTensor> for Value {
+    fn from(q: QuantTensor) -> Self {
+        Value::Quant(q)
+    }
+}
+
+impl Value {
+    /// The logical shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Value::Float(x) => x.shape(),
+            Value::Quant(q) => q.shape(),
+        }
+    }
+
+    /// True for a quantized value.
+    pub fn is_quant(&self) -> bool {
+        matches!(self, Value::Quant(_))
+    }
+
+    /// The float tensor, or an error naming `module` if the value is quantized (a `DeQuantStub`
+    /// is missing before it).
+    pub fn into_float(self, module: &str) -> GraphResult<ArrayD<f32>> {
+        match self {
+            Value::Float(x) => Ok(x),
+            Value::Quant(_) => Err(GraphError::ExpectedFloat { module: module.to_string() }),
+        }
+    }
+
+    /// The quantized tensor, or an error naming `module` if the value is float (a `QuantStub` is
+    /// missing before it).
+    pub fn into_quant(self, module: &str) -> GraphResult<QuantTensor> {
+        match self {
+            Value::Quant(q) => Ok(q),
+            Value::Float(_) => Err(GraphError::ExpectedQuantized { module: module.to_string() }),
+        }
+    }
+
+    /// The float tensor, dequantizing a quantized value (what a user reads at the end of a model).
+    pub fn to_float(&self) -> ArrayD<f32> {
+        match self {
+            Value::Float(x) => x.clone(),
+            Value::Quant(q) => q.dequantize(),
+        }
+    }
+
+    /// The value as a float tensor, by value, dequantizing if needed.
+    pub fn into_float_lossy(self) -> ArrayD<f32> {
+        match self {
+            Value::Float(x) => x,
+            Value::Quant(q) => q.dequantize(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_last_round_trip() {
+        let x = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4, 5]), |i| {
+            (i[0] * 1000 + i[1] * 100 + i[2] * 10 + i[3]) as f32
+        });
+        let cl = to_channels_last(&x);
+        // [n, h, w, c]: the second stored value is channel 1 of pixel (0, 0).
+        assert_eq!(cl[1], 100.0);
+        assert_eq!(from_channels_last(cl, x.shape()), x);
+    }
+
+    #[test]
+    fn quantize_matches_qcore() {
+        let x = ArrayD::from_shape_fn(IxDyn(&[1, 2, 3, 3]), |i| {
+            i[1] as f32 * 0.5 - i[2] as f32 * 0.25 + i[3] as f32
+        });
+        let q = QuantTensor::quantize(&x, PerTensor::new(0.05, 10)).unwrap();
+        let expected = qcore::quantize_per_tensor(&x, 0.05, 10, QDType::QUInt8).unwrap();
+        assert_eq!(q.to_qtensor(), expected);
+        assert_eq!(q.dequantize(), expected.dequantize());
+    }
+
+    #[test]
+    fn float_where_quantized_is_needed_names_the_module() {
+        let err = Value::from(ArrayD::zeros(IxDyn(&[1]))).into_quant("features.1").unwrap_err();
+        assert!(err.to_string().contains("features.1") && err.to_string().contains("QuantStub"), "{err}");
+    }
+}
