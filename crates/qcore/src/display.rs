@@ -71,6 +71,23 @@ fn per_channel_suffixes(scales: String, zero_points: String, axis: usize) -> [St
     [format!("scale={scales}"), format!("zero_point={zero_points}"), format!("axis={axis}")]
 }
 
+/// `str(torch.tensor(values))` of a 1-D float32 tensor, as PyTorch prints tensor-valued module
+/// attributes (`Quantize(scale=tensor([0.0039]), ...)`).
+///
+/// ```
+/// assert_eq!(qcore::float_tensor_str(&[1.0 / 256.0]), "tensor([0.0039])");
+/// assert_eq!(qcore::int_tensor_str(&[0]), "tensor([0])");
+/// ```
+pub fn float_tensor_str(values: &[f32]) -> String {
+    let widened: Vec<Float32> = values.iter().map(|&x| Float32(f64::from(x))).collect();
+    plain_tensor_str(ArrayView1::from(&widened).into_dyn())
+}
+
+/// `str(torch.tensor(values))` of a 1-D int64 tensor.
+pub fn int_tensor_str(values: &[i64]) -> String {
+    plain_tensor_str(ArrayView1::from(values).into_dyn())
+}
+
 /// `str(t)` of a plain (non-quantized) CPU tensor, as `_str_intern` prints the per-channel
 /// `q_per_channel_scales()` (float64) and `q_per_channel_zero_points()` (int64).
 fn plain_tensor_str<T: PrintElement>(values: ArrayViewD<'_, T>) -> String {

@@ -27,7 +27,7 @@ pub mod requant;
 mod scalar;
 mod tensor;
 
-pub use display::python_float_repr;
+pub use display::{float_tensor_str, int_tensor_str, python_float_repr};
 pub use dtype::{QDType, QScheme, calculate_qmin_qmax};
 pub use error::{QError, QResult};
 pub use scalar::{

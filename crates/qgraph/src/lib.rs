@@ -8,16 +8,22 @@
 
 mod container;
 mod error;
+mod functional;
 pub mod fusion;
 mod module;
 pub mod nn;
 pub mod qconfig;
 pub mod record;
+mod stubs;
 mod value;
+pub mod workflow;
 
 pub use container::{Graph, GraphBuilder, Node, Op, Sequential};
 pub(crate) use error::invalid;
 pub use error::{GraphError, GraphResult};
+pub use functional::{FloatFunctional, QFunctional};
 pub use module::{Functional, Module, ModuleAny, eval, load_state_dict, replace, slot_mut, train};
 pub use qobserve;
+pub use stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
 pub use value::{QuantTensor, Value};
+pub use workflow::{QConfigMapping, calibrate, convert, prepare, quantize};

@@ -133,6 +133,8 @@ pub trait Module: ModuleAny + fmt::Debug + Send + Sync {
 pub trait ModuleAny: Any {
     /// `&dyn Any`, to downcast.
     fn as_any(&self) -> &dyn Any;
+    /// `&mut dyn Any`, to downcast.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
     /// `Box<dyn Any>`, to downcast by value.
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
     /// A deep copy.
@@ -141,6 +143,10 @@ pub trait ModuleAny: Any {
 
 impl<T: Module + Clone> ModuleAny for T {
     fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
 
@@ -163,6 +169,11 @@ impl dyn Module {
     /// The module as a `T`, if it is one.
     pub fn downcast_ref<T: Module>(&self) -> Option<&T> {
         self.as_any().downcast_ref()
+    }
+
+    /// The module as a mutable `T`, if it is one.
+    pub fn downcast_mut<T: Module>(&mut self) -> Option<&mut T> {
+        self.as_any_mut().downcast_mut()
     }
 
     /// True if the module is a `T`.
@@ -226,7 +237,7 @@ impl fmt::Display for dyn Module {
     }
 }
 
-fn join(prefix: &str, name: &str) -> String {
+pub(crate) fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
 }
 
