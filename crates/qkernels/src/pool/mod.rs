@@ -61,7 +61,7 @@ pub(crate) fn dispatch<K: Tiered>(k: &K, isa: Isa) {
 
 /// Runs `f(start, end)` over `rows` rows: inline when the work (`rows * row_len`) is small,
 /// otherwise in one contiguous part per rayon thread (see `elementwise::for_chunks` for why).
-fn par_rows(rows: usize, row_len: usize, f: impl Fn(usize, usize) + Sync) {
+pub(crate) fn par_rows(rows: usize, row_len: usize, f: impl Fn(usize, usize) + Sync) {
     let threads = rayon::current_num_threads();
     if rows * row_len <= crate::elementwise::PAR_CHUNK || threads == 1 || rows == 1 {
         f(0, rows);
