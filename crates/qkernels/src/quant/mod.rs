@@ -1,0 +1,235 @@
+//! Per-tensor quint8 quantize and dequantize, plain and layout-converting.
+//!
+//! The graph layer keeps quantized activations channels-last (`N, spatial..., C`: NLC, NHWC,
+//! NDHWC) while its public API takes and returns NCHW f32. These kernels convert between the two
+//! in one pass:
+//!
+//! * [`quantize_to_channels_last`]: NCHW-ordered f32 to channels-last u8.
+//! * [`dequantize_from_channels_last`]: channels-last u8 to NCHW-ordered f32.
+//! * [`quantize_u8`] / [`dequantize_u8`]: the same element rules on slices, no transpose.
+//!
+//! Every value is exactly qcore's: quantize is [`qcore::AffineQuantizer::quantize`] (FBGEMM's AVX2
+//! rule, with its NaN / ±Inf behaviour and the wrapping zero-point add, `docs/NUMERICS.md` 2.1),
+//! dequantize is [`qcore::dequantize_val`] (`f32(scale) * f32(q - zero_point)`), on every tier.
+//!
+//! The layout conversion goes through tiles of [`TILE`] channels by [`TILE`] pixels: each channel's
+//! run of pixels is (de)quantized with the tier's vectors into a small buffer, and the buffer is
+//! transposed. Large tensors are split over rayon by pixel ranges.
+
+mod x86;
+
+use qcore::{AffineQuantizer, QDType};
+use rayon::prelude::*;
+
+use crate::elementwise::{PAR_CHUNK, PerTensor, SendPtr, check_len, for_chunks, invalid, numel};
+use crate::{Isa, KernelResult};
+
+/// Channels and pixels per tile of the layout-converting kernels.
+pub const TILE: usize = 64;
+
+/// The prepared dequantize rule: `f32(scale) * f32(q - zero_point)`.
+#[derive(Debug, Clone, Copy)]
+struct Dequantizer {
+    scale: f32,
+    zero_point: i32,
+}
+
+impl Dequantizer {
+    fn new(q: PerTensor) -> KernelResult<Self> {
+        // The same checks as quantize: a scale PyTorch could hold for a quint8 tensor.
+        let checked = q.quantizer(QDType::QUInt8)?;
+        Ok(Self { scale: q.scale as f32, zero_point: checked.zero_point() })
+    }
+
+    #[inline]
+    fn apply(self, q: u8) -> f32 {
+        self.scale * (i32::from(q) - self.zero_point) as f32
+    }
+}
+
+/// Quantizes `input` into `out` on the chosen tier (lengths already checked equal).
+fn quantize_run(q: &AffineQuantizer, input: &[f32], out: &mut [u8], isa: Isa) {
+    let done = x86::quantize(q.inv_scale(), q.zero_point(), input, out, isa);
+    for (o, &x) in out[done..].iter_mut().zip(&input[done..]) {
+        *o = q.quantize(x) as u8;
+    }
+}
+
+/// Dequantizes `input` into `out` on the chosen tier (lengths already checked equal).
+fn dequantize_run(d: Dequantizer, input: &[u8], out: &mut [f32], isa: Isa) {
+    let done = x86::dequantize(d.scale, d.zero_point, input, out, isa);
+    for (o, &q) in out[done..].iter_mut().zip(&input[done..]) {
+        *o = d.apply(q);
+    }
+}
+
+/// `torch.quantize_per_tensor(input, scale, zero_point, torch.quint8)` on a slice:
+/// `out[i] = AffineQuantizer::quantize(input[i])`.
+///
+/// Errors: `out` of another length, an invalid scale or a zero point outside [0, 255], an
+/// unsupported tier.
+pub fn quantize_u8(input: &[f32], q: PerTensor, out: &mut [u8], isa: Isa) -> KernelResult<()> {
+    isa.ensure_supported()?;
+    check_len("quantize_u8", "output length", out.len(), input.len())?;
+    let quantizer = q.quantizer(QDType::QUInt8)?;
+    let ptr = SendPtr(out.as_mut_ptr());
+    for_chunks(input.len(), |s, e| {
+        // SAFETY: `for_chunks` hands out disjoint ranges within `out`, which outlives the call.
+        let o = unsafe { ptr.slice(s, e) };
+        quantize_run(&quantizer, &input[s..e], o, isa);
+    });
+    Ok(())
+}
+
+/// `Tensor.dequantize()` of a per-tensor quint8 slice: `out[i] = f32(scale) * f32(input[i] -
+/// zero_point)`, bit for bit [`qcore::dequantize_val`].
+///
+/// Errors: `out` of another length, an invalid scale or a zero point outside [0, 255], an
+/// unsupported tier.
+pub fn dequantize_u8(input: &[u8], q: PerTensor, out: &mut [f32], isa: Isa) -> KernelResult<()> {
+    isa.ensure_supported()?;
+    check_len("dequantize_u8", "output length", out.len(), input.len())?;
+    let d = Dequantizer::new(q)?;
+    let ptr = SendPtr(out.as_mut_ptr());
+    for_chunks(input.len(), |s, e| {
+        // SAFETY: disjoint ranges of `out`, which outlives the call.
+        let o = unsafe { ptr.slice(s, e) };
+        dequantize_run(d, &input[s..e], o, isa);
+    });
+    Ok(())
+}
+
+/// `(N, C, P)`: batch, channels and pixels (the product of the spatial sizes) of a logical
+/// `[N, C, spatial...]` shape, after checking the rank and the element count.
+fn ncp(op: &'static str, shape: &[usize]) -> KernelResult<(usize, usize, usize)> {
+    if shape.len() < 2 {
+        return Err(invalid(op, "shape", shape, "must have rank 2 or more: [N, C, spatial...]"));
+    }
+    numel(op, shape)?;
+    Ok((shape[0], shape[1], shape[2..].iter().product()))
+}
+
+/// Runs `f(n, p0, p1)` over every batch index and pixel range of at most [`TILE`] pixels, on one
+/// thread for small tensors, otherwise split evenly over the rayon threads.
+fn par_tiles(n: usize, p: usize, c: usize, f: impl Fn(usize, usize, usize) + Sync) {
+    let per_n = p.div_ceil(TILE);
+    let units = n * per_n;
+    let run = |u0: usize, u1: usize| {
+        for u in u0..u1 {
+            let (b, t) = (u / per_n, u % per_n);
+            f(b, t * TILE, ((t + 1) * TILE).min(p));
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if n * p * c <= PAR_CHUNK || threads == 1 || units <= 1 {
+        run(0, units);
+    } else {
+        let part = units.div_ceil(threads);
+        (0..units.div_ceil(part)).into_par_iter().for_each(|t| run(t * part, ((t + 1) * part).min(units)));
+    }
+}
+
+/// Quantizes an NCHW-ordered f32 tensor of logical shape `shape` (`[N, C, spatial...]`, rank 2 or
+/// more) into channels-last quint8: `out` is `[N, spatial..., C]`, so the value of `input[n, c, p]`
+/// lands at `out[(n * P + p) * C + c]` (`P` the number of pixels). A rank-2 `[N, C]` tensor (and
+/// any with one channel or one pixel) has the same order in both layouts and is a plain
+/// [`quantize_u8`].
+///
+/// Values are exactly [`qcore::AffineQuantizer::quantize`]'s on every tier.
+///
+/// Errors: a rank below 2, `input` or `out` whose length is not the shape's element count, an
+/// invalid scale or zero point, an unsupported tier.
+pub fn quantize_to_channels_last(
+    input: &[f32],
+    shape: &[usize],
+    q: PerTensor,
+    out: &mut [u8],
+    isa: Isa,
+) -> KernelResult<()> {
+    const OP: &str = "quantize_to_channels_last";
+    isa.ensure_supported()?;
+    let (n, c, p) = ncp(OP, shape)?;
+    let total = n * c * p;
+    check_len(OP, "input length", input.len(), total)?;
+    check_len(OP, "output length", out.len(), total)?;
+    if c == 1 || p == 1 {
+        return quantize_u8(input, q, out, isa);
+    }
+    let quantizer = q.quantizer(QDType::QUInt8)?;
+    let ptr = SendPtr(out.as_mut_ptr());
+    par_tiles(n, p, c, |b, p0, p1| {
+        let w = p1 - p0;
+        // SAFETY: the pixels [p0, p1) of image b are `out[(b*P + p0)*C .. (b*P + p1)*C]`, a range
+        // no other tile writes; `out` outlives the call.
+        let dst = unsafe { ptr.slice((b * p + p0) * c, (b * p + p1) * c) };
+        let mut tile = [0u8; TILE * TILE];
+        for c0 in (0..c).step_by(TILE) {
+            let cb = (c - c0).min(TILE);
+            for j in 0..cb {
+                let src = &input[(b * c + c0 + j) * p + p0..][..w];
+                quantize_run(&quantizer, src, &mut tile[j * TILE..j * TILE + w], isa);
+            }
+            transpose_from_tile(&tile, cb, w, &mut dst[c0..], c);
+        }
+    });
+    Ok(())
+}
+
+/// `dst[i * stride + j] = tile[j * TILE + i]` for `i < w`, `j < cb`.
+#[inline]
+fn transpose_from_tile(tile: &[u8; TILE * TILE], cb: usize, w: usize, dst: &mut [u8], stride: usize) {
+    for i in 0..w {
+        let row = &mut dst[i * stride..i * stride + cb];
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = tile[j * TILE + i];
+        }
+    }
+}
+
+/// Dequantizes a channels-last quint8 tensor (`[N, spatial..., C]`) of logical shape `shape`
+/// (`[N, C, spatial...]`, rank 2 or more) into NCHW-ordered f32: `out[(n * C + c) * P + p] =
+/// dequantize(input[(n * P + p) * C + c])`. Values are exactly [`qcore::dequantize_val`]'s on every
+/// tier. A tensor with one channel or one pixel is a plain [`dequantize_u8`].
+///
+/// Errors: a rank below 2, `input` or `out` whose length is not the shape's element count, an
+/// invalid scale or zero point, an unsupported tier.
+pub fn dequantize_from_channels_last(
+    input: &[u8],
+    shape: &[usize],
+    q: PerTensor,
+    out: &mut [f32],
+    isa: Isa,
+) -> KernelResult<()> {
+    const OP: &str = "dequantize_from_channels_last";
+    isa.ensure_supported()?;
+    let (n, c, p) = ncp(OP, shape)?;
+    let total = n * c * p;
+    check_len(OP, "input length", input.len(), total)?;
+    check_len(OP, "output length", out.len(), total)?;
+    if c == 1 || p == 1 {
+        return dequantize_u8(input, q, out, isa);
+    }
+    let d = Dequantizer::new(q)?;
+    let ptr = SendPtr(out.as_mut_ptr());
+    par_tiles(n, p, c, |b, p0, p1| {
+        let w = p1 - p0;
+        let src = &input[(b * p + p0) * c..(b * p + p1) * c];
+        let mut tile = [0u8; TILE * TILE];
+        for c0 in (0..c).step_by(TILE) {
+            let cb = (c - c0).min(TILE);
+            for i in 0..w {
+                for (j, &v) in src[i * c + c0..i * c + c0 + cb].iter().enumerate() {
+                    tile[j * TILE + i] = v;
+                }
+            }
+            for j in 0..cb {
+                let start = (b * c + c0 + j) * p + p0;
+                // SAFETY: pixels [p0, p1) of channel c0 + j of image b: a range of `out` no other
+                // tile or channel writes; `out` outlives the call.
+                let o = unsafe { ptr.slice(start, start + w) };
+                dequantize_run(d, &tile[j * TILE..j * TILE + w], o, isa);
+            }
+        }
+    });
+    Ok(())
+}
