@@ -12,10 +12,11 @@
 //! rule, with its NaN / ±Inf behaviour and the wrapping zero-point add, `docs/NUMERICS.md` 2.1),
 //! dequantize is [`qcore::dequantize_val`] (`f32(scale) * f32(q - zero_point)`), on every tier.
 //!
-//! The layout conversion goes through tiles of [`TILE`] channels by [`TILE`] pixels: each channel's
-//! run of pixels is (de)quantized with the tier's vectors into a small buffer, and the buffer is
-//! transposed. Large tensors are split over rayon by pixel ranges.
+//! The layout conversion goes through tiles of up to [`TILE`] channels by 256 or more pixels (16 KiB
+//! of bytes): each channel's run of pixels is (de)quantized with the tier's vectors into the tile,
+//! and the tile is transposed, 16 x 16 bytes at a time with SSE2 unpacks on the vector tiers. Large tensors are split over rayon by pixel ranges.
 
+mod transpose;
 mod x86;
 
 use qcore::{AffineQuantizer, QDType};
@@ -24,8 +25,12 @@ use rayon::prelude::*;
 use crate::elementwise::{PAR_CHUNK, PerTensor, SendPtr, check_len, for_chunks, invalid, numel};
 use crate::{Isa, KernelResult};
 
-/// Channels and pixels per tile of the layout-converting kernels.
+/// At most this many channels per tile of the layout-converting kernels (and at least this many
+/// pixels).
 pub const TILE: usize = 64;
+
+/// Bytes of quantized values per tile: 64 channels by 256 pixels, or fewer channels by more pixels.
+const TILE_BYTES: usize = 16384;
 
 /// The prepared dequantize rule: `f32(scale) * f32(q - zero_point)`.
 #[derive(Debug, Clone, Copy)]
@@ -109,15 +114,24 @@ fn ncp(op: &'static str, shape: &[usize]) -> KernelResult<(usize, usize, usize)>
     Ok((shape[0], shape[1], shape[2..].iter().product()))
 }
 
-/// Runs `f(n, p0, p1)` over every batch index and pixel range of at most [`TILE`] pixels, on one
-/// thread for small tensors, otherwise split evenly over the rayon threads.
-fn par_tiles(n: usize, p: usize, c: usize, f: impl Fn(usize, usize, usize) + Sync) {
-    let per_n = p.div_ceil(TILE);
+/// Tile geometry for `c` channels: (channels per tile, pixels per tile). A tile holds at most
+/// [`TILE_BYTES`] bytes, and at least 64 pixels, so that few channels still give long runs.
+fn tile_dims(c: usize) -> (usize, usize) {
+    let cb = c.min(TILE);
+    (cb, (TILE_BYTES / cb).max(TILE) / 64 * 64)
+}
+
+/// Runs `f(tile, n, p0, p1)` over every batch index and pixel range of at most `pb` pixels, on one
+/// thread for small tensors, otherwise split evenly over the rayon threads; each task gets its own
+/// tile buffer of [`TILE_BYTES`] bytes.
+fn par_tiles(n: usize, p: usize, c: usize, pb: usize, f: impl Fn(&mut [u8], usize, usize, usize) + Sync) {
+    let per_n = p.div_ceil(pb);
     let units = n * per_n;
     let run = |u0: usize, u1: usize| {
+        let mut tile = vec![0u8; TILE_BYTES.max(pb)];
         for u in u0..u1 {
             let (b, t) = (u / per_n, u % per_n);
-            f(b, t * TILE, ((t + 1) * TILE).min(p));
+            f(&mut tile, b, t * pb, ((t + 1) * pb).min(p));
         }
     };
     let threads = rayon::current_num_threads();
@@ -152,38 +166,27 @@ pub fn quantize_to_channels_last(
     let total = n * c * p;
     check_len(OP, "input length", input.len(), total)?;
     check_len(OP, "output length", out.len(), total)?;
-    if c == 1 || p == 1 {
+    if c <= 1 || p <= 1 {
         return quantize_u8(input, q, out, isa);
     }
     let quantizer = q.quantizer(QDType::QUInt8)?;
+    let (_, pb) = tile_dims(c);
     let ptr = SendPtr(out.as_mut_ptr());
-    par_tiles(n, p, c, |b, p0, p1| {
+    par_tiles(n, p, c, pb, |tile, b, p0, p1| {
         let w = p1 - p0;
         // SAFETY: the pixels [p0, p1) of image b are `out[(b*P + p0)*C .. (b*P + p1)*C]`, a range
         // no other tile writes; `out` outlives the call.
         let dst = unsafe { ptr.slice((b * p + p0) * c, (b * p + p1) * c) };
-        let mut tile = [0u8; TILE * TILE];
         for c0 in (0..c).step_by(TILE) {
             let cb = (c - c0).min(TILE);
             for j in 0..cb {
                 let src = &input[(b * c + c0 + j) * p + p0..][..w];
-                quantize_run(&quantizer, src, &mut tile[j * TILE..j * TILE + w], isa);
+                quantize_run(&quantizer, src, &mut tile[j * pb..j * pb + w], isa);
             }
-            transpose_from_tile(&tile, cb, w, &mut dst[c0..], c);
+            transpose::bytes(&tile[..cb * pb], pb, cb, w, &mut dst[c0..], c, isa);
         }
     });
     Ok(())
-}
-
-/// `dst[i * stride + j] = tile[j * TILE + i]` for `i < w`, `j < cb`.
-#[inline]
-fn transpose_from_tile(tile: &[u8; TILE * TILE], cb: usize, w: usize, dst: &mut [u8], stride: usize) {
-    for i in 0..w {
-        let row = &mut dst[i * stride..i * stride + cb];
-        for (j, o) in row.iter_mut().enumerate() {
-            *o = tile[j * TILE + i];
-        }
-    }
 }
 
 /// Dequantizes a channels-last quint8 tensor (`[N, spatial..., C]`) of logical shape `shape`
@@ -206,28 +209,24 @@ pub fn dequantize_from_channels_last(
     let total = n * c * p;
     check_len(OP, "input length", input.len(), total)?;
     check_len(OP, "output length", out.len(), total)?;
-    if c == 1 || p == 1 {
+    if c <= 1 || p <= 1 {
         return dequantize_u8(input, q, out, isa);
     }
     let d = Dequantizer::new(q)?;
+    let (_, pb) = tile_dims(c);
     let ptr = SendPtr(out.as_mut_ptr());
-    par_tiles(n, p, c, |b, p0, p1| {
+    par_tiles(n, p, c, pb, |tile, b, p0, p1| {
         let w = p1 - p0;
         let src = &input[(b * p + p0) * c..(b * p + p1) * c];
-        let mut tile = [0u8; TILE * TILE];
         for c0 in (0..c).step_by(TILE) {
             let cb = (c - c0).min(TILE);
-            for i in 0..w {
-                for (j, &v) in src[i * c + c0..i * c + c0 + cb].iter().enumerate() {
-                    tile[j * TILE + i] = v;
-                }
-            }
+            transpose::bytes(&src[c0..], c, w, cb, &mut tile[..cb * pb], pb, isa);
             for j in 0..cb {
                 let start = (b * c + c0 + j) * p + p0;
                 // SAFETY: pixels [p0, p1) of channel c0 + j of image b: a range of `out` no other
                 // tile or channel writes; `out` outlives the call.
                 let o = unsafe { ptr.slice(start, start + w) };
-                dequantize_run(d, &tile[j * TILE..j * TILE + w], o, isa);
+                dequantize_run(d, &tile[j * pb..j * pb + w], o, isa);
             }
         }
     });
