@@ -13,6 +13,7 @@ pub mod fusion;
 mod module;
 pub mod nn;
 pub mod qconfig;
+pub mod quantized;
 pub mod record;
 mod stubs;
 mod value;

@@ -198,3 +198,58 @@ fn bad_input_is_a_typed_error() {
     // Empty tensors are fine.
     norm::batch_norm2d(&[], &[0, 4, 2, 2], q, &params, &mut [], q, isa).unwrap();
 }
+
+/// Folded values at every edge of the two rules, in vector and tail channels, on every tier:
+/// with unit scales, eps 0, var 1 and mean 0, alpha is the weight and beta the bias, so an input
+/// of 1 (zero point 0) gives `y = weight` (for infinite and NaN weights beta is NaN, and so is y).
+#[test]
+fn edge_values_in_vector_and_tail_channels() {
+    let ys = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3e9,
+        -3e9,
+        1e19,
+        -1e19,
+        9.223372e18,
+        2_147_483_520.0,
+        2_147_483_648.0,
+        -2_147_483_648.0,
+        1e9,
+        -1e9,
+        2.5,
+        -0.5,
+        254.5,
+        0.0,
+    ];
+    for c in [ys.len(), 7, 8, 9, 23] {
+        let w: Vec<f32> = (0..c).map(|i| ys[i % ys.len()]).collect();
+        let z = vec![0f32; c];
+        let v = vec![1f32; c];
+        let params = BatchNormParams { weight: &w, bias: &z, mean: &z, var: &v, eps: 0.0 };
+        let x = vec![1u8; 3 * c];
+        for zp in [0i64, 100, 128, 255] {
+            for relu in [false, true] {
+                let (iq, oq) = (PerTensor::new(1.0, 0), PerTensor::new(1.0, zp));
+                let bn = FusedBatchNorm::new(&params, iq, oq, relu).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(bn.alpha()), bits(&w), "alpha is the weight");
+                let expected = reference(&x, c, &w, &z, &z, &v, 0.0, iq, oq, relu);
+                for isa in Isa::supported() {
+                    let mut out = vec![0u8; x.len()];
+                    bn.run(&x, &mut out, isa).unwrap();
+                    assert_eq!(out, expected, "c {c} zp {zp} relu {relu} on {isa}");
+                }
+            }
+        }
+    }
+    // The rules disagree where PyTorch's do: NaN and +Inf give 255 (zero point below 128) in a
+    // vector channel, 0 in a tail channel.
+    let w = [f32::NAN; 9];
+    let z = [0f32; 9];
+    let v = [1f32; 9];
+    let params = BatchNormParams { weight: &w, bias: &z, mean: &z, var: &v, eps: 0.0 };
+    let bn = FusedBatchNorm::new(&params, PerTensor::new(1.0, 0), PerTensor::new(1.0, 3), false).unwrap();
+    assert_eq!((bn.element(0, 1), bn.element(8, 1)), (255, 0));
+}

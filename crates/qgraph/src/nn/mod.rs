@@ -1,9 +1,20 @@
 //! Float modules (`torch.nn`): they run in f32 on float values, and those that PyTorch runs
 //! directly on quantized tensors (ReLU, pooling, flatten, ...) also run on quantized values.
 
+mod batchnorm;
+mod conv;
+mod fused;
+mod init;
+mod linear;
 mod shape;
 mod unary;
 
+pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormOptions};
+pub(crate) use conv::check_shape;
+pub use conv::{Conv, Conv1d, Conv2d, Conv3d, ConvBuilder, ConvOptions};
+pub use fused::{Fused, FusedKind};
+pub use init::manual_seed;
+pub use linear::{Linear, LinearOptions};
 pub use shape::{AdaptiveAvgPool2d, Flatten, Identity};
 pub use unary::ReLU;
 

@@ -169,14 +169,16 @@ impl FusedBatchNorm {
         Ok(())
     }
 
-    /// Whole rows on the chosen tier.
+    /// Whole rows on the chosen tier: the vector tiers take every channel (the scalar-tail rule
+    /// too, in masked lanes), the scalar tier applies [`FusedBatchNorm::element`].
     fn rows(&self, input: &[u8], out: &mut [u8], isa: Isa) {
+        if x86::rows(self, input, out, isa) {
+            return;
+        }
         let c = self.channels();
-        let vend = self.vector_end();
         for (x, o) in input.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-            let done = x86::vector_channels(self, &x[..vend], &mut o[..vend], isa);
-            for ch in done..c {
-                o[ch] = self.element(ch, x[ch]);
+            for (ch, (o, &q)) in o.iter_mut().zip(x).enumerate() {
+                *o = self.element(ch, q);
             }
         }
     }

@@ -1,0 +1,145 @@
+//! Fused float modules (PyTorch's `torch.ao.nn.intrinsic` `_FusedModule`s): a sequence of a
+//! weighted layer and its activation, run in order, that `convert` turns into one quantized
+//! module.
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::Record;
+use crate::{GraphError, GraphResult, Module, Value};
+
+/// What a [`Fused`] module holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FusedKind {
+    /// `ConvReLU{n}d`: a convolution of `n` spatial dimensions and `ReLU`.
+    ConvReLU(usize),
+    /// `ConvReLU6_{n}d` (an extension; PyTorch has no such fusion): a convolution and `ReLU6`.
+    ConvReLU6(usize),
+    /// `LinearReLU`.
+    LinearReLU,
+    /// `LinearReLU6` (an extension).
+    LinearReLU6,
+    /// `BNReLU{n}d` (n = 2 or 3): a batch norm and `ReLU`.
+    BNReLU(usize),
+}
+
+impl FusedKind {
+    /// The class name: `ConvReLU2d`, `ConvReLU6_2d`, `LinearReLU`, `LinearReLU6`, `BNReLU2d`.
+    pub fn type_name(&self) -> String {
+        match self {
+            FusedKind::ConvReLU(n) => format!("ConvReLU{n}d"),
+            FusedKind::ConvReLU6(n) => format!("ConvReLU6_{n}d"),
+            FusedKind::LinearReLU => "LinearReLU".to_string(),
+            FusedKind::LinearReLU6 => "LinearReLU6".to_string(),
+            FusedKind::BNReLU(n) => format!("BNReLU{n}d"),
+        }
+    }
+
+    /// True if the activation is ReLU6.
+    pub fn is_relu6(&self) -> bool {
+        matches!(self, FusedKind::ConvReLU6(_) | FusedKind::LinearReLU6)
+    }
+}
+
+/// A fused module: `Sequential`-like with children `"0"` (the conv, linear or batch norm) and
+/// `"1"` (the activation), printed as PyTorch prints `ConvReLU2d`.
+///
+/// ```
+/// use qgraph::Module;
+/// use qgraph::nn::{Conv2d, Fused, FusedKind, ReLU};
+/// let conv = Conv2d::new(3, 8, [3, 3]).build()?;
+/// let fused = Fused::new(FusedKind::ConvReLU(2), Box::new(conv), Box::new(ReLU::new()))?;
+/// assert_eq!(
+///     (&fused as &dyn Module).to_string(),
+///     "ConvReLU2d(\n  (0): Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1))\n  (1): ReLU()\n)"
+/// );
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Fused {
+    kind: FusedKind,
+    type_name: String,
+    parts: Vec<(String, Box<dyn Module>)>,
+    training: bool,
+}
+
+impl Fused {
+    /// Fuses `base` (a `Conv`, `Linear` or `BatchNorm` matching `kind`) with `activation`
+    /// (`ReLU` or `ReLU6` as `kind` says).
+    pub fn new(kind: FusedKind, base: Box<dyn Module>, activation: Box<dyn Module>) -> GraphResult<Self> {
+        let base_name = match kind {
+            FusedKind::ConvReLU(n) | FusedKind::ConvReLU6(n) => format!("Conv{n}d"),
+            FusedKind::LinearReLU | FusedKind::LinearReLU6 => "Linear".to_string(),
+            FusedKind::BNReLU(n) => format!("BatchNorm{n}d"),
+        };
+        let act_name = if kind.is_relu6() { "ReLU6" } else { "ReLU" };
+        if base.type_name() != base_name || activation.type_name() != act_name {
+            return Err(GraphError::Fusion {
+                modules: vec![base.type_name().to_string(), activation.type_name().to_string()],
+                reason: format!("{} holds {base_name} and {act_name}", kind.type_name()),
+            });
+        }
+        let training = base.training();
+        let parts = vec![("0".to_string(), base), ("1".to_string(), activation)];
+        Ok(Self { kind, type_name: kind.type_name(), parts, training })
+    }
+
+    /// What it fuses.
+    pub fn kind(&self) -> FusedKind {
+        self.kind
+    }
+
+    /// The parts, in order, with their names `"0"`, `"1"`.
+    pub fn parts(&self) -> &[(String, Box<dyn Module>)] {
+        &self.parts
+    }
+
+    /// The conv, linear or batch norm.
+    pub fn base(&self) -> &dyn Module {
+        self.parts[0].1.as_ref()
+    }
+
+    /// The activation.
+    pub fn activation(&self) -> &dyn Module {
+        self.parts[1].1.as_ref()
+    }
+
+    /// Rebuilds a saved fused module from its rebuilt children.
+    pub fn from_record(mut record: Record<'_>) -> GraphResult<Self> {
+        let kind: FusedKind = record.config()?;
+        let base = record.take_child("0")?;
+        let activation = record.take_child("1")?;
+        let mut fused = Self::new(kind, base, activation)?;
+        fused.training = false;
+        Ok(fused)
+    }
+}
+
+impl Module for Fused {
+    fn type_name(&self) -> &str {
+        &self.type_name
+    }
+
+    fn forward(&self, input: Value) -> GraphResult<Value> {
+        self.parts.iter().try_fold(input, |x, (name, m)| m.forward(x).map_err(|e| e.within(name)))
+    }
+
+    fn children(&self) -> Vec<(&str, &dyn Module)> {
+        self.parts.iter().map(|(n, m)| (n.as_str(), m.as_ref())).collect()
+    }
+
+    fn child_slot(&mut self, name: &str) -> Option<&mut Box<dyn Module>> {
+        self.parts.iter_mut().find(|(n, _)| n == name).map(|(_, m)| m)
+    }
+
+    fn training(&self) -> bool {
+        self.training
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(self.kind).expect("plain data")
+    }
+}

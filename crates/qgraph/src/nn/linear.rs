@@ -1,0 +1,190 @@
+//! `nn.Linear`: `y = x W^T + b` on the last dimension.
+
+use ndarray::{ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+
+use super::conv::check_shape;
+use super::init::{default_bound, uniform};
+use super::py_bool;
+use crate::record::Record;
+use crate::{GraphError, GraphResult, Module, Value};
+
+/// The constructor arguments of a linear layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinearOptions {
+    /// Input features (the last dimension of the input).
+    pub in_features: usize,
+    /// Output features.
+    pub out_features: usize,
+    /// True if the layer has a bias.
+    pub bias: bool,
+}
+
+impl LinearOptions {
+    /// Checks a `[*, in_features]` input shape.
+    pub(crate) fn check_input(&self, context: &'static str, shape: &[usize]) -> GraphResult<()> {
+        match shape.last() {
+            Some(&f) if f == self.in_features => Ok(()),
+            last => Err(GraphError::ShapeMismatch {
+                context,
+                what: "input features (last dimension)",
+                got: last.copied().unwrap_or(0),
+                expected: self.in_features,
+            }),
+        }
+    }
+}
+
+/// `nn.Linear(in_features, out_features, bias)` in f32, in training mode when built (as PyTorch).
+///
+/// ```
+/// use qgraph::nn::Linear;
+/// use qgraph::{Module, Value};
+/// let linear = Linear::new(16, 10, true);
+/// assert_eq!((&linear as &dyn Module).to_string(), "Linear(in_features=16, out_features=10, bias=True)");
+/// let y = linear.forward(Value::from(ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 16]))))?;
+/// assert_eq!(y.shape(), &[2, 10]);
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Linear {
+    options: LinearOptions,
+    weight: ArrayD<f32>,
+    bias: Option<ArrayD<f32>>,
+    training: bool,
+}
+
+impl Linear {
+    /// A layer with PyTorch's default initialisation bounds, drawn from the
+    /// [`manual_seed`](super::manual_seed) stream.
+    pub fn new(in_features: usize, out_features: usize, bias: bool) -> Self {
+        let bound = default_bound(in_features);
+        let weight = uniform(&[out_features, in_features], bound);
+        let bias = bias.then(|| uniform(&[out_features], bound));
+        Self {
+            options: LinearOptions { in_features, out_features, bias: bias.is_some() },
+            weight,
+            bias,
+            training: true,
+        }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &LinearOptions {
+        &self.options
+    }
+
+    /// The weight `[out_features, in_features]`.
+    pub fn weight(&self) -> &ArrayD<f32> {
+        &self.weight
+    }
+
+    /// The bias `[out_features]`, if any.
+    pub fn bias(&self) -> Option<&ArrayD<f32>> {
+        self.bias.as_ref()
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.options.in_features
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.options.out_features
+    }
+
+    /// Replaces weight and bias (shapes checked; a bias may be added or removed).
+    pub fn set_weight_bias(&mut self, weight: ArrayD<f32>, bias: Option<ArrayD<f32>>) -> GraphResult<()> {
+        let o = self.options;
+        check_shape("Linear", "weight", weight.shape(), &[o.out_features, o.in_features])?;
+        if let Some(b) = &bias {
+            check_shape("Linear", "bias", b.shape(), &[o.out_features])?;
+        }
+        self.options.bias = bias.is_some();
+        self.weight = weight.as_standard_layout().into_owned();
+        self.bias = bias.map(|b| b.as_standard_layout().into_owned());
+        Ok(())
+    }
+
+    /// Rebuilds a saved layer (in eval mode).
+    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
+        let options: LinearOptions = record.config()?;
+        let weight = record.tensors.shaped::<f32>("weight", &[options.out_features, options.in_features])?;
+        let bias = if options.bias {
+            Some(record.tensors.shaped::<f32>("bias", &[options.out_features])?)
+        } else {
+            None
+        };
+        Ok(Self { options, weight, bias, training: false })
+    }
+
+    fn run(&self, x: ArrayD<f32>) -> GraphResult<ArrayD<f32>> {
+        self.options.check_input("Linear", x.shape())?;
+        let (k, n) = (self.options.in_features, self.options.out_features);
+        let mut out_shape = x.shape().to_vec();
+        *out_shape.last_mut().expect("rank checked") = n;
+        let m = x.len() / k.max(1);
+        let x = x.as_standard_layout();
+        let wt = self.weight.t().as_standard_layout().into_owned();
+        let mut out = vec![0f32; m * n];
+        if let Some(b) = &self.bias {
+            let b = b.as_slice().expect("standard layout");
+            out.chunks_mut(n.max(1)).for_each(|row| row.copy_from_slice(b));
+        }
+        let a = x.as_slice().expect("standard layout");
+        qkernels::float::sgemm(
+            m,
+            n,
+            k,
+            a,
+            k,
+            wt.as_slice().expect("standard layout"),
+            n,
+            &mut out,
+            n,
+            self.bias.is_some(),
+        )?;
+        Ok(ArrayD::from_shape_vec(IxDyn(&out_shape), out).expect("m x n"))
+    }
+}
+
+impl Module for Linear {
+    fn type_name(&self) -> &str {
+        "Linear"
+    }
+
+    fn forward(&self, input: Value) -> GraphResult<Value> {
+        let x = input.into_float("Linear")?;
+        Ok(Value::Float(self.run(x)?))
+    }
+
+    fn extra_repr(&self) -> String {
+        let o = self.options;
+        format!("in_features={}, out_features={}, bias={}", o.in_features, o.out_features, py_bool(o.bias))
+    }
+
+    fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
+        let mut p = vec![("weight", &self.weight)];
+        p.extend(self.bias.as_ref().map(|b| ("bias", b)));
+        p
+    }
+
+    fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
+        let mut p = vec![("weight", &mut self.weight)];
+        p.extend(self.bias.as_mut().map(|b| ("bias", b)));
+        p
+    }
+
+    fn training(&self) -> bool {
+        self.training
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(self.options).expect("plain data")
+    }
+}
