@@ -6,8 +6,10 @@ mod conv;
 mod fused;
 mod init;
 mod linear;
+pub(crate) mod misc;
+mod pool;
 mod shape;
-mod unary;
+pub(crate) mod unary;
 
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormOptions};
 pub(crate) use conv::check_shape;
@@ -15,8 +17,10 @@ pub use conv::{Conv, Conv1d, Conv2d, Conv3d, ConvBuilder, ConvOptions};
 pub use fused::{Fused, FusedKind};
 pub use init::manual_seed;
 pub use linear::{Linear, LinearOptions};
+pub use misc::{Dropout, Softmax, Upsample, UpsampleMode};
+pub use pool::{AvgPool2d, MaxPool, MaxPool1d, MaxPool2d, MaxPool3d, Size};
 pub use shape::{AdaptiveAvgPool2d, Flatten, Identity};
-pub use unary::ReLU;
+pub use unary::{ELU, Hardswish, Hardtanh, LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh};
 
 /// Formats `v` as a Python tuple: `(3, 3)`, `(1,)`.
 pub(crate) fn py_tuple(v: &[usize]) -> String {

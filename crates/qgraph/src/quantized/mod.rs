@@ -1,4 +1,6 @@
 //! Quantized modules (`torch.ao.nn.quantized`): what `convert` swaps in for observed float modules.
+
+pub mod activation;
 mod batchnorm;
 mod conv;
 mod linear;

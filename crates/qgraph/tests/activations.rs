@@ -1,0 +1,299 @@
+//! Activations, pooling, dropout, upsample and softmax (float modules on float and quantized
+//! values) and the quantized activations, against PyTorch 2.15 (`tools/golden/gen_activations.py`):
+//! quantized outputs bit-exact, float outputs within 1e-5 relative, printouts identical, and a
+//! save/load round trip per module.
+
+use std::collections::BTreeMap;
+
+use ndarray::ArrayD;
+use qgraph::nn::{
+    AvgPool2d, Dropout, ELU, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid, Size, Softmax,
+    Tanh, Upsample, UpsampleMode,
+};
+use qgraph::quantized::activation as qa;
+use qgraph::record::{Record, Tensors};
+use qgraph::{GraphError, Module, QuantTensor, Value};
+use qkernels::elementwise::PerTensor;
+use qtest::{Fixture, f64_of, i64_of, name};
+use serde_json::Value as Json;
+
+fn load() -> Fixture {
+    Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), "activations")
+}
+
+fn size<const D: usize>(v: &Json) -> Size<D> {
+    match v {
+        Json::Array(a) => {
+            let values: Vec<usize> = a.iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            Size::from(<[usize; D]>::try_from(values).unwrap())
+        }
+        x => Size::from(x.as_u64().unwrap() as usize),
+    }
+}
+
+fn f64_or(args: &Json, key: &str, default: f64) -> f64 {
+    args.get(key).map_or(default, f64_of)
+}
+
+fn max_pool<const D: usize>(a: &Json) -> Box<dyn Module> {
+    let mut m = MaxPool::<D>::new(size::<D>(&a["kernel_size"]));
+    if let Some(s) = a.get("stride") {
+        m = m.stride(size::<D>(s));
+    }
+    if let Some(p) = a.get("padding") {
+        m = m.padding(size::<D>(p));
+    }
+    if let Some(d) = a.get("dilation") {
+        m = m.dilation(size::<D>(d));
+    }
+    Box::new(m.ceil_mode(a.get("ceil_mode") == Some(&Json::Bool(true))))
+}
+
+/// The module a case describes, as PyTorch built it.
+fn build(case: &Json) -> Box<dyn Module> {
+    let a = &case["args"];
+    let kind = case["kind"].as_str().unwrap();
+    let out_q = || PerTensor::new(f64_of(&a["scale"]), i64_of(&a["zero_point"]));
+    if case["quantized"] == true {
+        return match kind {
+            "ReLU6" => Box::new(qa::ReLU6::new()),
+            "Hardswish" => Box::new(qa::Hardswish::new(out_q()).unwrap()),
+            "ELU" => Box::new(qa::ELU::new(out_q(), f64_or(a, "alpha", 1.0)).unwrap()),
+            "LeakyReLU" => Box::new(qa::LeakyReLU::new(out_q(), f64_or(a, "negative_slope", 0.01)).unwrap()),
+            "Dropout" => Box::new(qa::Dropout::from_float(&Dropout::new(f64_of(&a["p"])).unwrap()).unwrap()),
+            other => panic!("no quantized {other}"),
+        };
+    }
+    match kind {
+        "ReLU" => Box::new(ReLU::new()),
+        "ReLU6" => Box::new(ReLU6::new()),
+        "Hardtanh" => Box::new(Hardtanh::new(f64_or(a, "min_val", -1.0), f64_or(a, "max_val", 1.0))),
+        "Hardswish" => Box::new(Hardswish::new()),
+        "Sigmoid" => Box::new(Sigmoid::new()),
+        "Tanh" => Box::new(Tanh::new()),
+        "LeakyReLU" => Box::new(LeakyReLU::new(f64_or(a, "negative_slope", 0.01))),
+        "ELU" => Box::new(ELU::new(f64_or(a, "alpha", 1.0))),
+        "Dropout" => Box::new(Dropout::new(f64_of(&a["p"])).unwrap()),
+        "Softmax" => Box::new(Softmax::new(i64_of(&a["dim"]))),
+        "MaxPool1d" => max_pool::<1>(a),
+        "MaxPool2d" => max_pool::<2>(a),
+        "MaxPool3d" => max_pool::<3>(a),
+        "AvgPool2d" => {
+            let mut m = AvgPool2d::new(size::<2>(&a["kernel_size"]));
+            if let Some(s) = a.get("stride") {
+                m = m.stride(size::<2>(s));
+            }
+            if let Some(p) = a.get("padding") {
+                m = m.padding(size::<2>(p));
+            }
+            Box::new(
+                m.ceil_mode(a.get("ceil_mode") == Some(&Json::Bool(true)))
+                    .count_include_pad(a.get("count_include_pad") != Some(&Json::Bool(false)))
+                    .divisor_override(a.get("divisor_override").map(i64_of)),
+            )
+        }
+        "Upsample" => {
+            let mut m = match (a.get("size"), a.get("scale_factor")) {
+                (Some(s), None) => Upsample::size(size::<2>(s)),
+                (None, Some(Json::Array(v))) => Upsample::scale_factors([f64_of(&v[0]), f64_of(&v[1])]),
+                (None, Some(s)) => Upsample::scale_factor(f64_of(s)),
+                _ => panic!("size or scale_factor"),
+            };
+            if a.get("mode").and_then(Json::as_str) == Some("bilinear") {
+                m = m.mode(UpsampleMode::Bilinear);
+            }
+            if let Some(ac) = a.get("align_corners") {
+                m = m.align_corners(ac == true);
+            }
+            Box::new(m)
+        }
+        other => panic!("no module {other}"),
+    }
+}
+
+/// Saves `m` (its configuration through JSON text, as a file would) and rebuilds it.
+fn reload(m: &dyn Module) -> Box<dyn Module> {
+    assert!(m.tensors().is_empty(), "{}: these modules save no tensors", m.type_name());
+    let text = serde_json::to_string(&m.config()).unwrap();
+    let record = || Record {
+        path: "m".into(),
+        config: serde_json::from_str(&text).unwrap(),
+        tensors: Tensors::new("m", BTreeMap::new()),
+        children: Vec::new(),
+    };
+    fn b<M: Module + Clone>(m: qgraph::GraphResult<M>) -> Box<dyn Module> {
+        Box::new(m.unwrap())
+    }
+    match m.type_name() {
+        "ReLU" => b(ReLU::from_record(record())),
+        "ReLU6" => b(ReLU6::from_record(record())),
+        "Hardtanh" => b(Hardtanh::from_record(record())),
+        "Hardswish" => b(Hardswish::from_record(record())),
+        "Sigmoid" => b(Sigmoid::from_record(record())),
+        "Tanh" => b(Tanh::from_record(record())),
+        "LeakyReLU" => b(LeakyReLU::from_record(record())),
+        "ELU" => b(ELU::from_record(record())),
+        "Dropout" => b(Dropout::from_record(record())),
+        "Softmax" => b(Softmax::from_record(record())),
+        "MaxPool1d" => b(MaxPool::<1>::from_record(record())),
+        "MaxPool2d" => b(MaxPool::<2>::from_record(record())),
+        "MaxPool3d" => b(MaxPool::<3>::from_record(record())),
+        "AvgPool2d" => b(AvgPool2d::from_record(record())),
+        "Upsample" => b(Upsample::from_record(record())),
+        "QuantizedReLU6" => b(qa::ReLU6::from_record(record())),
+        "QuantizedHardswish" => b(qa::Hardswish::from_record(record())),
+        "QuantizedELU" => b(qa::ELU::from_record(record())),
+        "QuantizedLeakyReLU" => b(qa::LeakyReLU::from_record(record())),
+        "QuantizedDropout" => b(qa::Dropout::from_record(record())),
+        other => panic!("no loader for {other}"),
+    }
+}
+
+fn quant_input(fx: &Fixture, n: &str, case: &Json) -> Value {
+    let q = PerTensor::new(f64_of(&case["scale"]), i64_of(&case["zero_point"]));
+    let x = fx.tensor::<f32>(n, "x");
+    let xq = QuantTensor::quantize(&x, q).unwrap();
+    assert_eq!(xq.int_repr(), fx.tensor::<u8>(n, "xq"), "{n}: quantize_per_tensor");
+    Value::Quant(xq)
+}
+
+/// Checks the quantized output of `m` against the case; returns it for further checks.
+fn check_quant(fx: &Fixture, n: &str, case: &Json, m: &dyn Module) {
+    let got = m.forward(quant_input(fx, n, case));
+    if case["quant_error"] == true {
+        let err = got.expect_err(n);
+        assert!(matches!(err, GraphError::ExpectedFloat { .. }), "{n}: {err}");
+        return;
+    }
+    let Value::Quant(y) = got.unwrap_or_else(|e| panic!("{n}: {e}")) else { panic!("{n}: float output") };
+    let q = y.qparams();
+    assert_eq!((q.scale, q.zero_point), (f64_of(&case["out_scale"]), i64_of(&case["out_zero_point"])), "{n}");
+    qtest::assert_ints_eq(n, "int_repr", &y.int_repr().mapv(i32::from), &fx.ints(n, "yq"));
+}
+
+fn check_float(fx: &Fixture, n: &str, m: &dyn Module) {
+    let y = m.forward(Value::Float(fx.tensor::<f32>(n, "x"))).unwrap().into_float(n).unwrap();
+    let e: ArrayD<f32> = fx.tensor(n, "y");
+    assert_eq!(y.shape(), e.shape(), "{n}: shape");
+    for (i, (&g, &e)) in y.iter().zip(&e).enumerate() {
+        // Relative 1e-5, absolute 1e-5 near zero (outputs cancel to zero; inputs are of order 1).
+        assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "{n}: y[{i}] = {g:e}, PyTorch {e:e}");
+    }
+}
+
+#[test]
+fn quantized_paths_are_bit_exact_with_pytorch() {
+    let fx = load();
+    assert!(fx.cases.len() >= 90, "{} cases", fx.cases.len());
+    for case in &fx.cases {
+        let n = name(case);
+        let m = build(case);
+        check_quant(&fx, n, case, m.as_ref());
+        // Twice: the second run reuses the cached lookup table.
+        check_quant(&fx, n, case, m.as_ref());
+    }
+}
+
+#[test]
+fn float_paths_match_pytorch() {
+    let fx = load();
+    // The sweeps (every input byte through PyTorch's vector body and scalar tail) have no float
+    // output.
+    for case in fx.cases.iter().filter(|c| c["quantized"] == false && c.get("sweep").is_none()) {
+        check_float(&fx, name(case), build(case).as_ref());
+    }
+}
+
+#[test]
+fn printouts_match_pytorch() {
+    let fx = load();
+    for case in &fx.cases {
+        let m = build(case);
+        assert_eq!(m.to_string(), case["str"].as_str().unwrap(), "{}", name(case));
+    }
+}
+
+#[test]
+fn save_and_load_round_trip() {
+    let fx = load();
+    for case in &fx.cases {
+        let n = name(case);
+        let m = build(case);
+        let back = reload(m.as_ref());
+        assert_eq!(back.to_string(), m.to_string(), "{n}");
+        assert_eq!(back.config(), m.config(), "{n}");
+        check_quant(&fx, n, case, back.as_ref());
+    }
+}
+
+#[test]
+fn quantized_modules_need_quantized_input() {
+    let x = Value::Float(ArrayD::zeros(ndarray::IxDyn(&[1, 2, 2, 2])));
+    let m = qa::Hardswish::new(PerTensor::new(0.1, 3)).unwrap();
+    let err = m.forward(x).unwrap_err();
+    assert!(
+        matches!(err, GraphError::ExpectedQuantized { ref module } if module == "QuantizedHardswish"),
+        "{err}"
+    );
+}
+
+#[test]
+fn swap_follows_pytorchs_static_mapping() {
+    let q = PerTensor::new(0.1, 3);
+    let names = |m: &dyn Module| qa::swap_activation(m, q).map(|r| r.unwrap().to_string());
+    assert_eq!(names(&ReLU6::new()).as_deref(), Some("QuantizedReLU6()"));
+    assert_eq!(names(&ELU::new(0.5)).as_deref(), Some("QuantizedELU(alpha=0.5)"));
+    assert_eq!(names(&LeakyReLU::new(0.2)).as_deref(), Some("QuantizedLeakyReLU(negative_slope=0.2)"));
+    assert_eq!(names(&Hardswish::new()).as_deref(), Some("QuantizedHardswish()"));
+    assert_eq!(names(&Dropout::new(0.5).unwrap()).as_deref(), Some("QuantizedDropout(p=0.5, inplace=False)"));
+    for m in [&Sigmoid::new() as &dyn Module, &Tanh::new(), &ReLU::new(), &Softmax::new(1)] {
+        assert!(qa::swap_activation(m, q).is_none(), "{m}");
+    }
+    assert_eq!(qa::is_fixed_qparams("Sigmoid"), Some(PerTensor::new(1.0 / 256.0, 0)));
+    assert_eq!(qa::is_fixed_qparams("Softmax"), Some(PerTensor::new(1.0 / 256.0, 0)));
+    assert_eq!(qa::is_fixed_qparams("Tanh"), Some(PerTensor::new(2.0 / 256.0, 128)));
+    assert_eq!(qa::is_fixed_qparams("ReLU"), None);
+    // A module of the wrong type is refused.
+    assert!(qa::ELU::from_float(&ReLU::new(), q).is_err());
+}
+
+#[test]
+fn dropout_refuses_training_mode() {
+    let mut m: Box<dyn Module> = Box::new(Dropout::new(0.5).unwrap());
+    qgraph::train(&mut m, true);
+    let err = m.forward(Value::Float(ArrayD::zeros(ndarray::IxDyn(&[2])))).unwrap_err();
+    assert!(err.to_string().contains("eval"), "{err}");
+    qgraph::eval(&mut m);
+    assert!(m.forward(Value::Float(ArrayD::zeros(ndarray::IxDyn(&[2])))).is_ok());
+    assert!(Dropout::new(1.5).is_err());
+}
+
+#[test]
+fn bad_arguments_are_errors_not_panics() {
+    let xq = Value::Quant(
+        QuantTensor::quantize(&ArrayD::zeros(ndarray::IxDyn(&[1, 2, 3, 3])), PerTensor::new(0.1, 0)).unwrap(),
+    );
+    let xf = Value::Float(ArrayD::zeros(ndarray::IxDyn(&[1, 2, 3, 3])));
+    let bad: Vec<Box<dyn Module>> = vec![
+        Box::new(MaxPool::<2>::new(5)),
+        Box::new(MaxPool::<2>::new(2).padding(2)),
+        Box::new(MaxPool::<2>::new(2).stride(0)),
+        Box::new(MaxPool::<1>::new(2)),
+        Box::new(MaxPool::<3>::new(2)),
+        Box::new(AvgPool2d::new(2).divisor_override(Some(0))),
+        Box::new(Hardtanh::new(1.0, -1.0)),
+        Box::new(Softmax::new(4)),
+        Box::new(Upsample::scale_factor(2.0).align_corners(true)),
+        Box::new(Upsample::scale_factor(-1.0)),
+        Box::new(Upsample::size(0)),
+    ];
+    for m in &bad {
+        let quant_ok = m.type_name() == "Softmax";
+        assert!(m.forward(xf.clone()).is_err(), "{m} on float");
+        assert!(quant_ok || m.forward(xq.clone()).is_err(), "{m} on quantized");
+    }
+    // Non-integer scale factors need scale-based indices the quantized kernels do not take.
+    let up = Upsample::scale_factor(2.5).mode(UpsampleMode::Bilinear);
+    assert!(up.forward(xf).is_ok());
+    assert!(up.forward(xq).is_err());
+}

@@ -1,0 +1,145 @@
+"""Golden fixtures for qgraph's unweighted modules, produced with PyTorch 2.15.
+
+    ~/.torch-ref/bin/python tools/golden/gen_activations.py
+
+Writes crates/qgraph/tests/fixtures/activations.safetensors in the format of
+tools/golden/fixtures.py: for each module (activations, pooling, dropout, upsample, softmax and
+the quantized activations of torch.ao.nn.quantized), its constructor arguments and `str(module)`,
+a float input `x` with the module's float output `y`, and the module applied to
+`torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)` in channels-last memory (the
+layout quantized convolutions produce, and the one qgraph stores): input `xq` and output `yq`
+(int_repr, NCHW order) with the output parameters. Engine fbgemm. Deterministic.
+"""
+
+import warnings
+
+import torch
+import torch.ao.nn.quantized as nnq
+import torch.nn as nn
+from fixtures import Fixture
+
+warnings.filterwarnings("ignore")
+torch.manual_seed(0)
+torch.backends.quantized.engine = "fbgemm"
+
+QPARAMS = [(0.05, 100), (0.0213, 7)]
+
+
+def float_cases():
+    """(name, kind, kwargs, shape): modules built as getattr(nn, kind)(**kwargs)."""
+    act = [
+        ("relu", "ReLU", {}), ("relu6", "ReLU6", {}), ("hardtanh", "Hardtanh", {}),
+        ("hardtanh_wide", "Hardtanh", {"min_val": -2.5, "max_val": 3.25}), ("hardswish", "Hardswish", {}),
+        ("sigmoid", "Sigmoid", {}), ("tanh", "Tanh", {}), ("leaky_relu", "LeakyReLU", {}),
+        ("leaky_relu_02", "LeakyReLU", {"negative_slope": 0.2}), ("elu", "ELU", {}),
+        ("elu_05", "ELU", {"alpha": 0.5}), ("dropout", "Dropout", {"p": 0.3}),
+        ("softmax", "Softmax", {"dim": 1}), ("softmax_last", "Softmax", {"dim": -1}),
+    ]
+    for name, kind, kw in act:
+        yield name, kind, kw, (1, 19, 5, 4)
+    yield "maxpool1d", "MaxPool1d", {"kernel_size": 3}, (2, 6, 11)
+    yield "maxpool1d_pad", "MaxPool1d", {"kernel_size": 4, "stride": 2, "padding": 2, "dilation": 1,
+                                         "ceil_mode": True}, (1, 5, 12)
+    yield "maxpool2d", "MaxPool2d", {"kernel_size": 2}, (1, 19, 8, 6)
+    yield "maxpool2d_full", "MaxPool2d", {"kernel_size": [3, 2], "stride": [2, 1], "padding": [1, 1],
+                                          "dilation": [1, 2], "ceil_mode": True}, (1, 7, 9, 8)
+    yield "maxpool2d_s2p1", "MaxPool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, (1, 19, 9, 9)
+    yield "maxpool3d", "MaxPool3d", {"kernel_size": 2}, (1, 4, 4, 6, 5)
+    yield "maxpool3d_full", "MaxPool3d", {"kernel_size": [3, 2, 2], "stride": 1, "padding": [1, 0, 1],
+                                          "dilation": [1, 2, 1], "ceil_mode": False}, (1, 3, 5, 6, 4)
+    yield "avgpool2d", "AvgPool2d", {"kernel_size": 2}, (1, 19, 8, 6)
+    yield "avgpool2d_pad", "AvgPool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, (1, 21, 9, 7)
+    yield "avgpool2d_nopad", "AvgPool2d", {"kernel_size": [3, 2], "stride": [2, 1], "padding": [1, 1],
+                                           "ceil_mode": True, "count_include_pad": False}, (1, 17, 8, 7)
+    yield "avgpool2d_div", "AvgPool2d", {"kernel_size": 3, "stride": 1, "padding": 1,
+                                         "divisor_override": 5}, (1, 18, 6, 5)
+    yield "up_nearest2", "Upsample", {"scale_factor": 2.0}, (1, 19, 4, 5)
+    yield "up_nearest3", "Upsample", {"scale_factor": [3.0, 2.0]}, (1, 5, 3, 4)
+    yield "up_nearest_size", "Upsample", {"size": [7, 9]}, (1, 5, 4, 5)
+    yield "up_nearest_size1", "Upsample", {"size": 6}, (1, 5, 4, 5)
+    yield "up_bilinear2", "Upsample", {"scale_factor": 2.0, "mode": "bilinear"}, (1, 19, 4, 5)
+    yield "up_bilinear_ac", "Upsample", {"scale_factor": 2.0, "mode": "bilinear", "align_corners": True}, (1, 19, 4, 5)
+    yield "up_bilinear_size", "Upsample", {"size": [7, 9], "mode": "bilinear"}, (1, 21, 4, 5)
+
+
+def quantized_cases():
+    """(name, kind, kwargs, float kind): modules built as getattr(nnq, kind)(**kwargs)."""
+    yield "q_relu6", "ReLU6", {}
+    yield "q_hardswish", "Hardswish", {"scale": 0.031, "zero_point": 60}
+    yield "q_elu", "ELU", {"scale": 0.027, "zero_point": 70, "alpha": 0.5}
+    yield "q_leaky_relu", "LeakyReLU", {"scale": 0.04, "zero_point": 20, "negative_slope": 0.1}
+    yield "q_dropout", "Dropout", {"p": 0.5}
+
+
+def quantized_input(x, scale, zp):
+    xq = torch.quantize_per_tensor(x, scale, zp, torch.quint8)
+    return xq.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else xq
+
+
+def run_quant(m, xq):
+    try:
+        return m(xq)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def main():
+    fx = Fixture("qgraph", "activations")
+    for name, kind, kw, shape in float_cases():
+        m = getattr(nn, kind)(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}).eval()
+        x = torch.randn(shape) * 3
+        y = m(x)
+        for i, (s, zp) in enumerate(QPARAMS):
+            xq = quantized_input(x, s, zp)
+            yq = run_quant(m, xq)
+            params = {"kind": kind, "quantized": False, "args": kw, "str": str(m), "scale": s, "zero_point": zp}
+            tensors = dict(x=x, y=y.contiguous(), xq=xq.int_repr().contiguous())
+            if yq is None:
+                params["quant_error"] = True
+            else:
+                params.update(quant_error=False, out_scale=yq.q_scale(), out_zero_point=yq.q_zero_point())
+                tensors["yq"] = yq.int_repr().contiguous()
+                # How the NCHW (non channels-last) kernel differs, for the record.
+                yn = m(torch.quantize_per_tensor(x, s, zp, torch.quint8))
+                diff = (yn.int_repr().int() - yq.int_repr().int()).abs().max().item()
+                if diff:
+                    print(f"{name}_{i}: NCHW input differs from channels-last by up to {diff}")
+            fx.case(f"{name}_{i}", params, **tensors)
+    for name, kind, kw in quantized_cases():
+        m = getattr(nnq, kind)(**kw)
+        x = torch.randn(1, 19, 5, 4) * 3
+        for i, (s, zp) in enumerate(QPARAMS):
+            xq = quantized_input(x, s, zp)
+            yq = m(xq)
+            params = {"kind": kind, "quantized": True, "args": kw, "str": str(m), "scale": s, "zero_point": zp,
+                      "quant_error": False, "out_scale": yq.q_scale(), "out_zero_point": yq.q_zero_point()}
+            fx.case(f"{name}_{i}", params, x=x, xq=xq.int_repr().contiguous(), yq=yq.int_repr().contiguous())
+    sweep(fx)
+    fx.save()
+
+
+def sweep(fx):
+    """Every input byte through both loops of PyTorch's elementwise kernels: 575 values (a
+    64-wide vector body of 512 and a scalar tail of 63), shifted four times so that every byte
+    reaches the tail."""
+    mods = [("leaky_relu", nn.LeakyReLU(0.2), False), ("sigmoid", nn.Sigmoid(), False), ("tanh", nn.Tanh(), False),
+            ("hardswish", nnq.Hardswish(0.031, 60), True), ("elu", nnq.ELU(0.027, 70, 0.5), True),
+            ("leaky_relu", nnq.LeakyReLU(0.04, 20, 0.1), True)]
+    kinds = {nn.LeakyReLU: {"negative_slope": 0.2}, nn.Sigmoid: {}, nn.Tanh: {},
+             nnq.Hardswish: {"scale": 0.031, "zero_point": 60}, nnq.ELU: {"scale": 0.027, "zero_point": 70, "alpha": 0.5},
+             nnq.LeakyReLU: {"scale": 0.04, "zero_point": 20, "negative_slope": 0.1}}
+    s, zp = QPARAMS[0]
+    for name, m, quantized in mods:
+        for shift in range(0, 256, 64):
+            v = ((torch.arange(575) + shift) % 256).to(torch.uint8).reshape(1, 575)
+            xq = torch._make_per_tensor_quantized_tensor(v, s, zp)
+            yq = m(xq)
+            params = {"kind": type(m).__name__, "quantized": quantized, "args": kinds[type(m)], "str": str(m),
+                      "scale": s, "zero_point": zp, "quant_error": False, "out_scale": yq.q_scale(),
+                      "out_zero_point": yq.q_zero_point(), "sweep": True}
+            fx.case(f"sweep_{'q' if quantized else 'f'}_{name}_{shift}", params, x=xq.dequantize(), xq=v,
+                    yq=yq.int_repr())
+
+
+if __name__ == "__main__":
+    main()
