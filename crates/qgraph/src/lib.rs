@@ -7,9 +7,12 @@
 //! Values between modules are [`Value`]s: float tensors in NCHW, or quantized activations.
 
 mod container;
+pub mod debug;
 mod error;
 mod functional;
+pub mod fuse;
 pub mod fusion;
+pub mod io;
 mod module;
 pub mod nn;
 pub mod qconfig;

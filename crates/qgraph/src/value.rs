@@ -2,8 +2,9 @@
 //! activation (quint8, per-tensor, stored channels-last).
 
 use ndarray::{ArrayD, IxDyn};
-use qcore::{AffineQuantizer, QDType, QParams, QTensor, dequantize_val};
+use qcore::{AffineQuantizer, QDType, QParams, QTensor};
 use qkernels::elementwise::PerTensor;
+use qkernels::{Isa, quant};
 
 use crate::{GraphError, GraphResult};
 
@@ -37,17 +38,28 @@ impl QuantTensor {
     /// Quantizes a float NCHW tensor as `torch.quantize_per_tensor(x, scale, zero_point,
     /// torch.quint8)` does on x86, into channels-last storage.
     pub fn quantize(x: &ArrayD<f32>, q: PerTensor) -> GraphResult<Self> {
-        let quantizer = AffineQuantizer::new(q.scale, q.zero_point, QDType::QUInt8)?;
         let shape = x.shape().to_vec();
-        let data = to_channels_last(x).iter().map(|&v| quantizer.quantize(v) as u8).collect();
+        let x = x.as_standard_layout();
+        let input = x.as_slice().expect("standard layout");
+        let mut data = vec![0u8; input.len()];
+        if shape.len() < 3 {
+            quant::quantize_u8(input, q, &mut data, Isa::active())?;
+        } else {
+            quant::quantize_to_channels_last(input, &shape, q, &mut data, Isa::active())?;
+        }
         Ok(Self { data, shape, q })
     }
 
     /// The float values, NCHW: `(q - zero_point) * scale` as PyTorch's `dequantize`.
     pub fn dequantize(&self) -> ArrayD<f32> {
-        let (scale, zp) = (self.q.scale, self.q.zero_point);
-        let flat: Vec<f32> = self.data.iter().map(|&v| dequantize_val(scale, zp, i32::from(v))).collect();
-        from_channels_last(flat, &self.shape)
+        let mut out = vec![0f32; self.data.len()];
+        let done = if self.shape.len() < 3 {
+            quant::dequantize_u8(&self.data, self.q, &mut out, Isa::active())
+        } else {
+            quant::dequantize_from_channels_last(&self.data, &self.shape, self.q, &mut out, Isa::active())
+        };
+        done.expect("the parameters and shape were checked at construction");
+        ArrayD::from_shape_vec(IxDyn(&self.shape), out).expect("length checked at construction")
     }
 
     /// The integer values in PyTorch's NCHW order (`int_repr()`).

@@ -433,17 +433,59 @@ pub fn convert(model: &mut Box<dyn Module>) -> GraphResult<()> {
 }
 
 /// The one mapping from float (observed) modules to quantized modules: PyTorch's
-/// `DEFAULT_STATIC_QUANT_MODULE_MAPPINGS`.
+/// `DEFAULT_STATIC_QUANT_MODULE_MAPPINGS`, for the types in [`OBSERVED_TYPES`].
 fn quantized_module(float: &dyn Module, qconfig: &QConfig, out_q: PerTensor) -> GraphResult<Box<dyn Module>> {
-    let type_name = float.type_name();
-    let unsupported = || GraphError::Workflow {
+    use crate::quantized::{QuantizedAct, QuantizedBatchNorm, QuantizedConv, QuantizedLinear, activation};
+    let weight = &qconfig.weight;
+    let expect = |what: &str| GraphError::Workflow {
         step: "convert",
-        reason: format!("{type_name} has no quantized counterpart"),
+        reason: format!("a module named {} is not the library's {what}", float.type_name()),
     };
-    Ok(match type_name {
+    if let Some(fused) = float.downcast_ref::<nn::Fused>() {
+        let base = fused.base();
+        let act = if fused.kind().is_relu6() { QuantizedAct::Relu6 } else { QuantizedAct::Relu };
+        return Ok(match fused.kind() {
+            nn::FusedKind::ConvReLU(_) | nn::FusedKind::ConvReLU6(_) => {
+                let conv = base.downcast_ref::<nn::Conv>().ok_or_else(|| expect("Conv"))?;
+                Box::new(QuantizedConv::from_float(conv, act, weight, out_q)?)
+            }
+            nn::FusedKind::LinearReLU | nn::FusedKind::LinearReLU6 => {
+                let linear = base.downcast_ref::<nn::Linear>().ok_or_else(|| expect("Linear"))?;
+                Box::new(QuantizedLinear::from_float(linear, act, weight, out_q)?)
+            }
+            nn::FusedKind::BNReLU(_) => {
+                let bn = base.downcast_ref::<nn::BatchNorm>().ok_or_else(|| expect("BatchNorm"))?;
+                Box::new(QuantizedBatchNorm::from_float(bn, true, out_q)?)
+            }
+        });
+    }
+    Ok(match float.type_name() {
         "QuantStub" => Box::new(Quantize::new(out_q)?),
         "FloatFunctional" => Box::new(crate::functional::QFunctional::new(out_q)?),
-        _ => return Err(unsupported()),
+        "Conv1d" | "Conv2d" | "Conv3d" => {
+            let conv = float.downcast_ref::<nn::Conv>().ok_or_else(|| expect("Conv"))?;
+            Box::new(QuantizedConv::from_float(conv, QuantizedAct::None, weight, out_q)?)
+        }
+        "Linear" => {
+            let linear = float.downcast_ref::<nn::Linear>().ok_or_else(|| expect("Linear"))?;
+            Box::new(QuantizedLinear::from_float(linear, QuantizedAct::None, weight, out_q)?)
+        }
+        "BatchNorm2d" | "BatchNorm3d" => {
+            let bn = float.downcast_ref::<nn::BatchNorm>().ok_or_else(|| expect("BatchNorm"))?;
+            Box::new(QuantizedBatchNorm::from_float(bn, false, out_q)?)
+        }
+        "ReLU6" => Box::new(activation::ReLU6::from_float(float)?),
+        "Hardswish" => Box::new(activation::Hardswish::from_float(float, out_q)?),
+        "ELU" => Box::new(activation::ELU::from_float(float, out_q)?),
+        "LeakyReLU" => Box::new(activation::LeakyReLU::from_float(float, out_q)?),
+        other => {
+            return Err(GraphError::Workflow {
+                step: "convert",
+                reason: format!(
+                    "{other} has no quantized counterpart; give it qconfig None so that it stays float"
+                ),
+            });
+        }
     })
 }
 

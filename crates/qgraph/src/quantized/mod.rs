@@ -10,3 +10,4 @@ pub use batchnorm::QuantizedBatchNorm;
 pub use conv::QuantizedConv;
 pub use linear::QuantizedLinear;
 pub use weighted::{QuantizedAct, QuantizedWeight};
+

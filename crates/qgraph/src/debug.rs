@@ -1,0 +1,110 @@
+//! Looking inside a model: record what chosen modules output during a forward pass (the role of
+//! PyTorch's forward hooks and the numeric suite's `OutputLogger`), e.g. to compare a quantized
+//! model with its float original or with PyTorch layer by layer.
+
+use std::sync::{Arc, Mutex};
+
+use crate::module::{Functional, slot_mut};
+use crate::{GraphResult, Module, Value};
+
+/// The outputs recorded by the loggers [`log_outputs`] attached, in execution order.
+#[derive(Debug, Clone, Default)]
+pub struct OutputLog(Arc<Mutex<Vec<(String, Value)>>>);
+
+impl OutputLog {
+    /// Takes the recorded `(path, output)` pairs, leaving the log empty.
+    pub fn take(&self) -> Vec<(String, Value)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn push(&self, path: &str, value: &Value) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push((path.to_string(), value.clone()));
+    }
+}
+
+/// A module whose outputs go to an [`OutputLog`]; it prints and behaves as the module it wraps.
+#[derive(Debug, Clone)]
+struct Logged {
+    inner: Box<dyn Module>,
+    path: String,
+    log: OutputLog,
+}
+
+impl Module for Logged {
+    fn type_name(&self) -> &str {
+        self.inner.type_name()
+    }
+
+    fn forward(&self, input: Value) -> GraphResult<Value> {
+        let out = self.inner.forward(input)?;
+        self.log.push(&self.path, &out);
+        Ok(out)
+    }
+
+    fn forward_functional(&self, op: Functional, inputs: Vec<Value>) -> GraphResult<Value> {
+        let out = self.inner.forward_functional(op, inputs)?;
+        self.log.push(&self.path, &out);
+        Ok(out)
+    }
+
+    fn children(&self) -> Vec<(&str, &dyn Module)> {
+        self.inner.children()
+    }
+
+    fn child_slot(&mut self, name: &str) -> Option<&mut Box<dyn Module>> {
+        self.inner.child_slot(name)
+    }
+
+    fn extra_repr(&self) -> String {
+        self.inner.extra_repr()
+    }
+}
+
+/// Wraps every module for which `select(path, module)` holds so that its outputs are recorded
+/// (the selected modules' own children are not visited). Returns the log; [`remove_loggers`]
+/// undoes it.
+///
+/// ```
+/// use qgraph::nn::{Flatten, ReLU};
+/// use qgraph::{Module, Sequential, Value, debug};
+/// let mut model: Box<dyn Module> = Box::new(Sequential::new(vec![Box::new(ReLU::new()), Box::new(Flatten::new(1, -1))]));
+/// let log = debug::log_outputs(&mut model, |path, _| path == "0")?;
+/// model.forward(Value::from(ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 2, 2]))))?;
+/// assert_eq!(log.take()[0].0, "0");
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn log_outputs(
+    model: &mut Box<dyn Module>,
+    select: impl Fn(&str, &dyn Module) -> bool,
+) -> GraphResult<OutputLog> {
+    let log = OutputLog::default();
+    let mut chosen: Vec<String> = Vec::new();
+    for (path, module) in model.named_modules() {
+        if !chosen.iter().any(|p| p.is_empty() || path.starts_with(&format!("{p}."))) && select(&path, module)
+        {
+            chosen.push(path);
+        }
+    }
+    for path in chosen {
+        let slot = slot_mut(model, &path)?;
+        let inner = std::mem::replace(slot, Box::new(crate::nn::Identity::new()));
+        *slot = Box::new(Logged { inner, path, log: log.clone() });
+    }
+    Ok(log)
+}
+
+/// Removes the loggers [`log_outputs`] attached, restoring the modules they wrapped.
+pub fn remove_loggers(model: &mut Box<dyn Module>) -> GraphResult<()> {
+    if model.is::<Logged>() {
+        let logged = std::mem::replace(model, Box::new(crate::nn::Identity::new()));
+        let logged = logged.into_any().downcast::<Logged>().expect("checked just above");
+        *model = logged.inner;
+    }
+    let names: Vec<String> = model.children().into_iter().map(|(n, _)| n.to_string()).collect();
+    for name in names {
+        if let Some(child) = model.child_slot(&name) {
+            remove_loggers(child)?;
+        }
+    }
+    Ok(())
+}

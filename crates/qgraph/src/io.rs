@@ -1,0 +1,294 @@
+//! Saving and loading models as safetensors, and loading PyTorch `state_dict`s.
+//!
+//! A model file holds every module's tensors under `<module path>.<name>` (so a float model's
+//! file is also its `state_dict`) and, in the metadata, the format name and version and the
+//! module tree as JSON: each module's type, configuration, tensor names and children. Loading
+//! needs no model code; the file is memory-mapped and every module is rebuilt (quantized weights
+//! re-packed for this CPU), so a loaded model computes exactly what the saved one did.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use ndarray::{ArrayD, IxDyn};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::container::{Graph, Sequential};
+use crate::functional::{FloatFunctional, QFunctional};
+use crate::module::join;
+use crate::record::{RawTensor, Record, TensorView, Tensors};
+use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
+use crate::{GraphError, GraphResult, Module, nn};
+
+/// The format name in the file's metadata.
+pub const FORMAT: &str = "qgraph";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One module in the saved tree.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedModule {
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(default)]
+    config: serde_json::Value,
+    #[serde(default)]
+    tensors: Vec<String>,
+    #[serde(default)]
+    children: Vec<(String, SavedModule)>,
+}
+
+fn file_error(path: &str, reason: impl Into<String>) -> GraphError {
+    GraphError::File { path: path.to_string(), reason: reason.into() }
+}
+
+/// The bytes of a model file for `model` (see the [module documentation](self)).
+pub fn to_bytes(model: &dyn Module) -> GraphResult<Vec<u8>> {
+    let mut tensors: Vec<(String, OwnedTensor)> = Vec::new();
+    let tree = describe(model, "", &mut tensors)?;
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("model".to_string(), serde_json::to_string(&tree).expect("plain data serializes")),
+    ]);
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error("<model>", format!("cannot serialize: {e}")))?;
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| file_error("<model>", format!("cannot serialize: {e}")))
+}
+
+/// Saves `model` to `path`.
+pub fn save(model: &dyn Module, path: impl AsRef<Path>) -> GraphResult<()> {
+    let path = path.as_ref();
+    let bytes = to_bytes(model)?;
+    std::fs::write(path, bytes).map_err(|e| file_error(&path.display().to_string(), e.to_string()))
+}
+
+/// Loads a model saved by [`save`], memory-mapping the file.
+pub fn load(path: impl AsRef<Path>) -> GraphResult<Box<dyn Module>> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| file_error(&name, e.to_string()))?;
+    // SAFETY: the map is read-only and dropped before this function returns; every value read from
+    // it is copied into the rebuilt modules. Another process truncating the file while it is
+    // mapped could fault, as for any memory-mapped reader; model files are not written in place.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| file_error(&name, e.to_string()))?;
+    from_bytes_named(&map, &name)
+}
+
+/// Loads a model from the bytes of a model file (untrusted input: every problem is an error).
+pub fn from_bytes(bytes: &[u8]) -> GraphResult<Box<dyn Module>> {
+    from_bytes_named(bytes, "<bytes>")
+}
+
+fn from_bytes_named(bytes: &[u8], name: &str) -> GraphResult<Box<dyn Module>> {
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| file_error(name, format!("not a safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| file_error(name, format!("not a safetensors file: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(file_error(
+            name,
+            format!(
+                "not a {FORMAT} model file (no format={FORMAT} metadata); a PyTorch state_dict loads with load_state_dict_file"
+            ),
+        ));
+    }
+    let version = meta.get("format_version").map(String::as_str).unwrap_or("none");
+    if version != FORMAT_VERSION.to_string() {
+        return Err(file_error(
+            name,
+            format!("format version {version}; this build reads version {FORMAT_VERSION}"),
+        ));
+    }
+    let tree: SavedModule = serde_json::from_str(meta.get("model").map(String::as_str).unwrap_or(""))
+        .map_err(|e| file_error(name, format!("the module tree is not valid: {e}")))?;
+    let views = file.tensors();
+    let raw: HashMap<String, RawTensor<'_>> = views
+        .iter()
+        .map(|(k, v)| (k.clone(), RawTensor { dtype: v.dtype(), shape: v.shape(), bytes: v.data() }))
+        .collect();
+    rebuild(tree, "", &raw, 0).map_err(|e| match e {
+        GraphError::File { .. } => e,
+        other => file_error(name, other.to_string()),
+    })
+}
+
+/// A tensor to write.
+struct OwnedTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+fn owned(view: TensorView<'_>) -> OwnedTensor {
+    fn bytes<T: Copy, const N: usize>(x: ndarray::ArrayViewD<'_, T>, le: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+        x.iter().flat_map(|&v| le(v)).collect()
+    }
+    match view {
+        TensorView::F32(x) => {
+            OwnedTensor { dtype: Dtype::F32, shape: x.shape().to_vec(), bytes: bytes(x, f32::to_le_bytes) }
+        }
+        TensorView::I8(x) => {
+            OwnedTensor { dtype: Dtype::I8, shape: x.shape().to_vec(), bytes: bytes(x, i8::to_le_bytes) }
+        }
+        TensorView::F64(x) => {
+            OwnedTensor { dtype: Dtype::F64, shape: x.shape().to_vec(), bytes: bytes(x, f64::to_le_bytes) }
+        }
+        TensorView::I64(x) => {
+            OwnedTensor { dtype: Dtype::I64, shape: x.shape().to_vec(), bytes: bytes(x, i64::to_le_bytes) }
+        }
+    }
+}
+
+fn describe(
+    module: &dyn Module,
+    path: &str,
+    out: &mut Vec<(String, OwnedTensor)>,
+) -> GraphResult<SavedModule> {
+    if module.is::<crate::workflow::Observed>() {
+        return Err(GraphError::Workflow {
+            step: "save",
+            reason: format!(
+                "`{path}` is a prepared (observed) module; save the float model before prepare or the converted model"
+            ),
+        });
+    }
+    let mut tensors = Vec::new();
+    for (name, view) in module.tensors() {
+        out.push((join(path, &name), owned(view)));
+        tensors.push(name);
+    }
+    let children = module
+        .children()
+        .into_iter()
+        .map(|(name, child)| Ok((name.to_string(), describe(child, &join(path, name), out)?)))
+        .collect::<GraphResult<Vec<_>>>()?;
+    Ok(SavedModule { type_name: module.type_name().to_string(), config: module.config(), tensors, children })
+}
+
+/// serde_json stops at 128 levels, so deeper trees cannot reach here; this bounds the recursion
+/// for any other caller.
+const MAX_DEPTH: usize = 256;
+
+fn rebuild(
+    saved: SavedModule,
+    path: &str,
+    raw: &HashMap<String, RawTensor<'_>>,
+    depth: usize,
+) -> GraphResult<Box<dyn Module>> {
+    if depth > MAX_DEPTH {
+        return Err(GraphError::Mismatch {
+            context: "load",
+            reason: format!("module `{path}`: the tree is too deep"),
+        });
+    }
+    let mut map = BTreeMap::new();
+    for name in &saved.tensors {
+        let key = join(path, name);
+        let tensor = raw.get(&key).ok_or_else(|| GraphError::Mismatch {
+            context: "load",
+            reason: format!("module `{path}`: tensor `{key}` is listed but not in the file"),
+        })?;
+        map.insert(name.clone(), *tensor);
+    }
+    let children = saved
+        .children
+        .into_iter()
+        .map(|(name, child)| Ok((name.clone(), rebuild(child, &join(path, &name), raw, depth + 1)?)))
+        .collect::<GraphResult<Vec<_>>>()?;
+    let record =
+        Record { path: path.to_string(), config: saved.config, tensors: Tensors::new(path, map), children };
+    build(&saved.type_name, record).map_err(|e| match e {
+        GraphError::Mismatch { .. } => e,
+        other => GraphError::Mismatch { context: "load", reason: format!("module `{path}`: {other}") },
+    })
+}
+
+/// Rebuilds a module of PyTorch type `type_name` from its record: the one list of loadable types.
+fn build(type_name: &str, record: Record<'_>) -> GraphResult<Box<dyn Module>> {
+    fn plain<T: Module + for<'de> Deserialize<'de>>(record: Record<'_>) -> GraphResult<Box<dyn Module>> {
+        Ok(Box::new(record.config::<T>()?))
+    }
+    Ok(match type_name {
+        "Sequential" => Box::new(Sequential::from_record(record)?),
+        "QuantStub" => Box::new(QuantStub::new()),
+        "DeQuantStub" => plain::<DeQuantStub>(record)?,
+        "QuantWrapper" => Box::new(QuantWrapper::from_record(record)?),
+        "Quantize" => Box::new(Quantize::from_record(record)?),
+        "DeQuantize" => Box::new(DeQuantize::new()),
+        "FloatFunctional" => Box::new(FloatFunctional::new()),
+        "QFunctional" => Box::new(QFunctional::from_record(record)?),
+        "Identity" => Box::new(nn::Identity::new()),
+        "Flatten" => plain::<nn::Flatten>(record)?,
+        "AdaptiveAvgPool2d" => plain::<nn::AdaptiveAvgPool2d>(record)?,
+        "ReLU" => Box::new(nn::ReLU::new()),
+        // Any other name is a `Graph` (its type name is the model's own, e.g. `BasicBlock`).
+        _ if record.config.get("nodes").is_some() => Box::new(Graph::from_record(record)?),
+        other => {
+            return Err(GraphError::Mismatch {
+                context: "load",
+                reason: format!("module `{}`: unknown module type {other:?}", record.path),
+            });
+        }
+    })
+}
+
+/// Loads a PyTorch `state_dict` saved as safetensors (`safetensors.torch.save_file(model.state_dict(),
+/// path)`, see `tools/export_state_dict.py`) into `model`, whose parameters must have the same names
+/// and shapes (see [`crate::load_state_dict`]). f32, f16, bf16 and f64 tensors are accepted.
+pub fn load_state_dict_file(model: &mut Box<dyn Module>, path: impl AsRef<Path>) -> GraphResult<()> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| file_error(&name, e.to_string()))?;
+    let entries = state_dict_from_bytes(&bytes).map_err(|e| match e {
+        GraphError::File { reason, .. } => file_error(&name, reason),
+        other => other,
+    })?;
+    crate::load_state_dict(model, entries)
+}
+
+/// The float tensors of a safetensors state dict, by name.
+pub fn state_dict_from_bytes(bytes: &[u8]) -> GraphResult<BTreeMap<String, ArrayD<f32>>> {
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| file_error("<bytes>", format!("not a safetensors file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (key, view) in file.iter() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => {
+                data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
+            }
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::F16 => {
+                data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            Dtype::BF16 => {
+                data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            // Integer buffers (num_batches_tracked) are not float parameters.
+            _ if key.ends_with("num_batches_tracked") => continue,
+            other => {
+                return Err(GraphError::Mismatch {
+                    context: "load_state_dict",
+                    reason: format!("{key}: dtype {other:?}; parameters must be floating point"),
+                });
+            }
+        };
+        let array = ArrayD::from_shape_vec(IxDyn(view.shape()), values).map_err(|e| {
+            GraphError::Mismatch { context: "load_state_dict", reason: format!("{key}: {e}") }
+        })?;
+        out.insert(key.to_string(), array);
+    }
+    Ok(out)
+}
