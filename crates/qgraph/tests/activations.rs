@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use ndarray::ArrayD;
 use qgraph::nn::{
     AvgPool2d, Dropout, ELU, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid, Size, Softmax,
-    Tanh, Upsample, UpsampleMode,
+    Tanh, Upsample, UpsampleMode, unweighted_loader,
 };
 use qgraph::quantized::activation as qa;
 use qgraph::record::{Record, Tensors};
@@ -115,38 +115,15 @@ fn build(case: &Json) -> Box<dyn Module> {
 fn reload(m: &dyn Module) -> Box<dyn Module> {
     assert!(m.tensors().is_empty(), "{}: these modules save no tensors", m.type_name());
     let text = serde_json::to_string(&m.config()).unwrap();
-    let record = || Record {
+    let record = Record {
         path: "m".into(),
         config: serde_json::from_str(&text).unwrap(),
         tensors: Tensors::new("m", BTreeMap::new()),
         children: Vec::new(),
     };
-    fn b<M: Module + Clone>(m: qgraph::GraphResult<M>) -> Box<dyn Module> {
-        Box::new(m.unwrap())
-    }
-    match m.type_name() {
-        "ReLU" => b(ReLU::from_record(record())),
-        "ReLU6" => b(ReLU6::from_record(record())),
-        "Hardtanh" => b(Hardtanh::from_record(record())),
-        "Hardswish" => b(Hardswish::from_record(record())),
-        "Sigmoid" => b(Sigmoid::from_record(record())),
-        "Tanh" => b(Tanh::from_record(record())),
-        "LeakyReLU" => b(LeakyReLU::from_record(record())),
-        "ELU" => b(ELU::from_record(record())),
-        "Dropout" => b(Dropout::from_record(record())),
-        "Softmax" => b(Softmax::from_record(record())),
-        "MaxPool1d" => b(MaxPool::<1>::from_record(record())),
-        "MaxPool2d" => b(MaxPool::<2>::from_record(record())),
-        "MaxPool3d" => b(MaxPool::<3>::from_record(record())),
-        "AvgPool2d" => b(AvgPool2d::from_record(record())),
-        "Upsample" => b(Upsample::from_record(record())),
-        "QuantizedReLU6" => b(qa::ReLU6::from_record(record())),
-        "QuantizedHardswish" => b(qa::Hardswish::from_record(record())),
-        "QuantizedELU" => b(qa::ELU::from_record(record())),
-        "QuantizedLeakyReLU" => b(qa::LeakyReLU::from_record(record())),
-        "QuantizedDropout" => b(qa::Dropout::from_record(record())),
-        other => panic!("no loader for {other}"),
-    }
+    let loader =
+        unweighted_loader(m.type_name()).unwrap_or_else(|| panic!("no loader for {}", m.type_name()));
+    loader(record).unwrap()
 }
 
 fn quant_input(fx: &Fixture, n: &str, case: &Json) -> Value {

@@ -467,3 +467,44 @@ impl Module for Upsample {
         .expect("plain data")
     }
 }
+
+/// A function rebuilding a saved module from its record.
+pub type Loader = fn(Record<'_>) -> GraphResult<Box<dyn Module>>;
+
+/// `Some(loader)` for the type names of this crate's unweighted modules: the float activations,
+/// pooling, dropout, softmax and upsample modules, and the quantized activations
+/// ([`crate::quantized::activation`]). For the loading code's list of module types.
+pub fn unweighted_loader(type_name: &str) -> Option<Loader> {
+    use super::{AvgPool2d, ELU, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid, Tanh};
+    use crate::quantized::activation as qa;
+    macro_rules! loaders {
+        ($($name:literal => $ty:ty),* $(,)?) => {
+            match type_name {
+                $($name => Some(|r| Ok(Box::new(<$ty>::from_record(r)?) as Box<dyn Module>)),)*
+                _ => None,
+            }
+        };
+    }
+    loaders! {
+        "ReLU" => ReLU,
+        "ReLU6" => ReLU6,
+        "Hardtanh" => Hardtanh,
+        "Hardswish" => Hardswish,
+        "Sigmoid" => Sigmoid,
+        "Tanh" => Tanh,
+        "LeakyReLU" => LeakyReLU,
+        "ELU" => ELU,
+        "Dropout" => Dropout,
+        "Softmax" => Softmax,
+        "Upsample" => Upsample,
+        "MaxPool1d" => MaxPool<1>,
+        "MaxPool2d" => MaxPool<2>,
+        "MaxPool3d" => MaxPool<3>,
+        "AvgPool2d" => AvgPool2d,
+        "QuantizedReLU6" => qa::ReLU6,
+        "QuantizedHardswish" => qa::Hardswish,
+        "QuantizedELU" => qa::ELU,
+        "QuantizedLeakyReLU" => qa::LeakyReLU,
+        "QuantizedDropout" => qa::Dropout,
+    }
+}

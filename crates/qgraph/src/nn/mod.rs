@@ -17,7 +17,7 @@ pub use conv::{Conv, Conv1d, Conv2d, Conv3d, ConvBuilder, ConvOptions};
 pub use fused::{Fused, FusedKind};
 pub use init::manual_seed;
 pub use linear::{Linear, LinearOptions};
-pub use misc::{Dropout, Softmax, Upsample, UpsampleMode};
+pub use misc::{Dropout, Loader, Softmax, Upsample, UpsampleMode, unweighted_loader};
 pub use pool::{AvgPool2d, MaxPool, MaxPool1d, MaxPool2d, MaxPool3d, Size};
 pub use shape::{AdaptiveAvgPool2d, Flatten, Identity};
 pub use unary::{ELU, Hardswish, Hardtanh, LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh};
