@@ -10,4 +10,3 @@ pub use batchnorm::QuantizedBatchNorm;
 pub use conv::QuantizedConv;
 pub use linear::QuantizedLinear;
 pub use weighted::{QuantizedAct, QuantizedWeight};
-
