@@ -129,6 +129,15 @@ def sweep(fx):
              nnq.Hardswish: {"scale": 0.031, "zero_point": 60}, nnq.ELU: {"scale": 0.027, "zero_point": 70, "alpha": 0.5},
              nnq.LeakyReLU: {"scale": 0.04, "zero_point": 20, "negative_slope": 0.1}}
     s, zp = QPARAMS[0]
+    # 40000 values: two parallel_for parts of 20000 (with 2 or more threads), each with a tail.
+    assert torch.get_num_threads() >= 2
+    m = nnq.Hardswish(0.031, 60)
+    v = (torch.arange(40000) % 251).to(torch.uint8).reshape(1, 40000)
+    xq = torch._make_per_tensor_quantized_tensor(v, s, zp)
+    yq = m(xq)
+    fx.case("sweep_q_hardswish_parts", {"kind": "Hardswish", "quantized": True, "args": kinds[type(m)],
+            "str": str(m), "scale": s, "zero_point": zp, "quant_error": False, "out_scale": yq.q_scale(),
+            "out_zero_point": yq.q_zero_point(), "sweep": True}, xq=v, yq=yq.int_repr())
     for name, m, quantized in mods:
         for shift in range(0, 256, 64):
             v = ((torch.arange(575) + shift) % 256).to(torch.uint8).reshape(1, 575)
@@ -137,7 +146,7 @@ def sweep(fx):
             params = {"kind": type(m).__name__, "quantized": quantized, "args": kinds[type(m)], "str": str(m),
                       "scale": s, "zero_point": zp, "quant_error": False, "out_scale": yq.q_scale(),
                       "out_zero_point": yq.q_zero_point(), "sweep": True}
-            fx.case(f"sweep_{'q' if quantized else 'f'}_{name}_{shift}", params, x=xq.dequantize(), xq=v,
+            fx.case(f"sweep_{'q' if quantized else 'f'}_{name}_{shift}", params, xq=v,
                     yq=yq.int_repr())
 
 

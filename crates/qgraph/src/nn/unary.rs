@@ -69,12 +69,28 @@ impl Clone for LutCache {
     }
 }
 
-/// How many leading elements of `n` PyTorch's `cpu_kernel_vec` runs through its vector body: it
-/// steps 64 quint8 values at a time (measured on PyTorch 2.15, AVX-512) and leaves the rest to
-/// its scalar loop. This holds for one unsplit loop, i.e. tensors of at most 32768 elements
-/// (`at::internal::GRAIN_SIZE`); larger ones are split per thread, each part with its own tail.
-fn vector_body_len(n: usize) -> usize {
-    n - n % 64
+/// How PyTorch's `cpu_kernel_vec` walks `n` contiguous elements: `at::parallel_for` splits them
+/// into `min(threads, ceil(n / 32768))` equal parts (`GRAIN_SIZE`; one part up to 32768 elements)
+/// and each part runs its vector body over the leading multiple of 64 quint8 values and its
+/// scalar loop over the rest (measured on PyTorch 2.15, AVX-512). Returns `(start, body_end, end)`
+/// per part. `threads` stands for PyTorch's `torch.get_num_threads()`.
+fn pytorch_parts(n: usize, threads: usize) -> Vec<(usize, usize, usize)> {
+    const GRAIN_SIZE: usize = 32768;
+    let tasks = if n <= GRAIN_SIZE { 1 } else { threads.clamp(1, n.div_ceil(GRAIN_SIZE)) };
+    let chunk = n.div_ceil(tasks).max(1);
+    (0..n)
+        .step_by(chunk)
+        .map(|start| {
+            let end = (start + chunk).min(n);
+            (start, end - (end - start) % 64, end)
+        })
+        .collect()
+}
+
+/// PyTorch's default thread count, as far as it can be told from here: the available
+/// parallelism (PyTorch uses the physical cores, which differ on machines with SMT).
+fn pytorch_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The table of PyTorch's scalar loop for `op`, where it differs from the vector body: the input
@@ -119,13 +135,18 @@ impl LutCache {
                 *slot = Some(Tables { in_q, out_q, body, tail: scalar_tail(op, in_q, out_q) });
             }
             let t = slot.as_ref().expect("filled just above");
-            let split = match &t.tail {
-                Some(_) => vector_body_len(out.len()),
-                None => out.len(),
-            };
-            t.body.apply(&q.data()[..split], &mut out[..split], isa)?;
-            if let Some(tail) = &t.tail {
-                tail.apply(&q.data()[split..], &mut out[split..], isa)?;
+            // Copies of the tables (512 bytes), so that concurrent calls do not wait on the lock.
+            let (body, tail) = (t.body.clone(), t.tail.clone());
+            drop(slot);
+            match tail {
+                None => body.apply(q.data(), &mut out, isa)?,
+                Some(tail) => {
+                    let x = q.data();
+                    for (start, body_end, end) in pytorch_parts(out.len(), pytorch_threads()) {
+                        body.apply(&x[start..body_end], &mut out[start..body_end], isa)?;
+                        tail.apply(&x[body_end..end], &mut out[body_end..end], isa)?;
+                    }
+                }
             }
         }
         QuantTensor::new(out, q.shape().to_vec(), out_q)
@@ -389,7 +410,19 @@ activation_module!(ELU, "ELU", |m| (float::Activation::Elu { alpha: m.alpha as f
 
 #[cfg(test)]
 mod tests {
-    use super::py_float;
+    use super::{py_float, pytorch_parts};
+
+    #[test]
+    fn parts_follow_pytorchs_parallel_for() {
+        // Measured with torch.set_num_threads(3) on a 200704-element tensor.
+        assert_eq!(
+            pytorch_parts(200_704, 3),
+            vec![(0, 66_880, 66_902), (66_902, 133_782, 133_804), (133_804, 200_684, 200_704)]
+        );
+        assert_eq!(pytorch_parts(100_000, 8).len(), 4);
+        assert_eq!(pytorch_parts(380, 8), vec![(0, 320, 380)]);
+        assert_eq!(pytorch_parts(0, 8), vec![]);
+    }
 
     #[test]
     fn floats_print_as_python_does() {
