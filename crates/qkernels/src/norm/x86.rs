@@ -179,10 +179,14 @@ mod avx512 {
         let c = alpha.len().min(beta.len());
         for (x, o) in input.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
             let mut i = 0;
-            while i < k.vend {
-                // SAFETY: the lanes [i, min(i + 16, vend)) lie within the row of c channels.
-                unsafe { lanes::<false>(&k, mask16(k.vend - i), i, alpha, beta, x, o) };
+            while i + 16 <= k.vend {
+                // SAFETY: the lanes [i, i + 16) lie within the row of c channels.
+                unsafe { lanes::<false>(&k, 0xFFFF, i, alpha, beta, x, o) };
                 i += 16;
+            }
+            if i < k.vend {
+                // SAFETY: the lanes [i, vend) (8 of them) lie within the row.
+                unsafe { lanes::<false>(&k, mask16(k.vend - i), i, alpha, beta, x, o) };
             }
             if k.vend < c {
                 // SAFETY: the lanes [vend, c) (fewer than 8) lie within the row.
