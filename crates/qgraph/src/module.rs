@@ -281,13 +281,7 @@ pub fn replace(
 
 /// Sets training mode on every module of the tree (`model.train(training)`).
 pub fn train(root: &mut Box<dyn Module>, training: bool) {
-    root.set_training(training);
-    let names: Vec<String> = root.children().into_iter().map(|(n, _)| n.to_string()).collect();
-    for name in names {
-        if let Some(child) = root.child_slot(&name) {
-            train(child, training);
-        }
-    }
+    visit_slots(root, "", &mut |_, module| module.set_training(training));
 }
 
 /// `model.eval()`: [`train`] with `false`.
@@ -324,11 +318,26 @@ pub fn load_state_dict(
     if !problems.is_empty() {
         return Err(GraphError::Mismatch { context: "load_state_dict", reason: problems.join("; ") });
     }
-    let paths: Vec<String> = root.named_modules().into_iter().map(|(p, _)| p).collect();
-    for path in &paths {
-        for (name, param) in slot_mut(root, path)?.params_mut() {
+    visit_slots(root, "", &mut |path, module| {
+        for (name, param) in module.params_mut() {
             *param = entries.remove(&join(path, name)).expect("every key was checked above");
         }
-    }
+    });
     Ok(())
+}
+
+/// Calls `f(path, module)` on `root` and every descendant reachable through
+/// [`Module::child_slot`], parents first.
+pub(crate) fn visit_slots(
+    root: &mut Box<dyn Module>,
+    path: &str,
+    f: &mut impl FnMut(&str, &mut Box<dyn Module>),
+) {
+    f(path, root);
+    let names: Vec<String> = root.children().into_iter().map(|(n, _)| n.to_string()).collect();
+    for name in names {
+        if let Some(child) = root.child_slot(&name) {
+            visit_slots(child, &join(path, &name), f);
+        }
+    }
 }
