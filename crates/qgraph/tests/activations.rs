@@ -280,3 +280,16 @@ fn bad_arguments_are_errors_not_panics() {
     assert!(up.forward(xf).is_ok());
     assert!(up.forward(xq).is_err());
 }
+
+#[test]
+fn softmax_without_dim_picks_pytorchs_implicit_dim() {
+    let m = Softmax::implicit();
+    assert_eq!((&m as &dyn Module).to_string(), "Softmax(dim=None)");
+    // Rank 4: dim 1, so every pixel's channels sum to one.
+    let x =
+        ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 3, 2, 2]), |i| (i[1] * 4 + i[2] * 2 + i[3]) as f32 * 0.1);
+    let y = m.forward(Value::Float(x)).unwrap().into_float("test").unwrap();
+    for s in y.sum_axis(ndarray::Axis(1)) {
+        assert!((s - 1.0).abs() < 1e-6, "{s}");
+    }
+}
