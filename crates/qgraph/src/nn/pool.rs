@@ -32,11 +32,17 @@ impl<const D: usize> Size<D> {
 
     /// As Python prints it: `2` or `(2, 3)`.
     pub(crate) fn repr(&self) -> String {
-        if self.scalar { self.values[0].to_string() } else { py_tuple(&self.values) }
+        match (self.scalar, self.values.first()) {
+            (true, Some(v)) => v.to_string(),
+            _ => py_tuple(&self.values),
+        }
     }
 
     fn to_saved(self) -> SavedSize {
-        if self.scalar { SavedSize::Int(self.values[0]) } else { SavedSize::Tuple(self.values.to_vec()) }
+        match (self.scalar, self.values.first()) {
+            (true, Some(&v)) => SavedSize::Int(v),
+            _ => SavedSize::Tuple(self.values.to_vec()),
+        }
     }
 }
 
