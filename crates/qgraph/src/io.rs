@@ -1,8 +1,10 @@
 //! Saving and loading models as safetensors, and loading PyTorch `state_dict`s.
 //!
 //! A model file holds every module's tensors under `<module path>.<name>` (so a float model's
-//! file is also its `state_dict`) and, in the metadata, the format name and version and the
-//! module tree as JSON: each module's type, configuration, tensor names and children. Loading
+//! file is also its `state_dict`) and one metadata entry, `qgraph`: JSON with the format version
+//! and the module tree (each module's type, configuration, tensor names and children). One
+//! entry, because safetensors writes its metadata map in no fixed order: with one, saving the
+//! same model twice gives the same bytes. Loading
 //! needs no model code; the file is memory-mapped and every module is rebuilt (quantized weights
 //! re-packed for this CPU), so a loaded model computes exactly what the saved one did.
 
@@ -20,10 +22,17 @@ use crate::record::{RawTensor, Record, TensorView, Tensors};
 use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
 use crate::{GraphError, GraphResult, Module, nn};
 
-/// The format name in the file's metadata.
+/// The metadata key of a model file.
 pub const FORMAT: &str = "qgraph";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The metadata of a model file.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    format_version: u32,
+    model: SavedModule,
+}
 
 /// One module in the saved tree.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,11 +55,9 @@ fn file_error(path: &str, reason: impl Into<String>) -> GraphError {
 pub fn to_bytes(model: &dyn Module) -> GraphResult<Vec<u8>> {
     let mut tensors: Vec<(String, OwnedTensor)> = Vec::new();
     let tree = describe(model, "", &mut tensors)?;
-    let metadata = HashMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("format_version".to_string(), FORMAT_VERSION.to_string()),
-        ("model".to_string(), serde_json::to_string(&tree).expect("plain data serializes")),
-    ]);
+    let header = Header { format_version: FORMAT_VERSION, model: tree };
+    let metadata =
+        HashMap::from([(FORMAT.to_string(), serde_json::to_string(&header).expect("plain data serializes"))]);
     let views = tensors
         .iter()
         .map(|(name, t)| {
@@ -93,23 +100,27 @@ fn from_bytes_named(bytes: &[u8], name: &str) -> GraphResult<Box<dyn Module>> {
     let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| file_error(name, format!("not a safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+    let Some(text) = meta.get(FORMAT) else {
         return Err(file_error(
             name,
             format!(
-                "not a {FORMAT} model file (no format={FORMAT} metadata); a PyTorch state_dict loads with load_state_dict_file"
+                "not a {FORMAT} model file (no `{FORMAT}` metadata); a PyTorch state_dict loads with load_state_dict_file"
             ),
         ));
-    }
-    let version = meta.get("format_version").map(String::as_str).unwrap_or("none");
-    if version != FORMAT_VERSION.to_string() {
+    };
+    let version: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| file_error(name, format!("the `{FORMAT}` metadata is not valid JSON: {e}")))?;
+    let version = version.get("format_version").and_then(serde_json::Value::as_u64);
+    if version != Some(u64::from(FORMAT_VERSION)) {
+        let found = version.map_or("none".to_string(), |v| v.to_string());
         return Err(file_error(
             name,
-            format!("format version {version}; this build reads version {FORMAT_VERSION}"),
+            format!("format version {found}; this build reads version {FORMAT_VERSION}"),
         ));
     }
-    let tree: SavedModule = serde_json::from_str(meta.get("model").map(String::as_str).unwrap_or(""))
-        .map_err(|e| file_error(name, format!("the module tree is not valid: {e}")))?;
+    let tree = serde_json::from_str::<Header>(text)
+        .map_err(|e| file_error(name, format!("the module tree is not valid: {e}")))?
+        .model;
     let views = file.tensors();
     let raw: HashMap<String, RawTensor<'_>> = views
         .iter()
@@ -214,31 +225,55 @@ fn rebuild(
 
 /// Rebuilds a module of PyTorch type `type_name` from its record: the one list of loadable types.
 fn build(type_name: &str, record: Record<'_>) -> GraphResult<Box<dyn Module>> {
-    fn plain<T: Module + for<'de> Deserialize<'de>>(record: Record<'_>) -> GraphResult<Box<dyn Module>> {
-        Ok(Box::new(record.config::<T>()?))
+    use crate::quantized::{QuantizedBatchNorm, QuantizedConv, QuantizedLinear};
+    fn boxed<T: Module>(m: GraphResult<T>) -> GraphResult<Box<dyn Module>> {
+        Ok(Box::new(m?))
     }
-    Ok(match type_name {
-        "Sequential" => Box::new(Sequential::from_record(record)?),
-        "QuantStub" => Box::new(QuantStub::new()),
-        "DeQuantStub" => plain::<DeQuantStub>(record)?,
-        "QuantWrapper" => Box::new(QuantWrapper::from_record(record)?),
-        "Quantize" => Box::new(Quantize::from_record(record)?),
-        "DeQuantize" => Box::new(DeQuantize::new()),
-        "FloatFunctional" => Box::new(FloatFunctional::new()),
-        "QFunctional" => Box::new(QFunctional::from_record(record)?),
-        "Identity" => Box::new(nn::Identity::new()),
-        "Flatten" => plain::<nn::Flatten>(record)?,
-        "AdaptiveAvgPool2d" => plain::<nn::AdaptiveAvgPool2d>(record)?,
-        "ReLU" => Box::new(nn::ReLU::new()),
-        // Any other name is a `Graph` (its type name is the model's own, e.g. `BasicBlock`).
-        _ if record.config.get("nodes").is_some() => Box::new(Graph::from_record(record)?),
-        other => {
-            return Err(GraphError::Mismatch {
+    fn plain<T: Module + for<'de> Deserialize<'de>>(record: Record<'_>) -> GraphResult<Box<dyn Module>> {
+        boxed(record.config::<T>())
+    }
+    match type_name {
+        "Sequential" => boxed(Sequential::from_record(record)),
+        "QuantStub" => boxed(Ok(QuantStub::new())),
+        "DeQuantStub" => plain::<DeQuantStub>(record),
+        "QuantWrapper" => boxed(QuantWrapper::from_record(record)),
+        "Quantize" => boxed(Quantize::from_record(record)),
+        "DeQuantize" => boxed(Ok(DeQuantize::new())),
+        "FloatFunctional" => boxed(Ok(FloatFunctional::new())),
+        "QFunctional" => boxed(QFunctional::from_record(record)),
+        "Identity" => boxed(Ok(nn::Identity::new())),
+        "Flatten" => plain::<nn::Flatten>(record),
+        "AdaptiveAvgPool2d" => plain::<nn::AdaptiveAvgPool2d>(record),
+        "Conv1d" | "Conv2d" | "Conv3d" => boxed(nn::Conv::from_record(record)),
+        "Linear" => boxed(nn::Linear::from_record(record)),
+        "BatchNorm1d" | "BatchNorm2d" | "BatchNorm3d" => boxed(nn::BatchNorm::from_record(record)),
+        "ConvReLU1d" | "ConvReLU2d" | "ConvReLU3d" | "ConvReLU6_1d" | "ConvReLU6_2d" | "ConvReLU6_3d"
+        | "LinearReLU" | "LinearReLU6" | "BNReLU2d" | "BNReLU3d" => boxed(nn::Fused::from_record(record)),
+        "QuantizedConv1d"
+        | "QuantizedConv2d"
+        | "QuantizedConv3d"
+        | "QuantizedConvReLU1d"
+        | "QuantizedConvReLU2d"
+        | "QuantizedConvReLU3d"
+        | "QuantizedConvReLU6_1d"
+        | "QuantizedConvReLU6_2d"
+        | "QuantizedConvReLU6_3d" => boxed(QuantizedConv::from_record(record)),
+        "QuantizedLinear" | "QuantizedLinearReLU" | "QuantizedLinearReLU6" => {
+            boxed(QuantizedLinear::from_record(record))
+        }
+        "QuantizedBatchNorm2d" | "QuantizedBatchNorm3d" | "QuantizedBNReLU2d" | "QuantizedBNReLU3d" => {
+            boxed(QuantizedBatchNorm::from_record(record))
+        }
+        other => match nn::unweighted_loader(other) {
+            Some(load) => load(record),
+            // Any other name is a `Graph` (its type name is the model's own, e.g. `BasicBlock`).
+            None if record.config.get("nodes").is_some() => boxed(Graph::from_record(record)),
+            None => Err(GraphError::Mismatch {
                 context: "load",
                 reason: format!("module `{}`: unknown module type {other:?}", record.path),
-            });
-        }
-    })
+            }),
+        },
+    }
 }
 
 /// Loads a PyTorch `state_dict` saved as safetensors (`safetensors.torch.save_file(model.state_dict(),

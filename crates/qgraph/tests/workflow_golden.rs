@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
 use qgraph::fuse::fuse_modules;
-use qgraph::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Softmax};
 use qgraph::qconfig::{QConfig, get_default_qconfig};
 use qgraph::qobserve::{ObserverSpec, QDType, QScheme};
 use qgraph::quantized::{QuantizedConv, QuantizedLinear};
@@ -23,64 +22,15 @@ use qgraph::{
 };
 use qtest::Fixture;
 
+mod common;
+use common::{resnet_model, seed_model};
+
 fn fixture(name: &str) -> Fixture {
     Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), name)
 }
 
 fn params<'a>(fx: &'a Fixture, case: &str) -> &'a serde_json::Value {
     fx.cases.iter().find(|c| qtest::name(c) == case).unwrap_or_else(|| panic!("case {case}"))
-}
-
-fn seed_model() -> GraphResult<Box<dyn Module>> {
-    Ok(Box::new(Sequential::new(vec![
-        Box::new(QuantStub::new()),
-        Box::new(Conv2d::new(3, 16, [3, 3]).padding([1, 1]).build()?),
-        Box::new(BatchNorm2d::new(16)),
-        Box::new(ReLU::new()),
-        Box::new(Conv2d::new(16, 24, [3, 3]).padding([1, 1]).build()?),
-        Box::new(BatchNorm2d::new(24)),
-        Box::new(ReLU::new()),
-        Box::new(DeQuantStub::new()),
-        Box::new(Flatten::new(1, -1)),
-        Box::new(Linear::new(24 * 28 * 28, 10, true)),
-        Box::new(Softmax::new(1)),
-    ])))
-}
-
-fn block(cin: usize, cout: usize, stride: usize) -> GraphResult<Graph> {
-    let conv3 = |i, o, s| Conv2d::new(i, o, [3, 3]).stride([s, s]).padding([1, 1]).bias(false).build();
-    let mut b = Graph::builder("Block");
-    let x = Graph::INPUT;
-    let y = b.then("conv1", conv3(cin, cout, stride)?, x);
-    let y = b.then("bn1", BatchNorm2d::new(cout), &y);
-    let y = b.then("relu", ReLU::new(), &y);
-    let y = b.then("conv2", conv3(cout, cout, 1)?, &y);
-    let y = b.then("bn2", BatchNorm2d::new(cout), &y);
-    let identity = if stride != 1 || cin != cout {
-        let conv = Conv2d::new(cin, cout, [1, 1]).stride([stride, stride]).bias(false).build()?;
-        b.then("downsample", Sequential::new(vec![Box::new(conv), Box::new(BatchNorm2d::new(cout))]), x)
-    } else {
-        x.to_string()
-    };
-    let out =
-        b.then_functional("skip_add_relu", FloatFunctional::new(), Functional::AddRelu, &[&y, &identity]);
-    b.build(&out)
-}
-
-fn resnet_model() -> GraphResult<Box<dyn Module>> {
-    let mut b = Graph::builder("Net");
-    let x = b.then("quant", QuantStub::new(), Graph::INPUT);
-    let x = b.then("conv1", Conv2d::new(3, 8, [3, 3]).padding([1, 1]).bias(false).build()?, &x);
-    let x = b.then("bn1", BatchNorm2d::new(8), &x);
-    let x = b.then("relu", ReLU::new(), &x);
-    let x = b.then("maxpool", MaxPool2d::new(2), &x);
-    let x = b.then("layer1", Sequential::new(vec![Box::new(block(8, 8, 1)?)]), &x);
-    let x = b.then("layer2", Sequential::new(vec![Box::new(block(8, 16, 2)?)]), &x);
-    let x = b.then("avgpool", AdaptiveAvgPool2d::new([1, 1]), &x);
-    let x = b.then("flatten", Flatten::new(1, -1), &x);
-    let x = b.then("fc", Linear::new(16, 10, true), &x);
-    let x = b.then("dequant", DeQuantStub::new(), &x);
-    Ok(Box::new(b.build(&x)?))
 }
 
 /// The model's parameters read from the fixture case `case` under the model's own names.

@@ -1,0 +1,170 @@
+//! Save / load: float and quantized models round-trip to bit-identical outputs; bad files are
+//! errors, never panics.
+
+use qgraph::fuse::fuse_modules;
+use qgraph::io::{self, FORMAT_VERSION};
+use qgraph::qconfig::get_default_qconfig;
+use qgraph::{GraphError, Module, QConfigMapping, Value, calibrate, convert, eval, prepare};
+
+mod common;
+use common::{random, resnet_model};
+
+const RESNET_FUSE: &[&[&str]] = &[
+    &["conv1", "bn1", "relu"],
+    &["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu"],
+    &["layer1.0.conv2", "layer1.0.bn2"],
+    &["layer2.0.conv1", "layer2.0.bn1", "layer2.0.relu"],
+    &["layer2.0.conv2", "layer2.0.bn2"],
+    &["layer2.0.downsample.0", "layer2.0.downsample.1"],
+];
+
+fn float_model() -> Box<dyn Module> {
+    qgraph::nn::manual_seed(3);
+    let mut model = resnet_model().unwrap();
+    eval(&mut model);
+    model
+}
+
+fn quantized_model() -> Box<dyn Module> {
+    let mut model = float_model();
+    fuse_modules(&mut model, RESNET_FUSE).unwrap();
+    prepare(&mut model, &QConfigMapping::global(get_default_qconfig("x86").unwrap())).unwrap();
+    calibrate(model.as_ref(), (0..3).map(|i| random(&[2, 3, 16, 16], 10 + i)), |_, _| {}).unwrap();
+    convert(&mut model).unwrap();
+    model
+}
+
+fn outputs(model: &dyn Module) -> ndarray::ArrayD<f32> {
+    model.forward(Value::from(random(&[2, 3, 16, 16], 99))).unwrap().into_float_lossy()
+}
+
+fn assert_round_trip(model: &dyn Module) {
+    let bytes = io::to_bytes(model).unwrap();
+    let loaded = io::from_bytes(&bytes).unwrap();
+    assert_eq!(loaded.to_string(), model.to_string());
+    let (a, b) = (outputs(model), outputs(loaded.as_ref()));
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "outputs differ after loading");
+    // Saving the loaded model gives the same file.
+    assert_eq!(io::to_bytes(loaded.as_ref()).unwrap(), bytes);
+}
+
+#[test]
+fn float_model_round_trips_bit_identically() {
+    assert_round_trip(float_model().as_ref());
+}
+
+#[test]
+fn quantized_model_round_trips_bit_identically_through_a_file() {
+    let model = quantized_model();
+    let path = std::env::temp_dir().join(format!("qgraph-io-{}.safetensors", std::process::id()));
+    io::save(model.as_ref(), &path).unwrap();
+    let loaded = io::load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(outputs(model.as_ref()), outputs(loaded.as_ref()));
+    assert_round_trip(model.as_ref());
+}
+
+#[test]
+fn int8_file_is_about_a_quarter_of_the_float_file() {
+    let float = io::to_bytes(float_model().as_ref()).unwrap().len() as f64;
+    let int8 = io::to_bytes(quantized_model().as_ref()).unwrap().len() as f64;
+    // A tiny model: the header and per-channel scales weigh more than in a real one.
+    assert!(int8 < 0.6 * float, "int8 {int8} bytes vs float {float}");
+}
+
+#[test]
+fn float_file_is_a_state_dict() {
+    let model = float_model();
+    let entries = io::state_dict_from_bytes(&io::to_bytes(model.as_ref()).unwrap()).unwrap();
+    let mut other = resnet_model().unwrap();
+    qgraph::load_state_dict(&mut other, entries).unwrap();
+    eval(&mut other);
+    assert_eq!(outputs(model.as_ref()), outputs(other.as_ref()));
+}
+
+#[test]
+fn prepared_models_are_not_saved() {
+    let mut model = float_model();
+    prepare(&mut model, &QConfigMapping::global(get_default_qconfig("x86").unwrap())).unwrap();
+    let err = io::to_bytes(model.as_ref()).unwrap_err();
+    assert!(err.to_string().contains("prepared"), "{err}");
+}
+
+fn error_of(bytes: &[u8]) -> String {
+    match io::from_bytes(bytes) {
+        Err(GraphError::File { reason, .. }) => reason,
+        Err(other) => panic!("expected a file error, got {other}"),
+        Ok(_) => panic!("loaded a bad file"),
+    }
+}
+
+/// A model file's metadata JSON (the `qgraph` entry).
+fn header_of(bytes: &[u8]) -> serde_json::Value {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    serde_json::from_str(header["__metadata__"]["qgraph"].as_str().unwrap()).unwrap()
+}
+
+/// Replaces a model file's metadata: entry `key` with `value`.
+fn with_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"] = serde_json::json!({ key: value });
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out.extend(&bytes[8 + n..]);
+    out
+}
+
+/// Replaces a model file's `qgraph` metadata by `edit` applied to it.
+fn with_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut header = header_of(bytes);
+    edit(&mut header);
+    with_metadata(bytes, "qgraph", &header.to_string())
+}
+
+#[test]
+fn truncated_corrupt_and_foreign_files_are_errors() {
+    let bytes = io::to_bytes(quantized_model().as_ref()).unwrap();
+    assert!(error_of(&bytes[..bytes.len() / 2]).contains("not a safetensors file"));
+    assert!(error_of(&bytes[..4]).contains("not a safetensors file"));
+    assert!(error_of(b"").contains("not a safetensors file"));
+    let mut flipped = bytes.clone();
+    flipped[20] ^= 0xff;
+    io::from_bytes(&flipped).unwrap_err();
+    assert!(
+        error_of(&with_header(&bytes, |h| h["format_version"] = 99.into())).contains("format version 99")
+    );
+    assert!(error_of(&with_metadata(&bytes, "other", "{}")).contains("not a qgraph model file"));
+    assert!(error_of(&with_metadata(&bytes, "qgraph", "{")).contains("not valid JSON"));
+    assert!(error_of(&with_header(&bytes, |h| h["model"] = 3.into())).contains("module tree is not valid"));
+    let unknown = with_header(&bytes, |h| h["model"] = serde_json::json!({"type": "Conv9d"}));
+    assert!(error_of(&unknown).contains("unknown module type \"Conv9d\""), "{}", error_of(&unknown));
+}
+
+#[test]
+fn a_tree_naming_missing_tensors_is_an_error() {
+    let bytes = io::to_bytes(float_model().as_ref()).unwrap();
+    let renamed = header_of(&bytes).to_string().replace("\"weight\"", "\"weights\"");
+    let reason = error_of(&with_metadata(&bytes, "qgraph", &renamed));
+    assert!(reason.contains("is listed but not in the file"), "{reason}");
+}
+
+#[test]
+fn the_format_version_is_recorded() {
+    let bytes = io::to_bytes(float_model().as_ref()).unwrap();
+    assert_eq!(header_of(&bytes)["format_version"], FORMAT_VERSION);
+}
+
+/// Writes saved models to `fuzz/corpus/load_model/` as seed inputs for `cargo fuzz`.
+#[test]
+#[ignore = "writes the fuzz corpus"]
+fn write_fuzz_corpus() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/load_model");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(format!("{dir}/float.safetensors"), io::to_bytes(float_model().as_ref()).unwrap())
+        .unwrap();
+    std::fs::write(format!("{dir}/int8.safetensors"), io::to_bytes(quantized_model().as_ref()).unwrap())
+        .unwrap();
+}
