@@ -412,8 +412,14 @@ impl GraphBuilder {
         inputs: &[&str],
     ) -> String {
         self.add(name, module);
+        self.call_functional(name, op, inputs)
+    }
+
+    /// Applies `op` of the declared `FloatFunctional` child `child` to `inputs`. A second call
+    /// site of the same child is refused by [`GraphBuilder::build`]: one instance has one observer.
+    pub fn call_functional(&mut self, child: &str, op: Functional, inputs: &[&str]) -> String {
         let inputs = inputs.iter().map(|s| s.to_string()).collect();
-        self.push(name, Op::Functional(name.to_string(), op), inputs)
+        self.push(child, Op::Functional(child.to_string(), op), inputs)
     }
 
     /// A parameterless op (`Op::Flatten`, `Op::AdaptiveAvgPool2d`) named `name` on `input`.

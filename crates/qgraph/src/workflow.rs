@@ -294,18 +294,23 @@ pub fn prepare(model: &mut Box<dyn Module>, mapping: &QConfigMapping) -> GraphRe
 }
 
 fn check_single_call_sites(module: &dyn Module, path: &str) -> GraphResult<()> {
-    if let Some(graph) = module.downcast_ref::<crate::Graph>() {
-        if let Some(node) = graph.nodes().iter().find(|n| n.name.contains('#')) {
-            let child = node.name.split('#').next().unwrap_or_default();
-            return Err(GraphError::Workflow {
-                step: "prepare",
-                reason: format!(
-                    "module `{}` is called at more than one place in its graph, so its one observer would mix \
-                     their statistics (PyTorch silently does); give each call site its own module",
-                    join(path, child)
-                ),
-            });
-        }
+    // A repeated call's node is named `child#2`; only observed types mix statistics.
+    fn observed_child<'a>(module: &dyn Module, node: &'a str) -> Option<&'a str> {
+        let child = node.split('#').next().unwrap_or_default();
+        module.get(child).is_ok_and(|m| OBSERVED_TYPES.contains(&m.type_name())).then_some(child)
+    }
+    let repeated = module.downcast_ref::<crate::Graph>().and_then(|g| {
+        g.nodes().iter().filter(|n| n.name.contains('#')).find_map(|n| observed_child(module, &n.name))
+    });
+    if let Some(child) = repeated {
+        return Err(GraphError::Workflow {
+            step: "prepare",
+            reason: format!(
+                "module `{}` is called at more than one place in its graph, so its one observer would mix \
+                 their statistics (PyTorch silently does); give each call site its own module",
+                join(path, child)
+            ),
+        });
     }
     for (name, child) in module.children() {
         check_single_call_sites(child, &join(path, name))?;
