@@ -8,12 +8,14 @@ the data is read from the committed crates/qgraph/assets/digits/digits.csv.gz).
 
 Writes crates/qgraph/assets/digits/digits_cnn.safetensors (the float state_dict, PyTorch names,
 eval-mode running statistics, and the JSON record in its metadata) and digits_cnn.json (the
-same record, readable). Deterministic: fixed seed, fixed split, single thread.
+same record, readable; it lists the permutation, for programs that cannot reproduce
+torch.randperm). Deterministic: fixed seed, fixed split, single thread.
 """
 
 import gzip
 import json
 import pathlib
+import re
 
 import torch
 import torch.nn as nn
@@ -105,7 +107,8 @@ def main():
         "fuse_modules": {"features": FUSE},
         "input": "pixels / 16.0 as float32, shape N x 1 x 8 x 8",
         "split": {"seed": SEED, "permutation": "torch.randperm(1797, generator=manual_seed(seed))",
-                  "train": "first 1437 of the permutation", "test": "last 360"},
+                  "train": "first 1437 of the permutation", "test": "last 360",
+                  "permutation_indices": order.tolist()},
         "training": {"epochs": EPOCHS, "batch": BATCH, "optimizer": f"Adam(lr={LR})", "seed": SEED},
         "pytorch": {"version": torch.__version__, "float_test_accuracy": float_acc,
                     "int8_test_accuracy": int8_acc, "int8_float_agreement": agreement,
@@ -113,7 +116,9 @@ def main():
                                    "training images in batches of 64, convert; engine x86"},
     }
     save_file(state, str(ASSETS / "digits_cnn.safetensors"), metadata={"record": json.dumps(record)})
-    (ASSETS / "digits_cnn.json").write_text(json.dumps(record, indent=2) + "\n")
+    # Lists of numbers (the permutation) on one line each.
+    text = re.sub(r"\[[\d,\s]*\]", lambda m: json.dumps(json.loads(m.group())), json.dumps(record, indent=2))
+    (ASSETS / "digits_cnn.json").write_text(text + "\n")
     print(json.dumps(record["pytorch"], indent=2))
 
 
