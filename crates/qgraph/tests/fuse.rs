@@ -81,6 +81,9 @@ fn conv_bn_relu_becomes_conv_relu_with_the_folded_weights() {
     assert_eq!(names, ["0.0.weight", "0.0.bias"]);
 }
 
+/// Modules to fuse, the type of the result, and an input shape.
+type Case = (Vec<Box<dyn Module>>, &'static str, Vec<usize>);
+
 #[test]
 fn every_pytorch_pattern_fuses_to_its_module() {
     manual_seed(2);
@@ -88,7 +91,7 @@ fn every_pytorch_pattern_fuses_to_its_module() {
     let conv2d = || -> Box<dyn Module> { Box::new(Conv2d::new(2, 4, [1, 1]).build().unwrap()) };
     let linear = || -> Box<dyn Module> { Box::new(Linear::new(3, 4, true)) };
     let relu = || -> Box<dyn Module> { Box::new(ReLU::new()) };
-    let cases: Vec<(Vec<Box<dyn Module>>, &str, Vec<usize>)> = vec![
+    let cases: Vec<Case> = vec![
         (vec![conv1d(), Box::new(bn(BatchNorm1d::new(4), 1))], "Conv1d", vec![1, 2, 5]),
         (vec![conv1d(), Box::new(bn(BatchNorm1d::new(4), 1)), relu()], "ConvReLU1d", vec![1, 2, 5]),
         (vec![conv2d(), relu()], "ConvReLU2d", vec![1, 2, 3, 3]),

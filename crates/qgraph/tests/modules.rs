@@ -196,6 +196,14 @@ fn linear_matches_the_naive_definition_on_any_leading_shape() {
     assert_close("linear", &float(&linear, &x), &expected);
     let err = linear.forward(Value::from(random(&[2, 4], 1))).unwrap_err();
     assert!(err.to_string().contains("input features"), "{err}");
+    // No input features: the output is the bias, one row per input row.
+    let empty = Linear::new(0, 3, true);
+    let y = float(&empty, &ArrayD::zeros(IxDyn(&[2, 0])));
+    assert_eq!(y.shape(), &[2, 3]);
+    assert_eq!(
+        y.index_axis(ndarray::Axis(0), 1).iter().collect::<Vec<_>>(),
+        empty.bias().unwrap().iter().collect::<Vec<_>>()
+    );
 }
 
 fn batch_norm_with_stats(n: usize, dims: usize, seed: u64) -> BatchNorm {
@@ -410,7 +418,6 @@ fn quantized_conv_extensions_and_errors() {
     let conv = Conv2d::new(4, 6, [3, 3]).padding([1, 1]).build().unwrap();
     let spec = defaults::default_per_channel_weight_observer();
     let out_q = PerTensor::new(0.02, 10);
-    let x = QuantTensor::quantize(&random(&[1, 4, 5, 5], 3), PerTensor::new(0.01, 128)).unwrap();
     let wide_q = PerTensor::new(0.05, 10);
     let relu = QuantizedConv::from_float(&conv, QuantizedAct::Relu, &spec, wide_q).unwrap();
     let relu6 = QuantizedConv::from_float(&conv, QuantizedAct::Relu6, &spec, wide_q).unwrap();

@@ -124,7 +124,7 @@ impl Linear {
         let (k, n) = (self.options.in_features, self.options.out_features);
         let mut out_shape = x.shape().to_vec();
         *out_shape.last_mut().expect("rank checked") = n;
-        let m = x.len() / k.max(1);
+        let m: usize = x.shape()[..x.ndim() - 1].iter().product();
         let x = x.as_standard_layout();
         let wt = self.weight.t().as_standard_layout().into_owned();
         let mut out = vec![0f32; m * n];

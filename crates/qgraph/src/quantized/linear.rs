@@ -167,14 +167,14 @@ impl QuantizedLinear {
             let ((a_scale, a_zp), (o_scale, o_zp)) = (u8_params(in_q), u8_params(self.out_q));
             Ok(self.packed.output_u8(a_scale, a_zp, o_scale, o_zp, self.act.relu())?)
         })?;
-        let (k, n) = (self.options.in_features, self.options.out_features);
+        let n = self.options.out_features;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("rank checked") = n;
         // Rank <= 2 is stored as it is; higher ranks are channels-last, so go through the
         // logical row-major order where features are the last axis.
         let rows_in =
             if x.shape().len() <= 2 { x.into_data() } else { x.int_repr().iter().copied().collect() };
-        let m = rows_in.len() / k;
+        let m: usize = shape[..shape.len() - 1].iter().product();
         let mut out = vec![0u8; m * n];
         if m > 0 {
             gemm(&rows_in, m, &self.packed, &pipeline, Output::U8(&mut out))?;
