@@ -620,3 +620,35 @@ fn every_module_type_survives_a_save_load_round_trip() {
         fused.children().into_iter().map(|(n, m)| (n.to_string(), m.clone_module())).collect();
     same_outputs(&fused, &round_trip(&fused, children, qgraph::nn::Fused::from_record), Value::from(x));
 }
+
+#[test]
+fn quantized_reflect_padding_equals_padding_the_quantized_input() {
+    manual_seed(12);
+    let conv = Conv2d::new(2, 3, [3, 3]).padding([1, 2]).padding_mode(PaddingMode::Reflect).build().unwrap();
+    let spec = defaults::default_per_channel_weight_observer();
+    let out_q = PerTensor::new(0.03, 70);
+    let q = QuantizedConv::from_float(&conv, QuantizedAct::None, &spec, out_q).unwrap();
+    let plain_options = Conv2d::new(2, 3, [3, 3]).build().unwrap().options().clone();
+    let plain = QuantizedConv::from_parts(
+        plain_options,
+        QuantizedAct::None,
+        q.weight_qparams().clone(),
+        q.bias().cloned(),
+        out_q,
+    )
+    .unwrap();
+    let x = QuantTensor::quantize(&random(&[1, 2, 4, 5], 13), PerTensor::new(0.01, 128)).unwrap();
+    let xi = x.int_repr();
+    let reflect = |i: isize, len: isize| if i < 0 { -i } else if i >= len { 2 * (len - 1) - i } else { i } as usize;
+    // Channels-last [1, 6, 9, 2] storage of the reflect-padded input.
+    let mut padded = Vec::new();
+    for h in 0..6 {
+        for w in 0..9 {
+            for c in 0..2 {
+                padded.push(xi[[0, c, reflect(h as isize - 1, 4), reflect(w as isize - 2, 5)]]);
+            }
+        }
+    }
+    let padded = QuantTensor::new(padded, vec![1, 2, 6, 9], x.qparams()).unwrap();
+    assert_eq!(q.forward(Value::Quant(x)).unwrap(), plain.forward(Value::Quant(padded)).unwrap());
+}
