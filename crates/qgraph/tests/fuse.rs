@@ -232,3 +232,50 @@ fn fuse_auto_follows_graph_chains_whose_values_have_one_reader() {
     assert_eq!(model.get("conv2").unwrap().type_name(), "ConvReLU2d");
     assert_close(&run(model.as_ref(), &x), &before);
 }
+
+/// PyTorch's workflow fixture: fusing its float conv-bn-relu gives its fused weights (up to
+/// PyTorch's approximate rsqrt), and quantizing those gives its converted layer's integers and
+/// outputs exactly.
+#[test]
+fn fusing_and_quantizing_the_fixture_model_reproduces_pytorch() {
+    use qgraph::QuantTensor;
+    use qgraph::quantized::{QuantizedAct, QuantizedConv};
+    use qkernels::elementwise::PerTensor;
+    use qobserve::{ObserverSpec, QDType, QScheme};
+
+    let fx = qtest::Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), "workflow_seed");
+    let t = |case: &str, key: &str| fx.tensor::<f32>(case, key);
+    let mut conv = Conv2d::new(3, 16, [3, 3]).padding([1, 1]).build().unwrap();
+    conv.set_weight_bias(t("float", "1.weight"), Some(t("float", "1.bias"))).unwrap();
+    let mut norm = BatchNorm2d::new(16);
+    let stats = (t("float", "2.running_mean"), t("float", "2.running_var"));
+    norm.set_params(stats.0, stats.1, Some((t("float", "2.weight"), t("float", "2.bias")))).unwrap();
+    let mut model = boxed(vec![
+        Box::new(qgraph::nn::Identity::new()),
+        Box::new(conv),
+        Box::new(norm),
+        Box::new(ReLU::new()),
+    ]);
+    fuse_modules(&mut model, &[&["1", "2", "3"]]).unwrap();
+    let fused = model.get("1.0").unwrap().downcast_ref::<Conv>().unwrap();
+    // The weight is within PyTorch's rsqrt error (3 epsilon relative); the bias, a difference of
+    // larger terms, within a small absolute bound.
+    let (w, b) = (t("fused", "1.0.weight"), t("fused", "1.0.bias"));
+    assert!(fused.weight().iter().zip(&w).all(|(g, e)| (g - e).abs() <= 3.0 * f32::EPSILON * e.abs()));
+    assert!(fused.bias().unwrap().iter().zip(&b).all(|(g, e)| (g - e).abs() <= 1e-5));
+    let spec =
+        ObserverSpec::min_max().with_args(|a| a.dtype(QDType::QInt8).qscheme(QScheme::PerTensorAffine));
+    let scale = fx.tensor::<f64>("quantized", "1.scale")[[0]];
+    let zp = fx.tensor::<i64>("quantized", "1.zero_point")[[0]];
+    let q = QuantizedConv::from_float(fused, QuantizedAct::Relu, &spec, PerTensor::new(scale, zp)).unwrap();
+    assert_eq!(q.weight_int(), &fx.tensor::<i8>("quantized", "1.weight_int"));
+    let x = fx.tensor::<u8>("output", "0");
+    let x_q = PerTensor::new(
+        fx.tensor::<f64>("output", "0.scale")[[0]],
+        fx.tensor::<i64>("output", "0.zero_point")[[0]],
+    );
+    let data = x.view().permuted_axes(IxDyn(&[0, 2, 3, 1])).iter().copied().collect();
+    let x = QuantTensor::new(data, x.shape().to_vec(), x_q).unwrap();
+    let y = q.forward(Value::Quant(x)).unwrap().into_quant("test").unwrap();
+    assert_eq!(y.int_repr(), fx.tensor::<u8>("output", "1"));
+}
