@@ -1,7 +1,7 @@
 //! `nn.Conv1d` / `Conv2d` / `Conv3d`: one [`Conv`] type for 1-3 spatial dimensions, built with
 //! [`Conv1d::new`], [`Conv2d::new`] or [`Conv3d::new`] and the builder's setters.
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Axis, IxDyn};
 use qkernels::conv::PaddingMode;
 use qkernels::{Isa, float};
 use serde::{Deserialize, Serialize};
@@ -419,27 +419,25 @@ pub(crate) fn check_shape(
 /// Reflect padding of the spatial axes of an NCHW tensor (PyTorch's `F.pad(mode="reflect")`):
 /// `x[-i] = x[i]`, `x[len - 1 + i] = x[len - 1 - i]`; each padding must be below its size.
 fn reflect_pad(x: &ArrayD<f32>, padding: &[usize]) -> ArrayD<f32> {
-    let mut shape = x.shape().to_vec();
-    for (len, &p) in shape[2..].iter_mut().zip(padding) {
-        *len += 2 * p;
+    let mut out = x.clone();
+    for (ax, &p) in padding.iter().enumerate() {
+        let len = x.shape()[ax + 2] as isize;
+        let source = (0..len + 2 * p as isize)
+            .map(|i| {
+                let j = i - p as isize;
+                (if j < 0 {
+                    -j
+                } else if j >= len {
+                    2 * (len - 1) - j
+                } else {
+                    j
+                }) as usize
+            })
+            .collect::<Vec<_>>();
+        out = out.select(Axis(ax + 2), &source);
     }
-    let lens = &x.shape()[2..];
-    ArrayD::from_shape_fn(IxDyn(&shape), |idx| {
-        let mut src: Vec<usize> = (0..shape.len()).map(|i| idx[i]).collect();
-        for ax in 0..padding.len() {
-            let (i, p, len) = (idx[ax + 2] as isize, padding[ax] as isize, lens[ax] as isize);
-            let j = i - p;
-            let j = if j < 0 {
-                -j
-            } else if j >= len {
-                2 * (len - 1) - j
-            } else {
-                j
-            };
-            src[ax + 2] = j as usize;
-        }
-        x[IxDyn(&src)]
-    })
+    // `select` keeps the input's axis order in memory, not necessarily row-major.
+    out.as_standard_layout().into_owned()
 }
 
 impl Module for Conv {

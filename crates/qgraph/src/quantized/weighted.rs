@@ -289,8 +289,7 @@ impl<T> PerInputCache<T> {
     /// The value for input parameters `key`, built by `build` unless cached.
     pub(crate) fn get(&self, key: PerTensor, build: impl FnOnce() -> GraphResult<T>) -> GraphResult<Arc<T>> {
         let mut slot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((k, v)) = slot.as_ref().filter(|(k, _)| *k == key) {
-            debug_assert_eq!(*k, key);
+        if let Some((_, v)) = slot.as_ref().filter(|(k, _)| *k == key) {
             return Ok(Arc::clone(v));
         }
         let value = Arc::new(build()?);
