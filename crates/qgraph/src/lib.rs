@@ -13,6 +13,7 @@ mod functional;
 pub mod fuse;
 pub mod fusion;
 pub mod io;
+pub mod models;
 mod module;
 pub mod nn;
 pub mod qconfig;
