@@ -35,7 +35,6 @@
 mod mobilenet;
 mod resnet;
 mod weights;
-mod wiring;
 
 use std::path::Path;
 

@@ -3,7 +3,6 @@
 //! `torchvision/models/quantization/resnet.py` (torchvision 0.29), every ReLU a separate
 //! `nn.ReLU` as `_replace_relu` leaves them.
 
-use super::wiring::Wiring;
 use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv, Conv2d, Linear, MaxPool2d, ReLU};
 use crate::{
     DeQuantStub, FloatFunctional, Functional, Graph, GraphResult, Module, Op, QuantStub, Sequential,
@@ -72,30 +71,27 @@ fn basic_block(inplanes: usize, planes: usize, stride: usize, down: bool) -> Gra
 fn bottleneck(inplanes: usize, planes: usize, stride: usize, down: bool) -> GraphResult<Graph> {
     let width = planes;
     let outplanes = planes * Block::Bottleneck.expansion();
-    // `skip_add_relu` is declared before `relu1` / `relu2` but called last, which `GraphBuilder`
-    // cannot express (its functional nodes add their child when called): hence `Wiring`.
-    let mut b = Wiring::new(Block::Bottleneck.type_name());
-    b.add("conv1", conv(inplanes, width, 1, 1)?);
-    b.add("bn1", BatchNorm2d::new(width));
-    b.add("conv2", conv(width, width, 3, stride)?);
-    b.add("bn2", BatchNorm2d::new(width));
-    b.add("conv3", conv(width, outplanes, 1, 1)?);
-    b.add("bn3", BatchNorm2d::new(outplanes));
-    // `Bottleneck.relu`, unused by the quantizable forward but kept, as torchvision keeps it.
-    b.add("relu", ReLU::new());
+    let mut b = Graph::builder(Block::Bottleneck.type_name());
+    b.add("conv1", conv(inplanes, width, 1, 1)?)
+        .add("bn1", BatchNorm2d::new(width))
+        .add("conv2", conv(width, width, 3, stride)?)
+        .add("bn2", BatchNorm2d::new(width))
+        .add("conv3", conv(width, outplanes, 1, 1)?)
+        .add("bn3", BatchNorm2d::new(outplanes))
+        // `Bottleneck.relu`, unused by the quantizable forward but kept, as torchvision keeps it.
+        .add("relu", ReLU::new());
     if down {
         b.add("downsample", downsample(inplanes, outplanes, stride)?);
     }
-    b.add("skip_add_relu", FloatFunctional::new());
-    b.add("relu1", ReLU::new());
-    b.add("relu2", ReLU::new());
+    // Declared before `relu1` / `relu2` (torchvision's order), called last.
+    b.add("skip_add_relu", FloatFunctional::new()).add("relu1", ReLU::new()).add("relu2", ReLU::new());
     let x = Graph::INPUT;
     let mut out = b.call("conv1", x);
     for name in ["bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3"] {
         out = b.call(name, &out);
     }
     let identity = if down { b.call("downsample", x) } else { x.to_string() };
-    let out = b.functional("skip_add_relu", Functional::AddRelu, &[&out, &identity]);
+    let out = b.call_functional("skip_add_relu", Functional::AddRelu, &[&out, &identity]);
     b.build(&out)
 }
 
