@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use crate::{USAGE, peak, report, results, torch};
+use crate::{USAGE, models, peak, report, results, torch};
 
 /// Command-line options of `cargo xtask bench`.
 #[derive(Debug, Default)]
@@ -17,6 +17,11 @@ pub struct Options {
     pub filter: Option<String>,
     /// Passed to criterion as they are.
     pub criterion_args: Vec<String>,
+    /// `--models`: time whole models (crate::models) instead of running criterion; FILTER is
+    /// then a comma-separated list of models.
+    pub models: bool,
+    /// `--chart FILE.svg`: with `--models`, also draw the latencies as an SVG bar chart.
+    pub chart: Option<PathBuf>,
 }
 
 impl Options {
@@ -28,18 +33,29 @@ impl Options {
             match arg.as_str() {
                 "--quick" => options.quick = true,
                 "--vs-torch" => options.vs_torch = true,
+                "--models" => options.models = true,
+                "--chart" => match rest.next() {
+                    Some(file) if !file.starts_with('-') => options.chart = Some(PathBuf::from(file)),
+                    _ => return Err(format!("--chart needs a file name, e.g. --chart models.svg\n{USAGE}")),
+                },
                 "--" => options.criterion_args.extend(rest.by_ref().cloned()),
                 flag if flag.starts_with('-') => return Err(format!("unknown option {flag}\n{USAGE}")),
                 filter if options.filter.is_none() => options.filter = Some(filter.to_string()),
                 extra => return Err(format!("only one FILTER is allowed, got a second: {extra}\n{USAGE}")),
             }
         }
+        if options.chart.is_some() && !options.models {
+            return Err(format!("--chart draws the --models table; add --models\n{USAGE}"));
+        }
+        if options.models && (options.quick || !options.criterion_args.is_empty()) {
+            return Err(format!("--quick and criterion arguments do not apply to --models\n{USAGE}"));
+        }
         Ok(options)
     }
 }
 
 /// The workspace root (the parent of this crate's directory).
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -47,13 +63,16 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The target directory `cargo bench` writes to.
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
 }
 
 /// Runs the whole task.
 pub fn run(options: &Options) -> Result<(), String> {
     let root = workspace_root();
+    if options.models {
+        return models::run(&root, &target_dir(&root), options);
+    }
     eprintln!("xtask bench: measuring this CPU's peaks (one and two cores)...");
     let before = peak::measure();
     let started = SystemTime::now();
@@ -105,5 +124,12 @@ mod tests {
         assert_eq!(options.criterion_args, ["--noplot"]);
         assert!(Options::parse(&strings(&["--fast"])).unwrap_err().contains("unknown option --fast"));
         assert!(Options::parse(&strings(&["a", "b"])).unwrap_err().contains("second"));
+        let models = Options::parse(&strings(&["--models", "resnet18", "--chart", "m.svg"])).unwrap();
+        assert!(models.models && !models.vs_torch);
+        assert_eq!(models.filter.as_deref(), Some("resnet18"));
+        assert_eq!(models.chart, Some(PathBuf::from("m.svg")));
+        assert!(Options::parse(&strings(&["--chart", "m.svg"])).unwrap_err().contains("add --models"));
+        assert!(Options::parse(&strings(&["--models", "--chart"])).unwrap_err().contains("file name"));
+        assert!(Options::parse(&strings(&["--models", "--quick"])).unwrap_err().contains("do not apply"));
     }
 }

@@ -137,7 +137,7 @@ fn row(r: &BenchResult, peaks: &Peaks, isa: Isa, torch: &TorchTimes) -> Row {
 }
 
 /// `1.23 ms`-style time.
-fn format_time(ns: f64) -> String {
+pub(crate) fn format_time(ns: f64) -> String {
     match ns {
         ns if ns >= 1e9 => format!("{:.2} s", ns / 1e9),
         ns if ns >= 1e6 => format!("{:.3} ms", ns / 1e6),
@@ -147,7 +147,7 @@ fn format_time(ns: f64) -> String {
 }
 
 /// Left-aligns the first column and right-aligns the others.
-fn align(lines: &[Vec<String>]) -> String {
+pub(crate) fn align(lines: &[Vec<String>]) -> String {
     let columns = lines.iter().map(Vec::len).max().unwrap_or(0);
     let width =
         |c: usize| lines.iter().filter_map(|l| l.get(c)).map(|s| s.chars().count()).max().unwrap_or(0);
@@ -167,7 +167,7 @@ fn align(lines: &[Vec<String>]) -> String {
 }
 
 /// The CPU's model name from /proc/cpuinfo.
-fn cpu_name() -> String {
+pub(crate) fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -180,7 +180,7 @@ fn cpu_name() -> String {
 }
 
 /// `YYYY-MM-DD HH:MM UTC` (days-to-civil conversion, proleptic Gregorian calendar).
-fn utc_date(now: SystemTime) -> String {
+pub(crate) fn utc_date(now: SystemTime) -> String {
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
