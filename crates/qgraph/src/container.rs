@@ -139,8 +139,8 @@ struct GraphConfig {
 /// loads like any container; its children keep PyTorch's names.
 ///
 /// ```
-/// use qgraph::nn::{Conv2d, FloatFunctional, ReLU};
-/// use qgraph::{Functional, Graph, Module, Value};
+/// use qgraph::nn::{Conv2d, ReLU};
+/// use qgraph::{FloatFunctional, Functional, Graph, Module, Value};
 /// use ndarray::ArrayD;
 /// // out = relu(conv(x)) + x
 /// let mut b = Graph::builder("Block");

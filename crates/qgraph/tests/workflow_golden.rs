@@ -16,10 +16,7 @@ use qgraph::qconfig::{QConfig, get_default_qconfig};
 use qgraph::qobserve::{ObserverSpec, QDType, QScheme};
 use qgraph::quantized::{QuantizedConv, QuantizedLinear};
 use qgraph::workflow::Observed;
-use qgraph::{
-    DeQuantStub, FloatFunctional, Functional, Graph, GraphResult, Module, QConfigMapping, QuantStub,
-    Sequential, Value, calibrate, convert, debug, eval, load_state_dict, prepare,
-};
+use qgraph::{Module, QConfigMapping, Value, calibrate, convert, debug, eval, load_state_dict, prepare};
 use qtest::Fixture;
 
 mod common;

@@ -57,7 +57,7 @@ pub fn digits_net() -> GraphResult<Box<dyn Module>> {
         Box::new(conv(32, 64)?),
         Box::new(BatchNorm2d::new(64)),
         Box::new(ReLU::new()),
-        Box::new(AdaptiveAvgPool2d::new([1, 1])),
+        Box::new(AdaptiveAvgPool2d::new(1)),
     ]);
     let mut b = Graph::builder("DigitsNet");
     let x = b.then("quant", QuantStub::new(), Graph::INPUT);

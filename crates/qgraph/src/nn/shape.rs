@@ -4,7 +4,7 @@ use ndarray::IxDyn;
 use qkernels::{Isa, float, pool};
 use serde::{Deserialize, Serialize};
 
-use super::py_tuple;
+use super::{Size, py_tuple};
 use crate::value::{QuantTensor, to_channels_last};
 use crate::{GraphError, GraphResult, Module, Value, invalid};
 
@@ -101,15 +101,20 @@ impl Module for Flatten {
 
 /// `nn.AdaptiveAvgPool2d(output_size)`: average pooling to a fixed output size, in f32 or on
 /// quantized values (PyTorch's `quantized::adaptive_avg_pool2d`, same parameters out as in).
+/// `new(1)` and `new([1, 1])` pool alike and print as PyTorch prints them (`output_size=1`,
+/// `output_size=(1, 1)`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdaptiveAvgPool2d {
     output_size: [usize; 2],
+    #[serde(default)]
+    scalar: bool,
 }
 
 impl AdaptiveAvgPool2d {
     /// Pools `[N, C, H, W]` to `[N, C, output_size[0], output_size[1]]`.
-    pub fn new(output_size: [usize; 2]) -> Self {
-        Self { output_size }
+    pub fn new(output_size: impl Into<Size<2>>) -> Self {
+        let size = output_size.into();
+        Self { output_size: size.values(), scalar: size.is_scalar() }
     }
 }
 
@@ -156,7 +161,10 @@ impl Module for AdaptiveAvgPool2d {
     }
 
     fn extra_repr(&self) -> String {
-        format!("output_size={}", py_tuple(&self.output_size))
+        match self.output_size {
+            [h, w] if self.scalar && h == w => format!("output_size={h}"),
+            size => format!("output_size={}", py_tuple(&size)),
+        }
     }
 
     fn config(&self) -> serde_json::Value {
