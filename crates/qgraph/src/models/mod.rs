@@ -7,7 +7,7 @@
 //! `str(model)`: `QuantStub` `quant` and `DeQuantStub` `dequant` last, the `FloatFunctional`s
 //! `add_relu` (basic block), `skip_add_relu` (bottleneck) and `skip_add` (inverted residual),
 //! every ReLU a separate `nn.ReLU` (torchvision's `_replace_relu` also turns MobileNetV2's ReLU6
-//! into ReLU). As in PyTorch, a new model is in training mode: call [`eval`](crate::eval) (or use
+//! into ReLU). As in PyTorch, a new model is in training mode: call [`eval`] (or use
 //! [`Model`], which does) before running it.
 //!
 //! Weights come from a safetensors `state_dict` ([`load_weights`], e.g. written by
