@@ -86,7 +86,9 @@ pub fn log_outputs(
         }
     }
     for path in chosen {
-        let slot = slot_mut(model, &path)?;
+        // Children without a slot (a FloatFunctional's placeholder `activation_post_process`)
+        // cannot be wrapped; they only pass values through.
+        let Ok(slot) = slot_mut(model, &path) else { continue };
         let inner = std::mem::replace(slot, Box::new(crate::nn::Identity::new()));
         *slot = Box::new(Logged { inner, path, log: log.clone() });
     }

@@ -327,7 +327,11 @@ fn prepare_slot(
 ) -> GraphResult<()> {
     let type_name = slot.type_name().to_string();
     let qconfig = mapping.resolve(path, &type_name, parent);
-    if slot.is::<Observed>() || type_name == "Dropout" {
+    if slot.is::<Observed>() {
+        return Ok(());
+    }
+    if let Some(dropout) = slot.downcast_mut::<nn::Dropout>() {
+        dropout.swap_at_convert = qconfig.is_some();
         return Ok(());
     }
     if OBSERVED_TYPES.contains(&type_name.as_str()) {
@@ -406,11 +410,13 @@ fn observer_calls(model: &dyn Module) -> Vec<(String, usize)> {
 /// stay and run on quantized values. Observers that saw no data are an error naming every such
 /// module.
 pub fn convert(model: &mut Box<dyn Module>) -> GraphResult<()> {
+    let uncalled = uncalled_functionals(model.as_ref());
     let unobserved: Vec<String> = model
         .named_modules()
         .into_iter()
         .filter(|(_, m)| m.downcast_ref::<ObserverModule>().is_some_and(|o| o.calls() == 0))
         .map(|(path, _)| path.trim_end_matches(".activation_post_process").to_string())
+        .filter(|path| !uncalled.contains(path))
         .collect();
     if !unobserved.is_empty() {
         return Err(GraphError::Workflow {
@@ -426,15 +432,41 @@ pub fn convert(model: &mut Box<dyn Module>) -> GraphResult<()> {
     for path in paths {
         let Ok(slot) = slot_mut(model, &path) else { continue };
         if let Some(observed) = slot.downcast_ref::<Observed>() {
-            let out_q = observed.observer().activation_qparams().map_err(|e| e.within_path(&path))?;
+            // A FloatFunctional no graph node calls gets PyTorch's default parameters (1.0, 0).
+            let out_q = if uncalled.contains(&path) {
+                PerTensor::new(1.0, 0)
+            } else {
+                observed.observer().activation_qparams().map_err(|e| e.within_path(&path))?
+            };
             let quantized = quantized_module(observed.inner(), observed.qconfig(), out_q)
                 .map_err(|e| e.within_path(&path))?;
             *slot = quantized;
         } else if slot.downcast_ref::<DeQuantStub>().is_some_and(|s| s.qconfig.is_some()) {
             *slot = Box::new(DeQuantize::new());
+        } else if let Some(dropout) = slot.downcast_ref::<nn::Dropout>().filter(|d| d.swap_at_convert) {
+            *slot = Box::new(crate::quantized::activation::Dropout::from_float(dropout)?);
         }
     }
     Ok(())
+}
+
+/// The paths of `Graph` children that no node of their graph calls (torchvision's MobileNetV2
+/// keeps a `skip_add` in blocks without a residual).
+fn uncalled_functionals(model: &dyn Module) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for (path, module) in model.named_modules() {
+        let Some(graph) = module.downcast_ref::<crate::Graph>() else { continue };
+        for (name, _) in module.children() {
+            let called = graph.nodes().iter().any(|n| match &n.op {
+                crate::Op::Call(c) | crate::Op::Functional(c, _) => c == name,
+                _ => false,
+            });
+            if !called {
+                out.insert(join(&path, name));
+            }
+        }
+    }
+    out
 }
 
 /// The one mapping from float (observed) modules to quantized modules: PyTorch's

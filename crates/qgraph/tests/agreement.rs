@@ -42,7 +42,7 @@ use qgraph::models::{self, Architecture};
 use qgraph::qconfig::QConfig;
 use qgraph::qobserve::{ObserverSpec, QDType};
 use qgraph::workflow::Observed;
-use qgraph::{Value, calibrate, convert, debug, eval, load_state_dict, prepare};
+use qgraph::{QConfigMapping, Value, calibrate, convert, debug, eval, load_state_dict, prepare};
 use qtest::Fixture;
 
 fn fixture(name: &str) -> Fixture {
@@ -167,9 +167,7 @@ fn check(arch: Architecture, bar: Bar) {
         activation: ObserverSpec::min_max().with_args(|a| a.dtype(QDType::QUInt8).reduce_range(true)),
         weight: qgraph::qobserve::defaults::default_per_channel_weight_observer(),
     };
-    let unused = models::unused_functionals(model.as_ref());
-    let mapping = models::qconfig_mapping(model.as_ref(), qconfig);
-    prepare(&mut model, &mapping).expect("prepare");
+    prepare(&mut model, &QConfigMapping::global(qconfig)).expect("prepare");
     calibrate(model.as_ref(), [image(500), image(501)], |_, _| {}).expect("calibrate");
 
     // Observers: zero points exact, scales to a relative bound (activations differ in the last
@@ -178,14 +176,14 @@ fn check(arch: Architecture, bar: Bar) {
     let (mut exact, mut worst_rel, mut checked) = (0, 0f64, 0);
     for path in paths.iter().map(|p| p.as_str().expect("path")) {
         let torch = fx.tensor::<f64>("observer", path);
-        if unused.iter().any(|p| p == path) {
-            // Never called: PyTorch's empty MinMaxObserver gives scale 1, zero point 0; ours stays float.
-            assert_eq!((torch[[0]], torch[[1]]), (1.0, 0.0), "{name}: {path} unused in PyTorch too");
-            continue;
-        }
         let module = model.get(path).unwrap_or_else(|e| panic!("{name}: {e}"));
         let observed =
             module.downcast_ref::<Observed>().unwrap_or_else(|| panic!("{name}: {path} not observed"));
+        if observed.observer().calls() == 0 {
+            // A `skip_add` no node calls: PyTorch's empty observer gives (1.0, 0), as our convert.
+            assert_eq!((torch[[0]], torch[[1]]), (1.0, 0.0), "{name}: {path} unused in PyTorch too");
+            continue;
+        }
         let q = observed.observer().activation_qparams().expect("qparams");
         assert_eq!(q.zero_point, torch[[1]] as i64, "{name}: zero point of {path}");
         let rel = (q.scale - torch[[0]]).abs() / torch[[0]];
@@ -283,33 +281,11 @@ fn check(arch: Architecture, bar: Bar) {
     debug::remove_loggers(&mut model).expect("remove loggers");
     let printed = params(&fx, "printed")["converted"].as_str().expect("printout");
     let ours = mask_scales(&model.to_string());
-    // `convert` here leaves `nn.Dropout` float where PyTorch swaps in `nnq.Dropout` (both the
-    // identity at inference); compared as the same.
-    let theirs = mask_scales(&float_unused_functionals(printed)).replace("QuantizedDropout(", "Dropout(");
+    let theirs = mask_scales(printed);
     if ours != theirs {
         let diff = ours.lines().zip(theirs.lines()).find(|(a, b)| a != b);
         panic!("{name}: printout differs: {diff:?}");
     }
-}
-
-/// PyTorch's printout with the never-called `QFunctional(scale=1.0, zero_point=0)`s printed as
-/// the `FloatFunctional`s they stay here (see `models::unused_functionals`).
-fn float_unused_functionals(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < lines.len() {
-        if lines[i].ends_with(": QFunctional(")
-            && lines.get(i + 1).map(|l| l.trim()) == Some("scale=1.0, zero_point=0")
-        {
-            out.push(lines[i].replace(": QFunctional(", ": FloatFunctional("));
-            i += 2;
-        } else {
-            out.push(lines[i].to_string());
-            i += 1;
-        }
-    }
-    out.join("\n")
 }
 
 /// Replaces the digits of every `scale=` value, so printouts compare by structure and zero points.

@@ -155,11 +155,11 @@ fn float_printouts_are_pytorchs() {
         (Box::new(Linear::new(24, 10, false)), "Linear(in_features=24, out_features=10, bias=False)"),
         (
             Box::new(BatchNorm1d::new(7).momentum(0.01)),
-            "BatchNorm1d(7, eps=1e-05, momentum=0.01, affine=True, track_running_stats=True)",
+            "BatchNorm1d(7, eps=1e-05, momentum=0.01, affine=True, bias=True, track_running_stats=True)",
         ),
         (
             Box::new(BatchNorm3d::new(2).affine(false).eps(0.001)),
-            "BatchNorm3d(2, eps=0.001, momentum=0.1, affine=False, track_running_stats=True)",
+            "BatchNorm3d(2, eps=0.001, momentum=0.1, affine=False, bias=False, track_running_stats=True)",
         ),
     ];
     for (m, expected) in cases {
@@ -501,7 +501,7 @@ fn quantized_batch_norm_uses_the_kernel_and_prints_as_pytorch() {
     let qr = QuantizedBatchNorm::from_float(&bn, true, out_q).unwrap();
     assert_eq!(
         repr(&q),
-        "QuantizedBatchNorm2d(5, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+        "QuantizedBatchNorm2d(5, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
     );
     assert_eq!(qr.type_name(), "QuantizedBNReLU2d");
     let in_q = PerTensor::new(0.03, 120);

@@ -307,10 +307,11 @@ impl Module for BatchNorm {
     fn extra_repr(&self) -> String {
         let o = &self.options;
         format!(
-            "{}, eps={}, momentum={}, affine={}, track_running_stats=True",
+            "{}, eps={}, momentum={}, affine={}, bias={}, track_running_stats=True",
             o.num_features,
             qcore::python_float_repr(o.eps),
             qcore::python_float_repr(o.momentum),
+            py_bool(o.affine),
             py_bool(o.affine)
         )
     }

@@ -18,6 +18,10 @@ pub struct Dropout {
     p: f64,
     #[serde(skip)]
     training: bool,
+    /// Set by `prepare` when the module has a qconfig: `convert` then swaps in `QuantizedDropout`,
+    /// as PyTorch swaps every mapped module with a qconfig.
+    #[serde(skip)]
+    pub(crate) swap_at_convert: bool,
 }
 
 impl Dropout {
@@ -26,7 +30,7 @@ impl Dropout {
         if !(0.0..=1.0).contains(&p) {
             return Err(invalid("Dropout", "p", p, "dropout probability has to be between 0 and 1"));
         }
-        Ok(Self { p, training: false })
+        Ok(Self { p, training: false, swap_at_convert: false })
     }
 
     /// The probability of zeroing an element in training.

@@ -35,7 +35,7 @@ struct QuantizedBatchNormConfig {
 /// let q = QuantizedBatchNorm::from_float(&BatchNorm2d::new(16), false, PerTensor::new(0.5, 3))?;
 /// assert_eq!(
 ///     (&q as &dyn Module).to_string(),
-///     "QuantizedBatchNorm2d(16, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+///     "QuantizedBatchNorm2d(16, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
 /// );
 /// # Ok::<(), qgraph::GraphError>(())
 /// ```
@@ -149,7 +149,7 @@ impl Module for QuantizedBatchNorm {
         // float layer.
         let o = self.bn.options();
         format!(
-            "{}, eps={}, momentum=0.1, affine=True, track_running_stats=True",
+            "{}, eps={}, momentum=0.1, affine=True, bias=True, track_running_stats=True",
             o.num_features,
             qcore::python_float_repr(o.eps)
         )

@@ -839,9 +839,16 @@ impl Activation {
     #[inline(always)]
     pub(crate) fn apply(self, x: f32) -> f32 {
         match self {
-            Activation::Relu => x.max(0.0),
+            // NaN propagates, as in PyTorch (`f32::max` would turn it into the bound).
+            Activation::Relu => relu(x),
             Activation::Relu6 => x.clamp(0.0, 6.0),
-            Activation::Hardtanh { min, max } => x.max(min).min(max),
+            Activation::Hardtanh { min, max } => {
+                if x.is_nan() {
+                    x
+                } else {
+                    x.max(min).min(max)
+                }
+            }
             Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),
@@ -863,6 +870,12 @@ impl Activation {
     }
 }
 
+/// `max(x, 0)` keeping NaN, as `torch.relu`.
+#[inline(always)]
+fn relu(x: f32) -> f32 {
+    if x.is_nan() { x } else { x.max(0.0) }
+}
+
 struct ActRange<'a> {
     act: Activation,
     input: &'a [f32],
@@ -879,7 +892,7 @@ impl Tiered for ActRange<'_> {
         let x = &self.input[a..b];
         // One loop per op so the clamping ones vectorise.
         match self.act {
-            Activation::Relu => y.iter_mut().zip(x).for_each(|(o, &v)| *o = v.max(0.0)),
+            Activation::Relu => y.iter_mut().zip(x).for_each(|(o, &v)| *o = relu(v)),
             Activation::Relu6 => y.iter_mut().zip(x).for_each(|(o, &v)| *o = v.clamp(0.0, 6.0)),
             act => y.iter_mut().zip(x).for_each(|(o, &v)| *o = act.apply(v)),
         }
