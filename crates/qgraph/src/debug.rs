@@ -22,12 +22,31 @@ impl OutputLog {
     }
 }
 
-/// A module whose outputs go to an [`OutputLog`]; it prints and behaves as the module it wraps.
-#[derive(Debug, Clone)]
+/// Gives, for a module's path, the value to pass on in place of the module's own output (see
+/// [`log_outputs_forced`]); `None` passes the module's output.
+pub type Forcing = Arc<dyn Fn(&str) -> Option<Value> + Send + Sync>;
+
+/// A module whose outputs go to an [`OutputLog`]; it prints and behaves as the module it wraps,
+/// unless a [`Forcing`] replaces what it passes on.
+#[derive(Clone)]
 struct Logged {
     inner: Box<dyn Module>,
     path: String,
     log: OutputLog,
+    force: Option<Forcing>,
+}
+
+impl std::fmt::Debug for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logged").field("inner", &self.inner).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Logged {
+    fn pass_on(&self, out: Value) -> Value {
+        self.log.push(&self.path, &out);
+        self.force.as_ref().and_then(|f| f(&self.path)).unwrap_or(out)
+    }
 }
 
 impl Module for Logged {
@@ -36,15 +55,11 @@ impl Module for Logged {
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
-        let out = self.inner.forward(input)?;
-        self.log.push(&self.path, &out);
-        Ok(out)
+        Ok(self.pass_on(self.inner.forward(input)?))
     }
 
     fn forward_functional(&self, op: Functional, inputs: Vec<Value>) -> GraphResult<Value> {
-        let out = self.inner.forward_functional(op, inputs)?;
-        self.log.push(&self.path, &out);
-        Ok(out)
+        Ok(self.pass_on(self.inner.forward_functional(op, inputs)?))
     }
 
     fn children(&self) -> Vec<(&str, &dyn Module)> {
@@ -77,6 +92,26 @@ pub fn log_outputs(
     model: &mut Box<dyn Module>,
     select: impl Fn(&str, &dyn Module) -> bool,
 ) -> GraphResult<OutputLog> {
+    attach(model, select, None)
+}
+
+/// As [`log_outputs`], and each selected module then passes on `force(path)` instead of its own
+/// output when that is `Some`: "teacher forcing". Fed with another implementation's outputs
+/// (PyTorch's, layer by layer), every module then computes from the same inputs as the
+/// reference, so the log compares layers one at a time instead of accumulated differences.
+pub fn log_outputs_forced(
+    model: &mut Box<dyn Module>,
+    select: impl Fn(&str, &dyn Module) -> bool,
+    force: Forcing,
+) -> GraphResult<OutputLog> {
+    attach(model, select, Some(force))
+}
+
+fn attach(
+    model: &mut Box<dyn Module>,
+    select: impl Fn(&str, &dyn Module) -> bool,
+    force: Option<Forcing>,
+) -> GraphResult<OutputLog> {
     let log = OutputLog::default();
     let mut chosen: Vec<String> = Vec::new();
     for (path, module) in model.named_modules() {
@@ -90,7 +125,7 @@ pub fn log_outputs(
         // cannot be wrapped; they only pass values through.
         let Ok(slot) = slot_mut(model, &path) else { continue };
         let inner = std::mem::replace(slot, Box::new(crate::nn::Identity::new()));
-        *slot = Box::new(Logged { inner, path, log: log.clone() });
+        *slot = Box::new(Logged { inner, path, log: log.clone(), force: force.clone() });
     }
     Ok(log)
 }

@@ -35,6 +35,12 @@ impl QuantTensor {
         Ok(Self { data, shape, q })
     }
 
+    /// A quantized value from its integers in PyTorch's NCHW order (`int_repr()`) and parameters.
+    pub fn from_int_repr(int_repr: &ArrayD<u8>, q: PerTensor) -> GraphResult<Self> {
+        let data = to_channels_last(&int_repr.as_standard_layout().into_owned());
+        Self::new(data, int_repr.shape().to_vec(), q)
+    }
+
     /// Quantizes a float NCHW tensor as `torch.quantize_per_tensor(x, scale, zero_point,
     /// torch.quint8)` does on x86, into channels-last storage.
     pub fn quantize(x: &ArrayD<f32>, q: PerTensor) -> GraphResult<Self> {
