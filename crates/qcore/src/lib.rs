@@ -37,8 +37,3 @@ pub use scalar::{
 pub use tensor::{
     IntRepr, QParams, QTensor, quantize_per_channel, quantize_per_channel_float_qparams, quantize_per_tensor,
 };
-
-/// The README's examples, compiled and run as doctests.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

@@ -33,3 +33,8 @@ pub use stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
 pub use value::{QuantTensor, Value};
 pub use workflow::{QConfigMapping, calibrate, convert, prepare, quantize};
 pub use {qkernels, qobserve};
+
+/// The README's examples, run as doctests (qgraph depends on every crate they use).
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
