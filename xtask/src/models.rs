@@ -4,8 +4,9 @@
 //! threads), each configuration in its own process so that its memory is its own. With
 //! `--vs-torch` it first exports each model's float weights with `tools/export_torchvision.py`
 //! into `<target>/models/<model>.safetensors` (unless present), so that both sides run the same
-//! weights, then runs `tools/bench/torch_models.py` once per thread count. Prints one table,
-//! writes it as `<target>/xtask-bench/models.json` and, with `--chart`, as an SVG bar chart.
+//! weights, and runs `tools/bench/torch_models.py` for each (model, threads) right after ours.
+//! Prints one table, writes it as `<target>/xtask-bench/models.json` and, with `--chart`, as an
+//! SVG bar chart.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -101,24 +102,27 @@ pub fn run(root: &Path, target: &Path, options: &Options) -> Result<(), String> 
     }
     let load_before = load_average();
     eprintln!("xtask bench: load average before: {load_before}");
+    // Ours and PyTorch's run of each (model, threads) follow each other, so that a load that
+    // changes during the run affects both sides alike.
+    let script = root.join("tools/bench").join(MODELS_SCRIPT);
     let mut ours = Vec::new();
+    let mut torch_out: BTreeMap<usize, ScriptOutput> = BTreeMap::new();
     for model in &models {
         let weights = weights_dir.join(format!("{model}.safetensors"));
         let weights = weights.exists().then_some(weights);
-        for kind in KINDS {
-            for threads in THREADS {
+        for threads in THREADS {
+            for kind in KINDS {
                 ours.push(run_ours(&binary, model, kind, threads, weights.as_deref())?);
             }
-        }
-    }
-    let mut torch_out = BTreeMap::new();
-    if let Some(python) = &python {
-        let script = root.join("tools/bench").join(MODELS_SCRIPT);
-        let list = models.join(",");
-        for threads in THREADS {
-            let args: [&OsStr; 4] =
-                ["--models".as_ref(), list.as_ref(), "--weights-dir".as_ref(), weights_dir.as_os_str()];
-            torch_out.insert(threads, torch::run_script(python, &script, threads, &args)?);
+            if let Some(python) = &python {
+                let args: [&OsStr; 4] =
+                    ["--models".as_ref(), model.as_ref(), "--weights-dir".as_ref(), weights_dir.as_os_str()];
+                let out = torch::run_script(python, &script, threads, &args)?;
+                let merged = torch_out.entry(threads).or_default();
+                for (group, values) in out {
+                    merged.entry(group).or_default().extend(values);
+                }
+            }
         }
     }
     let load_after = load_average();
@@ -193,6 +197,7 @@ fn export_weights(root: &Path, python: &Path, dir: &Path, model: &str) -> Result
         .arg(root.join("tools/export_torchvision.py"))
         .arg(model)
         .arg(&file)
+        .stdout(std::io::stderr())
         .status()
         .map_err(|e| format!("could not run {}: {e}", python.display()))?;
     if status.success() && file.exists() {
@@ -358,7 +363,7 @@ fn svg(report: &ModelsReport) -> String {
         slot[int8] = Some(r.ours.median_ns / 1e6);
         slot[2 + int8] = r.torch.map(|t| t.median_ns / 1e6);
     }
-    let (panel_w, panel_h, top, bottom, left) = (300.0, 260.0, 70.0, 50.0, 50.0);
+    let (panel_w, panel_h, top, bottom, left) = (300.0, 260.0, 70.0, 66.0, 50.0);
     let (bar_w, bar_gap, group_gap) = (26.0, 4.0, 30.0);
     let width = left + panel_w * models.len() as f64 + 20.0;
     let height = top + panel_h + bottom;
@@ -373,6 +378,14 @@ fn svg(report: &ModelsReport) -> String {
         r#"<text x="{left}" y="18" font-size="14" font-weight="bold">Batch-1 224x224 latency, ms (lower is better) — {} — {}</text>"#,
         escape(&report.cpu),
         escape(&report.date)
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{}" fill="#555">load average before: {}; after: {}</text>"##,
+        left,
+        height - 8.0,
+        escape(&report.load_before),
+        escape(&report.load_after)
     );
     for (i, (name, colour)) in SERIES.iter().enumerate() {
         let x = left + 130.0 * i as f64;
