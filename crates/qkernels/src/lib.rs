@@ -7,6 +7,8 @@
 
 mod error;
 mod isa;
+#[cfg(target_arch = "x86_64")]
+mod masks;
 
 pub mod conv;
 pub mod elementwise;

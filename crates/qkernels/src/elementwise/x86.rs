@@ -314,18 +314,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{AddConsts, MulConsts};
-
-    /// The mask of the first `n.min(16)` lanes.
-    #[inline]
-    fn mask16(n: usize) -> __mmask16 {
-        if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as __mmask16 }
-    }
-
-    /// The mask of the first `n.min(64)` lanes.
-    #[inline]
-    fn mask64(n: usize) -> __mmask64 {
-        if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
-    }
+    use crate::masks::{mask16, mask64};
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]

@@ -175,6 +175,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::Tier;
+    use crate::masks::mask16;
 
     /// Operations shared by the ymm tiers (everything but the dot product).
     macro_rules! ymm_common {
@@ -413,12 +414,6 @@ mod x86 {
                 unsafe { _mm512_mask_storeu_ps(p, mask16(count), v) }
             }
         };
-    }
-
-    /// The mask of the first `count` (at most 16) lanes.
-    #[inline(always)]
-    fn mask16(count: usize) -> __mmask16 {
-        if count >= 16 { 0xFFFF } else { ((1u32 << count) - 1) as __mmask16 }
     }
 
     /// AVX2 exact: activations and weights split into even and odd bytes as i16, `vpmaddwd`.

@@ -125,12 +125,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{BOUND, Consts, LRINT_LIMIT, TAIL_CLIP};
-
-    /// The mask of the first `n.min(16)` lanes.
-    #[inline]
-    fn mask16(n: usize) -> __mmask16 {
-        if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as __mmask16 }
-    }
+    use crate::masks::mask16;
 
     /// Sixteen lanes starting at channel `i`, `m` the lanes inside the row: the vector rule, or
     /// the tail rule when `TAIL`.

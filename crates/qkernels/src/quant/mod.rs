@@ -105,12 +105,22 @@ pub fn dequantize_u8(input: &[u8], q: PerTensor, out: &mut [f32], isa: Isa) -> K
 }
 
 /// `(N, C, P)`: batch, channels and pixels (the product of the spatial sizes) of a logical
-/// `[N, C, spatial...]` shape, after checking the rank and the element count.
-fn ncp(op: &'static str, shape: &[usize]) -> KernelResult<(usize, usize, usize)> {
+/// `[N, C, spatial...]` shape, after checking the tier, the rank, the element count and that the
+/// input and output buffers hold that many elements.
+fn ncp(
+    op: &'static str,
+    shape: &[usize],
+    input_len: usize,
+    out_len: usize,
+    isa: Isa,
+) -> KernelResult<(usize, usize, usize)> {
+    isa.ensure_supported()?;
     if shape.len() < 2 {
         return Err(invalid(op, "shape", shape, "must have rank 2 or more: [N, C, spatial...]"));
     }
-    numel(op, shape)?;
+    let total = numel(op, shape)?;
+    check_len(op, "input length", input_len, total)?;
+    check_len(op, "output length", out_len, total)?;
     Ok((shape[0], shape[1], shape[2..].iter().product()))
 }
 
@@ -161,11 +171,7 @@ pub fn quantize_to_channels_last(
     isa: Isa,
 ) -> KernelResult<()> {
     const OP: &str = "quantize_to_channels_last";
-    isa.ensure_supported()?;
-    let (n, c, p) = ncp(OP, shape)?;
-    let total = n * c * p;
-    check_len(OP, "input length", input.len(), total)?;
-    check_len(OP, "output length", out.len(), total)?;
+    let (n, c, p) = ncp(OP, shape, input.len(), out.len(), isa)?;
     if c <= 1 || p <= 1 {
         return quantize_u8(input, q, out, isa);
     }
@@ -204,11 +210,7 @@ pub fn dequantize_from_channels_last(
     isa: Isa,
 ) -> KernelResult<()> {
     const OP: &str = "dequantize_from_channels_last";
-    isa.ensure_supported()?;
-    let (n, c, p) = ncp(OP, shape)?;
-    let total = n * c * p;
-    check_len(OP, "input length", input.len(), total)?;
-    check_len(OP, "output length", out.len(), total)?;
+    let (n, c, p) = ncp(OP, shape, input.len(), out.len(), isa)?;
     if c <= 1 || p <= 1 {
         return dequantize_u8(input, q, out, isa);
     }

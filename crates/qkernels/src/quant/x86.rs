@@ -123,12 +123,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::BOUND;
-
-    /// The mask of the first `n.min(16)` lanes.
-    #[inline]
-    fn mask16(n: usize) -> __mmask16 {
-        if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as __mmask16 }
-    }
+    use crate::masks::mask16;
 
     /// Sixteen lanes of the quantize rule, narrowed to bytes.
     #[inline]
