@@ -200,3 +200,27 @@ fn pools_relu_and_flatten_run_on_quantized_values() {
     assert!(out.is_quant());
     assert_eq!(out.shape(), [1, 4 * 3 * 3]);
 }
+
+#[test]
+fn quant_wrapper_and_one_shot_quantize() {
+    let inner: Box<dyn Module> = Box::new(Sequential::new(vec![
+        Box::new(Conv2d::new(3, 4, [3, 3]).padding([1, 1]).build().unwrap()),
+        Box::new(ReLU::new()),
+    ]));
+    let mut model: Box<dyn Module> = Box::new(qgraph::QuantWrapper::new(inner));
+    eval(&mut model);
+    let data: Vec<ArrayD<f32>> = (0..2).map(|i| random(&[1, 3, 8, 8], 70 + i)).collect();
+    qgraph::quantize(&mut model, &QConfigMapping::global(default_qconfig()), |m| {
+        calibrate(m, data, |_, _| {})
+    })
+    .unwrap();
+    let text = model.to_string();
+    assert!(text.starts_with("QuantWrapper(\n  (quant): Quantize(scale=tensor(["), "{text}");
+    assert!(
+        text.contains("  (dequant): DeQuantize()\n  (module): Sequential(\n    (0): QuantizedConv2d(3, 4,"),
+        "{text}"
+    );
+    let out = model.forward(Value::from(random(&[1, 3, 8, 8], 9))).unwrap();
+    assert!(!out.is_quant(), "QuantWrapper dequantizes its output");
+    assert_eq!(out.shape(), [1, 4, 8, 8]);
+}
