@@ -10,12 +10,13 @@ use std::time::Instant;
 
 use ndarray::{ArrayD, Axis, IxDyn};
 use qgraph::fuse::fuse_modules;
-use qgraph::nn::{BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Softmax, manual_seed};
+use qgraph::nn::manual_seed;
 use qgraph::qconfig::QConfig;
 use qgraph::qobserve::{ObserverSpec, QDType, QScheme};
-use qgraph::{
-    DeQuantStub, Module, QConfigMapping, QuantStub, Sequential, Value, calibrate, convert, eval, prepare,
-};
+use qgraph::{Module, QConfigMapping, Value, calibrate, convert, eval, prepare};
+
+#[path = "seed/model.rs"]
+mod model;
 
 /// `n` pseudo-random images `[n, 3, 28, 28]` in [0, 1) (a deterministic xorshift stream).
 fn images(n: usize, seed: u64) -> ArrayD<f32> {
@@ -34,19 +35,9 @@ fn argmax(row: ndarray::ArrayViewD<'_, f32>) -> usize {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     manual_seed(0);
-    let mut model: Box<dyn Module> = Box::new(Sequential::new(vec![
-        Box::new(QuantStub::new()),
-        Box::new(Conv2d::new(3, 16, [3, 3]).padding([1, 1]).build()?),
-        Box::new(BatchNorm2d::new(16)),
-        Box::new(ReLU::new()),
-        Box::new(Conv2d::new(16, 24, [3, 3]).padding([1, 1]).build()?),
-        Box::new(BatchNorm2d::new(24)),
-        Box::new(ReLU::new()),
-        Box::new(DeQuantStub::new()),
-        Box::new(Flatten::new(1, -1)),
-        Box::new(Linear::new(24 * 28 * 28, 10, true)),
-        Box::new(Softmax::new(1)),
-    ]));
+    // QuantStub, Conv+BN+ReLU twice, DeQuantStub, then a float Flatten, Linear and Softmax
+    // (see seed/model.rs).
+    let mut model = model::seed_model()?;
     eval(&mut model);
 
     fuse_modules(&mut model, &[&["1", "2", "3"], &["4", "5", "6"]])?;

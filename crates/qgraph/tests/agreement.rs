@@ -55,13 +55,8 @@ use qgraph::{
 };
 use qtest::Fixture;
 
-fn fixture(name: &str) -> Fixture {
-    Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), name)
-}
-
-fn params<'a>(fx: &'a Fixture, case: &str) -> &'a serde_json::Value {
-    fx.cases.iter().find(|c| qtest::name(c) == case).unwrap_or_else(|| panic!("case {case}"))
-}
+mod common;
+use common::{differences, fixture, mask_scales, params};
 
 fn image(seed: u64) -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(&[1, 3, 64, 64]), models::random_f32s(3 * 64 * 64, seed)).expect("shape")
@@ -142,9 +137,7 @@ fn compare(name: &str, fx: &Fixture, outputs: &BTreeMap<String, Value>) -> Compa
         assert!((q.qparams().scale - torch_scale).abs() <= 1e-4 * torch_scale, "{name}: {path} output scale");
         assert_eq!(q.qparams().zero_point, torch_zp, "{name}: {path} output zero point");
         let ours = q.int_repr();
-        let equal = ours.iter().zip(&torch).filter(|(a, b)| a == b).count();
-        let worst =
-            ours.iter().zip(&torch).map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs()).max().unwrap_or(0);
+        let (equal, worst) = differences(&ours, &torch);
         layers.push(Layer {
             path: path.to_string(),
             elements: ours.len(),
@@ -360,20 +353,6 @@ fn forced_comparison(
 /// The modules whose outputs are compared: leaves and QFunctionals.
 fn leaf_or_functional(path: &str, m: &dyn Module) -> bool {
     (m.children().is_empty() && !path.ends_with("activation_post_process")) || m.type_name() == "QFunctional"
-}
-
-/// Replaces the digits of every `scale=` value, so printouts compare by structure and zero points.
-fn mask_scales(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("scale=") {
-        out.push_str(&rest[..i + 6]);
-        rest = &rest[i + 6..];
-        let end = rest.find([',', ')', '\n']).unwrap_or(rest.len());
-        out.push('#');
-        rest = &rest[end..];
-    }
-    out + rest
 }
 
 #[test]

@@ -7,16 +7,7 @@ use qgraph::qconfig::get_default_qconfig;
 use qgraph::{GraphError, Module, QConfigMapping, Value, calibrate, convert, eval, prepare};
 
 mod common;
-use common::{random, resnet_model};
-
-const RESNET_FUSE: &[&[&str]] = &[
-    &["conv1", "bn1", "relu"],
-    &["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu"],
-    &["layer1.0.conv2", "layer1.0.bn2"],
-    &["layer2.0.conv1", "layer2.0.bn1", "layer2.0.relu"],
-    &["layer2.0.conv2", "layer2.0.bn2"],
-    &["layer2.0.downsample.0", "layer2.0.downsample.1"],
-];
+use common::{RESNET_FUSE, random, resnet_model};
 
 fn float_model() -> Box<dyn Module> {
     qgraph::nn::manual_seed(3);

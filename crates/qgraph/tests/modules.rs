@@ -16,6 +16,9 @@ use qkernels::elementwise::PerTensor;
 use qobserve::{ObserverSpec, QDType, QScheme, defaults};
 use qtest::{Fixture, XorShift};
 
+mod common;
+use common::fixture;
+
 fn random(shape: &[usize], seed: u64) -> ArrayD<f32> {
     let mut rng = XorShift::new(seed);
     ArrayD::from_shape_simple_fn(IxDyn(shape), || {
@@ -248,10 +251,6 @@ fn batch_norm_normalises_with_running_statistics_in_eval_mode_only() {
 
 // ---------------------------------------------------------------------------------------------
 // Quantized layers against PyTorch (the workflow fixtures).
-
-fn fixture(name: &str) -> Fixture {
-    Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), name)
-}
 
 fn qparams_of(fx: &Fixture, case: &str, path: &str) -> PerTensor {
     let scale = fx.tensor::<f64>(case, &format!("{path}.scale"))[[0]];

@@ -20,15 +20,7 @@ use qgraph::{Module, QConfigMapping, Value, calibrate, convert, debug, eval, loa
 use qtest::Fixture;
 
 mod common;
-use common::{resnet_model, seed_model};
-
-fn fixture(name: &str) -> Fixture {
-    Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), name)
-}
-
-fn params<'a>(fx: &'a Fixture, case: &str) -> &'a serde_json::Value {
-    fx.cases.iter().find(|c| qtest::name(c) == case).unwrap_or_else(|| panic!("case {case}"))
-}
+use common::{RESNET_FUSE, agreement, fixture, mask_scales, params, resnet_model, seed_model};
 
 /// The model's parameters read from the fixture case `case` under the model's own names.
 fn state_dict_of(model: &dyn Module, fx: &Fixture, case: &str) -> BTreeMap<String, ArrayD<f32>> {
@@ -40,29 +32,6 @@ fn assert_close(what: &str, got: &ArrayD<f32>, expected: &ArrayD<f32>, rel: f32)
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
     let worst = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst <= rel * scale, "{what}: largest difference {worst} exceeds {rel} x {scale}");
-}
-
-/// Agreement of two integer tensors: (fraction equal, largest difference).
-fn agreement(got: &ArrayD<u8>, expected: &ArrayD<u8>) -> (f64, i32) {
-    assert_eq!(got.shape(), expected.shape());
-    let equal = got.iter().zip(expected).filter(|(a, b)| a == b).count();
-    let worst =
-        got.iter().zip(expected).map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs()).max().unwrap_or(0);
-    (equal as f64 / got.len().max(1) as f64, worst)
-}
-
-/// Replaces the digits of every `scale=` value, so printouts compare by structure and zero points.
-fn mask_scales(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("scale=") {
-        out.push_str(&rest[..i + 6]);
-        rest = &rest[i + 6..];
-        let end = rest.find([',', ')', '\n']).unwrap_or(rest.len());
-        out.push('#');
-        rest = &rest[end..];
-    }
-    out + rest
 }
 
 struct Workflow {
@@ -210,15 +179,6 @@ fn seed_model_matches_pytorch() {
     let mut wf = run_workflow("workflow_seed", seed_model().unwrap(), fuse, mapping, Folding::Ours);
     check_converted("workflow_seed", &mut wf, 0.999, 1);
 }
-
-const RESNET_FUSE: &[&[&str]] = &[
-    &["conv1", "bn1", "relu"],
-    &["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu"],
-    &["layer1.0.conv2", "layer1.0.bn2"],
-    &["layer2.0.conv1", "layer2.0.bn1", "layer2.0.relu"],
-    &["layer2.0.conv2", "layer2.0.bn2"],
-    &["layer2.0.downsample.0", "layer2.0.downsample.1"],
-];
 
 #[test]
 fn resnet_style_model_matches_pytorch() {

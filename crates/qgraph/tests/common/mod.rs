@@ -1,27 +1,18 @@
-//! Models shared by the integration tests: the seed's CNN and a small ResNet-style model (the
-//! models of `tools/golden/gen_workflow.py`), and calibration-like data.
+//! What the integration tests share: the seed's CNN and a small ResNet-style model (the models
+//! of `tools/golden/gen_workflow.py`) with its fusion groups, calibration-like data, fixtures, and
+//! comparisons of int8 outputs and printouts with PyTorch's.
 #![allow(dead_code)]
 
 use ndarray::{ArrayD, IxDyn};
-use qgraph::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Softmax};
+use qgraph::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU};
 use qgraph::{DeQuantStub, FloatFunctional, Functional, Graph, GraphResult, Module, QuantStub, Sequential};
+use qtest::Fixture;
 
+#[path = "../../examples/seed/model.rs"]
+mod seed;
 /// The seed's model: QuantStub, two Conv+BN+ReLU, DeQuantStub, Flatten, Linear, Softmax (28x28 input).
-pub fn seed_model() -> GraphResult<Box<dyn Module>> {
-    Ok(Box::new(Sequential::new(vec![
-        Box::new(QuantStub::new()),
-        Box::new(Conv2d::new(3, 16, [3, 3]).padding([1, 1]).build()?),
-        Box::new(BatchNorm2d::new(16)),
-        Box::new(ReLU::new()),
-        Box::new(Conv2d::new(16, 24, [3, 3]).padding([1, 1]).build()?),
-        Box::new(BatchNorm2d::new(24)),
-        Box::new(ReLU::new()),
-        Box::new(DeQuantStub::new()),
-        Box::new(Flatten::new(1, -1)),
-        Box::new(Linear::new(24 * 28 * 28, 10, true)),
-        Box::new(Softmax::new(1)),
-    ])))
-}
+#[allow(unused_imports)] // not every test uses it
+pub use seed::seed_model;
 
 /// A ResNet basic block with a `skip_add_relu` and, when the shape changes, a downsample branch.
 pub fn block(cin: usize, cout: usize, stride: usize) -> GraphResult<Graph> {
@@ -64,4 +55,53 @@ pub fn resnet_model() -> GraphResult<Box<dyn Module>> {
 /// `[n, c, h, w]` pseudo-random values in [-1, 1).
 pub fn random(shape: &[usize], seed: u64) -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(shape), qtest::random_f32s(shape.iter().product(), seed)).expect("length")
+}
+
+/// The fusion groups of [`resnet_model`] (PyTorch's `fuse_modules` lists).
+pub const RESNET_FUSE: &[&[&str]] = &[
+    &["conv1", "bn1", "relu"],
+    &["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu"],
+    &["layer1.0.conv2", "layer1.0.bn2"],
+    &["layer2.0.conv1", "layer2.0.bn1", "layer2.0.relu"],
+    &["layer2.0.conv2", "layer2.0.bn2"],
+    &["layer2.0.downsample.0", "layer2.0.downsample.1"],
+];
+
+/// The fixture `name` of `tests/fixtures`.
+pub fn fixture(name: &str) -> Fixture {
+    Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), name)
+}
+
+/// The parameters of the fixture's case `case`.
+pub fn params<'a>(fx: &'a Fixture, case: &str) -> &'a serde_json::Value {
+    fx.cases.iter().find(|c| qtest::name(c) == case).unwrap_or_else(|| panic!("case {case}"))
+}
+
+/// Two integer tensors compared: (elements equal, largest difference).
+pub fn differences(got: &ArrayD<u8>, expected: &ArrayD<u8>) -> (usize, i32) {
+    assert_eq!(got.shape(), expected.shape());
+    let equal = got.iter().zip(expected).filter(|(a, b)| a == b).count();
+    let worst =
+        got.iter().zip(expected).map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs()).max().unwrap_or(0);
+    (equal, worst)
+}
+
+/// Agreement of two integer tensors: (fraction equal, largest difference).
+pub fn agreement(got: &ArrayD<u8>, expected: &ArrayD<u8>) -> (f64, i32) {
+    let (equal, worst) = differences(got, expected);
+    (equal as f64 / got.len().max(1) as f64, worst)
+}
+
+/// Replaces the digits of every `scale=` value, so printouts compare by structure and zero points.
+pub fn mask_scales(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("scale=") {
+        out.push_str(&rest[..i + 6]);
+        rest = &rest[i + 6..];
+        let end = rest.find([',', ')', '\n']).unwrap_or(rest.len());
+        out.push('#');
+        rest = &rest[end..];
+    }
+    out + rest
 }
