@@ -3,25 +3,14 @@
 
 use ndarray::{ArrayD, IxDyn};
 use qkernels::elementwise::PerTensor;
-use qkernels::gemm::{Output, OutputPipeline, PackedWeights, gemm};
+use qkernels::gemm::{Output, PackedWeights, gemm};
 use qobserve::ObserverSpec;
-use serde::{Deserialize, Serialize};
 
-use super::weighted::{PerInputCache, QuantizedAct, QuantizedWeight, check_out_q, u8_params};
-use crate::nn::{Linear, LinearOptions, check_shape};
+use super::weighted::{QuantizedAct, QuantizedWeight, WeightedConfig, WeightedParts, weighted_accessors};
+use crate::nn::{Linear, LinearOptions};
 use crate::record::{Record, TensorView};
 use crate::value::{QuantTensor, to_channels_last};
 use crate::{GraphResult, Module, Value};
-
-/// What a quantized linear layer saves besides its tensors.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct QuantizedLinearConfig {
-    options: LinearOptions,
-    act: QuantizedAct,
-    scale: f64,
-    zero_point: i64,
-    per_channel: bool,
-}
 
 /// A quantized linear layer (`QuantizedLinear`, `QuantizedLinearReLU`, `QuantizedLinearReLU6`):
 /// quint8 `[*, in_features]` in, quint8 `[*, out_features]` out, FBGEMM's arithmetic bit for bit.
@@ -43,12 +32,8 @@ struct QuantizedLinearConfig {
 #[derive(Debug, Clone)]
 pub struct QuantizedLinear {
     options: LinearOptions,
-    act: QuantizedAct,
-    weight: QuantizedWeight,
-    bias: Option<ArrayD<f32>>,
-    out_q: PerTensor,
+    parts: WeightedParts,
     packed: PackedWeights,
-    pipeline: PerInputCache<OutputPipeline>,
     type_name: &'static str,
 }
 
@@ -81,26 +66,22 @@ impl QuantizedLinear {
         bias: Option<ArrayD<f32>>,
         out_q: PerTensor,
     ) -> GraphResult<Self> {
-        check_out_q(out_q)?;
-        check_shape("QuantizedLinear", "weight", weight.int().shape(), &[out_features, in_features])?;
-        let bias = bias.map(|b| b.as_standard_layout().into_owned());
-        if let Some(b) = &bias {
-            check_shape("QuantizedLinear", "bias", b.shape(), &[out_features])?;
-        }
+        let shape = [out_features, in_features];
+        let parts = WeightedParts::new("QuantizedLinear", &shape, act, weight, bias, out_q)?;
         let packed = PackedWeights::new(
-            weight.int_slice(),
+            parts.weight.int_slice(),
             out_features,
             in_features,
-            &weight.kernel_qparams(),
-            bias.as_ref().map(|b| b.as_slice().expect("standard layout")),
+            &parts.weight.kernel_qparams(),
+            parts.bias_slice(),
         )?;
-        let options = LinearOptions { in_features, out_features, bias: bias.is_some() };
+        let options = LinearOptions { in_features, out_features, bias: parts.bias.is_some() };
         let type_name = match act {
             QuantizedAct::None => "QuantizedLinear",
             QuantizedAct::Relu => "QuantizedLinearReLU",
             QuantizedAct::Relu6 => "QuantizedLinearReLU6",
         };
-        Ok(Self { options, act, weight, bias, out_q, packed, pipeline: PerInputCache::default(), type_name })
+        Ok(Self { options, parts, packed, type_name })
     }
 
     /// Input features.
@@ -113,60 +94,22 @@ impl QuantizedLinear {
         self.options.out_features
     }
 
-    /// The fused activation.
-    pub fn act(&self) -> QuantizedAct {
-        self.act
-    }
-
-    /// The qint8 weight integers `[out_features, in_features]`.
-    pub fn weight_int(&self) -> &ArrayD<i8> {
-        self.weight.int()
-    }
-
-    /// The weight with its scales and zero points.
-    pub fn weight_qparams(&self) -> &QuantizedWeight {
-        &self.weight
-    }
-
-    /// The float bias, if any.
-    pub fn bias(&self) -> Option<&ArrayD<f32>> {
-        self.bias.as_ref()
-    }
-
-    /// The output scale.
-    pub fn scale(&self) -> f64 {
-        self.out_q.scale
-    }
-
-    /// The output zero point.
-    pub fn zero_point(&self) -> i64 {
-        self.out_q.zero_point
-    }
+    weighted_accessors!("[out_features, in_features]");
 
     /// Rebuilds a saved quantized linear layer, re-packing its weights.
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        let c: QuantizedLinearConfig = record.config()?;
+        let c: WeightedConfig<LinearOptions> = record.config()?;
         let o = c.options;
-        let t = &record.tensors;
-        let weight = QuantizedWeight::from_tensors(t, &[o.out_features, o.in_features], c.per_channel)?;
-        let bias = if o.bias { Some(t.shaped::<f32>("bias", &[o.out_features])?) } else { None };
-        Self::from_parts(
-            o.in_features,
-            o.out_features,
-            c.act,
-            weight,
-            bias,
-            PerTensor::new(c.scale, c.zero_point),
-        )
+        let (weight, bias) = c.read_tensors(&record.tensors, &[o.out_features, o.in_features], o.bias)?;
+        Self::from_parts(o.in_features, o.out_features, c.act, weight, bias, c.out_q())
     }
 
     fn run(&self, x: QuantTensor) -> GraphResult<QuantTensor> {
         self.options.check_input(self.type_name, x.shape())?;
         let in_q = x.qparams();
-        let pipeline = self.pipeline.get(in_q, || {
-            let ((a_scale, a_zp), (o_scale, o_zp)) = (u8_params(in_q), u8_params(self.out_q));
-            Ok(self.packed.output_u8(a_scale, a_zp, o_scale, o_zp, self.act.relu())?)
-        })?;
+        let pipeline = self
+            .parts
+            .pipeline(in_q, |a, a_zp, o, o_zp, relu| self.packed.output_u8(a, a_zp, o, o_zp, relu))?;
         let n = self.options.out_features;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("rank checked") = n;
@@ -179,13 +122,13 @@ impl QuantizedLinear {
         if m > 0 {
             gemm(&rows_in, m, &self.packed, &pipeline, Output::U8(&mut out))?;
         }
-        self.act.clamp_relu6(&mut out, self.out_q)?;
+        self.parts.act.clamp_relu6(&mut out, self.parts.out_q)?;
         let out = if shape.len() <= 2 {
             out
         } else {
             to_channels_last(&ArrayD::from_shape_vec(IxDyn(&shape), out).expect("m x n"))
         };
-        QuantTensor::new(out, shape, self.out_q)
+        QuantTensor::new(out, shape, self.parts.out_q)
     }
 }
 
@@ -201,29 +144,19 @@ impl Module for QuantizedLinear {
 
     fn extra_repr(&self) -> String {
         format!(
-            "in_features={}, out_features={}, scale={}, zero_point={}, qscheme={}",
+            "in_features={}, out_features={}, {}, qscheme={}",
             self.options.in_features,
             self.options.out_features,
-            qcore::python_float_repr(self.out_q.scale),
-            self.out_q.zero_point,
-            self.weight.qscheme()
+            self.parts.out_repr(),
+            self.parts.weight.qscheme()
         )
     }
 
     fn config(&self) -> serde_json::Value {
-        let config = QuantizedLinearConfig {
-            options: self.options,
-            act: self.act,
-            scale: self.out_q.scale,
-            zero_point: self.out_q.zero_point,
-            per_channel: self.weight.is_per_channel(),
-        };
-        serde_json::to_value(config).expect("plain data")
+        self.parts.config(self.options)
     }
 
     fn tensors(&self) -> Vec<(String, TensorView<'_>)> {
-        let mut t = self.weight.tensors();
-        t.extend(self.bias.as_ref().map(|b| ("bias".to_string(), TensorView::F32(b.view()))));
-        t
+        self.parts.tensors()
     }
 }

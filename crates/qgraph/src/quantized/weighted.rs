@@ -1,16 +1,19 @@
 //! What the quantized weighted layers share: the fused activation, qint8 weights quantized as
-//! PyTorch's `_quantize_weight` + `_clamp_weights`, the cache of per-input output stages, and
-//! the ReLU6 clamp.
+//! PyTorch's `_quantize_weight` + `_clamp_weights`, the cache of per-input output stages, the
+//! ReLU6 clamp, and the parts (weight, bias, output parameters) conv and linear hold, save and
+//! expose alike.
 
 use std::sync::{Arc, Mutex};
 
 use ndarray::{ArrayD, Axis, IxDyn};
 use qcore::{AffineQuantizer, QDType, QParams, QScheme};
+use qkernels::KernelResult;
 use qkernels::elementwise::PerTensor;
-use qkernels::gemm::WeightQParams;
+use qkernels::gemm::{OutputPipeline, WeightQParams};
 use qobserve::ObserverSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::nn::check_shape;
 use crate::record::{TensorView, Tensors};
 use crate::{GraphError, GraphResult, invalid};
 
@@ -300,6 +303,148 @@ impl<T> PerInputCache<T> {
 
 /// `(scale, zero_point)` of an activation as the output stages take them (the zero point of a
 /// quint8 tensor fits a byte).
-pub(crate) fn u8_params(q: PerTensor) -> (f64, u8) {
+fn u8_params(q: PerTensor) -> (f64, u8) {
     (q.scale, q.zero_point.clamp(0, 255) as u8)
 }
+
+/// What a quantized conv or linear layer saves besides its tensors: its options, the fused
+/// activation, the output parameters and the weight's scheme.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WeightedConfig<O> {
+    pub(crate) options: O,
+    pub(crate) act: QuantizedAct,
+    scale: f64,
+    zero_point: i64,
+    per_channel: bool,
+}
+
+impl<O> WeightedConfig<O> {
+    /// The output parameters.
+    pub(crate) fn out_q(&self) -> PerTensor {
+        PerTensor::new(self.scale, self.zero_point)
+    }
+
+    /// The weight (of `weight_shape`) and, if `bias`, the bias saved by [`WeightedParts::tensors`].
+    pub(crate) fn read_tensors(
+        &self,
+        t: &Tensors<'_>,
+        weight_shape: &[usize],
+        bias: bool,
+    ) -> GraphResult<(QuantizedWeight, Option<ArrayD<f32>>)> {
+        let weight = QuantizedWeight::from_tensors(t, weight_shape, self.per_channel)?;
+        let bias = if bias { Some(t.shaped::<f32>("bias", &weight_shape[..1])?) } else { None };
+        Ok((weight, bias))
+    }
+}
+
+/// What quantized conv and linear layers hold alike: the fused activation, the qint8 weight,
+/// the float bias, the output parameters and the cache of output stages.
+#[derive(Debug, Clone)]
+pub(crate) struct WeightedParts {
+    pub(crate) act: QuantizedAct,
+    pub(crate) weight: QuantizedWeight,
+    pub(crate) bias: Option<ArrayD<f32>>,
+    pub(crate) out_q: PerTensor,
+    pipeline: PerInputCache<OutputPipeline>,
+}
+
+impl WeightedParts {
+    /// Checks the output parameters, then that the weight has `weight_shape` and the bias one
+    /// value per output channel (`weight_shape[0]`); `name` is the layer's, for errors.
+    pub(crate) fn new(
+        name: &'static str,
+        weight_shape: &[usize],
+        act: QuantizedAct,
+        weight: QuantizedWeight,
+        bias: Option<ArrayD<f32>>,
+        out_q: PerTensor,
+    ) -> GraphResult<Self> {
+        check_out_q(out_q)?;
+        check_shape(name, "weight", weight.int().shape(), weight_shape)?;
+        let bias = bias.map(|b| b.as_standard_layout().into_owned());
+        if let Some(b) = &bias {
+            check_shape(name, "bias", b.shape(), &weight_shape[..1])?;
+        }
+        Ok(Self { act, weight, bias, out_q, pipeline: PerInputCache::default() })
+    }
+
+    /// The bias as the packers take it.
+    pub(crate) fn bias_slice(&self) -> Option<&[f32]> {
+        self.bias.as_ref().map(|b| b.as_slice().expect("standard layout"))
+    }
+
+    /// The output stage for inputs with parameters `in_q`, built by `output_u8(input scale,
+    /// input zero point, output scale, output zero point, relu)` (the packed weights') unless
+    /// cached.
+    pub(crate) fn pipeline(
+        &self,
+        in_q: PerTensor,
+        output_u8: impl FnOnce(f64, u8, f64, u8, bool) -> KernelResult<OutputPipeline>,
+    ) -> GraphResult<Arc<OutputPipeline>> {
+        self.pipeline.get(in_q, || {
+            let ((a_scale, a_zp), (o_scale, o_zp)) = (u8_params(in_q), u8_params(self.out_q));
+            Ok(output_u8(a_scale, a_zp, o_scale, o_zp, self.act.relu())?)
+        })
+    }
+
+    /// `scale=..., zero_point=...` as PyTorch prints the output parameters.
+    pub(crate) fn out_repr(&self) -> String {
+        format!("scale={}, zero_point={}", qcore::python_float_repr(self.out_q.scale), self.out_q.zero_point)
+    }
+
+    /// The saved configuration, with the layer's `options`.
+    pub(crate) fn config<O: Serialize>(&self, options: O) -> serde_json::Value {
+        let config = WeightedConfig {
+            options,
+            act: self.act,
+            scale: self.out_q.scale,
+            zero_point: self.out_q.zero_point,
+            per_channel: self.weight.is_per_channel(),
+        };
+        serde_json::to_value(config).expect("plain data")
+    }
+
+    /// The weight's tensors and the bias, for saving.
+    pub(crate) fn tensors(&self) -> Vec<(String, TensorView<'_>)> {
+        let mut t = self.weight.tensors();
+        t.extend(self.bias.as_ref().map(|b| ("bias".to_string(), TensorView::F32(b.view()))));
+        t
+    }
+}
+
+/// The public accessors of a quantized layer with a `parts: WeightedParts` field; `$shape` names
+/// the weight's axes.
+macro_rules! weighted_accessors {
+    ($shape:literal) => {
+        /// The fused activation.
+        pub fn act(&self) -> QuantizedAct {
+            self.parts.act
+        }
+
+        #[doc = concat!("The qint8 weight integers `", $shape, "`.")]
+        pub fn weight_int(&self) -> &ArrayD<i8> {
+            self.parts.weight.int()
+        }
+
+        /// The weight with its scales and zero points.
+        pub fn weight_qparams(&self) -> &QuantizedWeight {
+            &self.parts.weight
+        }
+
+        /// The float bias, if any.
+        pub fn bias(&self) -> Option<&ArrayD<f32>> {
+            self.parts.bias.as_ref()
+        }
+
+        /// The output scale.
+        pub fn scale(&self) -> f64 {
+            self.parts.out_q.scale
+        }
+
+        /// The output zero point.
+        pub fn zero_point(&self) -> i64 {
+            self.parts.out_q.zero_point
+        }
+    };
+}
+pub(crate) use weighted_accessors;
