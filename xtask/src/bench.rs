@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use crate::{USAGE, models, peak, report, results, torch};
 
 /// Command-line options of `cargo xtask bench`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Options {
     /// Short warm-up and measurement: the whole run in a few minutes.
     pub quick: bool,
@@ -22,18 +22,46 @@ pub struct Options {
     pub models: bool,
     /// `--chart FILE.svg`: with `--models`, also draw the latencies as an SVG bar chart.
     pub chart: Option<PathBuf>,
+    /// `--rounds K`: with `--models`, measure every configuration K times (default 1) and keep
+    /// each side's fastest median, for a shared machine whose load comes and goes.
+    pub rounds: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            quick: false,
+            vs_torch: false,
+            filter: None,
+            criterion_args: Vec::new(),
+            models: false,
+            chart: None,
+            rounds: 1,
+        }
+    }
 }
 
 impl Options {
     /// Parses the arguments after `bench`.
     pub fn parse(args: &[String]) -> Result<Self, String> {
         let mut options = Options::default();
+        let mut rounds_given = false;
         let mut rest = args.iter();
         while let Some(arg) = rest.next() {
             match arg.as_str() {
                 "--quick" => options.quick = true,
                 "--vs-torch" => options.vs_torch = true,
                 "--models" => options.models = true,
+                "--rounds" => {
+                    let value = rest.next().map(String::as_str).unwrap_or_default();
+                    options.rounds = match value.parse::<usize>() {
+                        Ok(k) if k >= 1 => k,
+                        _ => {
+                            return Err(format!("--rounds needs a positive integer, got {value:?}\n{USAGE}"));
+                        }
+                    };
+                    rounds_given = true;
+                }
                 "--chart" => match rest.next() {
                     Some(file) if !file.starts_with('-') => options.chart = Some(PathBuf::from(file)),
                     _ => return Err(format!("--chart needs a file name, e.g. --chart models.svg\n{USAGE}")),
@@ -44,8 +72,8 @@ impl Options {
                 extra => return Err(format!("only one FILTER is allowed, got a second: {extra}\n{USAGE}")),
             }
         }
-        if options.chart.is_some() && !options.models {
-            return Err(format!("--chart draws the --models table; add --models\n{USAGE}"));
+        if (options.chart.is_some() || rounds_given) && !options.models {
+            return Err(format!("--chart and --rounds apply to --models; add --models\n{USAGE}"));
         }
         if options.models && (options.quick || !options.criterion_args.is_empty()) {
             return Err(format!("--quick and criterion arguments do not apply to --models\n{USAGE}"));
@@ -131,5 +159,9 @@ mod tests {
         assert!(Options::parse(&strings(&["--chart", "m.svg"])).unwrap_err().contains("add --models"));
         assert!(Options::parse(&strings(&["--models", "--chart"])).unwrap_err().contains("file name"));
         assert!(Options::parse(&strings(&["--models", "--quick"])).unwrap_err().contains("do not apply"));
+        assert_eq!(models.rounds, 1);
+        assert_eq!(Options::parse(&strings(&["--models", "--rounds", "3"])).unwrap().rounds, 3);
+        assert!(Options::parse(&strings(&["--models", "--rounds", "0"])).unwrap_err().contains("positive"));
+        assert!(Options::parse(&strings(&["--rounds", "2"])).unwrap_err().contains("add --models"));
     }
 }
