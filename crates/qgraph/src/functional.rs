@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::module::Functional;
 use crate::nn::Identity;
 use crate::record::Record;
-use crate::value::QuantTensor;
+use crate::value::{OutQ, QuantTensor};
 use crate::{GraphError, GraphResult, Module, Value, invalid};
 
 /// `FloatFunctional`: the float ops, each a `torch` op on float tensors. `prepare` gives the
@@ -110,27 +110,22 @@ impl Module for FloatFunctional {
 /// `QFunctional`: the quantized ops, with the output parameters the `FloatFunctional`'s observer
 /// chose (`add_scalar` / `mul_scalar` choose their own, as in PyTorch).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QFunctional {
-    scale: f64,
-    zero_point: i64,
-}
+pub struct QFunctional(OutQ);
 
 impl QFunctional {
     /// Ops whose outputs have parameters `q`.
     pub fn new(q: PerTensor) -> GraphResult<Self> {
-        qcore::AffineQuantizer::new(q.scale, q.zero_point, qcore::QDType::QUInt8)?;
-        Ok(Self { scale: q.scale, zero_point: q.zero_point })
+        Ok(Self(OutQ::new(q)?))
     }
 
     /// The output parameters.
     pub fn qparams(&self) -> PerTensor {
-        PerTensor::new(self.scale, self.zero_point)
+        self.0.get()
     }
 
     /// Rebuilds a saved `QFunctional`.
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        let saved: QFunctional = record.config()?;
-        QFunctional::new(saved.qparams())
+        Ok(Self(OutQ::from_record(record)?))
     }
 }
 
@@ -246,7 +241,8 @@ impl Module for QFunctional {
     }
 
     fn extra_repr(&self) -> String {
-        format!("scale={}, zero_point={}", qcore::python_float_repr(self.scale), self.zero_point)
+        let q = self.qparams();
+        format!("scale={}, zero_point={}", qcore::python_float_repr(q.scale), q.zero_point)
     }
 
     fn config(&self) -> serde_json::Value {

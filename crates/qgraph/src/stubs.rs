@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::qconfig::QConfig;
 use crate::record::Record;
-use crate::value::QuantTensor;
+use crate::value::{OutQ, QuantTensor};
 use crate::{GraphResult, Module, Value};
 
 /// `QuantStub`: the identity until `convert` makes it a [`Quantize`] with the parameters its
@@ -63,27 +63,22 @@ impl Module for DeQuantStub {
 
 /// `nnq.Quantize`: float in, quint8 out with fixed parameters (`torch.quantize_per_tensor`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Quantize {
-    scale: f64,
-    zero_point: i64,
-}
+pub struct Quantize(OutQ);
 
 impl Quantize {
     /// Quantizes to `q` (checked: a positive finite scale, a zero point in 0..=255).
     pub fn new(q: PerTensor) -> GraphResult<Self> {
-        qcore::AffineQuantizer::new(q.scale, q.zero_point, qcore::QDType::QUInt8)?;
-        Ok(Self { scale: q.scale, zero_point: q.zero_point })
+        Ok(Self(OutQ::new(q)?))
     }
 
     /// The output parameters.
     pub fn qparams(&self) -> PerTensor {
-        PerTensor::new(self.scale, self.zero_point)
+        self.0.get()
     }
 
     /// Rebuilds a saved `Quantize`.
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        let saved: Quantize = record.config()?;
-        Quantize::new(saved.qparams())
+        Ok(Self(OutQ::from_record(record)?))
     }
 }
 
@@ -99,10 +94,11 @@ impl Module for Quantize {
 
     /// PyTorch keeps the parameters as float32 / int64 tensors and prints them so.
     fn extra_repr(&self) -> String {
+        let q = self.qparams();
         format!(
             "scale={}, zero_point={}, dtype=torch.quint8",
-            qcore::float_tensor_str(&[self.scale as f32]),
-            qcore::int_tensor_str(&[self.zero_point])
+            qcore::float_tensor_str(&[q.scale as f32]),
+            qcore::int_tensor_str(&[q.zero_point])
         )
     }
 

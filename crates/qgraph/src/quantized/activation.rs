@@ -3,13 +3,13 @@
 //! swaps. The other activations (ReLU, Sigmoid, Tanh, Hardtanh, pooling, ...) are not swapped and
 //! run as the float modules on quantized values.
 
-use qcore::QDType;
 use qkernels::elementwise::{PerTensor, Unary};
 use serde::{Deserialize, Serialize};
 
 use crate::nn::misc::dropout_repr;
 use crate::nn::unary::{LutCache, py_float};
 use crate::record::Record;
+use crate::value::OutQ;
 use crate::{GraphResult, Module, Value, invalid, nn};
 
 /// PyTorch's fixed output parameters for the modules of `DEFAULT_MODULE_TO_ACT_POST_PROCESS`
@@ -51,32 +51,6 @@ fn downcast<'a, T: Module>(
     float.downcast_ref::<T>().ok_or_else(|| {
         invalid(context, "float module", float.type_name(), format!("from_float needs an nn.{expected}"))
     })
-}
-
-/// Output parameters saved in a module's configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-struct OutQ {
-    scale: f64,
-    zero_point: i64,
-}
-
-impl OutQ {
-    /// Checks `q` as quint8 output parameters.
-    fn new(q: PerTensor) -> GraphResult<Self> {
-        q.quantizer(QDType::QUInt8)?;
-        Ok(Self { scale: q.scale, zero_point: q.zero_point })
-    }
-
-    /// Checks `q` and rounds its scale to f32, as PyTorch does for the modules that keep it in a
-    /// float32 tensor (`nnq.LeakyReLU`'s buffer) or whose kernel makes its output with an f32
-    /// scale (`quantized::hardswish`).
-    fn new_f32(q: PerTensor) -> GraphResult<Self> {
-        Self::new(PerTensor::new(f64::from(q.scale as f32), q.zero_point))
-    }
-
-    fn get(self) -> PerTensor {
-        PerTensor::new(self.scale, self.zero_point)
-    }
 }
 
 /// Runs `op` on a quantized input (an error naming `module` for a float one) with output

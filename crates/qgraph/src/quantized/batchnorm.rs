@@ -7,10 +7,10 @@ use qkernels::elementwise::PerTensor;
 use qkernels::norm::FusedBatchNorm;
 use serde::{Deserialize, Serialize};
 
-use super::weighted::{PerInputCache, check_out_q};
+use super::weighted::PerInputCache;
 use crate::nn::{BatchNorm, BatchNorm2d, BatchNorm3d, BatchNormOptions};
 use crate::record::{Record, TensorView};
-use crate::value::QuantTensor;
+use crate::value::{OutQ, QuantTensor};
 use crate::{GraphResult, Module, Value, invalid};
 
 /// What a quantized batch norm saves besides its tensors.
@@ -53,7 +53,7 @@ impl QuantizedBatchNorm {
     /// Quantizes an eval-mode `BatchNorm2d` / `BatchNorm3d` (PyTorch has no quantized
     /// `BatchNorm1d`), with a fused ReLU if `relu`, and output parameters `out_q`.
     pub fn from_float(bn: &BatchNorm, relu: bool, out_q: PerTensor) -> GraphResult<Self> {
-        check_out_q(out_q)?;
+        OutQ::new(out_q)?;
         let o = bn.options();
         let mut copy = match o.dims {
             2 => BatchNorm2d::new(o.num_features),

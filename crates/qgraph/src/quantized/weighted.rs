@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::check_shape;
 use crate::record::{TensorView, Tensors};
+use crate::value::OutQ;
 use crate::{GraphError, GraphResult, invalid};
 
 /// The activation fused into a quantized conv, linear or batch norm.
@@ -55,12 +56,6 @@ impl QuantizedAct {
         }
         Ok(())
     }
-}
-
-/// Checks output parameters: a valid quint8 scale and zero point.
-pub(crate) fn check_out_q(out_q: PerTensor) -> GraphResult<()> {
-    AffineQuantizer::new(out_q.scale, out_q.zero_point, QDType::QUInt8)?;
-    Ok(())
 }
 
 /// A qint8 weight with one scale and zero point per tensor or per output channel (axis 0).
@@ -359,7 +354,7 @@ impl WeightedParts {
         bias: Option<ArrayD<f32>>,
         out_q: PerTensor,
     ) -> GraphResult<Self> {
-        check_out_q(out_q)?;
+        OutQ::new(out_q)?;
         check_shape(name, "weight", weight.int().shape(), weight_shape)?;
         let bias = bias.map(|b| b.as_standard_layout().into_owned());
         if let Some(b) = &bias {
