@@ -321,14 +321,10 @@ impl Conv {
     /// Replaces weight and bias (shapes checked; a bias may be added or removed, as batch-norm
     /// folding does).
     pub fn set_weight_bias(&mut self, weight: ArrayD<f32>, bias: Option<ArrayD<f32>>) -> GraphResult<()> {
-        let name = self.options.type_name();
-        check_shape(name, "weight", weight.shape(), &self.options.weight_shape())?;
-        if let Some(b) = &bias {
-            check_shape(name, "bias", b.shape(), &[self.options.out_channels])?;
-        }
-        self.options.bias = bias.is_some();
+        let shape = self.options.weight_shape();
+        self.bias = check_weight_bias(self.options.type_name(), weight.shape(), &shape, bias)?;
+        self.options.bias = self.bias.is_some();
         self.weight = weight.as_standard_layout().into_owned();
-        self.bias = bias.map(|b| b.as_standard_layout().into_owned());
         Ok(())
     }
 
@@ -416,6 +412,42 @@ pub(crate) fn check_shape(
     })
 }
 
+/// Checks a layer's weight shape against `weight_shape` and its bias, if any, against one value
+/// per output channel (`weight_shape[0]`); returns the bias in standard layout. `name` is the
+/// layer's, for errors.
+pub(crate) fn check_weight_bias(
+    name: &'static str,
+    weight: &[usize],
+    weight_shape: &[usize],
+    bias: Option<ArrayD<f32>>,
+) -> GraphResult<Option<ArrayD<f32>>> {
+    check_shape(name, "weight", weight, weight_shape)?;
+    if let Some(b) = &bias {
+        check_shape(name, "bias", b.shape(), &weight_shape[..1])?;
+    }
+    Ok(bias.map(|b| b.as_standard_layout().into_owned()))
+}
+
+/// `weight` and, if any, `bias`, as a layer's parameters.
+pub(crate) fn weight_bias_params<'a>(
+    weight: &'a ArrayD<f32>,
+    bias: Option<&'a ArrayD<f32>>,
+) -> Vec<(&'static str, &'a ArrayD<f32>)> {
+    let mut p = vec![("weight", weight)];
+    p.extend(bias.map(|b| ("bias", b)));
+    p
+}
+
+/// [`weight_bias_params`], mutable.
+pub(crate) fn weight_bias_params_mut<'a>(
+    weight: &'a mut ArrayD<f32>,
+    bias: Option<&'a mut ArrayD<f32>>,
+) -> Vec<(&'static str, &'a mut ArrayD<f32>)> {
+    let mut p = vec![("weight", weight)];
+    p.extend(bias.map(|b| ("bias", b)));
+    p
+}
+
 /// Reflect padding of the spatial axes of an NCHW tensor (PyTorch's `F.pad(mode="reflect")`):
 /// `x[-i] = x[i]`, `x[len - 1 + i] = x[len - 1 - i]`; each padding must be below its size.
 fn reflect_pad(x: &ArrayD<f32>, padding: &[usize]) -> ArrayD<f32> {
@@ -459,15 +491,11 @@ impl Module for Conv {
     }
 
     fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-        let mut p = vec![("weight", &self.weight)];
-        p.extend(self.bias.as_ref().map(|b| ("bias", b)));
-        p
+        weight_bias_params(&self.weight, self.bias.as_ref())
     }
 
     fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-        let mut p = vec![("weight", &mut self.weight)];
-        p.extend(self.bias.as_mut().map(|b| ("bias", b)));
-        p
+        weight_bias_params_mut(&mut self.weight, self.bias.as_mut())
     }
 
     fn training(&self) -> bool {

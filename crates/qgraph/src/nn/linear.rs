@@ -3,7 +3,7 @@
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
-use super::conv::check_shape;
+use super::conv::{check_weight_bias, weight_bias_params, weight_bias_params_mut};
 use super::init::{default_bound, uniform};
 use super::py_bool;
 use crate::record::Record;
@@ -97,13 +97,9 @@ impl Linear {
     /// Replaces weight and bias (shapes checked; a bias may be added or removed).
     pub fn set_weight_bias(&mut self, weight: ArrayD<f32>, bias: Option<ArrayD<f32>>) -> GraphResult<()> {
         let o = self.options;
-        check_shape("Linear", "weight", weight.shape(), &[o.out_features, o.in_features])?;
-        if let Some(b) = &bias {
-            check_shape("Linear", "bias", b.shape(), &[o.out_features])?;
-        }
-        self.options.bias = bias.is_some();
+        self.bias = check_weight_bias("Linear", weight.shape(), &[o.out_features, o.in_features], bias)?;
+        self.options.bias = self.bias.is_some();
         self.weight = weight.as_standard_layout().into_owned();
-        self.bias = bias.map(|b| b.as_standard_layout().into_owned());
         Ok(())
     }
 
@@ -165,15 +161,11 @@ impl Module for Linear {
     }
 
     fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-        let mut p = vec![("weight", &self.weight)];
-        p.extend(self.bias.as_ref().map(|b| ("bias", b)));
-        p
+        weight_bias_params(&self.weight, self.bias.as_ref())
     }
 
     fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-        let mut p = vec![("weight", &mut self.weight)];
-        p.extend(self.bias.as_mut().map(|b| ("bias", b)));
-        p
+        weight_bias_params_mut(&mut self.weight, self.bias.as_mut())
     }
 
     fn training(&self) -> bool {

@@ -12,7 +12,7 @@ mod shape;
 pub(crate) mod unary;
 
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormOptions};
-pub(crate) use conv::check_shape;
+pub(crate) use conv::check_weight_bias;
 pub use conv::{Conv, Conv1d, Conv2d, Conv3d, ConvBuilder, ConvOptions};
 pub use fused::{Fused, FusedKind};
 pub use init::manual_seed;

@@ -13,7 +13,7 @@ use qkernels::gemm::{OutputPipeline, WeightQParams};
 use qobserve::ObserverSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::nn::check_shape;
+use crate::nn::check_weight_bias;
 use crate::record::{TensorView, Tensors};
 use crate::value::OutQ;
 use crate::{GraphError, GraphResult, invalid};
@@ -355,11 +355,7 @@ impl WeightedParts {
         out_q: PerTensor,
     ) -> GraphResult<Self> {
         OutQ::new(out_q)?;
-        check_shape(name, "weight", weight.int().shape(), weight_shape)?;
-        let bias = bias.map(|b| b.as_standard_layout().into_owned());
-        if let Some(b) = &bias {
-            check_shape(name, "bias", b.shape(), &weight_shape[..1])?;
-        }
+        let bias = check_weight_bias(name, weight.int().shape(), weight_shape, bias)?;
         Ok(Self { act, weight, bias, out_q, pipeline: PerInputCache::default() })
     }
 
