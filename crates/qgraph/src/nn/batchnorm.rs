@@ -334,13 +334,7 @@ impl Module for BatchNorm {
         p
     }
 
-    fn training(&self) -> bool {
-        self.training
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
+    training_field!();
 
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(self.options).expect("plain data")

@@ -131,13 +131,7 @@ impl Module for Fused {
         self.parts.iter_mut().find(|(n, _)| n == name).map(|(_, m)| m)
     }
 
-    fn training(&self) -> bool {
-        self.training
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
+    training_field!();
 
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(self.kind).expect("plain data")

@@ -168,13 +168,7 @@ impl Module for Linear {
         weight_bias_params_mut(&mut self.weight, self.bias.as_mut())
     }
 
-    fn training(&self) -> bool {
-        self.training
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
+    training_field!();
 
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(self.options).expect("plain data")

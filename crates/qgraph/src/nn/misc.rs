@@ -70,13 +70,7 @@ impl Module for Dropout {
         dropout_repr(self.p)
     }
 
-    fn training(&self) -> bool {
-        self.training
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
+    training_field!();
 
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("plain data")

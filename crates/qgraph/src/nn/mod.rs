@@ -1,6 +1,20 @@
 //! Float modules (`torch.nn`): they run in f32 on float values, and those that PyTorch runs
 //! directly on quantized tensors (ReLU, pooling, flatten, ...) also run on quantized values.
 
+/// `Module::training` and `Module::set_training` for a layer that keeps its mode in a
+/// `training: bool` field (defined before the submodules so that they can use it).
+macro_rules! training_field {
+    () => {
+        fn training(&self) -> bool {
+            self.training
+        }
+
+        fn set_training(&mut self, training: bool) {
+            self.training = training;
+        }
+    };
+}
+
 mod batchnorm;
 mod conv;
 mod fused;
