@@ -135,14 +135,7 @@ impl QuantizedBatchNorm {
 }
 
 impl Module for QuantizedBatchNorm {
-    fn type_name(&self) -> &str {
-        self.type_name
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        let x = input.into_quant(self.type_name)?;
-        Ok(Value::Quant(self.run(x)?))
-    }
+    quantized_forward!();
 
     fn extra_repr(&self) -> String {
         // PyTorch's quantized batch norm is always affine with momentum 0.1 and prints as the

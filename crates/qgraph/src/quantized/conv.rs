@@ -111,14 +111,7 @@ impl QuantizedConv {
 }
 
 impl Module for QuantizedConv {
-    fn type_name(&self) -> &str {
-        &self.type_name
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        let x = input.into_quant(&self.type_name)?;
-        Ok(Value::Quant(self.run(x)?))
-    }
+    quantized_forward!();
 
     fn extra_repr(&self) -> String {
         format!("{}, {}{}", self.options.repr_head(), self.parts.out_repr(), self.options.repr_tail())

@@ -133,14 +133,7 @@ impl QuantizedLinear {
 }
 
 impl Module for QuantizedLinear {
-    fn type_name(&self) -> &str {
-        self.type_name
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        let x = input.into_quant(self.type_name)?;
-        Ok(Value::Quant(self.run(x)?))
-    }
+    quantized_forward!();
 
     fn extra_repr(&self) -> String {
         format!(
