@@ -5,6 +5,31 @@
 //! Every kernel has a scalar tier and vectorised tiers ([`Isa`]) chosen at run time, and every
 //! tier is tested bit for bit against the scalar oracle in [`qcore`].
 
+/// `match isa` over the tiers: `scalar` on the scalar tier (and off x86-64), `avx2` and `avx512`,
+/// evaluated in an `unsafe` block, on the vector tiers. Only for code behind a public entry that
+/// checked `isa.ensure_supported()`, which is what makes the tier's target features available.
+macro_rules! on_tier {
+    ($isa:expr, scalar: $scalar:expr, avx2: $avx2:expr, avx512: $avx512:expr $(,)?) => {
+        match $isa {
+            Isa::Scalar => $scalar,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                debug_assert!($isa.is_supported());
+                // SAFETY: every public entry checks `isa.ensure_supported()`: AVX2 and FMA exist.
+                unsafe { $avx2 }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx512Vnni => {
+                debug_assert!($isa.is_supported());
+                // SAFETY: as above; the tier implies AVX-512 F/BW/VL/DQ.
+                unsafe { $avx512 }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => $scalar,
+        }
+    };
+}
+
 mod error;
 mod isa;
 #[cfg(target_arch = "x86_64")]

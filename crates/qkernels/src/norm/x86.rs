@@ -23,25 +23,12 @@ pub(super) fn rows(bn: &FusedBatchNorm, input: &[u8], out: &mut [u8], isa: Isa) 
     let c = bn.alpha.len();
     debug_assert!(c > 0 && input.len() == out.len() && input.len().is_multiple_of(c) && bn.beta.len() == c);
     let k = Consts { in_zp: bn.in_zp, out_zp: bn.out_zp, relu: bn.relu, vend: bn.vector_end() };
-    match isa {
-        Isa::Scalar => false,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            debug_assert!(isa.is_supported());
-            // SAFETY: every public entry checks `isa.ensure_supported()`: AVX2 and FMA exist.
-            unsafe { avx2::rows(k, &bn.alpha, &bn.beta, input, out) };
-            true
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Vnni => {
-            debug_assert!(isa.is_supported());
-            // SAFETY: as above; the tier implies AVX-512 F/BW/VL/DQ.
-            unsafe { avx512::rows(k, &bn.alpha, &bn.beta, input, out) };
-            true
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => false,
-    }
+    on_tier!(
+        isa,
+        scalar: false,
+        avx2: { avx2::rows(k, &bn.alpha, &bn.beta, input, out); true },
+        avx512: { avx512::rows(k, &bn.alpha, &bn.beta, input, out); true },
+    )
 }
 
 #[derive(Clone, Copy)]

@@ -40,23 +40,12 @@ fn run_avx512<K: Tiered>(k: &K) {
 
 /// Runs `k` compiled for `isa`, which the caller has checked is supported.
 pub(crate) fn dispatch<K: Tiered>(k: &K, isa: Isa) {
-    match isa {
-        Isa::Scalar => k.run(),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            debug_assert!(isa.is_supported());
-            // SAFETY: every public entry checks `isa.ensure_supported()`: AVX2 and FMA exist.
-            unsafe { run_avx2(k) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Vnni => {
-            debug_assert!(isa.is_supported());
-            // SAFETY: as above; the tier implies AVX-512 F/BW/VL/DQ.
-            unsafe { run_avx512(k) }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => k.run(),
-    }
+    on_tier!(
+        isa,
+        scalar: k.run(),
+        avx2: run_avx2(k),
+        avx512: run_avx512(k),
+    )
 }
 
 /// Runs `f(start, end)` over `rows` rows: inline when the work (`rows * row_len`) is small,

@@ -13,44 +13,22 @@ const BOUND: f32 = 2_147_483_520.0;
 
 /// Quantizes a prefix of `input` into `out` on `isa`; returns its length.
 pub(super) fn quantize(inv: f32, zp: i32, input: &[f32], out: &mut [u8], isa: Isa) -> usize {
-    match isa {
-        Isa::Scalar => 0,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            debug_assert!(isa.is_supported());
-            // SAFETY: every public entry checks `isa.ensure_supported()`: AVX2 and FMA exist.
-            unsafe { avx2::quantize(inv, zp, input, out) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Vnni => {
-            debug_assert!(isa.is_supported());
-            // SAFETY: as above; the tier implies AVX-512 F/BW/VL/DQ.
-            unsafe { avx512::quantize(inv, zp, input, out) }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => 0,
-    }
+    on_tier!(
+        isa,
+        scalar: 0,
+        avx2: avx2::quantize(inv, zp, input, out),
+        avx512: avx512::quantize(inv, zp, input, out),
+    )
 }
 
 /// Dequantizes a prefix of `input` into `out` on `isa`; returns its length.
 pub(super) fn dequantize(scale: f32, zp: i32, input: &[u8], out: &mut [f32], isa: Isa) -> usize {
-    match isa {
-        Isa::Scalar => 0,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            debug_assert!(isa.is_supported());
-            // SAFETY: every public entry checks `isa.ensure_supported()`: AVX2 and FMA exist.
-            unsafe { avx2::dequantize(scale, zp, input, out) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Vnni => {
-            debug_assert!(isa.is_supported());
-            // SAFETY: as above; the tier implies AVX-512 F/BW/VL/DQ.
-            unsafe { avx512::dequantize(scale, zp, input, out) }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => 0,
-    }
+    on_tier!(
+        isa,
+        scalar: 0,
+        avx2: avx2::dequantize(scale, zp, input, out),
+        avx512: avx512::dequantize(scale, zp, input, out),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
