@@ -51,6 +51,16 @@ fn arity(op: Functional, inputs: &[Value]) -> GraphResult<()> {
     }
 }
 
+/// The error of calling `forward` on a functional module, which only has ops.
+fn no_forward(module: &'static str) -> GraphError {
+    invalid(
+        module,
+        "forward",
+        "called",
+        format!("{module} has no forward; call one of its ops (add, add_relu, mul, cat, ...)"),
+    )
+}
+
 /// PyTorch's `activation_post_process = nn.Identity()` child of both functional modules, which
 /// `prepare` replaces by an observer; kept so that the printout matches.
 static POST_PROCESS: [(&str, Identity); 1] = [("activation_post_process", Identity)];
@@ -69,12 +79,7 @@ impl Module for FloatFunctional {
     }
 
     fn forward(&self, _input: Value) -> GraphResult<Value> {
-        Err(invalid(
-            "FloatFunctional",
-            "forward",
-            "called",
-            "FloatFunctional has no forward; call one of its ops (add, add_relu, mul, cat, ...)",
-        ))
+        Err(no_forward("FloatFunctional"))
     }
 
     fn forward_functional(&self, op: Functional, inputs: Vec<Value>) -> GraphResult<Value> {
@@ -160,12 +165,7 @@ impl Module for QFunctional {
     }
 
     fn forward(&self, _input: Value) -> GraphResult<Value> {
-        Err(invalid(
-            "QFunctional",
-            "forward",
-            "called",
-            "QFunctional has no forward; call one of its ops (add, add_relu, mul, cat, ...)",
-        ))
+        Err(no_forward("QFunctional"))
     }
 
     fn forward_functional(&self, op: Functional, inputs: Vec<Value>) -> GraphResult<Value> {
