@@ -86,7 +86,7 @@ batch_norm_constructor!(BatchNorm1d, 1, "`nn.BatchNorm1d(n)`: [`BatchNorm1d::new
 batch_norm_constructor!(
     BatchNorm2d,
     2,
-    "`nn.BatchNorm2d(n)`: [`BatchNorm2d::new`] makes the layer.\n\n```\nuse qgraph::Module;\nuse qgraph::nn::BatchNorm2d;\nlet bn = BatchNorm2d::new(16).eps(1e-3);\nassert_eq!(\n    (&bn as &dyn Module).to_string(),\n    \"BatchNorm2d(16, eps=0.001, momentum=0.1, affine=True, track_running_stats=True)\"\n);\n```"
+    "`nn.BatchNorm2d(n)`: [`BatchNorm2d::new`] makes the layer.\n\n```\nuse qgraph::Module;\nuse qgraph::nn::BatchNorm2d;\nlet bn = BatchNorm2d::new(16).eps(1e-3);\nassert_eq!(\n    (&bn as &dyn Module).to_string(),\n    \"BatchNorm2d(16, eps=0.001, momentum=0.1, affine=True, bias=True, track_running_stats=True)\"\n);\n```"
 );
 batch_norm_constructor!(BatchNorm3d, 3, "`nn.BatchNorm3d(n)`: [`BatchNorm3d::new`] makes the layer.");
 
