@@ -30,7 +30,7 @@ use std::time::Instant;
 use ndarray::{ArrayD, IxDyn};
 use qgraph::models::{self, Architecture};
 use qgraph::qconfig::get_default_qconfig;
-use qgraph::{Module, Value, calibrate, convert, eval, io, load_state_dict, prepare};
+use qgraph::{Module, QConfigMapping, Value, calibrate, convert, eval, io, load_state_dict, prepare};
 
 const USAGE: &str = "usage: qbench-models --model resnet18|resnet50|mobilenet_v2 --kind float|int8 --threads N [--weights FILE]";
 
@@ -142,8 +142,7 @@ fn build(args: &Args, images: &[ArrayD<f32>]) -> Result<Box<dyn Module>, String>
     if args.kind == Kind::Int8 {
         models::fuse_model(&mut model).map_err(|e| format!("fuse_model: {e}"))?;
         let qconfig = get_default_qconfig("x86").map_err(|e| e.to_string())?;
-        let mapping = models::qconfig_mapping(model.as_ref(), qconfig);
-        prepare(&mut model, &mapping).map_err(|e| format!("prepare: {e}"))?;
+        prepare(&mut model, &QConfigMapping::global(qconfig)).map_err(|e| format!("prepare: {e}"))?;
         calibrate(model.as_ref(), images.iter().cloned(), |_, _| {})
             .map_err(|e| format!("calibrate: {e}"))?;
         convert(&mut model).map_err(|e| format!("convert: {e}"))?;

@@ -43,8 +43,7 @@ use ndarray::ArrayD;
 pub use weights::{deterministic_state_dict, load_weights, load_weights_from_bytes, random_f32s};
 
 use crate::fuse::fuse_modules;
-use crate::qconfig::QConfig;
-use crate::{GraphError, GraphResult, Module, Op, QConfigMapping, Value, eval};
+use crate::{GraphError, GraphResult, Module, Value, eval};
 use resnet::Block;
 
 /// The architectures of the zoo.
@@ -203,42 +202,6 @@ pub fn fuse_model(model: &mut Box<dyn Module>) -> GraphResult<Vec<Vec<String>>> 
     let slices: Vec<&[&str]> = refs.iter().map(Vec::as_slice).collect();
     fuse_modules(model, &slices)?;
     Ok(groups)
-}
-
-/// The paths of the `FloatFunctional`s that no node of their [`Graph`](crate::Graph) calls:
-/// in torchvision's MobileNetV2 the `skip_add` of every inverted residual without a residual
-/// connection (`features.1`, `.2`, `.4`, `.7`, `.11`, `.14`, `.17`).
-///
-/// PyTorch gives them an observer that never sees data and converts them to a `QFunctional`
-/// with scale 1 and zero point 0 (after a warning); [`convert`](crate::convert) refuses observers
-/// that saw no data, so [`qconfig_mapping`] leaves these modules float.
-///
-/// ```
-/// let model = qgraph::models::mobilenet_v2(10)?;
-/// assert_eq!(qgraph::models::unused_functionals(model.as_ref())[0], "features.1.skip_add");
-/// assert!(qgraph::models::unused_functionals(qgraph::models::resnet18(10)?.as_ref()).is_empty());
-/// # Ok::<(), qgraph::GraphError>(())
-/// ```
-pub fn unused_functionals(model: &dyn Module) -> Vec<String> {
-    let mut out = Vec::new();
-    for (path, m) in model.named_modules() {
-        let Some(graph) = m.downcast_ref::<crate::Graph>() else { continue };
-        for (name, child) in m.children() {
-            let functional = matches!(child.type_name(), "FloatFunctional" | "QFunctional");
-            let called = graph.nodes().iter().any(|n| matches!(&n.op, Op::Functional(c, _) if c == name));
-            if functional && !called {
-                out.push(if path.is_empty() { name.to_string() } else { format!("{path}.{name}") });
-            }
-        }
-    }
-    out
-}
-
-/// `QConfigMapping::global(qconfig)` for `model`, with qconfig `None` for its
-/// [`unused_functionals`], so that the whole zoo workflow (fuse, prepare, calibrate, convert)
-/// goes through.
-pub fn qconfig_mapping(model: &dyn Module, qconfig: QConfig) -> QConfigMapping {
-    unused_functionals(model).iter().fold(QConfigMapping::global(qconfig), |m, path| m.set_name(path, None))
 }
 
 /// Checks that `shape` is an input of `arch`: `[N, 3, H, W]` with N, H and W at least 1.
