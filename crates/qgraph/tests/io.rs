@@ -1,29 +1,12 @@
 //! Save / load: float and quantized models round-trip to bit-identical outputs; bad files are
 //! errors, never panics.
 
-use qgraph::fuse::fuse_modules;
 use qgraph::io::{self, FORMAT_VERSION};
 use qgraph::qconfig::get_default_qconfig;
-use qgraph::{GraphError, Module, QConfigMapping, Value, calibrate, convert, eval, prepare};
+use qgraph::{GraphError, Module, QConfigMapping, Value, eval, prepare};
 
 mod common;
-use common::{RESNET_FUSE, random, resnet_model};
-
-fn float_model() -> Box<dyn Module> {
-    qgraph::nn::manual_seed(3);
-    let mut model = resnet_model().unwrap();
-    eval(&mut model);
-    model
-}
-
-fn quantized_model() -> Box<dyn Module> {
-    let mut model = float_model();
-    fuse_modules(&mut model, RESNET_FUSE).unwrap();
-    prepare(&mut model, &QConfigMapping::global(get_default_qconfig("x86").unwrap())).unwrap();
-    calibrate(model.as_ref(), (0..3).map(|i| random(&[2, 3, 16, 16], 10 + i)), |_, _| {}).unwrap();
-    convert(&mut model).unwrap();
-    model
-}
+use common::{random, resnet_model, small_resnet, small_resnet_int8};
 
 fn outputs(model: &dyn Module) -> ndarray::ArrayD<f32> {
     model.forward(Value::from(random(&[2, 3, 16, 16], 99))).unwrap().into_float_lossy()
@@ -41,12 +24,12 @@ fn assert_round_trip(model: &dyn Module) {
 
 #[test]
 fn float_model_round_trips_bit_identically() {
-    assert_round_trip(float_model().as_ref());
+    assert_round_trip(small_resnet().as_ref());
 }
 
 #[test]
 fn quantized_model_round_trips_bit_identically_through_a_file() {
-    let model = quantized_model();
+    let model = small_resnet_int8();
     let path = std::env::temp_dir().join(format!("qgraph-io-{}.safetensors", std::process::id()));
     io::save(model.as_ref(), &path).unwrap();
     let loaded = io::load(&path).unwrap();
@@ -57,15 +40,15 @@ fn quantized_model_round_trips_bit_identically_through_a_file() {
 
 #[test]
 fn int8_file_is_about_a_quarter_of_the_float_file() {
-    let float = io::to_bytes(float_model().as_ref()).unwrap().len() as f64;
-    let int8 = io::to_bytes(quantized_model().as_ref()).unwrap().len() as f64;
+    let float = io::to_bytes(small_resnet().as_ref()).unwrap().len() as f64;
+    let int8 = io::to_bytes(small_resnet_int8().as_ref()).unwrap().len() as f64;
     // A tiny model: the header and per-channel scales weigh more than in a real one.
     assert!(int8 < 0.6 * float, "int8 {int8} bytes vs float {float}");
 }
 
 #[test]
 fn float_file_is_a_state_dict() {
-    let model = float_model();
+    let model = small_resnet();
     let entries = io::state_dict_from_bytes(&io::to_bytes(model.as_ref()).unwrap()).unwrap();
     let mut other = resnet_model().unwrap();
     qgraph::load_state_dict(&mut other, entries).unwrap();
@@ -75,7 +58,7 @@ fn float_file_is_a_state_dict() {
 
 #[test]
 fn prepared_models_are_not_saved() {
-    let mut model = float_model();
+    let mut model = small_resnet();
     prepare(&mut model, &QConfigMapping::global(get_default_qconfig("x86").unwrap())).unwrap();
     let err = io::to_bytes(model.as_ref()).unwrap_err();
     assert!(err.to_string().contains("prepared"), "{err}");
@@ -117,7 +100,7 @@ fn with_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u
 
 #[test]
 fn truncated_corrupt_and_foreign_files_are_errors() {
-    let bytes = io::to_bytes(quantized_model().as_ref()).unwrap();
+    let bytes = io::to_bytes(small_resnet_int8().as_ref()).unwrap();
     assert!(error_of(&bytes[..bytes.len() / 2]).contains("not a safetensors file"));
     assert!(error_of(&bytes[..4]).contains("not a safetensors file"));
     assert!(error_of(b"").contains("not a safetensors file"));
@@ -136,7 +119,7 @@ fn truncated_corrupt_and_foreign_files_are_errors() {
 
 #[test]
 fn a_tree_naming_missing_tensors_is_an_error() {
-    let bytes = io::to_bytes(float_model().as_ref()).unwrap();
+    let bytes = io::to_bytes(small_resnet().as_ref()).unwrap();
     let renamed = header_of(&bytes).to_string().replace("\"weight\"", "\"weights\"");
     let reason = error_of(&with_metadata(&bytes, "qgraph", &renamed));
     assert!(reason.contains("is listed but not in the file"), "{reason}");
@@ -144,18 +127,6 @@ fn a_tree_naming_missing_tensors_is_an_error() {
 
 #[test]
 fn the_format_version_is_recorded() {
-    let bytes = io::to_bytes(float_model().as_ref()).unwrap();
+    let bytes = io::to_bytes(small_resnet().as_ref()).unwrap();
     assert_eq!(header_of(&bytes)["format_version"], FORMAT_VERSION);
-}
-
-/// Writes saved models to `fuzz/corpus/load_model/` as seed inputs for `cargo fuzz`.
-#[test]
-#[ignore = "writes the fuzz corpus"]
-fn write_fuzz_corpus() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/load_model");
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(format!("{dir}/float.safetensors"), io::to_bytes(float_model().as_ref()).unwrap())
-        .unwrap();
-    std::fs::write(format!("{dir}/int8.safetensors"), io::to_bytes(quantized_model().as_ref()).unwrap())
-        .unwrap();
 }

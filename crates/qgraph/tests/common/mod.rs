@@ -105,3 +105,24 @@ pub fn mask_scales(text: &str) -> String {
     }
     out + rest
 }
+
+/// [`resnet_model`] with seeded weights, in eval mode.
+pub fn small_resnet() -> Box<dyn Module> {
+    qgraph::nn::manual_seed(3);
+    let mut model = resnet_model().expect("model");
+    qgraph::eval(&mut model);
+    model
+}
+
+/// [`small_resnet`] fused, calibrated on three random batches with the x86 default qconfig, and
+/// converted.
+pub fn small_resnet_int8() -> Box<dyn Module> {
+    let mut model = small_resnet();
+    qgraph::fuse::fuse_modules(&mut model, RESNET_FUSE).expect("fuse");
+    let qconfig = qgraph::qconfig::get_default_qconfig("x86").expect("qconfig");
+    qgraph::prepare(&mut model, &qgraph::QConfigMapping::global(qconfig)).expect("prepare");
+    let batches = (0..3).map(|i| random(&[2, 3, 16, 16], 10 + i));
+    qgraph::calibrate(model.as_ref(), batches, |_, _| {}).expect("calibrate");
+    qgraph::convert(&mut model).expect("convert");
+    model
+}
