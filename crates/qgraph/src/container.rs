@@ -161,6 +161,8 @@ pub struct Graph {
     output: String,
     /// For each node, the inputs by value index (0 is the graph input, i + 1 is node i).
     wiring: Vec<Vec<usize>>,
+    /// The value index of the output.
+    output_index: usize,
     /// For each value index, the last node that reads it.
     last_use: Vec<usize>,
 }
@@ -271,7 +273,7 @@ impl Graph {
             }
         }
         last_use[out] = usize::MAX;
-        Ok(Self { type_name, children, nodes, output, wiring, last_use })
+        Ok(Self { type_name, children, nodes, output, output_index: out, wiring, last_use })
     }
 
     /// Rebuilds a saved graph.
@@ -329,12 +331,7 @@ impl Module for Graph {
                 .collect();
             values[i + 1] = Some(self.run_node(node, inputs)?);
         }
-        let out = if self.output == Self::INPUT {
-            0
-        } else {
-            1 + self.nodes.iter().position(|n| n.name == self.output).expect("validated")
-        };
-        Ok(values[out].take().expect("the output is kept"))
+        Ok(values[self.output_index].take().expect("the output is kept"))
     }
 
     fn children(&self) -> Vec<(&str, &dyn Module)> {

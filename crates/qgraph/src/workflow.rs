@@ -116,8 +116,10 @@ impl ObserverModule {
     /// Records `x` (a float value; a quantized one is dequantized first).
     pub fn observe(&self, x: &Value) -> GraphResult<()> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let x = x.to_float();
-        self.lock().observe(x.view())?;
+        match x {
+            Value::Float(x) => self.lock().observe(x.view())?,
+            Value::Quant(q) => self.lock().observe(q.dequantize().view())?,
+        }
         Ok(())
     }
 
