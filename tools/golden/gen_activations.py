@@ -9,6 +9,12 @@ a float input `x` with the module's float output `y`, and the module applied to
 `torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)` in channels-last memory (the
 layout quantized convolutions produce, and the one qgraph stores): input `xq` and output `yq`
 (int_repr, NCHW order) with the output parameters. Engine fbgemm. Deterministic.
+
+Also writes crates/qgraph/tests/fixtures/hardsigmoid.safetensors (`hardsigmoid_fixture`): the
+module cases above for nn.Hardsigmoid, its float output on special and dense inputs (compared
+bit for bit), and the quantized kernel on every input byte through its vector body and scalar
+tail for several input parameters, on short (all-tail) lengths, across a parallel_for split, and
+for qint8.
 """
 
 import warnings
@@ -83,28 +89,34 @@ def run_quant(m, xq):
         return None
 
 
+def float_module_cases(fx, name, kind, kw, shape):
+    """The float module getattr(nn, kind)(**kw) on a random input of `shape`, in float and on the
+    input quantized with each of QPARAMS: cases name_0, name_1."""
+    m = getattr(nn, kind)(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}).eval()
+    x = torch.randn(shape) * 3
+    y = m(x.clone())  # clones: an inplace module overwrites its input
+    for i, (s, zp) in enumerate(QPARAMS):
+        xq = quantized_input(x, s, zp)
+        yq = run_quant(m, quantized_input(x, s, zp))  # a copy of xq, in the same memory format
+        params = {"kind": kind, "quantized": False, "args": kw, "str": str(m), "scale": s, "zero_point": zp}
+        tensors = dict(x=x, y=y.contiguous(), xq=xq.int_repr().contiguous())
+        if yq is None:
+            params["quant_error"] = True
+        else:
+            params.update(quant_error=False, out_scale=yq.q_scale(), out_zero_point=yq.q_zero_point())
+            tensors["yq"] = yq.int_repr().contiguous()
+            # How the NCHW (non channels-last) kernel differs, for the record.
+            yn = m(torch.quantize_per_tensor(x.clone(), s, zp, torch.quint8))
+            diff = (yn.int_repr().int() - yq.int_repr().int()).abs().max().item()
+            if diff:
+                print(f"{name}_{i}: NCHW input differs from channels-last by up to {diff}")
+        fx.case(f"{name}_{i}", params, **tensors)
+
+
 def main():
     fx = Fixture("qgraph", "activations")
     for name, kind, kw, shape in float_cases():
-        m = getattr(nn, kind)(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}).eval()
-        x = torch.randn(shape) * 3
-        y = m(x)
-        for i, (s, zp) in enumerate(QPARAMS):
-            xq = quantized_input(x, s, zp)
-            yq = run_quant(m, xq)
-            params = {"kind": kind, "quantized": False, "args": kw, "str": str(m), "scale": s, "zero_point": zp}
-            tensors = dict(x=x, y=y.contiguous(), xq=xq.int_repr().contiguous())
-            if yq is None:
-                params["quant_error"] = True
-            else:
-                params.update(quant_error=False, out_scale=yq.q_scale(), out_zero_point=yq.q_zero_point())
-                tensors["yq"] = yq.int_repr().contiguous()
-                # How the NCHW (non channels-last) kernel differs, for the record.
-                yn = m(torch.quantize_per_tensor(x, s, zp, torch.quint8))
-                diff = (yn.int_repr().int() - yq.int_repr().int()).abs().max().item()
-                if diff:
-                    print(f"{name}_{i}: NCHW input differs from channels-last by up to {diff}")
-            fx.case(f"{name}_{i}", params, **tensors)
+        float_module_cases(fx, name, kind, kw, shape)
     for name, kind, kw in quantized_cases():
         m = getattr(nnq, kind)(**kw)
         x = torch.randn(1, 19, 5, 4) * 3
@@ -150,5 +162,60 @@ def sweep(fx):
                     yq=yq.int_repr())
 
 
+def hardsigmoid_fixture():
+    """nn.Hardsigmoid: float (ATen's hardsigmoid_kernel) and quantized (qhardsigmoid_kernel)."""
+    torch.manual_seed(1)
+    fx = Fixture("qgraph", "hardsigmoid")
+    float_module_cases(fx, "hardsigmoid", "Hardsigmoid", {}, (1, 19, 5, 4))
+    float_module_cases(fx, "hardsigmoid_inplace", "Hardsigmoid", {"inplace": True}, (2, 7, 3, 5))
+    m = nn.Hardsigmoid()
+    base = {"kind": "Hardsigmoid", "quantized": False, "args": {}, "str": str(m)}
+    # Float, bit for bit: dense around the kinks at -3 and 3, neighbours of the kinks, signed
+    # zeros, infinities, NaN, huge and subnormal values; an odd length, so both loops run.
+    kinks = torch.tensor([-3.0, 3.0, -6.0, 6.0, 0.0, 1.5, -1.5])
+    specials = torch.cat([kinks, torch.nextafter(kinks, torch.full_like(kinks, 10.0)),
+                          torch.nextafter(kinks, torch.full_like(kinks, -10.0)),
+                          torch.tensor([-0.0, float("inf"), float("-inf"), float("nan"), 3e38, -3e38, 1e-40, -1e-40])])
+    x = torch.cat([specials, torch.linspace(-4, 4, 4002), torch.randn(2000) * 4]).float()
+    assert x.numel() % 2 == 1
+    fx.case("float_sweep", {**base, "float_exact": True}, x=x, y=m(x))
+    # Quantized: every input byte through both loops of cpu_kernel_vec (575 values: a vector body
+    # of 512 and a scalar tail of 63, shifted so that every byte reaches the tail), for input
+    # parameters including two (the last) where the vector body's FMA dequantization and the
+    # scalar loop's plain one give a different output for one byte.
+    qparams = [(0.05, 100), (0.0213, 7), (0.0471, 128), (0.1, 0), (0.013, 255), (0.0237, 200),
+               (0.026592541486024857, 78), (0.05246805027127266, 159)]
+    for k, (s, zp) in enumerate(qparams):
+        for shift in range(0, 256, 64):
+            v = ((torch.arange(575) + shift) % 256).to(torch.uint8).reshape(1, 575)
+            yq = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
+            fx.case(f"sweep_{k}_{shift}", {**base, "scale": s, "zero_point": zp, "quant_error": False,
+                                           "out_scale": yq.q_scale(), "out_zero_point": yq.q_zero_point(),
+                                           "sweep": True}, xq=v, yq=yq.int_repr())
+    # Short lengths (all scalar loop), and lengths just past the 64-element vector body.
+    gen = torch.Generator().manual_seed(5)
+    s, zp = qparams[2]
+    for n in (1, 7, 63, 64, 65, 127, 129, 200):
+        v = torch.randint(0, 256, (1, n), generator=gen).to(torch.uint8)
+        yq = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
+        fx.case(f"len_{n}", {**base, "scale": s, "zero_point": zp, "quant_error": False,
+                             "out_scale": yq.q_scale(), "out_zero_point": yq.q_zero_point(), "sweep": True},
+                xq=v, yq=yq.int_repr())
+    # Two parallel_for parts of 20000 (with 2 or more threads), each with its own tail.
+    assert torch.get_num_threads() >= 2
+    v = (torch.arange(40000) % 251).to(torch.uint8).reshape(1, 40000)
+    yq = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
+    fx.case("parts", {**base, "scale": s, "zero_point": zp, "quant_error": False, "out_scale": yq.q_scale(),
+                      "out_zero_point": yq.q_zero_point(), "sweep": True}, xq=v, yq=yq.int_repr())
+    # qint8: output zero point -128; a length of 512, all in the vector body.
+    for k, (s, zp) in enumerate([(0.05, 0), (0.0213, -20), (0.0471, 100)]):
+        v = torch.arange(-128, 128).to(torch.int8).repeat(2).reshape(1, 512)
+        yq = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
+        fx.case(f"qint8_{k}", {**base, "scale": s, "zero_point": zp, "out_scale": yq.q_scale(),
+                               "out_zero_point": yq.q_zero_point(), "qint8": True}, xq=v, yq=yq.int_repr())
+    fx.save()
+
+
 if __name__ == "__main__":
     main()
+    hardsigmoid_fixture()

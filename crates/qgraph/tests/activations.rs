@@ -1,19 +1,22 @@
 //! Activations, pooling, dropout, upsample and softmax (float modules on float and quantized
 //! values) and the quantized activations, against PyTorch 2.15 (`tools/golden/gen_activations.py`):
 //! quantized outputs bit-exact, float outputs within 1e-5 relative, printouts identical, and a
-//! save/load round trip per module.
+//! save/load round trip per module. `Hardsigmoid` (fixture `hardsigmoid`) is checked bit for bit
+//! in float too.
 
 use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
 use qgraph::nn::{
-    AvgPool2d, Dropout, ELU, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid, Size, Softmax,
-    Tanh, Upsample, UpsampleMode, unweighted_loader,
+    AvgPool2d, Dropout, ELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid,
+    Size, Softmax, Tanh, Upsample, UpsampleMode, unweighted_loader,
 };
 use qgraph::quantized::activation as qa;
 use qgraph::record::{Record, Tensors};
 use qgraph::{GraphError, Module, QuantTensor, Value};
-use qkernels::elementwise::PerTensor;
+use qkernels::Isa;
+use qkernels::elementwise::{self, PerTensor, Unary};
+use qkernels::qcore::QDType;
 use qtest::{Fixture, f64_of, i64_of, name};
 use serde_json::Value as Json;
 
@@ -69,6 +72,7 @@ fn build(case: &Json) -> Box<dyn Module> {
         "ReLU6" => Box::new(ReLU6::new()),
         "Hardtanh" => Box::new(Hardtanh::new(f64_or(a, "min_val", -1.0), f64_or(a, "max_val", 1.0))),
         "Hardswish" => Box::new(Hardswish::new()),
+        "Hardsigmoid" => Box::new(Hardsigmoid::new()),
         "Sigmoid" => Box::new(Sigmoid::new()),
         "Tanh" => Box::new(Tanh::new()),
         "LeakyReLU" => Box::new(LeakyReLU::new(f64_or(a, "negative_slope", 0.01))),
@@ -292,4 +296,51 @@ fn softmax_without_dim_picks_pytorchs_implicit_dim() {
     for s in y.sum_axis(ndarray::Axis(1)) {
         assert!((s - 1.0).abs() < 1e-6, "{s}");
     }
+}
+
+#[test]
+fn hardsigmoid_matches_pytorch_bit_for_bit() {
+    let fx = Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), "hardsigmoid");
+    let (mut floats, mut quint8, mut qint8) = (0, 0, 0);
+    for case in &fx.cases {
+        let n = name(case);
+        let m = build(case);
+        assert_eq!(m.to_string(), case["str"].as_str().unwrap(), "{n}");
+        if fx.has(n, "y") {
+            let y = m.forward(Value::Float(fx.tensor::<f32>(n, "x"))).unwrap().into_float(n).unwrap();
+            qtest::assert_bits_eq(n, "y", &y, &fx.tensor(n, "y"));
+            floats += 1;
+        }
+        if case["qint8"] == true {
+            // The kernel on qint8 (qgraph's activations are quint8): every value, vector body.
+            let in_q = PerTensor::new(f64_of(&case["scale"]), i64_of(&case["zero_point"]));
+            let out_q = Unary::Hardsigmoid.output_qparams(in_q, QDType::QInt8);
+            assert_eq!(
+                (out_q.scale, out_q.zero_point),
+                (f64_of(&case["out_scale"]), i64_of(&case["out_zero_point"]))
+            );
+            let x = fx.tensor::<i8>(n, "xq").into_raw_vec_and_offset().0;
+            let expected = fx.ints(n, "yq");
+            for isa in Isa::supported() {
+                let mut out = vec![0i8; x.len()];
+                elementwise::unary(Unary::Hardsigmoid, &x, in_q, &mut out, out_q, isa).unwrap();
+                let got =
+                    ArrayD::from_shape_vec(expected.raw_dim(), out.iter().map(|&v| i32::from(v)).collect());
+                qtest::assert_ints_eq(&format!("{n} on {isa}"), "int_repr", &got.unwrap(), &expected);
+            }
+            qint8 += 1;
+        } else if case.get("quant_error").is_some() {
+            check_quant(&fx, n, case, m.as_ref());
+            check_quant(&fx, n, case, reload(m.as_ref()).as_ref());
+            quint8 += 1;
+        }
+    }
+    assert_eq!((floats, quint8, qint8), (5, 45, 3));
+}
+
+#[test]
+fn hardsigmoid_stays_in_place_at_convert() {
+    let q = PerTensor::new(0.1, 3);
+    assert!(qa::swap_activation(&Hardsigmoid::new(), q).is_none());
+    assert_eq!(qa::is_fixed_qparams("Hardsigmoid"), Some(PerTensor::new(1.0 / 256.0, 0)));
 }

@@ -473,7 +473,9 @@ pub type Loader = fn(Record<'_>) -> GraphResult<Box<dyn Module>>;
 /// pooling, dropout, softmax and upsample modules, and the quantized activations
 /// ([`crate::quantized::activation`]). For the loading code's list of module types.
 pub fn unweighted_loader(type_name: &str) -> Option<Loader> {
-    use super::{AvgPool2d, ELU, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid, Tanh};
+    use super::{
+        AvgPool2d, ELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid, Tanh,
+    };
     use crate::quantized::activation as qa;
     macro_rules! loaders {
         ($($name:literal => $ty:ty),* $(,)?) => {
@@ -488,6 +490,7 @@ pub fn unweighted_loader(type_name: &str) -> Option<Loader> {
         "ReLU6" => ReLU6,
         "Hardtanh" => Hardtanh,
         "Hardswish" => Hardswish,
+        "Hardsigmoid" => Hardsigmoid,
         "Sigmoid" => Sigmoid,
         "Tanh" => Tanh,
         "LeakyReLU" => LeakyReLU,

@@ -1,5 +1,5 @@
-//! Elementwise activations: `ReLU`, `ReLU6`, `Hardtanh`, `Hardswish`, `Sigmoid`, `Tanh`,
-//! `LeakyReLU`, `ELU`. Each runs in f32 on a float value and, on a quantized value, PyTorch's
+//! Elementwise activations: `ReLU`, `ReLU6`, `Hardtanh`, `Hardswish`, `Hardsigmoid`, `Sigmoid`,
+//! `Tanh`, `LeakyReLU`, `ELU`. Each runs in f32 on a float value and, on a quantized value, PyTorch's
 //! quantized kernel with the output parameters PyTorch picks for the un-swapped float module.
 
 use std::sync::Mutex;
@@ -98,6 +98,7 @@ fn pytorch_threads() -> usize {
 fn scalar_tail(op: Unary, in_q: PerTensor, out_q: PerTensor) -> Option<Lut<u8>> {
     let f: Box<dyn Fn(f32) -> f32> = match op {
         Unary::Hardswish => Box::new(|x: f32| x * (x + 3.0).clamp(0.0, 6.0) / 6.0),
+        Unary::Hardsigmoid => Box::new(|x: f32| (x + 3.0).clamp(0.0, 6.0) / 6.0),
         Unary::LeakyRelu { negative_slope } => {
             Box::new(move |x: f32| if x >= 0.0 { x } else { x * negative_slope })
         }
@@ -303,6 +304,29 @@ impl Hardswish {
 }
 
 activation_module!(Hardswish, "Hardswish", |_| (float::Activation::Hardswish, None), |_| { String::new() });
+
+/// `nn.Hardsigmoid`: `relu6(x + 3) / 6`; on quantized values `quantized::hardsigmoid`, output
+/// scale 1/256, zero point 0. `convert` leaves it in place (PyTorch has no quantized module for
+/// it), so it runs on the quantized output of the module before it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Hardsigmoid {
+    #[serde(skip)]
+    cache: LutCache,
+}
+
+impl Hardsigmoid {
+    /// `nn.Hardsigmoid()`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+activation_module!(
+    Hardsigmoid,
+    "Hardsigmoid",
+    |_| (float::Activation::Hardsigmoid, Some(Unary::Hardsigmoid)),
+    |_| String::new()
+);
 
 /// `nn.Sigmoid`; on quantized values `quantized::sigmoid`, output scale 1/256, zero point 0.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

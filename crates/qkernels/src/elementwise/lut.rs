@@ -37,6 +37,9 @@ pub enum Unary {
     /// `quantized::hardswish`: `x * min(max(x + 3, 0), 6) / 6` on the FMA-dequantized input,
     /// quantized with the inverse `f32(1.0 / out_scale)`.
     Hardswish,
+    /// `quantized::hardsigmoid`: `min(max(x + 3, 0), 6) / 6` in f32; output scale 1/256, zero
+    /// point 0 (quint8) or -128 (qint8).
+    Hardsigmoid,
     /// `quantized::sigmoid`: `1 / (1 + exp(-x))` in f32; output scale 1/256, zero point 0
     /// (quint8) or -128 (qint8).
     Sigmoid,
@@ -66,6 +69,7 @@ impl Unary {
             Unary::Relu6 => "relu6",
             Unary::Hardtanh { .. } => "hardtanh",
             Unary::Hardswish => "hardswish",
+            Unary::Hardsigmoid => "hardsigmoid",
             Unary::Sigmoid => "sigmoid",
             Unary::Tanh => "tanh",
             Unary::LeakyRelu { .. } => "leaky_relu",
@@ -74,11 +78,11 @@ impl Unary {
     }
 
     /// The output parameters PyTorch gives this op when the caller does not choose them: fixed for
-    /// sigmoid and tanh, the input's for every other op.
+    /// sigmoid, hardsigmoid and tanh, the input's for every other op.
     pub fn output_qparams(&self, input: PerTensor, dtype: QDType) -> PerTensor {
         match (self, dtype) {
-            (Unary::Sigmoid, QDType::QInt8) => PerTensor::new(1.0 / 256.0, -128),
-            (Unary::Sigmoid, _) => PerTensor::new(1.0 / 256.0, 0),
+            (Unary::Sigmoid | Unary::Hardsigmoid, QDType::QInt8) => PerTensor::new(1.0 / 256.0, -128),
+            (Unary::Sigmoid | Unary::Hardsigmoid, _) => PerTensor::new(1.0 / 256.0, 0),
             (Unary::Tanh, QDType::QUInt8) => PerTensor::new(2.0 / 256.0, 128),
             (Unary::Tanh, _) => PerTensor::new(2.0 / 256.0, 0),
             _ => input,
@@ -183,6 +187,7 @@ impl<T: QElem> Lut<T> {
         let out = |y: f32, inv: f32| T::from_i32(quantize_vec_rule(y, inv, ozp, dtype));
         Ok(match op {
             Unary::Hardswish => Self::from_fn(|q| out(Activation::Hardswish.apply(fma(q)), inv_f64)),
+            Unary::Hardsigmoid => Self::from_fn(|q| out(Activation::Hardsigmoid.apply(fma(q)), inv_f64)),
             Unary::Sigmoid => Self::from_fn(|q| out(Activation::Sigmoid.apply(fma(q)), inv_f64)),
             Unary::Tanh => Self::from_fn(|q| out(Activation::Tanh.apply(fma(q)), inv_f64)),
             Unary::LeakyRelu { negative_slope } => {

@@ -818,6 +818,9 @@ pub enum Activation {
     },
     /// `x * min(max(x + 3, 0), 6) / 6`.
     Hardswish,
+    /// `min(max(x + 3, 0), 6) / 6`: a division by 6, as ATen's CPU kernel computes it in both its
+    /// vector and scalar loops (not a multiplication by 1/6, which rounds differently).
+    Hardsigmoid,
     /// `1 / (1 + exp(-x))`.
     Sigmoid,
     /// `tanh(x)`.
@@ -850,6 +853,7 @@ impl Activation {
                 }
             }
             Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Activation::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),
             Activation::LeakyRelu { negative_slope } => {
