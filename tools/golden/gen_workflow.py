@@ -18,6 +18,19 @@ tools/golden/fixtures.py. Each file has the same cases:
                is the model's output
     printed    the fused, prepared and converted models as PyTorch prints them
 
+workflow_se.safetensors has the same cases for a MobileNetV3-style squeeze-excitation model
+(conv, AdaptiveAvgPool, conv+ReLU, conv, Hardsigmoid, FloatFunctional.mul, x86 default qconfig).
+
+workflow_observations.safetensors (`gen_observations`) counts how often eager `prepare`'s
+observers run: small models (a fused ConvReLU2d, LinearReLU, BNReLU2d, Conv+BN+ReLU folded into a
+ConvReLU2d, and an unfused Conv2d + ReLU6) with MovingAverageMinMaxObserver(averaging_constant=0.5)
+activations, calibrated on three batches. Weights are powers of two and biases small dyadic
+numbers, so every float output is exact and the observers' statistics do not depend on the
+summation order. Per model: "<model>" holds its float state_dict, "<model>.calib" the batches,
+and per observer "<model>:<path>" its calls, min_val and max_val. PyTorch's fused modules are
+nn.Sequential subclasses, so the activation_post_process child prepare adds runs as the last
+element of the sequence and the forward hook runs it again: fused outputs are observed twice.
+
 Deterministic: fixed seeds, one thread, fbgemm engine.
 """
 
@@ -112,15 +125,18 @@ def output_case(converted, x):
         else:
             tensors[field] = out.detach().float()
 
+    def recorded(path, op):
+        def run(*args):
+            out = op(*args)
+            record(path, out)
+            return out
+
+        return run
+
     for path, m in converted.named_modules():
         if isinstance(m, nnq.QFunctional):
-            # QFunctional's ops bypass forward(), so forward hooks never fire; wrap add_relu instead.
-            def add_relu(a, b, path=path, op=m.add_relu):
-                out = op(a, b)
-                record(path, out)
-                return out
-
-            m.add_relu = add_relu
+            # QFunctional's ops bypass forward(), so forward hooks never fire; wrap the ops instead.
+            m.add_relu, m.mul = recorded(path, m.add_relu), recorded(path, m.mul)
         elif path == "" or all(isinstance(c, LinearPackedParams) for c in m.children()):
             m.register_forward_hook(lambda mod, inp, out, path=path: record(path, out))
     with torch.no_grad():
@@ -143,7 +159,7 @@ def run_workflow(name, model, fuse_lists, calib, x):
     fx.case("fused", {}, **float_state(fused))
     fx.case("calib", {}, **{str(i): b for i, b in enumerate(calib)})
     fx.case("input", {}, x=x, float_out=float_out, fused_out=fused_out)
-    # Printed before output_case wraps the QFunctionals' add_relu and hooks the converted model.
+    # Printed before output_case wraps the QFunctionals' ops and hooks the converted model.
     printed = {"fused": str(fused), "prepared": str(prepared), "converted": str(converted)}
     for case, (params, tensors) in [("observer", observer_case(prepared)), ("quantized", quantized_case(converted)),
                                     ("output", output_case(converted, x))]:
@@ -230,6 +246,97 @@ def gen_resnet():
     run_workflow("workflow_resnet", model, fuse_lists, calib, x)
 
 
+class SqueezeExcitation(nn.Module):
+    """torchvision's MobileNetV3 squeeze-excitation after a stem conv: scale = hardsigmoid(fc2(relu(fc1(
+    avgpool(x))))), out = x * scale (a FloatFunctional mul, as torchvision's quantizable version)."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(16, 8, 1)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(8, 16, 1)
+        self.scale_activation = nn.Hardsigmoid()
+        self.skip_mul = nnq.FloatFunctional()
+        self.dequant = DeQuantStub()
+
+    def forward(self, x):
+        x = self.conv(self.quant(x))
+        scale = self.scale_activation(self.fc2(self.relu(self.fc1(self.avgpool(x)))))
+        return self.dequant(self.skip_mul.mul(x, scale))
+
+
+def gen_se():
+    torch.manual_seed(0)
+    model = SqueezeExcitation().eval()
+    model.qconfig = tq.get_default_qconfig("x86")
+    calib = [torch.randn(2, 3, 12, 12) for _ in range(4)]
+    x = torch.randn(2, 3, 12, 12)
+    run_workflow("workflow_se", model, [["fc1", "relu"]], calib, x)
+
+
+def observation_models():
+    """(name, model, fuse list, input shape): Sequential(QuantStub, layers..., DeQuantStub)."""
+    conv = lambda: nn.Conv2d(1, 4, 1)  # noqa: E731
+    yield "conv_relu", [conv(), nn.ReLU()], ["1", "2"], (2, 1, 5, 5)
+    yield "linear_relu", [nn.Linear(1, 4), nn.ReLU()], ["1", "2"], (6, 1)
+    yield "bn_relu", [nn.BatchNorm2d(4, eps=0.0), nn.ReLU()], ["1", "2"], (2, 4, 3, 3)
+    yield "conv_bn_relu", [conv(), nn.BatchNorm2d(4, eps=0.0), nn.ReLU()], ["1", "2", "3"], (2, 1, 5, 5)
+    yield "conv_relu6", [conv(), nn.ReLU6()], None, (2, 1, 5, 5)
+
+
+def exact_parameters(model):
+    """Weights +-2^k, biases and BN statistics small dyadic numbers, variances 1/4 (eps 0): every
+    product is exact and every sum rounds once, in any order."""
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight"):
+                sign = torch.randint(0, 2, p.shape, generator=gen) * 2 - 1
+                p.copy_(sign * 2.0 ** torch.randint(-2, 2, p.shape, generator=gen))
+            else:
+                p.copy_(torch.randint(-8, 9, p.shape, generator=gen) / 16)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randint(-8, 9, (m.num_features,), generator=gen) / 16)
+                m.running_var.fill_(0.25)
+
+
+def gen_observations():
+    torch.manual_seed(0)
+    fx = Fixture("qgraph", "workflow_observations")
+    qconfig = QConfig(activation=tq.MovingAverageMinMaxObserver.with_args(averaging_constant=0.5),
+                      weight=tq.default_weight_observer)
+    for name, layers, fuse, shape in observation_models():
+        model = nn.Sequential(QuantStub(), *layers, DeQuantStub())
+        exact_parameters(model)
+        model.eval()
+        fx.case(name, {"fuse": fuse, "shape": list(shape)}, **float_state(model))
+        fused = tq.fuse_modules(model, [fuse]) if fuse else model
+        fused.qconfig = qconfig
+        prepared = tq.prepare(fused)
+        calls = {}
+        for path, m in prepared.named_modules():
+            if path.endswith("activation_post_process"):
+                calls[path] = 0
+                m.register_forward_hook(lambda mod, inp, out, path=path: calls.__setitem__(path, calls[path] + 1))
+        calib = [torch.randn(shape) for _ in range(3)]
+        with torch.no_grad():
+            for batch in calib:
+                prepared(batch)
+        fx.case(f"{name}.calib", {}, **{str(i): b for i, b in enumerate(calib)})
+        for path, count in calls.items():
+            obs = prepared.get_submodule(path)
+            fx.case(f"{name}:{path}", {"calls": count, "batches": len(calib), "type": type(obs).__name__},
+                    min=obs.min_val.reshape(1), max=obs.max_val.reshape(1))
+            print(f"{name}: {path} observed {count} times in {len(calib)} batches")
+    fx.save()
+
+
 if __name__ == "__main__":
     gen_seed()
     gen_resnet()
+    gen_se()
+    gen_observations()

@@ -101,11 +101,18 @@ const OBSERVED_TYPES: &[&str] = &[
 pub struct ObserverModule {
     observer: Mutex<Box<dyn Observer>>,
     calls: AtomicUsize,
+    per_forward: usize,
 }
 
 impl ObserverModule {
-    fn new(observer: Box<dyn Observer>) -> Self {
-        Self { observer: Mutex::new(observer), calls: AtomicUsize::new(0) }
+    fn new(observer: Box<dyn Observer>, per_forward: usize) -> Self {
+        Self { observer: Mutex::new(observer), calls: AtomicUsize::new(0), per_forward }
+    }
+
+    /// How many times it observes each output of its module: 2 for fused modules, 1 otherwise
+    /// (see [`Observed`]).
+    pub fn observations_per_forward(&self) -> usize {
+        self.per_forward
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Observer>> {
@@ -149,12 +156,21 @@ impl ObserverModule {
     pub fn state(&self) -> qobserve::ObserverState {
         self.lock().state()
     }
+
+    /// The observer's statistics (its range, for the observers that keep one).
+    pub fn stats(&self) -> qobserve::ObserverStats {
+        self.lock().stats()
+    }
 }
 
 impl Clone for ObserverModule {
     fn clone(&self) -> Self {
         let observer = self.state().build().expect("a state taken from a live observer rebuilds it");
-        Self { observer: Mutex::new(observer), calls: AtomicUsize::new(self.calls()) }
+        Self {
+            observer: Mutex::new(observer),
+            calls: AtomicUsize::new(self.calls()),
+            per_forward: self.per_forward,
+        }
     }
 }
 
@@ -170,7 +186,7 @@ impl Module for ObserverModule {
 
     /// PyTorch's `min_val=..., max_val=...` for observers that keep a range.
     fn extra_repr(&self) -> String {
-        match self.lock().stats().range {
+        match self.stats().range {
             Some(ObservedRange::PerTensor { min, max }) => format!(
                 "min_val={}, max_val={}",
                 qcore::python_float_repr(f64::from(min)),
@@ -189,6 +205,12 @@ impl Module for ObserverModule {
 /// A module with an activation observer on its output, as `prepare` leaves it: it runs the
 /// module in float and records its outputs. Prints as the module with an
 /// `(activation_post_process)` child, as in PyTorch.
+///
+/// A fused module ([`nn::Fused`]) has each output observed twice, as in PyTorch: its fused
+/// modules are `nn.Sequential`s, so the `activation_post_process` child `prepare` adds runs as the
+/// last element of the sequence, and the forward hook `prepare` registers runs it again on the
+/// same output (`torch/ao/quantization/quantize.py`, `_add_observer_`). Min/max and histogram
+/// observers end with the same parameters either way; a moving-average observer does not.
 #[derive(Debug, Clone)]
 pub struct Observed {
     inner: Box<dyn Module>,
@@ -199,7 +221,8 @@ pub struct Observed {
 impl Observed {
     /// Observes `inner`'s outputs with `qconfig`'s activation observer.
     pub fn new(inner: Box<dyn Module>, qconfig: QConfig) -> GraphResult<Self> {
-        let post = Box::new(ObserverModule::new(qconfig.activation.build()?));
+        let per_forward = if inner.is::<nn::Fused>() { 2 } else { 1 };
+        let post = Box::new(ObserverModule::new(qconfig.activation.build()?, per_forward));
         Ok(Self { inner, qconfig, post })
     }
 
@@ -226,7 +249,10 @@ impl Module for Observed {
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
         let out = self.inner.forward(input)?;
-        self.observer().observe(&out)?;
+        let observer = self.observer();
+        for _ in 0..observer.observations_per_forward() {
+            observer.observe(&out)?;
+        }
         Ok(out)
     }
 
@@ -358,8 +384,9 @@ fn prepare_slot(
 
 /// Runs calibration data through a prepared model: each batch is a forward pass, whose output is
 /// discarded; `progress(done, total)` is called after each batch (`total` from the iterator's
-/// size hint when it knows it). Afterwards, an observer called more often than there were batches
-/// is reported: a module instance used at two call sites of a hand-written forward.
+/// size hint when it knows it). Afterwards, an observer called more often than its module could
+/// have run in that many batches is reported: a module instance used at two call sites of a
+/// hand-written forward.
 pub fn calibrate<I>(
     model: &dyn Module,
     batches: I,
@@ -381,15 +408,15 @@ where
         done += 1;
         progress(done, total);
     }
-    for ((path, after), (_, earlier)) in observer_calls(model).into_iter().zip(before) {
-        if after - earlier > done {
+    for ((path, after, per_forward), (_, earlier, _)) in observer_calls(model).into_iter().zip(before) {
+        let forwards = (after - earlier) / per_forward;
+        if forwards > done {
             return Err(GraphError::Workflow {
                 step: "calibrate",
                 reason: format!(
-                    "the observer of `{path}` ran {} times in {done} forward passes: the module is used at \
-                     several call sites, so its statistics mix them (PyTorch silently does); give each call \
-                     site its own module",
-                    after - earlier
+                    "the module observed by `{path}` ran {forwards} times in {done} forward passes: it is \
+                     used at several call sites, so its observer's statistics mix them (PyTorch silently \
+                     does); give each call site its own module"
                 ),
             });
         }
@@ -397,11 +424,14 @@ where
     Ok(())
 }
 
-fn observer_calls(model: &dyn Module) -> Vec<(String, usize)> {
+/// Every observer's path, calls so far and observations per forward of its module.
+fn observer_calls(model: &dyn Module) -> Vec<(String, usize, usize)> {
     model
         .named_modules()
         .into_iter()
-        .filter_map(|(path, m)| m.downcast_ref::<ObserverModule>().map(|o| (path, o.calls())))
+        .filter_map(|(path, m)| {
+            m.downcast_ref::<ObserverModule>().map(|o| (path, o.calls(), o.observations_per_forward()))
+        })
         .collect()
 }
 

@@ -161,7 +161,7 @@ fn one_float_functional_called_twice_per_pass_is_reported_by_calibrate() {
     prepare(&mut model, &QConfigMapping::global(default_qconfig())).unwrap();
     let err = calibrate(model.as_ref(), images(2), |_, _| {}).unwrap_err().to_string();
     assert!(
-        err.contains("the observer of `add.activation_post_process` ran 4 times in 2 forward passes"),
+        err.contains("the module observed by `add.activation_post_process` ran 4 times in 2 forward passes"),
         "{err}"
     );
 }

@@ -6,21 +6,31 @@
 //! Float convolutions sum in a different order than PyTorch's, so activations (and the ranges
 //! observers see) can differ in the last bit; observer parameters are therefore compared to a
 //! relative 1e-5 with exact zero points, and int8 outputs must agree on at least 99.9% of
-//! elements and never differ by more than 1 (the bar).
+//! elements and never differ by more than 1 (the bar). A MobileNetV3-style
+//! squeeze-excitation model (Hardsigmoid) goes through the same workflow.
+//!
+//! How often `prepare`'s observers run is compared exactly (fixture `workflow_observations`):
+//! small models whose float outputs are exact in any summation order, calibrated with
+//! moving-average observers, must end with PyTorch's call counts and bit-identical ranges.
 
 use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
 use qgraph::fuse::fuse_modules;
+use qgraph::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Hardsigmoid, Linear, ReLU, ReLU6};
 use qgraph::qconfig::{QConfig, get_default_qconfig};
+use qgraph::qobserve::ObservedRange;
 use qgraph::qobserve::{ObserverSpec, QDType, QScheme};
 use qgraph::quantized::{QuantizedConv, QuantizedLinear};
-use qgraph::workflow::Observed;
-use qgraph::{Module, QConfigMapping, Value, calibrate, convert, debug, eval, load_state_dict, prepare};
+use qgraph::workflow::{Observed, ObserverModule};
+use qgraph::{
+    DeQuantStub, FloatFunctional, Functional, Graph, GraphResult, Module, QConfigMapping, QuantStub,
+    Sequential, Value, calibrate, convert, debug, eval, load_state_dict, prepare,
+};
 use qtest::Fixture;
 
 mod common;
-use common::{RESNET_FUSE, agreement, fixture, mask_scales, params, resnet_model, seed_model};
+use common::{RESNET_FUSE, agreement, fixture, mask_scales, mask_values, params, resnet_model, seed_model};
 
 /// The model's parameters read from the fixture case `case` under the model's own names.
 fn state_dict_of(model: &dyn Module, fx: &Fixture, case: &str) -> BTreeMap<String, ArrayD<f32>> {
@@ -72,6 +82,10 @@ fn run_workflow(
     prepare(&mut model, &mapping).expect("prepare");
     let batches: Vec<ArrayD<f32>> = (0..4).map(|i| fx.tensor::<f32>("calib", &i.to_string())).collect();
     calibrate(model.as_ref(), batches, |_, _| {}).expect("calibrate");
+    // The prepared model prints as PyTorch's, observed ranges aside (compared below).
+    let mask = |text: &str| mask_values(&mask_values(text, "min_val="), "max_val=");
+    let torch_prepared = params(&fx, "printed")["prepared"].as_str().expect("printout");
+    assert_eq!(mask(&model.to_string()), mask(torch_prepared), "{name}: prepared printout");
 
     let observed = params(&fx, "observer")["paths"].as_array().expect("paths");
     let mut exact = 0;
@@ -197,4 +211,105 @@ fn resnet_style_model_with_own_folding_matches_pytorch_within_one() {
     let mut wf =
         run_workflow("workflow_resnet", resnet_model().unwrap(), RESNET_FUSE, mapping, Folding::Ours);
     check_converted("workflow_resnet", &mut wf, 0.995, 3);
+}
+
+/// `SqueezeExcitation` of `tools/golden/gen_workflow.py`: a conv, then torchvision's MobileNetV3
+/// squeeze-excitation (pool, 1x1 conv, ReLU, 1x1 conv, Hardsigmoid, multiply).
+fn se_model() -> GraphResult<Box<dyn Module>> {
+    let mut b = Graph::builder("SqueezeExcitation");
+    let x = b.then("quant", QuantStub::new(), Graph::INPUT);
+    let x = b.then("conv", Conv2d::new(3, 16, [3, 3]).padding([1, 1]).build()?, &x);
+    let s = b.then("avgpool", AdaptiveAvgPool2d::new(1), &x);
+    let s = b.then("fc1", Conv2d::new(16, 8, [1, 1]).build()?, &s);
+    let s = b.then("relu", ReLU::new(), &s);
+    let s = b.then("fc2", Conv2d::new(8, 16, [1, 1]).build()?, &s);
+    let s = b.then("scale_activation", Hardsigmoid::new(), &s);
+    let y = b.then_functional("skip_mul", FloatFunctional::new(), Functional::Mul, &[&x, &s]);
+    let y = b.then("dequant", DeQuantStub::new(), &y);
+    Ok(Box::new(b.build(&y)?))
+}
+
+#[test]
+fn squeeze_excitation_with_hardsigmoid_matches_pytorch() {
+    let mapping = QConfigMapping::global(get_default_qconfig("x86").unwrap());
+    let mut wf =
+        run_workflow("workflow_se", se_model().unwrap(), &[&["fc1", "relu"]], mapping, Folding::Ours);
+    // Hardsigmoid has no observer after prepare (eval mode) and stays in place at convert.
+    for stage in ["prepared", "converted"] {
+        let printed = params(&wf.fx, "printed")[stage].as_str().unwrap();
+        assert!(printed.contains("(scale_activation): Hardsigmoid()\n"), "{stage}: {printed}");
+    }
+    check_converted("workflow_se", &mut wf, 0.999, 1);
+}
+
+/// The model of `gen_workflow.py`'s `observation_models`: QuantStub, `layers`, DeQuantStub.
+fn observation_model(name: &str) -> Box<dyn Module> {
+    let conv = || -> Box<dyn Module> { Box::new(Conv2d::new(1, 4, [1, 1]).build().unwrap()) };
+    let bn = || -> Box<dyn Module> { Box::new(BatchNorm2d::new(4).eps(0.0)) };
+    let mut layers: Vec<Box<dyn Module>> = vec![Box::new(QuantStub::new())];
+    layers.extend(match name {
+        "conv_relu" => vec![conv(), Box::new(ReLU::new())],
+        "linear_relu" => vec![Box::new(Linear::new(1, 4, true)) as Box<dyn Module>, Box::new(ReLU::new())],
+        "bn_relu" => vec![bn(), Box::new(ReLU::new())],
+        "conv_bn_relu" => vec![conv(), bn(), Box::new(ReLU::new())],
+        "conv_relu6" => vec![conv(), Box::new(ReLU6::new())],
+        other => panic!("no model {other}"),
+    });
+    layers.push(Box::new(DeQuantStub::new()));
+    Box::new(Sequential::new(layers))
+}
+
+#[test]
+fn fused_outputs_are_observed_twice_per_batch_as_in_pytorch() {
+    let fx = fixture("workflow_observations");
+    let qconfig = QConfig {
+        activation: ObserverSpec::MovingAverageMinMax {
+            averaging_constant: 0.5,
+            args: qgraph::qobserve::UniformArgs::per_tensor(),
+        },
+        weight: qgraph::qobserve::defaults::default_weight_observer(),
+    };
+    let (mut models, mut observers, mut twice) = (0, 0, 0);
+    for case in fx.cases.iter().filter(|c| c.get("fuse").is_some()) {
+        let name = qtest::name(case);
+        let mut model = observation_model(name);
+        eval(&mut model);
+        let weights = state_dict_of(model.as_ref(), &fx, name);
+        load_state_dict(&mut model, weights).expect("weights");
+        if let Some(group) = case["fuse"].as_array() {
+            let group: Vec<&str> = group.iter().map(|p| p.as_str().unwrap()).collect();
+            fuse_modules(&mut model, &[&group]).expect("fuse");
+        }
+        prepare(&mut model, &QConfigMapping::global(qconfig.clone())).expect("prepare");
+        let calib = format!("{name}.calib");
+        let batches: Vec<ArrayD<f32>> = (0..3).map(|i| fx.tensor::<f32>(&calib, &i.to_string())).collect();
+        calibrate(model.as_ref(), batches, |_, _| {}).expect("calibrate");
+        let prefix = format!("{name}:");
+        let expected: Vec<&serde_json::Value> =
+            fx.cases.iter().filter(|c| qtest::name(c).starts_with(&prefix)).collect();
+        let ours = model.named_modules().into_iter().filter(|(_, m)| m.is::<ObserverModule>()).count();
+        assert_eq!(ours, expected.len(), "{name}: observers");
+        for observation in expected {
+            let case = qtest::name(observation);
+            let path = &case[prefix.len()..];
+            let observer = model.get(path).unwrap_or_else(|e| panic!("{case}: {e}"));
+            let observer = observer.downcast_ref::<ObserverModule>().expect("an observer");
+            let calls = observation["calls"].as_u64().unwrap() as usize;
+            assert_eq!(observer.calls(), calls, "{case}: observations in 3 batches");
+            let Some(ObservedRange::PerTensor { min, max }) = observer.stats().range else {
+                panic!("{case}: no range")
+            };
+            let range = ArrayD::from_shape_vec(ndarray::IxDyn(&[2]), vec![min, max]).unwrap();
+            let torch = ndarray::concatenate![
+                ndarray::Axis(0),
+                fx.tensor::<f32>(case, "min"),
+                fx.tensor::<f32>(case, "max")
+            ];
+            qtest::assert_bits_eq(case, "[min_val, max_val]", &range, &torch);
+            observers += 1;
+            twice += usize::from(calls == 6);
+        }
+        models += 1;
+    }
+    assert_eq!((models, observers, twice), (5, 11, 4));
 }

@@ -94,11 +94,16 @@ pub fn agreement(got: &ArrayD<u8>, expected: &ArrayD<u8>) -> (f64, i32) {
 
 /// Replaces the digits of every `scale=` value, so printouts compare by structure and zero points.
 pub fn mask_scales(text: &str) -> String {
+    mask_values(text, "scale=")
+}
+
+/// Replaces every value that follows `key` (up to the next `,`, `)` or line end) by `#`.
+pub fn mask_values(text: &str, key: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
-    while let Some(i) = rest.find("scale=") {
-        out.push_str(&rest[..i + 6]);
-        rest = &rest[i + 6..];
+    while let Some(i) = rest.find(key) {
+        out.push_str(&rest[..i + key.len()]);
+        rest = &rest[i + key.len()..];
         let end = rest.find([',', ')', '\n']).unwrap_or(rest.len());
         out.push('#');
         rest = &rest[end..];
