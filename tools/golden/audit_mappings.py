@@ -93,10 +93,11 @@ STATUS = {
     "F.leaky_relu": "supported: what `QuantizedLeakyReLU` and `LeakyReLU` run",
     "F.dropout": "supported: the identity (inference only)",
     # The other activations of torch.nn.modules.activation.
-    "nn.Threshold": "not yet: PyTorch runs it on quantized values (`quantized::threshold`, input parameters)",
+    "nn.Threshold": "added now: `Threshold` (float; PyTorch's quantized `threshold` kernel on quantized values)",
     "nn.ReLU": "supported: `ReLU` (an integer clamp on quantized values)",
     "nn.Hardtanh": "supported: `Hardtanh` (an integer clamp on quantized values)",
-    "nn.GELU": "not yet: PyTorch runs it on quantized values (`quantized::gelu`, input parameters)",
+    "nn.GELU": "not yet: PyTorch runs it on quantized values (`qgelu`, input parameters); matching it bit "
+               "for bit needs ATen's vectorized erf / tanh in Rust",
     "nn.MultiheadAttention": "not yet: needs `nn.quantizable.MultiheadAttention` (a custom-module flow)",
 }
 NO_QUANTIZED_KERNEL = "float only: PyTorch has no quantized kernel for it; not in qgraph"

@@ -10,11 +10,11 @@ a float input `x` with the module's float output `y`, and the module applied to
 layout quantized convolutions produce, and the one qgraph stores): input `xq` and output `yq`
 (int_repr, NCHW order) with the output parameters. Engine fbgemm. Deterministic.
 
-Also writes crates/qgraph/tests/fixtures/hardsigmoid.safetensors (`hardsigmoid_fixture`): the
-module cases above for nn.Hardsigmoid, its float output on special and dense inputs (compared
-bit for bit), and the quantized kernel on every input byte through its vector body and scalar
-tail for several input parameters, on short (all-tail) lengths, across a parallel_for split, and
-for qint8.
+Also writes crates/qgraph/tests/fixtures/activations_added.safetensors (`added_fixture`), for
+the activations the mapping audit added, nn.Hardsigmoid and nn.Threshold: the module cases above,
+float outputs on special and dense inputs (compared bit for bit), and the quantized kernels on
+every input byte through their vector body and scalar tail for several input parameters; for
+Hardsigmoid also short (all-tail) lengths, a parallel_for split and qint8.
 """
 
 import warnings
@@ -162,10 +162,32 @@ def sweep(fx):
                     yq=yq.int_repr())
 
 
-def hardsigmoid_fixture():
-    """nn.Hardsigmoid: float (ATen's hardsigmoid_kernel) and quantized (qhardsigmoid_kernel)."""
+def sweep_cases(fx, prefix, m, args, qparams):
+    """`m` on every input byte through both loops of cpu_kernel_vec, for each (scale, zero_point):
+    575 values (a vector body of 512 and a scalar tail of 63), shifted so that every byte reaches
+    the tail. Cases prefix_<k>_<shift>."""
+    base = {"kind": type(m).__name__, "quantized": False, "args": args, "str": str(m)}
+    for k, (s, zp) in enumerate(qparams):
+        for shift in range(0, 256, 64):
+            v = ((torch.arange(575) + shift) % 256).to(torch.uint8).reshape(1, 575)
+            yq = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
+            fx.case(f"{prefix}_{k}_{shift}", {**base, "scale": s, "zero_point": zp, "quant_error": False,
+                                              "out_scale": yq.q_scale(), "out_zero_point": yq.q_zero_point(),
+                                              "sweep": True}, xq=v, yq=yq.int_repr())
+
+
+def float_exact_case(fx, name, m, args, x):
+    """`m` on the float values `x` (an odd count, so both loops run), compared bit for bit."""
+    assert x.numel() % 2 == 1
+    fx.case(name, {"kind": type(m).__name__, "quantized": False, "args": args, "str": str(m), "float_exact": True},
+            x=x, y=m(x.clone()))
+
+
+def added_fixture():
+    """The activations the mapping audit added: nn.Hardsigmoid (ATen's hardsigmoid_kernel,
+    qhardsigmoid_kernel) and nn.Threshold (threshold_kernel, qthreshold_kernel)."""
     torch.manual_seed(1)
-    fx = Fixture("qgraph", "hardsigmoid")
+    fx = Fixture("qgraph", "activations_added")
     float_module_cases(fx, "hardsigmoid", "Hardsigmoid", {}, (1, 19, 5, 4))
     float_module_cases(fx, "hardsigmoid_inplace", "Hardsigmoid", {"inplace": True}, (2, 7, 3, 5))
     m = nn.Hardsigmoid()
@@ -177,21 +199,12 @@ def hardsigmoid_fixture():
                           torch.nextafter(kinks, torch.full_like(kinks, -10.0)),
                           torch.tensor([-0.0, float("inf"), float("-inf"), float("nan"), 3e38, -3e38, 1e-40, -1e-40])])
     x = torch.cat([specials, torch.linspace(-4, 4, 4002), torch.randn(2000) * 4]).float()
-    assert x.numel() % 2 == 1
-    fx.case("float_sweep", {**base, "float_exact": True}, x=x, y=m(x))
-    # Quantized: every input byte through both loops of cpu_kernel_vec (575 values: a vector body
-    # of 512 and a scalar tail of 63, shifted so that every byte reaches the tail), for input
-    # parameters including two (the last) where the vector body's FMA dequantization and the
-    # scalar loop's plain one give a different output for one byte.
+    float_exact_case(fx, "float_sweep", m, {}, x)
+    # Input parameters including two (the last) where the vector body's FMA dequantization and
+    # the scalar loop's plain one give a different output for one byte.
     qparams = [(0.05, 100), (0.0213, 7), (0.0471, 128), (0.1, 0), (0.013, 255), (0.0237, 200),
                (0.026592541486024857, 78), (0.05246805027127266, 159)]
-    for k, (s, zp) in enumerate(qparams):
-        for shift in range(0, 256, 64):
-            v = ((torch.arange(575) + shift) % 256).to(torch.uint8).reshape(1, 575)
-            yq = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
-            fx.case(f"sweep_{k}_{shift}", {**base, "scale": s, "zero_point": zp, "quant_error": False,
-                                           "out_scale": yq.q_scale(), "out_zero_point": yq.q_zero_point(),
-                                           "sweep": True}, xq=v, yq=yq.int_repr())
+    sweep_cases(fx, "sweep", m, {}, qparams)
     # Short lengths (all scalar loop), and lengths just past the 64-element vector body.
     gen = torch.Generator().manual_seed(5)
     s, zp = qparams[2]
@@ -213,9 +226,33 @@ def hardsigmoid_fixture():
         yq = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
         fx.case(f"qint8_{k}", {**base, "scale": s, "zero_point": zp, "out_scale": yq.q_scale(),
                                "out_zero_point": yq.q_zero_point(), "qint8": True}, xq=v, yq=yq.int_repr())
+    threshold_cases(fx)
     fx.save()
+
+
+def threshold_cases(fx):
+    """nn.Threshold: values at or below `threshold` become `value`; input parameters kept."""
+    for name, kw in [("threshold", {"threshold": 0.1, "value": 20.0}),
+                     ("threshold_neg", {"threshold": -0.5, "value": 0.25})]:
+        float_module_cases(fx, name, "Threshold", kw, (1, 19, 5, 4))
+    # A threshold equal to the lower of the two dequantizations of a byte where FMA and plain
+    # differ by one ulp: one loop keeps that byte, the other replaces it.
+    s, zp = 0.026592541486024857, 78
+    q = torch.arange(256)
+    plain = torch.tensor(s, dtype=torch.float32) * (q - zp).float()
+    fma = (torch.tensor(s, dtype=torch.float64) * q + float(torch.tensor(s, dtype=torch.float32) * -zp)).float()
+    byte = int(torch.nonzero(fma != plain)[0])
+    edge = float(torch.minimum(fma[byte], plain[byte]))
+    for k, (threshold, value) in enumerate([(0.1, 20.0), (-0.5, 0.25), (edge, -1.0)]):
+        m = nn.Threshold(threshold, value)
+        args = {"threshold": threshold, "value": value}
+        sweep_cases(fx, f"threshold_sweep{k}", m, args, [(0.05, 100), (s, zp)])
+        x = torch.cat([torch.tensor([threshold, float("nan"), float("inf"), float("-inf"), -0.0]),
+                       torch.nextafter(torch.tensor([threshold] * 2), torch.tensor([-1e9, 1e9])),
+                       torch.randn(1000)]).float()
+        float_exact_case(fx, f"threshold_float{k}", m, args, x)
 
 
 if __name__ == "__main__":
     main()
-    hardsigmoid_fixture()
+    added_fixture()

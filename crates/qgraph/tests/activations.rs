@@ -1,15 +1,15 @@
 //! Activations, pooling, dropout, upsample and softmax (float modules on float and quantized
 //! values) and the quantized activations, against PyTorch 2.15 (`tools/golden/gen_activations.py`):
 //! quantized outputs bit-exact, float outputs within 1e-5 relative, printouts identical, and a
-//! save/load round trip per module. `Hardsigmoid` (fixture `hardsigmoid`) is checked bit for bit
-//! in float too.
+//! save/load round trip per module. `Hardsigmoid` and `Threshold` (fixture `activations_added`)
+//! are checked bit for bit in float too.
 
 use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
 use qgraph::nn::{
     AvgPool2d, Dropout, ELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid,
-    Size, Softmax, Tanh, Upsample, UpsampleMode, unweighted_loader,
+    Size, Softmax, Tanh, Threshold, Upsample, UpsampleMode, unweighted_loader,
 };
 use qgraph::quantized::activation as qa;
 use qgraph::record::{Record, Tensors};
@@ -73,6 +73,7 @@ fn build(case: &Json) -> Box<dyn Module> {
         "Hardtanh" => Box::new(Hardtanh::new(f64_or(a, "min_val", -1.0), f64_or(a, "max_val", 1.0))),
         "Hardswish" => Box::new(Hardswish::new()),
         "Hardsigmoid" => Box::new(Hardsigmoid::new()),
+        "Threshold" => Box::new(Threshold::new(f64_of(&a["threshold"]), f64_of(&a["value"]))),
         "Sigmoid" => Box::new(Sigmoid::new()),
         "Tanh" => Box::new(Tanh::new()),
         "LeakyReLU" => Box::new(LeakyReLU::new(f64_or(a, "negative_slope", 0.01))),
@@ -299,8 +300,8 @@ fn softmax_without_dim_picks_pytorchs_implicit_dim() {
 }
 
 #[test]
-fn hardsigmoid_matches_pytorch_bit_for_bit() {
-    let fx = Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), "hardsigmoid");
+fn added_activations_match_pytorch_bit_for_bit() {
+    let fx = Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), "activations_added");
     let (mut floats, mut quint8, mut qint8) = (0, 0, 0);
     for case in &fx.cases {
         let n = name(case);
@@ -335,12 +336,13 @@ fn hardsigmoid_matches_pytorch_bit_for_bit() {
             quint8 += 1;
         }
     }
-    assert_eq!((floats, quint8, qint8), (5, 45, 3));
+    assert_eq!((floats, quint8, qint8), (12, 73, 3));
 }
 
 #[test]
-fn hardsigmoid_stays_in_place_at_convert() {
+fn hardsigmoid_and_threshold_stay_in_place_at_convert() {
     let q = PerTensor::new(0.1, 3);
     assert!(qa::swap_activation(&Hardsigmoid::new(), q).is_none());
+    assert!(qa::swap_activation(&Threshold::new(0.1, 20.0), q).is_none());
     assert_eq!(qa::is_fixed_qparams("Hardsigmoid"), Some(PerTensor::new(1.0 / 256.0, 0)));
 }

@@ -178,7 +178,7 @@ proptest! {
     ) {
         let ops = [
             Unary::Relu, Unary::Relu6, Unary::Hardtanh { min: lo, max: hi }, Unary::Hardswish, Unary::Hardsigmoid,
-            Unary::Sigmoid, Unary::Tanh, Unary::LeakyRelu { negative_slope: slope }, Unary::Elu { alpha: 1.3, scale: 1.0, input_scale: 1.0 },
+            Unary::Sigmoid, Unary::Tanh, Unary::Threshold { threshold: lo, value: hi }, Unary::LeakyRelu { negative_slope: slope }, Unary::Elu { alpha: 1.3, scale: 1.0, input_scale: 1.0 },
         ];
         for op in ops {
             let out_q = if op.output_qparams_free() { oq } else { op.output_qparams(q, QDType::QInt8) };

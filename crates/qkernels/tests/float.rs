@@ -244,12 +244,13 @@ fn batch_norm_activations_softmax_and_adaptive_pool_match_their_definitions() {
             .collect();
         assert_close("batch_norm", &out, &reference);
 
-        let acts: [(Activation, Reference); 9] = [
+        let acts: [(Activation, Reference); 10] = [
             (Activation::Relu, |v| v.max(0.0)),
             (Activation::Relu6, |v| v.clamp(0.0, 6.0)),
             (Activation::Hardtanh { min: -0.5, max: 0.25 }, |v| v.clamp(-0.5, 0.25)),
             (Activation::Hardswish, |v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0),
             (Activation::Hardsigmoid, |v| (v + 3.0).clamp(0.0, 6.0) / 6.0),
+            (Activation::Threshold { threshold: -0.5, value: 2.0 }, |v| if v <= -0.5 { 2.0 } else { v }),
             (Activation::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
             (Activation::Tanh, f64::tanh),
             (Activation::LeakyRelu { negative_slope: 0.1 }, |v| if v > 0.0 { v } else { 0.1 * v }),

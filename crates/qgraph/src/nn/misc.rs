@@ -475,6 +475,7 @@ pub type Loader = fn(Record<'_>) -> GraphResult<Box<dyn Module>>;
 pub fn unweighted_loader(type_name: &str) -> Option<Loader> {
     use super::{
         AvgPool2d, ELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid, Tanh,
+        Threshold,
     };
     use crate::quantized::activation as qa;
     macro_rules! loaders {
@@ -491,6 +492,7 @@ pub fn unweighted_loader(type_name: &str) -> Option<Loader> {
         "Hardtanh" => Hardtanh,
         "Hardswish" => Hardswish,
         "Hardsigmoid" => Hardsigmoid,
+        "Threshold" => Threshold,
         "Sigmoid" => Sigmoid,
         "Tanh" => Tanh,
         "LeakyReLU" => LeakyReLU,

@@ -34,7 +34,7 @@ pub use linear::{Linear, LinearOptions};
 pub use misc::{Dropout, Loader, Softmax, Upsample, UpsampleMode, unweighted_loader};
 pub use pool::{AvgPool2d, MaxPool, MaxPool1d, MaxPool2d, MaxPool3d, Size};
 pub use shape::{AdaptiveAvgPool2d, Flatten, Identity};
-pub use unary::{ELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh};
+pub use unary::{ELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh, Threshold};
 
 /// Formats `v` as a Python tuple: `(3, 3)`, `(1,)`.
 pub(crate) fn py_tuple(v: &[usize]) -> String {

@@ -1,5 +1,5 @@
 //! Elementwise activations: `ReLU`, `ReLU6`, `Hardtanh`, `Hardswish`, `Hardsigmoid`, `Sigmoid`,
-//! `Tanh`, `LeakyReLU`, `ELU`. Each runs in f32 on a float value and, on a quantized value, PyTorch's
+//! `Tanh`, `LeakyReLU`, `ELU`, `Threshold`. Each runs in f32 on a float value and, on a quantized value, PyTorch's
 //! quantized kernel with the output parameters PyTorch picks for the un-swapped float module.
 
 use std::sync::Mutex;
@@ -99,6 +99,9 @@ fn scalar_tail(op: Unary, in_q: PerTensor, out_q: PerTensor) -> Option<Lut<u8>> 
     let f: Box<dyn Fn(f32) -> f32> = match op {
         Unary::Hardswish => Box::new(|x: f32| x * (x + 3.0).clamp(0.0, 6.0) / 6.0),
         Unary::Hardsigmoid => Box::new(|x: f32| (x + 3.0).clamp(0.0, 6.0) / 6.0),
+        Unary::Threshold { threshold, value } => {
+            Box::new(move |x: f32| if x > threshold { x } else { value })
+        }
         Unary::LeakyRelu { negative_slope } => {
             Box::new(move |x: f32| if x >= 0.0 { x } else { x * negative_slope })
         }
@@ -431,6 +434,33 @@ activation_module!(ELU, "ELU", |m| (float::Activation::Elu { alpha: m.alpha as f
     "alpha={}",
     py_float(m.alpha)
 ));
+
+/// `nn.Threshold(threshold, value)`: `x <= threshold ? value : x`; on quantized values PyTorch's
+/// `threshold` kernel with the input's parameters. `convert` leaves it in place.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Threshold {
+    threshold: f64,
+    value: f64,
+    #[serde(skip)]
+    cache: LutCache,
+}
+
+impl Threshold {
+    /// `nn.Threshold(threshold, value)` (both required, as in PyTorch).
+    pub fn new(threshold: f64, value: f64) -> Self {
+        Self { threshold, value, cache: LutCache::default() }
+    }
+}
+
+activation_module!(
+    Threshold,
+    "Threshold",
+    |m| {
+        let (threshold, value) = (m.threshold as f32, m.value as f32);
+        (float::Activation::Threshold { threshold, value }, Some(Unary::Threshold { threshold, value }))
+    },
+    |m| format!("threshold={}, value={}", py_float(m.threshold), py_float(m.value))
+);
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,14 @@ pub enum Unary {
     /// `quantized::hardsigmoid`: `min(max(x + 3, 0), 6) / 6` in f32; output scale 1/256, zero
     /// point 0 (quint8) or -128 (qint8).
     Hardsigmoid,
+    /// `threshold` on quantized values (`qthreshold_kernel`): `x > threshold ? x : value` on the
+    /// FMA-dequantized input, with the input's parameters (inverse `f32(1 / f64(f32(s)))`).
+    Threshold {
+        /// Values at or below it are replaced.
+        threshold: f32,
+        /// The replacement, in real units.
+        value: f32,
+    },
     /// `quantized::sigmoid`: `1 / (1 + exp(-x))` in f32; output scale 1/256, zero point 0
     /// (quint8) or -128 (qint8).
     Sigmoid,
@@ -70,6 +78,7 @@ impl Unary {
             Unary::Hardtanh { .. } => "hardtanh",
             Unary::Hardswish => "hardswish",
             Unary::Hardsigmoid => "hardsigmoid",
+            Unary::Threshold { .. } => "threshold",
             Unary::Sigmoid => "sigmoid",
             Unary::Tanh => "tanh",
             Unary::LeakyRelu { .. } => "leaky_relu",
@@ -193,6 +202,13 @@ impl<T: QElem> Lut<T> {
             Unary::LeakyRelu { negative_slope } => {
                 let inv = 1.0f32 / out_q.scale as f32;
                 Self::from_fn(|q| out(Activation::LeakyRelu { negative_slope }.apply(fma(q)), inv))
+            }
+            Unary::Threshold { threshold, value } => {
+                let inv = (1.0 / f64::from(out_q.scale as f32)) as f32;
+                Self::from_fn(|q| {
+                    let x = fma(q);
+                    out(if x > threshold { x } else { value }, inv)
+                })
             }
             Unary::Elu { alpha, scale, input_scale } => {
                 let inv = (1.0 / f64::from(out_q.scale as f32)) as f32;

@@ -818,6 +818,13 @@ pub enum Activation {
     },
     /// `x * min(max(x + 3, 0), 6) / 6`.
     Hardswish,
+    /// `x <= threshold ? value : x` (NaN stays NaN).
+    Threshold {
+        /// Values at or below it are replaced.
+        threshold: f32,
+        /// The replacement.
+        value: f32,
+    },
     /// `min(max(x + 3, 0), 6) / 6`: a division by 6, as ATen's CPU kernel computes it in both its
     /// vector and scalar loops (not a multiplication by 1/6, which rounds differently).
     Hardsigmoid,
@@ -854,6 +861,13 @@ impl Activation {
             }
             Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
             Activation::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Activation::Threshold { threshold, value } => {
+                if x <= threshold {
+                    value
+                } else {
+                    x
+                }
+            }
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),
             Activation::LeakyRelu { negative_slope } => {
