@@ -124,19 +124,13 @@ def output_case(converted, x):
             tensors[f"{field}.scale"], tensors[f"{field}.zero_point"] = qparams(out.q_scale(), out.q_zero_point())
         else:
             tensors[field] = out.detach().float()
-
-    def recorded(path, op):
-        def run(*args):
-            out = op(*args)
-            record(path, out)
-            return out
-
-        return run
+        return out
 
     for path, m in converted.named_modules():
         if isinstance(m, nnq.QFunctional):
             # QFunctional's ops bypass forward(), so forward hooks never fire; wrap the ops instead.
-            m.add_relu, m.mul = recorded(path, m.add_relu), recorded(path, m.mul)
+            for op in ("add_relu", "mul"):
+                setattr(m, op, lambda *args, path=path, run=getattr(m, op): record(path, run(*args)))
         elif path == "" or all(isinstance(c, LinearPackedParams) for c in m.children()):
             m.register_forward_hook(lambda mod, inp, out, path=path: record(path, out))
     with torch.no_grad():
