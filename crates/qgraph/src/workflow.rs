@@ -122,10 +122,15 @@ impl ObserverModule {
 
     /// Records `x` (a float value; a quantized one is dequantized first).
     pub fn observe(&self, x: &Value) -> GraphResult<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.observe_repeated(x, 1)
+    }
+
+    /// Records `x` `times` times, as that many calls of [`ObserverModule::observe`] would.
+    pub fn observe_repeated(&self, x: &Value, times: usize) -> GraphResult<()> {
+        self.calls.fetch_add(times, Ordering::Relaxed);
         match x {
-            Value::Float(x) => self.lock().observe(x.view())?,
-            Value::Quant(q) => self.lock().observe(q.dequantize().view())?,
+            Value::Float(x) => self.lock().observe_repeated(x.view(), times)?,
+            Value::Quant(q) => self.lock().observe_repeated(q.dequantize().view(), times)?,
         }
         Ok(())
     }
@@ -250,9 +255,7 @@ impl Module for Observed {
     fn forward(&self, input: Value) -> GraphResult<Value> {
         let out = self.inner.forward(input)?;
         let observer = self.observer();
-        for _ in 0..observer.observations_per_forward() {
-            observer.observe(&out)?;
-        }
+        observer.observe_repeated(&out, observer.observations_per_forward())?;
         Ok(out)
     }
 

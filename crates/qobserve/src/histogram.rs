@@ -104,15 +104,29 @@ impl RunningHistogram {
         lo: f32,
         hi: f32,
     ) -> ObserveResult<()> {
+        self.add_times(observer, values, lo, hi, 1)
+    }
+
+    /// [`RunningHistogram::add`] `times` times in a row (at least once): after the first, the
+    /// range no longer changes, so each further `forward` adds the same update histogram, which
+    /// is computed once here and added `times - 1` more times in float32, as PyTorch adds it.
+    pub(crate) fn add_times(
+        &mut self,
+        observer: &'static str,
+        values: &[f32],
+        lo: f32,
+        hi: f32,
+        times: usize,
+    ) -> ObserveResult<()> {
         let (new_min, new_max) = match &self.data {
             None => (lo, hi),
             Some(d) => (d.min.min(lo), d.max.max(hi)),
         };
         check_width(observer, new_min, new_max)?;
-        let data = match self.data.take() {
-            None => HistogramData { min: lo, max: hi, counts: histc(values, self.bins, lo, hi) },
+        let update = histc(values, self.bins, new_min, new_max);
+        let mut data = match self.data.take() {
+            None => HistogramData { min: lo, max: hi, counts: update.clone() },
             Some(mut d) => {
-                let update = histc(values, self.bins, new_min, new_max);
                 if new_min == d.min && new_max == d.max {
                     for (c, u) in d.counts.iter_mut().zip(&update) {
                         *c += *u;
@@ -127,6 +141,11 @@ impl RunningHistogram {
                 }
             }
         };
+        for _ in 1..times {
+            for (c, u) in data.counts.iter_mut().zip(&update) {
+                *c += *u;
+            }
+        }
         self.data = Some(data);
         Ok(())
     }
@@ -448,13 +467,22 @@ impl Observer for HistogramObserver {
     }
 
     fn observe(&mut self, x: ArrayViewD<'_, f32>) -> ObserveResult<()> {
+        self.observe_repeated(x, 1)
+    }
+
+    /// One pass over `x`: the update histogram is computed once and added `times` times.
+    fn observe_repeated(&mut self, x: ArrayViewD<'_, f32>, times: usize) -> ObserveResult<()> {
         let Some(batch) = finite_batch(Self::NAME, &x)? else { return Ok(()) };
-        if let Some((lo, hi)) = batch.range {
-            self.hist.add(Self::NAME, &batch.values, lo, hi)?;
+        if times == 0 {
+            return Ok(());
         }
-        self.counters.batches += 1;
-        self.counters.elements += x.len() as u64;
-        self.counters.skipped_infinite += batch.skipped;
+        if let Some((lo, hi)) = batch.range {
+            self.hist.add_times(Self::NAME, &batch.values, lo, hi, times)?;
+        }
+        let times = times as u64;
+        self.counters.batches += times;
+        self.counters.elements += x.len() as u64 * times;
+        self.counters.skipped_infinite += batch.skipped * times;
         Ok(())
     }
 

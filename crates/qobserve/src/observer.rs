@@ -34,6 +34,15 @@ pub trait Observer: fmt::Debug + Send + Sync {
     /// On error the observer's state is unchanged.
     fn observe(&mut self, x: ArrayViewD<'_, f32>) -> ObserveResult<()>;
 
+    /// [`Observer::observe`] on the same `x`, `times` times in a row (PyTorch observes the
+    /// output of a fused module twice). Observers that can do it in one pass override this.
+    fn observe_repeated(&mut self, x: ArrayViewD<'_, f32>, times: usize) -> ObserveResult<()> {
+        for _ in 0..times {
+            self.observe(x.view())?;
+        }
+        Ok(())
+    }
+
     /// Scales and zero points from the statistics so far (PyTorch's `calculate_qparams`).
     ///
     /// An error, not PyTorch's silent scale 1.0 / zero point 0, if nothing was observed.

@@ -1,5 +1,6 @@
 //! Property tests: parameters are always valid, the observed range is always representable,
-//! and observing the same data twice leaves MinMax parameters unchanged.
+//! observing the same data twice leaves MinMax parameters unchanged, and observing a batch
+//! repeatedly in one call equals observing it that many times.
 
 use ndarray::{Array1, ArrayD, IxDyn};
 use proptest::prelude::*;
@@ -130,6 +131,24 @@ proptest! {
         for (s, z) in scales.iter().zip(&zero_points) {
             prop_assert!(qcore::inverse_scale("test", *s).is_ok());
             prop_assert!((qmin..=qmax).contains(z));
+        }
+    }
+
+    #[test]
+    fn observing_repeatedly_equals_observing_that_many_times(
+        batches in prop::collection::vec(data(), 1..4),
+        times in 0usize..4,
+    ) {
+        for spec in [ObserverSpec::histogram(), ObserverSpec::moving_average_min_max(), ObserverSpec::min_max()] {
+            let (mut once, mut repeated) = (spec.build().unwrap(), spec.build().unwrap());
+            for b in &batches {
+                let x = Array1::from(b.clone()).into_dyn();
+                for _ in 0..times {
+                    once.observe(x.view()).unwrap();
+                }
+                repeated.observe_repeated(x.view(), times).unwrap();
+            }
+            prop_assert_eq!(once.state(), repeated.state(), "{}", spec.name());
         }
     }
 
