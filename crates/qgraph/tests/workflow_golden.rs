@@ -240,6 +240,12 @@ fn squeeze_excitation_with_hardsigmoid_matches_pytorch() {
         assert!(printed.contains("(scale_activation): Hardsigmoid()\n"), "{stage}: {printed}");
     }
     check_converted("workflow_se", &mut wf, 0.999, 1);
+    // Saved and loaded, the converted model (Hardsigmoid included) computes the same integers.
+    let loaded = qgraph::io::from_bytes(&qgraph::io::to_bytes(wf.model.as_ref()).unwrap()).unwrap();
+    assert_eq!(loaded.to_string(), wf.model.to_string());
+    let x = Value::from(wf.fx.tensor::<f32>("input", "x"));
+    let (a, b) = (wf.model.forward(x.clone()).unwrap(), loaded.forward(x).unwrap());
+    assert_eq!(a.into_float_lossy(), b.into_float_lossy());
 }
 
 /// The model of `gen_workflow.py`'s `observation_models`: QuantStub, `layers`, DeQuantStub.
