@@ -257,9 +257,8 @@ fn fusing_and_quantizing_the_fixture_model_reproduces_pytorch() {
     ]);
     fuse_modules(&mut model, &[&["1", "2", "3"]]).unwrap();
     let fused = model.get("1.0").unwrap().downcast_ref::<Conv>().unwrap();
-    let bits = |a: &ndarray::ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(fused.weight()), bits(&t("fused", "1.0.weight")), "fused weight");
-    assert_eq!(bits(fused.bias().unwrap()), bits(&t("fused", "1.0.bias")), "fused bias");
+    qtest::assert_bits_eq("conv-bn-relu", "fused weight", fused.weight(), &t("fused", "1.0.weight"));
+    qtest::assert_bits_eq("conv-bn-relu", "fused bias", fused.bias().unwrap(), &t("fused", "1.0.bias"));
     let spec =
         ObserverSpec::min_max().with_args(|a| a.dtype(QDType::QInt8).qscheme(QScheme::PerTensorAffine));
     let scale = fx.tensor::<f64>("quantized", "1.scale")[[0]];

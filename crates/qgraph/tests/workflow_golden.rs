@@ -17,7 +17,7 @@ use qgraph::qobserve::{ObserverSpec, QDType, QScheme};
 use qgraph::quantized::{QuantizedConv, QuantizedLinear};
 use qgraph::workflow::Observed;
 use qgraph::{Module, QConfigMapping, Value, calibrate, convert, debug, eval, load_state_dict, prepare};
-use qtest::Fixture;
+use qtest::{Fixture, assert_bits_eq};
 
 mod common;
 use common::{RESNET_FUSE, agreement, fixture, mask_scales, params, resnet_model, seed_model};
@@ -54,9 +54,7 @@ fn run_workflow(
     fuse_modules(&mut model, fuse).expect("fuse");
     // Folding is PyTorch's arithmetic step for step (NUMERICS section 10): bit-identical weights.
     for (key, got) in model.state_dict() {
-        let expected = fx.tensor::<f32>("fused", &key);
-        let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(got), bits(&expected), "{name}: fused {key} differs from PyTorch's");
+        assert_bits_eq(name, &format!("fused {key}"), got, &fx.tensor::<f32>("fused", &key));
     }
     prepare(&mut model, &mapping).expect("prepare");
     let batches: Vec<ArrayD<f32>> = (0..4).map(|i| fx.tensor::<f32>("calib", &i.to_string())).collect();
