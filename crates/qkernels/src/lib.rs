@@ -46,3 +46,8 @@ pub mod quant;
 pub use error::{KernelError, KernelResult};
 pub use isa::Isa;
 pub use qcore;
+
+/// This crate's README examples, run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;
