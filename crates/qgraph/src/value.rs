@@ -1,10 +1,12 @@
 //! What flows between modules: a float tensor (NCHW, as PyTorch shows it) or a quantized
-//! activation (quint8, per-tensor, stored channels-last).
+//! activation (quint8, per-tensor, stored channels-last, with the memory format PyTorch's tensor
+//! would have).
 
 use ndarray::{ArrayD, IxDyn};
 use qcore::{AffineQuantizer, QDType, QParams, QTensor};
 use qkernels::elementwise::PerTensor;
-use qkernels::{Isa, quant};
+use qkernels::layout::{broadcast_strides, scalar_loop_runs};
+use qkernels::{Isa, MemoryFormat, quant};
 use serde::{Deserialize, Serialize};
 
 use crate::record::Record;
@@ -46,16 +48,29 @@ impl OutQ {
 /// A quantized activation: quint8 values with one scale and zero point, in PyTorch's logical
 /// shape `[N, C, spatial...]` but stored channels-last (`[N, spatial..., C]`), the layout the
 /// kernels run on. Rank-1 and rank-2 tensors are stored as they are.
+///
+/// The value also carries the memory format PyTorch's tensor has at this point
+/// ([`QuantTensor::memory_format`]): `torch.quantize_per_tensor` keeps an ordinary tensor NCHW,
+/// quantized convolutions return channels-last, and the other ops follow PyTorch's rules. The
+/// storage does not change with it; the format decides which elements PyTorch's kernels round with
+/// their scalar loop (NUMERICS.md section 11, "Layouts").
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantTensor {
     data: Vec<u8>,
     shape: Vec<usize>,
     q: PerTensor,
+    format: MemoryFormat,
+}
+
+/// `format` for a tensor of rank `rank`: ranks below 3 have no channels-last form.
+fn format_for_rank(format: MemoryFormat, rank: usize) -> MemoryFormat {
+    if rank < 3 { MemoryFormat::Contiguous } else { format }
 }
 
 impl QuantTensor {
     /// Wraps channels-last `data` of logical shape `shape` (an error if the lengths differ or the
-    /// parameters are not valid quint8 parameters).
+    /// parameters are not valid quint8 parameters), tagged channels-last as a quantized
+    /// convolution's output is; see [`QuantTensor::with_memory_format`].
     pub fn new(data: Vec<u8>, shape: Vec<usize>, q: PerTensor) -> GraphResult<Self> {
         let expected = shape.iter().product::<usize>();
         if data.len() != expected {
@@ -67,17 +82,31 @@ impl QuantTensor {
             });
         }
         AffineQuantizer::new(q.scale, q.zero_point, QDType::QUInt8)?;
-        Ok(Self { data, shape, q })
+        let format = format_for_rank(MemoryFormat::ChannelsLast, shape.len());
+        Ok(Self { data, shape, q, format })
     }
 
-    /// A quantized value from its integers in PyTorch's NCHW order (`int_repr()`) and parameters.
+    /// The same values with PyTorch's memory format `format` (what
+    /// `x.contiguous(memory_format=...)` gives in PyTorch). Ranks below 3 stay contiguous.
+    pub fn with_memory_format(self, format: MemoryFormat) -> Self {
+        Self { format: format_for_rank(format, self.shape.len()), ..self }
+    }
+
+    /// The memory format PyTorch's tensor has (the storage here is channels-last either way).
+    pub fn memory_format(&self) -> MemoryFormat {
+        self.format
+    }
+
+    /// A quantized value from its integers in PyTorch's NCHW order (`int_repr()`) and parameters,
+    /// tagged channels-last (see [`QuantTensor::with_memory_format`]).
     pub fn from_int_repr(int_repr: &ArrayD<u8>, q: PerTensor) -> GraphResult<Self> {
         let data = to_channels_last(&int_repr.as_standard_layout().into_owned());
         Self::new(data, int_repr.shape().to_vec(), q)
     }
 
     /// Quantizes a float NCHW tensor as `torch.quantize_per_tensor(x, scale, zero_point,
-    /// torch.quint8)` does on x86, into channels-last storage.
+    /// torch.quint8)` does on x86, into channels-last storage; the value is NCHW
+    /// ([`MemoryFormat::Contiguous`]), as PyTorch's is.
     pub fn quantize(x: &ArrayD<f32>, q: PerTensor) -> GraphResult<Self> {
         let shape = x.shape().to_vec();
         let x = x.as_standard_layout();
@@ -88,7 +117,7 @@ impl QuantTensor {
         } else {
             quant::quantize_to_channels_last(input, &shape, q, &mut data, Isa::active())?;
         }
-        Ok(Self { data, shape, q })
+        Ok(Self { data, shape, q, format: MemoryFormat::Contiguous })
     }
 
     /// The float values, NCHW: `(q - zero_point) * scale` as PyTorch's `dequantize`.
@@ -143,8 +172,48 @@ impl QuantTensor {
     /// after the caller has checked that).
     pub(crate) fn with_storage_shape(self, shape: Vec<usize>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), self.data.len());
-        Self { shape, ..self }
+        let format = format_for_rank(self.format, shape.len());
+        Self { shape, format, ..self }
     }
+
+    /// The strides of the storage (channels-last) broadcast to `shape`.
+    fn storage_strides(&self, shape: &[usize]) -> Vec<usize> {
+        broadcast_strides(&self.shape, MemoryFormat::ChannelsLast, shape)
+    }
+
+    /// The strides PyTorch's tensor has, broadcast to `shape`.
+    fn pytorch_strides(&self, shape: &[usize]) -> Vec<usize> {
+        broadcast_strides(&self.shape, self.format, shape)
+    }
+}
+
+/// The elements PyTorch's scalar loop computes when an elementwise kernel writes a new tensor of
+/// `shape` in `format` from `inputs` ([`scalar_loop_runs`] with PyTorch's thread count): for
+/// each, its storage index in the output and in every input.
+pub(crate) fn scalar_loop_elements(
+    shape: &[usize],
+    format: MemoryFormat,
+    inputs: &[&QuantTensor],
+) -> Vec<(usize, Vec<usize>)> {
+    let mut strides = vec![format.strides(shape)];
+    strides.extend(inputs.iter().map(|x| x.pytorch_strides(shape)));
+    let storage: Vec<Vec<usize>> = inputs.iter().map(|x| x.storage_strides(shape)).collect();
+    let out_storage = MemoryFormat::ChannelsLast.strides(shape);
+    let dot = |index: &[usize], strides: &[usize]| index.iter().zip(strides).map(|(i, s)| i * s).sum();
+    scalar_loop_runs(shape, &strides, pytorch_threads())
+        .into_iter()
+        .flatten()
+        .map(|offset| {
+            let index = format.index_of(offset, shape);
+            (dot(&index, &out_storage), storage.iter().map(|s| dot(&index, s)).collect())
+        })
+        .collect()
+}
+
+/// PyTorch's default thread count, as far as it can be told from here: the available
+/// parallelism (PyTorch uses the physical cores, which differ on machines with SMT).
+pub(crate) fn pytorch_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The permutation of an NCHW tensor into channels-last order (a copy); rank < 3 is unchanged.

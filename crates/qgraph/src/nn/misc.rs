@@ -409,7 +409,8 @@ impl Upsample {
                 isa,
             )?,
         };
-        QuantTensor::new(y, vec![s[0], s[1], out[0], out[1]], q.qparams())
+        Ok(QuantTensor::new(y, vec![s[0], s[1], out[0], out[1]], q.qparams())?
+            .with_memory_format(q.memory_format()))
     }
 }
 
