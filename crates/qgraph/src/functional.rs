@@ -254,9 +254,7 @@ impl Module for QFunctional {
                 // PyTorch's cat of 4-D channels-last tensors along the channels takes its NHWC
                 // kernel (output channels-last); any other cat dequantizes, concatenates the
                 // float tensors (channels-last only if every input is) and quantizes.
-                let channels_last =
-                    |x: &QuantTensor| x.memory_format().same_order(MemoryFormat::ChannelsLast, x.shape());
-                let all_channels_last = xs.iter().all(channels_last);
+                let all_channels_last = xs.iter().all(|x| x.kernel_format() == MemoryFormat::ChannelsLast);
                 let (dequant, format) = match (rank, dim, all_channels_last) {
                     (4, 1, true) => (Dequant::Fma, MemoryFormat::ChannelsLast),
                     _ if xs.iter().all(|x| x.memory_format() == xs[0].memory_format()) => {

@@ -97,6 +97,17 @@ impl QuantTensor {
         self.format
     }
 
+    /// Which of PyTorch's kernels a 4-D op that asks `is_contiguous(channels_last)` picks:
+    /// channels-last also for a contiguous tensor with one channel or one spatial position, where
+    /// both orders agree.
+    pub(crate) fn kernel_format(&self) -> MemoryFormat {
+        if self.format.same_order(MemoryFormat::ChannelsLast, &self.shape) {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Contiguous
+        }
+    }
+
     /// A quantized value from its integers in PyTorch's NCHW order (`int_repr()`) and parameters,
     /// tagged channels-last (see [`QuantTensor::with_memory_format`]).
     pub fn from_int_repr(int_repr: &ArrayD<u8>, q: PerTensor) -> GraphResult<Self> {

@@ -108,7 +108,8 @@ pub fn scalar_loop_runs(shape: &[usize], strides: &[Vec<usize>], threads: usize)
     if numel == 0 {
         return Vec::new();
     }
-    let inner: Vec<usize> = dim_strides.iter().map(|s| s[0]).collect();
+    // Every operand's stride along the innermost dimension.
+    let inner = &dim_strides[0];
     let contiguous = inner.iter().all(|&s| s == 1);
     let one_broadcast = (1..inner.len())
         .any(|k| inner.iter().enumerate().all(|(a, &s)| if a == k { s == 0 } else { s == 1 }));

@@ -399,7 +399,8 @@ impl Upsample {
         }
         match self.mode {
             UpsampleMode::Nearest => pool::upsample_nearest2d(q.data(), &nhwc, out, &mut y, isa)?,
-            UpsampleMode::Bilinear => pool::upsample_bilinear2d(
+            UpsampleMode::Bilinear => pool::upsample_bilinear2d_as(
+                q.kernel_format(),
                 q.data(),
                 &nhwc,
                 q.qparams(),
