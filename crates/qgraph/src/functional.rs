@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::module::Functional;
 use crate::nn::Identity;
 use crate::record::Record;
-use crate::value::{OutQ, QuantTensor, scalar_loop_elements};
+use crate::value::{OutQ, QuantTensor, for_each_scalar_loop_element};
 use crate::{GraphError, GraphResult, Module, Value, invalid};
 
 /// `FloatFunctional`: the float ops, each a `torch` op on float tensors. `prepare` gives the
@@ -209,10 +209,10 @@ impl Module for QFunctional {
                     QDType::QUInt8,
                     kind == BinaryOp::AddRelu,
                 )?;
-                for (o, inputs) in scalar_loop_elements(&shape, format, &[a, b]) {
-                    let (x, y) = (a.data()[inputs[0]], b.data()[inputs[1]]);
+                for_each_scalar_loop_element(&shape, format, &[a, b], |o, at| {
+                    let (x, y) = (a.data()[at[0]], b.data()[at[1]]);
                     out[o] = rule.apply_scalar_loop(i32::from(x), i32::from(y)) as u8;
-                }
+                });
             }
             Ok(Value::Quant(QuantTensor::new(out, shape, out_q)?.with_memory_format(format)))
         };

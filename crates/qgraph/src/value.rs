@@ -198,27 +198,31 @@ impl QuantTensor {
     }
 }
 
-/// The elements PyTorch's scalar loop computes when an elementwise kernel writes a new tensor of
-/// `shape` in `format` from `inputs` ([`scalar_loop_runs`] with PyTorch's thread count): for
-/// each, its storage index in the output and in every input.
-pub(crate) fn scalar_loop_elements(
+/// Calls `f` for each element PyTorch's scalar loop computes when an elementwise kernel writes a
+/// new tensor of `shape` in `format` from `inputs` ([`scalar_loop_runs`] with PyTorch's thread
+/// count), with its storage index in the output and in every input.
+pub(crate) fn for_each_scalar_loop_element(
     shape: &[usize],
     format: MemoryFormat,
     inputs: &[&QuantTensor],
-) -> Vec<(usize, Vec<usize>)> {
+    mut f: impl FnMut(usize, &[usize]),
+) {
     let mut strides = vec![format.strides(shape)];
     strides.extend(inputs.iter().map(|x| x.pytorch_strides(shape)));
     let storage: Vec<Vec<usize>> = inputs.iter().map(|x| x.storage_strides(shape)).collect();
     let out_storage = MemoryFormat::ChannelsLast.strides(shape);
-    let dot = |index: &[usize], strides: &[usize]| index.iter().zip(strides).map(|(i, s)| i * s).sum();
-    scalar_loop_runs(shape, &strides, pytorch_threads())
-        .into_iter()
-        .flatten()
-        .map(|offset| {
-            let index = format.index_of(offset, shape);
-            (dot(&index, &out_storage), storage.iter().map(|s| dot(&index, s)).collect())
-        })
-        .collect()
+    let dot =
+        |index: &[usize], strides: &[usize]| -> usize { index.iter().zip(strides).map(|(i, s)| i * s).sum() };
+    let (mut at, mut index) = (vec![0; inputs.len()], vec![0; shape.len()]);
+    for offset in scalar_loop_runs(shape, &strides, pytorch_threads()).into_iter().flatten() {
+        for ((i, &size), &stride) in index.iter_mut().zip(shape).zip(&strides[0]) {
+            *i = offset / stride % size;
+        }
+        for (slot, s) in at.iter_mut().zip(&storage) {
+            *slot = dot(&index, s);
+        }
+        f(dot(&index, &out_storage), &at);
+    }
 }
 
 /// PyTorch's default thread count, as far as it can be told from here: the available

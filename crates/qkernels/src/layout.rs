@@ -57,26 +57,6 @@ impl MemoryFormat {
     pub fn same_order(self, other: MemoryFormat, shape: &[usize]) -> bool {
         self == other || Self::is_ambiguous(shape)
     }
-
-    /// The logical index `[n, c, spatial...]` of the element at `offset` of a tensor of shape
-    /// `shape` stored in this format.
-    pub fn index_of(self, offset: usize, shape: &[usize]) -> Vec<usize> {
-        let strides = self.strides(shape);
-        shape
-            .iter()
-            .zip(&strides)
-            .map(|(&size, &stride)| if size == 0 { 0 } else { offset / stride % size })
-            .collect()
-    }
-
-    /// Moves the element at `offset` in format `from` to its offset in format `to` (both of
-    /// logical shape `shape`).
-    pub fn convert_offset(offset: usize, shape: &[usize], from: MemoryFormat, to: MemoryFormat) -> usize {
-        if from == to {
-            return offset;
-        }
-        from.index_of(offset, shape).iter().zip(to.strides(shape)).map(|(i, s)| i * s).sum()
-    }
 }
 
 /// `at::internal::GRAIN_SIZE`: ranges up to this many elements run on one thread.
@@ -232,27 +212,6 @@ mod tests {
         assert_eq!(MemoryFormat::Contiguous.strides(&[2, 3, 4, 5]), vec![60, 20, 5, 1]);
         assert_eq!(MemoryFormat::ChannelsLast.strides(&[2, 3, 4, 5]), vec![60, 1, 15, 3]);
         assert_eq!(MemoryFormat::ChannelsLast.strides(&[3, 4]), vec![4, 1]);
-    }
-
-    #[test]
-    fn offsets_convert_both_ways() {
-        let shape = [2, 3, 4, 5];
-        for o in 0..120 {
-            let cl =
-                MemoryFormat::convert_offset(o, &shape, MemoryFormat::Contiguous, MemoryFormat::ChannelsLast);
-            let back = MemoryFormat::convert_offset(
-                cl,
-                &shape,
-                MemoryFormat::ChannelsLast,
-                MemoryFormat::Contiguous,
-            );
-            assert_eq!(back, o);
-        }
-        // Element (0, 1, 0, 0): offset 20 in NCHW, 1 in NHWC.
-        assert_eq!(
-            MemoryFormat::convert_offset(20, &shape, MemoryFormat::Contiguous, MemoryFormat::ChannelsLast),
-            1
-        );
     }
 
     #[test]

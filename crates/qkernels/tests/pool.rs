@@ -174,9 +174,9 @@ proptest! {
         }
         for isa in Isa::supported() {
             let mut out = vec![0u8; expected.len()];
-            pool::avg_pool2d(&x, &[1, sp[0], sp[1], c], q, &opts, &mut out, isa).unwrap();
+            pool::avg_pool2d(MemoryFormat::ChannelsLast, &x, &[1, sp[0], sp[1], c], q, &opts, &mut out, isa).unwrap();
             prop_assert_eq!(&out, &expected, "{}", isa);
-            pool::avg_pool2d_as(MemoryFormat::Contiguous, &x, &[1, sp[0], sp[1], c], q, &opts, &mut out, isa).unwrap();
+            pool::avg_pool2d(MemoryFormat::Contiguous, &x, &[1, sp[0], sp[1], c], q, &opts, &mut out, isa).unwrap();
             prop_assert_eq!(&out, &expected_nchw, "{} NCHW", isa);
         }
     }
@@ -201,9 +201,9 @@ proptest! {
             let mut e = vec![0u8; len];
             pool::adaptive_avg_pool2d(&x, &shape, q, osz, &mut a, isa).unwrap();
             pool::upsample_nearest2d(&x, &shape, osz, &mut b, isa).unwrap();
-            pool::upsample_bilinear2d(&x, &shape, q, osz, align_corners, &mut d, isa).unwrap();
+            pool::upsample_bilinear2d(MemoryFormat::ChannelsLast, &x, &shape, q, osz, align_corners, &mut d, isa).unwrap();
             let nchw = MemoryFormat::Contiguous;
-            pool::upsample_bilinear2d_as(nchw, &x, &shape, q, osz, align_corners, &mut e, isa).unwrap();
+            pool::upsample_bilinear2d(nchw, &x, &shape, q, osz, align_corners, &mut e, isa).unwrap();
             (a, b, d, e)
         };
         let reference = run(Isa::Scalar);
@@ -213,7 +213,7 @@ proptest! {
         pool::adaptive_avg_pool2d(&constant, &shape, q, osz, &mut a, Isa::Scalar).unwrap();
         prop_assert!(a.iter().all(|&v| v == 77));
         for format in [MemoryFormat::ChannelsLast, MemoryFormat::Contiguous] {
-            pool::upsample_bilinear2d_as(format, &constant, &shape, q, osz, align_corners, &mut a, Isa::Scalar).unwrap();
+            pool::upsample_bilinear2d(format, &constant, &shape, q, osz, align_corners, &mut a, Isa::Scalar).unwrap();
             prop_assert!(a.iter().all(|&v| v == 77));
         }
         // Nearest: every output pixel is some input pixel of the same batch.
@@ -225,7 +225,7 @@ proptest! {
         pool::upsample_nearest2d(&x, &shape, sp, &mut same, Isa::Scalar).unwrap();
         prop_assert_eq!(&same, &x);
         for format in [MemoryFormat::ChannelsLast, MemoryFormat::Contiguous] {
-            pool::upsample_bilinear2d_as(format, &x, &shape, q, sp, align_corners, &mut same, Isa::Scalar).unwrap();
+            pool::upsample_bilinear2d(format, &x, &shape, q, sp, align_corners, &mut same, Isa::Scalar).unwrap();
             prop_assert_eq!(&same, &x);
         }
     }
@@ -288,6 +288,7 @@ fn bad_pooling_input_is_a_typed_error() {
     let err = pool::max_pool2d(&x, &shape, &w(7, 1, 1), &mut out, isa).unwrap_err();
     assert!(matches!(err, KernelError::InvalidArgument { what: "output size", .. }), "{err}");
     let err = pool::avg_pool2d(
+        MemoryFormat::ChannelsLast,
         &x,
         &shape,
         q,
@@ -301,6 +302,7 @@ fn bad_pooling_input_is_a_typed_error() {
     assert!(pool::max_pool2d(&x, &shape, &w(2, 0, 0), &mut out, isa).is_err());
     assert!(pool::max_pool2d(&x, &shape, &w(0, 1, 0), &mut out, isa).is_err());
     let err = pool::avg_pool2d(
+        MemoryFormat::ChannelsLast,
         &x,
         &shape,
         q,
@@ -322,8 +324,17 @@ fn bad_pooling_input_is_a_typed_error() {
     assert!(pool::adaptive_avg_pool2d(&x, &shape, q, [0, 2], &mut out, isa).is_err());
     assert!(pool::upsample_nearest2d(&x, &shape, [2, 0], &mut out, isa).is_err());
     assert!(
-        pool::upsample_bilinear2d(&x, &shape, PerTensor::new(-1.0, 0), [2, 2], false, &mut out[..24], isa)
-            .is_err()
+        pool::upsample_bilinear2d(
+            MemoryFormat::ChannelsLast,
+            &x,
+            &shape,
+            PerTensor::new(-1.0, 0),
+            [2, 2],
+            false,
+            &mut out[..24],
+            isa
+        )
+        .is_err()
     );
     assert!(pool::max_pool2d(&[] as &[u8], &[0, 4, 4, 0], &w(2, 2, 0), &mut [], isa).is_err());
 }

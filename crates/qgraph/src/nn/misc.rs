@@ -399,7 +399,7 @@ impl Upsample {
         }
         match self.mode {
             UpsampleMode::Nearest => pool::upsample_nearest2d(q.data(), &nhwc, out, &mut y, isa)?,
-            UpsampleMode::Bilinear => pool::upsample_bilinear2d_as(
+            UpsampleMode::Bilinear => pool::upsample_bilinear2d(
                 q.kernel_format(),
                 q.data(),
                 &nhwc,

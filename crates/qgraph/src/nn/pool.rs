@@ -450,7 +450,7 @@ impl Module for AvgPool2d {
             Value::Quant(q) => {
                 let mut out = vec![0u8; len];
                 let nhwc = [s[0], s[2], s[3], s[1]];
-                pool::avg_pool2d_as(q.kernel_format(), q.data(), &nhwc, q.qparams(), &opts, &mut out, isa)?;
+                pool::avg_pool2d(q.kernel_format(), q.data(), &nhwc, q.qparams(), &opts, &mut out, isa)?;
                 Ok(Value::Quant(
                     QuantTensor::new(out, oshape, q.qparams())?.with_memory_format(q.memory_format()),
                 ))

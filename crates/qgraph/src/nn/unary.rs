@@ -9,7 +9,7 @@ use qkernels::{Isa, MemoryFormat, float};
 use serde::{Deserialize, Serialize};
 
 use crate::record::Record;
-use crate::value::{QuantTensor, scalar_loop_elements};
+use crate::value::{QuantTensor, for_each_scalar_loop_element};
 use crate::{GraphError, GraphResult, Module, Value};
 
 /// Python's `repr` of a float: shortest round-trip digits, `1.0` for integers, exponent form
@@ -122,9 +122,9 @@ impl LutCache {
             drop(slot);
             body.apply(q.data(), &mut out, isa)?;
             if let Some(tail) = tail {
-                for (o, inputs) in scalar_loop_elements(q.shape(), format, &[q]) {
-                    out[o] = tail.get(q.data()[inputs[0]]);
-                }
+                for_each_scalar_loop_element(q.shape(), format, &[q], |o, at| {
+                    out[o] = tail.get(q.data()[at[0]]);
+                });
             }
         }
         Ok(QuantTensor::new(out, q.shape().to_vec(), out_q)?.with_memory_format(format))

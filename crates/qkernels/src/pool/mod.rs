@@ -518,22 +518,12 @@ fn avg_ranges(n_in: usize, n_out: usize, k: usize, s: usize, p: usize, buf: &mut
 /// minus `zp * size`, requantized with `multiplier = 1.0f / divisor` (see
 /// [`PYTORCH_VECTOR_CHANNELS`] for the two rounding forms). Output parameters are the
 /// input's. Returns the output shape.
-pub fn avg_pool2d<T: QElem>(
-    input: &[T],
-    shape: &[usize],
-    q: PerTensor,
-    opts: &AvgPool2d,
-    out: &mut [T],
-    isa: Isa,
-) -> KernelResult<Vec<usize>> {
-    avg_pool2d_as(MemoryFormat::ChannelsLast, input, shape, q, opts, out, isa)
-}
-
-/// [`avg_pool2d`] with the rounding of PyTorch's kernel for a tensor in memory format `format`
-/// (the data is `[N, H, W, C]` either way): its NHWC kernel for channels-last, its NCHW kernel
+///
+/// `format` chooses the rounding of PyTorch's kernel for a tensor in that memory format (the
+/// data is `[N, H, W, C]` either way): its NHWC kernel for channels-last, its NCHW kernel
 /// (`avg_pool2d_out_frame`: `nearbyint(acc * f32(1.0 / divisor) + zp)`, every channel alike)
 /// for contiguous tensors.
-pub fn avg_pool2d_as<T: QElem>(
+pub fn avg_pool2d<T: QElem>(
     format: MemoryFormat,
     input: &[T],
     shape: &[usize],
@@ -807,25 +797,14 @@ impl<T: QElem> Tiered for BilinearRows<'_, T> {
 /// `upsample_bilinear2d` (`F.interpolate(mode="bilinear", align_corners=...)`) of a quantized
 /// `[N, H, W, C]` tensor: PyTorch's f32 interpolation of the raw integers, minus the zero point,
 /// quantized back with scale 1 and the same zero point. Parameters unchanged.
-pub fn upsample_bilinear2d<T: QElem>(
-    input: &[T],
-    shape: &[usize],
-    q: PerTensor,
-    output_size: [usize; 2],
-    align_corners: bool,
-    out: &mut [T],
-    isa: Isa,
-) -> KernelResult<Vec<usize>> {
-    upsample_bilinear2d_as(MemoryFormat::ChannelsLast, input, shape, q, output_size, align_corners, out, isa)
-}
-
-/// [`upsample_bilinear2d`] with the rounding of PyTorch's kernel for a tensor in memory format
-/// `format` (the data is `[N, H, W, C]` either way). Channels-last: its NHWC kernel, built with
+///
+/// `format` chooses the rounding of PyTorch's kernel for a tensor in that memory format (the
+/// data is `[N, H, W, C]` either way). Channels-last: its NHWC kernel, built with
 /// FMA contraction, vector form for the first `C - C mod 8` channels
 /// ([`PYTORCH_BILINEAR_VECTOR_CHANNELS`]). Contiguous: its NCHW kernel
 /// (`upsample_bilinear2d_out_frame`, built without FMA), every product and sum rounded alone.
 #[allow(clippy::too_many_arguments)]
-pub fn upsample_bilinear2d_as<T: QElem>(
+pub fn upsample_bilinear2d<T: QElem>(
     format: MemoryFormat,
     input: &[T],
     shape: &[usize],
