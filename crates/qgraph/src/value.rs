@@ -355,6 +355,30 @@ mod tests {
     }
 
     #[test]
+    fn memory_formats_follow_pytorch() {
+        let x = ArrayD::from_shape_fn(IxDyn(&[1, 2, 3, 3]), |i| i[3] as f32);
+        let q = QuantTensor::quantize(&x, PerTensor::new(0.05, 10)).unwrap();
+        // torch.quantize_per_tensor keeps an ordinary tensor NCHW; a convolution's output (made
+        // with `new`) is channels-last; rank 2 has no channels-last form.
+        assert_eq!(q.memory_format(), MemoryFormat::Contiguous);
+        let conv_like = QuantTensor::new(q.data().to_vec(), q.shape().to_vec(), q.qparams()).unwrap();
+        assert_eq!(conv_like.memory_format(), MemoryFormat::ChannelsLast);
+        let rows = QuantTensor::new(vec![0; 6], vec![2, 3], q.qparams()).unwrap();
+        assert_eq!(
+            rows.with_memory_format(MemoryFormat::ChannelsLast).memory_format(),
+            MemoryFormat::Contiguous
+        );
+        // Retagging changes neither the values nor the storage.
+        let retagged = q.clone().with_memory_format(MemoryFormat::ChannelsLast);
+        assert_eq!((retagged.int_repr(), retagged.data()), (q.int_repr(), q.data()));
+        // One spatial position: both orders agree, and PyTorch's kernels take the channels-last one.
+        let pixel =
+            QuantTensor::quantize(&ArrayD::zeros(IxDyn(&[2, 5, 1, 1])), PerTensor::new(0.1, 0)).unwrap();
+        assert_eq!(pixel.kernel_format(), MemoryFormat::ChannelsLast);
+        assert_eq!(q.kernel_format(), MemoryFormat::Contiguous);
+    }
+
+    #[test]
     fn float_where_quantized_is_needed_names_the_module() {
         let err = Value::from(ArrayD::zeros(IxDyn(&[1]))).into_quant("features.1").unwrap_err();
         assert!(err.to_string().contains("features.1") && err.to_string().contains("QuantStub"), "{err}");
