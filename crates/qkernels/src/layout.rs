@@ -194,7 +194,8 @@ fn iteration_dims(shape: &[usize], strides: &[Vec<usize>]) -> (Vec<usize>, Vec<V
 
 /// The element strides of a tensor of shape `shape` in format `format`, broadcast to `out_shape`
 /// (PyTorch's `expand`: stride 0 along dimensions of size 1 that `out_shape` widens, and along
-/// leading dimensions `shape` lacks).
+/// leading dimensions `shape` lacks). `shape` must broadcast to `out_shape` (see
+/// [`crate::elementwise::broadcast_shape`]).
 pub fn broadcast_strides(shape: &[usize], format: MemoryFormat, out_shape: &[usize]) -> Vec<usize> {
     let own = format.strides(shape);
     let lead = out_shape.len() - shape.len();
