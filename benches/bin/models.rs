@@ -7,7 +7,7 @@
 //! Builds the zoo model (`qgraph::models`) with the weights of FILE (a safetensors `state_dict`
 //! as `tools/export_torchvision.py` writes) or, without one, the zoo's deterministic weights. For
 //! `int8`: `fuse_model`, the x86 default qconfig, prepare, calibration on the four images
-//! `tools/bench/torch_models.py` uses (image i is `qtest::random_f32s(3*224*224, 1000 + i)`),
+//! `tools/bench/torch_models.py` uses (image i is `qgraph::models::random_f32s(3*224*224, 1000 + i)`),
 //! convert. Then, in a rayon pool of N threads, times batch-1 224x224 inference on image 0: three
 //! warm-up runs, then single runs until at least one second and ten runs have passed; the median.
 //!
@@ -124,7 +124,7 @@ fn status_bytes(field: &str) -> Result<u64, String> {
 
 /// Image `i` of the calibration set, `[1, 3, 224, 224]`.
 fn image(i: u64) -> ArrayD<f32> {
-    let values = qtest::random_f32s(3 * SIDE * SIDE, 1000 + i);
+    let values = qgraph::models::random_f32s(3 * SIDE * SIDE, 1000 + i);
     ArrayD::from_shape_vec(IxDyn(&[1, 3, SIDE, SIDE]), values).expect("3*224*224 values")
 }
 

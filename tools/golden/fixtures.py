@@ -1,9 +1,12 @@
 """Writes golden fixtures in the format the Rust tests read (crate `qtest`).
 
 A fixture file is safetensors: tensors named "<case>/<field>", and one metadata entry, "fixture":
-JSON {"torch": <PyTorch version>, "cases": [<each case's name and scalar parameters>]}. One entry
-only, because safetensors writes its metadata map in no fixed order: with one key, regenerating
-unchanged fixtures gives identical bytes.
+JSON {"torch": <PyTorch version>, "cpu": <CPU model name>, "capability": <PyTorch's CPU
+capability>, "threads": <PyTorch's thread count>, "cases": [<each case's name and scalar
+parameters>]}. One entry only, because safetensors writes its metadata map in no fixed order: with
+one key, regenerating unchanged fixtures on the same machine gives identical bytes. The machine is
+recorded so a difference between fixtures made on two machines can be traced; tests must not
+depend on it.
 """
 
 import json
@@ -13,6 +16,16 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def made_on() -> dict:
+    """The CPU, PyTorch's CPU capability and thread count a fixture is made with."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    return {"cpu": model, "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
 
 
 class Fixture:
@@ -32,6 +45,6 @@ class Fixture:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"fixture": json.dumps({"torch": torch.__version__, "cases": self.cases})}
+        meta = {"fixture": json.dumps({"torch": torch.__version__, **made_on(), "cases": self.cases})}
         save_file(self.tensors, str(self.path), metadata=meta)
         print(f"{self.path.relative_to(ROOT)}: {len(self.cases)} cases, {len(self.tensors)} tensors")

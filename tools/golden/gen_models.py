@@ -29,7 +29,12 @@ convert. Test input: random_f32s(3*64*64, seed=999) as 1x3x64x64.
 Cases:
   observer  field <path> per prepared module with an activation_post_process (the model's own
             path, e.g. "layer1.0.conv1", "quant", "layer1.0.skip_add_relu"): f64 [scale,
-            zero_point] from calculate_qparams(). Params: paths (in named_modules order).
+            zero_point] from calculate_qparams(); <path>.range: f32 [min_val, max_val], the range
+            it saw (inf, -inf if never called). Params: paths (in named_modules order).
+  weights   per converted conv / linear (its path): <path>.scales f64 [out channels], the
+            per-channel weight scales; <path>.digest i64 [sum w, sum w * (i mod 251 + 1),
+            sum w * w] of the int8 weight in PyTorch's layout, flat index i (the weights
+            themselves would be megabytes). Params: paths.
   output    the converted model on the test input. Every leaf module's output (forward hooks;
             a quantized Linear counts as a leaf, its LinearPackedParams child aside; modules
             whose output is their input, such as nn.Identity left by fusion or Dropout, are
@@ -158,6 +163,21 @@ def output_tensors(outputs):
     return tensors
 
 
+def weight_digests(converted):
+    """The weights case: per-channel scales and integer digests of every quantized weight."""
+    paths, tensors = [], {}
+    for path, mod in converted.named_modules():
+        if not hasattr(mod, "weight") or not callable(mod.weight):
+            continue
+        w = mod.weight()
+        flat = w.int_repr().flatten().long()
+        position = torch.arange(flat.numel()) % 251 + 1
+        tensors[f"{path}.scales"] = w.q_per_channel_scales().double()
+        tensors[f"{path}.digest"] = torch.stack([flat.sum(), (flat * position).sum(), (flat * flat).sum()])
+        paths.append(path)
+    return {"paths": paths}, tensors
+
+
 def gen_model(name):
     calibration = [image(500 + j) for j in range(2)]
     x = image(999)
@@ -168,9 +188,13 @@ def gen_model(name):
     paths = [p for p, m in prepared.named_modules() if hasattr(m, "activation_post_process")]
     observed = {}
     for p in paths:
-        scale, zero_point = prepared.get_submodule(p).activation_post_process.calculate_qparams()
+        observer = prepared.get_submodule(p).activation_post_process
+        scale, zero_point = observer.calculate_qparams()
         observed[p] = torch.tensor([scale.item(), zero_point.item()], dtype=torch.float64)
+        observed[f"{p}.range"] = torch.stack([observer.min_val, observer.max_val]).float()
     fx.case("observer", {"paths": paths}, **observed)
+    weight_paths, digests = weight_digests(converted)
+    fx.case("weights", weight_paths, **digests)
 
     printed = str(converted)
     with torch.no_grad():

@@ -10,8 +10,12 @@
 //! whole models instead (ResNet-18, ResNet-50, MobileNetV2, float and int8, on one and two
 //! threads, each configuration in its own process) and prints their table, written as
 //! `target/xtask-bench/models.json`.
+//!
+//! `cargo xtask cycles` lists the import circles between the source files of each library crate
+//! (files that reach each other through `use` paths) and fails if there is one.
 
 mod bench;
+mod cycles;
 mod models;
 mod peak;
 mod report;
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.first().map(String::as_str) {
         Some("bench") => bench::Options::parse(&args[1..]).and_then(|options| bench::run(&options)),
+        Some("cycles") => cycles::run(),
         _ => Err(USAGE.to_string()),
     };
     match outcome {
@@ -36,4 +41,5 @@ fn main() -> ExitCode {
 }
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--vs-torch] [FILTER] [-- CRITERION ARGS]
-       cargo xtask bench --models [resnet18,resnet50,mobilenet_v2] [--vs-torch] [--rounds K] [--chart FILE.svg]";
+       cargo xtask bench --models [resnet18,resnet50,mobilenet_v2] [--vs-torch] [--rounds K] [--chart FILE.svg]
+       cargo xtask cycles";

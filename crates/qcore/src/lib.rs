@@ -31,9 +31,14 @@ pub use display::{float_tensor_str, int_tensor_str, python_float_repr};
 pub use dtype::{QDType, QScheme, calculate_qmin_qmax};
 pub use error::{QError, QResult};
 pub use scalar::{
-    AffineQuantizer, cvt_f32_to_i32_x86, dequantize_per_channel_val, dequantize_val, inverse_scale,
-    quantize_val,
+    AffineQuantizer, cvt_f32_to_i32_x86, dequantize_per_channel_val, dequantize_val,
+    dequantize_val_float_qparams, inverse_scale, quantize_val, quantize_val_float_qparams,
 };
 pub use tensor::{
     IntRepr, QParams, QTensor, quantize_per_channel, quantize_per_channel_float_qparams, quantize_per_tensor,
 };
+
+/// This crate's README examples, run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;

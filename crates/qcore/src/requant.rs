@@ -1,7 +1,7 @@
 //! Requantization: from integer accumulators, or from the float result of an elementwise op, back
 //! to quantized values, by PyTorch's x86 rules. Kernels in `qkernels` reuse these definitions.
 
-use crate::scalar::{cvt_f32_to_i32_x86, inverse_scale, lrintf_x86};
+use crate::scalar::{cvt_f32_to_i32_x86, dequantize_val, inverse_scale, lrintf_x86, quantize_val};
 use crate::{AffineQuantizer, QDType, QResult};
 
 /// `at::native::requantize_from_int`: `clamp(zero_point + lrintf((float)v * multiplier))` to `dtype`.
@@ -83,13 +83,14 @@ impl ConvRequant {
 ///
 /// Each input is dequantized in the vector form `fma(scale, (float)q, scale * -(float)zp)`, the
 /// sum (ReLU'd to >= 0 for `add_relu`) is quantized with the output parameters by
-/// [`AffineQuantizer::quantize`]. PyTorch's scalar tail (elements past the last full vector)
-/// dequantizes as `scale * (q - zp)` instead, which can differ by one f32 ulp and so, rarely, by 1
-/// in the result.
+/// [`AffineQuantizer::quantize`]. PyTorch's scalar loop ([`AddRequant::apply_scalar_loop`])
+/// dequantizes as `scale * (q - zp)` instead, which can differ by one f32 ulp and so by 1 in the
+/// result.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AddRequant {
     a: (f32, f32),
     b: (f32, f32),
+    params: [(f64, i64); 3],
     out: AffineQuantizer,
     relu: bool,
 }
@@ -104,7 +105,22 @@ impl AddRequant {
             let scale = scale as f32;
             Ok((scale, scale * -(zero_point as f32)))
         };
-        Ok(Self { a: dequant(a)?, b: dequant(b)?, out: AffineQuantizer::new(out.0, out.1, dtype)?, relu })
+        Ok(Self {
+            a: dequant(a)?,
+            b: dequant(b)?,
+            params: [a, b, out],
+            out: AffineQuantizer::new(out.0, out.1, dtype)?,
+            relu,
+        })
+    }
+
+    /// The element rule of PyTorch's scalar loop (`qadd_kernel`'s scalar lambda, for the elements
+    /// `cpu_kernel_vec` leaves to it): [`dequantize_val`] of each input, the f32 sum (ReLU as
+    /// `std::max(c, 0.0f)`), and [`quantize_val`] with the output parameters.
+    pub fn apply_scalar_loop(&self, a: i32, b: i32) -> i32 {
+        let [(sa, za), (sb, zb), (so, zo)] = self.params;
+        let sum = dequantize_val(sa, za, a) + dequantize_val(sb, zb, b);
+        quantize_val(so, zo, if self.relu { sum.max(0.0) } else { sum }, self.out.dtype())
     }
 
     /// The quantized sum of two quantized values.

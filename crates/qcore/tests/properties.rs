@@ -177,3 +177,29 @@ proptest! {
         if b as i64 >= zb { prop_assert!(m1 <= m2) } else { prop_assert!(m1 >= m2) }
     }
 }
+
+/// PyTorch's scalar loop of `quantized::add`: plain dequantize, f32 sum, `quantize_val`. It
+/// agrees with the FMA vector rule except where one f32 ulp moves the sum across a rounding tie,
+/// and then by exactly 1. Example from the layout fixtures: inputs at scale 0.1 and an output at
+/// 0.2 make ties of every odd sum.
+#[test]
+fn add_scalar_loop_is_the_plain_rule_and_differs_from_the_vector_body_by_at_most_one() {
+    let (qa, qb, qo) = ((0.1, 117), (0.1, 99), (0.2, 128));
+    for relu in [false, true] {
+        let add = AddRequant::new(qa, qb, qo, QDType::QUInt8, relu).unwrap();
+        let mut differing = 0;
+        for a in 0..=255 {
+            for b in 0..=255 {
+                let sum = dequantize_val(qa.0, qa.1, a) + dequantize_val(qb.0, qb.1, b);
+                let sum = if relu { sum.max(0.0) } else { sum };
+                let expected = quantize_val(qo.0, qo.1, sum, QDType::QUInt8);
+                let got = add.apply_scalar_loop(a, b);
+                assert_eq!(got, expected, "a {a}, b {b}");
+                let vector = add.apply(a, b);
+                assert!((got - vector).abs() <= 1, "a {a}, b {b}: {got} vs {vector}");
+                differing += usize::from(got != vector);
+            }
+        }
+        assert!(differing > 1000, "the two rules differ on {differing} pairs");
+    }
+}

@@ -3,14 +3,16 @@
 //! (quantized) of its own.
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use qkernels::Isa;
+use qcore::QDType;
+use qcore::requant::AddRequant;
 use qkernels::elementwise::{self, BinaryOp, CatInput, Dequant, PerTensor};
+use qkernels::{Isa, MemoryFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::module::Functional;
 use crate::nn::Identity;
 use crate::record::Record;
-use crate::value::{OutQ, QuantTensor};
+use crate::value::{OutQ, QuantTensor, for_each_scalar_loop_element};
 use crate::{GraphError, GraphResult, Module, Value, invalid};
 
 /// `FloatFunctional`: the float ops, each a `torch` op on float tensors. `prepare` gives the
@@ -196,7 +198,23 @@ impl Module for QFunctional {
                 out_q,
                 isa,
             )?;
-            Ok(Value::Quant(QuantTensor::new(out, shape, out_q)?))
+            // PyTorch allocates the output in `a.suggest_memory_format()`; its add rounds the
+            // elements its scalar loop takes with another rule (NUMERICS.md section 6).
+            let format = a.memory_format();
+            if matches!(kind, BinaryOp::Add | BinaryOp::AddRelu) {
+                let rule = AddRequant::new(
+                    a.qparams().pair(),
+                    b.qparams().pair(),
+                    out_q.pair(),
+                    QDType::QUInt8,
+                    kind == BinaryOp::AddRelu,
+                )?;
+                for_each_scalar_loop_element(&shape, format, &[a, b], |o, at| {
+                    let (x, y) = (a.data()[at[0]], b.data()[at[1]]);
+                    out[o] = rule.apply_scalar_loop(i32::from(x), i32::from(y)) as u8;
+                });
+            }
+            Ok(Value::Quant(QuantTensor::new(out, shape, out_q)?.with_memory_format(format)))
         };
         match op {
             Functional::Add => binary(BinaryOp::Add),
@@ -210,7 +228,9 @@ impl Module for QFunctional {
                 } else {
                     elementwise::mul_scalar(x.data(), x.qparams(), c, false, &mut out, isa)?
                 };
-                Ok(Value::Quant(QuantTensor::new(out, x.shape().to_vec(), q)?))
+                Ok(Value::Quant(
+                    QuantTensor::new(out, x.shape().to_vec(), q)?.with_memory_format(x.memory_format()),
+                ))
             }
             Functional::Cat(dim) => {
                 let rank = xs[0].shape().len();
@@ -231,11 +251,19 @@ impl Module for QFunctional {
                 let mut shape = xs[0].shape().to_vec();
                 shape[dim] = xs.iter().map(|x| x.shape().get(dim).copied().unwrap_or(0)).sum();
                 let mut out = vec![0u8; shape.iter().product()];
-                // PyTorch's quantized tensors from convolutions are channels-last; its cat of
-                // channels-last tensors along the channels takes the FMA kernel.
-                let dequant = if rank == 4 && dim == 1 { Dequant::Fma } else { Dequant::Plain };
+                // PyTorch's cat of 4-D channels-last tensors along the channels takes its NHWC
+                // kernel (output channels-last); any other cat dequantizes, concatenates the
+                // float tensors (channels-last only if every input is) and quantizes.
+                let all_channels_last = xs.iter().all(|x| x.kernel_format() == MemoryFormat::ChannelsLast);
+                let (dequant, format) = match (rank, dim, all_channels_last) {
+                    (4, 1, true) => (Dequant::Fma, MemoryFormat::ChannelsLast),
+                    _ if xs.iter().all(|x| x.memory_format() == xs[0].memory_format()) => {
+                        (Dequant::Plain, xs[0].memory_format())
+                    }
+                    _ => (Dequant::Plain, MemoryFormat::Contiguous),
+                };
                 elementwise::cat(&parts, stored_axis(dim, rank), &mut out, out_q, false, dequant, isa)?;
-                Ok(Value::Quant(QuantTensor::new(out, shape, out_q)?))
+                Ok(Value::Quant(QuantTensor::new(out, shape, out_q)?.with_memory_format(format)))
             }
         }
     }

@@ -1,12 +1,11 @@
 //! Folding eval-mode batch norm into the preceding convolution or linear layer, with PyTorch's
 //! arithmetic (`torch.nn.utils.fusion.fuse_conv_bn_weights` / `fuse_linear_bn_weights`).
 //!
-//! Every step is a separate float32 rounding, in PyTorch's order. The one difference: PyTorch's
-//! CPU `torch.rsqrt` is an approximation within 1 ulp of the true reciprocal square root (it
-//! differs from it on about a quarter of inputs, and is not `1.0f / sqrtf(x)` either); here
-//! `rsqrt` is correctly rounded, so a folded value can differ from PyTorch's by up to 2 ulp after
-//! the products with gamma and the weight. The golden test checks that bound and counts the
-//! differing values.
+//! Every step is a separate float32 rounding, in PyTorch's order, so the folded weights and biases
+//! are PyTorch's bit for bit on any CPU. PyTorch's CPU `torch.rsqrt` is `1.0f / sqrtf(x)` (ATen's
+//! `Vectorized<float>::rsqrt` divides one by the square root on every capability, and its scalar
+//! tail does the same): two correctly rounded steps, not the correctly rounded reciprocal square
+//! root.
 
 use ndarray::{Array1, ArrayD, ArrayView1, ArrayViewD, Axis, Zip};
 
@@ -45,10 +44,10 @@ impl BatchNormParams<'_> {
         Ok(n)
     }
 
-    /// `rsqrt(running_var + eps)` per feature, in float32, correctly rounded.
+    /// `rsqrt(running_var + eps)` per feature as PyTorch computes it: `1.0f / sqrtf(var + eps)`.
     fn inv_std(&self) -> Array1<f32> {
         let eps = self.eps as f32;
-        self.running_var.mapv(|v| (1.0 / f64::from(v + eps).sqrt()) as f32)
+        self.running_var.mapv(|v| 1.0 / (v + eps).sqrt())
     }
 
     /// gamma (1 when absent) and beta (0 when absent).

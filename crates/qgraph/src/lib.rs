@@ -28,6 +28,7 @@ pub(crate) use error::invalid;
 pub use error::{GraphError, GraphResult};
 pub use functional::{FloatFunctional, QFunctional};
 pub use module::{Functional, Module, ModuleAny, eval, load_state_dict, replace, slot_mut, train};
+pub use qkernels::MemoryFormat;
 pub use qkernels::elementwise::PerTensor;
 pub use stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
 pub use value::{QuantTensor, Value};
@@ -38,3 +39,8 @@ pub use {qkernels, qobserve};
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// This crate's README examples, run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;

@@ -1,10 +1,12 @@
 //! What flows between modules: a float tensor (NCHW, as PyTorch shows it) or a quantized
-//! activation (quint8, per-tensor, stored channels-last).
+//! activation (quint8, per-tensor, stored channels-last, with the memory format PyTorch's tensor
+//! would have).
 
 use ndarray::{ArrayD, IxDyn};
 use qcore::{AffineQuantizer, QDType, QParams, QTensor};
 use qkernels::elementwise::PerTensor;
-use qkernels::{Isa, quant};
+use qkernels::layout::{broadcast_strides, scalar_loop_runs};
+use qkernels::{Isa, MemoryFormat, quant};
 use serde::{Deserialize, Serialize};
 
 use crate::record::Record;
@@ -46,16 +48,29 @@ impl OutQ {
 /// A quantized activation: quint8 values with one scale and zero point, in PyTorch's logical
 /// shape `[N, C, spatial...]` but stored channels-last (`[N, spatial..., C]`), the layout the
 /// kernels run on. Rank-1 and rank-2 tensors are stored as they are.
+///
+/// The value also carries the memory format PyTorch's tensor has at this point
+/// ([`QuantTensor::memory_format`]): `torch.quantize_per_tensor` keeps an ordinary tensor NCHW,
+/// quantized convolutions return channels-last, and the other ops follow PyTorch's rules. The
+/// storage does not change with it; the format decides which elements PyTorch's kernels round with
+/// their scalar loop (NUMERICS.md section 11, "Layouts").
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantTensor {
     data: Vec<u8>,
     shape: Vec<usize>,
     q: PerTensor,
+    format: MemoryFormat,
+}
+
+/// `format` for a tensor of rank `rank`: ranks below 3 have no channels-last form.
+fn format_for_rank(format: MemoryFormat, rank: usize) -> MemoryFormat {
+    if rank < 3 { MemoryFormat::Contiguous } else { format }
 }
 
 impl QuantTensor {
     /// Wraps channels-last `data` of logical shape `shape` (an error if the lengths differ or the
-    /// parameters are not valid quint8 parameters).
+    /// parameters are not valid quint8 parameters), tagged channels-last as a quantized
+    /// convolution's output is; see [`QuantTensor::with_memory_format`].
     pub fn new(data: Vec<u8>, shape: Vec<usize>, q: PerTensor) -> GraphResult<Self> {
         let expected = shape.iter().product::<usize>();
         if data.len() != expected {
@@ -67,17 +82,42 @@ impl QuantTensor {
             });
         }
         AffineQuantizer::new(q.scale, q.zero_point, QDType::QUInt8)?;
-        Ok(Self { data, shape, q })
+        let format = format_for_rank(MemoryFormat::ChannelsLast, shape.len());
+        Ok(Self { data, shape, q, format })
     }
 
-    /// A quantized value from its integers in PyTorch's NCHW order (`int_repr()`) and parameters.
+    /// The same values with PyTorch's memory format `format` (what
+    /// `x.contiguous(memory_format=...)` gives in PyTorch). Ranks below 3 stay contiguous.
+    pub fn with_memory_format(self, format: MemoryFormat) -> Self {
+        Self { format: format_for_rank(format, self.shape.len()), ..self }
+    }
+
+    /// The memory format PyTorch's tensor has (the storage here is channels-last either way).
+    pub fn memory_format(&self) -> MemoryFormat {
+        self.format
+    }
+
+    /// Which of PyTorch's kernels a 4-D op that asks `is_contiguous(channels_last)` picks:
+    /// channels-last also for a contiguous tensor with one channel or one spatial position, where
+    /// both orders agree.
+    pub(crate) fn kernel_format(&self) -> MemoryFormat {
+        if self.format.same_order(MemoryFormat::ChannelsLast, &self.shape) {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Contiguous
+        }
+    }
+
+    /// A quantized value from its integers in PyTorch's NCHW order (`int_repr()`) and parameters,
+    /// tagged channels-last (see [`QuantTensor::with_memory_format`]).
     pub fn from_int_repr(int_repr: &ArrayD<u8>, q: PerTensor) -> GraphResult<Self> {
         let data = to_channels_last(&int_repr.as_standard_layout().into_owned());
         Self::new(data, int_repr.shape().to_vec(), q)
     }
 
     /// Quantizes a float NCHW tensor as `torch.quantize_per_tensor(x, scale, zero_point,
-    /// torch.quint8)` does on x86, into channels-last storage.
+    /// torch.quint8)` does on x86, into channels-last storage; the value is NCHW
+    /// ([`MemoryFormat::Contiguous`]), as PyTorch's is.
     pub fn quantize(x: &ArrayD<f32>, q: PerTensor) -> GraphResult<Self> {
         let shape = x.shape().to_vec();
         let x = x.as_standard_layout();
@@ -88,7 +128,7 @@ impl QuantTensor {
         } else {
             quant::quantize_to_channels_last(input, &shape, q, &mut data, Isa::active())?;
         }
-        Ok(Self { data, shape, q })
+        Ok(Self { data, shape, q, format: MemoryFormat::Contiguous })
     }
 
     /// The float values, NCHW: `(q - zero_point) * scale` as PyTorch's `dequantize`.
@@ -143,8 +183,52 @@ impl QuantTensor {
     /// after the caller has checked that).
     pub(crate) fn with_storage_shape(self, shape: Vec<usize>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), self.data.len());
-        Self { shape, ..self }
+        let format = format_for_rank(self.format, shape.len());
+        Self { shape, format, ..self }
     }
+
+    /// The strides of the storage (channels-last) broadcast to `shape`.
+    fn storage_strides(&self, shape: &[usize]) -> Vec<usize> {
+        broadcast_strides(&self.shape, MemoryFormat::ChannelsLast, shape)
+    }
+
+    /// The strides PyTorch's tensor has, broadcast to `shape`.
+    fn pytorch_strides(&self, shape: &[usize]) -> Vec<usize> {
+        broadcast_strides(&self.shape, self.format, shape)
+    }
+}
+
+/// Calls `f` for each element PyTorch's scalar loop computes when an elementwise kernel writes a
+/// new tensor of `shape` in `format` from `inputs` ([`scalar_loop_runs`] with PyTorch's thread
+/// count), with its storage index in the output and in every input.
+pub(crate) fn for_each_scalar_loop_element(
+    shape: &[usize],
+    format: MemoryFormat,
+    inputs: &[&QuantTensor],
+    mut f: impl FnMut(usize, &[usize]),
+) {
+    let mut strides = vec![format.strides(shape)];
+    strides.extend(inputs.iter().map(|x| x.pytorch_strides(shape)));
+    let storage: Vec<Vec<usize>> = inputs.iter().map(|x| x.storage_strides(shape)).collect();
+    let out_storage = MemoryFormat::ChannelsLast.strides(shape);
+    let dot =
+        |index: &[usize], strides: &[usize]| -> usize { index.iter().zip(strides).map(|(i, s)| i * s).sum() };
+    let (mut at, mut index) = (vec![0; inputs.len()], vec![0; shape.len()]);
+    for offset in scalar_loop_runs(shape, &strides, pytorch_threads()).into_iter().flatten() {
+        for ((i, &size), &stride) in index.iter_mut().zip(shape).zip(&strides[0]) {
+            *i = offset / stride % size;
+        }
+        for (slot, s) in at.iter_mut().zip(&storage) {
+            *slot = dot(&index, s);
+        }
+        f(dot(&index, &out_storage), &at);
+    }
+}
+
+/// PyTorch's default thread count, as far as it can be told from here: the available
+/// parallelism (PyTorch uses the physical cores, which differ on machines with SMT).
+pub(crate) fn pytorch_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The permutation of an NCHW tensor into channels-last order (a copy); rank < 3 is unchanged.
@@ -268,6 +352,30 @@ mod tests {
         let expected = qcore::quantize_per_tensor(&x, 0.05, 10, QDType::QUInt8).unwrap();
         assert_eq!(q.to_qtensor(), expected);
         assert_eq!(q.dequantize(), expected.dequantize());
+    }
+
+    #[test]
+    fn memory_formats_follow_pytorch() {
+        let x = ArrayD::from_shape_fn(IxDyn(&[1, 2, 3, 3]), |i| i[3] as f32);
+        let q = QuantTensor::quantize(&x, PerTensor::new(0.05, 10)).unwrap();
+        // torch.quantize_per_tensor keeps an ordinary tensor NCHW; a convolution's output (made
+        // with `new`) is channels-last; rank 2 has no channels-last form.
+        assert_eq!(q.memory_format(), MemoryFormat::Contiguous);
+        let conv_like = QuantTensor::new(q.data().to_vec(), q.shape().to_vec(), q.qparams()).unwrap();
+        assert_eq!(conv_like.memory_format(), MemoryFormat::ChannelsLast);
+        let rows = QuantTensor::new(vec![0; 6], vec![2, 3], q.qparams()).unwrap();
+        assert_eq!(
+            rows.with_memory_format(MemoryFormat::ChannelsLast).memory_format(),
+            MemoryFormat::Contiguous
+        );
+        // Retagging changes neither the values nor the storage.
+        let retagged = q.clone().with_memory_format(MemoryFormat::ChannelsLast);
+        assert_eq!((retagged.int_repr(), retagged.data()), (q.int_repr(), q.data()));
+        // One spatial position: both orders agree, and PyTorch's kernels take the channels-last one.
+        let pixel =
+            QuantTensor::quantize(&ArrayD::zeros(IxDyn(&[2, 5, 1, 1])), PerTensor::new(0.1, 0)).unwrap();
+        assert_eq!(pixel.kernel_format(), MemoryFormat::ChannelsLast);
+        assert_eq!(q.kernel_format(), MemoryFormat::Contiguous);
     }
 
     #[test]

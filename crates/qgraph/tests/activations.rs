@@ -13,7 +13,7 @@ use qgraph::nn::{
 };
 use qgraph::quantized::activation as qa;
 use qgraph::record::{Record, Tensors};
-use qgraph::{GraphError, Module, QuantTensor, Value};
+use qgraph::{GraphError, MemoryFormat, Module, QuantTensor, Value};
 use qkernels::Isa;
 use qkernels::elementwise::{self, PerTensor, Unary};
 use qkernels::qcore::QDType;
@@ -142,7 +142,8 @@ fn quant_input(fx: &Fixture, n: &str, case: &Json) -> Value {
     }
     let xq = QuantTensor::quantize(&fx.tensor::<f32>(n, "x"), q).unwrap();
     assert_eq!(xq.int_repr(), expected, "{n}: quantize_per_tensor");
-    Value::Quant(xq)
+    // The fixtures run the modules on channels-last inputs, as after a convolution.
+    Value::Quant(xq.with_memory_format(MemoryFormat::ChannelsLast))
 }
 
 /// Checks the quantized output of `m` against the case; returns it for further checks.

@@ -233,9 +233,8 @@ fn fuse_auto_follows_graph_chains_whose_values_have_one_reader() {
     assert_close(&run(model.as_ref(), &x), &before);
 }
 
-/// PyTorch's workflow fixture: fusing its float conv-bn-relu gives its fused weights (up to
-/// PyTorch's approximate rsqrt), and quantizing those gives its converted layer's integers and
-/// outputs exactly.
+/// PyTorch's workflow fixture: fusing its float conv-bn-relu gives its fused weights, and
+/// quantizing those gives its converted layer's integers and outputs, all exactly.
 #[test]
 fn fusing_and_quantizing_the_fixture_model_reproduces_pytorch() {
     use qgraph::QuantTensor;
@@ -258,11 +257,8 @@ fn fusing_and_quantizing_the_fixture_model_reproduces_pytorch() {
     ]);
     fuse_modules(&mut model, &[&["1", "2", "3"]]).unwrap();
     let fused = model.get("1.0").unwrap().downcast_ref::<Conv>().unwrap();
-    // The weight is within PyTorch's rsqrt error (3 epsilon relative); the bias, a difference of
-    // larger terms, within a small absolute bound.
-    let (w, b) = (t("fused", "1.0.weight"), t("fused", "1.0.bias"));
-    assert!(fused.weight().iter().zip(&w).all(|(g, e)| (g - e).abs() <= 3.0 * f32::EPSILON * e.abs()));
-    assert!(fused.bias().unwrap().iter().zip(&b).all(|(g, e)| (g - e).abs() <= 1e-5));
+    qtest::assert_bits_eq("conv-bn-relu", "fused weight", fused.weight(), &t("fused", "1.0.weight"));
+    qtest::assert_bits_eq("conv-bn-relu", "fused bias", fused.bias().unwrap(), &t("fused", "1.0.bias"));
     let spec =
         ObserverSpec::min_max().with_args(|a| a.dtype(QDType::QInt8).qscheme(QScheme::PerTensorAffine));
     let scale = fx.tensor::<f64>("quantized", "1.scale")[[0]];

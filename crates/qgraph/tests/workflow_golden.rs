@@ -27,7 +27,7 @@ use qgraph::{
     DeQuantStub, FloatFunctional, Functional, Graph, GraphResult, Module, QConfigMapping, QuantStub,
     Sequential, Value, calibrate, convert, debug, eval, load_state_dict, prepare,
 };
-use qtest::Fixture;
+use qtest::{Fixture, assert_bits_eq};
 
 mod common;
 use common::{RESNET_FUSE, agreement, fixture, mask_scales, mask_values, params, resnet_model, seed_model};
@@ -50,21 +50,11 @@ struct Workflow {
     model: Box<dyn Module>,
 }
 
-/// How the fused float weights are obtained.
-#[derive(Clone, Copy, PartialEq)]
-enum Folding {
-    /// Folded here: they differ from PyTorch's by its inexact `rsqrt` (a few ulp).
-    Ours,
-    /// PyTorch's folded weights, loaded after fusing: isolates everything after folding.
-    Torch,
-}
-
 fn run_workflow(
     name: &str,
     mut model: Box<dyn Module>,
     fuse: &[&[&str]],
     mapping: QConfigMapping,
-    folding: Folding,
 ) -> Workflow {
     let fx = fixture(name);
     eval(&mut model);
@@ -72,12 +62,9 @@ fn run_workflow(
     load_state_dict(&mut model, weights).expect("float weights load");
     let float = model.clone();
     fuse_modules(&mut model, fuse).expect("fuse");
+    // Folding is PyTorch's arithmetic step for step (NUMERICS section 10): bit-identical weights.
     for (key, got) in model.state_dict() {
-        assert_close(&format!("{name}: fused {key}"), got, &fx.tensor::<f32>("fused", &key), 1e-6);
-    }
-    if folding == Folding::Torch {
-        let fused = state_dict_of(model.as_ref(), &fx, "fused");
-        load_state_dict(&mut model, fused).expect("fused weights load");
+        assert_bits_eq(name, &format!("fused {key}"), got, &fx.tensor::<f32>("fused", &key));
     }
     prepare(&mut model, &mapping).expect("prepare");
     let batches: Vec<ArrayD<f32>> = (0..4).map(|i| fx.tensor::<f32>("calib", &i.to_string())).collect();
@@ -126,11 +113,7 @@ fn check_converted(name: &str, wf: &mut Workflow, layer_bar: f64, max_difference
         };
         let torch = fx.tensor::<i8>("quantized", &format!("{path}.weight_int"));
         let (w, t) = (weight.mapv(|v| (v as i16 + 128) as u8), torch.mapv(|v| (v as i16 + 128) as u8));
-        // Folded weights differ from PyTorch's by its inexact rsqrt (a few ulp), which can move a
-        // weight across a rounding boundary.
-        let (equal, worst) = agreement(&w, &t);
-        eprintln!("{name}: {path} weights: {:.3}% equal, largest difference {worst}", equal * 100.0);
-        assert!(equal >= 0.99 && worst <= 1, "{name}: {path} weights agree on {equal}, worst {worst}");
+        assert_eq!(w, t, "{name}: {path} quantized weights differ from PyTorch's");
         let torch_scale = fx.tensor::<f64>("quantized", &format!("{path}.scale"))[[0]];
         assert!((scale - torch_scale).abs() <= 1e-5 * torch_scale, "{name}: {path} output scale");
         assert_eq!(
@@ -190,27 +173,15 @@ fn seed_model_matches_pytorch() {
     };
     let mapping = QConfigMapping::global(qconfig).set_name("9", None).set_name("10", None);
     let fuse: &[&[&str]] = &[&["1", "2", "3"], &["4", "5", "6"]];
-    let mut wf = run_workflow("workflow_seed", seed_model().unwrap(), fuse, mapping, Folding::Ours);
+    let mut wf = run_workflow("workflow_seed", seed_model().unwrap(), fuse, mapping);
     check_converted("workflow_seed", &mut wf, 0.999, 1);
 }
 
 #[test]
 fn resnet_style_model_matches_pytorch() {
     let mapping = QConfigMapping::global(get_default_qconfig("x86").unwrap());
-    let mut wf =
-        run_workflow("workflow_resnet", resnet_model().unwrap(), RESNET_FUSE, mapping, Folding::Torch);
+    let mut wf = run_workflow("workflow_resnet", resnet_model().unwrap(), RESNET_FUSE, mapping);
     check_converted("workflow_resnet", &mut wf, 0.999, 1);
-}
-
-/// End to end with our own batch-norm folding: a weight a few ulp away from PyTorch's can round
-/// to the neighbouring integer, which moves a fraction of a percent of one layer's outputs by 1;
-/// the residual add after it then differs by up to the ratio of the two scales (3.1 here).
-#[test]
-fn resnet_style_model_with_own_folding_matches_pytorch_within_one() {
-    let mapping = QConfigMapping::global(get_default_qconfig("x86").unwrap());
-    let mut wf =
-        run_workflow("workflow_resnet", resnet_model().unwrap(), RESNET_FUSE, mapping, Folding::Ours);
-    check_converted("workflow_resnet", &mut wf, 0.995, 3);
 }
 
 /// `SqueezeExcitation` of `tools/golden/gen_workflow.py`: a conv, then torchvision's MobileNetV3
@@ -232,8 +203,7 @@ fn se_model() -> GraphResult<Box<dyn Module>> {
 #[test]
 fn squeeze_excitation_with_hardsigmoid_matches_pytorch() {
     let mapping = QConfigMapping::global(get_default_qconfig("x86").unwrap());
-    let mut wf =
-        run_workflow("workflow_se", se_model().unwrap(), &[&["fc1", "relu"]], mapping, Folding::Ours);
+    let mut wf = run_workflow("workflow_se", se_model().unwrap(), &[&["fc1", "relu"]], mapping);
     // Hardsigmoid has no observer after prepare (eval mode) and stays in place at convert.
     for stage in ["prepared", "converted"] {
         let printed = params(&wf.fx, "printed")[stage].as_str().unwrap();

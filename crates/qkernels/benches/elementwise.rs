@@ -11,10 +11,10 @@ use qtest::random_bytes;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use qkernels::Isa;
 use qkernels::elementwise::{self, CatInput, Dequant, Lut, PerTensor, Unary};
 use qkernels::float::{self, ConvParams, ConvScratch};
 use qkernels::pool::{self, AvgPool2d, Window};
+use qkernels::{Isa, MemoryFormat};
 use serde_json::Value;
 
 const SHAPES: &str = include_str!("../../../tools/bench/elementwise_shapes.json");
@@ -191,15 +191,30 @@ fn bench_pool(c: &mut Criterion, cases: &[Value], isa: Isa) {
                             "avg_pool2d" => {
                                 let opts =
                                     AvgPool2d { window, count_include_pad: true, divisor_override: None };
-                                pool::avg_pool2d(&x, &shape, q, &opts, &mut out, isa)
+                                pool::avg_pool2d(
+                                    MemoryFormat::ChannelsLast,
+                                    &x,
+                                    &shape,
+                                    q,
+                                    &opts,
+                                    &mut out,
+                                    isa,
+                                )
                             }
                             "adaptive_avg_pool2d" => {
                                 pool::adaptive_avg_pool2d(&x, &shape, q, osz, &mut out, isa)
                             }
                             "upsample_nearest" => pool::upsample_nearest2d(&x, &shape, osz, &mut out, isa),
-                            "upsample_bilinear" => {
-                                pool::upsample_bilinear2d(&x, &shape, q, osz, false, &mut out, isa)
-                            }
+                            "upsample_bilinear" => pool::upsample_bilinear2d(
+                                MemoryFormat::ChannelsLast,
+                                &x,
+                                &shape,
+                                q,
+                                osz,
+                                false,
+                                &mut out,
+                                isa,
+                            ),
                             other => panic!("unknown op {other}"),
                         }
                         .expect("pool")

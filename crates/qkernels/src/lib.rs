@@ -39,10 +39,17 @@ pub mod conv;
 pub mod elementwise;
 pub mod float;
 pub mod gemm;
+pub mod layout;
 pub mod norm;
 pub mod pool;
 pub mod quant;
 
 pub use error::{KernelError, KernelResult};
 pub use isa::Isa;
+pub use layout::MemoryFormat;
 pub use qcore;
+
+/// This crate's README examples, run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;

@@ -8,7 +8,8 @@ use proptest::prelude::*;
 use qcore::requant::{AddRequant, MulRequant, ScalarOp};
 use qcore::{AffineQuantizer, QDType, dequantize_val, quantize_val};
 use qkernels::elementwise::{
-    self, BinaryOp, CatInput, Dequant, Lut, PerTensor, QElem, Unary, broadcast_shape,
+    self, BinaryOp, CatInput, Dequant, Lut, PYTORCH_CAT_VECTOR_CHANNELS, PerTensor, QElem, Unary,
+    broadcast_shape,
 };
 use qkernels::{Isa, KernelError};
 
@@ -259,8 +260,11 @@ proptest! {
         for o in 0..outer {
             for (i, d) in datas.iter().enumerate() {
                 let chunk = sizes[i] * inner;
-                for &v in &d[o * chunk..(o + 1) * chunk] {
+                // The FMA kernel leaves the last `chunk mod 8` values to PyTorch's scalar loop.
+                let vector_end = chunk - chunk % PYTORCH_CAT_VECTOR_CHANNELS;
+                for (j, &v) in d[o * chunk..(o + 1) * chunk].iter().enumerate() {
                     let q = qs[i];
+                    let fma = fma && j < vector_end;
                     let x = if fma {
                         let s = q.scale as f32;
                         s.mul_add(f32::from(v), s * -(q.zero_point as f32))

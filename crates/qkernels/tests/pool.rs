@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use qcore::{QDType, quantize_val};
 use qkernels::elementwise::PerTensor;
 use qkernels::pool::{self, AvgPool2d, PYTORCH_VECTOR_CHANNELS, Window};
-use qkernels::{Isa, KernelError};
+use qkernels::{Isa, KernelError, MemoryFormat};
 use qtest::random_bytes;
 
 fn cfg() -> ProptestConfig {
@@ -145,8 +145,9 @@ proptest! {
         let opts = AvgPool2d { window, count_include_pad, divisor_override: divisor };
         let q = PerTensor::new(0.05, zp);
         let x = random_bytes(sp[0] * sp[1] * c, seed);
-        // Reference: PyTorch's _qavg_pool_nhwc_kernel, written out per element.
-        let mut expected = Vec::new();
+        // Reference: PyTorch's _qavg_pool_nhwc_kernel and, for NCHW tensors, avg_pool2d_out_frame,
+        // written out per element.
+        let (mut expected, mut expected_nchw) = (Vec::new(), Vec::new());
         for oy in 0..osp[0] {
             for ox in 0..osp[1] {
                 let (y0, x0) = ((oy * s[0]) as i64 - padding[0] as i64, (ox * s[1]) as i64 - padding[1] as i64);
@@ -165,13 +166,18 @@ proptest! {
                         quantize_val(f64::from(1.0f32 / m), zp, acc as f32, QDType::QUInt8)
                     };
                     expected.push(v as u8);
+                    let m_nchw = (1.0 / divide as f64) as f32;
+                    let v = (acc as f32 * m_nchw + zp as f32).round_ties_even() as i32;
+                    expected_nchw.push(v.clamp(0, 255) as u8);
                 }
             }
         }
         for isa in Isa::supported() {
             let mut out = vec![0u8; expected.len()];
-            pool::avg_pool2d(&x, &[1, sp[0], sp[1], c], q, &opts, &mut out, isa).unwrap();
+            pool::avg_pool2d(MemoryFormat::ChannelsLast, &x, &[1, sp[0], sp[1], c], q, &opts, &mut out, isa).unwrap();
             prop_assert_eq!(&out, &expected, "{}", isa);
+            pool::avg_pool2d(MemoryFormat::Contiguous, &x, &[1, sp[0], sp[1], c], q, &opts, &mut out, isa).unwrap();
+            prop_assert_eq!(&out, &expected_nchw, "{} NCHW", isa);
         }
     }
 
@@ -192,10 +198,13 @@ proptest! {
             let mut a = vec![0u8; len];
             let mut b = vec![0u8; len];
             let mut d = vec![0u8; len];
+            let mut e = vec![0u8; len];
             pool::adaptive_avg_pool2d(&x, &shape, q, osz, &mut a, isa).unwrap();
             pool::upsample_nearest2d(&x, &shape, osz, &mut b, isa).unwrap();
-            pool::upsample_bilinear2d(&x, &shape, q, osz, align_corners, &mut d, isa).unwrap();
-            (a, b, d)
+            pool::upsample_bilinear2d(MemoryFormat::ChannelsLast, &x, &shape, q, osz, align_corners, &mut d, isa).unwrap();
+            let nchw = MemoryFormat::Contiguous;
+            pool::upsample_bilinear2d(nchw, &x, &shape, q, osz, align_corners, &mut e, isa).unwrap();
+            (a, b, d, e)
         };
         let reference = run(Isa::Scalar);
         // Adaptive pooling of a constant image is that constant; so is bilinear resampling.
@@ -203,8 +212,10 @@ proptest! {
         let mut a = vec![0u8; len];
         pool::adaptive_avg_pool2d(&constant, &shape, q, osz, &mut a, Isa::Scalar).unwrap();
         prop_assert!(a.iter().all(|&v| v == 77));
-        pool::upsample_bilinear2d(&constant, &shape, q, osz, align_corners, &mut a, Isa::Scalar).unwrap();
-        prop_assert!(a.iter().all(|&v| v == 77));
+        for format in [MemoryFormat::ChannelsLast, MemoryFormat::Contiguous] {
+            pool::upsample_bilinear2d(format, &constant, &shape, q, osz, align_corners, &mut a, Isa::Scalar).unwrap();
+            prop_assert!(a.iter().all(|&v| v == 77));
+        }
         // Nearest: every output pixel is some input pixel of the same batch.
         for isa in Isa::supported() {
             prop_assert_eq!(&run(isa), &reference, "{}", isa);
@@ -213,8 +224,10 @@ proptest! {
         let mut same = vec![0u8; x.len()];
         pool::upsample_nearest2d(&x, &shape, sp, &mut same, Isa::Scalar).unwrap();
         prop_assert_eq!(&same, &x);
-        pool::upsample_bilinear2d(&x, &shape, q, sp, align_corners, &mut same, Isa::Scalar).unwrap();
-        prop_assert_eq!(&same, &x);
+        for format in [MemoryFormat::ChannelsLast, MemoryFormat::Contiguous] {
+            pool::upsample_bilinear2d(format, &x, &shape, q, sp, align_corners, &mut same, Isa::Scalar).unwrap();
+            prop_assert_eq!(&same, &x);
+        }
     }
 }
 
@@ -275,6 +288,7 @@ fn bad_pooling_input_is_a_typed_error() {
     let err = pool::max_pool2d(&x, &shape, &w(7, 1, 1), &mut out, isa).unwrap_err();
     assert!(matches!(err, KernelError::InvalidArgument { what: "output size", .. }), "{err}");
     let err = pool::avg_pool2d(
+        MemoryFormat::ChannelsLast,
         &x,
         &shape,
         q,
@@ -288,6 +302,7 @@ fn bad_pooling_input_is_a_typed_error() {
     assert!(pool::max_pool2d(&x, &shape, &w(2, 0, 0), &mut out, isa).is_err());
     assert!(pool::max_pool2d(&x, &shape, &w(0, 1, 0), &mut out, isa).is_err());
     let err = pool::avg_pool2d(
+        MemoryFormat::ChannelsLast,
         &x,
         &shape,
         q,
@@ -309,8 +324,17 @@ fn bad_pooling_input_is_a_typed_error() {
     assert!(pool::adaptive_avg_pool2d(&x, &shape, q, [0, 2], &mut out, isa).is_err());
     assert!(pool::upsample_nearest2d(&x, &shape, [2, 0], &mut out, isa).is_err());
     assert!(
-        pool::upsample_bilinear2d(&x, &shape, PerTensor::new(-1.0, 0), [2, 2], false, &mut out[..24], isa)
-            .is_err()
+        pool::upsample_bilinear2d(
+            MemoryFormat::ChannelsLast,
+            &x,
+            &shape,
+            PerTensor::new(-1.0, 0),
+            [2, 2],
+            false,
+            &mut out[..24],
+            isa
+        )
+        .is_err()
     );
     assert!(pool::max_pool2d(&[] as &[u8], &[0, 4, 4, 0], &w(2, 2, 0), &mut [], isa).is_err());
 }

@@ -7,9 +7,9 @@
 mod elementwise_common;
 
 use elementwise_common::{Fixture, compare, load, name, qp, u8s, usizes};
-use qkernels::Isa;
 use qkernels::elementwise::QElem;
 use qkernels::pool::{self, AvgPool2d, Window};
+use qkernels::{Isa, MemoryFormat};
 use serde_json::Value;
 
 fn get<T: QElem>(fx: &Fixture, case: &str, field: &str) -> Vec<T> {
@@ -56,7 +56,7 @@ fn run_case<T: QElem>(fx: &Fixture, case: &Value) -> (usize, usize) {
                     count_include_pad: case["count_include_pad"].as_bool().unwrap(),
                     divisor_override: case["divisor_override"].as_i64(),
                 };
-                pool::avg_pool2d(&x, &shape, q, &opts, &mut out, isa)
+                pool::avg_pool2d(MemoryFormat::ChannelsLast, &x, &shape, q, &opts, &mut out, isa)
             }
             "adaptive_avg_pool2d" => {
                 pool::adaptive_avg_pool2d(&x, &shape, q, pair(&case["output_size"]), &mut out, isa)
@@ -65,6 +65,7 @@ fn run_case<T: QElem>(fx: &Fixture, case: &Value) -> (usize, usize) {
                 pool::upsample_nearest2d(&x, &shape, pair(&case["output_size"]), &mut out, isa)
             }
             "upsample_bilinear" => pool::upsample_bilinear2d(
+                MemoryFormat::ChannelsLast,
                 &x,
                 &shape,
                 q,

@@ -60,3 +60,8 @@ pub use spec::{
     CarriedDType, DEFAULT_AVERAGING_CONSTANT, DEFAULT_BINS, DEFAULT_EPS, DEFAULT_UPSAMPLE_RATE, ObserverSpec,
     UniformArgs, defaults,
 };
+
+/// This crate's README examples, run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;

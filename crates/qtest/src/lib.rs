@@ -3,8 +3,9 @@
 //! readable failures, and thread pools for benchmarks.
 //!
 //! A fixture file is safetensors: tensors named `<case>/<field>`, and one metadata entry,
-//! `fixture`: JSON `{"torch": <version>, "cases": [...]}` with each case's `name` and scalar
-//! parameters (`tools/golden/fixtures.py` writes it).
+//! `fixture`: JSON `{"torch": <version>, "cpu": <model name>, "cases": [...]}` with each case's
+//! `name` and scalar parameters (`tools/golden/fixtures.py` writes it; older fixtures have no
+//! `cpu`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,6 +19,8 @@ use serde_json::Value;
 pub struct Fixture {
     /// The cases, in file order.
     pub cases: Vec<Value>,
+    /// The CPU the fixture was made on, where it was recorded.
+    pub cpu: Option<String>,
     tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
 }
 
@@ -61,7 +64,8 @@ impl Fixture {
             .into_iter()
             .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec(), view.data().to_vec())))
             .collect();
-        Self { cases, tensors }
+        let cpu = header["cpu"].as_str().map(str::to_string);
+        Self { cases, cpu, tensors }
     }
 
     /// The tensor `<case>/<field>`, which must have element type `T`.

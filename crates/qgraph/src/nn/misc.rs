@@ -400,6 +400,7 @@ impl Upsample {
         match self.mode {
             UpsampleMode::Nearest => pool::upsample_nearest2d(q.data(), &nhwc, out, &mut y, isa)?,
             UpsampleMode::Bilinear => pool::upsample_bilinear2d(
+                q.kernel_format(),
                 q.data(),
                 &nhwc,
                 q.qparams(),
@@ -409,7 +410,8 @@ impl Upsample {
                 isa,
             )?,
         };
-        QuantTensor::new(y, vec![s[0], s[1], out[0], out[1]], q.qparams())
+        Ok(QuantTensor::new(y, vec![s[0], s[1], out[0], out[1]], q.qparams())?
+            .with_memory_format(q.memory_format()))
     }
 }
 

@@ -289,7 +289,9 @@ impl<const D: usize> Module for MaxPool<D> {
                 pool::max_pool::<u8, D>(q.data(), &stored, &self.window(), &mut out, Isa::active())?;
                 let mut oshape = s[..2].to_vec();
                 oshape.extend_from_slice(&osp);
-                Ok(Value::Quant(QuantTensor::new(out, oshape, q.qparams())?))
+                Ok(Value::Quant(
+                    QuantTensor::new(out, oshape, q.qparams())?.with_memory_format(q.memory_format()),
+                ))
             }
         }
     }
@@ -448,8 +450,10 @@ impl Module for AvgPool2d {
             Value::Quant(q) => {
                 let mut out = vec![0u8; len];
                 let nhwc = [s[0], s[2], s[3], s[1]];
-                pool::avg_pool2d(q.data(), &nhwc, q.qparams(), &opts, &mut out, isa)?;
-                Ok(Value::Quant(QuantTensor::new(out, oshape, q.qparams())?))
+                pool::avg_pool2d(q.kernel_format(), q.data(), &nhwc, q.qparams(), &opts, &mut out, isa)?;
+                Ok(Value::Quant(
+                    QuantTensor::new(out, oshape, q.qparams())?.with_memory_format(q.memory_format()),
+                ))
             }
         }
     }

@@ -155,7 +155,9 @@ impl Module for AdaptiveAvgPool2d {
                 let mut out = vec![0u8; len];
                 let nhwc = [shape[0], shape[2], shape[3], shape[1]];
                 pool::adaptive_avg_pool2d(q.data(), &nhwc, q.qparams(), self.output_size, &mut out, isa)?;
-                Ok(Value::Quant(QuantTensor::new(out, out_shape, q.qparams())?))
+                Ok(Value::Quant(
+                    QuantTensor::new(out, out_shape, q.qparams())?.with_memory_format(q.memory_format()),
+                ))
             }
         }
     }

@@ -5,11 +5,11 @@
 use std::sync::Mutex;
 
 use qkernels::elementwise::{self, Lut, PerTensor, Unary};
-use qkernels::{Isa, float};
+use qkernels::{Isa, MemoryFormat, float};
 use serde::{Deserialize, Serialize};
 
 use crate::record::Record;
-use crate::value::QuantTensor;
+use crate::value::{QuantTensor, for_each_scalar_loop_element};
 use crate::{GraphError, GraphResult, Module, Value};
 
 /// Python's `repr` of a float: shortest round-trip digits, `1.0` for integers, exponent form
@@ -69,30 +69,6 @@ impl Clone for LutCache {
     }
 }
 
-/// How PyTorch's `cpu_kernel_vec` walks `n` contiguous elements: `at::parallel_for` splits them
-/// into `min(threads, ceil(n / 32768))` equal parts (`GRAIN_SIZE`; one part up to 32768 elements)
-/// and each part runs its vector body over the leading multiple of 64 quint8 values and its
-/// scalar loop over the rest (measured on PyTorch 2.15, AVX-512). Returns `(start, body_end, end)`
-/// per part. `threads` stands for PyTorch's `torch.get_num_threads()`.
-fn pytorch_parts(n: usize, threads: usize) -> Vec<(usize, usize, usize)> {
-    const GRAIN_SIZE: usize = 32768;
-    let tasks = if n <= GRAIN_SIZE { 1 } else { threads.clamp(1, n.div_ceil(GRAIN_SIZE)) };
-    let chunk = n.div_ceil(tasks).max(1);
-    (0..n)
-        .step_by(chunk)
-        .map(|start| {
-            let end = (start + chunk).min(n);
-            (start, end - (end - start) % 64, end)
-        })
-        .collect()
-}
-
-/// PyTorch's default thread count, as far as it can be told from here: the available
-/// parallelism (PyTorch uses the physical cores, which differ on machines with SMT).
-fn pytorch_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// The table of PyTorch's scalar loop for `op`, where it differs from the vector body: the input
 /// dequantized as `f32(s) * (q - zp)`, the op in f32, and `quantize_val` (inverse `1.0f / f32(s)`).
 fn scalar_tail(op: Unary, in_q: PerTensor, out_q: PerTensor) -> Option<Lut<u8>> {
@@ -124,8 +100,14 @@ impl LutCache {
     /// `op` on `q` with output parameters `out_q` (which must be what PyTorch allows for `op`).
     /// The integer clamps run directly; the other ops reuse the tables of the previous call when
     /// the parameters are the same.
+    ///
+    /// The output's memory format is the input's, except for ELU, whose output PyTorch allocates
+    /// contiguous (`quantized_elu`); reading a channels-last input in that order, PyTorch's loop
+    /// is not contiguous and rounds every element with its scalar rule.
     pub(crate) fn apply(&self, op: Unary, q: &QuantTensor, out_q: PerTensor) -> GraphResult<QuantTensor> {
         let isa = Isa::active();
+        let format =
+            if matches!(op, Unary::Elu { .. }) { MemoryFormat::Contiguous } else { q.memory_format() };
         let in_q = q.qparams();
         let mut out = vec![0u8; q.data().len()];
         if matches!(op, Unary::Relu | Unary::Relu6 | Unary::Hardtanh { .. }) {
@@ -142,18 +124,14 @@ impl LutCache {
             // Copies of the tables (512 bytes), so that concurrent calls do not wait on the lock.
             let (body, tail) = (t.body.clone(), t.tail.clone());
             drop(slot);
-            match tail {
-                None => body.apply(q.data(), &mut out, isa)?,
-                Some(tail) => {
-                    let x = q.data();
-                    for (start, body_end, end) in pytorch_parts(out.len(), pytorch_threads()) {
-                        body.apply(&x[start..body_end], &mut out[start..body_end], isa)?;
-                        tail.apply(&x[body_end..end], &mut out[body_end..end], isa)?;
-                    }
-                }
+            body.apply(q.data(), &mut out, isa)?;
+            if let Some(tail) = tail {
+                for_each_scalar_loop_element(q.shape(), format, &[q], |o, at| {
+                    out[o] = tail.get(q.data()[at[0]]);
+                });
             }
         }
-        QuantTensor::new(out, q.shape().to_vec(), out_q)
+        Ok(QuantTensor::new(out, q.shape().to_vec(), out_q)?.with_memory_format(format))
     }
 }
 
@@ -464,19 +442,7 @@ activation_module!(
 
 #[cfg(test)]
 mod tests {
-    use super::{py_float, pytorch_parts};
-
-    #[test]
-    fn parts_follow_pytorchs_parallel_for() {
-        // Measured with torch.set_num_threads(3) on a 200704-element tensor.
-        assert_eq!(
-            pytorch_parts(200_704, 3),
-            vec![(0, 66_880, 66_902), (66_902, 133_782, 133_804), (133_804, 200_684, 200_704)]
-        );
-        assert_eq!(pytorch_parts(100_000, 8).len(), 4);
-        assert_eq!(pytorch_parts(380, 8), vec![(0, 320, 380)]);
-        assert_eq!(pytorch_parts(0, 8), vec![]);
-    }
+    use super::py_float;
 
     #[test]
     fn floats_print_as_python_does() {

@@ -491,6 +491,10 @@ pub fn unary<T: QElem>(
     Lut::unary(op, in_q, out_q)?.apply(input, out, isa)
 }
 
+/// The channels PyTorch's channels-last `cat` kernel (`qcat_nhwc_kernel`, AVX2 build) handles
+/// with vectors: the last `C mod 8` channels of each input take its scalar loop.
+pub const PYTORCH_CAT_VECTOR_CHANNELS: usize = 8;
+
 /// One input of [`cat`]: its data, shape and parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct CatInput<'a, T> {
@@ -504,8 +508,10 @@ pub struct CatInput<'a, T> {
 
 /// `quantized::cat` (`cat_relu` when `relu`) along `dim`: every input requantized to `out_q`,
 /// element by element `quantize(dequantize(q))` ([`Dequant`] chooses PyTorch's general path, plain
-/// dequantize, or its channels-last `dim == 1` path, FMA dequantize). An input whose parameters
-/// equal the output's is copied. Returns the output shape.
+/// dequantize, or its channels-last `dim == 1` path, FMA dequantize for all but the last
+/// [`PYTORCH_CAT_VECTOR_CHANNELS`] of each input, which must then be the innermost dimension `dim`
+/// of every input). An input whose parameters equal the output's is copied. Returns the output
+/// shape.
 pub fn cat<T: QElem>(
     inputs: &[CatInput<'_, T>],
     dim: usize,
@@ -547,9 +553,22 @@ pub fn cat<T: QElem>(
             continue;
         }
         let lut = Lut::requantize(input.q, out_q, relu, dequant)?;
+        // PyTorch's channels-last kernel rounds the last `C mod 8` channels of each input with its
+        // scalar loop: plain dequantize, `quantize_val`.
+        let (body, tail) = match dequant {
+            Dequant::Fma => (
+                chunk - chunk % PYTORCH_CAT_VECTOR_CHANNELS,
+                Some(Lut::requantize(input.q, out_q, relu, Dequant::Plain)?),
+            ),
+            Dequant::Plain => (chunk, None),
+        };
         for o in 0..outer {
             let dst = &mut out[o * row + offset..o * row + offset + chunk];
-            lut.apply(&input.data[o * chunk..(o + 1) * chunk], dst, isa)?;
+            let src = &input.data[o * chunk..(o + 1) * chunk];
+            lut.apply(&src[..body], &mut dst[..body], isa)?;
+            if let Some(tail) = &tail {
+                tail.apply(&src[body..], &mut dst[body..], isa)?;
+            }
         }
         offset += chunk;
     }

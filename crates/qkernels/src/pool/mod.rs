@@ -12,12 +12,17 @@ use qcore::{QDType, quantize_val};
 use rayon::prelude::*;
 
 use crate::elementwise::{PerTensor, QElem, SendPtr, check_len, invalid, numel};
-use crate::{Isa, KernelError, KernelResult};
+use crate::{Isa, KernelError, KernelResult, MemoryFormat};
 
-/// Channels PyTorch's AVX-512 NHWC average-pooling and bilinear kernels handle in their vector
-/// loop at a time; the remaining `C mod 16` channels take its scalar loop, whose rounding
-/// differs slightly (and which these kernels reproduce too).
+/// Channels PyTorch's AVX-512 NHWC average-pooling kernel handles in its vector loop at a time;
+/// the remaining `C mod 16` channels take its scalar loop, whose rounding differs slightly (and
+/// which these kernels reproduce too).
 pub const PYTORCH_VECTOR_CHANNELS: usize = 16;
+
+/// Channels PyTorch's NHWC bilinear kernel handles in its vector loop at a time: it is
+/// registered for the AVX2 build only (`REGISTER_DISPATCH`), which AVX-512 CPUs run too, so the
+/// last `C mod 8` channels take its scalar loop.
+pub const PYTORCH_BILINEAR_VECTOR_CHANNELS: usize = 8;
 
 /// A kernel whose body is compiled once per tier: `run` is `#[inline(always)]` and is inlined into
 /// a `#[target_feature]` function for each tier, where LLVM vectorises it with that tier's ISA.
@@ -371,6 +376,14 @@ impl AvgRequant {
     fn tail(&self, acc: i32) -> i32 {
         quantize_val(self.tail_scale, i64::from(self.zp), acc as f32, self.dtype)
     }
+
+    /// PyTorch's NCHW kernel (`avg_pool2d_out_frame`, compiled without FMA):
+    /// `nearbyint(acc * multiplier + zp)` in f32, the zero point added **before** rounding, with
+    /// `multiplier = f32(1.0 / divide_factor)` computed in double.
+    fn nchw(&self, acc: i32, multiplier: f32) -> i32 {
+        let t = acc as f32 * multiplier + self.zp as f32;
+        (t.round_ties_even() as i32).clamp(self.lo, self.hi)
+    }
 }
 
 /// Channels handled per block, with the accumulators in registers (64 x i32: four zmm).
@@ -389,6 +402,8 @@ struct AvgRows<'a, T> {
     divisor_override: Option<i64>,
     count_include_pad: bool,
     q: PerTensor,
+    /// The PyTorch kernel whose rounding to reproduce: its NHWC or its NCHW one.
+    format: MemoryFormat,
 }
 
 impl<T: QElem> Tiered for AvgRows<'_, T> {
@@ -398,6 +413,7 @@ impl<T: QElem> Tiered for AvgRows<'_, T> {
         let [ih, iw] = self.n_in;
         let [oh, ow] = self.n_out;
         let vector_channels = c - c % PYTORCH_VECTOR_CHANNELS;
+        let nchw = self.format == MemoryFormat::Contiguous;
         let zp = self.q.zero_point as i32;
         for pix in self.rows.0..self.rows.1 {
             let x = pix % ow;
@@ -409,6 +425,7 @@ impl<T: QElem> Tiered for AvgRows<'_, T> {
             let divide =
                 self.divisor_override.unwrap_or(if self.count_include_pad { (ph * pw) as i64 } else { size });
             let rq = AvgRequant::new(divide, self.q, T::DTYPE);
+            let nchw_multiplier = (1.0 / divide as f64) as f32;
             let init = (-(zp as i64) * size) as i32;
             // SAFETY: output pixels are disjoint ranges of `out` handed to one task each.
             let o = unsafe { self.out.slice(pix * c, (pix + 1) * c) };
@@ -441,6 +458,12 @@ impl<T: QElem> Tiered for AvgRows<'_, T> {
                     }
                 }
                 let acc = &acc[..ce - cb];
+                if nchw {
+                    for (dst, &a) in o[cb..ce].iter_mut().zip(acc) {
+                        *dst = T::from_i32(rq.nchw(a, nchw_multiplier));
+                    }
+                    continue;
+                }
                 let vend = vector_channels.clamp(cb, ce) - cb;
                 // |acc| <= 255 * size, so this bound proves |acc * multiplier| < 2^22.
                 if 256.0 * size as f32 * rq.multiplier < SMALL {
@@ -495,7 +518,13 @@ fn avg_ranges(n_in: usize, n_out: usize, k: usize, s: usize, p: usize, buf: &mut
 /// minus `zp * size`, requantized with `multiplier = 1.0f / divisor` (see
 /// [`PYTORCH_VECTOR_CHANNELS`] for the two rounding forms). Output parameters are the
 /// input's. Returns the output shape.
+///
+/// `format` chooses the rounding of PyTorch's kernel for a tensor in that memory format (the
+/// data is `[N, H, W, C]` either way): its NHWC kernel for channels-last, its NCHW kernel
+/// (`avg_pool2d_out_frame`: `nearbyint(acc * f32(1.0 / divisor) + zp)`, every channel alike)
+/// for contiguous tensors.
 pub fn avg_pool2d<T: QElem>(
+    format: MemoryFormat,
     input: &[T],
     shape: &[usize],
     q: PerTensor,
@@ -520,7 +549,8 @@ pub fn avg_pool2d<T: QElem>(
     let (mut rh, mut rw) = (Vec::with_capacity(osp[0]), Vec::with_capacity(osp[1]));
     avg_ranges(sp[0], osp[0], w.kernel[0], w.stride[0], w.padding[0], &mut rh);
     avg_ranges(sp[1], osp[1], w.kernel[1], w.stride[1], w.padding[1], &mut rw);
-    run_avg(input, out, n, sp, osp, c, [&rh, &rw], opts.divisor_override, opts.count_include_pad, q, isa);
+    let ranges = [rh.as_slice(), rw.as_slice()];
+    run_avg(input, out, n, sp, osp, c, ranges, opts.divisor_override, opts.count_include_pad, q, format, isa);
     Ok(oshape)
 }
 
@@ -536,6 +566,7 @@ fn run_avg<T: QElem>(
     divisor_override: Option<i64>,
     count_include_pad: bool,
     q: PerTensor,
+    format: MemoryFormat,
     isa: Isa,
 ) {
     let ptr = SendPtr(out.as_mut_ptr());
@@ -553,6 +584,7 @@ fn run_avg<T: QElem>(
             divisor_override,
             count_include_pad,
             q,
+            format,
         };
         dispatch(&k, isa);
     });
@@ -588,7 +620,7 @@ pub fn adaptive_avg_pool2d<T: QElem>(
             .collect()
     };
     let (rh, rw) = (adaptive(sp[0], output_size[0]), adaptive(sp[1], output_size[1]));
-    run_avg(input, out, n, sp, output_size, c, [&rh, &rw], None, false, q, isa);
+    run_avg(input, out, n, sp, output_size, c, [&rh, &rw], None, false, q, MemoryFormat::ChannelsLast, isa);
     Ok(oshape)
 }
 
@@ -663,7 +695,9 @@ struct Lerp {
     l1: f32,
 }
 
-fn lerps(n_in: usize, n_out: usize, align_corners: bool) -> Vec<Lerp> {
+/// `fused`: whether the build contracts `scale * (o + 0.5) - 0.5` into one FMA (PyTorch's NHWC
+/// kernel, compiled with FMA) or rounds both steps (its NCHW kernel, compiled without).
+fn lerps(n_in: usize, n_out: usize, align_corners: bool, fused: bool) -> Vec<Lerp> {
     // area_pixel_compute_scale<float> / area_pixel_compute_source_index<float>.
     let scale = if align_corners {
         if n_out > 1 { (n_in - 1) as f32 / (n_out - 1) as f32 } else { 0.0 }
@@ -675,9 +709,10 @@ fn lerps(n_in: usize, n_out: usize, align_corners: bool) -> Vec<Lerp> {
             let r = if align_corners {
                 scale * o as f32
             } else {
-                // PyTorch's build contracts `scale * (o + 0.5) - 0.5` into one FMA (GCC's default
-                // -ffp-contract=fast); the golden fixtures only match with it.
-                let s = scale.mul_add(o as f32 + 0.5, -0.5);
+                // PyTorch's AVX2 kernels are built with FMA and GCC's default
+                // -ffp-contract=fast, which contracts this into one FMA.
+                let s =
+                    if fused { scale.mul_add(o as f32 + 0.5, -0.5) } else { scale * (o as f32 + 0.5) - 0.5 };
                 if s < 0.0 { 0.0 } else { s }
             };
             let i0 = r as usize;
@@ -701,6 +736,10 @@ struct BilinearRows<'a, T> {
     zp: i32,
     lo: i32,
     hi: i32,
+    /// Channels of each pixel computed in the vector form (the rest in the scalar form).
+    vector_channels: usize,
+    /// PyTorch's NCHW kernel: every product and sum rounded on its own.
+    unfused: bool,
 }
 
 impl<T: QElem> Tiered for BilinearRows<'_, T> {
@@ -728,7 +767,15 @@ impl<T: QElem> Tiered for BilinearRows<'_, T> {
                     // at most 255 + 128 (an interpolation of 8-bit values minus the zero point).
                     T::from_i32((self.zp + rne_small(result)).clamp(self.lo, self.hi))
                 };
-                let vend = c - c % PYTORCH_VECTOR_CHANNELS;
+                if self.unfused {
+                    for j in 0..c {
+                        let top = w.l0 * f(r00[j]) + w.l1 * f(r01[j]);
+                        let bottom = w.l0 * f(r10[j]) + w.l1 * f(r11[j]);
+                        dst[j] = q(h.l0 * top + h.l1 * bottom - self.zp_f);
+                    }
+                    continue;
+                }
+                let vend = self.vector_channels;
                 // `h0 * (w0 * a + w1 * b) + h1 * (w0 * c + w1 * d) - zp`, contracted into FMAs as
                 // PyTorch's build does: the vector loop fuses the second product of each sum...
                 for j in 0..vend {
@@ -750,7 +797,15 @@ impl<T: QElem> Tiered for BilinearRows<'_, T> {
 /// `upsample_bilinear2d` (`F.interpolate(mode="bilinear", align_corners=...)`) of a quantized
 /// `[N, H, W, C]` tensor: PyTorch's f32 interpolation of the raw integers, minus the zero point,
 /// quantized back with scale 1 and the same zero point. Parameters unchanged.
+///
+/// `format` chooses the rounding of PyTorch's kernel for a tensor in that memory format (the
+/// data is `[N, H, W, C]` either way). Channels-last: its NHWC kernel, built with
+/// FMA contraction, vector form for the first `C - C mod 8` channels
+/// ([`PYTORCH_BILINEAR_VECTOR_CHANNELS`]). Contiguous: its NCHW kernel
+/// (`upsample_bilinear2d_out_frame`, built without FMA), every product and sum rounded alone.
+#[allow(clippy::too_many_arguments)]
 pub fn upsample_bilinear2d<T: QElem>(
+    format: MemoryFormat,
     input: &[T],
     shape: &[usize],
     q: PerTensor,
@@ -768,7 +823,11 @@ pub fn upsample_bilinear2d<T: QElem>(
     }
     let oshape = out_shape(n, output_size, c);
     check_len(OP, "output length", out.len(), numel(OP, &oshape)?)?;
-    let (lh, lw) = (lerps(sp[0], output_size[0], align_corners), lerps(sp[1], output_size[1], align_corners));
+    let unfused = format == MemoryFormat::Contiguous;
+    let (lh, lw) = (
+        lerps(sp[0], output_size[0], align_corners, !unfused),
+        lerps(sp[1], output_size[1], align_corners, !unfused),
+    );
     let ptr = SendPtr(out.as_mut_ptr());
     let (zp_f, zp) = (q.zero_point as f32, q.zero_point as i32);
     let (lo, hi) = (T::DTYPE.min() as i32, T::DTYPE.max() as i32);
@@ -786,6 +845,8 @@ pub fn upsample_bilinear2d<T: QElem>(
             zp,
             lo,
             hi,
+            vector_channels: c - c % PYTORCH_BILINEAR_VECTOR_CHANNELS,
+            unfused,
         };
         dispatch(&k, isa);
     });
