@@ -214,10 +214,21 @@ def added_fixture():
         fx.case(f"len_{n}", {**base, "scale": s, "zero_point": zp, "quant_error": False,
                              "out_scale": yq.q_scale(), "out_zero_point": yq.q_zero_point(), "sweep": True},
                 xq=v, yq=yq.int_repr())
-    # Two parallel_for parts of 20000 (with 2 or more threads), each with its own tail.
-    assert torch.get_num_threads() >= 2
-    v = (torch.arange(40000) % 251).to(torch.uint8).reshape(1, 40000)
-    yq = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
+    # Two parallel_for parts of 20000 (with 2 or more threads), each with its own tail of 32,
+    # holding a byte the tail rounds differently: the result differs from one thread's.
+    threads = torch.get_num_threads()
+    assert threads >= 2
+    s, zp = qparams[6]
+    for offset in range(251):
+        v = ((torch.arange(40000) + offset) % 251).to(torch.uint8).reshape(1, 40000)
+        yq = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
+        torch.set_num_threads(1)
+        one = m(torch._make_per_tensor_quantized_tensor(v, s, zp))
+        torch.set_num_threads(threads)
+        if not torch.equal(yq.int_repr(), one.int_repr()):
+            break
+    else:
+        raise AssertionError("no offset puts a differing byte in a tail")
     fx.case("parts", {**base, "scale": s, "zero_point": zp, "quant_error": False, "out_scale": yq.q_scale(),
                       "out_zero_point": yq.q_zero_point(), "sweep": True}, xq=v, yq=yq.int_repr())
     # qint8: output zero point -128; a length of 512, all in the vector body.

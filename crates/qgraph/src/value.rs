@@ -2,6 +2,8 @@
 //! activation (quint8, per-tensor, stored channels-last, with the memory format PyTorch's tensor
 //! would have).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use ndarray::{ArrayD, IxDyn};
 use qcore::{AffineQuantizer, QDType, QParams, QTensor};
 use qkernels::elementwise::PerTensor;
@@ -225,10 +227,31 @@ pub(crate) fn for_each_scalar_loop_element(
     }
 }
 
-/// PyTorch's default thread count, as far as it can be told from here: the available
-/// parallelism (PyTorch uses the physical cores, which differ on machines with SMT).
-pub(crate) fn pytorch_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// The PyTorch thread count whose loop split quantized elementwise ops reproduce; see
+/// [`set_pytorch_threads`].
+static PYTORCH_THREADS: AtomicUsize = AtomicUsize::new(1);
+
+/// Sets the `torch.get_num_threads()` of the PyTorch whose integers quantized elementwise ops
+/// reproduce (default 1), and returns the previous value.
+///
+/// PyTorch splits an elementwise loop over more than 32768 elements into
+/// `min(threads, ceil(n / 32768))` parts, and the last elements of each part take its scalar rule,
+/// which for add, hardswish, leaky_relu and elu can round differently (`docs/NUMERICS.md` section
+/// 9). So PyTorch's own int8 results depend on its thread count; qgraph's depend on this setting
+/// only, never on the machine or on the rayon pool. Values below 1 count as 1.
+///
+/// ```
+/// let previous = qgraph::set_pytorch_threads(4);
+/// assert_eq!(qgraph::pytorch_threads(), 4);
+/// qgraph::set_pytorch_threads(previous);
+/// ```
+pub fn set_pytorch_threads(threads: usize) -> usize {
+    PYTORCH_THREADS.swap(threads.max(1), Ordering::Relaxed)
+}
+
+/// The PyTorch thread count quantized elementwise ops reproduce ([`set_pytorch_threads`]).
+pub fn pytorch_threads() -> usize {
+    PYTORCH_THREADS.load(Ordering::Relaxed)
 }
 
 /// The permutation of an NCHW tensor into channels-last order (a copy); rank < 3 is unchanged.

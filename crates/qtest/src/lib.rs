@@ -3,9 +3,9 @@
 //! readable failures, and thread pools for benchmarks.
 //!
 //! A fixture file is safetensors: tensors named `<case>/<field>`, and one metadata entry,
-//! `fixture`: JSON `{"torch": <version>, "cpu": <model name>, "cases": [...]}` with each case's
-//! `name` and scalar parameters (`tools/golden/fixtures.py` writes it; older fixtures have no
-//! `cpu`).
+//! `fixture`: JSON `{"torch": <version>, "cpu": <model name>, "capability": <ATen CPU
+//! capability>, "threads": <PyTorch's threads>, "cases": [...]}` with each case's `name` and scalar
+//! parameters (`tools/golden/fixtures.py` writes it; older fixtures lack the machine fields).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +21,8 @@ pub struct Fixture {
     pub cases: Vec<Value>,
     /// The CPU the fixture was made on, where it was recorded.
     pub cpu: Option<String>,
+    /// PyTorch's thread count when the fixture was made, where it was recorded.
+    pub threads: Option<usize>,
     tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
 }
 
@@ -65,7 +67,8 @@ impl Fixture {
             .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec(), view.data().to_vec())))
             .collect();
         let cpu = header["cpu"].as_str().map(str::to_string);
-        Self { cases, cpu, tensors }
+        let threads = header["threads"].as_u64().map(|t| t as usize);
+        Self { cases, cpu, threads, tensors }
     }
 
     /// The tensor `<case>/<field>`, which must have element type `T`.
