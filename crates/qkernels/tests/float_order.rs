@@ -307,7 +307,11 @@ fn a_fixed_conv_and_linear_keep_their_committed_bits() {
         v.iter()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ u64::from(x.to_bits())).wrapping_mul(0x100_0000_01b3))
     };
-    assert_eq!((digest(&conv_oracle), digest(&linear_oracle)), (0xbe592a9cde18704f, 0x94bd3144e8e57658), "the committed bits");
+    assert_eq!(
+        (digest(&conv_oracle), digest(&linear_oracle)),
+        (0xbe592a9cde18704f, 0x94bd3144e8e57658),
+        "the committed bits"
+    );
     for isa in Isa::supported() {
         let mut conv = vec![0.0; oshape.iter().product()];
         let mut scratch = ConvScratch::default();
