@@ -8,6 +8,7 @@ use qkernels::float::{self, Activation, ConvParams, ConvScratch, Matrix, PoolKin
 use qkernels::pool::Window;
 use qtest::{random_f32s, thread_pool};
 
+#[allow(clippy::too_many_arguments)]
 /// The oracle: `c[i, j] = fma(a[i, k-1], b[k-1, j], ... fma(a[i, 0], b[0, j], c0[i, j]))`.
 fn fma_chain(
     m: usize,
@@ -126,7 +127,7 @@ fn every_conv_path_gives_the_same_bits_on_every_tier_and_thread_count() {
     // (channels, out channels, kernel, stride, padding, dilation, groups, side): pointwise,
     // im2col, the shifted per-tap path (wide, >= 32 channels; strided and dilated), depthwise,
     // grouped.
-    let cases: [(usize, usize, usize, usize, usize, usize, usize, usize); 8] = [
+    let cases = [
         (19, 37, 1, 1, 0, 1, 1, 23),
         (5, 21, 3, 2, 1, 1, 1, 17),
         (33, 35, 3, 1, 1, 1, 1, 29),

@@ -172,22 +172,34 @@ impl Gemm<'_> {
     ) {
         let (mr, nr) = (tier.mr, tier.nr);
         let row_panels = rows.len().div_ceil(mr);
-        with_panels(row_panels * mr * KC, NC.div_ceil(nr) * nr * KC, |a_pack, b_pack| {
+        // A with contiguous rows is read in place (one stream per tile row); otherwise packed.
+        let a_in_place = self.a.col_stride == 1;
+        let a_len = if a_in_place { 0 } else { row_panels * mr * KC };
+        with_panels(a_len, NC.div_ceil(nr) * nr * KC, |a_pack, b_pack| {
             for p0 in (0..self.k).step_by(KC) {
                 let kc = KC.min(self.k - p0);
-                pack_a(self.a, rows.clone(), p0, kc, mr, a_pack);
+                if !a_in_place {
+                    pack_a(self.a, rows.clone(), p0, kc, mr, a_pack);
+                }
                 for j0 in cols.clone().step_by(NC) {
                     let j1 = (j0 + NC).min(cols.end);
                     pack_b(self.b, j0..j1, p0, kc, nr, b_pack);
-                    for (ir, a_panel) in a_pack.chunks_exact(mr * kc).take(row_panels).enumerate() {
+                    for ir in 0..row_panels {
                         let i = rows.start + ir * mr;
+                        let (a, a_row, a_step) = if a_in_place {
+                            (self.a.data[i * self.a.row_stride + p0..].as_ptr(), self.a.row_stride, 1)
+                        } else {
+                            (a_pack[ir * mr * kc..].as_ptr(), 1, mr)
+                        };
                         for (jr, b_panel) in
                             b_pack.chunks_exact(nr * kc).take((j1 - j0).div_ceil(nr)).enumerate()
                         {
                             let j = j0 + jr * nr;
                             let tile = Tile {
                                 kc,
-                                a: a_panel.as_ptr(),
+                                a,
+                                a_row,
+                                a_step,
                                 b: b_panel.as_ptr(),
                                 c: c.0.wrapping_add(i * ldc + j),
                                 ldc,
@@ -197,7 +209,9 @@ impl Gemm<'_> {
                             };
                             // SAFETY: the tile's rows and columns lie inside this task's part of
                             // `c` (checked against its length in `run`), which no other task
-                            // writes; the panels hold `kc` steps of `mr` / `nr` values.
+                            // writes; A's `rows x kc` block at its strides lies inside `a` (checked
+                            // in `run`) or its packed panel, and the B panel holds `kc` steps of
+                            // `nr` values.
                             unsafe { tier.run(&tile) };
                         }
                     }

@@ -15,8 +15,13 @@ use crate::Isa;
 pub(crate) struct Tile {
     /// K steps.
     pub kc: usize,
-    /// Packed A panel: `kc` steps of `MR` values (rows past `rows` are zero).
+    /// A: element `(i, p)` of the tile's rows at `a + i * a_row + p * a_step` (a packed panel:
+    /// `a_row = 1`, `a_step = MR`; or A itself when its columns are contiguous).
     pub a: *const f32,
+    /// Distance between A's rows.
+    pub a_row: usize,
+    /// Distance between A's K steps.
+    pub a_step: usize,
     /// Packed B panel: `kc` steps of `NR` values (columns past `cols` are zero).
     pub b: *const f32,
     /// The tile's first output element; rows are `ldc` apart.
@@ -61,8 +66,8 @@ impl Tier {
     ///
     /// # Safety
     /// The tile's `rows x cols` output elements (rows `ldc` apart) must be valid for reads and
-    /// writes and touched by no one else meanwhile; the panels must hold `kc` steps of `mr` and
-    /// `nr` values; `1 <= rows <= mr` and `1 <= cols <= nr`.
+    /// writes and touched by no one else meanwhile; A must hold `rows x kc` values at its strides
+    /// and the B panel `kc` steps of `nr` values; `1 <= rows <= mr` and `1 <= cols <= nr`.
     pub(crate) unsafe fn run(&self, tile: &Tile) {
         debug_assert!((1..=self.mr).contains(&tile.rows) && (1..=self.nr).contains(&tile.cols));
         let vectors = self.nr / self.lanes;
@@ -128,13 +133,13 @@ mod x86 {
             // SAFETY: the B panel holds `kc` steps of 48 >= 16 NV values.
             let bv: [__m512; NV] = std::array::from_fn(|v| unsafe { _mm512_loadu_ps(b.add(16 * v)) });
             for (i, row) in acc.iter_mut().enumerate() {
-                // SAFETY: the A panel holds `kc` steps of 8 >= ROWS values.
-                let ai = _mm512_set1_ps(unsafe { *a.add(i) });
+                // SAFETY: A holds ROWS rows of `kc` steps at its strides.
+                let ai = _mm512_set1_ps(unsafe { *a.add(i * t.a_row) });
                 for (x, &bj) in row.iter_mut().zip(&bv) {
                     *x = _mm512_fmadd_ps(ai, bj, *x);
                 }
             }
-            a = a.wrapping_add(AVX512_MR);
+            a = a.wrapping_add(t.a_step);
             b = b.wrapping_add(AVX512_NR);
         }
         for (i, row) in acc.iter().enumerate() {
@@ -175,13 +180,13 @@ mod x86 {
             // SAFETY: the B panel holds `kc` steps of 16 >= 8 NV values.
             let bv: [__m256; NV] = std::array::from_fn(|v| unsafe { _mm256_loadu_ps(b.add(8 * v)) });
             for (i, row) in acc.iter_mut().enumerate() {
-                // SAFETY: the A panel holds `kc` steps of 6 >= ROWS values.
-                let ai = _mm256_set1_ps(unsafe { *a.add(i) });
+                // SAFETY: A holds ROWS rows of `kc` steps at its strides.
+                let ai = _mm256_set1_ps(unsafe { *a.add(i * t.a_row) });
                 for (x, &bj) in row.iter_mut().zip(&bv) {
                     *x = _mm256_fmadd_ps(ai, bj, *x);
                 }
             }
-            a = a.wrapping_add(AVX2_MR);
+            a = a.wrapping_add(t.a_step);
             b = b.wrapping_add(AVX2_NR);
         }
         for (i, row) in acc.iter().enumerate() {

@@ -1,10 +1,16 @@
-//! f32 kernels for float models and calibration, in PyTorch's NCHW layout: GEMM through the
-//! `gemm` crate, convolution (1-3 D, groups, dilation; im2col + GEMM, 1x1 without im2col, a
-//! direct depthwise path), batch norm (eval), activations, pooling and softmax.
+//! f32 kernels for float models and calibration, in PyTorch's NCHW layout: GEMM ([`sgemm`]),
+//! convolution (1-3 D, groups, dilation; im2col + GEMM, 1x1 without im2col, one GEMM per kernel
+//! tap for wide layers, a direct depthwise path), batch norm (eval), activations, pooling and
+//! softmax.
 //!
 //! These follow PyTorch's definitions, not its bit patterns: sums run in a different order, so
 //! results agree with PyTorch and with the naive references in the tests to a relative 1e-5 of
-//! the sum of absolute terms.
+//! the sum of absolute terms. Our own bits, though, are the same on every CPU, tier and thread
+//! count (`docs/NUMERICS.md` §9.1), so calibration gives the same int8 model everywhere: every
+//! GEMM output is one chain of fused multiply-adds over `k` in order (see `gemm`), a convolution
+//! output starts from its bias and runs over its reduction index in an order fixed by the layer's
+//! shape, and the other kernels reduce sequentially, one output per thread, with the same
+//! operations on every tier (no reassociation, no tier-specific contraction).
 
 mod gemm;
 mod microkernel;
