@@ -8,8 +8,8 @@ use qkernels::float::{self, Activation, ConvParams, ConvScratch, Matrix, PoolKin
 use qkernels::pool::Window;
 use qtest::{random_f32s, thread_pool};
 
-#[allow(clippy::too_many_arguments)]
 /// The oracle: `c[i, j] = fma(a[i, k-1], b[k-1, j], ... fma(a[i, 0], b[0, j], c0[i, j]))`.
+#[allow(clippy::too_many_arguments)]
 fn fma_chain(
     m: usize,
     n: usize,
