@@ -21,7 +21,7 @@ use crate::Isa;
 use crate::elementwise::SendPtr;
 
 /// Products above this many multiply-adds run on the rayon pool.
-pub(crate) const PAR_GEMM_MACS: usize = 1 << 18;
+const PAR_GEMM_MACS: usize = 1 << 18;
 
 /// K is processed in blocks of this many steps (the packed panels' depth).
 const KC: usize = 256;
@@ -79,10 +79,10 @@ pub(crate) struct Gemm<'a> {
 }
 
 impl Gemm<'_> {
-    /// Runs the product into `c` on `isa` (supported, checked by the caller), on the rayon pool
-    /// when `parallel` and the product is large. Panics if a view is shorter than the shape needs
+    /// Runs the product into `c` on `isa` (supported, checked by the caller), on the current
+    /// rayon pool when the product is large. Panics if a view is shorter than the shape needs
     /// (callers validate shapes first).
-    pub(crate) fn run(&self, c: &mut [f32], ldc: usize, isa: Isa, parallel: bool) {
+    pub(crate) fn run(&self, c: &mut [f32], ldc: usize, isa: Isa) {
         let &Gemm { m, n, k, a, b, .. } = self;
         if m == 0 || n == 0 {
             return;
@@ -96,7 +96,7 @@ impl Gemm<'_> {
             }
             return;
         }
-        let parallel = parallel && rayon::current_num_threads() > 1 && m * n * k >= PAR_GEMM_MACS;
+        let parallel = rayon::current_num_threads() > 1 && m * n * k >= PAR_GEMM_MACS;
         match Tier::for_isa(isa) {
             Some(tier) => self.blocked(tier, c, ldc, parallel),
             None => self.scalar(c, ldc, parallel),

@@ -60,7 +60,7 @@ pub fn sgemm(
             return Err(KernelError::ShapeMismatch { op: OP, what, got: view.data.len(), expected });
         }
     }
-    Gemm { m, n, k, a, b, accumulate }.run(c, ldc, isa, true);
+    Gemm { m, n, k, a, b, accumulate }.run(c, ldc, isa);
     Ok(())
 }
 
@@ -137,7 +137,9 @@ pub fn conv_output_shape<const D: usize>(
 /// Convolution in NCHW (`torch.nn.functional.conv1d/2d/3d`): `input` `[N, C, spatial...]`,
 /// `weight` `[O, C / groups, kernel...]`, optional `bias` `[O]`, `out` of
 /// [`conv_output_shape`]. Depthwise 2-D layers (groups = C = O) run a direct kernel; 1x1 layers
-/// with stride 1 and no padding are one GEMM per group; the rest are im2col + GEMM.
+/// with stride 1 and no padding are one GEMM per group; wide 2-D layers one GEMM per kernel tap;
+/// the rest im2col + GEMM. The path, and with it the summation order of every output (from its
+/// bias, `docs/NUMERICS.md` §9.1), depends on the shapes only.
 #[allow(clippy::too_many_arguments)]
 pub fn conv<const D: usize>(
     input: &[f32],
@@ -209,7 +211,7 @@ pub fn conv<const D: usize>(
                 b: Matrix::row_major(columns, out_plane),
                 accumulate: bias.is_some(),
             };
-            product.run(y, out_plane, isa, true);
+            product.run(y, out_plane, isa);
         }
     }
     Ok(oshape)
@@ -295,7 +297,7 @@ fn shifted_conv2d(
                 b: Matrix::row_major(&buf[base..], plane),
                 accumulate: bias.is_some() || ky + kx > 0,
             };
-            tap.run(acc, oh * wq, isa, true);
+            tap.run(acc, oh * wq, isa);
         }
     }
     for o in 0..og {
