@@ -87,7 +87,8 @@ impl Gemm<'_> {
         if m == 0 || n == 0 {
             return;
         }
-        assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm: output view out of bounds");
+        let c_len = (m - 1).checked_mul(ldc).and_then(|len| len.checked_add(n));
+        assert!(ldc >= n && c_len.is_some_and(|len| len <= c.len()), "gemm: output view out of bounds");
         assert!(a.needed(m, k).is_some_and(|len| len <= a.data.len()), "gemm: a out of bounds");
         assert!(b.needed(k, n).is_some_and(|len| len <= b.data.len()), "gemm: b out of bounds");
         if k == 0 {
