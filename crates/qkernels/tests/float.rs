@@ -4,7 +4,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use proptest::prelude::*;
-use qkernels::float::{self, Activation, ConvParams, ConvScratch, PoolKind};
+use qkernels::float::{self, Activation, ConvParams, ConvScratch, Matrix, PoolKind};
 use qkernels::pool::Window;
 use qkernels::{Isa, KernelError};
 use qtest::random_f32s;
@@ -102,7 +102,7 @@ proptest! {
         let b = random_f32s(k * n, seed ^ 1);
         let c0 = random_f32s(m * n, seed ^ 2);
         let mut c = c0.clone();
-        float::sgemm(m, n, k, &a, k, &b, n, &mut c, n, accumulate).unwrap();
+        float::sgemm(m, n, k, Matrix::row_major(&a, k), Matrix::row_major(&b, n), &mut c, n, accumulate, Isa::active()).unwrap();
         let mut reference = Vec::new();
         for i in 0..m {
             for j in 0..n {
@@ -424,7 +424,10 @@ fn bad_float_input_is_a_typed_error() {
         .is_err()
     );
     // sgemm with short buffers.
-    assert!(float::sgemm(4, 4, 4, &[0.0; 15], 4, &[0.0; 16], 4, &mut [0.0; 16], 4, false).is_err());
+    let (a, b) = (Matrix::row_major(&[0.0; 15], 4), Matrix::row_major(&[0.0; 16], 4));
+    assert!(float::sgemm(4, 4, 4, a, b, &mut [0.0; 16], 4, false, isa).is_err());
+    let huge = Matrix { data: &[0.0; 16], row_stride: usize::MAX, col_stride: 1 };
+    assert!(float::sgemm(4, 4, 4, huge, b, &mut [0.0; 16], 4, false, isa).is_err());
     // Batch norm with the wrong number of channels, softmax over a missing dim.
     assert!(
         float::batch_norm(&x, &[2, 4, 25], &[0.0; 3], &[1.0; 4], None, None, 1e-5, &mut out[..200], isa)

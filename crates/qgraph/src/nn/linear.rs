@@ -1,6 +1,8 @@
 //! `nn.Linear`: `y = x W^T + b` on the last dimension.
 
 use ndarray::{ArrayD, IxDyn};
+use qkernels::Isa;
+use qkernels::float::Matrix;
 use serde::{Deserialize, Serialize};
 
 use super::conv::{check_weight_bias, weight_bias_params, weight_bias_params_mut};
@@ -121,25 +123,23 @@ impl Linear {
         let mut out_shape = x.shape().to_vec();
         *out_shape.last_mut().expect("rank checked") = n;
         let m: usize = x.shape()[..x.ndim() - 1].iter().product();
-        let x = x.as_standard_layout();
-        let wt = self.weight.t().as_standard_layout().into_owned();
+        let (x, w) = (x.as_standard_layout(), self.weight.as_standard_layout());
         let mut out = vec![0f32; m * n];
         if let Some(b) = &self.bias {
             let b = b.as_slice().expect("standard layout");
             out.chunks_mut(n.max(1)).for_each(|row| row.copy_from_slice(b));
         }
-        let a = x.as_slice().expect("standard layout");
+        // out = x W^T, each element one multiply-add chain from its bias over the inputs in order.
         qkernels::float::sgemm(
             m,
             n,
             k,
-            a,
-            k,
-            wt.as_slice().expect("standard layout"),
-            n,
+            Matrix::row_major(x.as_slice().expect("standard layout"), k),
+            Matrix::transposed(w.as_slice().expect("standard layout"), k),
             &mut out,
             n,
             self.bias.is_some(),
+            Isa::active(),
         )?;
         Ok(ArrayD::from_shape_vec(IxDyn(&out_shape), out).expect("m x n"))
     }

@@ -1,90 +1,66 @@
-//! f32 kernels for float models and calibration, in PyTorch's NCHW layout: GEMM through the
-//! `gemm` crate, convolution (1-3 D, groups, dilation; im2col + GEMM, 1x1 without im2col, a
-//! direct depthwise path), batch norm (eval), activations, pooling and softmax.
+//! f32 kernels for float models and calibration, in PyTorch's NCHW layout: GEMM ([`sgemm`]),
+//! convolution (1-3 D, groups, dilation; im2col + GEMM, 1x1 without im2col, one GEMM per kernel
+//! tap for wide layers, a direct depthwise path), batch norm (eval), activations, pooling and
+//! softmax.
 //!
 //! These follow PyTorch's definitions, not its bit patterns: sums run in a different order, so
 //! results agree with PyTorch and with the naive references in the tests to a relative 1e-5 of
-//! the sum of absolute terms.
+//! the sum of absolute terms. Our own bits, though, are the same on every CPU, tier and thread
+//! count (`docs/NUMERICS.md` §9.1), so calibration gives the same int8 model everywhere: every
+//! GEMM output is one chain of fused multiply-adds over `k` in order (see `gemm`), a convolution
+//! output starts from its bias and runs over its reduction index in an order fixed by the layer's
+//! shape, and the other kernels reduce sequentially, one output per thread, with the same
+//! operations on every tier (no reassociation, no tier-specific contraction).
 
-use gemm::Parallelism;
+mod gemm;
+mod microkernel;
+
 use rayon::prelude::*;
 
 use crate::elementwise::{SendPtr, check_len, invalid, numel};
 use crate::pool::{Tiered, Window, dispatch};
-use crate::{Isa, KernelResult};
+use crate::{Isa, KernelError, KernelResult};
+use gemm::Gemm;
+pub use gemm::Matrix;
 
-/// Products above this many multiply-adds run the GEMM on the rayon pool.
-const PAR_GEMM_MACS: usize = 1 << 18;
-
-/// Single-precision GEMM: `c = a * b` (or `c += a * b` when `accumulate`), row-major with leading
-/// dimensions: `a` is `m x k` (row stride `lda`), `b` is `k x n` (`ldb`), `c` is `m x n` (`ldc`).
-/// Runs on the `gemm` crate, on the current rayon pool when the product is large.
+/// Single-precision GEMM: `c = a * b` (or `c += a * b` when `accumulate`), `a` `m x k`, `b`
+/// `k x n` (any strides), `c` `m x n` row-major with row stride `ldc`. Each element of `c` is one
+/// chain of fused multiply-adds over `k` in order, so the bits do not depend on the tier, the CPU
+/// or the number of threads; large products run on the current rayon pool.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     m: usize,
     n: usize,
     k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
+    a: Matrix<'_>,
+    b: Matrix<'_>,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    isa: Isa,
 ) -> KernelResult<()> {
     const OP: &str = "sgemm";
-    let need =
-        |rows: usize, cols: usize, ld: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
-    if lda < k || ldb < n || ldc < n {
-        return Err(invalid(OP, "leading dimension", (lda, ldb, ldc), "must be at least the row length"));
+    isa.ensure_supported()?;
+    if ldc < n {
+        return Err(invalid(OP, "row stride of c", ldc, "must be at least n"));
     }
-    let lengths = [
-        ("length of a", a.len(), need(m, k, lda)),
-        ("length of b", b.len(), need(k, n, ldb)),
-        ("length of c", c.len(), need(m, n, ldc)),
-    ];
-    for (what, got, expected) in lengths {
-        if got < expected {
-            return Err(crate::KernelError::ShapeMismatch { op: OP, what, got, expected });
+    let c_view = Matrix { data: c, row_stride: ldc, col_stride: 1 };
+    for (what, view, rows, cols) in
+        [("length of a", a, m, k), ("length of b", b, k, n), ("length of c", c_view, m, n)]
+    {
+        let expected = view.needed(rows, cols).ok_or_else(|| {
+            invalid(
+                OP,
+                "strides",
+                (view.row_stride, view.col_stride),
+                "address more than usize::MAX elements",
+            )
+        })?;
+        if view.data.len() < expected {
+            return Err(KernelError::ShapeMismatch { op: OP, what, got: view.data.len(), expected });
         }
     }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !accumulate {
-            for row in c.chunks_mut(ldc).take(m) {
-                row[..n].fill(0.0);
-            }
-        }
-        return Ok(());
-    }
-    let par = parallelism(m * n * k);
-    // SAFETY: the checks above guarantee every element the strides address lies inside its slice
-    // (`(rows - 1) * ld + cols <= len`); `c` is borrowed mutably, so it cannot alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            accumulate,
-            a.as_ptr(),
-            1,
-            lda as isize,
-            b.as_ptr(),
-            1,
-            ldb as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    Gemm { m, n, k, a, b, accumulate }.run(c, ldc, isa);
     Ok(())
 }
 
@@ -161,7 +137,9 @@ pub fn conv_output_shape<const D: usize>(
 /// Convolution in NCHW (`torch.nn.functional.conv1d/2d/3d`): `input` `[N, C, spatial...]`,
 /// `weight` `[O, C / groups, kernel...]`, optional `bias` `[O]`, `out` of
 /// [`conv_output_shape`]. Depthwise 2-D layers (groups = C = O) run a direct kernel; 1x1 layers
-/// with stride 1 and no padding are one GEMM per group; the rest are im2col + GEMM.
+/// with stride 1 and no padding are one GEMM per group; wide 2-D layers one GEMM per kernel tap;
+/// the rest im2col + GEMM. The path, and with it the summation order of every output (from its
+/// bias, `docs/NUMERICS.md` §9.1), depends on the shapes only.
 #[allow(clippy::too_many_arguments)]
 pub fn conv<const D: usize>(
     input: &[f32],
@@ -206,7 +184,6 @@ pub fn conv<const D: usize>(
     let shifted = D == 2 && !pointwise && cg >= SHIFTED_MIN_CHANNELS && osp[2] >= SHIFTED_MIN_WIDTH;
     if !pointwise && !shifted {
         grow(&mut scratch.col, rows * out_plane);
-        grow(&mut scratch.tmp, out_plane * og);
     }
     for b in 0..n {
         for gi in 0..g {
@@ -214,85 +191,27 @@ pub fn conv<const D: usize>(
             let w = &weight[gi * og * rows..(gi + 1) * og * rows];
             let y = &mut out[(b * o + gi * og) * out_plane..(b * o + (gi + 1) * og) * out_plane];
             let bias = bias.map(|bias| &bias[gi * og..(gi + 1) * og]);
-            if pointwise {
-                if let Some(bias) = bias {
-                    for (row, &bv) in y.chunks_mut(out_plane).zip(bias) {
-                        row.fill(bv);
-                    }
-                }
-                let yp = SendPtr(y.as_mut_ptr());
-                split_outputs(og, out_plane * cg, |o0, o1, par| {
-                    // SAFETY: parts [o0, o1) are disjoint rows of `y` (og x out_plane).
-                    let yy = unsafe { yp.slice(o0 * out_plane, o1 * out_plane) };
-                    // SAFETY: w rows o0..o1 (cg each), x (cg x out_plane) and yy are in bounds
-                    // for these strides; yy is borrowed mutably and aliases neither input.
-                    unsafe {
-                        gemm::gemm(
-                            o1 - o0,
-                            out_plane,
-                            cg,
-                            yy.as_mut_ptr(),
-                            1,
-                            out_plane as isize,
-                            bias.is_some(),
-                            w.as_ptr().add(o0 * cg),
-                            1,
-                            cg as isize,
-                            x.as_ptr(),
-                            1,
-                            out_plane as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            par,
-                        );
-                    }
-                });
-                continue;
-            }
             if shifted {
-                shifted_conv2d(x, w, bias, y, scratch, cg, og, geo);
+                shifted_conv2d(x, w, bias, y, scratch, cg, og, geo, isa);
                 continue;
             }
-            let col = &mut scratch.col[..rows * out_plane];
-            im2col(x, col, cg, geo);
-            // The gemm crate runs this shape (long K) far faster with the pixels as rows of the
-            // product: tmp[pixel][o] = sum_r col[r][pixel] * w[o][r], then transposed into NCHW.
-            let tmp = &mut scratch.tmp[..out_plane * og];
-            let tp = SendPtr(tmp.as_mut_ptr());
-            let col = &*col;
-            split_outputs(og, out_plane * rows, |o0, o1, par| {
-                // SAFETY: col is rows x out_plane (read transposed), w rows o0..o1 are
-                // (o1 - o0) x rows (read transposed), and the destination is columns o0..o1 of
-                // tmp (out_plane x og, row stride og): all in bounds. Parts write disjoint
-                // columns of tmp, which aliases neither col nor w.
-                unsafe {
-                    gemm::gemm(
-                        out_plane,
-                        o1 - o0,
-                        rows,
-                        tp.offset(o0).0,
-                        1,
-                        og as isize,
-                        false,
-                        col.as_ptr(),
-                        out_plane as isize,
-                        1,
-                        w.as_ptr().add(o0 * rows),
-                        rows as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        par,
-                    );
-                }
-            });
-            transpose_add_bias(tmp, y, out_plane, og, bias);
+            let columns = if pointwise {
+                x
+            } else {
+                let col = &mut scratch.col[..rows * out_plane];
+                im2col(x, col, cg, geo);
+                &*col
+            };
+            fill_rows(y, out_plane, out_plane, bias);
+            let product = Gemm {
+                m: og,
+                n: out_plane,
+                k: rows,
+                a: Matrix::row_major(w, rows),
+                b: Matrix::row_major(columns, out_plane),
+                accumulate: bias.is_some(),
+            };
+            product.run(y, out_plane, isa);
         }
     }
     Ok(oshape)
@@ -322,6 +241,7 @@ fn shifted_conv2d(
     cg: usize,
     og: usize,
     geo: Geometry,
+    isa: Isa,
 ) {
     let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
     let ([_, ih, iw], [_, oh, ow], [_, kh, kw]) = (isp, osp, ksp);
@@ -355,85 +275,45 @@ fn shifted_conv2d(
     } else {
         buf.chunks_mut(cg * plane).enumerate().for_each(|(ph, dst)| fill(ph, dst));
     }
-    let len = (oh - 1) * wq + ow;
+    // Each output element starts from its bias and runs over the taps in order, each tap over
+    // the input channels in order.
+    let (len, kk) = ((oh - 1) * wq + ow, kh * kw);
     let acc = &mut scratch.tmp[..og * oh * wq];
-    let kk = kh * kw;
-    let ap = SendPtr(acc.as_mut_ptr());
+    fill_rows(acc, oh * wq, len, bias);
     let buf = &*buf;
-    split_outputs(og, len * cg * kk, |o0, o1, par| {
-        // SAFETY: parts [o0, o1) are disjoint row blocks of `acc` (og x oh * wq).
-        let acc = unsafe { ap.slice(o0 * oh * wq, o1 * oh * wq) };
-        let w = &w[o0 * cg * kk..o1 * cg * kk];
-        shifted_taps(acc, w, buf, o1 - o0, cg, len, oh * wq, kh, kw, d, [sy, sx], wq, plane, par);
-    });
-    for o in 0..og {
-        let bv = bias.map_or(0.0, |b| b[o]);
-        for oy in 0..oh {
-            let src = &acc[o * oh * wq + oy * wq..o * oh * wq + oy * wq + ow];
-            for (v, &a) in y[(o * oh + oy) * ow..(o * oh + oy + 1) * ow].iter_mut().zip(src) {
-                *v = a + bv;
-            }
-        }
-    }
-}
-
-/// The per-tap GEMMs of [`shifted_conv2d`] for `og` output channels: `acc` is `og` rows of
-/// `acc_stride`, `w` their weights (`og x cg x kh x kw`).
-#[allow(clippy::too_many_arguments)]
-fn shifted_taps(
-    acc: &mut [f32],
-    w: &[f32],
-    buf: &[f32],
-    og: usize,
-    cg: usize,
-    len: usize,
-    acc_stride: usize,
-    kh: usize,
-    kw: usize,
-    d: [usize; 3],
-    [sy, sx]: [usize; 2],
-    wq: usize,
-    plane: usize,
-    par: Parallelism,
-) {
-    let (oh_wq, kk) = (acc_stride, kh * kw);
-    let mut first = true;
     for ky in 0..kh {
         for kx in 0..kw {
             let (ry, qy) = ((ky * d[1]) % sy, (ky * d[1]) / sy);
             let (rx, qx) = ((kx * d[2]) % sx, (kx * d[2]) / sx);
+            // Tap (ky, kx) reads phase (ry, rx) from (qy, qx) on; its last element,
+            // (cg - 1) * plane + base + len - 1, stays inside that phase because
+            // (oh - 1 + qy) * wq + ow - 1 + qx <= (hq - 1) * wq + wq - 1.
             let base = (ry * sx + rx) * cg * plane + qy * wq + qx;
-            // Largest element read: (cg - 1) * plane + base + len - 1, inside phase (ry, rx)
-            // because (oh - 1 + qy) * wq + ow - 1 + qx <= (hq - 1) * wq + wq - 1.
-            debug_assert!(base + (cg - 1) * plane + len <= buf.len());
-            // SAFETY: lhs: og x cg elements of w at (o * cg + c) * kk + ky * kw + kx, inside w
-            // (og * cg * kk long). rhs: cg x len elements at base + c * plane + i, inside `buf`
-            // (see above). dst: og x len at o * (oh * wq) + i, inside `acc`. `acc` and `buf` are
-            // different buffers and neither aliases `w`.
-            unsafe {
-                gemm::gemm(
-                    og,
-                    len,
-                    cg,
-                    acc.as_mut_ptr(),
-                    1,
-                    oh_wq as isize,
-                    !first,
-                    w.as_ptr().add(ky * kw + kx),
-                    kk as isize,
-                    (cg * kk) as isize,
-                    buf.as_ptr().add(base),
-                    1,
-                    plane as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
-            }
-            first = false;
+            let tap = Gemm {
+                m: og,
+                n: len,
+                k: cg,
+                a: Matrix { data: &w[ky * kw + kx..], row_stride: cg * kk, col_stride: kk },
+                b: Matrix::row_major(&buf[base..], plane),
+                accumulate: bias.is_some() || ky + kx > 0,
+            };
+            tap.run(acc, oh * wq, isa);
+        }
+    }
+    for o in 0..og {
+        for oy in 0..oh {
+            let src = &acc[o * oh * wq + oy * wq..o * oh * wq + oy * wq + ow];
+            y[(o * oh + oy) * ow..(o * oh + oy + 1) * ow].copy_from_slice(src);
+        }
+    }
+}
+
+/// Sets the first `len` elements of each row of `rows` (rows `stride` apart) to its bias, when
+/// there is one.
+fn fill_rows(rows: &mut [f32], stride: usize, len: usize, bias: Option<&[f32]>) {
+    if let Some(bias) = bias {
+        for (row, &bv) in rows.chunks_mut(stride).zip(bias) {
+            row[..len].fill(bv);
         }
     }
 }
@@ -468,44 +348,9 @@ fn scatter_row(row: &[f32], dst: &mut [f32], s: usize, r: usize, pad: usize) {
     }
 }
 
-/// Runs `f(o0, o1, parallelism)` over the output channels `0..og`: split into one part per rayon
-/// thread (multiples of 16 channels), each a single-threaded GEMM, when there are several
-/// threads and enough channels; otherwise once, letting the gemm crate parallelise inside.
-/// Splitting the channels scales better than the gemm crate's own threading on these shapes.
-fn split_outputs(og: usize, macs_per_channel: usize, f: impl Fn(usize, usize, Parallelism) + Sync) {
-    let threads = rayon::current_num_threads();
-    if threads > 1 && og >= 32 && og * macs_per_channel >= PAR_GEMM_MACS {
-        let part = og.div_ceil(threads).next_multiple_of(16);
-        (0..og.div_ceil(part))
-            .into_par_iter()
-            .for_each(|t| f(t * part, ((t + 1) * part).min(og), Parallelism::None));
-    } else {
-        f(0, og, parallelism(og * macs_per_channel));
-    }
-}
-
 fn grow(v: &mut Vec<f32>, len: usize) {
     if v.len() < len {
         v.resize(len, 0.0);
-    }
-}
-
-fn parallelism(macs: usize) -> Parallelism {
-    let threads = rayon::current_num_threads();
-    if macs >= PAR_GEMM_MACS && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None }
-}
-
-/// `y[o][p] = tmp[p][o] + bias[o]`, in blocks of pixels that stay in L1.
-fn transpose_add_bias(tmp: &[f32], y: &mut [f32], pixels: usize, og: usize, bias: Option<&[f32]>) {
-    const BLOCK: usize = 64;
-    for pb in (0..pixels).step_by(BLOCK) {
-        let pe = (pb + BLOCK).min(pixels);
-        for o in 0..og {
-            let bv = bias.map_or(0.0, |b| b[o]);
-            for (pi, v) in y[o * pixels + pb..o * pixels + pe].iter_mut().enumerate() {
-                *v = tmp[(pb + pi) * og + o] + bv;
-            }
-        }
     }
 }
 
