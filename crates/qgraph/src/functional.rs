@@ -11,7 +11,7 @@ use crate::module::Functional;
 use crate::nn::Identity;
 use crate::record::Record;
 use crate::value::{OutQ, QuantTensor};
-use crate::{GraphError, GraphResult, Module, Value, invalid};
+use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// `FloatFunctional`: the float ops, each a `torch` op on float tensors. `prepare` gives the
 /// instance one observer for the outputs of its observed ops; use one instance per call site.
@@ -27,6 +27,7 @@ impl FloatFunctional {
 
 fn broadcast_op(a: &ArrayD<f32>, b: &ArrayD<f32>, op: impl Fn(f32, f32) -> f32) -> GraphResult<ArrayD<f32>> {
     let shape = elementwise::broadcast_shape("FloatFunctional", a.shape(), b.shape())?;
+    memory::checked_numel("FloatFunctional", &shape)?;
     let (a, b) = (
         a.broadcast(IxDyn(&shape)).expect("broadcast shape"),
         b.broadcast(IxDyn(&shape)).expect("broadcast shape"),
@@ -183,7 +184,7 @@ impl Module for QFunctional {
                 });
             }
             let shape = elementwise::broadcast_shape("QFunctional", a.shape(), b.shape())?;
-            let mut out = vec![0u8; shape.iter().product()];
+            let mut out = memory::zeroed("QFunctional", &shape)?;
             elementwise::binary(
                 kind,
                 a.data(),
@@ -230,7 +231,7 @@ impl Module for QFunctional {
                     .collect();
                 let mut shape = xs[0].shape().to_vec();
                 shape[dim] = xs.iter().map(|x| x.shape().get(dim).copied().unwrap_or(0)).sum();
-                let mut out = vec![0u8; shape.iter().product()];
+                let mut out = memory::zeroed("QFunctional", &shape)?;
                 // PyTorch's quantized tensors from convolutions are channels-last; its cat of
                 // channels-last tensors along the channels takes the FMA kernel.
                 let dequant = if rank == 4 && dim == 1 { Dequant::Fma } else { Dequant::Plain };
