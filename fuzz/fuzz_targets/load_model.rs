@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qgraph::Module;
 use ndarray::{ArrayD, IxDyn};
+use qgraph::Module;
 
 /// Input channels and spatial dimensions of the first layer that declares them.
 fn input_geometry(model: &dyn Module) -> (usize, usize) {

@@ -56,9 +56,8 @@ pub(crate) fn checked_numel(context: &'static str, shape: &[usize]) -> GraphResu
 pub(crate) fn zeroed<T: Clone + Default>(context: &'static str, shape: &[usize]) -> GraphResult<Vec<T>> {
     let n = checked_numel(context, shape)?;
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|e| {
-        invalid(context, "output shape", shape, format!("cannot allocate {n} elements: {e}"))
-    })?;
+    v.try_reserve_exact(n)
+        .map_err(|e| invalid(context, "output shape", shape, format!("cannot allocate {n} elements: {e}")))?;
     v.resize(n, T::default());
     Ok(v)
 }

@@ -6,8 +6,8 @@ use qkernels::{Isa, float, pool};
 use serde::{Deserialize, Serialize};
 
 use super::pool::Size;
-use super::{MAX_SIZE, check_sizes};
 use super::unary::py_float;
+use super::{MAX_SIZE, check_sizes};
 use crate::record::Record;
 use crate::value::QuantTensor;
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
@@ -297,7 +297,12 @@ impl Upsample {
                     .try_into()
                     .map_err(|_| record.tensors.mismatch(format!("scale_factor {v:?} needs 2 values")))?;
                 if values.iter().any(|&s| !(s > 0.0 && s <= MAX_SIZE as f64)) {
-                    return Err(invalid("Upsample", "scale_factor", values, "must be positive and at most 2^31 - 1"));
+                    return Err(invalid(
+                        "Upsample",
+                        "scale_factor",
+                        values,
+                        "must be positive and at most 2^31 - 1",
+                    ));
                 }
                 Target::Scale { values, scalar: c.scalar }
             }

@@ -104,7 +104,10 @@ impl QuantizedConv {
         let mut shape = vec![batch, self.options.out_channels];
         shape.extend_from_slice(&out_spatial);
         let mut out = memory::zeroed(self.options.type_name(), &shape)?;
-        self.packed.run(x.data(), batch, in_spatial, &pipeline, Output::U8(&mut out))?;
+        // An empty batch has an empty output, as in PyTorch (the kernel takes at least one image).
+        if batch > 0 {
+            self.packed.run(x.data(), batch, in_spatial, &pipeline, Output::U8(&mut out))?;
+        }
         self.parts.act.clamp_relu6(&mut out, self.parts.out_q)?;
         QuantTensor::new(out, shape, self.parts.out_q)
     }

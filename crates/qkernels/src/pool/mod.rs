@@ -118,7 +118,8 @@ impl<const D: usize> Window<D> {
         for i in 0..D {
             // Exact in i128 for any input size.
             let [n, k, s, p, d] =
-                [input[i], self.kernel[i], self.stride[i], self.padding[i], self.dilation[i]].map(|v| v as i128);
+                [input[i], self.kernel[i], self.stride[i], self.padding[i], self.dilation[i]]
+                    .map(|v| v as i128);
             let num = n + 2 * p - d * (k - 1) - 1 + if self.ceil_mode { s - 1 } else { 0 };
             let mut o = num.div_euclid(s) + 1;
             if self.ceil_mode && (o - 1) * s >= n + p {

@@ -1,0 +1,838 @@
+//! Crafted model files: valid files of small models (the zoo) whose sizes, tensors and tree
+//! are edited (sizes near 2^63 and 2^64, zero sizes, overflowing products, huge windows,
+//! duplicate names, bad scales, wrong dtypes), each with the outcome it must have. The
+//! `crafted` test runs them; the `fuzz_corpus` example writes them as fuzzing seeds.
+
+use std::collections::BTreeMap;
+
+use qgraph::nn::{
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv1d, Conv2d, Conv3d, Flatten, Linear, MaxPool1d, MaxPool2d,
+    MaxPool3d, ReLU, Softmax, Upsample, UpsampleMode,
+};
+use qgraph::{DeQuantStub, FloatFunctional, Functional, Graph, Module, Op, QuantStub, Sequential, io};
+use serde_json::{Value as Json, json};
+
+const U64_MAX: u64 = u64::MAX;
+const I64_MAX: u64 = i64::MAX as u64;
+const TWO_POW_63: u64 = 1 << 63;
+const I32_MAX: u64 = i32::MAX as u64;
+
+/// A model file taken apart: the module tree and the tensors (dtype, shape, bytes).
+pub struct File {
+    pub tree: Json,
+    pub tensors: BTreeMap<String, (String, Vec<u64>, Vec<u8>)>,
+}
+
+impl File {
+    pub fn of(model: &dyn Module) -> Self {
+        let bytes = io::to_bytes(model).expect("save");
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: Json = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let data = &bytes[8 + n..];
+        let mut tensors = BTreeMap::new();
+        let mut tree = Json::Null;
+        for (name, entry) in header.as_object().unwrap() {
+            if name == "__metadata__" {
+                tree = serde_json::from_str(entry["qgraph"].as_str().unwrap()).unwrap();
+                continue;
+            }
+            let shape = entry["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+            let [start, end] = [0, 1].map(|i| entry["data_offsets"][i].as_u64().unwrap() as usize);
+            let dtype = entry["dtype"].as_str().unwrap().to_string();
+            tensors.insert(name.clone(), (dtype, shape, data[start..end].to_vec()));
+        }
+        Self { tree, tensors }
+    }
+
+    /// The module at dotted `path` in the tree (`""` is the root).
+    pub fn module(&mut self, path: &str) -> &mut Json {
+        let mut node = &mut self.tree["model"];
+        for name in path.split('.').filter(|s| !s.is_empty()) {
+            let children = node["children"].as_array_mut().unwrap();
+            let i = children.iter().position(|c| c[0] == name).unwrap_or_else(|| panic!("no child {name}"));
+            node = &mut children[i][1];
+        }
+        node
+    }
+
+    /// The configuration of the module at `path`.
+    pub fn config(&mut self, path: &str) -> &mut Json {
+        &mut self.module(path)["config"]
+    }
+
+    /// Sets the tensor `name`'s dtype, shape and bytes.
+    pub fn tensor(&mut self, name: &str, dtype: &str, shape: &[u64], bytes: Vec<u8>) -> &mut Self {
+        self.tensors.insert(name.to_string(), (dtype.to_string(), shape.to_vec(), bytes));
+        self
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        let mut data: Vec<u8> = Vec::new();
+        for (name, (dtype, shape, bytes)) in &self.tensors {
+            let start = data.len();
+            data.extend(bytes);
+            header.insert(
+                name.clone(),
+                json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+            );
+        }
+        header.insert("__metadata__".into(), json!({"qgraph": self.tree.to_string()}));
+        let mut header = serde_json::to_vec(&header).unwrap();
+        header.resize(header.len().div_ceil(8) * 8, b' ');
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend(header);
+        out.extend(data);
+        out
+    }
+}
+
+/// Float modules of every kind on a `[N, 3, 8, 8]` input, to `[N, 5]`.
+pub fn float_zoo() -> Sequential {
+    qgraph::nn::manual_seed(5);
+    let named: Vec<(&str, Box<dyn Module>)> = vec![
+        ("conv", Box::new(Conv2d::new(3, 4, [3, 3]).padding([1, 1]).build().unwrap())),
+        ("bn", Box::new(BatchNorm2d::new(4))),
+        ("relu", Box::new(ReLU::new())),
+        ("maxpool", Box::new(MaxPool2d::new(2))),
+        ("avgpool", Box::new(AvgPool2d::new(2).stride(1))),
+        ("up", Box::new(Upsample::size(4).mode(UpsampleMode::Bilinear))),
+        ("pool", Box::new(AdaptiveAvgPool2d::new(2))),
+        ("flatten", Box::new(Flatten::new(1, -1))),
+        ("fc", Box::new(Linear::new(16, 5, true))),
+    ];
+    let mut model = Sequential::named(named.into_iter().map(|(n, m)| (n.to_string(), m)).collect()).unwrap();
+    let mut boxed: Box<dyn Module> = Box::new(model.clone());
+    qgraph::eval(&mut boxed);
+    model = boxed.downcast_ref::<Sequential>().unwrap().clone();
+    model
+}
+
+/// [`float_zoo`] between a QuantStub and a DeQuantStub, converted to int8.
+pub fn int8_zoo() -> Box<dyn Module> {
+    let zoo = float_zoo();
+    let mut children: Vec<(String, Box<dyn Module>)> = vec![("quant".into(), Box::new(QuantStub::new()))];
+    children.extend(zoo.children().into_iter().map(|(n, m)| (n.to_string(), m.clone_module())));
+    children.push(("dequant".into(), Box::new(DeQuantStub::new())));
+    let mut model: Box<dyn Module> = Box::new(Sequential::named(children).unwrap());
+    qgraph::eval(&mut model);
+    let qconfig = qgraph::qconfig::get_default_qconfig("x86").unwrap();
+    qgraph::prepare(&mut model, &qgraph::QConfigMapping::global(qconfig)).unwrap();
+    let batches = (0..2).map(|i| super::random(&[2, 3, 8, 8], 40 + i));
+    qgraph::calibrate(model.as_ref(), batches, |_, _| {}).unwrap();
+    qgraph::convert(&mut model).unwrap();
+    model
+}
+
+/// 1-D and 3-D layers: `[N, 2, 6]` and `[N, 2, 4, 4, 4]` inputs.
+pub fn zoo_1d() -> Sequential {
+    Sequential::named(vec![
+        ("conv".into(), Box::new(Conv1d::new(2, 2, [3]).build().unwrap()) as Box<dyn Module>),
+        ("maxpool".into(), Box::new(MaxPool1d::new(2))),
+    ])
+    .unwrap()
+}
+
+pub fn zoo_3d() -> Sequential {
+    Sequential::named(vec![
+        (
+            "conv".into(),
+            Box::new(Conv3d::new(2, 2, [3, 3, 3]).padding([1, 1, 1]).build().unwrap()) as Box<dyn Module>,
+        ),
+        ("maxpool".into(), Box::new(MaxPool3d::new(2))),
+        ("softmax".into(), Box::new(Softmax::new(1))),
+    ])
+    .unwrap()
+}
+
+/// What a crafted file must do.
+#[derive(Debug)]
+pub enum Expect {
+    /// Loading fails with a message containing this.
+    LoadError(&'static str),
+    /// Loading succeeds; forward fails with a message containing this.
+    ForwardError(&'static str),
+    /// Loading and forward succeed, with this output shape.
+    Output(&'static [usize]),
+}
+
+/// One crafted file: its name, bytes, the input shape to run and the expected outcome.
+pub struct Case {
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+    pub input: &'static [usize],
+    pub expect: Expect,
+}
+
+pub fn case(name: &'static str, file: &File, input: &'static [usize], expect: Expect) -> Case {
+    Case { name, bytes: file.bytes(), input, expect }
+}
+
+pub const IMAGE: &[usize] = &[1, 3, 8, 8];
+
+pub fn valid_cases() -> Vec<Case> {
+    vec![
+        case("float zoo", &File::of(&float_zoo()), IMAGE, Expect::Output(&[1, 5])),
+        case("int8 zoo", &File::of(int8_zoo().as_ref()), IMAGE, Expect::Output(&[1, 5])),
+        case("1-d zoo", &File::of(&zoo_1d()), &[1, 2, 6], Expect::Output(&[1, 2, 2])),
+        case("3-d zoo", &File::of(&zoo_3d()), &[1, 2, 4, 4, 4], Expect::Output(&[1, 2, 2, 2, 2])),
+    ]
+}
+
+/// `f(file)` applied to a fresh copy of `base`.
+pub fn edited(base: &File, f: impl FnOnce(&mut File)) -> File {
+    let mut file = File { tree: base.tree.clone(), tensors: base.tensors.clone() };
+    f(&mut file);
+    file
+}
+
+pub fn configuration_cases() -> Vec<Case> {
+    let float = File::of(&float_zoo());
+    let int8 = File::of(int8_zoo().as_ref());
+    let mut cases = Vec::new();
+    for (zoo, base) in [("float", &float), ("int8", &int8)] {
+        let set = |path: &'static str, key: &'static str, value: Json| {
+            edited(base, move |f| f.config(path)[key] = value)
+        };
+        let conv = if zoo == "float" { "" } else { "options" };
+        let conv_set = |key: &'static str, value: Json| {
+            edited(base, move |f| {
+                let c = f.config("conv");
+                let c = if conv.is_empty() { c } else { &mut c[conv] };
+                c[key] = value;
+            })
+        };
+        let push = |cases: &mut Vec<Case>, name: &'static str, file: File, expect: Expect| {
+            let name: &'static str = Box::leak(format!("{zoo}: {name}").into_boxed_str());
+            cases.push(case(name, &file, IMAGE, expect));
+        };
+        push(
+            &mut cases,
+            "conv padding 2^63",
+            conv_set("padding", json!([TWO_POW_63, 1])),
+            Expect::LoadError("padding"),
+        );
+        push(
+            &mut cases,
+            "conv padding 2^64 - 1",
+            conv_set("padding", json!([U64_MAX, U64_MAX])),
+            Expect::LoadError("padding"),
+        );
+        push(
+            &mut cases,
+            "conv padding 2^20 (output over the limit)",
+            conv_set("padding", json!([1 << 20, 1 << 20])),
+            Expect::ForwardError("more than the limit"),
+        );
+        push(
+            &mut cases,
+            "conv padding 2^31 - 1 (output overflows)",
+            conv_set("padding", json!([I32_MAX, I32_MAX])),
+            Expect::ForwardError("overflows"),
+        );
+        push(
+            &mut cases,
+            "conv stride 2^64 - 1",
+            conv_set("stride", json!([U64_MAX, 1])),
+            Expect::LoadError("stride"),
+        );
+        push(&mut cases, "conv stride 0", conv_set("stride", json!([0, 1])), Expect::LoadError("stride"));
+        push(
+            &mut cases,
+            "conv dilation 2^63",
+            conv_set("dilation", json!([TWO_POW_63, 1])),
+            Expect::LoadError("dilation"),
+        );
+        push(
+            &mut cases,
+            "conv dilation 2^31 - 1 (kernel larger than the input)",
+            conv_set("dilation", json!([I32_MAX, 1])),
+            Expect::ForwardError("larger than the padded input"),
+        );
+        push(
+            &mut cases,
+            "conv kernel 2^63",
+            conv_set("kernel_size", json!([TWO_POW_63, 3])),
+            Expect::LoadError("kernel_size"),
+        );
+        push(
+            &mut cases,
+            "conv in_channels 2^64 - 1",
+            conv_set("in_channels", json!(U64_MAX)),
+            Expect::LoadError("weight"),
+        );
+        push(
+            &mut cases,
+            "conv out_channels 2^63 (weight product overflows)",
+            conv_set("out_channels", json!(TWO_POW_63)),
+            Expect::LoadError("weight"),
+        );
+        push(&mut cases, "conv groups 0", conv_set("groups", json!(0)), Expect::LoadError("groups"));
+        push(
+            &mut cases,
+            "conv groups 2^64 - 1",
+            conv_set("groups", json!(U64_MAX)),
+            Expect::LoadError("groups"),
+        );
+        push(
+            &mut cases,
+            "conv four kernel sizes",
+            conv_set("kernel_size", json!([3, 3, 3, 3])),
+            Expect::LoadError("kernel_size"),
+        );
+        push(
+            &mut cases,
+            "maxpool kernel 2^63",
+            set("maxpool", "kernel_size", json!(TWO_POW_63)),
+            Expect::LoadError("kernel_size"),
+        );
+        push(
+            &mut cases,
+            "maxpool kernel 2^64 - 1",
+            set("maxpool", "kernel_size", json!([U64_MAX, 2])),
+            Expect::LoadError("kernel_size"),
+        );
+        push(
+            &mut cases,
+            "maxpool stride 2^64 - 1",
+            set("maxpool", "stride", json!(U64_MAX)),
+            Expect::LoadError("stride"),
+        );
+        push(
+            &mut cases,
+            "maxpool dilation 2^63",
+            set("maxpool", "dilation", json!(TWO_POW_63)),
+            Expect::LoadError("dilation"),
+        );
+        push(
+            &mut cases,
+            "maxpool padding 2^63",
+            set("maxpool", "padding", json!(TWO_POW_63)),
+            Expect::LoadError("padding"),
+        );
+        push(
+            &mut cases,
+            "maxpool window 2^31 - 1 with padding 2^30 (runs over the input only)",
+            edited(base, |f| {
+                let c = f.config("maxpool");
+                c["kernel_size"] = json!(I32_MAX);
+                c["padding"] = json!(I32_MAX / 2);
+            }),
+            Expect::Output(&[1, 5]),
+        );
+        push(
+            &mut cases,
+            "maxpool kernel 0",
+            set("maxpool", "kernel_size", json!(0)),
+            Expect::LoadError("kernel_size"),
+        );
+        push(
+            &mut cases,
+            "avgpool kernel 2^64 - 1",
+            set("avgpool", "kernel_size", json!(U64_MAX)),
+            Expect::LoadError("kernel_size"),
+        );
+        push(
+            &mut cases,
+            "avgpool padding 2^63",
+            set("avgpool", "padding", json!([TWO_POW_63, 0])),
+            Expect::LoadError("padding"),
+        );
+        push(
+            &mut cases,
+            "avgpool divisor_override 0",
+            set("avgpool", "divisor_override", json!(0)),
+            Expect::LoadError("divisor_override"),
+        );
+        push(
+            &mut cases,
+            "avgpool divisor_override i64::MIN",
+            set("avgpool", "divisor_override", json!(i64::MIN)),
+            Expect::Output(&[1, 5]),
+        );
+        push(
+            &mut cases,
+            "avgpool window 2^31 - 1 with padding 2^30 (runs over the input only)",
+            edited(base, |f| {
+                let c = f.config("avgpool");
+                c["kernel_size"] = json!(I32_MAX);
+                c["padding"] = json!(I32_MAX / 2);
+            }),
+            Expect::Output(&[1, 5]),
+        );
+        push(
+            &mut cases,
+            "upsample size 2^63",
+            set("up", "size", json!([TWO_POW_63, TWO_POW_63])),
+            Expect::LoadError("size"),
+        );
+        push(
+            &mut cases,
+            "upsample size 2^64 - 1",
+            set("up", "size", json!([U64_MAX, 1])),
+            Expect::LoadError("size"),
+        );
+        push(
+            &mut cases,
+            "upsample size 2^31 - 1",
+            set("up", "size", json!([I32_MAX, I32_MAX])),
+            Expect::ForwardError("more than the limit"),
+        );
+        push(
+            &mut cases,
+            "upsample size 2^31",
+            set("up", "size", json!([1u64 << 31, 1])),
+            Expect::LoadError("size"),
+        );
+        push(
+            &mut cases,
+            "upsample size 2^16 (output over the limit)",
+            set("up", "size", json!([1 << 16, 1 << 16])),
+            Expect::ForwardError("more than the limit"),
+        );
+        push(&mut cases, "upsample size 0", set("up", "size", json!([0, 4])), Expect::LoadError("size"));
+        push(
+            &mut cases,
+            "upsample scale factor 1e300",
+            edited(base, |f| {
+                let c = f.config("up");
+                c["size"] = Json::Null;
+                c["scale_factor"] = json!([1e300, 1e300]);
+            }),
+            Expect::LoadError("scale_factor"),
+        );
+        push(
+            &mut cases,
+            "upsample scale factor 2^20 (output over the limit)",
+            edited(base, |f| {
+                let c = f.config("up");
+                c["size"] = Json::Null;
+                c["scale_factor"] = json!([2f64.powi(20), 2f64.powi(20)]);
+            }),
+            Expect::ForwardError("more than the limit"),
+        );
+        push(
+            &mut cases,
+            "upsample negative scale factor",
+            edited(base, |f| {
+                let c = f.config("up");
+                c["size"] = Json::Null;
+                c["scale_factor"] = json!([-2.0, 2.0]);
+            }),
+            Expect::LoadError("scale_factor"),
+        );
+        push(
+            &mut cases,
+            "adaptive pool output 2^64 - 1",
+            set("pool", "output_size", json!([U64_MAX, U64_MAX])),
+            Expect::LoadError("output_size"),
+        );
+        push(
+            &mut cases,
+            "adaptive pool output 2^63 x 0",
+            set("pool", "output_size", json!([TWO_POW_63, 0])),
+            Expect::LoadError("output_size"),
+        );
+        push(
+            &mut cases,
+            "adaptive pool output 2^16 (over the limit)",
+            set("pool", "output_size", json!([1 << 16, 1 << 16])),
+            Expect::ForwardError("more than the limit"),
+        );
+        push(
+            &mut cases,
+            "flatten start_dim 2^64 - 1",
+            set("flatten", "start_dim", json!(U64_MAX)),
+            Expect::LoadError("start_dim"),
+        );
+        push(
+            &mut cases,
+            "flatten start_dim i64::MIN",
+            set("flatten", "start_dim", json!(i64::MIN)),
+            Expect::ForwardError("start_dim"),
+        );
+        push(
+            &mut cases,
+            "flatten end_dim i64::MAX",
+            set("flatten", "end_dim", json!(I64_MAX)),
+            Expect::ForwardError("end_dim"),
+        );
+        let fc = |key: &'static str, value: Json| {
+            edited(base, move |f| {
+                let c = f.config("fc");
+                let c = if zoo == "float" { c } else { &mut c["options"] };
+                c[key] = value;
+            })
+        };
+        push(
+            &mut cases,
+            "linear in_features 2^64 - 1",
+            fc("in_features", json!(U64_MAX)),
+            Expect::LoadError("weight"),
+        );
+        push(
+            &mut cases,
+            "linear out_features 2^63",
+            fc("out_features", json!(TWO_POW_63)),
+            Expect::LoadError("weight"),
+        );
+        let bn = |key: &'static str, value: Json| edited(base, move |f| f.config("bn")[key] = value);
+        push(
+            &mut cases,
+            "batch norm num_features 2^64 - 1",
+            bn("num_features", json!(U64_MAX)),
+            Expect::LoadError("weight"),
+        );
+        push(&mut cases, "batch norm dims 2^63", bn("dims", json!(TWO_POW_63)), Expect::LoadError("dims"));
+        push(
+            &mut cases,
+            "duplicate child names",
+            edited(base, |f| {
+                f.module("").get_mut("children").unwrap().as_array_mut().unwrap()[2][0] = json!("conv")
+            }),
+            Expect::LoadError("two children cannot share a name"),
+        );
+        push(
+            &mut cases,
+            "child name with a dot",
+            edited(base, |f| {
+                f.module("").get_mut("children").unwrap().as_array_mut().unwrap()[2][0] = json!("a.b")
+            }),
+            Expect::LoadError("contain no '.'"),
+        );
+    }
+    cases
+}
+
+/// A graph with a flatten op, an adaptive pooling op and a concatenation: `[N, 2, 4, 4]` to
+/// `[N, 4]`.
+pub fn graph_zoo() -> Box<dyn Module> {
+    let mut b = Graph::builder("Net");
+    let x = b.op("pool", Op::AdaptiveAvgPool2d([1, 1]), Graph::INPUT);
+    let x = b.op("flat", Op::Flatten(1), &x);
+    let y = b.then("relu", ReLU::new(), &x);
+    let out = b.then_functional("cat", FloatFunctional::new(), Functional::Cat(1), &[&x, &y]);
+    Box::new(b.build(&out).unwrap())
+}
+
+pub fn tree_cases() -> Vec<Case> {
+    let graph = File::of(graph_zoo().as_ref());
+    let node = |i: usize, op: Json| edited(&graph, move |f| f.config("")["nodes"][i]["op"] = op);
+    let input: &'static [usize] = &[1, 2, 4, 4];
+    let mut cases = vec![
+        case("graph as saved", &graph, input, Expect::Output(&[1, 4])),
+        case(
+            "graph flatten start 2^64 - 1",
+            &node(1, json!({"Flatten": U64_MAX})),
+            input,
+            Expect::LoadError("start_dim"),
+        ),
+        case(
+            "graph flatten start 2^63",
+            &node(1, json!({"Flatten": TWO_POW_63})),
+            input,
+            Expect::LoadError("start_dim"),
+        ),
+        case(
+            "graph flatten start 7",
+            &node(1, json!({"Flatten": 7})),
+            input,
+            Expect::ForwardError("start_dim"),
+        ),
+        case(
+            "graph adaptive pool 2^64 - 1",
+            &node(0, json!({"AdaptiveAvgPool2d": [U64_MAX, 1]})),
+            input,
+            Expect::LoadError("output_size"),
+        ),
+        case(
+            "graph adaptive pool 0",
+            &node(0, json!({"AdaptiveAvgPool2d": [0, 1]})),
+            input,
+            Expect::LoadError("output_size"),
+        ),
+        case(
+            "graph adaptive pool 2^16 (output over the limit)",
+            &node(0, json!({"AdaptiveAvgPool2d": [1 << 16, 1 << 16]})),
+            input,
+            Expect::ForwardError("more than the limit"),
+        ),
+        case(
+            "graph cat dim 2^64 - 1",
+            &node(3, json!({"Functional": ["cat", {"Cat": U64_MAX}]})),
+            input,
+            Expect::ForwardError("cat dim"),
+        ),
+        case(
+            "graph node calls an unknown child",
+            &node(2, json!({"Call": "nothing"})),
+            input,
+            Expect::LoadError("unknown child"),
+        ),
+        case(
+            "graph node reads a later value",
+            &edited(&graph, |f| f.config("")["nodes"][0]["inputs"] = json!(["cat"])),
+            input,
+            Expect::LoadError("no earlier node"),
+        ),
+        case(
+            "graph output names no node",
+            &edited(&graph, |f| f.config("")["output"] = json!("nowhere")),
+            input,
+            Expect::LoadError("output"),
+        ),
+        case(
+            "graph duplicate child names",
+            &edited(&graph, |f| f.module("")["children"][1][0] = json!("relu")),
+            input,
+            Expect::LoadError("two children cannot share a name"),
+        ),
+    ];
+    // A chain of Sequentials deeper than the JSON parser's recursion limit.
+    let mut deep = File::of(&Sequential::new(vec![]));
+    for _ in 0..200 {
+        let inner = deep.tree["model"].clone();
+        deep.tree["model"] = json!({"type": "Sequential", "children": [["0", inner]]});
+    }
+    cases.push(case("200 nested Sequentials", &deep, input, Expect::LoadError("recursion limit")));
+    cases
+}
+
+pub fn tensor_cases() -> Vec<Case> {
+    let float = File::of(&float_zoo());
+    let int8 = File::of(int8_zoo().as_ref());
+    let f64_bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let i64_bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let scales = |v: &[f64]| {
+        edited(&int8, |f| {
+            f.tensor("fc.weight_scale", "F64", &[v.len() as u64], f64_bytes(v));
+        })
+    };
+    let zero_points = |v: &[i64]| {
+        edited(&int8, |f| {
+            f.tensor("fc.weight_zero_point", "I64", &[v.len() as u64], i64_bytes(v));
+        })
+    };
+    let config = |path: &'static str, key: &'static str, value: Json| {
+        edited(&int8, move |f| f.config(path)[key] = value)
+    };
+    let cases = vec![
+        case(
+            "zero-sized weight whose other sizes overflow",
+            &edited(&float, |f| {
+                f.tensor("fc.weight", "F32", &[0, 1 << 62, 1 << 62], vec![]);
+            }),
+            IMAGE,
+            Expect::LoadError("fc"),
+        ),
+        case(
+            "zero-sized weight of the listed shape",
+            &edited(&float, |f| {
+                f.config("fc")["in_features"] = json!(0);
+                f.tensor("fc.weight", "F32", &[5, 0], vec![]);
+            }),
+            IMAGE,
+            Expect::ForwardError("input features"),
+        ),
+        case(
+            "weight of 2^32 x 2^32 elements in 4 bytes",
+            &edited(&float, |f| {
+                f.tensor("fc.weight", "F32", &[1 << 32, 1 << 32], vec![0; 4]);
+            }),
+            IMAGE,
+            Expect::LoadError("not a safetensors file"),
+        ),
+        case(
+            "weight of 2^62 x 4 elements in 4 bytes",
+            &edited(&float, |f| {
+                f.tensor("fc.weight", "F32", &[1 << 62, 4], vec![0; 4]);
+            }),
+            IMAGE,
+            Expect::LoadError("not a safetensors file"),
+        ),
+        case(
+            "float weight saved as f64",
+            &edited(&float, |f| {
+                f.tensor("fc.weight", "F64", &[5, 16], vec![0; 5 * 16 * 8]);
+            }),
+            IMAGE,
+            Expect::LoadError("expected F32"),
+        ),
+        case(
+            "int8 weight saved as u8",
+            &edited(&int8, |f| {
+                f.tensor("fc.weight", "U8", &[5, 16], vec![0; 5 * 16]);
+            }),
+            IMAGE,
+            Expect::LoadError("expected I8"),
+        ),
+        case(
+            "bias of the wrong length",
+            &edited(&int8, |f| {
+                f.tensor("fc.bias", "F32", &[6], vec![0; 24]);
+            }),
+            IMAGE,
+            Expect::LoadError("bias"),
+        ),
+        case(
+            "2-D weight scales",
+            &edited(&int8, |f| {
+                f.tensor("fc.weight_scale", "F64", &[5, 1], f64_bytes(&[0.1; 5]));
+            }),
+            IMAGE,
+            Expect::LoadError("weight_scale"),
+        ),
+        case(
+            "2-D weight zero points",
+            &edited(&int8, |f| {
+                f.tensor("fc.weight_zero_point", "I64", &[1, 5], i64_bytes(&[0; 5]));
+            }),
+            IMAGE,
+            Expect::LoadError("weight_zero_point"),
+        ),
+        case("too few weight scales", &scales(&[0.1; 4]), IMAGE, Expect::LoadError("weight_scale")),
+        case(
+            "negative weight scale",
+            &scales(&[0.1, -0.1, 0.1, 0.1, 0.1]),
+            IMAGE,
+            Expect::LoadError("scale"),
+        ),
+        case("zero weight scale", &scales(&[0.1, 0.0, 0.1, 0.1, 0.1]), IMAGE, Expect::LoadError("scale")),
+        case("NaN weight scale", &scales(&[0.1, f64::NAN, 0.1, 0.1, 0.1]), IMAGE, Expect::LoadError("scale")),
+        case(
+            "infinite weight scale",
+            &scales(&[0.1, f64::INFINITY, 0.1, 0.1, 0.1]),
+            IMAGE,
+            Expect::LoadError("scale"),
+        ),
+        case(
+            "weight scale 1e-300 (zero in f32)",
+            &scales(&[1e-300; 5]),
+            IMAGE,
+            Expect::LoadError("underflows"),
+        ),
+        case(
+            "weight zero point i64::MIN",
+            &zero_points(&[i64::MIN, 0, 0, 0, 0]),
+            IMAGE,
+            Expect::LoadError("zero point"),
+        ),
+        case(
+            "weight zero point 128",
+            &zero_points(&[128, 0, 0, 0, 0]),
+            IMAGE,
+            Expect::LoadError("zero point"),
+        ),
+        case("output scale -1", &config("fc", "scale", json!(-1.0)), IMAGE, Expect::LoadError("scale")),
+        case(
+            "output scale 1e308 (infinite in f32)",
+            &config("fc", "scale", json!(1e308)),
+            IMAGE,
+            Expect::LoadError("overflows f32"),
+        ),
+        case(
+            "output scale null (NaN in JSON)",
+            &config("fc", "scale", Json::Null),
+            IMAGE,
+            Expect::LoadError("scale"),
+        ),
+        case(
+            "output zero point 2^63 - 1",
+            &config("conv", "zero_point", json!(I64_MAX)),
+            IMAGE,
+            Expect::LoadError("zero point"),
+        ),
+        case(
+            "output zero point -1",
+            &config("conv", "zero_point", json!(-1)),
+            IMAGE,
+            Expect::LoadError("zero point"),
+        ),
+        case("quantize scale 0", &config("quant", "scale", json!(0.0)), IMAGE, Expect::LoadError("scale")),
+        case("batch norm eps -1", &config("bn", "eps", json!(-1.0)), IMAGE, Expect::Output(&[1, 5])),
+        case(
+            "batch norm running_var NaN",
+            &edited(&int8, |f| {
+                f.tensor("bn.running_var", "F32", &[4], f32::NAN.to_le_bytes().repeat(4));
+            }),
+            IMAGE,
+            Expect::Output(&[1, 5]),
+        ),
+    ];
+    cases
+}
+
+pub fn layer_cases() -> Vec<Case> {
+    let d1 = File::of(&zoo_1d());
+    let d3 = File::of(&zoo_3d());
+    let set = |base: &File, path: &'static str, key: &'static str, value: Json| {
+        edited(base, move |f| f.config(path)[key] = value)
+    };
+    let (line, volume): (&'static [usize], &'static [usize]) = (&[1, 2, 6], &[1, 2, 4, 4, 4]);
+    vec![
+        case(
+            "1-d maxpool kernel 2^64 - 1",
+            &set(&d1, "maxpool", "kernel_size", json!(U64_MAX)),
+            line,
+            Expect::LoadError("kernel_size"),
+        ),
+        case(
+            "1-d maxpool kernel as 2 values",
+            &set(&d1, "maxpool", "kernel_size", json!([2, 2])),
+            line,
+            Expect::LoadError("kernel_size"),
+        ),
+        case(
+            "1-d conv padding 2^63",
+            &set(&d1, "conv", "padding", json!([TWO_POW_63])),
+            line,
+            Expect::LoadError("padding"),
+        ),
+        case(
+            "1-d conv padding 2^31 - 1 (output over the limit)",
+            &set(&d1, "conv", "padding", json!([I32_MAX])),
+            line,
+            Expect::ForwardError("more than the limit"),
+        ),
+        case(
+            "3-d maxpool window 2^31 - 1 with padding 2^30 - 1 (runs over the input only)",
+            &edited(&d3, |f| {
+                let c = f.config("maxpool");
+                c["kernel_size"] = json!(I32_MAX);
+                c["padding"] = json!(I32_MAX / 2);
+            }),
+            volume,
+            Expect::Output(&[1, 2, 2, 2, 2]),
+        ),
+        case(
+            "3-d maxpool dilation 2^64 - 1",
+            &set(&d3, "maxpool", "dilation", json!(U64_MAX)),
+            volume,
+            Expect::LoadError("dilation"),
+        ),
+        case(
+            "3-d conv padding 2^31 - 1 (output overflows)",
+            &set(&d3, "conv", "padding", json!([I32_MAX, I32_MAX, I32_MAX])),
+            volume,
+            Expect::ForwardError("overflows"),
+        ),
+        case(
+            "3-d conv padding 2^10 (output over the limit)",
+            &set(&d3, "conv", "padding", json!([1 << 10, 1 << 10, 1 << 10])),
+            volume,
+            Expect::ForwardError("more than the limit"),
+        ),
+        case(
+            "softmax dim i64::MIN",
+            &set(&d3, "softmax", "dim", json!(i64::MIN)),
+            volume,
+            Expect::ForwardError("dim"),
+        ),
+        case(
+            "softmax dim 2^64 - 1",
+            &set(&d3, "softmax", "dim", json!(U64_MAX)),
+            volume,
+            Expect::LoadError("dim"),
+        ),
+    ]
+}
