@@ -57,7 +57,7 @@ impl QuantTensor {
     /// Wraps channels-last `data` of logical shape `shape` (an error if the lengths differ or the
     /// parameters are not valid quint8 parameters).
     pub fn new(data: Vec<u8>, shape: Vec<usize>, q: PerTensor) -> GraphResult<Self> {
-        let expected = shape.iter().product::<usize>();
+        let expected = crate::memory::checked_numel("QuantTensor", &shape)?;
         if data.len() != expected {
             return Err(GraphError::ShapeMismatch {
                 context: "QuantTensor",

@@ -24,6 +24,7 @@ pub struct File {
 }
 
 impl File {
+    /// The file `io::to_bytes` writes for `model`, taken apart.
     pub fn of(model: &dyn Module) -> Self {
         let bytes = io::to_bytes(model).expect("save");
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -66,6 +67,7 @@ impl File {
         self
     }
 
+    /// The file put back together.
     pub fn bytes(&self) -> Vec<u8> {
         let mut header = serde_json::Map::new();
         let mut data: Vec<u8> = Vec::new();
@@ -124,7 +126,7 @@ pub fn int8_zoo() -> Box<dyn Module> {
     model
 }
 
-/// 1-D and 3-D layers: `[N, 2, 6]` and `[N, 2, 4, 4, 4]` inputs.
+/// 1-D layers on `[N, 2, 6]`.
 pub fn zoo_1d() -> Sequential {
     Sequential::named(vec![
         ("conv".into(), Box::new(Conv1d::new(2, 2, [3]).build().unwrap()) as Box<dyn Module>),
@@ -133,6 +135,7 @@ pub fn zoo_1d() -> Sequential {
     .unwrap()
 }
 
+/// 3-D layers and softmax on `[N, 2, 4, 4, 4]`.
 pub fn zoo_3d() -> Sequential {
     Sequential::named(vec![
         (
@@ -164,12 +167,15 @@ pub struct Case {
     pub expect: Expect,
 }
 
+/// A case from a file.
 pub fn case(name: &'static str, file: &File, input: &'static [usize], expect: Expect) -> Case {
     Case { name, bytes: file.bytes(), input, expect }
 }
 
+/// The input of the 2-D zoo.
 pub const IMAGE: &[usize] = &[1, 3, 8, 8];
 
+/// The zoo files as saved: each runs.
 pub fn valid_cases() -> Vec<Case> {
     vec![
         case("float zoo", &File::of(&float_zoo()), IMAGE, Expect::Output(&[1, 5])),
@@ -186,6 +192,8 @@ pub fn edited(base: &File, f: impl FnOnce(&mut File)) -> File {
     file
 }
 
+/// Sizes in the configurations of the float and int8 zoo: windows, strides, paddings,
+/// dilations, output sizes, channel counts near 2^63 and 2^64, zero, and just over the limit.
 pub fn configuration_cases() -> Vec<Case> {
     let float = File::of(&float_zoo());
     let int8 = File::of(int8_zoo().as_ref());
@@ -515,6 +523,7 @@ pub fn graph_zoo() -> Box<dyn Module> {
     Box::new(b.build(&out).unwrap())
 }
 
+/// The module tree: graph ops with huge or wrong sizes, wiring, duplicate names, depth.
 pub fn tree_cases() -> Vec<Case> {
     let graph = File::of(graph_zoo().as_ref());
     let node = |i: usize, op: Json| edited(&graph, move |f| f.config("")["nodes"][i]["op"] = op);
@@ -598,6 +607,7 @@ pub fn tree_cases() -> Vec<Case> {
     cases
 }
 
+/// The tensors: zero sizes with overflowing shapes, byte counts, dtypes, scales and zero points.
 pub fn tensor_cases() -> Vec<Case> {
     let float = File::of(&float_zoo());
     let int8 = File::of(int8_zoo().as_ref());
@@ -762,6 +772,7 @@ pub fn tensor_cases() -> Vec<Case> {
     cases
 }
 
+/// 1-D and 3-D layers and softmax.
 pub fn layer_cases() -> Vec<Case> {
     let d1 = File::of(&zoo_1d());
     let d3 = File::of(&zoo_3d());
