@@ -219,12 +219,25 @@ fn rebuild(
         let child = rebuild(child, &join(path, &name), raw, depth + 1)?;
         children.push((name, child));
     }
+    let count = children.len();
     let record =
         Record { path: path.to_string(), config: saved.config, tensors: Tensors::new(path, map), children };
-    build(&saved.type_name, record).map_err(|e| match e {
+    let module = build(&saved.type_name, record).map_err(|e| match e {
         GraphError::Mismatch { .. } => e,
         other => GraphError::Mismatch { context: "load", reason: format!("module `{path}`: {other}") },
-    })
+    })?;
+    // Every saved child must have found its place.
+    let held = module.children().len();
+    if held != count {
+        return Err(GraphError::Mismatch {
+            context: "load",
+            reason: format!(
+                "module `{path}` ({}) holds {held} children but the file lists {count}",
+                saved.type_name
+            ),
+        });
+    }
+    Ok(module)
 }
 
 /// Rebuilds a module of PyTorch type `type_name` from its record: the one list of loadable types.

@@ -597,6 +597,13 @@ pub fn tree_cases() -> Vec<Case> {
             Expect::LoadError("two children cannot share a name"),
         ),
     ];
+    let relu_child = json!(["extra", {"type": "ReLU", "config": {}}]);
+    cases.push(case(
+        "a leaf module with a child",
+        &edited(&graph, |f| f.module("relu")["children"] = json!([relu_child])),
+        input,
+        Expect::LoadError("holds 0 children but the file lists 1"),
+    ));
     // A chain of Sequentials deeper than the JSON parser's recursion limit.
     let mut deep = File::of(&Sequential::new(vec![]));
     for _ in 0..200 {
