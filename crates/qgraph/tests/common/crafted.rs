@@ -149,7 +149,7 @@ pub fn zoo_3d() -> Sequential {
 }
 
 /// What a crafted file must do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Expect {
     /// Loading fails with a message containing this.
     LoadError(&'static str),
@@ -195,319 +195,150 @@ pub fn edited(base: &File, f: impl FnOnce(&mut File)) -> File {
 /// Sizes in the configurations of the float and int8 zoo: windows, strides, paddings,
 /// dilations, output sizes, channel counts near 2^63 and 2^64, zero, and just over the limit.
 pub fn configuration_cases() -> Vec<Case> {
+    use Expect::{ForwardError as Forward, LoadError as Load, Output};
+    let huge_window = || json!([["kernel_size", I32_MAX], ["padding", I32_MAX / 2]]);
+    let scale = |v: f64| json!([["size", null], ["scale_factor", [v, v]]]);
+    // (name, module, [(key, value)...], outcome); conv and fc keys are within their options.
+    let table: Vec<(&str, &str, Json, Expect)> = vec![
+        ("conv padding 2^63", "conv", json!([["padding", [TWO_POW_63, 1]]]), Load("padding")),
+        ("conv padding 2^64 - 1", "conv", json!([["padding", [U64_MAX, U64_MAX]]]), Load("padding")),
+        (
+            "conv padding 2^20 (output over the limit)",
+            "conv",
+            json!([["padding", [1 << 20, 1 << 20]]]),
+            Forward("more than the limit"),
+        ),
+        (
+            "conv padding 2^31 - 1 (output overflows)",
+            "conv",
+            json!([["padding", [I32_MAX, I32_MAX]]]),
+            Forward("overflows"),
+        ),
+        ("conv stride 2^64 - 1", "conv", json!([["stride", [U64_MAX, 1]]]), Load("stride")),
+        ("conv stride 0", "conv", json!([["stride", [0, 1]]]), Load("stride")),
+        ("conv dilation 2^63", "conv", json!([["dilation", [TWO_POW_63, 1]]]), Load("dilation")),
+        (
+            "conv dilation 2^31 - 1 (kernel larger than the input)",
+            "conv",
+            json!([["dilation", [I32_MAX, 1]]]),
+            Forward("larger than the padded input"),
+        ),
+        ("conv kernel 2^63", "conv", json!([["kernel_size", [TWO_POW_63, 3]]]), Load("kernel_size")),
+        ("conv in_channels 2^64 - 1", "conv", json!([["in_channels", U64_MAX]]), Load("weight")),
+        (
+            "conv out_channels 2^63 (weight product overflows)",
+            "conv",
+            json!([["out_channels", TWO_POW_63]]),
+            Load("weight"),
+        ),
+        ("conv groups 0", "conv", json!([["groups", 0]]), Load("groups")),
+        ("conv groups 2^64 - 1", "conv", json!([["groups", U64_MAX]]), Load("groups")),
+        ("conv four kernel sizes", "conv", json!([["kernel_size", [3, 3, 3, 3]]]), Load("kernel_size")),
+        ("maxpool kernel 2^63", "maxpool", json!([["kernel_size", TWO_POW_63]]), Load("kernel_size")),
+        ("maxpool kernel 2^64 - 1", "maxpool", json!([["kernel_size", [U64_MAX, 2]]]), Load("kernel_size")),
+        ("maxpool stride 2^64 - 1", "maxpool", json!([["stride", U64_MAX]]), Load("stride")),
+        ("maxpool dilation 2^63", "maxpool", json!([["dilation", TWO_POW_63]]), Load("dilation")),
+        ("maxpool padding 2^63", "maxpool", json!([["padding", TWO_POW_63]]), Load("padding")),
+        (
+            "maxpool window 2^31 - 1 with padding 2^30 (runs over the input only)",
+            "maxpool",
+            huge_window(),
+            Output(&[1, 5]),
+        ),
+        ("maxpool kernel 0", "maxpool", json!([["kernel_size", 0]]), Load("kernel_size")),
+        ("avgpool kernel 2^64 - 1", "avgpool", json!([["kernel_size", U64_MAX]]), Load("kernel_size")),
+        ("avgpool padding 2^63", "avgpool", json!([["padding", [TWO_POW_63, 0]]]), Load("padding")),
+        ("avgpool divisor_override 0", "avgpool", json!([["divisor_override", 0]]), Load("divisor_override")),
+        (
+            "avgpool divisor_override i64::MIN",
+            "avgpool",
+            json!([["divisor_override", i64::MIN]]),
+            Output(&[1, 5]),
+        ),
+        (
+            "avgpool window 2^31 - 1 with padding 2^30 (runs over the input only)",
+            "avgpool",
+            huge_window(),
+            Output(&[1, 5]),
+        ),
+        ("upsample size 2^63", "up", json!([["size", [TWO_POW_63, TWO_POW_63]]]), Load("size")),
+        ("upsample size 2^64 - 1", "up", json!([["size", [U64_MAX, 1]]]), Load("size")),
+        (
+            "upsample size 2^31 - 1",
+            "up",
+            json!([["size", [I32_MAX, I32_MAX]]]),
+            Forward("more than the limit"),
+        ),
+        ("upsample size 2^31", "up", json!([["size", [1u64 << 31, 1]]]), Load("size")),
+        (
+            "upsample size 2^16 (output over the limit)",
+            "up",
+            json!([["size", [1 << 16, 1 << 16]]]),
+            Forward("more than the limit"),
+        ),
+        ("upsample size 0", "up", json!([["size", [0, 4]]]), Load("size")),
+        ("upsample scale factor 1e300", "up", scale(1e300), Load("scale_factor")),
+        (
+            "upsample scale factor 2^20 (output over the limit)",
+            "up",
+            scale(2f64.powi(20)),
+            Forward("more than the limit"),
+        ),
+        ("upsample negative scale factor", "up", scale(-2.0), Load("scale_factor")),
+        (
+            "adaptive pool output 2^64 - 1",
+            "pool",
+            json!([["output_size", [U64_MAX, U64_MAX]]]),
+            Load("output_size"),
+        ),
+        (
+            "adaptive pool output 2^63 x 0",
+            "pool",
+            json!([["output_size", [TWO_POW_63, 0]]]),
+            Load("output_size"),
+        ),
+        (
+            "adaptive pool output 2^16 (over the limit)",
+            "pool",
+            json!([["output_size", [1 << 16, 1 << 16]]]),
+            Forward("more than the limit"),
+        ),
+        ("flatten start_dim 2^64 - 1", "flatten", json!([["start_dim", U64_MAX]]), Load("start_dim")),
+        ("flatten start_dim i64::MIN", "flatten", json!([["start_dim", i64::MIN]]), Forward("start_dim")),
+        ("flatten end_dim i64::MAX", "flatten", json!([["end_dim", I64_MAX]]), Forward("end_dim")),
+        ("linear in_features 2^64 - 1", "fc", json!([["in_features", U64_MAX]]), Load("weight")),
+        ("linear out_features 2^63", "fc", json!([["out_features", TWO_POW_63]]), Load("weight")),
+        ("batch norm num_features 2^64 - 1", "bn", json!([["num_features", U64_MAX]]), Load("weight")),
+        ("batch norm dims 2^63", "bn", json!([["dims", TWO_POW_63]]), Load("dims")),
+    ];
     let float = File::of(&float_zoo());
     let int8 = File::of(int8_zoo().as_ref());
     let mut cases = Vec::new();
     for (zoo, base) in [("float", &float), ("int8", &int8)] {
-        let set = |path: &'static str, key: &'static str, value: Json| {
-            edited(base, move |f| f.config(path)[key] = value)
-        };
-        let conv = if zoo == "float" { "" } else { "options" };
-        let conv_set = |key: &'static str, value: Json| {
-            edited(base, move |f| {
-                let c = f.config("conv");
-                let c = if conv.is_empty() { c } else { &mut c[conv] };
-                c[key] = value;
-            })
-        };
-        let push = |cases: &mut Vec<Case>, name: &'static str, file: File, expect: Expect| {
-            let name: &'static str = Box::leak(format!("{zoo}: {name}").into_boxed_str());
-            cases.push(case(name, &file, IMAGE, expect));
-        };
-        push(
-            &mut cases,
-            "conv padding 2^63",
-            conv_set("padding", json!([TWO_POW_63, 1])),
-            Expect::LoadError("padding"),
-        );
-        push(
-            &mut cases,
-            "conv padding 2^64 - 1",
-            conv_set("padding", json!([U64_MAX, U64_MAX])),
-            Expect::LoadError("padding"),
-        );
-        push(
-            &mut cases,
-            "conv padding 2^20 (output over the limit)",
-            conv_set("padding", json!([1 << 20, 1 << 20])),
-            Expect::ForwardError("more than the limit"),
-        );
-        push(
-            &mut cases,
-            "conv padding 2^31 - 1 (output overflows)",
-            conv_set("padding", json!([I32_MAX, I32_MAX])),
-            Expect::ForwardError("overflows"),
-        );
-        push(
-            &mut cases,
-            "conv stride 2^64 - 1",
-            conv_set("stride", json!([U64_MAX, 1])),
-            Expect::LoadError("stride"),
-        );
-        push(&mut cases, "conv stride 0", conv_set("stride", json!([0, 1])), Expect::LoadError("stride"));
-        push(
-            &mut cases,
-            "conv dilation 2^63",
-            conv_set("dilation", json!([TWO_POW_63, 1])),
-            Expect::LoadError("dilation"),
-        );
-        push(
-            &mut cases,
-            "conv dilation 2^31 - 1 (kernel larger than the input)",
-            conv_set("dilation", json!([I32_MAX, 1])),
-            Expect::ForwardError("larger than the padded input"),
-        );
-        push(
-            &mut cases,
-            "conv kernel 2^63",
-            conv_set("kernel_size", json!([TWO_POW_63, 3])),
-            Expect::LoadError("kernel_size"),
-        );
-        push(
-            &mut cases,
-            "conv in_channels 2^64 - 1",
-            conv_set("in_channels", json!(U64_MAX)),
-            Expect::LoadError("weight"),
-        );
-        push(
-            &mut cases,
-            "conv out_channels 2^63 (weight product overflows)",
-            conv_set("out_channels", json!(TWO_POW_63)),
-            Expect::LoadError("weight"),
-        );
-        push(&mut cases, "conv groups 0", conv_set("groups", json!(0)), Expect::LoadError("groups"));
-        push(
-            &mut cases,
-            "conv groups 2^64 - 1",
-            conv_set("groups", json!(U64_MAX)),
-            Expect::LoadError("groups"),
-        );
-        push(
-            &mut cases,
-            "conv four kernel sizes",
-            conv_set("kernel_size", json!([3, 3, 3, 3])),
-            Expect::LoadError("kernel_size"),
-        );
-        push(
-            &mut cases,
-            "maxpool kernel 2^63",
-            set("maxpool", "kernel_size", json!(TWO_POW_63)),
-            Expect::LoadError("kernel_size"),
-        );
-        push(
-            &mut cases,
-            "maxpool kernel 2^64 - 1",
-            set("maxpool", "kernel_size", json!([U64_MAX, 2])),
-            Expect::LoadError("kernel_size"),
-        );
-        push(
-            &mut cases,
-            "maxpool stride 2^64 - 1",
-            set("maxpool", "stride", json!(U64_MAX)),
-            Expect::LoadError("stride"),
-        );
-        push(
-            &mut cases,
-            "maxpool dilation 2^63",
-            set("maxpool", "dilation", json!(TWO_POW_63)),
-            Expect::LoadError("dilation"),
-        );
-        push(
-            &mut cases,
-            "maxpool padding 2^63",
-            set("maxpool", "padding", json!(TWO_POW_63)),
-            Expect::LoadError("padding"),
-        );
-        push(
-            &mut cases,
-            "maxpool window 2^31 - 1 with padding 2^30 (runs over the input only)",
-            edited(base, |f| {
-                let c = f.config("maxpool");
-                c["kernel_size"] = json!(I32_MAX);
-                c["padding"] = json!(I32_MAX / 2);
-            }),
-            Expect::Output(&[1, 5]),
-        );
-        push(
-            &mut cases,
-            "maxpool kernel 0",
-            set("maxpool", "kernel_size", json!(0)),
-            Expect::LoadError("kernel_size"),
-        );
-        push(
-            &mut cases,
-            "avgpool kernel 2^64 - 1",
-            set("avgpool", "kernel_size", json!(U64_MAX)),
-            Expect::LoadError("kernel_size"),
-        );
-        push(
-            &mut cases,
-            "avgpool padding 2^63",
-            set("avgpool", "padding", json!([TWO_POW_63, 0])),
-            Expect::LoadError("padding"),
-        );
-        push(
-            &mut cases,
-            "avgpool divisor_override 0",
-            set("avgpool", "divisor_override", json!(0)),
-            Expect::LoadError("divisor_override"),
-        );
-        push(
-            &mut cases,
-            "avgpool divisor_override i64::MIN",
-            set("avgpool", "divisor_override", json!(i64::MIN)),
-            Expect::Output(&[1, 5]),
-        );
-        push(
-            &mut cases,
-            "avgpool window 2^31 - 1 with padding 2^30 (runs over the input only)",
-            edited(base, |f| {
-                let c = f.config("avgpool");
-                c["kernel_size"] = json!(I32_MAX);
-                c["padding"] = json!(I32_MAX / 2);
-            }),
-            Expect::Output(&[1, 5]),
-        );
-        push(
-            &mut cases,
-            "upsample size 2^63",
-            set("up", "size", json!([TWO_POW_63, TWO_POW_63])),
-            Expect::LoadError("size"),
-        );
-        push(
-            &mut cases,
-            "upsample size 2^64 - 1",
-            set("up", "size", json!([U64_MAX, 1])),
-            Expect::LoadError("size"),
-        );
-        push(
-            &mut cases,
-            "upsample size 2^31 - 1",
-            set("up", "size", json!([I32_MAX, I32_MAX])),
-            Expect::ForwardError("more than the limit"),
-        );
-        push(
-            &mut cases,
-            "upsample size 2^31",
-            set("up", "size", json!([1u64 << 31, 1])),
-            Expect::LoadError("size"),
-        );
-        push(
-            &mut cases,
-            "upsample size 2^16 (output over the limit)",
-            set("up", "size", json!([1 << 16, 1 << 16])),
-            Expect::ForwardError("more than the limit"),
-        );
-        push(&mut cases, "upsample size 0", set("up", "size", json!([0, 4])), Expect::LoadError("size"));
-        push(
-            &mut cases,
-            "upsample scale factor 1e300",
-            edited(base, |f| {
-                let c = f.config("up");
-                c["size"] = Json::Null;
-                c["scale_factor"] = json!([1e300, 1e300]);
-            }),
-            Expect::LoadError("scale_factor"),
-        );
-        push(
-            &mut cases,
-            "upsample scale factor 2^20 (output over the limit)",
-            edited(base, |f| {
-                let c = f.config("up");
-                c["size"] = Json::Null;
-                c["scale_factor"] = json!([2f64.powi(20), 2f64.powi(20)]);
-            }),
-            Expect::ForwardError("more than the limit"),
-        );
-        push(
-            &mut cases,
-            "upsample negative scale factor",
-            edited(base, |f| {
-                let c = f.config("up");
-                c["size"] = Json::Null;
-                c["scale_factor"] = json!([-2.0, 2.0]);
-            }),
-            Expect::LoadError("scale_factor"),
-        );
-        push(
-            &mut cases,
-            "adaptive pool output 2^64 - 1",
-            set("pool", "output_size", json!([U64_MAX, U64_MAX])),
-            Expect::LoadError("output_size"),
-        );
-        push(
-            &mut cases,
-            "adaptive pool output 2^63 x 0",
-            set("pool", "output_size", json!([TWO_POW_63, 0])),
-            Expect::LoadError("output_size"),
-        );
-        push(
-            &mut cases,
-            "adaptive pool output 2^16 (over the limit)",
-            set("pool", "output_size", json!([1 << 16, 1 << 16])),
-            Expect::ForwardError("more than the limit"),
-        );
-        push(
-            &mut cases,
-            "flatten start_dim 2^64 - 1",
-            set("flatten", "start_dim", json!(U64_MAX)),
-            Expect::LoadError("start_dim"),
-        );
-        push(
-            &mut cases,
-            "flatten start_dim i64::MIN",
-            set("flatten", "start_dim", json!(i64::MIN)),
-            Expect::ForwardError("start_dim"),
-        );
-        push(
-            &mut cases,
-            "flatten end_dim i64::MAX",
-            set("flatten", "end_dim", json!(I64_MAX)),
-            Expect::ForwardError("end_dim"),
-        );
-        let fc = |key: &'static str, value: Json| {
-            edited(base, move |f| {
-                let c = f.config("fc");
-                let c = if zoo == "float" { c } else { &mut c["options"] };
-                c[key] = value;
-            })
-        };
-        push(
-            &mut cases,
-            "linear in_features 2^64 - 1",
-            fc("in_features", json!(U64_MAX)),
-            Expect::LoadError("weight"),
-        );
-        push(
-            &mut cases,
-            "linear out_features 2^63",
-            fc("out_features", json!(TWO_POW_63)),
-            Expect::LoadError("weight"),
-        );
-        let bn = |key: &'static str, value: Json| edited(base, move |f| f.config("bn")[key] = value);
-        push(
-            &mut cases,
-            "batch norm num_features 2^64 - 1",
-            bn("num_features", json!(U64_MAX)),
-            Expect::LoadError("weight"),
-        );
-        push(&mut cases, "batch norm dims 2^63", bn("dims", json!(TWO_POW_63)), Expect::LoadError("dims"));
-        push(
-            &mut cases,
-            "duplicate child names",
-            edited(base, |f| {
-                f.module("").get_mut("children").unwrap().as_array_mut().unwrap()[2][0] = json!("conv")
-            }),
-            Expect::LoadError("two children cannot share a name"),
-        );
-        push(
-            &mut cases,
-            "child name with a dot",
-            edited(base, |f| {
-                f.module("").get_mut("children").unwrap().as_array_mut().unwrap()[2][0] = json!("a.b")
-            }),
-            Expect::LoadError("contain no '.'"),
-        );
+        let name = |name: &str| -> &'static str { Box::leak(format!("{zoo}: {name}").into_boxed_str()) };
+        for (what, path, edits, expect) in &table {
+            let file = edited(base, |f| {
+                let config = f.config(path);
+                let config = if zoo == "int8" && ["conv", "fc"].contains(path) {
+                    &mut config["options"]
+                } else {
+                    config
+                };
+                for edit in edits.as_array().unwrap() {
+                    config[edit[0].as_str().unwrap()] = edit[1].clone();
+                }
+            });
+            cases.push(case(name(what), &file, IMAGE, expect.clone()));
+        }
+        let children =
+            |name: &'static str| edited(base, move |f| f.module("")["children"][2][0] = json!(name));
+        cases.push(case(
+            name("duplicate child names"),
+            &children("conv"),
+            IMAGE,
+            Load("two children cannot share a name"),
+        ));
+        cases.push(case(name("child name with a dot"), &children("a.b"), IMAGE, Load("contain no '.'")));
     }
     cases
 }
