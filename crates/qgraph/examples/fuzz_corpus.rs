@@ -1,5 +1,6 @@
-//! Writes seed inputs for the loader fuzz target: a small ResNet-style model saved in float and
-//! in int8, into `fuzz/corpus/load_model/`.
+//! Writes seed inputs for the loader fuzz target into `fuzz/corpus/load_model/`: a small
+//! ResNet-style model saved in float and in int8, and every crafted file of the `crafted` test
+//! (small models of every layer kind with edited sizes, tensors and trees).
 //!
 //! ```text
 //! cargo run -p qgraph --example fuzz_corpus
@@ -16,6 +17,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(format!("{dir}/float.safetensors"), io::to_bytes(common::small_resnet().as_ref())?)?;
     std::fs::write(format!("{dir}/int8.safetensors"), io::to_bytes(common::small_resnet_int8().as_ref())?)?;
-    println!("wrote {dir}/float.safetensors and int8.safetensors");
+    let cases = [
+        common::crafted::valid_cases(),
+        common::crafted::configuration_cases(),
+        common::crafted::tree_cases(),
+        common::crafted::tensor_cases(),
+        common::crafted::layer_cases(),
+    ];
+    let mut count = 2;
+    for case in cases.into_iter().flatten() {
+        let name: String =
+            case.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        std::fs::write(format!("{dir}/crafted_{name}.safetensors"), &case.bytes)?;
+        count += 1;
+    }
+    println!("wrote {count} seed files to {dir}");
     Ok(())
 }

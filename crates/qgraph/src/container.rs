@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::module::Functional;
-use crate::nn::{AdaptiveAvgPool2d, Flatten};
+use crate::nn::{AdaptiveAvgPool2d, Flatten, check_sizes};
 use crate::record::Record;
 use crate::{GraphError, GraphResult, Module, Value, invalid};
 
@@ -19,7 +19,8 @@ fn child_slot<'a>(children: &'a mut Children, name: &str) -> Option<&'a mut Box<
     children.iter_mut().find(|(n, _)| n == name).map(|(_, m)| m)
 }
 
-fn check_name(context: &'static str, children: &Children, name: &str) -> GraphResult<()> {
+/// Checks that `name` can be added to `children`: non-empty, without a dot, not yet taken.
+pub(crate) fn check_name(context: &'static str, children: &Children, name: &str) -> GraphResult<()> {
     if name.is_empty() || name.contains('.') {
         return Err(invalid(context, "child name", name, "names are non-empty and contain no '.'"));
     }
@@ -225,7 +226,16 @@ impl Graph {
                         Some(1)
                     }
                 }
-                Op::Flatten(_) | Op::AdaptiveAvgPool2d(_) => Some(1),
+                Op::Flatten(start) => {
+                    if i64::try_from(*start).is_err() {
+                        return Err(invalid(CONTEXT, "flatten start_dim", start, "must be at most 2^63 - 1"));
+                    }
+                    Some(1)
+                }
+                Op::AdaptiveAvgPool2d(size) => {
+                    check_sizes(CONTEXT, "adaptive_avg_pool2d output_size", size, 1)?;
+                    Some(1)
+                }
             };
             let count_ok = match arity {
                 Some(n) => node.inputs.len() == n,

@@ -13,7 +13,7 @@ use crate::module::Functional;
 use crate::nn::Identity;
 use crate::record::Record;
 use crate::value::{OutQ, QuantTensor, for_each_scalar_loop_element};
-use crate::{GraphError, GraphResult, Module, Value, invalid};
+use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// `FloatFunctional`: the float ops, each a `torch` op on float tensors. `prepare` gives the
 /// instance one observer for the outputs of its observed ops; use one instance per call site.
@@ -29,6 +29,7 @@ impl FloatFunctional {
 
 fn broadcast_op(a: &ArrayD<f32>, b: &ArrayD<f32>, op: impl Fn(f32, f32) -> f32) -> GraphResult<ArrayD<f32>> {
     let shape = elementwise::broadcast_shape("FloatFunctional", a.shape(), b.shape())?;
+    memory::checked_numel("FloatFunctional", &shape)?;
     let (a, b) = (
         a.broadcast(IxDyn(&shape)).expect("broadcast shape"),
         b.broadcast(IxDyn(&shape)).expect("broadcast shape"),
@@ -185,7 +186,7 @@ impl Module for QFunctional {
                 });
             }
             let shape = elementwise::broadcast_shape("QFunctional", a.shape(), b.shape())?;
-            let mut out = vec![0u8; shape.iter().product()];
+            let mut out = memory::zeroed("QFunctional", &shape)?;
             elementwise::binary(
                 kind,
                 a.data(),
@@ -250,7 +251,7 @@ impl Module for QFunctional {
                     .collect();
                 let mut shape = xs[0].shape().to_vec();
                 shape[dim] = xs.iter().map(|x| x.shape().get(dim).copied().unwrap_or(0)).sum();
-                let mut out = vec![0u8; shape.iter().product()];
+                let mut out = memory::zeroed("QFunctional", &shape)?;
                 // PyTorch's cat of 4-D channels-last tensors along the channels takes its NHWC
                 // kernel (output channels-last); any other cat dequantizes, concatenates the
                 // float tensors (channels-last only if every input is) and quantizes.

@@ -15,7 +15,7 @@ use ndarray::{ArrayD, IxDyn};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::container::{Graph, Sequential};
+use crate::container::{Graph, Sequential, check_name};
 use crate::functional::{FloatFunctional, QFunctional};
 use crate::module::join;
 use crate::record::{RawTensor, Record, TensorView, Tensors};
@@ -210,17 +210,34 @@ fn rebuild(
         })?;
         map.insert(name.clone(), *tensor);
     }
-    let children = saved
-        .children
-        .into_iter()
-        .map(|(name, child)| Ok((name.clone(), rebuild(child, &join(path, &name), raw, depth + 1)?)))
-        .collect::<GraphResult<Vec<_>>>()?;
+    let mut children = Vec::with_capacity(saved.children.len());
+    for (name, child) in saved.children {
+        check_name("load", &children, &name).map_err(|e| GraphError::Mismatch {
+            context: "load",
+            reason: format!("module `{path}`: {e}; every child needs its own name"),
+        })?;
+        let child = rebuild(child, &join(path, &name), raw, depth + 1)?;
+        children.push((name, child));
+    }
+    let count = children.len();
     let record =
         Record { path: path.to_string(), config: saved.config, tensors: Tensors::new(path, map), children };
-    build(&saved.type_name, record).map_err(|e| match e {
+    let module = build(&saved.type_name, record).map_err(|e| match e {
         GraphError::Mismatch { .. } => e,
         other => GraphError::Mismatch { context: "load", reason: format!("module `{path}`: {other}") },
-    })
+    })?;
+    // Every saved child must have found its place.
+    let held = module.children().len();
+    if held != count {
+        return Err(GraphError::Mismatch {
+            context: "load",
+            reason: format!(
+                "module `{path}` ({}) holds {held} children but the file lists {count}",
+                saved.type_name
+            ),
+        });
+    }
+    Ok(module)
 }
 
 /// Rebuilds a module of PyTorch type `type_name` from its record: the one list of loadable types.
@@ -243,7 +260,7 @@ fn build(type_name: &str, record: Record<'_>) -> GraphResult<Box<dyn Module>> {
         "QFunctional" => boxed(QFunctional::from_record(record)),
         "Identity" => boxed(Ok(nn::Identity::new())),
         "Flatten" => plain::<nn::Flatten>(record),
-        "AdaptiveAvgPool2d" => plain::<nn::AdaptiveAvgPool2d>(record),
+        "AdaptiveAvgPool2d" => boxed(nn::AdaptiveAvgPool2d::from_record(record)),
         "Conv1d" | "Conv2d" | "Conv3d" => boxed(nn::Conv::from_record(record)),
         "Linear" => boxed(nn::Linear::from_record(record)),
         "BatchNorm1d" | "BatchNorm2d" | "BatchNorm3d" => boxed(nn::BatchNorm::from_record(record)),

@@ -13,6 +13,7 @@ mod functional;
 pub mod fuse;
 pub mod fusion;
 pub mod io;
+pub mod memory;
 pub mod models;
 mod module;
 pub mod nn;

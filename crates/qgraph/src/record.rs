@@ -94,7 +94,11 @@ impl<'a> Tensors<'a> {
             )));
         }
         let data = raw.bytes.chunks_exact(size).map(T::from_le).collect();
-        Ok(Some(ArrayD::from_shape_vec(IxDyn(raw.shape), data).expect("length checked")))
+        // The length matches; the shape can still be undescribable: a zero-sized tensor whose
+        // other sizes multiply past isize::MAX.
+        ArrayD::from_shape_vec(IxDyn(raw.shape), data).map(Some).map_err(|e| {
+            self.mismatch(format!("tensor `{name}` has shape {:?}: {e}; re-save the model", raw.shape))
+        })
     }
 
     /// The tensor `name` with shape `shape`.

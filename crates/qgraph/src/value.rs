@@ -74,7 +74,7 @@ impl QuantTensor {
     /// parameters are not valid quint8 parameters), tagged channels-last as a quantized
     /// convolution's output is; see [`QuantTensor::with_memory_format`].
     pub fn new(data: Vec<u8>, shape: Vec<usize>, q: PerTensor) -> GraphResult<Self> {
-        let expected = shape.iter().product::<usize>();
+        let expected = crate::memory::checked_numel("QuantTensor", &shape)?;
         if data.len() != expected {
             return Err(GraphError::ShapeMismatch {
                 context: "QuantTensor",

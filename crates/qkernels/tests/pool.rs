@@ -338,3 +338,55 @@ fn bad_pooling_input_is_a_typed_error() {
     );
     assert!(pool::max_pool2d(&[] as &[u8], &[0, 4, 4, 0], &w(2, 2, 0), &mut [], isa).is_err());
 }
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    /// `taps_inside` is exactly the kernel offsets whose input index lies inside the input.
+    #[test]
+    fn taps_inside_are_the_taps_within_the_input(
+        (n, k, s, d) in (1usize..12, 1usize..9, 1usize..4, 1usize..4),
+        p_frac in 0usize..5,
+    ) {
+        let p = (k / 2) * p_frac / 4;
+        let w = Window { kernel: [k], stride: [s], padding: [p], dilation: [d], ceil_mode: false };
+        let Ok([out]) = w.output_size("test", [n]) else { return Ok(()) };
+        for o in 0..out {
+            let inside: Vec<usize> = (0..k)
+                .filter(|&t| (0..n as i64).contains(&((o * s + t * d) as i64 - p as i64)))
+                .collect();
+            prop_assert_eq!(w.taps_inside(0, o, n).collect::<Vec<_>>(), inside);
+        }
+    }
+}
+
+/// A window of 2^31 - 1 taps padded by 2^30 - 1 pools a small input as fast as a small window
+/// (only the taps inside the input are visited), and larger sizes are errors.
+#[test]
+fn huge_windows_visit_the_input_only() {
+    let big = pool::MAX_WINDOW;
+    let w = Window {
+        kernel: [big, big],
+        stride: [1, 1],
+        padding: [big / 2, big / 2],
+        dilation: [1, 1],
+        ceil_mode: false,
+    };
+    let x = random_bytes(2 * 3 * 3 * 4, 3);
+    let osp = w.output_size("test", [3, 3]).unwrap();
+    assert_eq!(osp, [3, 3]);
+    let mut out = vec![0u8; 2 * 9 * 4];
+    pool::max_pool2d(&x, &[2, 3, 3, 4], &w, &mut out, Isa::Scalar).unwrap();
+    // Every window covers the whole 3 x 3 input.
+    for b in 0..2 {
+        for c in 0..4 {
+            let max = (0..9).map(|i| x[(b * 9 + i) * 4 + c]).max().unwrap();
+            assert!((0..9).all(|i| out[(b * 9 + i) * 4 + c] == max));
+        }
+    }
+    let too_big = Window { kernel: [big + 1, 2], ..w };
+    assert!(matches!(
+        too_big.output_size("test", [3, 3]),
+        Err(KernelError::InvalidArgument { what: "kernel_size", .. })
+    ));
+}

@@ -204,7 +204,8 @@ pub fn fuse_model(model: &mut Box<dyn Module>) -> GraphResult<Vec<Vec<String>>> 
     Ok(groups)
 }
 
-/// Checks that `shape` is an input of `arch`: `[N, 3, H, W]` with N, H and W at least 1.
+/// Checks that `shape` is an input of `arch`: `[N, 3, H, W]` with H and W at least 1 (an empty
+/// batch, N = 0, gives an empty output, as in PyTorch).
 ///
 /// ```
 /// use qgraph::models::{Architecture, check_input};
@@ -215,7 +216,7 @@ pub fn fuse_model(model: &mut Box<dyn Module>) -> GraphResult<Vec<Vec<String>>> 
 /// ```
 pub fn check_input(arch: Architecture, shape: &[usize]) -> GraphResult<()> {
     let c = arch.input_channels();
-    let ok = shape.len() == 4 && shape[1] == c && shape.iter().all(|&d| d > 0);
+    let ok = shape.len() == 4 && shape[1] == c && shape[2..].iter().all(|&d| d > 0);
     if ok {
         return Ok(());
     }
@@ -224,13 +225,13 @@ pub fn check_input(arch: Architecture, shape: &[usize]) -> GraphResult<()> {
     } else if shape[1] != c {
         format!("{} channels", shape[1])
     } else {
-        "an empty dimension".to_string()
+        "an empty image".to_string()
     };
     Err(crate::invalid(
         arch.name(),
         "input shape",
         shape,
-        format!("{why}; the input must be [N, {c}, H, W] (NCHW, N, H and W at least 1)"),
+        format!("{why}; the input must be [N, {c}, H, W] (NCHW, H and W at least 1)"),
     ))
 }
 

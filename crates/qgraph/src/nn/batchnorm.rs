@@ -35,6 +35,14 @@ impl BatchNormOptions {
         NAMES[self.dims.clamp(1, 3) - 1]
     }
 
+    /// Checks the options: 1-3 dimensions.
+    pub(crate) fn validate(&self) -> GraphResult<()> {
+        if !(1..=3).contains(&self.dims) {
+            return Err(invalid("BatchNorm", "dims", self.dims, "batch norm takes 1, 2 or 3 dimensions"));
+        }
+        Ok(())
+    }
+
     /// Checks an input shape: `[N, C]` or `[N, C, L]` for 1d, `[N, C, H, W]` for 2d, and
     /// `[N, C, D, H, W]` for 3d, with C = `num_features`.
     pub(crate) fn check_input(&self, shape: &[usize]) -> GraphResult<()> {
@@ -249,9 +257,7 @@ impl BatchNorm {
     /// Rebuilds a saved batch norm (in eval mode).
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
         let options: BatchNormOptions = record.config()?;
-        if !(1..=3).contains(&options.dims) {
-            return Err(record.tensors.mismatch(format!("batch norm of {} dimensions", options.dims)));
-        }
+        options.validate()?;
         let n = [options.num_features];
         let t = &record.tensors;
         let (weight, bias) = if options.affine {

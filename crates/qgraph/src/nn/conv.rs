@@ -7,9 +7,9 @@ use qkernels::{Isa, float};
 use serde::{Deserialize, Serialize};
 
 use super::init::{default_bound, uniform};
-use super::py_tuple;
+use super::{check_sizes, py_tuple};
 use crate::record::Record;
-use crate::{GraphError, GraphResult, Module, Value, invalid};
+use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// PyTorch's class names, by spatial dimensions (1, 2, 3).
 const NAMES: [&str; 3] = ["Conv1d", "Conv2d", "Conv3d"];
@@ -95,12 +95,13 @@ impl ConvOptions {
                 return Err(invalid(name, what, v, format!("needs {d} entries, one per kernel axis")));
             }
         }
-        for (what, v) in
-            [("kernel_size", &self.kernel_size), ("stride", &self.stride), ("dilation", &self.dilation)]
-        {
-            if v.contains(&0) {
-                return Err(invalid(name, what, v, "every entry must be positive"));
-            }
+        for (what, v, min) in [
+            ("kernel_size", &self.kernel_size, 1),
+            ("stride", &self.stride, 1),
+            ("padding", &self.padding, 0),
+            ("dilation", &self.dilation, 1),
+        ] {
+            check_sizes(name, what, v, min)?;
         }
         if self.in_channels == 0 || self.out_channels == 0 {
             let channels = (self.in_channels, self.out_channels);
@@ -296,6 +297,7 @@ impl Conv {
     pub fn with_options(options: ConvOptions) -> GraphResult<Self> {
         options.validate()?;
         let shape = options.weight_shape();
+        memory::checked_numel(options.type_name(), &shape)?;
         let fan_in: usize = shape[1..].iter().product();
         let bound = default_bound(fan_in);
         let weight = uniform(&shape, bound);
@@ -380,7 +382,7 @@ impl Conv {
             groups: o.groups,
         };
         let shape = float::conv_output_shape(x.shape(), self.weight.shape(), &params)?;
-        let mut out = vec![0f32; shape.iter().product()];
+        let mut out = memory::zeroed(o.type_name(), &shape)?;
         float::conv::<D>(
             x.as_slice().expect("standard layout"),
             x.shape(),

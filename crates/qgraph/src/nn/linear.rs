@@ -9,7 +9,7 @@ use super::conv::{check_weight_bias, weight_bias_params, weight_bias_params_mut}
 use super::init::{default_bound, uniform};
 use super::py_bool;
 use crate::record::Record;
-use crate::{GraphError, GraphResult, Module, Value};
+use crate::{GraphError, GraphResult, Module, Value, memory};
 
 /// The constructor arguments of a linear layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +124,7 @@ impl Linear {
         *out_shape.last_mut().expect("rank checked") = n;
         let m: usize = x.shape()[..x.ndim() - 1].iter().product();
         let (x, w) = (x.as_standard_layout(), self.weight.as_standard_layout());
-        let mut out = vec![0f32; m * n];
+        let mut out = memory::zeroed("Linear", &out_shape)?;
         if let Some(b) = &self.bias {
             let b = b.as_slice().expect("standard layout");
             out.chunks_mut(n.max(1)).for_each(|row| row.copy_from_slice(b));

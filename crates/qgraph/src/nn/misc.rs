@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::pool::Size;
 use super::unary::py_float;
+use super::{MAX_SIZE, check_sizes};
 use crate::record::Record;
 use crate::value::QuantTensor;
-use crate::{GraphError, GraphResult, Module, Value, invalid};
+use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// `nn.Dropout(p)`: the identity in evaluation mode, on float and quantized values. Training mode
 /// (which would zero random elements) is refused.
@@ -287,6 +288,7 @@ impl Upsample {
                     .as_slice()
                     .try_into()
                     .map_err(|_| record.tensors.mismatch(format!("size {v:?} needs 2 values")))?;
+                check_sizes("Upsample", "size", &values, 1)?;
                 Target::Size(if c.scalar { Size::from(values[0]) } else { Size::from(values) })
             }
             (None, Some(v)) => {
@@ -294,6 +296,14 @@ impl Upsample {
                     .as_slice()
                     .try_into()
                     .map_err(|_| record.tensors.mismatch(format!("scale_factor {v:?} needs 2 values")))?;
+                if values.iter().any(|&s| !(s > 0.0 && s <= MAX_SIZE as f64)) {
+                    return Err(invalid(
+                        "Upsample",
+                        "scale_factor",
+                        values,
+                        "must be positive and at most 2^31 - 1",
+                    ));
+                }
                 Target::Scale { values, scalar: c.scalar }
             }
             _ => return Err(record.tensors.mismatch("exactly one of size and scale_factor".into())),
@@ -327,13 +337,18 @@ impl Upsample {
         Ok((out, scales))
     }
 
-    fn forward_float(&self, x: &ArrayD<f32>, out: [usize; 2], scales: [Option<f64>; 2]) -> ArrayD<f32> {
+    fn forward_float(
+        &self,
+        x: &ArrayD<f32>,
+        out: [usize; 2],
+        scales: [Option<f64>; 2],
+    ) -> GraphResult<ArrayD<f32>> {
         let s = x.shape();
         let (h, w) = (s[2], s[3]);
         let [oh, ow] = out;
         let x = x.as_standard_layout();
         let x = x.as_slice().expect("standard layout");
-        let mut y = vec![0f32; s[0] * s[1] * oh * ow];
+        let mut y = memory::zeroed("Upsample", &[s[0], s[1], oh, ow])?;
         match self.mode {
             UpsampleMode::Nearest => {
                 let ys: Vec<usize> = (0..oh).map(|o| nearest_index(o, h, oh, scales[0])).collect();
@@ -362,7 +377,7 @@ impl Upsample {
                 }
             }
         }
-        ArrayD::from_shape_vec(IxDyn(&[s[0], s[1], oh, ow]), y).expect("length computed above")
+        Ok(ArrayD::from_shape_vec(IxDyn(&[s[0], s[1], oh, ow]), y).expect("length computed above"))
     }
 
     fn forward_quant(
@@ -374,7 +389,7 @@ impl Upsample {
         let s = q.shape();
         let (h, w) = (s[2], s[3]);
         let nhwc = [s[0], h, w, s[1]];
-        let mut y = vec![0u8; s[0] * s[1] * out[0] * out[1]];
+        let mut y = memory::zeroed("Upsample", &[s[0], s[1], out[0], out[1]])?;
         let isa = Isa::active();
         // The kernels take output sizes only: they compute PyTorch's indices for an explicit
         // scale factor only where it gives the same indices as the size ratio.
@@ -432,7 +447,7 @@ impl Module for Upsample {
         }
         let (out, scales) = self.plan(s[2], s[3])?;
         match input {
-            Value::Float(x) => Ok(Value::Float(self.forward_float(&x, out, scales))),
+            Value::Float(x) => Ok(Value::Float(self.forward_float(&x, out, scales)?)),
             Value::Quant(q) => Ok(Value::Quant(self.forward_quant(&q, out, scales)?)),
         }
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{py_bool, py_tuple};
 use crate::record::Record;
 use crate::value::QuantTensor;
-use crate::{GraphError, GraphResult, Module, Value, invalid};
+use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// A size argument as PyTorch keeps it: one integer for every dimension (`kernel_size=2`) or one
 /// per dimension (`kernel_size=(2, 3)`). Both run the same; they print differently.
@@ -177,13 +177,15 @@ impl<const D: usize> MaxPool<D> {
     /// Rebuilds a saved module.
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
         let c: MaxPoolConfig = record.config()?;
-        Ok(Self {
+        let pool = Self {
             kernel_size: c.kernel_size.load("kernel_size")?,
             stride: c.stride.load("stride")?,
             padding: c.padding.load("padding")?,
             dilation: c.dilation.load("dilation")?,
             ceil_mode: c.ceil_mode,
-        })
+        };
+        pool.window().validate(pool.name())?;
+        Ok(pool)
     }
 
     fn name(&self) -> &'static str {
@@ -204,9 +206,9 @@ impl<const D: usize> MaxPool<D> {
         let Some(w2) = as_2d(&w) else { return max_pool3d_f32(data, &shape, &w, self.name()) };
         let shape4 = if D == 1 { vec![shape[0], shape[1], 1, shape[2]] } else { shape.clone() };
         let [oh, ow] = w2.output_size(self.name(), [shape4[2], shape4[3]])?;
-        let mut out = vec![0f32; shape4[0] * shape4[1] * oh * ow];
-        float::pool2d(data, &shape4, &w2, float::PoolKind::Max, &mut out, Isa::active())?;
         let oshape = if D == 1 { vec![shape[0], shape[1], ow] } else { vec![shape[0], shape[1], oh, ow] };
+        let mut out = memory::zeroed(self.name(), &oshape)?;
+        float::pool2d(data, &shape4, &w2, float::PoolKind::Max, &mut out, Isa::active())?;
         Ok(ArrayD::from_shape_vec(IxDyn(&oshape), out).expect("length from the kernel"))
     }
 }
@@ -232,9 +234,11 @@ fn max_pool3d_f32<const D: usize>(
 ) -> GraphResult<ArrayD<f32>> {
     let sp: [usize; D] = shape[2..].try_into().expect("rank checked");
     let osp = w.output_size(name, sp)?;
-    let planes = shape[0] * shape[1];
+    let mut oshape = shape[..2].to_vec();
+    oshape.extend_from_slice(&osp);
+    let mut out = memory::zeroed(name, &oshape)?;
+    out.fill(f32::NEG_INFINITY);
     let (isz, osz): (usize, usize) = (sp.iter().product(), osp.iter().product());
-    let mut out = vec![f32::NEG_INFINITY; planes * osz];
     for (pl, y) in out.chunks_mut(osz.max(1)).enumerate() {
         let xp = &x[pl * isz..(pl + 1) * isz];
         for (o, v) in y.iter_mut().enumerate() {
@@ -245,28 +249,25 @@ fn max_pool3d_f32<const D: usize>(
                 oc[d] = rest % osp[d];
                 rest /= osp[d];
             }
-            let taps: usize = w.kernel.iter().product();
+            // Only the taps inside the input: a huge kernel with a huge padding costs no more.
+            let ranges: [std::ops::Range<usize>; D] = std::array::from_fn(|d| w.taps_inside(d, oc[d], sp[d]));
+            let taps: usize = ranges.iter().map(|r| r.len()).product();
             for t in 0..taps {
-                let (mut rest, mut idx, mut inside) = (t, 0usize, true);
+                let (mut rest, mut idx) = (t, 0usize);
                 for d in (0..D).rev() {
-                    let k = rest % w.kernel[d];
-                    rest /= w.kernel[d];
-                    let i = (oc[d] * w.stride[d] + k * w.dilation[d]) as i64 - w.padding[d] as i64;
-                    inside &= (0..sp[d] as i64).contains(&i);
+                    let k = ranges[d].start + rest % ranges[d].len();
+                    rest /= ranges[d].len();
+                    let i = oc[d] * w.stride[d] + k * w.dilation[d] - w.padding[d];
                     let stride: usize = sp[d + 1..].iter().product();
-                    idx += i.max(0) as usize * stride;
+                    idx += i * stride;
                 }
-                if inside {
-                    let e = xp[idx];
-                    if e > *v || e.is_nan() {
-                        *v = e;
-                    }
+                let e = xp[idx];
+                if e > *v || e.is_nan() {
+                    *v = e;
                 }
             }
         }
     }
-    let mut oshape = shape[..2].to_vec();
-    oshape.extend_from_slice(&osp);
     Ok(ArrayD::from_shape_vec(IxDyn(&oshape), out).expect("length computed above"))
 }
 
@@ -285,10 +286,10 @@ impl<const D: usize> Module for MaxPool<D> {
                 stored.extend_from_slice(&s[2..]);
                 stored.push(s[1]);
                 let osp = self.window().output_size(self.name(), s[2..].try_into().expect("rank checked"))?;
-                let mut out = vec![0u8; s[0] * s[1] * osp.iter().product::<usize>()];
-                pool::max_pool::<u8, D>(q.data(), &stored, &self.window(), &mut out, Isa::active())?;
                 let mut oshape = s[..2].to_vec();
                 oshape.extend_from_slice(&osp);
+                let mut out = memory::zeroed(self.name(), &oshape)?;
+                pool::max_pool::<u8, D>(q.data(), &stored, &self.window(), &mut out, Isa::active())?;
                 Ok(Value::Quant(
                     QuantTensor::new(out, oshape, q.qparams())?.with_memory_format(q.memory_format()),
                 ))
@@ -411,14 +412,19 @@ impl AvgPool2d {
     /// Rebuilds a saved module.
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
         let c: AvgPoolConfig = record.config()?;
-        Ok(Self {
+        let pool = Self {
             kernel_size: c.kernel_size.load("kernel_size")?,
             stride: c.stride.load("stride")?,
             padding: c.padding.load("padding")?,
             ceil_mode: c.ceil_mode,
             count_include_pad: c.count_include_pad,
             divisor_override: c.divisor_override,
-        })
+        };
+        pool.options().window.validate("AvgPool2d")?;
+        if pool.divisor_override == Some(0) {
+            return Err(invalid("AvgPool2d", "divisor_override", 0, "must be non-zero (or None)"));
+        }
+        Ok(pool)
     }
 }
 
@@ -434,7 +440,6 @@ impl Module for AvgPool2d {
         let s = input.shape().to_vec();
         let [oh, ow] = opts.window.output_size(NAME, [s[2], s[3]])?;
         let oshape = vec![s[0], s[1], oh, ow];
-        let len = oshape.iter().product();
         let isa = Isa::active();
         match input {
             Value::Float(x) => {
@@ -443,12 +448,12 @@ impl Module for AvgPool2d {
                     count_include_pad: opts.count_include_pad,
                     divisor_override: opts.divisor_override,
                 };
-                let mut out = vec![0f32; len];
+                let mut out = memory::zeroed(NAME, &oshape)?;
                 float::pool2d(x.as_slice().expect("standard layout"), &s, &opts.window, kind, &mut out, isa)?;
                 Ok(Value::Float(ArrayD::from_shape_vec(IxDyn(&oshape), out).expect("length")))
             }
             Value::Quant(q) => {
-                let mut out = vec![0u8; len];
+                let mut out = memory::zeroed(NAME, &oshape)?;
                 let nhwc = [s[0], s[2], s[3], s[1]];
                 pool::avg_pool2d(q.kernel_format(), q.data(), &nhwc, q.qparams(), &opts, &mut out, isa)?;
                 Ok(Value::Quant(

@@ -4,9 +4,10 @@ use ndarray::IxDyn;
 use qkernels::{Isa, float, pool};
 use serde::{Deserialize, Serialize};
 
-use super::{Size, py_tuple};
+use super::{Size, check_sizes, py_tuple};
+use crate::record::Record;
 use crate::value::{QuantTensor, to_channels_last};
-use crate::{GraphError, GraphResult, Module, Value, invalid};
+use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// `nn.Identity`: returns its input (what `fuse_modules` leaves in the fused slots).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -116,6 +117,13 @@ impl AdaptiveAvgPool2d {
         let size = output_size.into();
         Self { output_size: size.values(), scalar: size.is_scalar() }
     }
+
+    /// Rebuilds a saved module (output sizes positive and at most [`MAX_SIZE`](super::MAX_SIZE)).
+    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
+        let pool: Self = record.config()?;
+        check_sizes("AdaptiveAvgPool2d", "output_size", &pool.output_size, 1)?;
+        Ok(pool)
+    }
 }
 
 impl Module for AdaptiveAvgPool2d {
@@ -136,11 +144,10 @@ impl Module for AdaptiveAvgPool2d {
         }
         let [oh, ow] = self.output_size;
         let out_shape = vec![shape[0], shape[1], oh, ow];
-        let len = out_shape.iter().product();
         let isa = Isa::active();
         match input {
             Value::Float(x) => {
-                let mut out = vec![0f32; len];
+                let mut out = memory::zeroed(NAME, &out_shape)?;
                 let x = x.as_standard_layout();
                 float::adaptive_avg_pool2d(
                     x.as_slice().expect("standard layout"),
@@ -152,7 +159,7 @@ impl Module for AdaptiveAvgPool2d {
                 Ok(Value::Float(ndarray::ArrayD::from_shape_vec(IxDyn(&out_shape), out).expect("length")))
             }
             Value::Quant(q) => {
-                let mut out = vec![0u8; len];
+                let mut out = memory::zeroed(NAME, &out_shape)?;
                 let nhwc = [shape[0], shape[2], shape[3], shape[1]];
                 pool::adaptive_avg_pool2d(q.data(), &nhwc, q.qparams(), self.output_size, &mut out, isa)?;
                 Ok(Value::Quant(

@@ -116,9 +116,12 @@ impl QuantizedBatchNorm {
             momentum: 0.1,
             affine: true,
         };
-        let mut bn = BatchNorm::with_options(options);
+        options.validate()?;
+        // The tensors first: they exist in the file, so their sizes are real.
         let (w, b) = (t.shaped::<f32>("weight", &n)?, t.shaped::<f32>("bias", &n)?);
-        bn.set_params(t.shaped("running_mean", &n)?, t.shaped("running_var", &n)?, Some((w, b)))?;
+        let (mean, var) = (t.shaped("running_mean", &n)?, t.shaped("running_var", &n)?);
+        let mut bn = BatchNorm::with_options(options);
+        bn.set_params(mean, var, Some((w, b)))?;
         Self::from_float(&bn, c.relu, PerTensor::new(c.scale, c.zero_point))
     }
 

@@ -11,7 +11,7 @@ use super::weighted::{QuantizedAct, QuantizedWeight, WeightedConfig, WeightedPar
 use crate::nn::{Conv, ConvOptions};
 use crate::record::{Record, TensorView};
 use crate::value::QuantTensor;
-use crate::{GraphResult, Module, Value};
+use crate::{GraphResult, Module, Value, memory};
 
 /// A quantized convolution (`QuantizedConv2d`, `QuantizedConvReLU2d`, `QuantizedConvReLU6_2d`, for
 /// 1-3 spatial dimensions): quint8 `[N, C, spatial...]` in, quint8 out with its own scale and
@@ -103,8 +103,11 @@ impl QuantizedConv {
         let out_spatial = self.packed.params().output_spatial(in_spatial)?;
         let mut shape = vec![batch, self.options.out_channels];
         shape.extend_from_slice(&out_spatial);
-        let mut out = vec![0u8; shape.iter().product()];
-        self.packed.run(x.data(), batch, in_spatial, &pipeline, Output::U8(&mut out))?;
+        let mut out = memory::zeroed(self.options.type_name(), &shape)?;
+        // An empty batch has an empty output, as in PyTorch (the kernel takes at least one image).
+        if batch > 0 {
+            self.packed.run(x.data(), batch, in_spatial, &pipeline, Output::U8(&mut out))?;
+        }
         self.parts.act.clamp_relu6(&mut out, self.parts.out_q)?;
         QuantTensor::new(out, shape, self.parts.out_q)
     }

@@ -10,7 +10,7 @@ use super::weighted::{QuantizedAct, QuantizedWeight, WeightedConfig, WeightedPar
 use crate::nn::{Linear, LinearOptions};
 use crate::record::{Record, TensorView};
 use crate::value::{QuantTensor, to_channels_last};
-use crate::{GraphResult, Module, Value};
+use crate::{GraphResult, Module, Value, memory};
 
 /// A quantized linear layer (`QuantizedLinear`, `QuantizedLinearReLU`, `QuantizedLinearReLU6`):
 /// quint8 `[*, in_features]` in, quint8 `[*, out_features]` out, FBGEMM's arithmetic bit for bit.
@@ -118,7 +118,7 @@ impl QuantizedLinear {
         let rows_in =
             if x.shape().len() <= 2 { x.into_data() } else { x.int_repr().iter().copied().collect() };
         let m: usize = shape[..shape.len() - 1].iter().product();
-        let mut out = vec![0u8; m * n];
+        let mut out = memory::zeroed("QuantizedLinear", &shape)?;
         if m > 0 {
             gemm(&rows_in, m, &self.packed, &pipeline, Output::U8(&mut out))?;
         }

@@ -228,8 +228,9 @@ impl QuantizedWeight {
     /// Reads what [`QuantizedWeight::tensors`] saved, for a weight of `shape`.
     pub(crate) fn from_tensors(t: &Tensors<'_>, shape: &[usize], per_channel: bool) -> GraphResult<Self> {
         let int = t.shaped::<i8>("weight", shape)?;
-        let scales = t.get::<f64>("weight_scale")?.iter().copied().collect();
-        let zero_points = t.get::<i64>("weight_zero_point")?.iter().copied().collect();
+        let count = if per_channel { shape[0] } else { 1 };
+        let scales = t.shaped::<f64>("weight_scale", &[count])?.into_raw_vec_and_offset().0;
+        let zero_points = t.shaped::<i64>("weight_zero_point", &[count])?.into_raw_vec_and_offset().0;
         Self::new(int, scales, zero_points, per_channel).map_err(|e| t.mismatch(e.to_string()))
     }
 }

@@ -3,6 +3,8 @@
 //! comparisons of int8 outputs and printouts with PyTorch's.
 #![allow(dead_code)]
 
+pub mod crafted;
+
 use ndarray::{ArrayD, IxDyn};
 use qgraph::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU};
 use qgraph::{DeQuantStub, FloatFunctional, Functional, Graph, GraphResult, Module, QuantStub, Sequential};

@@ -119,17 +119,25 @@ pub fn conv_output_shape<const D: usize>(
     let mut out = vec![in_shape[0], o];
     for i in 0..D {
         let k = w_shape[2 + i];
-        let span = p.dilation[i] * (k.max(1) - 1) + 1;
-        let padded = in_shape[2 + i] + 2 * p.padding[i];
-        if k == 0 || padded < span {
-            return Err(invalid(
-                OP,
-                "kernel size",
-                &w_shape[2..],
-                "the kernel is larger than the padded input",
-            ));
+        let span = p.dilation[i].checked_mul(k.max(1) - 1).and_then(|x| x.checked_add(1));
+        let padded = p.padding[i].checked_mul(2).and_then(|x| x.checked_add(in_shape[2 + i]));
+        match (span, padded) {
+            (Some(span), Some(padded)) if k != 0 && padded >= span => {
+                out.push((padded - span) / p.stride[i] + 1)
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    OP,
+                    "kernel size",
+                    &w_shape[2..],
+                    "the kernel is larger than the padded input",
+                ));
+            }
+            _ => {
+                let sizes = (&w_shape[2..], p.padding, p.dilation);
+                return Err(invalid(OP, "(kernel, padding, dilation)", sizes, "the sizes overflow usize"));
+            }
         }
-        out.push((padded - span) / p.stride[i] + 1);
     }
     Ok(out)
 }
@@ -866,16 +874,10 @@ pub fn pool2d(
                 y[oy * ow + ox] = match kind {
                     PoolKind::Max => {
                         let mut m = f32::NEG_INFINITY;
-                        for ky in 0..w.kernel[0] {
+                        for ky in w.taps_inside(0, oy, ih) {
                             let yy = y0 + (ky * w.dilation[0]) as i64;
-                            if yy < 0 || yy >= ih as i64 {
-                                continue;
-                            }
-                            for kx in 0..w.kernel[1] {
+                            for kx in w.taps_inside(1, ox, iw) {
                                 let xx = x0 + (kx * w.dilation[1]) as i64;
-                                if xx < 0 || xx >= iw as i64 {
-                                    continue;
-                                }
                                 let v = x[yy as usize * iw + xx as usize];
                                 if v > m || v.is_nan() {
                                     m = v;

@@ -57,7 +57,7 @@ pub(crate) fn dispatch<K: Tiered>(k: &K, isa: Isa) {
 /// otherwise in one contiguous part per rayon thread (see `elementwise::for_chunks` for why).
 pub(crate) fn par_rows(rows: usize, row_len: usize, f: impl Fn(usize, usize) + Sync) {
     let threads = rayon::current_num_threads();
-    if rows * row_len <= crate::elementwise::PAR_CHUNK || threads == 1 || rows == 1 {
+    if rows.saturating_mul(row_len) <= crate::elementwise::PAR_CHUNK || threads == 1 || rows == 1 {
         f(0, rows);
     } else {
         let part = rows.div_ceil(threads);
@@ -80,31 +80,51 @@ pub struct Window<const D: usize> {
     pub ceil_mode: bool,
 }
 
+/// The largest kernel size, stride, padding or dilation a [`Window`] takes, `2^31 - 1`: PyTorch's
+/// quantized pooling kernels hold them in `int`, and with it every index a window computes fits
+/// `i64`.
+pub const MAX_WINDOW: usize = i32::MAX as usize;
+
 impl<const D: usize> Window<D> {
     /// A window of `kernel` with stride `kernel`, no padding or dilation, floor mode.
     pub fn new(kernel: [usize; D]) -> Self {
         Self { kernel, stride: kernel, padding: [0; D], dilation: [1; D], ceil_mode: false }
     }
 
-    /// Checks the window against a spatial input size and returns the output size, as PyTorch's
-    /// `pooling_output_shape` and `pool2d_shape_check` do.
-    pub fn output_size(&self, op: &'static str, input: [usize; D]) -> KernelResult<[usize; D]> {
-        let mut out = [0; D];
+    /// Checks the sizes alone: kernel, stride and dilation positive, every size at most
+    /// [`MAX_WINDOW`], padding at most half the kernel (PyTorch's `pool2d_shape_check`).
+    pub fn validate(&self, op: &'static str) -> KernelResult<()> {
         for i in 0..D {
-            let (k, s, p, d) = (self.kernel[i], self.stride[i], self.padding[i], self.dilation[i]);
-            if k == 0 {
-                return Err(invalid(op, "kernel_size", self.kernel, "must be positive"));
+            for (what, sizes, min) in [
+                ("kernel_size", self.kernel, 1),
+                ("stride", self.stride, 1),
+                ("padding", self.padding, 0),
+                ("dilation", self.dilation, 1),
+            ] {
+                if sizes[i] < min {
+                    return Err(invalid(op, what, sizes, "must be positive"));
+                }
+                if sizes[i] > MAX_WINDOW {
+                    return Err(invalid(op, what, sizes, "must be at most 2^31 - 1"));
+                }
             }
-            if s == 0 {
-                return Err(invalid(op, "stride", self.stride, "must be positive"));
-            }
-            if d == 0 {
-                return Err(invalid(op, "dilation", self.dilation, "must be positive"));
-            }
-            if p > k / 2 {
+            if self.padding[i] > self.kernel[i] / 2 {
                 return Err(invalid(op, "padding", self.padding, "must be at most half the kernel size"));
             }
-            let (n, k, s, p, d) = (input[i] as i64, k as i64, s as i64, p as i64, d as i64);
+        }
+        Ok(())
+    }
+
+    /// Checks the window against a spatial input size and returns the output size, as PyTorch's
+    /// `pooling_output_shape` and `pool2d_shape_check` do (see [`Window::validate`]).
+    pub fn output_size(&self, op: &'static str, input: [usize; D]) -> KernelResult<[usize; D]> {
+        self.validate(op)?;
+        let mut out = [0; D];
+        for i in 0..D {
+            // Exact in i128 for any input size.
+            let [n, k, s, p, d] =
+                [input[i], self.kernel[i], self.stride[i], self.padding[i], self.dilation[i]]
+                    .map(|v| v as i128);
             let num = n + 2 * p - d * (k - 1) - 1 + if self.ceil_mode { s - 1 } else { 0 };
             let mut o = num.div_euclid(s) + 1;
             if self.ceil_mode && (o - 1) * s >= n + p {
@@ -122,6 +142,25 @@ impl<const D: usize> Window<D> {
         }
         Ok(out)
     }
+
+    /// The kernel offsets along dimension `dim` whose taps for output `o` fall inside an input of
+    /// `n`, for a window [`Window::output_size`] accepted: loops over these instead of the whole
+    /// kernel do work bounded by the input, however large the kernel.
+    pub fn taps_inside(&self, dim: usize, o: usize, n: usize) -> std::ops::Range<usize> {
+        taps_inside(o, n, self.kernel[dim], self.stride[dim], self.padding[dim], self.dilation[dim])
+    }
+}
+
+/// The offsets `t < k` with `0 <= o * s + t * d - p < n` (all sizes within [`MAX_WINDOW`], `o`
+/// an output index of the window).
+fn taps_inside(o: usize, n: usize, k: usize, s: usize, p: usize, d: usize) -> std::ops::Range<usize> {
+    let start = (o * s) as i64 - p as i64;
+    let d = d as i64;
+    // First t with start + t * d >= 0, and first t with start + t * d >= n.
+    let lo = if start >= 0 { 0 } else { (-start + d - 1) / d };
+    let hi = if (n as i64) > start { (n as i64 - start + d - 1) / d } else { 0 };
+    let hi = hi.min(k as i64);
+    (lo.min(hi) as usize)..(hi as usize)
 }
 
 /// `[N, spatial..., C]` split into its parts, checked against the data length.
@@ -176,10 +215,10 @@ impl<T: QElem> Tiered for MaxPoolRows<'_, T> {
         let [od, oh, ow] = self.n_out;
         let lowest = T::from_i32(T::DTYPE.min() as i32);
         // Window taps inside the input, as offsets into the input (filled per pixel, on the stack
-        // for kernels up to 64 taps).
+        // for up to 64 taps). A window has at most `min(k, n)` taps inside along each dimension.
         let mut taps_buf = [0usize; 64];
         let mut taps_vec = Vec::new();
-        let ktotal = self.k.iter().product::<usize>();
+        let ktotal = (0..3).map(|i| self.k[i].min(self.n_in[i])).product::<usize>();
         let taps: &mut [usize] = if ktotal <= 64 {
             &mut taps_buf[..]
         } else {
@@ -193,22 +232,15 @@ impl<T: QElem> Tiered for MaxPoolRows<'_, T> {
             let z = pix / (ow * oh) % od;
             let n = pix / (ow * oh * od);
             let mut count = 0;
-            for kz in 0..self.k[0] {
-                let zi = (z * self.s[0] + kz * self.d[0]).wrapping_sub(self.p[0]);
-                if zi >= id {
-                    continue;
-                }
-                for ky in 0..self.k[1] {
-                    let yi = (y * self.s[1] + ky * self.d[1]).wrapping_sub(self.p[1]);
-                    if yi >= ih {
-                        continue;
-                    }
-                    for kx in 0..self.k[2] {
-                        let xi = (x * self.s[2] + kx * self.d[2]).wrapping_sub(self.p[2]);
-                        if xi < iw {
-                            taps[count] = (((n * id + zi) * ih + yi) * iw + xi) * c;
-                            count += 1;
-                        }
+            let inside = |i: usize, o: usize| {
+                let range = taps_inside(o, self.n_in[i], self.k[i], self.s[i], self.p[i], self.d[i]);
+                range.map(move |t| o * self.s[i] + t * self.d[i] - self.p[i])
+            };
+            for zi in inside(0, z) {
+                for yi in inside(1, y) {
+                    for xi in inside(2, x) {
+                        taps[count] = (((n * id + zi) * ih + yi) * iw + xi) * c;
+                        count += 1;
                     }
                 }
             }
@@ -263,7 +295,9 @@ pub fn max_pool<T: QElem, const D: usize>(
     check_len(OP, "output length", out.len(), numel(OP, &oshape)?)?;
     let pixels = out.len() / c;
     let ptr = SendPtr(out.as_mut_ptr());
-    par_rows(pixels, c * window.kernel.iter().product::<usize>(), |r0, r1| {
+    // The work per pixel: the taps inside the input (at most min(kernel, input) per dimension).
+    let taps = (0..D).map(|i| window.kernel[i].min(sp[i])).fold(c, usize::saturating_mul);
+    par_rows(pixels, taps, |r0, r1| {
         let k = MaxPoolRows {
             input,
             out: ptr,
