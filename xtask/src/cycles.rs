@@ -500,9 +500,6 @@ const KNOWN_CIRCLES: &[&str] = &[
      crates/qkernels/src/pool/mod.rs",
     "crates/qkernels/src/error.rs <-> crates/qkernels/src/isa.rs",
     "crates/qkernels/src/norm/mod.rs <-> crates/qkernels/src/norm/x86.rs",
-    "crates/qobserve/src/basic.rs <-> crates/qobserve/src/calibrators.rs <-> crates/qobserve/src/histogram.rs <-> \
-     crates/qobserve/src/minmax.rs <-> crates/qobserve/src/observer.rs <-> crates/qobserve/src/qparams.rs <-> \
-     crates/qobserve/src/spec.rs",
 ];
 
 #[cfg(test)]
