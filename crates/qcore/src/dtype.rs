@@ -47,12 +47,6 @@ impl QDType {
     }
 }
 
-impl fmt::Display for QDType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.torch_name())
-    }
-}
-
 /// How scales and zero points are chosen and laid out, as PyTorch's `torch.qscheme`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum QScheme {
@@ -94,8 +88,15 @@ impl QScheme {
     }
 }
 
-impl fmt::Display for QScheme {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.torch_name())
-    }
+/// Displays each type as its PyTorch name (`torch.quint8`, `torch.per_tensor_affine`).
+macro_rules! display_as_torch_name {
+    ($($ty:ty),+) => {$(
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.torch_name())
+            }
+        }
+    )+};
 }
+
+display_as_torch_name!(QDType, QScheme);
