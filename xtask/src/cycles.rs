@@ -490,7 +490,6 @@ impl Tarjan {
 /// below, and so does a listed one that is gone (delete its line).
 #[cfg(test)]
 const KNOWN_CIRCLES: &[&str] = &[
-    "crates/qcore/src/dtype.rs <-> crates/qcore/src/error.rs",
     "crates/qgraph/src/models/mod.rs <-> crates/qgraph/src/models/weights.rs",
     "crates/qgraph/src/module.rs <-> crates/qgraph/src/record.rs <-> crates/qgraph/src/value.rs",
     "crates/qgraph/src/nn/batchnorm.rs <-> crates/qgraph/src/nn/conv.rs <-> crates/qgraph/src/nn/linear.rs <-> \
@@ -501,9 +500,6 @@ const KNOWN_CIRCLES: &[&str] = &[
      crates/qkernels/src/pool/mod.rs",
     "crates/qkernels/src/error.rs <-> crates/qkernels/src/isa.rs",
     "crates/qkernels/src/norm/mod.rs <-> crates/qkernels/src/norm/x86.rs",
-    "crates/qobserve/src/basic.rs <-> crates/qobserve/src/calibrators.rs <-> crates/qobserve/src/histogram.rs <-> \
-     crates/qobserve/src/minmax.rs <-> crates/qobserve/src/observer.rs <-> crates/qobserve/src/qparams.rs <-> \
-     crates/qobserve/src/spec.rs",
 ];
 
 #[cfg(test)]

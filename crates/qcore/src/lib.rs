@@ -21,6 +21,7 @@
 
 mod display;
 mod dtype;
+mod dtype_range;
 mod error;
 pub mod fake_quant;
 pub mod requant;
@@ -28,7 +29,8 @@ mod scalar;
 mod tensor;
 
 pub use display::{float_tensor_str, int_tensor_str, python_float_repr};
-pub use dtype::{QDType, QScheme, calculate_qmin_qmax};
+pub use dtype::{QDType, QScheme};
+pub use dtype_range::calculate_qmin_qmax;
 pub use error::{QError, QResult};
 pub use scalar::{
     AffineQuantizer, cvt_f32_to_i32_x86, dequantize_per_channel_val, dequantize_val,

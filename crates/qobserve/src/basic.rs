@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
-use crate::minmax::{wrong_spec, wrong_statistics};
+use crate::common::{wrong_spec, wrong_statistics};
 use crate::observer::{Counters, RecordedTensor, Statistics};
 use crate::{ObserveError, ObserveResult, Observer, ObserverSpec, ObserverState, ObserverStats, QParams};
 

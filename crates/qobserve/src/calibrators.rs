@@ -9,104 +9,11 @@
 
 use ndarray::ArrayViewD;
 
-use crate::histogram::{RunningHistogram, check_bins, finite_batch, not_observed};
-use crate::minmax::{wrong_spec, wrong_statistics};
-use crate::observer::{Counters, HistogramData, ObservedRange, Statistics};
-use crate::qparams::{Granularity, Uniform};
+use crate::common::{delegate_observer, wrong_spec, wrong_statistics};
+use crate::histogram::{HistogramCore, finite_batch};
+use crate::observer::{HistogramData, ObservedRange, Statistics};
 use crate::spec::DEFAULT_UPSAMPLE_RATE;
 use crate::{ObserveError, ObserveResult, Observer, ObserverSpec, ObserverState, ObserverStats, QParams};
-
-/// The signed running histogram of the percentile and MSE calibrators.
-#[derive(Debug, Clone)]
-struct SignedCore {
-    spec: ObserverSpec,
-    name: &'static str,
-    uniform: Uniform,
-    hist: RunningHistogram,
-    counters: Counters,
-}
-
-impl SignedCore {
-    fn new(
-        name: &'static str,
-        spec: &ObserverSpec,
-        bins: usize,
-        args: &crate::UniformArgs,
-    ) -> ObserveResult<Self> {
-        check_bins(name, bins, DEFAULT_UPSAMPLE_RATE)?;
-        let uniform = Uniform::new(name, *args, Granularity::PerTensor)?;
-        Ok(Self {
-            spec: spec.clone(),
-            name,
-            uniform,
-            hist: RunningHistogram::new(bins, DEFAULT_UPSAMPLE_RATE),
-            counters: Counters::default(),
-        })
-    }
-
-    fn observe(&mut self, x: ArrayViewD<'_, f32>) -> ObserveResult<()> {
-        let Some(batch) = finite_batch(self.name, &x)? else { return Ok(()) };
-        if let Some((lo, hi)) = batch.range {
-            self.hist.add(self.name, &batch.values, lo, hi)?;
-        }
-        self.counters.batches += 1;
-        self.counters.elements += x.len() as u64;
-        self.counters.skipped_infinite += batch.skipped;
-        Ok(())
-    }
-
-    fn data(&self) -> ObserveResult<&HistogramData> {
-        self.hist.data.as_ref().ok_or_else(|| not_observed(self.name, &self.counters))
-    }
-
-    fn reset(&mut self) {
-        self.hist.data = None;
-        self.counters = Counters::default();
-    }
-
-    fn stats(&self) -> ObserverStats {
-        ObserverStats {
-            observer: self.name.to_string(),
-            counters: self.counters,
-            range: self.hist.data.as_ref().map(|h| ObservedRange::PerTensor { min: h.min, max: h.max }),
-        }
-    }
-
-    fn state(&self) -> ObserverState {
-        ObserverState {
-            spec: self.spec.clone(),
-            counters: self.counters,
-            statistics: Statistics::Histogram(self.hist.data.clone()),
-        }
-    }
-
-    fn stats_of<'a>(&self, state: &'a ObserverState) -> ObserveResult<Option<&'a HistogramData>> {
-        state.check_spec(self.name, &self.spec)?;
-        match &state.statistics {
-            Statistics::Histogram(h) => {
-                if let Some(h) = h {
-                    self.hist.validate(self.name, h)?;
-                }
-                Ok(h.as_ref())
-            }
-            other => Err(wrong_statistics(self.name, other)),
-        }
-    }
-
-    fn load_state(&mut self, state: &ObserverState) -> ObserveResult<()> {
-        self.hist.data = self.stats_of(state)?.cloned();
-        self.counters = state.counters;
-        Ok(())
-    }
-
-    fn merge(&mut self, other: &ObserverState) -> ObserveResult<()> {
-        if let Some(h) = self.stats_of(other)? {
-            self.hist.merge(self.name, h)?;
-        }
-        self.counters.add(&other.counters);
-        Ok(())
-    }
-}
 
 /// The value below which a fraction `mass` of the histogram lies, interpolating linearly
 /// inside the bin (from the left), or above which it lies (from the right).
@@ -136,7 +43,7 @@ fn quantile(h: &HistogramData, mass: f64, from_right: bool) -> f32 {
 /// method, two-sided). 100 gives the histogram's full range.
 #[derive(Debug, Clone)]
 pub struct PercentileCalibrator {
-    core: SignedCore,
+    core: HistogramCore,
     percentile: f64,
 }
 
@@ -157,7 +64,10 @@ impl PercentileCalibrator {
                 reason: "the share of values to keep is a percentage in (0, 100], e.g. 99.99",
             });
         }
-        Ok(Self { core: SignedCore::new(Self::NAME, spec, *bins, args)?, percentile: *percentile })
+        Ok(Self {
+            core: HistogramCore::new(Self::NAME, spec, *bins, DEFAULT_UPSAMPLE_RATE, args)?,
+            percentile: *percentile,
+        })
     }
 
     /// The clipped range `(min, max)` the parameters are computed from.
@@ -186,11 +96,9 @@ impl PercentileCalibrator {
 /// ties) becomes `t`, and the range is the observed range clipped to `[-t, t]`.
 #[derive(Debug, Clone)]
 pub struct EntropyCalibrator {
-    spec: ObserverSpec,
-    uniform: Uniform,
-    hist: RunningHistogram,
+    /// The histogram of |x| (its statistics are saved with the signed range, not as the core's).
+    core: HistogramCore,
     signed: Option<(f32, f32)>,
-    counters: Counters,
 }
 
 impl EntropyCalibrator {
@@ -202,28 +110,23 @@ impl EntropyCalibrator {
         let ObserverSpec::Entropy { bins, args } = spec else {
             return Err(wrong_spec(Self::NAME, spec));
         };
-        check_bins(Self::NAME, *bins, DEFAULT_UPSAMPLE_RATE)?;
-        let uniform = Uniform::new(Self::NAME, *args, Granularity::PerTensor)?;
         Ok(Self {
-            spec: spec.clone(),
-            uniform,
-            hist: RunningHistogram::new(*bins, DEFAULT_UPSAMPLE_RATE),
+            core: HistogramCore::new(Self::NAME, spec, *bins, DEFAULT_UPSAMPLE_RATE, args)?,
             signed: None,
-            counters: Counters::default(),
         })
     }
 
     /// Quantization levels on one side of zero.
     fn levels(&self, signed_min: f32) -> usize {
-        let all = (self.uniform.qmax - self.uniform.qmin + 1) as usize;
+        let all = (self.core.uniform.qmax - self.core.uniform.qmin + 1) as usize;
         let levels = if signed_min < 0.0 { all / 2 } else { all };
-        levels.clamp(1, self.hist.bins)
+        levels.clamp(1, self.core.hist.bins)
     }
 
     /// The clipped range `(min, max)` the parameters are computed from.
     pub fn range(&self) -> ObserveResult<(f32, f32)> {
-        let (Some(h), Some((smin, smax))) = (&self.hist.data, self.signed) else {
-            return Err(not_observed(Self::NAME, &self.counters));
+        let (Some(h), Some((smin, smax))) = (&self.core.hist.data, self.signed) else {
+            return Err(self.core.not_observed());
         };
         let bins = h.counts.len();
         let levels = self.levels(smin);
@@ -283,11 +186,11 @@ impl EntropyCalibrator {
     }
 
     fn stats_of<'a>(&self, state: &'a ObserverState) -> ObserveResult<Option<&'a (HistogramData, f32, f32)>> {
-        state.check_spec(Self::NAME, &self.spec)?;
+        state.check_spec(Self::NAME, &self.core.spec)?;
         match &state.statistics {
             Statistics::AbsHistogram(s) => {
                 if let Some((h, lo, hi)) = s {
-                    self.hist.validate(Self::NAME, h)?;
+                    self.core.hist.validate(Self::NAME, h)?;
                     if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
                         return Err(ObserveError::InvalidState {
                             observer: Self::NAME,
@@ -308,7 +211,7 @@ impl Observer for EntropyCalibrator {
     }
 
     fn spec(&self) -> ObserverSpec {
-        self.spec.clone()
+        self.core.spec.clone()
     }
 
     fn observe(&mut self, x: ArrayViewD<'_, f32>) -> ObserveResult<()> {
@@ -316,62 +219,61 @@ impl Observer for EntropyCalibrator {
         if let Some((lo, hi)) = batch.range {
             let abs: Vec<f32> = batch.values.iter().map(|v| v.abs()).collect();
             let amax = if -lo > hi { -lo } else { hi };
-            self.hist.add(Self::NAME, &abs, 0.0, amax)?;
+            self.core.hist.add(Self::NAME, &abs, 0.0, amax)?;
             self.signed = Some(match self.signed {
                 None => (lo, hi),
                 Some((a, b)) => (a.min(lo), b.max(hi)),
             });
         }
-        self.counters.batches += 1;
-        self.counters.elements += x.len() as u64;
-        self.counters.skipped_infinite += batch.skipped;
+        self.core.counters.batches += 1;
+        self.core.counters.elements += x.len() as u64;
+        self.core.counters.skipped_infinite += batch.skipped;
         Ok(())
     }
 
     fn calculate_qparams(&self) -> ObserveResult<QParams> {
         let (lo, hi) = self.range()?;
-        self.uniform.per_tensor(Self::NAME, lo, hi)
+        self.core.uniform.per_tensor(Self::NAME, lo, hi)
     }
 
     fn reset(&mut self) {
-        self.hist.data = None;
+        self.core.reset();
         self.signed = None;
-        self.counters = Counters::default();
     }
 
     fn stats(&self) -> ObserverStats {
         ObserverStats {
             observer: Self::NAME.to_string(),
-            counters: self.counters,
+            counters: self.core.counters,
             range: self.signed.map(|(min, max)| ObservedRange::PerTensor { min, max }),
         }
     }
 
     fn state(&self) -> ObserverState {
-        let statistics = match (&self.hist.data, self.signed) {
+        let statistics = match (&self.core.hist.data, self.signed) {
             (Some(h), Some((lo, hi))) => Statistics::AbsHistogram(Some((h.clone(), lo, hi))),
             _ => Statistics::AbsHistogram(None),
         };
-        ObserverState { spec: self.spec.clone(), counters: self.counters, statistics }
+        ObserverState { spec: self.core.spec.clone(), counters: self.core.counters, statistics }
     }
 
     fn load_state(&mut self, state: &ObserverState) -> ObserveResult<()> {
         let s = self.stats_of(state)?.cloned();
-        self.hist.data = s.as_ref().map(|(h, _, _)| h.clone());
+        self.core.hist.data = s.as_ref().map(|(h, _, _)| h.clone());
         self.signed = s.map(|(_, lo, hi)| (lo, hi));
-        self.counters = state.counters;
+        self.core.counters = state.counters;
         Ok(())
     }
 
     fn merge(&mut self, other: &ObserverState) -> ObserveResult<()> {
         if let Some((h, lo, hi)) = self.stats_of(other)? {
-            self.hist.merge(Self::NAME, h)?;
+            self.core.hist.merge(Self::NAME, h)?;
             self.signed = Some(match self.signed {
                 None => (*lo, *hi),
                 Some((a, b)) => (a.min(*lo), b.max(*hi)),
             });
         }
-        self.counters.add(&other.counters);
+        self.core.counters.add(&other.counters);
         Ok(())
     }
 }
@@ -389,7 +291,7 @@ const MSE_SHRINK: f64 = 0.98;
 /// a uniform density inside the bin.
 #[derive(Debug, Clone)]
 pub struct MseCalibrator {
-    core: SignedCore,
+    core: HistogramCore,
 }
 
 impl MseCalibrator {
@@ -401,7 +303,7 @@ impl MseCalibrator {
         let ObserverSpec::Mse { bins, args } = spec else {
             return Err(wrong_spec(Self::NAME, spec));
         };
-        Ok(Self { core: SignedCore::new(Self::NAME, spec, *bins, args)? })
+        Ok(Self { core: HistogramCore::new(Self::NAME, spec, *bins, DEFAULT_UPSAMPLE_RATE, args)? })
     }
 
     /// Expected squared error of quantizing the histogram with the parameters of `[lo, hi]`.
@@ -468,41 +370,16 @@ impl MseCalibrator {
     }
 }
 
-/// Implements [`Observer`] for a calibrator around a [`SignedCore`] with a `range()` method.
+/// Implements [`Observer`] for the calibrators around a [`HistogramCore`] with a `range()` method.
 macro_rules! signed_calibrator {
-    ($ty:ty) => {
-        impl Observer for $ty {
-            fn name(&self) -> &'static str {
-                Self::NAME
-            }
-            fn spec(&self) -> ObserverSpec {
-                self.core.spec.clone()
-            }
-            fn observe(&mut self, x: ArrayViewD<'_, f32>) -> ObserveResult<()> {
-                self.core.observe(x)
-            }
+    ($($ty:ty),+) => {$(
+        delegate_observer!($ty, core, {
             fn calculate_qparams(&self) -> ObserveResult<QParams> {
                 let (lo, hi) = self.range()?;
                 self.core.uniform.per_tensor(Self::NAME, lo, hi)
             }
-            fn reset(&mut self) {
-                self.core.reset();
-            }
-            fn stats(&self) -> ObserverStats {
-                self.core.stats()
-            }
-            fn state(&self) -> ObserverState {
-                self.core.state()
-            }
-            fn load_state(&mut self, state: &ObserverState) -> ObserveResult<()> {
-                self.core.load_state(state)
-            }
-            fn merge(&mut self, other: &ObserverState) -> ObserveResult<()> {
-                self.core.merge(other)
-            }
-        }
-    };
+        });
+    )+};
 }
 
-signed_calibrator!(PercentileCalibrator);
-signed_calibrator!(MseCalibrator);
+signed_calibrator!(PercentileCalibrator, MseCalibrator);

@@ -14,13 +14,12 @@ use std::borrow::Cow;
 
 use ndarray::ArrayViewD;
 
+use crate::common::{delegate_observer, wrong_spec, wrong_statistics};
 use crate::kernels::{Linspace, div_floor, histc, min_max, torch_cumsum, torch_sum};
-use crate::minmax::{wrong_spec, wrong_statistics};
 use crate::observer::{Counters, HistogramData, ObservedRange, Statistics, first_bad};
 use crate::qparams::{Granularity, Uniform};
-use crate::{
-    ObserveError, ObserveResult, Observer, ObserverSpec, ObserverState, ObserverStats, QDType, QParams,
-};
+use crate::spec::{DEFAULT_UPSAMPLE_RATE, UniformArgs};
+use crate::{ObserveError, ObserveResult, ObserverSpec, ObserverState, ObserverStats, QDType, QParams};
 
 const NAN_FIX: &str = "histogram observers skip ±Inf but cannot place NaN in a bin (PyTorch's histc raises); \
                        remove NaN from the data";
@@ -377,107 +376,50 @@ pub(crate) fn dst_nbins(dtype: QDType) -> f64 {
     }
 }
 
-/// PyTorch's `HistogramObserver`: a running histogram of the values, and the range that
-/// minimises the L2 quantization error (`_non_linear_param_search`).
-///
-/// Merging two runs moves both histograms onto the union range with PyTorch's upsampling rule
-/// and adds them; like PyTorch's own batch-to-batch combination it is approximate (bin parts
-/// move to the bin their midpoint falls in).
+/// What the histogram-based observers keep: a running histogram of the finite values, the
+/// counters, and the range arguments their parameters are computed with.
 #[derive(Debug, Clone)]
-pub struct HistogramObserver {
-    spec: ObserverSpec,
-    uniform: Uniform,
-    hist: RunningHistogram,
-    counters: Counters,
+pub(crate) struct HistogramCore {
+    pub spec: ObserverSpec,
+    pub name: &'static str,
+    pub uniform: Uniform,
+    pub hist: RunningHistogram,
+    pub counters: Counters,
 }
 
-impl HistogramObserver {
-    /// PyTorch's class name.
-    pub const NAME: &'static str = "HistogramObserver";
-
-    /// `HistogramObserver(bins, **args)` with PyTorch 2.15's upsample rate (16).
-    pub fn new(bins: usize, args: crate::UniformArgs) -> ObserveResult<Self> {
-        Self::from_spec(&ObserverSpec::Histogram {
-            bins,
-            upsample_rate: crate::spec::DEFAULT_UPSAMPLE_RATE,
-            args,
-        })
-    }
-
-    /// Builds from an [`ObserverSpec::Histogram`].
-    pub fn from_spec(spec: &ObserverSpec) -> ObserveResult<Self> {
-        let ObserverSpec::Histogram { bins, upsample_rate, args } = spec else {
-            return Err(wrong_spec(Self::NAME, spec));
-        };
-        check_bins(Self::NAME, *bins, *upsample_rate)?;
-        if args.is_dynamic {
-            return Err(ObserveError::IncompatibleOptions {
-                observer: Self::NAME,
-                options: "is_dynamic=true".into(),
-                reason: "HistogramObserver does not support dynamic quantization (PyTorch raises too)",
-            });
-        }
-        let uniform = Uniform::new(Self::NAME, *args, Granularity::PerTensor)?;
+impl HistogramCore {
+    /// Checks the bin count, upsample rate and range arguments.
+    pub(crate) fn new(
+        name: &'static str,
+        spec: &ObserverSpec,
+        bins: usize,
+        upsample_rate: usize,
+        args: &UniformArgs,
+    ) -> ObserveResult<Self> {
+        check_bins(name, bins, upsample_rate)?;
+        let uniform = Uniform::new(name, *args, Granularity::PerTensor)?;
         Ok(Self {
             spec: spec.clone(),
+            name,
             uniform,
-            hist: RunningHistogram::new(*bins, *upsample_rate),
+            hist: RunningHistogram::new(bins, upsample_rate),
             counters: Counters::default(),
         })
     }
 
-    /// The running histogram, `None` before any finite data.
-    pub fn histogram(&self) -> Option<&HistogramData> {
-        self.hist.data.as_ref()
-    }
-
-    /// Runs `_non_linear_param_search` and reports the chosen bins, `None` before any data.
-    pub fn search(&self) -> Option<HistogramSearch> {
-        self.hist.data.as_ref().map(|h| non_linear_param_search(h, dst_nbins(self.uniform.args.dtype)))
-    }
-
-    fn stats_of<'a>(&self, state: &'a ObserverState) -> ObserveResult<Option<&'a HistogramData>> {
-        state.check_spec(Self::NAME, &self.spec)?;
-        match &state.statistics {
-            Statistics::Histogram(h) => {
-                if let Some(h) = h {
-                    self.hist.validate(Self::NAME, h)?;
-                }
-                Ok(h.as_ref())
-            }
-            other => Err(wrong_statistics(Self::NAME, other)),
-        }
-    }
-}
-
-/// The "nothing observed" error of histogram-based observers, telling apart "no data" from
-/// "only ±Inf".
-pub(crate) fn not_observed(observer: &'static str, counters: &Counters) -> ObserveError {
-    let detail = if counters.skipped_infinite > 0 { ", every value was ±Inf and was skipped" } else { "" };
-    ObserveError::NotObserved { observer, detail }
-}
-
-impl Observer for HistogramObserver {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn spec(&self) -> ObserverSpec {
-        self.spec.clone()
-    }
-
-    fn observe(&mut self, x: ArrayViewD<'_, f32>) -> ObserveResult<()> {
+    /// Adds the finite values of `x`.
+    pub(crate) fn observe(&mut self, x: ArrayViewD<'_, f32>) -> ObserveResult<()> {
         self.observe_repeated(x, 1)
     }
 
     /// One pass over `x`: the update histogram is computed once and added `times` times.
-    fn observe_repeated(&mut self, x: ArrayViewD<'_, f32>, times: usize) -> ObserveResult<()> {
-        let Some(batch) = finite_batch(Self::NAME, &x)? else { return Ok(()) };
+    pub(crate) fn observe_repeated(&mut self, x: ArrayViewD<'_, f32>, times: usize) -> ObserveResult<()> {
+        let Some(batch) = finite_batch(self.name, &x)? else { return Ok(()) };
         if times == 0 {
             return Ok(());
         }
         if let Some((lo, hi)) = batch.range {
-            self.hist.add_times(Self::NAME, &batch.values, lo, hi, times)?;
+            self.hist.add_times(self.name, &batch.values, lo, hi, times)?;
         }
         let times = times as u64;
         self.counters.batches += times;
@@ -486,25 +428,32 @@ impl Observer for HistogramObserver {
         Ok(())
     }
 
-    fn calculate_qparams(&self) -> ObserveResult<QParams> {
-        let search = self.search().ok_or_else(|| not_observed(Self::NAME, &self.counters))?;
-        self.uniform.per_tensor(Self::NAME, search.new_min, search.new_max)
+    /// The histogram, or the "nothing observed" error.
+    pub(crate) fn data(&self) -> ObserveResult<&HistogramData> {
+        self.hist.data.as_ref().ok_or_else(|| self.not_observed())
     }
 
-    fn reset(&mut self) {
+    /// The "nothing observed" error, telling apart "no data" from "only ±Inf".
+    pub(crate) fn not_observed(&self) -> ObserveError {
+        let detail =
+            if self.counters.skipped_infinite > 0 { ", every value was ±Inf and was skipped" } else { "" };
+        ObserveError::NotObserved { observer: self.name, detail }
+    }
+
+    pub(crate) fn reset(&mut self) {
         self.hist.data = None;
         self.counters = Counters::default();
     }
 
-    fn stats(&self) -> ObserverStats {
+    pub(crate) fn stats(&self) -> ObserverStats {
         ObserverStats {
-            observer: Self::NAME.to_string(),
+            observer: self.name.to_string(),
             counters: self.counters,
             range: self.hist.data.as_ref().map(|h| ObservedRange::PerTensor { min: h.min, max: h.max }),
         }
     }
 
-    fn state(&self) -> ObserverState {
+    pub(crate) fn state(&self) -> ObserverState {
         ObserverState {
             spec: self.spec.clone(),
             counters: self.counters,
@@ -512,17 +461,87 @@ impl Observer for HistogramObserver {
         }
     }
 
-    fn load_state(&mut self, state: &ObserverState) -> ObserveResult<()> {
+    fn stats_of<'a>(&self, state: &'a ObserverState) -> ObserveResult<Option<&'a HistogramData>> {
+        state.check_spec(self.name, &self.spec)?;
+        match &state.statistics {
+            Statistics::Histogram(h) => {
+                if let Some(h) = h {
+                    self.hist.validate(self.name, h)?;
+                }
+                Ok(h.as_ref())
+            }
+            other => Err(wrong_statistics(self.name, other)),
+        }
+    }
+
+    pub(crate) fn load_state(&mut self, state: &ObserverState) -> ObserveResult<()> {
         self.hist.data = self.stats_of(state)?.cloned();
         self.counters = state.counters;
         Ok(())
     }
 
-    fn merge(&mut self, other: &ObserverState) -> ObserveResult<()> {
+    pub(crate) fn merge(&mut self, other: &ObserverState) -> ObserveResult<()> {
         if let Some(h) = self.stats_of(other)? {
-            self.hist.merge(Self::NAME, h)?;
+            self.hist.merge(self.name, h)?;
         }
         self.counters.add(&other.counters);
         Ok(())
     }
 }
+
+/// PyTorch's `HistogramObserver`: a running histogram of the values, and the range that
+/// minimises the L2 quantization error (`_non_linear_param_search`).
+///
+/// Merging two runs moves both histograms onto the union range with PyTorch's upsampling rule
+/// and adds them; like PyTorch's own batch-to-batch combination it is approximate (bin parts
+/// move to the bin their midpoint falls in).
+#[derive(Debug, Clone)]
+pub struct HistogramObserver {
+    core: HistogramCore,
+}
+
+impl HistogramObserver {
+    /// PyTorch's class name.
+    pub const NAME: &'static str = "HistogramObserver";
+
+    /// `HistogramObserver(bins, **args)` with PyTorch 2.15's upsample rate (16).
+    pub fn new(bins: usize, args: UniformArgs) -> ObserveResult<Self> {
+        Self::from_spec(&ObserverSpec::Histogram { bins, upsample_rate: DEFAULT_UPSAMPLE_RATE, args })
+    }
+
+    /// Builds from an [`ObserverSpec::Histogram`].
+    pub fn from_spec(spec: &ObserverSpec) -> ObserveResult<Self> {
+        let ObserverSpec::Histogram { bins, upsample_rate, args } = spec else {
+            return Err(wrong_spec(Self::NAME, spec));
+        };
+        let core = HistogramCore::new(Self::NAME, spec, *bins, *upsample_rate, args)?;
+        if args.is_dynamic {
+            return Err(ObserveError::IncompatibleOptions {
+                observer: Self::NAME,
+                options: "is_dynamic=true".into(),
+                reason: "HistogramObserver does not support dynamic quantization (PyTorch raises too)",
+            });
+        }
+        Ok(Self { core })
+    }
+
+    /// The running histogram, `None` before any finite data.
+    pub fn histogram(&self) -> Option<&HistogramData> {
+        self.core.hist.data.as_ref()
+    }
+
+    /// Runs `_non_linear_param_search` and reports the chosen bins, `None` before any data.
+    pub fn search(&self) -> Option<HistogramSearch> {
+        self.histogram().map(|h| non_linear_param_search(h, dst_nbins(self.core.uniform.args.dtype)))
+    }
+}
+
+delegate_observer!(HistogramObserver, core, {
+    fn observe_repeated(&mut self, x: ArrayViewD<'_, f32>, times: usize) -> ObserveResult<()> {
+        self.core.observe_repeated(x, times)
+    }
+    fn calculate_qparams(&self) -> ObserveResult<QParams> {
+        let search = self.search().ok_or_else(|| self.core.not_observed())?;
+        self.core.uniform.per_tensor(Self::NAME, search.new_min, search.new_max)
+    }
+});

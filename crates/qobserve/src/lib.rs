@@ -33,7 +33,9 @@
 //! ```
 
 mod basic;
+mod build;
 mod calibrators;
+mod common;
 mod error;
 mod histogram;
 mod kernels;

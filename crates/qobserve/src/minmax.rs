@@ -6,10 +6,11 @@
 
 use ndarray::ArrayViewD;
 
+use crate::common::{delegate_observer, wrong_spec, wrong_statistics};
 use crate::kernels::min_max;
 use crate::observer::{ChannelRanges, Counters, ObservedRange, Statistics, first_bad, with_slice};
 use crate::qparams::{Granularity, Uniform};
-use crate::{ObserveError, ObserveResult, Observer, ObserverSpec, ObserverState, ObserverStats, QParams};
+use crate::{ObserveError, ObserveResult, ObserverSpec, ObserverState, ObserverStats, QParams};
 
 const NON_FINITE_FIX: &str = "min/max observers reject NaN and ±Inf (PyTorch would return a NaN or infinite \
                               scale); clean the data, or use HistogramObserver, which skips ±Inf";
@@ -395,65 +396,6 @@ fn moving_average_merge(observer: &'static str) -> ObserveError {
     }
 }
 
-pub(crate) fn wrong_spec(observer: &'static str, spec: &ObserverSpec) -> ObserveError {
-    ObserveError::InvalidArgument {
-        observer,
-        name: "spec",
-        value: spec.name().to_string(),
-        reason: "this description builds a different observer; use ObserverSpec::build",
-    }
-}
-
-pub(crate) fn wrong_statistics(observer: &'static str, statistics: &Statistics) -> ObserveError {
-    let kind = match statistics {
-        Statistics::Stateless => "no statistics",
-        Statistics::MinMax(_) => "min/max statistics",
-        Statistics::PerChannel(_) => "per-channel statistics",
-        Statistics::Histogram(_) => "a histogram",
-        Statistics::AbsHistogram(_) => "an |x| histogram",
-        Statistics::Recording(_) => "recorded tensors",
-    };
-    ObserveError::InvalidState {
-        observer,
-        reason: format!("it holds {kind}, which this observer does not keep"),
-    }
-}
-
-/// Implements [`Observer`] for a newtype around a core that has the same methods.
-macro_rules! delegate_observer {
-    ($ty:ty) => {
-        impl Observer for $ty {
-            fn name(&self) -> &'static str {
-                Self::NAME
-            }
-            fn spec(&self) -> ObserverSpec {
-                self.0.spec.clone()
-            }
-            fn observe(&mut self, x: ArrayViewD<'_, f32>) -> ObserveResult<()> {
-                self.0.observe(x)
-            }
-            fn calculate_qparams(&self) -> ObserveResult<QParams> {
-                self.0.calculate_qparams()
-            }
-            fn reset(&mut self) {
-                self.0.reset();
-            }
-            fn stats(&self) -> ObserverStats {
-                self.0.stats()
-            }
-            fn state(&self) -> ObserverState {
-                self.0.state()
-            }
-            fn load_state(&mut self, state: &ObserverState) -> ObserveResult<()> {
-                self.0.load_state(state)
-            }
-            fn merge(&mut self, other: &ObserverState) -> ObserveResult<()> {
-                self.0.merge(other)
-            }
-        }
-    };
-}
-
 impl PerTensorCore {
     fn reset(&mut self) {
         self.range = None;
@@ -573,7 +515,7 @@ impl MovingAveragePerChannelMinMaxObserver {
     }
 }
 
-delegate_observer!(MinMaxObserver);
-delegate_observer!(MovingAverageMinMaxObserver);
-delegate_observer!(PerChannelMinMaxObserver);
-delegate_observer!(MovingAveragePerChannelMinMaxObserver);
+delegate_observer!(MinMaxObserver, 0);
+delegate_observer!(MovingAverageMinMaxObserver, 0);
+delegate_observer!(PerChannelMinMaxObserver, 0);
+delegate_observer!(MovingAveragePerChannelMinMaxObserver, 0);

@@ -295,3 +295,20 @@ fn merging_incompatible_states_is_an_error() {
     let err = h.load_state(&broken).unwrap_err();
     assert!(err.to_string().contains("2048"), "{err}");
 }
+
+#[test]
+fn from_spec_refuses_the_description_of_another_observer() {
+    let errors = [
+        qobserve::MinMaxObserver::from_spec(&ObserverSpec::moving_average_min_max()).unwrap_err(),
+        qobserve::PerChannelMinMaxObserver::from_spec(&ObserverSpec::min_max()).unwrap_err(),
+        qobserve::HistogramObserver::from_spec(&ObserverSpec::mse()).unwrap_err(),
+        qobserve::EntropyCalibrator::from_spec(&ObserverSpec::histogram()).unwrap_err(),
+        qobserve::PlaceholderObserver::from_spec(&ObserverSpec::noop()).unwrap_err(),
+    ];
+    let given = ["MovingAverageMinMax {", "MinMax {", "Mse {", "Histogram {", "Noop {"];
+    for (err, given) in errors.iter().zip(given) {
+        let ObserveError::InvalidArgument { name: "spec", value, .. } = err else { panic!("{err:?}") };
+        assert!(value.starts_with(given), "{value}");
+        assert!(err.to_string().contains("ObserverSpec::build"), "{err}");
+    }
+}
