@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::module::Functional;
 use crate::nn::Identity;
+use crate::outq::OutQ;
 use crate::record::Record;
-use crate::value::{OutQ, QuantTensor, for_each_scalar_loop_element};
+use crate::value::{QuantTensor, for_each_scalar_loop_element};
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// `FloatFunctional`: the float ops, each a `torch` op on float tensors. `prepare` gives the

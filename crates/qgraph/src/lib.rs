@@ -17,6 +17,7 @@ pub mod memory;
 pub mod models;
 mod module;
 pub mod nn;
+mod outq;
 pub mod qconfig;
 pub mod quantized;
 pub mod record;

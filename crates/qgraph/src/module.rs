@@ -5,10 +5,22 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 
-use crate::record::TensorView;
 use crate::{GraphError, GraphResult, Value};
+
+/// A tensor a module saves, borrowed from it.
+#[derive(Debug, Clone)]
+pub enum TensorView<'a> {
+    /// f32 (float parameters, biases).
+    F32(ArrayViewD<'a, f32>),
+    /// i8 (quantized weights).
+    I8(ArrayViewD<'a, i8>),
+    /// f64 (scales).
+    F64(ArrayViewD<'a, f64>),
+    /// i64 (zero points).
+    I64(ArrayViewD<'a, i64>),
+}
 
 /// An op of `FloatFunctional` / `QFunctional`: the calls a module makes on one instance
 /// (`self.skip_add.add(a, b)`) rather than through `forward`.

@@ -3,23 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use ndarray::{ArrayD, IxDyn};
 use serde::de::DeserializeOwned;
 
+pub use crate::module::TensorView;
 use crate::{GraphError, GraphResult, Module};
-
-/// A tensor a module saves, borrowed from it.
-#[derive(Debug, Clone)]
-pub enum TensorView<'a> {
-    /// f32 (float parameters, biases).
-    F32(ArrayViewD<'a, f32>),
-    /// i8 (quantized weights).
-    I8(ArrayViewD<'a, i8>),
-    /// f64 (scales).
-    F64(ArrayViewD<'a, f64>),
-    /// i64 (zero points).
-    I64(ArrayViewD<'a, i64>),
-}
 
 /// Little-endian element types a record can hold.
 pub trait RecordElement: Copy + 'static {

@@ -4,9 +4,10 @@
 use qkernels::elementwise::PerTensor;
 use serde::{Deserialize, Serialize};
 
+use crate::outq::OutQ;
 use crate::qconfig::QConfig;
 use crate::record::Record;
-use crate::value::{OutQ, QuantTensor};
+use crate::value::QuantTensor;
 use crate::{GraphResult, Module, Value};
 
 /// `QuantStub`: the identity until `convert` makes it a [`Quantize`] with the parameters its

@@ -9,43 +9,8 @@ use qcore::{AffineQuantizer, QDType, QParams, QTensor};
 use qkernels::elementwise::PerTensor;
 use qkernels::layout::{broadcast_strides, scalar_loop_runs};
 use qkernels::{Isa, MemoryFormat, quant};
-use serde::{Deserialize, Serialize};
 
-use crate::record::Record;
 use crate::{GraphError, GraphResult};
-
-/// A quantized module's output parameters as its configuration saves them, checked as quint8
-/// parameters when made.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub(crate) struct OutQ {
-    scale: f64,
-    zero_point: i64,
-}
-
-impl OutQ {
-    /// Checks `q` as quint8 output parameters (a positive finite scale, a zero point in 0..=255).
-    pub(crate) fn new(q: PerTensor) -> GraphResult<Self> {
-        AffineQuantizer::new(q.scale, q.zero_point, QDType::QUInt8)?;
-        Ok(Self { scale: q.scale, zero_point: q.zero_point })
-    }
-
-    /// Checks `q` and rounds its scale to f32, as PyTorch does for the modules that keep it in a
-    /// float32 tensor (`nnq.LeakyReLU`'s buffer) or whose kernel makes its output with an f32
-    /// scale (`quantized::hardswish`).
-    pub(crate) fn new_f32(q: PerTensor) -> GraphResult<Self> {
-        Self::new(PerTensor::new(f64::from(q.scale as f32), q.zero_point))
-    }
-
-    /// The parameters of a module whose whole configuration is an `OutQ`, checked again.
-    pub(crate) fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Self::new(record.config::<Self>()?.get())
-    }
-
-    /// The parameters.
-    pub(crate) fn get(self) -> PerTensor {
-        PerTensor::new(self.scale, self.zero_point)
-    }
-}
 
 /// A quantized activation: quint8 values with one scale and zero point, in PyTorch's logical
 /// shape `[N, C, spatial...]` but stored channels-last (`[N, spatial..., C]`), the layout the
