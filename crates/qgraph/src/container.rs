@@ -151,7 +151,7 @@ struct GraphConfig {
 /// let out = b.then_functional("skip_add", FloatFunctional::new(), Functional::Add, &[&y, x]);
 /// let block = b.build(&out)?;
 /// let out = block.forward(Value::from(ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 4, 8, 8]))))?;
-/// assert_eq!(out.shape(), &[1, 4, 8, 8]);
+/// assert_eq!(out.shape()?, &[1, 4, 8, 8]);
 /// # Ok::<(), qgraph::GraphError>(())
 /// ```
 #[derive(Debug, Clone)]

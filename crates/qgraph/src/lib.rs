@@ -33,7 +33,9 @@ pub use module::{Functional, Module, ModuleAny, eval, load_state_dict, replace, 
 pub use qkernels::MemoryFormat;
 pub use qkernels::elementwise::PerTensor;
 pub use stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
-pub use value::{QuantTensor, Value, pytorch_threads, set_pytorch_threads};
+pub use value::{
+    DType, QuantElement, QuantTensor, QuantTensorOf, Value, pytorch_threads, set_pytorch_threads,
+};
 pub use workflow::{QConfigMapping, calibrate, convert, prepare, quantize};
 pub use {qkernels, qobserve};
 

@@ -126,7 +126,7 @@ impl Module for DeQuantize {
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
-        Ok(Value::Float(input.into_float_lossy()))
+        Ok(Value::Float(input.into_float_lossy()?))
     }
 }
 

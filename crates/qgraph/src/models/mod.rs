@@ -241,6 +241,6 @@ impl Model {
     pub fn forward(&self, x: ArrayD<f32>) -> GraphResult<ArrayD<f32>> {
         check_input(self.arch, x.shape())?;
         check_finite(&x)?;
-        Ok(self.module.forward(Value::from(x))?.into_float_lossy())
+        self.module.forward(Value::from(x))?.into_float_lossy()
     }
 }
