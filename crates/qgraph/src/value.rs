@@ -430,40 +430,83 @@ impl From<Vec<Value>> for Value {
     }
 }
 
+/// A borrowed tensor value, whatever its dtype.
+#[derive(Clone, Copy)]
+enum Tensor<'a> {
+    Float(&'a ArrayD<f32>),
+    Quant(&'a dyn AnyQuant),
+}
+
+impl<'a> Tensor<'a> {
+    fn dtype(self) -> DType {
+        match self {
+            Tensor::Float(_) => DType::Float32,
+            Tensor::Quant(q) => q.dtype().into(),
+        }
+    }
+
+    fn shape(self) -> &'a [usize] {
+        match self {
+            Tensor::Float(x) => x.shape(),
+            Tensor::Quant(q) => q.shape(),
+        }
+    }
+}
+
+/// What every [`QuantTensorOf`] answers, whatever its integer type.
+trait AnyQuant {
+    fn dtype(&self) -> QDType;
+    fn shape(&self) -> &[usize];
+    fn dequantize(&self) -> ArrayD<f32>;
+}
+
+impl<T: QuantElement> AnyQuant for QuantTensorOf<T> {
+    fn dtype(&self) -> QDType {
+        T::DTYPE
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn dequantize(&self) -> ArrayD<f32> {
+        QuantTensorOf::dequantize(self)
+    }
+}
+
 impl Value {
     /// The element type, or an error for a tuple (which has one per element).
     pub fn dtype(&self) -> GraphResult<DType> {
-        match self {
-            Value::Float(_) => Ok(DType::Float32),
-            Value::Quant(q) => Ok(q.dtype().into()),
-            Value::QInt8(q) => Ok(q.dtype().into()),
-            Value::QInt32(q) => Ok(q.dtype().into()),
-            Value::Tuple(_) => Err(self.not_a_tensor("Value::dtype")),
-        }
+        Ok(self.tensor("Value::dtype")?.dtype())
     }
 
     /// The logical shape, or an error for a tuple.
     pub fn shape(&self) -> GraphResult<&[usize]> {
+        Ok(self.tensor("Value::shape")?.shape())
+    }
+
+    /// The tensor inside, or the error of a tuple reaching `module`.
+    fn tensor(&self, module: &str) -> GraphResult<Tensor<'_>> {
+        self.as_tensor().map_err(|_| self.not_a_tensor(module))
+    }
+
+    /// The tensor inside, or the elements of a tuple.
+    fn as_tensor(&self) -> Result<Tensor<'_>, &[Value]> {
         match self {
-            Value::Float(x) => Ok(x.shape()),
-            Value::Quant(q) => Ok(q.shape()),
-            Value::QInt8(q) => Ok(q.shape()),
-            Value::QInt32(q) => Ok(q.shape()),
-            Value::Tuple(_) => Err(self.not_a_tensor("Value::shape")),
+            Value::Float(x) => Ok(Tensor::Float(x)),
+            Value::Quant(q) => Ok(Tensor::Quant(q)),
+            Value::QInt8(q) => Ok(Tensor::Quant(q)),
+            Value::QInt32(q) => Ok(Tensor::Quant(q)),
+            Value::Tuple(values) => Err(values),
         }
     }
 
     /// What the value is, for messages: `a qint8 tensor of shape [1, 3]`, `a tuple of 2 values
     /// (...)`.
     pub fn describe(&self) -> String {
-        let tensor =
-            |dtype: QDType, shape: &[usize]| format!("a {} tensor of shape {shape:?}", DType::from(dtype));
-        match self {
-            Value::Float(x) => format!("a {} tensor of shape {:?}", DType::Float32, x.shape()),
-            Value::Quant(q) => tensor(q.dtype(), q.shape()),
-            Value::QInt8(q) => tensor(q.dtype(), q.shape()),
-            Value::QInt32(q) => tensor(q.dtype(), q.shape()),
-            Value::Tuple(values) => {
+        match self.as_tensor() {
+            Ok(t) => format!("a {} tensor of shape {:?}", t.dtype(), t.shape()),
+            Err(values) => {
                 let items: Vec<String> = values.iter().map(Value::describe).collect();
                 format!("a tuple of {} values ({})", values.len(), items.join(", "))
             }
@@ -554,13 +597,10 @@ impl Value {
     /// The float tensor, dequantizing a quantized value (what a user reads at the end of a
     /// model); an error for a tuple.
     pub fn to_float(&self) -> GraphResult<ArrayD<f32>> {
-        match self {
-            Value::Float(x) => Ok(x.clone()),
-            Value::Quant(q) => Ok(q.dequantize()),
-            Value::QInt8(q) => Ok(q.dequantize()),
-            Value::QInt32(q) => Ok(q.dequantize()),
-            Value::Tuple(_) => Err(self.not_a_tensor("Value::to_float")),
-        }
+        Ok(match self.tensor("Value::to_float")? {
+            Tensor::Float(x) => x.clone(),
+            Tensor::Quant(q) => q.dequantize(),
+        })
     }
 
     /// The value as a float tensor, by value, dequantizing if needed; an error for a tuple.
