@@ -62,6 +62,30 @@ impl OutQ {
     }
 }
 
+/// `new`, `qparams` and `from_record` of a module that is a newtype over [`OutQ`] (its output
+/// parameters are all it has): `outq_newtype!(Quantize, "doc of new")`.
+macro_rules! outq_newtype {
+    ($ty:ident, $new_doc:literal) => {
+        impl $ty {
+            #[doc = $new_doc]
+            pub fn new(q: PerTensor) -> GraphResult<Self> {
+                Ok(Self(OutQ::new(q)?))
+            }
+
+            /// The output parameters.
+            pub fn qparams(&self) -> PerTensor {
+                self.0.get()
+            }
+
+            #[doc = concat!("Rebuilds a saved `", stringify!($ty), "`.")]
+            pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
+                Ok(Self(OutQ::from_record(record)?))
+            }
+        }
+    };
+}
+pub(crate) use outq_newtype;
+
 #[cfg(test)]
 mod tests {
     use super::*;

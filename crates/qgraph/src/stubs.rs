@@ -4,7 +4,7 @@
 use qkernels::elementwise::PerTensor;
 use serde::{Deserialize, Serialize};
 
-use crate::outq::OutQ;
+use crate::outq::{OutQ, outq_newtype};
 use crate::qconfig::QConfig;
 use crate::record::Record;
 use crate::value::QuantTensor;
@@ -66,22 +66,7 @@ impl Module for DeQuantStub {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quantize(OutQ);
 
-impl Quantize {
-    /// Quantizes to `q` (checked: a positive finite scale, a zero point in 0..=255).
-    pub fn new(q: PerTensor) -> GraphResult<Self> {
-        Ok(Self(OutQ::new(q)?))
-    }
-
-    /// The output parameters.
-    pub fn qparams(&self) -> PerTensor {
-        self.0.get()
-    }
-
-    /// Rebuilds a saved `Quantize`.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Ok(Self(OutQ::from_record(record)?))
-    }
-}
+outq_newtype!(Quantize, "Quantizes to `q` (checked: a positive finite scale, a zero point in 0..=255).");
 
 impl Module for Quantize {
     fn type_name(&self) -> &str {
