@@ -4,7 +4,8 @@
 //!
 //! A model is a tree of [`Module`]s named as in PyTorch (`features.0`, `layer1.0.conv1`); the
 //! containers are [`Sequential`] and [`Graph`] (named nodes, for residual adds and branches).
-//! Values between modules are [`Value`]s: float tensors in NCHW, or quantized activations.
+//! Values between modules are [`Value`]s: float tensors in NCHW, quantized activations (quint8,
+//! qint8, qint32), or tuples of values for modules and graphs with several inputs or outputs.
 
 mod container;
 pub mod debug;

@@ -79,7 +79,7 @@ pub trait Module: ModuleAny + fmt::Debug + Send + Sync {
     /// PyTorch's class name, e.g. `Conv2d`, `ConvReLU2d`, `QuantizedConv2d`.
     fn type_name(&self) -> &str;
 
-    /// Runs the module on one input.
+    /// Runs the module on its input (a [`Value::Tuple`] for a module that takes several).
     fn forward(&self, input: Value) -> GraphResult<Value>;
 
     /// Runs one of the [`Functional`] ops (only `FloatFunctional` and its observed and quantized
