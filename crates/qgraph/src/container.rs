@@ -618,6 +618,21 @@ impl GraphBuilder {
 
     /// The graph whose result is the tuple of the values `outputs` (a `forward` that returns
     /// `(a, b, ...)`).
+    ///
+    /// ```
+    /// use ndarray::{ArrayD, IxDyn};
+    /// use qgraph::{FloatFunctional, Functional, Graph, Module, Value};
+    /// // forward(x, y) returns (x + y, x)
+    /// let mut b = Graph::builder("Pair");
+    /// let xy = b.inputs(&["x", "y"]);
+    /// let sum = b.then_functional("add", FloatFunctional::new(), Functional::Add, &[&xy[0], &xy[1]]);
+    /// let graph = b.build_many(&[&sum, &xy[0]])?;
+    /// let ones = Value::from(ArrayD::<f32>::ones(IxDyn(&[2])));
+    /// let out = graph.forward(Value::Tuple(vec![ones.clone(), ones.clone()]))?.into_tuple("Pair")?;
+    /// assert_eq!(out[0].to_float()?, ArrayD::from_elem(IxDyn(&[2]), 2.0));
+    /// assert_eq!(out[1], ones);
+    /// # Ok::<(), qgraph::GraphError>(())
+    /// ```
     pub fn build_many(self, outputs: &[&str]) -> GraphResult<Graph> {
         self.finish(Outputs::Tuple(outputs.iter().map(|s| s.to_string()).collect()))
     }

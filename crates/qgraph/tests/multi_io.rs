@@ -7,8 +7,8 @@ use qgraph::io;
 use qgraph::nn::{BatchNorm2d, Conv2d, ReLU};
 use qgraph::qconfig::get_default_qconfig;
 use qgraph::{
-    DeQuantStub, FloatFunctional, Functional, Graph, GraphError, Module, QConfigMapping, QuantStub, Value,
-    calibrate, convert, eval, prepare,
+    DeQuantStub, FloatFunctional, Functional, Graph, GraphError, Module, PerTensor, QConfigMapping,
+    QuantStub, QuantTensorOf, Value, calibrate, convert, eval, prepare,
 };
 
 mod common;
@@ -84,6 +84,27 @@ fn two_inputs_two_outputs_through_the_whole_workflow_and_save() {
     let bits = |x: &ndarray::ArrayD<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     assert_eq!((bits(&l_sum), bits(&l_both)), (bits(&q_sum), bits(&q_both)));
     assert_eq!(io::to_bytes(loaded.as_ref()).unwrap(), bytes);
+
+    // The quantized modules run on quint8 only: a qint8 tensor or a tuple is an error naming the
+    // module and the value, never a panic.
+    let x = random(&[1, 3, 6, 6], 3);
+    let qint8 = Value::from(QuantTensorOf::<i8>::quantize(&x, PerTensor::new(0.02, 0)).unwrap());
+    let tuple = Value::Tuple(vec![Value::from(x)]);
+    let mut checked = 0;
+    for (path, module) in model.named_modules() {
+        if !module.type_name().starts_with("Quantized") {
+            continue;
+        }
+        for (value, what) in
+            [(&qint8, "a qint8 tensor of shape [1, 3, 6, 6]"), (&tuple, "a tuple of 1 values")]
+        {
+            let err = module.forward(value.clone()).unwrap_err();
+            assert!(matches!(err.root_cause(), GraphError::UnsupportedValue { .. }), "{path}: {err:?}");
+            assert!(err.to_string().contains(what), "{path}: {err}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "conv_x and conv_y");
 }
 
 #[test]
