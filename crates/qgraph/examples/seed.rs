@@ -66,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let time = |m: &dyn Module| -> Result<(ArrayD<f32>, f64), qgraph::GraphError> {
         m.forward(Value::from(test.clone()))?; // warm-up
         let start = Instant::now();
-        let out = m.forward(Value::from(test.clone()))?.into_float_lossy();
+        let out = m.forward(Value::from(test.clone()))?.into_float_lossy()?;
         Ok((out, start.elapsed().as_secs_f64() * 1e3))
     };
     let (float_out, float_ms) = time(float_model.as_ref())?;

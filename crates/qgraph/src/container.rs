@@ -1,5 +1,6 @@
 //! Containers: [`Sequential`] (children run in order) and [`Graph`] (named nodes with named
-//! inputs, for residual adds, concatenations and branches).
+//! inputs, for residual adds, concatenations and branches, with one or several graph inputs and
+//! outputs).
 
 use serde::{Deserialize, Serialize};
 
@@ -104,7 +105,8 @@ impl Module for Sequential {
 /// What a [`Graph`] node does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
-    /// `forward` of the child of this name, on the node's one input.
+    /// `forward` of the child of this name, on the node's input, or on the tuple of its inputs
+    /// when it has several (a module whose `forward` takes several arguments).
     Call(String),
     /// A [`Functional`] op of the child of this name (a `FloatFunctional`), on the node's inputs.
     Functional(String, Functional),
@@ -112,10 +114,15 @@ pub enum Op {
     Flatten(usize),
     /// `F.adaptive_avg_pool2d(x, output_size)`.
     AdaptiveAvgPool2d([usize; 2]),
+    /// `(a, b, ...)`: the tuple of the node's inputs.
+    Tuple,
+    /// `x[index]`: an element of the node's one input, a tuple.
+    GetItem(usize),
 }
 
 /// One step of a [`Graph`]: its name (the name of its output value), what it does and the names
-/// of its inputs (earlier nodes or [`Graph::INPUT`]).
+/// of its inputs (earlier nodes or the graph's inputs, [`Graph::INPUT`] unless declared with
+/// [`GraphBuilder::inputs`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// The node's name; later nodes refer to its output by it.
@@ -126,18 +133,48 @@ pub struct Node {
     pub inputs: Vec<String>,
 }
 
-/// What a [`Graph`] saves besides its children.
+/// What a [`Graph`] saves besides its children. A graph with one input named [`Graph::INPUT`]
+/// and one output saves `type_name`, `nodes` and `output` only; `inputs` and `outputs` (in place
+/// of `output`) appear when it has others.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct GraphConfig {
     type_name: String,
     nodes: Vec<Node>,
-    output: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inputs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outputs: Option<Vec<String>>,
+}
+
+/// Where a [`Graph`]'s result comes from: one value, or a tuple of values
+/// ([`GraphBuilder::build_many`]).
+#[derive(Debug, Clone, PartialEq)]
+enum Outputs {
+    One(String),
+    Tuple(Vec<String>),
+}
+
+impl Outputs {
+    fn names(&self) -> &[String] {
+        match self {
+            Outputs::One(name) => std::slice::from_ref(name),
+            Outputs::Tuple(names) => names,
+        }
+    }
 }
 
 /// A module whose forward is a small data-flow graph over named children: the form of a
 /// hand-written PyTorch `forward` with residual adds, concatenations and branches (ResNet's
 /// blocks, MobileNetV2's inverted residuals). It prints, fuses, prepares, converts, saves and
 /// loads like any container; its children keep PyTorch's names.
+///
+/// A graph has one input, [`Graph::INPUT`], unless [`GraphBuilder::inputs`] declares others: with
+/// several, `forward` takes a [`Value::Tuple`] of one value per input. It returns one value
+/// ([`GraphBuilder::build`]) or a tuple ([`GraphBuilder::build_many`]); [`Op::Tuple`] and
+/// [`Op::GetItem`] pack and unpack tuples inside it, and [`GraphBuilder::call_many`] calls a
+/// child on several values.
 ///
 /// ```
 /// use qgraph::nn::{Conv2d, ReLU};
@@ -151,7 +188,7 @@ struct GraphConfig {
 /// let out = b.then_functional("skip_add", FloatFunctional::new(), Functional::Add, &[&y, x]);
 /// let block = b.build(&out)?;
 /// let out = block.forward(Value::from(ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 4, 8, 8]))))?;
-/// assert_eq!(out.shape(), &[1, 4, 8, 8]);
+/// assert_eq!(out.shape()?, &[1, 4, 8, 8]);
 /// # Ok::<(), qgraph::GraphError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -159,17 +196,18 @@ pub struct Graph {
     type_name: String,
     children: Children,
     nodes: Vec<Node>,
-    output: String,
-    /// For each node, the inputs by value index (0 is the graph input, i + 1 is node i).
+    inputs: Vec<String>,
+    outputs: Outputs,
+    /// For each node, the inputs by value index (graph input k is k, node i is `inputs.len() + i`).
     wiring: Vec<Vec<usize>>,
-    /// The value index of the output.
-    output_index: usize,
+    /// The value index of each output.
+    output_indices: Vec<usize>,
     /// For each value index, the last node that reads it.
     last_use: Vec<usize>,
 }
 
 impl Graph {
-    /// The name of the graph's input value.
+    /// The name of the graph's input value (unless [`GraphBuilder::inputs`] names others).
     pub const INPUT: &'static str = "input";
 
     /// A builder for a graph printed as `type_name` (e.g. `BasicBlock`).
@@ -178,6 +216,7 @@ impl Graph {
             type_name: type_name.into(),
             children: Children::new(),
             nodes: Vec::new(),
+            inputs: None,
             error: None,
         }
     }
@@ -187,14 +226,36 @@ impl Graph {
         &self.nodes
     }
 
-    /// The name of the output node.
-    pub fn output(&self) -> &str {
-        &self.output
+    /// The names of the graph's inputs: `[Graph::INPUT]`, or those [`GraphBuilder::inputs`]
+    /// declared.
+    pub fn inputs(&self) -> &[String] {
+        &self.inputs
     }
 
-    fn new(type_name: String, children: Children, nodes: Vec<Node>, output: String) -> GraphResult<Self> {
+    /// The names of the values the graph returns: one, or the elements of the tuple it returns
+    /// (built with [`GraphBuilder::build_many`]).
+    pub fn outputs(&self) -> &[String] {
+        self.outputs.names()
+    }
+
+    fn new(
+        type_name: String,
+        children: Children,
+        nodes: Vec<Node>,
+        inputs: Vec<String>,
+        outputs: Outputs,
+    ) -> GraphResult<Self> {
         const CONTEXT: &str = "Graph";
-        let mut index = std::collections::HashMap::from([(Self::INPUT.to_string(), 0usize)]);
+        if inputs.is_empty() {
+            return Err(invalid(CONTEXT, "inputs", &inputs, "a graph has at least one input"));
+        }
+        let mut index = std::collections::HashMap::new();
+        for (k, name) in inputs.iter().enumerate() {
+            if name.is_empty() || index.insert(name.clone(), k).is_some() {
+                return Err(invalid(CONTEXT, "input name", name, "input names are non-empty and unique"));
+            }
+        }
+        let first_node = inputs.len();
         let mut wiring = Vec::with_capacity(nodes.len());
         let mut functional_users = std::collections::HashMap::<&str, &str>::new();
         for (i, node) in nodes.iter().enumerate() {
@@ -223,7 +284,7 @@ impl Graph {
                         }
                         f.arity()
                     } else {
-                        Some(1)
+                        None
                     }
                 }
                 Op::Flatten(start) => {
@@ -236,6 +297,8 @@ impl Graph {
                     check_sizes(CONTEXT, "adaptive_avg_pool2d output_size", size, 1)?;
                     Some(1)
                 }
+                Op::Tuple => None,
+                Op::GetItem(_) => Some(1),
             };
             let count_ok = match arity {
                 Some(n) => node.inputs.len() == n,
@@ -263,34 +326,57 @@ impl Graph {
                     })
                 })
                 .collect::<GraphResult<Vec<_>>>()?;
-            if index.insert(node.name.clone(), i + 1).is_some() {
+            if index.insert(node.name.clone(), first_node + i).is_some() {
                 return Err(invalid(
                     CONTEXT,
                     "node name",
                     &node.name,
-                    "node names must be unique and not `input`",
+                    format!("node names must be unique and differ from the graph's inputs {inputs:?}"),
                 ));
             }
             wiring.push(ids);
         }
-        let out = *index
-            .get(&output)
-            .ok_or_else(|| invalid(CONTEXT, "output", &output, "names no node (nor the input)"))?;
-        let mut last_use = vec![usize::MAX; nodes.len() + 1];
+        let output_indices = outputs
+            .names()
+            .iter()
+            .map(|name| {
+                index.get(name).copied().ok_or_else(|| {
+                    invalid(
+                        CONTEXT,
+                        "output",
+                        name,
+                        format!("names no node (nor one of the inputs {inputs:?})"),
+                    )
+                })
+            })
+            .collect::<GraphResult<Vec<_>>>()?;
+        let mut last_use = vec![usize::MAX; first_node + nodes.len()];
         for (i, ids) in wiring.iter().enumerate() {
             for &id in ids {
                 last_use[id] = i;
             }
         }
-        last_use[out] = usize::MAX;
-        Ok(Self { type_name, children, nodes, output, output_index: out, wiring, last_use })
+        for &out in &output_indices {
+            last_use[out] = usize::MAX;
+        }
+        Ok(Self { type_name, children, nodes, inputs, outputs, output_indices, wiring, last_use })
     }
 
     /// Rebuilds a saved graph.
     pub fn from_record(mut record: Record<'_>) -> GraphResult<Self> {
         let config: GraphConfig = record.config()?;
         let children = std::mem::take(&mut record.children);
-        Self::new(config.type_name, children, config.nodes, config.output)
+        let inputs = config.inputs.unwrap_or_else(|| vec![Self::INPUT.to_string()]);
+        let outputs = match (config.output, config.outputs) {
+            (Some(output), None) => Outputs::One(output),
+            (None, Some(outputs)) => Outputs::Tuple(outputs),
+            _ => {
+                return Err(record
+                    .tensors
+                    .mismatch("a graph saves either `output` or `outputs`; re-save the model".to_string()));
+            }
+        };
+        Self::new(config.type_name, children, config.nodes, inputs, outputs)
     }
 
     fn child(&self, name: &str) -> &dyn Module {
@@ -304,7 +390,12 @@ impl Graph {
     fn run_node(&self, node: &Node, mut inputs: Vec<Value>) -> GraphResult<Value> {
         match &node.op {
             Op::Call(child) => {
-                self.child(child).forward(inputs.pop().expect("arity checked")).map_err(|e| e.within(child))
+                let input = if inputs.len() == 1 {
+                    inputs.pop().expect("arity checked")
+                } else {
+                    Value::Tuple(inputs)
+                };
+                self.child(child).forward(input).map_err(|e| e.within(child))
             }
             Op::Functional(child, op) => {
                 self.child(child).forward_functional(*op, inputs).map_err(|e| e.within(child))
@@ -315,6 +406,33 @@ impl Graph {
             Op::AdaptiveAvgPool2d(size) => {
                 AdaptiveAvgPool2d::new(*size).forward(inputs.pop().expect("arity checked"))
             }
+            Op::Tuple => Ok(Value::Tuple(inputs)),
+            Op::GetItem(index) => {
+                let items = inputs.pop().expect("arity checked").into_tuple(&self.type_name)?;
+                let len = items.len();
+                items.into_iter().nth(*index).ok_or_else(|| {
+                    invalid(
+                        "Graph",
+                        "GetItem index",
+                        index,
+                        format!("node `{}` reads a tuple of {len} values; index it below {len}", node.name),
+                    )
+                })
+            }
+        }
+    }
+
+    /// The values of the graph's inputs, in order: `input` itself for a graph with one input,
+    /// else the elements of the tuple `input`, which must have one per input.
+    fn bind_inputs(&self, input: Value) -> GraphResult<Vec<Value>> {
+        if self.inputs.len() == 1 {
+            return Ok(vec![input]);
+        }
+        let expected = format!("a tuple of {} values ({})", self.inputs.len(), self.inputs.join(", "));
+        let fix = "pass a Value::Tuple with one value per graph input, in order";
+        match input {
+            Value::Tuple(items) if items.len() == self.inputs.len() => Ok(items),
+            other => Err(other.unsupported(&self.type_name, &expected, fix)),
         }
     }
 }
@@ -325,8 +443,11 @@ impl Module for Graph {
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
-        let mut values: Vec<Option<Value>> = vec![None; self.nodes.len() + 1];
-        values[0] = Some(input);
+        let first_node = self.inputs.len();
+        let mut values: Vec<Option<Value>> = vec![None; first_node + self.nodes.len()];
+        for (slot, value) in values.iter_mut().zip(self.bind_inputs(input)?) {
+            *slot = Some(value);
+        }
         for (i, node) in self.nodes.iter().enumerate() {
             let inputs = self.wiring[i]
                 .iter()
@@ -339,9 +460,17 @@ impl Module for Graph {
                     .expect("inputs are computed before use and kept until their last use")
                 })
                 .collect();
-            values[i + 1] = Some(self.run_node(node, inputs)?);
+            values[first_node + i] = Some(self.run_node(node, inputs)?);
         }
-        Ok(values[self.output_index].take().expect("the output is kept"))
+        let mut take = |k: usize| {
+            let id = self.output_indices[k];
+            let again = self.output_indices[k + 1..].contains(&id);
+            if again { values[id].clone() } else { values[id].take() }.expect("the outputs are kept")
+        };
+        Ok(match &self.outputs {
+            Outputs::One(_) => take(0),
+            Outputs::Tuple(names) => Value::Tuple((0..names.len()).map(take).collect()),
+        })
     }
 
     fn children(&self) -> Vec<(&str, &dyn Module)> {
@@ -353,10 +482,17 @@ impl Module for Graph {
     }
 
     fn config(&self) -> serde_json::Value {
+        let default_input = self.inputs.len() == 1 && self.inputs[0] == Self::INPUT;
+        let (output, outputs) = match &self.outputs {
+            Outputs::One(name) => (Some(name.clone()), None),
+            Outputs::Tuple(names) => (None, Some(names.clone())),
+        };
         let config = GraphConfig {
             type_name: self.type_name.clone(),
             nodes: self.nodes.clone(),
-            output: self.output.clone(),
+            inputs: (!default_input).then(|| self.inputs.clone()),
+            output,
+            outputs,
         };
         serde_json::to_value(config).expect("plain data serializes")
     }
@@ -370,6 +506,7 @@ pub struct GraphBuilder {
     type_name: String,
     children: Children,
     nodes: Vec<Node>,
+    inputs: Option<Vec<String>>,
     error: Option<GraphError>,
 }
 
@@ -396,6 +533,33 @@ impl GraphBuilder {
     /// it, since one observer would see both call sites).
     pub fn call(&mut self, child: &str, input: &str) -> String {
         self.push(child, Op::Call(child.to_string()), vec![input.to_string()])
+    }
+
+    /// Calls the declared child `child` on the tuple of `inputs` (a module whose `forward` takes
+    /// several arguments; with one input this is [`call`](GraphBuilder::call)).
+    pub fn call_many(&mut self, child: &str, inputs: &[&str]) -> String {
+        let inputs = inputs.iter().map(|s| s.to_string()).collect();
+        self.push(child, Op::Call(child.to_string()), inputs)
+    }
+
+    /// Names the graph's inputs (by default one, [`Graph::INPUT`]) and returns the names, to
+    /// wire nodes to. A graph with several inputs takes a [`Value::Tuple`] with one value per
+    /// input, in this order.
+    pub fn inputs(&mut self, names: &[&str]) -> Vec<String> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        self.inputs = Some(names.clone());
+        names
+    }
+
+    /// The tuple `(inputs...)`, as a node named `name`.
+    pub fn tuple(&mut self, name: &str, inputs: &[&str]) -> String {
+        let inputs = inputs.iter().map(|s| s.to_string()).collect();
+        self.push(name, Op::Tuple, inputs)
+    }
+
+    /// `input[index]` of the tuple `input`, as a node named `name`.
+    pub fn get_item(&mut self, name: &str, input: &str, index: usize) -> String {
+        self.push(name, Op::GetItem(index), vec![input.to_string()])
     }
 
     /// Adds the child `name` and calls it on `input`.
@@ -429,7 +593,8 @@ impl GraphBuilder {
         self.push(child, Op::Functional(child.to_string(), op), inputs)
     }
 
-    /// A parameterless op (`Op::Flatten`, `Op::AdaptiveAvgPool2d`) named `name` on `input`.
+    /// A parameterless op (`Op::Flatten`, `Op::AdaptiveAvgPool2d`, `Op::GetItem`) named `name` on
+    /// `input`.
     pub fn op(&mut self, name: &str, op: Op, input: &str) -> String {
         self.push(name, op, vec![input.to_string()])
     }
@@ -448,9 +613,35 @@ impl GraphBuilder {
 
     /// The graph whose result is the value `output`.
     pub fn build(self, output: &str) -> GraphResult<Graph> {
+        self.finish(Outputs::One(output.to_string()))
+    }
+
+    /// The graph whose result is the tuple of the values `outputs` (a `forward` that returns
+    /// `(a, b, ...)`).
+    ///
+    /// ```
+    /// use ndarray::{ArrayD, IxDyn};
+    /// use qgraph::{FloatFunctional, Functional, Graph, Module, Value};
+    /// // forward(x, y) returns (x + y, x)
+    /// let mut b = Graph::builder("Pair");
+    /// let xy = b.inputs(&["x", "y"]);
+    /// let sum = b.then_functional("add", FloatFunctional::new(), Functional::Add, &[&xy[0], &xy[1]]);
+    /// let graph = b.build_many(&[&sum, &xy[0]])?;
+    /// let ones = Value::from(ArrayD::<f32>::ones(IxDyn(&[2])));
+    /// let out = graph.forward(Value::Tuple(vec![ones.clone(), ones.clone()]))?.into_tuple("Pair")?;
+    /// assert_eq!(out[0].to_float()?, ArrayD::from_elem(IxDyn(&[2]), 2.0));
+    /// assert_eq!(out[1], ones);
+    /// # Ok::<(), qgraph::GraphError>(())
+    /// ```
+    pub fn build_many(self, outputs: &[&str]) -> GraphResult<Graph> {
+        self.finish(Outputs::Tuple(outputs.iter().map(|s| s.to_string()).collect()))
+    }
+
+    fn finish(self, outputs: Outputs) -> GraphResult<Graph> {
         if let Some(e) = self.error {
             return Err(e);
         }
-        Graph::new(self.type_name, self.children, self.nodes, output.to_string())
+        let inputs = self.inputs.unwrap_or_else(|| vec![Graph::INPUT.to_string()]);
+        Graph::new(self.type_name, self.children, self.nodes, inputs, outputs)
     }
 }

@@ -63,6 +63,19 @@ pub enum GraphError {
         /// The module's type.
         module: String,
     },
+    /// A value a module cannot take: a quantized dtype its kernels do not run on (a qint8
+    /// tensor reaching a quint8 kernel), a tuple where one tensor is needed, or the reverse.
+    #[error("{module} received {got} but runs on {expected}: {fix}")]
+    UnsupportedValue {
+        /// The module's type or path.
+        module: String,
+        /// The value given: its dtype and shape ([`crate::Value::describe`]).
+        got: String,
+        /// What the module runs on.
+        expected: String,
+        /// What to change.
+        fix: String,
+    },
     /// No module has this path.
     #[error("no module is named `{path}`; {hint}")]
     NoSuchModule {

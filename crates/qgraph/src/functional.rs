@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::module::Functional;
 use crate::nn::Identity;
+use crate::outq::{OutQ, outq_newtype};
 use crate::record::Record;
-use crate::value::{OutQ, QuantTensor, for_each_scalar_loop_element};
+use crate::value::{QuantTensor, for_each_scalar_loop_element};
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// `FloatFunctional`: the float ops, each a `torch` op on float tensors. `prepare` gives the
@@ -120,22 +121,7 @@ impl Module for FloatFunctional {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QFunctional(OutQ);
 
-impl QFunctional {
-    /// Ops whose outputs have parameters `q`.
-    pub fn new(q: PerTensor) -> GraphResult<Self> {
-        Ok(Self(OutQ::new(q)?))
-    }
-
-    /// The output parameters.
-    pub fn qparams(&self) -> PerTensor {
-        self.0.get()
-    }
-
-    /// Rebuilds a saved `QFunctional`.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Ok(Self(OutQ::from_record(record)?))
-    }
-}
+outq_newtype!(QFunctional, "Ops whose outputs have parameters `q`.");
 
 /// The stored (channels-last) shape of a logical shape.
 fn stored_shape(shape: &[usize]) -> Vec<usize> {

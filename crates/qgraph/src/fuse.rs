@@ -235,8 +235,8 @@ fn join(prefix: &str, name: &str) -> String {
 }
 
 /// The maximal chains of children called one after the other in `graph`: node `b` follows node
-/// `a` when `b` is the only reader of `a`'s value, `b` calls a child on it, `a`'s value is not
-/// the output, and both children are called from one node only.
+/// `a` when `b` is the only reader of `a`'s value, `b` calls a child on it alone, `a`'s value is
+/// not an output, and both children are called from one node only.
 fn graph_chains(graph: &Graph) -> Vec<Vec<String>> {
     let nodes = graph.nodes();
     let mut calls: HashMap<&str, usize> = HashMap::new();
@@ -250,13 +250,13 @@ fn graph_chains(graph: &Graph) -> Vec<Vec<String>> {
         }
     }
     let single_call = |i: usize| match &nodes[i].op {
-        Op::Call(child) if calls[child.as_str()] == 1 => Some(child.clone()),
+        Op::Call(child) if calls[child.as_str()] == 1 && nodes[i].inputs.len() == 1 => Some(child.clone()),
         _ => None,
     };
     // The node following node i in a chain, if any.
     let next = |i: usize| -> Option<usize> {
         let name = nodes[i].name.as_str();
-        if name == graph.output() {
+        if graph.outputs().iter().any(|o| o == name) {
             return None;
         }
         match readers.get(name).map(Vec::as_slice) {

@@ -4,7 +4,8 @@
 //!
 //! A model is a tree of [`Module`]s named as in PyTorch (`features.0`, `layer1.0.conv1`); the
 //! containers are [`Sequential`] and [`Graph`] (named nodes, for residual adds and branches).
-//! Values between modules are [`Value`]s: float tensors in NCHW, or quantized activations.
+//! Values between modules are [`Value`]s: float tensors in NCHW, quantized activations (quint8,
+//! qint8, qint32), or tuples of values for modules and graphs with several inputs or outputs.
 
 mod container;
 pub mod debug;
@@ -17,6 +18,7 @@ pub mod memory;
 pub mod models;
 mod module;
 pub mod nn;
+mod outq;
 pub mod qconfig;
 pub mod quantized;
 pub mod record;
@@ -32,7 +34,9 @@ pub use module::{Functional, Module, ModuleAny, eval, load_state_dict, replace, 
 pub use qkernels::MemoryFormat;
 pub use qkernels::elementwise::PerTensor;
 pub use stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
-pub use value::{QuantTensor, Value, pytorch_threads, set_pytorch_threads};
+pub use value::{
+    DType, QuantElement, QuantTensor, QuantTensorOf, Value, pytorch_threads, set_pytorch_threads,
+};
 pub use workflow::{QConfigMapping, calibrate, convert, prepare, quantize};
 pub use {qkernels, qobserve};
 

@@ -5,10 +5,22 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 
-use crate::record::TensorView;
 use crate::{GraphError, GraphResult, Value};
+
+/// A tensor a module saves, borrowed from it.
+#[derive(Debug, Clone)]
+pub enum TensorView<'a> {
+    /// f32 (float parameters, biases).
+    F32(ArrayViewD<'a, f32>),
+    /// i8 (quantized weights).
+    I8(ArrayViewD<'a, i8>),
+    /// f64 (scales).
+    F64(ArrayViewD<'a, f64>),
+    /// i64 (zero points).
+    I64(ArrayViewD<'a, i64>),
+}
 
 /// An op of `FloatFunctional` / `QFunctional`: the calls a module makes on one instance
 /// (`self.skip_add.add(a, b)`) rather than through `forward`.
@@ -67,7 +79,7 @@ pub trait Module: ModuleAny + fmt::Debug + Send + Sync {
     /// PyTorch's class name, e.g. `Conv2d`, `ConvReLU2d`, `QuantizedConv2d`.
     fn type_name(&self) -> &str;
 
-    /// Runs the module on one input.
+    /// Runs the module on its input (a [`Value::Tuple`] for a module that takes several).
     fn forward(&self, input: Value) -> GraphResult<Value>;
 
     /// Runs one of the [`Functional`] ops (only `FloatFunctional` and its observed and quantized

@@ -3,23 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use ndarray::{ArrayD, IxDyn};
 use serde::de::DeserializeOwned;
 
+pub use crate::module::TensorView;
 use crate::{GraphError, GraphResult, Module};
-
-/// A tensor a module saves, borrowed from it.
-#[derive(Debug, Clone)]
-pub enum TensorView<'a> {
-    /// f32 (float parameters, biases).
-    F32(ArrayViewD<'a, f32>),
-    /// i8 (quantized weights).
-    I8(ArrayViewD<'a, i8>),
-    /// f64 (scales).
-    F64(ArrayViewD<'a, f64>),
-    /// i64 (zero points).
-    I64(ArrayViewD<'a, i64>),
-}
 
 /// Little-endian element types a record can hold.
 pub trait RecordElement: Copy + 'static {
@@ -43,6 +31,8 @@ record_element!(f32, F32);
 record_element!(i8, I8);
 record_element!(f64, F64);
 record_element!(i64, I64);
+record_element!(u8, U8);
+record_element!(i32, I32);
 
 /// A tensor as read from a file: dtype, shape and little-endian bytes (borrowed from the mapped
 /// file).
@@ -146,5 +136,24 @@ impl Record<'_> {
             .position(|(n, _)| n == name)
             .ok_or_else(|| self.tensors.mismatch(format!("child `{name}` is missing")))?;
         Ok(self.children.remove(i).1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quint8_and_qint32_integers_read_back_and_a_wrong_dtype_names_the_module() {
+        let (u8_bytes, i32_bytes) = ([1u8, 255, 0, 7], [-5i32, 70000].map(i32::to_le_bytes).concat());
+        let map = BTreeMap::from([
+            ("q".to_string(), RawTensor { dtype: safetensors::Dtype::U8, shape: &[2, 2], bytes: &u8_bytes }),
+            ("b".to_string(), RawTensor { dtype: safetensors::Dtype::I32, shape: &[2], bytes: &i32_bytes }),
+        ]);
+        let tensors = Tensors::new("head.conv", map);
+        assert_eq!(tensors.shaped::<u8>("q", &[2, 2]).unwrap().into_raw_vec_and_offset().0, [1, 255, 0, 7]);
+        assert_eq!(tensors.get::<i32>("b").unwrap().into_raw_vec_and_offset().0, [-5, 70000]);
+        let err = tensors.get::<i8>("q").unwrap_err().to_string();
+        assert!(err.contains("module `head.conv`") && err.contains("U8"), "{err}");
     }
 }

@@ -4,9 +4,10 @@
 use qkernels::elementwise::PerTensor;
 use serde::{Deserialize, Serialize};
 
+use crate::outq::{OutQ, outq_newtype};
 use crate::qconfig::QConfig;
 use crate::record::Record;
-use crate::value::{OutQ, QuantTensor};
+use crate::value::QuantTensor;
 use crate::{GraphResult, Module, Value};
 
 /// `QuantStub`: the identity until `convert` makes it a [`Quantize`] with the parameters its
@@ -65,22 +66,7 @@ impl Module for DeQuantStub {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quantize(OutQ);
 
-impl Quantize {
-    /// Quantizes to `q` (checked: a positive finite scale, a zero point in 0..=255).
-    pub fn new(q: PerTensor) -> GraphResult<Self> {
-        Ok(Self(OutQ::new(q)?))
-    }
-
-    /// The output parameters.
-    pub fn qparams(&self) -> PerTensor {
-        self.0.get()
-    }
-
-    /// Rebuilds a saved `Quantize`.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Ok(Self(OutQ::from_record(record)?))
-    }
-}
+outq_newtype!(Quantize, "Quantizes to `q` (checked: a positive finite scale, a zero point in 0..=255).");
 
 impl Module for Quantize {
     fn type_name(&self) -> &str {
@@ -125,7 +111,7 @@ impl Module for DeQuantize {
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
-        Ok(Value::Float(input.into_float_lossy()))
+        Ok(Value::Float(input.into_float_lossy()?))
     }
 }
 

@@ -1,7 +1,8 @@
-//! What flows between modules: a float tensor (NCHW, as PyTorch shows it) or a quantized
-//! activation (quint8, per-tensor, stored channels-last, with the memory format PyTorch's tensor
-//! would have).
+//! What flows between modules: a float tensor (NCHW, as PyTorch shows it), a quantized
+//! activation (quint8, qint8 or qint32, per-tensor, stored channels-last, with the memory format
+//! PyTorch's tensor would have), or a tuple of values.
 
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::{ArrayD, IxDyn};
@@ -9,71 +10,158 @@ use qcore::{AffineQuantizer, QDType, QParams, QTensor};
 use qkernels::elementwise::PerTensor;
 use qkernels::layout::{broadcast_strides, scalar_loop_runs};
 use qkernels::{Isa, MemoryFormat, quant};
-use serde::{Deserialize, Serialize};
 
-use crate::record::Record;
 use crate::{GraphError, GraphResult};
 
-/// A quantized module's output parameters as its configuration saves them, checked as quint8
-/// parameters when made.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub(crate) struct OutQ {
-    scale: f64,
-    zero_point: i64,
+/// The integer element types a quantized [`Value`] can hold: `u8` (quint8), `i8` (qint8) and
+/// `i32` (qint32). Sealed: the set matches PyTorch's per-tensor quantized dtypes.
+pub trait QuantElement:
+    sealed::Sealed + Copy + Default + PartialEq + fmt::Debug + Send + Sync + 'static
+{
+    /// The quantized dtype of these integers.
+    const DTYPE: QDType;
+
+    /// `torch.quantize_per_tensor` of NCHW `x` into channels-last storage.
+    #[doc(hidden)]
+    fn quantize(x: &[f32], shape: &[usize], q: PerTensor) -> GraphResult<Vec<Self>>;
+
+    /// The float values, NCHW, of channels-last `data`.
+    #[doc(hidden)]
+    fn dequantize(data: &[Self], shape: &[usize], q: PerTensor) -> ArrayD<f32>;
+
+    /// The `qcore` integer representation of NCHW integers.
+    #[doc(hidden)]
+    fn int_repr(x: ArrayD<Self>) -> qcore::IntRepr;
+
+    /// The value holding `x`.
+    #[doc(hidden)]
+    fn into_value(x: QuantTensorOf<Self>) -> Value;
+
+    /// The tensor inside `value` if it holds these integers, else the value back.
+    #[doc(hidden)]
+    fn from_value(value: Value) -> Result<QuantTensorOf<Self>, Value>;
 }
 
-impl OutQ {
-    /// Checks `q` as quint8 output parameters (a positive finite scale, a zero point in 0..=255).
-    pub(crate) fn new(q: PerTensor) -> GraphResult<Self> {
-        AffineQuantizer::new(q.scale, q.zero_point, QDType::QUInt8)?;
-        Ok(Self { scale: q.scale, zero_point: q.zero_point })
+mod sealed {
+    /// Keeps [`super::QuantElement`] to the types of this file.
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for i8 {}
+    impl Sealed for i32 {}
+}
+
+impl QuantElement for u8 {
+    const DTYPE: QDType = QDType::QUInt8;
+
+    fn quantize(x: &[f32], shape: &[usize], q: PerTensor) -> GraphResult<Vec<u8>> {
+        let mut data = vec![0u8; x.len()];
+        if shape.len() < 3 {
+            quant::quantize_u8(x, q, &mut data, Isa::active())?;
+        } else {
+            quant::quantize_to_channels_last(x, shape, q, &mut data, Isa::active())?;
+        }
+        Ok(data)
     }
 
-    /// Checks `q` and rounds its scale to f32, as PyTorch does for the modules that keep it in a
-    /// float32 tensor (`nnq.LeakyReLU`'s buffer) or whose kernel makes its output with an f32
-    /// scale (`quantized::hardswish`).
-    pub(crate) fn new_f32(q: PerTensor) -> GraphResult<Self> {
-        Self::new(PerTensor::new(f64::from(q.scale as f32), q.zero_point))
+    fn dequantize(data: &[u8], shape: &[usize], q: PerTensor) -> ArrayD<f32> {
+        let mut out = vec![0f32; data.len()];
+        let done = if shape.len() < 3 {
+            quant::dequantize_u8(data, q, &mut out, Isa::active())
+        } else {
+            quant::dequantize_from_channels_last(data, shape, q, &mut out, Isa::active())
+        };
+        done.expect("the parameters and shape were checked at construction");
+        ArrayD::from_shape_vec(IxDyn(shape), out).expect("length checked at construction")
     }
 
-    /// The parameters of a module whose whole configuration is an `OutQ`, checked again.
-    pub(crate) fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Self::new(record.config::<Self>()?.get())
+    fn int_repr(x: ArrayD<u8>) -> qcore::IntRepr {
+        qcore::IntRepr::U8(x)
     }
 
-    /// The parameters.
-    pub(crate) fn get(self) -> PerTensor {
-        PerTensor::new(self.scale, self.zero_point)
+    fn into_value(x: QuantTensor) -> Value {
+        Value::Quant(x)
+    }
+
+    fn from_value(value: Value) -> Result<QuantTensor, Value> {
+        match value {
+            Value::Quant(x) => Ok(x),
+            other => Err(other),
+        }
     }
 }
 
-/// A quantized activation: quint8 values with one scale and zero point, in PyTorch's logical
-/// shape `[N, C, spatial...]` but stored channels-last (`[N, spatial..., C]`), the layout the
-/// kernels run on. Rank-1 and rank-2 tensors are stored as they are.
+/// [`QuantElement`] for the integer types without a dedicated kernel: quantizing and
+/// dequantizing go through `qcore`'s reference functions, which PyTorch's results follow.
+macro_rules! reference_quant_element {
+    ($t:ty, $dtype:ident, $repr:ident, $variant:ident) => {
+        impl QuantElement for $t {
+            const DTYPE: QDType = QDType::$dtype;
+
+            fn quantize(x: &[f32], shape: &[usize], q: PerTensor) -> GraphResult<Vec<$t>> {
+                let x = ndarray::ArrayViewD::from_shape(IxDyn(shape), x).expect("length is the shape's");
+                let t = qcore::quantize_per_tensor(&x, q.scale, q.zero_point, QDType::$dtype)?;
+                let qcore::IntRepr::$repr(ints) = t.into_int_repr() else {
+                    unreachable!("quantize_per_tensor returns the dtype it was asked for")
+                };
+                Ok(to_channels_last(&ints))
+            }
+
+            fn dequantize(data: &[$t], shape: &[usize], q: PerTensor) -> ArrayD<f32> {
+                from_channels_last(data.to_vec(), shape)
+                    .mapv(|v| qcore::dequantize_val(q.scale, q.zero_point, i32::from(v)))
+            }
+
+            fn int_repr(x: ArrayD<$t>) -> qcore::IntRepr {
+                qcore::IntRepr::$repr(x)
+            }
+
+            fn into_value(x: QuantTensorOf<$t>) -> Value {
+                Value::$variant(x)
+            }
+
+            fn from_value(value: Value) -> Result<QuantTensorOf<$t>, Value> {
+                match value {
+                    Value::$variant(x) => Ok(x),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+reference_quant_element!(i8, QInt8, I8, QInt8);
+reference_quant_element!(i32, QInt32, I32, QInt32);
+
+/// A quantized activation: integers of type `T` ([`QuantElement`]) with one scale and zero
+/// point, in PyTorch's logical shape `[N, C, spatial...]` but stored channels-last
+/// (`[N, spatial..., C]`), the layout the kernels run on. Rank-1 and rank-2 tensors are stored as
+/// they are.
 ///
 /// The value also carries the memory format PyTorch's tensor has at this point
-/// ([`QuantTensor::memory_format`]): `torch.quantize_per_tensor` keeps an ordinary tensor NCHW,
+/// ([`QuantTensorOf::memory_format`]): `torch.quantize_per_tensor` keeps an ordinary tensor NCHW,
 /// quantized convolutions return channels-last, and the other ops follow PyTorch's rules. The
 /// storage does not change with it; the format decides which elements PyTorch's kernels round with
 /// their scalar loop (NUMERICS.md section 11, "Layouts").
 #[derive(Debug, Clone, PartialEq)]
-pub struct QuantTensor {
-    data: Vec<u8>,
+pub struct QuantTensorOf<T: QuantElement> {
+    data: Vec<T>,
     shape: Vec<usize>,
     q: PerTensor,
     format: MemoryFormat,
 }
+
+/// A quint8 activation, the dtype every quantized module runs on.
+pub type QuantTensor = QuantTensorOf<u8>;
 
 /// `format` for a tensor of rank `rank`: ranks below 3 have no channels-last form.
 fn format_for_rank(format: MemoryFormat, rank: usize) -> MemoryFormat {
     if rank < 3 { MemoryFormat::Contiguous } else { format }
 }
 
-impl QuantTensor {
+impl<T: QuantElement> QuantTensorOf<T> {
     /// Wraps channels-last `data` of logical shape `shape` (an error if the lengths differ or the
-    /// parameters are not valid quint8 parameters), tagged channels-last as a quantized
-    /// convolution's output is; see [`QuantTensor::with_memory_format`].
-    pub fn new(data: Vec<u8>, shape: Vec<usize>, q: PerTensor) -> GraphResult<Self> {
+    /// parameters are not valid for `T`'s dtype), tagged channels-last as a quantized
+    /// convolution's output is; see [`QuantTensorOf::with_memory_format`].
+    pub fn new(data: Vec<T>, shape: Vec<usize>, q: PerTensor) -> GraphResult<Self> {
         let expected = crate::memory::checked_numel("QuantTensor", &shape)?;
         if data.len() != expected {
             return Err(GraphError::ShapeMismatch {
@@ -83,7 +171,7 @@ impl QuantTensor {
                 expected,
             });
         }
-        AffineQuantizer::new(q.scale, q.zero_point, QDType::QUInt8)?;
+        AffineQuantizer::new(q.scale, q.zero_point, T::DTYPE)?;
         let format = format_for_rank(MemoryFormat::ChannelsLast, shape.len());
         Ok(Self { data, shape, q, format })
     }
@@ -111,53 +199,44 @@ impl QuantTensor {
     }
 
     /// A quantized value from its integers in PyTorch's NCHW order (`int_repr()`) and parameters,
-    /// tagged channels-last (see [`QuantTensor::with_memory_format`]).
-    pub fn from_int_repr(int_repr: &ArrayD<u8>, q: PerTensor) -> GraphResult<Self> {
+    /// tagged channels-last (see [`QuantTensorOf::with_memory_format`]).
+    pub fn from_int_repr(int_repr: &ArrayD<T>, q: PerTensor) -> GraphResult<Self> {
         let data = to_channels_last(&int_repr.as_standard_layout().into_owned());
         Self::new(data, int_repr.shape().to_vec(), q)
     }
 
-    /// Quantizes a float NCHW tensor as `torch.quantize_per_tensor(x, scale, zero_point,
-    /// torch.quint8)` does on x86, into channels-last storage; the value is NCHW
-    /// ([`MemoryFormat::Contiguous`]), as PyTorch's is.
+    /// Quantizes a float NCHW tensor as `torch.quantize_per_tensor(x, scale, zero_point, dtype)`
+    /// does on x86, into channels-last storage; the value is NCHW ([`MemoryFormat::Contiguous`]),
+    /// as PyTorch's is.
     pub fn quantize(x: &ArrayD<f32>, q: PerTensor) -> GraphResult<Self> {
         let shape = x.shape().to_vec();
         let x = x.as_standard_layout();
-        let input = x.as_slice().expect("standard layout");
-        let mut data = vec![0u8; input.len()];
-        if shape.len() < 3 {
-            quant::quantize_u8(input, q, &mut data, Isa::active())?;
-        } else {
-            quant::quantize_to_channels_last(input, &shape, q, &mut data, Isa::active())?;
-        }
+        let data = T::quantize(x.as_slice().expect("standard layout"), &shape, q)?;
         Ok(Self { data, shape, q, format: MemoryFormat::Contiguous })
     }
 
     /// The float values, NCHW: `(q - zero_point) * scale` as PyTorch's `dequantize`.
     pub fn dequantize(&self) -> ArrayD<f32> {
-        let mut out = vec![0f32; self.data.len()];
-        let done = if self.shape.len() < 3 {
-            quant::dequantize_u8(&self.data, self.q, &mut out, Isa::active())
-        } else {
-            quant::dequantize_from_channels_last(&self.data, &self.shape, self.q, &mut out, Isa::active())
-        };
-        done.expect("the parameters and shape were checked at construction");
-        ArrayD::from_shape_vec(IxDyn(&self.shape), out).expect("length checked at construction")
+        T::dequantize(&self.data, &self.shape, self.q)
     }
 
     /// The integer values in PyTorch's NCHW order (`int_repr()`).
-    pub fn int_repr(&self) -> ArrayD<u8> {
+    pub fn int_repr(&self) -> ArrayD<T> {
         from_channels_last(self.data.clone(), &self.shape)
     }
 
     /// As a `qcore` tensor (NCHW), e.g. to print it as PyTorch does.
     pub fn to_qtensor(&self) -> QTensor {
-        let repr = qcore::IntRepr::U8(self.int_repr());
         QTensor::from_int_repr(
-            repr,
+            T::int_repr(self.int_repr()),
             QParams::PerTensor { scale: self.q.scale, zero_point: self.q.zero_point },
         )
         .expect("parameters were checked at construction")
+    }
+
+    /// The dtype: quint8, qint8 or qint32.
+    pub fn dtype(&self) -> QDType {
+        T::DTYPE
     }
 
     /// The logical shape `[N, C, spatial...]`.
@@ -166,12 +245,12 @@ impl QuantTensor {
     }
 
     /// The stored values, channels-last.
-    pub fn data(&self) -> &[u8] {
+    pub fn data(&self) -> &[T] {
         &self.data
     }
 
     /// The stored values, channels-last, by value.
-    pub fn into_data(self) -> Vec<u8> {
+    pub fn into_data(self) -> Vec<T> {
         self.data
     }
 
@@ -281,13 +360,56 @@ pub(crate) fn from_channels_last<T: Copy>(data: Vec<T>, shape: &[usize]) -> Arra
     nhwc.permuted_axes(IxDyn(&axes)).as_standard_layout().into_owned()
 }
 
-/// A tensor between modules.
+/// The element type of a tensor [`Value`], as PyTorch names it (`torch.float32`, `torch.quint8`,
+/// ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// `torch.float32`.
+    Float32,
+    /// `torch.quint8`.
+    QUInt8,
+    /// `torch.qint8`.
+    QInt8,
+    /// `torch.qint32`.
+    QInt32,
+}
+
+impl From<QDType> for DType {
+    fn from(dtype: QDType) -> Self {
+        match dtype {
+            QDType::QUInt8 => DType::QUInt8,
+            QDType::QInt8 => DType::QInt8,
+            QDType::QInt32 => DType::QInt32,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    /// PyTorch's name without `torch.`: `float32`, `quint8`, `qint8`, `qint32`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::Float32 => "float32",
+            DType::QUInt8 => "quint8",
+            DType::QInt8 => "qint8",
+            DType::QInt32 => "qint32",
+        })
+    }
+}
+
+/// What flows between modules: a tensor, or a tuple of values (a module with several inputs or
+/// outputs, e.g. LSTM's `(output, (h, c))`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// f32, NCHW, standard layout.
     Float(ArrayD<f32>),
-    /// quint8 per-tensor, stored channels-last.
+    /// quint8 per-tensor, stored channels-last: what the quantized modules run on.
     Quant(QuantTensor),
+    /// qint8 per-tensor, stored channels-last.
+    QInt8(QuantTensorOf<i8>),
+    /// qint32 per-tensor, stored channels-last.
+    QInt32(QuantTensorOf<i32>),
+    /// Several values, in order.
+    Tuple(Vec<Value>),
 }
 
 impl From<ArrayD<f32>> for Value {
@@ -296,57 +418,196 @@ impl From<ArrayD<f32>> for Value {
     }
 }
 
-impl From<QuantTensor> for Value {
-    fn from(q: QuantTensor) -> Self {
-        Value::Quant(q)
+impl<T: QuantElement> From<QuantTensorOf<T>> for Value {
+    fn from(q: QuantTensorOf<T>) -> Self {
+        T::into_value(q)
+    }
+}
+
+impl From<Vec<Value>> for Value {
+    fn from(values: Vec<Value>) -> Self {
+        Value::Tuple(values)
+    }
+}
+
+/// A borrowed tensor value, whatever its dtype.
+#[derive(Clone, Copy)]
+enum Tensor<'a> {
+    Float(&'a ArrayD<f32>),
+    Quant(&'a dyn AnyQuant),
+}
+
+impl<'a> Tensor<'a> {
+    fn dtype(self) -> DType {
+        match self {
+            Tensor::Float(_) => DType::Float32,
+            Tensor::Quant(q) => q.dtype().into(),
+        }
+    }
+
+    fn shape(self) -> &'a [usize] {
+        match self {
+            Tensor::Float(x) => x.shape(),
+            Tensor::Quant(q) => q.shape(),
+        }
+    }
+}
+
+/// What every [`QuantTensorOf`] answers, whatever its integer type.
+trait AnyQuant {
+    fn dtype(&self) -> QDType;
+    fn shape(&self) -> &[usize];
+    fn dequantize(&self) -> ArrayD<f32>;
+}
+
+impl<T: QuantElement> AnyQuant for QuantTensorOf<T> {
+    fn dtype(&self) -> QDType {
+        T::DTYPE
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn dequantize(&self) -> ArrayD<f32> {
+        QuantTensorOf::dequantize(self)
     }
 }
 
 impl Value {
-    /// The logical shape.
-    pub fn shape(&self) -> &[usize] {
+    /// The element type, or an error for a tuple (which has one per element).
+    pub fn dtype(&self) -> GraphResult<DType> {
+        Ok(self.tensor("Value::dtype")?.dtype())
+    }
+
+    /// The logical shape, or an error for a tuple.
+    pub fn shape(&self) -> GraphResult<&[usize]> {
+        Ok(self.tensor("Value::shape")?.shape())
+    }
+
+    /// The tensor inside, or the error of a tuple reaching `module`.
+    fn tensor(&self, module: &str) -> GraphResult<Tensor<'_>> {
+        self.as_tensor().map_err(|_| self.not_a_tensor(module))
+    }
+
+    /// The tensor inside, or the elements of a tuple.
+    fn as_tensor(&self) -> Result<Tensor<'_>, &[Value]> {
         match self {
-            Value::Float(x) => x.shape(),
-            Value::Quant(q) => q.shape(),
+            Value::Float(x) => Ok(Tensor::Float(x)),
+            Value::Quant(q) => Ok(Tensor::Quant(q)),
+            Value::QInt8(q) => Ok(Tensor::Quant(q)),
+            Value::QInt32(q) => Ok(Tensor::Quant(q)),
+            Value::Tuple(values) => Err(values),
         }
     }
 
-    /// True for a quantized value.
+    /// What the value is, for messages: `a qint8 tensor of shape [1, 3]`, `a tuple of 2 values
+    /// (...)`.
+    pub fn describe(&self) -> String {
+        match self.as_tensor() {
+            Ok(t) => format!("a {} tensor of shape {:?}", t.dtype(), t.shape()),
+            Err(values) => {
+                let items: Vec<String> = values.iter().map(Value::describe).collect();
+                format!("a tuple of {} values ({})", values.len(), items.join(", "))
+            }
+        }
+    }
+
+    /// The error of giving this value to `module`, which runs on `expected` (e.g. `quint8
+    /// tensors`); `fix` says what to change. The message names all three and this value's dtype
+    /// and shape.
+    ///
+    /// ```
+    /// use qgraph::Value;
+    /// let err = Value::Tuple(vec![]).unsupported("Conv2d", "one float32 tensor", "pass one element");
+    /// assert_eq!(err.to_string(), "Conv2d received a tuple of 0 values () but runs on one float32 tensor: pass one element");
+    /// ```
+    pub fn unsupported(&self, module: &str, expected: &str, fix: &str) -> GraphError {
+        GraphError::UnsupportedValue {
+            module: module.to_string(),
+            got: self.describe(),
+            expected: expected.to_string(),
+            fix: fix.to_string(),
+        }
+    }
+
+    /// The error of a tuple reaching `module`, which takes one tensor.
+    fn not_a_tensor(&self, module: &str) -> GraphError {
+        self.unsupported(
+            module,
+            "one tensor",
+            "take the element it needs first (a graph's Op::GetItem, or Value::into_tuple)",
+        )
+    }
+
+    /// True for a quantized tensor (of any dtype).
     pub fn is_quant(&self) -> bool {
-        matches!(self, Value::Quant(_))
+        matches!(self, Value::Quant(_) | Value::QInt8(_) | Value::QInt32(_))
     }
 
     /// The float tensor, or an error naming `module` if the value is quantized (a `DeQuantStub`
-    /// is missing before it).
+    /// is missing before it) or a tuple.
     pub fn into_float(self, module: &str) -> GraphResult<ArrayD<f32>> {
         match self {
             Value::Float(x) => Ok(x),
-            Value::Quant(_) => Err(GraphError::ExpectedFloat { module: module.to_string() }),
+            Value::Tuple(_) => Err(self.not_a_tensor(module)),
+            _ => Err(GraphError::ExpectedFloat { module: module.to_string() }),
         }
     }
 
-    /// The quantized tensor, or an error naming `module` if the value is float (a `QuantStub` is
-    /// missing before it).
+    /// The quint8 tensor, or an error naming `module` if the value is float (a `QuantStub` is
+    /// missing before it), of another quantized dtype (the quantized modules run on quint8
+    /// only) or a tuple.
     pub fn into_quant(self, module: &str) -> GraphResult<QuantTensor> {
-        match self {
-            Value::Quant(q) => Ok(q),
-            Value::Float(_) => Err(GraphError::ExpectedQuantized { module: module.to_string() }),
+        self.into_quantized::<u8>(module)
+    }
+
+    /// The quantized tensor of integers `T`, or an error naming `module`, the value and the fix.
+    pub fn into_quantized<T: QuantElement>(self, module: &str) -> GraphResult<QuantTensorOf<T>> {
+        match T::from_value(self) {
+            Ok(q) => Ok(q),
+            Err(Value::Float(_)) => Err(GraphError::ExpectedQuantized { module: module.to_string() }),
+            Err(other @ Value::Tuple(_)) => Err(other.not_a_tensor(module)),
+            Err(other) => {
+                let dtype = DType::from(T::DTYPE);
+                Err(other.unsupported(
+                    module,
+                    &format!("{dtype} tensors"),
+                    &format!(
+                        "its kernels take {dtype} only; dequantize the input (DeQuantStub) and quantize it as \
+                         {dtype} (a QuantStub whose qconfig has dtype {dtype})"
+                    ),
+                ))
+            }
         }
     }
 
-    /// The float tensor, dequantizing a quantized value (what a user reads at the end of a model).
-    pub fn to_float(&self) -> ArrayD<f32> {
+    /// The values of a tuple, or an error naming `module` for a tensor.
+    pub fn into_tuple(self, module: &str) -> GraphResult<Vec<Value>> {
         match self {
-            Value::Float(x) => x.clone(),
-            Value::Quant(q) => q.dequantize(),
+            Value::Tuple(values) => Ok(values),
+            other => Err(other.unsupported(
+                module,
+                "a tuple",
+                "pass a Value::Tuple (a graph with several inputs takes one value per input)",
+            )),
         }
     }
 
-    /// The value as a float tensor, by value, dequantizing if needed.
-    pub fn into_float_lossy(self) -> ArrayD<f32> {
+    /// The float tensor, dequantizing a quantized value (what a user reads at the end of a
+    /// model); an error for a tuple.
+    pub fn to_float(&self) -> GraphResult<ArrayD<f32>> {
+        Ok(match self.tensor("Value::to_float")? {
+            Tensor::Float(x) => x.clone(),
+            Tensor::Quant(q) => q.dequantize(),
+        })
+    }
+
+    /// The value as a float tensor, by value, dequantizing if needed; an error for a tuple.
+    pub fn into_float_lossy(self) -> GraphResult<ArrayD<f32>> {
         match self {
-            Value::Float(x) => x,
-            Value::Quant(q) => q.dequantize(),
+            Value::Float(x) => Ok(x),
+            other => other.to_float(),
         }
     }
 }
@@ -405,5 +666,79 @@ mod tests {
     fn float_where_quantized_is_needed_names_the_module() {
         let err = Value::from(ArrayD::zeros(IxDyn(&[1]))).into_quant("features.1").unwrap_err();
         assert!(err.to_string().contains("features.1") && err.to_string().contains("QuantStub"), "{err}");
+    }
+
+    fn small(dtype: DType) -> Value {
+        let x = ArrayD::from_shape_fn(IxDyn(&[1, 2, 2, 3]), |i| i[1] as f32 - i[3] as f32 * 0.5);
+        let q = PerTensor::new(0.1, 0);
+        match dtype {
+            DType::Float32 => Value::from(x),
+            DType::QUInt8 => QuantTensor::quantize(&x, PerTensor::new(0.1, 128)).unwrap().into(),
+            DType::QInt8 => QuantTensorOf::<i8>::quantize(&x, q).unwrap().into(),
+            DType::QInt32 => QuantTensorOf::<i32>::quantize(&x, q).unwrap().into(),
+        }
+    }
+
+    #[test]
+    fn dtype_shape_and_accessors() {
+        for dtype in [DType::Float32, DType::QUInt8, DType::QInt8, DType::QInt32] {
+            let v = small(dtype);
+            assert_eq!(v.dtype().unwrap(), dtype);
+            assert_eq!(v.shape().unwrap(), &[1, 2, 2, 3]);
+            assert_eq!(v.is_quant(), dtype != DType::Float32);
+            // Every dtype dequantizes to the float values (0.1 steps are exact enough here).
+            let x = small(DType::Float32).into_float("test").unwrap();
+            let back = v.to_float().unwrap();
+            assert!(x.iter().zip(&back).all(|(a, b)| (a - b).abs() < 0.051), "{dtype}: {back:?}");
+            assert_eq!(v.clone().into_float_lossy().unwrap(), back);
+        }
+        let qint8 = small(DType::QInt8);
+        let q = qint8.clone().into_quantized::<i8>("test").unwrap();
+        assert_eq!(q.dtype(), QDType::QInt8);
+        assert_eq!(q.int_repr().iter().copied().min(), Some(-10));
+        assert!(qint8.clone().into_quantized::<i32>("test").is_err());
+        let pair = Value::Tuple(vec![qint8, small(DType::Float32)]);
+        assert_eq!(
+            pair.describe(),
+            "a tuple of 2 values (a qint8 tensor of shape [1, 2, 2, 3], a float32 tensor of shape [1, 2, 2, 3])"
+        );
+        assert!(pair.dtype().is_err() && pair.shape().is_err() && pair.to_float().is_err());
+        assert_eq!(pair.clone().into_tuple("test").unwrap().len(), 2);
+        let err = small(DType::Float32).into_tuple("Graph").unwrap_err().to_string();
+        assert!(
+            err.starts_with("Graph received a float32 tensor of shape [1, 2, 2, 3] but runs on a tuple"),
+            "{err}"
+        );
+        let err = pair.into_float("ReLU").unwrap_err().to_string();
+        assert!(err.contains("ReLU received a tuple of 2 values") && err.contains("GetItem"), "{err}");
+    }
+
+    #[test]
+    fn qint8_and_qint32_match_qcore() {
+        let x =
+            ArrayD::from_shape_fn(IxDyn(&[2, 3, 2, 2]), |i| (i[0] + 2 * i[1]) as f32 * 0.37 - i[3] as f32);
+        let q = PerTensor::new(0.02, -3);
+        let ours = QuantTensorOf::<i8>::quantize(&x, q).unwrap();
+        let reference = qcore::quantize_per_tensor(&x, 0.02, -3, QDType::QInt8).unwrap();
+        assert_eq!(ours.to_qtensor(), reference);
+        assert_eq!(ours.dequantize(), reference.dequantize());
+        let wide = QuantTensorOf::<i32>::quantize(&x, PerTensor::new(0.001, 1000)).unwrap();
+        let reference = qcore::quantize_per_tensor(&x, 0.001, 1000, QDType::QInt32).unwrap();
+        assert_eq!(wide.to_qtensor(), reference);
+        assert_eq!(wide.dequantize(), reference.dequantize());
+        // The zero point is checked against the dtype's range.
+        assert!(QuantTensorOf::<i8>::new(vec![0; 2], vec![2], PerTensor::new(0.1, 200)).is_err());
+    }
+
+    #[test]
+    fn other_dtypes_where_quint8_is_needed_name_the_module_the_value_and_the_fix() {
+        let err = small(DType::QInt8).into_quant("QuantizedConv2d").unwrap_err();
+        assert!(matches!(err, GraphError::UnsupportedValue { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "QuantizedConv2d received a qint8 tensor of shape [1, 2, 2, 3] but runs on quint8 tensors: its kernels \
+             take quint8 only; dequantize the input (DeQuantStub) and quantize it as quint8 (a QuantStub whose \
+             qconfig has dtype quint8)"
+        );
     }
 }

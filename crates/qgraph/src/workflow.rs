@@ -130,7 +130,7 @@ impl ObserverModule {
         self.calls.fetch_add(times, Ordering::Relaxed);
         match x {
             Value::Float(x) => self.lock().observe_repeated(x.view(), times)?,
-            Value::Quant(q) => self.lock().observe_repeated(q.dequantize().view(), times)?,
+            other => self.lock().observe_repeated(other.to_float()?.view(), times)?,
         }
         Ok(())
     }

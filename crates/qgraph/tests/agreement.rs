@@ -131,7 +131,8 @@ fn check(arch: Architecture, bar: Bar) {
     let float = model.clone();
     let x = image(999);
 
-    let float_out = float.forward(Value::from(x.clone())).expect("float forward").into_float_lossy();
+    let float_out =
+        float.forward(Value::from(x.clone())).expect("float forward").into_float_lossy().expect("a tensor");
     let torch_float = fx.tensor::<f32>("output", "float");
     let worst = float_out.iter().zip(&torch_float).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     let scale = torch_float.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -171,7 +172,7 @@ fn check(arch: Architecture, bar: Bar) {
 
     // Our own calibration, running freely: reported, loosely bounded.
     let log = debug::log_outputs(&mut model, leaf_or_functional).expect("loggers");
-    let out = model.forward(Value::from(x)).expect("int8 forward").into_float_lossy();
+    let out = model.forward(Value::from(x)).expect("int8 forward").into_float_lossy().expect("a tensor");
     let outputs: BTreeMap<String, Value> = log.take().into_iter().collect();
     debug::remove_loggers(&mut model).expect("remove loggers");
     let free = compare(name, &fx, &outputs);

@@ -79,6 +79,7 @@ fn output_bytes(value: Value) -> Vec<u8> {
     match value {
         Value::Float(x) => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Value::Quant(q) => q.data().to_vec(),
+        other => panic!("the models output one float or quint8 tensor, not {}", other.describe()),
     }
 }
 

@@ -172,7 +172,7 @@ fn nan_input_is_refused_by_model_and_propagates_in_the_float_tree() {
     let quant = model.module().get("quant").unwrap().forward(Value::from(x.clone())).unwrap();
     let conv_bn = first.get("1").unwrap().forward(first.get("0").unwrap().forward(quant).unwrap()).unwrap();
     assert_eq!(
-        conv_bn.to_float().iter().filter(|v| v.is_nan()).count(),
+        conv_bn.to_float().unwrap().iter().filter(|v| v.is_nan()).count(),
         2 * 32,
         "the two 3x3 stride-2 windows holding the NaN, 32 channels"
     );

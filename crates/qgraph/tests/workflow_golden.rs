@@ -128,7 +128,8 @@ fn check_converted(name: &str, wf: &mut Workflow, layer_bar: f64, max_difference
         debug::log_outputs(&mut wf.model, |_, m| m.children().is_empty() || m.type_name() == "QFunctional")
             .expect("loggers");
     let x = fx.tensor::<f32>("input", "x");
-    let out = wf.model.forward(Value::from(x.clone())).expect("int8 forward").into_float_lossy();
+    let out =
+        wf.model.forward(Value::from(x.clone())).expect("int8 forward").into_float_lossy().expect("a tensor");
     let outputs: BTreeMap<String, Value> = log.take().into_iter().collect();
     let (mut compared, mut equal_total, mut total) = (0, 0.0, 0.0);
     for path in
@@ -154,7 +155,8 @@ fn check_converted(name: &str, wf: &mut Workflow, layer_bar: f64, max_difference
     debug::remove_loggers(&mut wf.model).expect("remove loggers");
 
     let torch_final = fx.tensor::<f32>("output", "final");
-    let float_out = wf.float.forward(Value::from(x)).expect("float forward").into_float_lossy();
+    let float_out =
+        wf.float.forward(Value::from(x)).expect("float forward").into_float_lossy().expect("a tensor");
     assert_close(&format!("{name}: float output"), &float_out, &fx.tensor::<f32>("input", "float_out"), 1e-4);
     assert_close(&format!("{name}: int8 output"), &out, &torch_final, 0.05);
 

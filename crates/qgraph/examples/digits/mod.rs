@@ -169,7 +169,7 @@ impl TrainingRecord {
 
 /// The top-1 class of each row of `model`'s output on `images`.
 pub fn predict(model: &dyn Module, images: &ArrayD<f32>) -> GraphResult<Vec<usize>> {
-    let out = model.forward(Value::from(images.clone()))?.into_float_lossy();
+    let out = model.forward(Value::from(images.clone()))?.into_float_lossy()?;
     Ok(out
         .axis_iter(Axis(0))
         .map(|row| row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[[best]] { i } else { best }))

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
 
-use super::Architecture;
+use super::arch::Architecture;
 use crate::io::state_dict_from_bytes;
 use crate::{GraphError, GraphResult, Module, load_state_dict};
 

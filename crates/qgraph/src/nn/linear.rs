@@ -45,7 +45,7 @@ impl LinearOptions {
 /// let linear = Linear::new(16, 10, true);
 /// assert_eq!((&linear as &dyn Module).to_string(), "Linear(in_features=16, out_features=10, bias=True)");
 /// let y = linear.forward(Value::from(ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 16]))))?;
-/// assert_eq!(y.shape(), &[2, 10]);
+/// assert_eq!(y.shape()?, &[2, 10]);
 /// # Ok::<(), qgraph::GraphError>(())
 /// ```
 #[derive(Debug, Clone)]

@@ -436,7 +436,7 @@ impl Module for Upsample {
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
-        let s = input.shape();
+        let s = input.shape()?;
         if s.len() != 4 {
             return Err(GraphError::ShapeMismatch {
                 context: "Upsample",
@@ -448,7 +448,10 @@ impl Module for Upsample {
         let (out, scales) = self.plan(s[2], s[3])?;
         match input {
             Value::Float(x) => Ok(Value::Float(self.forward_float(&x, out, scales)?)),
-            Value::Quant(q) => Ok(Value::Quant(self.forward_quant(&q, out, scales)?)),
+            other => {
+                let q = other.into_quant("Upsample")?;
+                Ok(Value::Quant(self.forward_quant(&q, out, scales)?))
+            }
         }
     }
 

@@ -277,10 +277,11 @@ impl<const D: usize> Module for MaxPool<D> {
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
-        check_rank(self.name(), input.shape(), D)?;
+        check_rank(self.name(), input.shape()?, D)?;
         match input {
             Value::Float(x) => Ok(Value::Float(self.forward_float(x)?)),
-            Value::Quant(q) => {
+            other => {
+                let q = other.into_quant(self.name())?;
                 let s = q.shape();
                 let mut stored = vec![s[0]];
                 stored.extend_from_slice(&s[2..]);
@@ -435,9 +436,9 @@ impl Module for AvgPool2d {
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
         const NAME: &str = "AvgPool2d";
-        check_rank(NAME, input.shape(), 2)?;
+        check_rank(NAME, input.shape()?, 2)?;
         let opts = self.options();
-        let s = input.shape().to_vec();
+        let s = input.shape()?.to_vec();
         let [oh, ow] = opts.window.output_size(NAME, [s[2], s[3]])?;
         let oshape = vec![s[0], s[1], oh, ow];
         let isa = Isa::active();
@@ -452,7 +453,8 @@ impl Module for AvgPool2d {
                 float::pool2d(x.as_slice().expect("standard layout"), &s, &opts.window, kind, &mut out, isa)?;
                 Ok(Value::Float(ArrayD::from_shape_vec(IxDyn(&oshape), out).expect("length")))
             }
-            Value::Quant(q) => {
+            other => {
+                let q = other.into_quant(NAME)?;
                 let mut out = memory::zeroed(NAME, &oshape)?;
                 let nhwc = [s[0], s[2], s[3], s[1]];
                 pool::avg_pool2d(q.kernel_format(), q.data(), &nhwc, q.qparams(), &opts, &mut out, isa)?;

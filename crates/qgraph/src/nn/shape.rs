@@ -70,13 +70,14 @@ impl Module for Flatten {
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
-        let shape = self.out_shape(input.shape())?;
+        let shape = self.out_shape(input.shape()?)?;
         match input {
             Value::Float(x) => Ok(Value::Float(
                 x.into_shape_with_order(IxDyn(&shape))
                     .map_err(|e| invalid("Flatten", "input", e, "not contiguous"))?,
             )),
-            Value::Quant(q) => {
+            other => {
+                let q = other.into_quant("Flatten")?;
                 // Channels-last storage equals PyTorch's order when there is no spatial extent,
                 // so flattening [N, C, 1, 1] (or a rank-2 tensor) to rank 2 only relabels it.
                 let spatial: usize = q.shape().iter().skip(2).product();
@@ -133,7 +134,7 @@ impl Module for AdaptiveAvgPool2d {
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
         const NAME: &str = "AdaptiveAvgPool2d";
-        let shape = input.shape().to_vec();
+        let shape = input.shape()?.to_vec();
         if shape.len() != 4 {
             return Err(GraphError::ShapeMismatch {
                 context: NAME,
@@ -158,7 +159,8 @@ impl Module for AdaptiveAvgPool2d {
                 )?;
                 Ok(Value::Float(ndarray::ArrayD::from_shape_vec(IxDyn(&out_shape), out).expect("length")))
             }
-            Value::Quant(q) => {
+            other => {
+                let q = other.into_quant(NAME)?;
                 let mut out = memory::zeroed(NAME, &out_shape)?;
                 let nhwc = [shape[0], shape[2], shape[3], shape[1]];
                 pool::adaptive_avg_pool2d(q.data(), &nhwc, q.qparams(), self.output_size, &mut out, isa)?;

@@ -154,7 +154,8 @@ pub(crate) fn apply_unary(
             float::activation(act, &src, data, Isa::active())?;
             Ok(Value::Float(x))
         }
-        Value::Quant(q) => {
+        other => {
+            let q = other.into_quant(module)?;
             let op = op.ok_or_else(|| GraphError::ExpectedFloat { module: module.to_string() })?;
             let out_q = op.output_qparams(q.qparams(), qcore::QDType::QUInt8);
             Ok(Value::Quant(cache.apply(op, &q, out_q)?))

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::misc::dropout_repr;
 use crate::nn::unary::{LutCache, py_float};
+use crate::outq::OutQ;
 use crate::record::Record;
-use crate::value::OutQ;
 use crate::{GraphResult, Module, Value, invalid, nn};
 
 /// PyTorch's fixed output parameters for the modules of `DEFAULT_MODULE_TO_ACT_POST_PROCESS`

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::weighted::PerInputCache;
 use crate::nn::{BatchNorm, BatchNorm2d, BatchNorm3d, BatchNormOptions};
+use crate::outq::OutQ;
 use crate::record::{Record, TensorView};
-use crate::value::{OutQ, QuantTensor};
+use crate::value::QuantTensor;
 use crate::{GraphResult, Module, Value, invalid};
 
 /// What a quantized batch norm saves besides its tensors.

@@ -27,7 +27,7 @@ use crate::{GraphResult, Module, Value, memory};
 /// let q = QuantizedConv::from_float(&conv, QuantizedAct::Relu, &spec, PerTensor::new(0.05, 0))?;
 /// let x = ndarray::ArrayD::<f32>::ones(ndarray::IxDyn(&[1, 3, 8, 8]));
 /// let y = q.forward(Value::Quant(QuantTensor::quantize(&x, PerTensor::new(0.1, 10))?))?;
-/// assert_eq!(y.shape(), &[1, 16, 8, 8]);
+/// assert_eq!(y.shape()?, &[1, 16, 8, 8]);
 /// assert!((&q as &dyn Module).to_string().starts_with("QuantizedConvReLU2d(3, 16, kernel_size=(3, 3)"));
 /// # Ok::<(), qgraph::GraphError>(())
 /// ```

@@ -14,8 +14,8 @@ use qobserve::ObserverSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::check_weight_bias;
+use crate::outq::OutQ;
 use crate::record::{TensorView, Tensors};
-use crate::value::OutQ;
 use crate::{GraphError, GraphResult, invalid};
 
 /// The activation fused into a quantized conv, linear or batch norm.
