@@ -492,9 +492,6 @@ impl Tarjan {
 const KNOWN_CIRCLES: &[&str] = &[
     "crates/qgraph/src/models/mod.rs <-> crates/qgraph/src/models/weights.rs",
     "crates/qgraph/src/module.rs <-> crates/qgraph/src/record.rs <-> crates/qgraph/src/value.rs",
-    "crates/qgraph/src/nn/batchnorm.rs <-> crates/qgraph/src/nn/conv.rs <-> crates/qgraph/src/nn/linear.rs <-> \
-     crates/qgraph/src/nn/misc.rs <-> crates/qgraph/src/nn/mod.rs <-> crates/qgraph/src/nn/pool.rs <-> \
-     crates/qgraph/src/nn/shape.rs <-> crates/qgraph/src/quantized/activation.rs",
     "crates/qkernels/src/elementwise/lut.rs <-> crates/qkernels/src/elementwise/mod.rs <-> \
      crates/qkernels/src/elementwise/x86.rs <-> crates/qkernels/src/float/gemm.rs <-> crates/qkernels/src/float/mod.rs <-> \
      crates/qkernels/src/pool/mod.rs",

@@ -13,6 +13,8 @@ mod functional;
 pub mod fuse;
 pub mod fusion;
 pub mod io;
+mod loaders;
+pub mod mappings;
 pub mod memory;
 pub mod models;
 mod module;
@@ -33,7 +35,10 @@ pub use qkernels::MemoryFormat;
 pub use qkernels::elementwise::PerTensor;
 pub use stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
 pub use value::{QuantTensor, Value, pytorch_threads, set_pytorch_threads};
-pub use workflow::{QConfigMapping, calibrate, convert, prepare, quantize};
+pub use workflow::{
+    QConfigMapping, calibrate, convert, convert_with, prepare, prepare_qat_with, prepare_with, quantize,
+    quantize_with,
+};
 pub use {qkernels, qobserve};
 
 /// The README's examples, run as doctests (qgraph depends on every crate they use).

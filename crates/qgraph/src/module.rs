@@ -67,6 +67,13 @@ pub trait Module: ModuleAny + fmt::Debug + Send + Sync {
     /// PyTorch's class name, e.g. `Conv2d`, `ConvReLU2d`, `QuantizedConv2d`.
     fn type_name(&self) -> &str;
 
+    /// The name a model file records for this module and [`crate::io::Loaders`] finds its loader
+    /// by; by default [`type_name`](Module::type_name). Modules that print as another class
+    /// (a QAT `Linear`, an observer) save under a name of their own.
+    fn saved_type(&self) -> &str {
+        self.type_name()
+    }
+
     /// Runs the module on one input.
     fn forward(&self, input: Value) -> GraphResult<Value>;
 

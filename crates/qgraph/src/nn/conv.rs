@@ -6,8 +6,8 @@ use qkernels::conv::PaddingMode;
 use qkernels::{Isa, float};
 use serde::{Deserialize, Serialize};
 
+use super::args::{check_sizes, py_tuple};
 use super::init::{default_bound, uniform};
-use super::{check_sizes, py_tuple};
 use crate::record::Record;
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 

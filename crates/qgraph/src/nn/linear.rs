@@ -5,9 +5,9 @@ use qkernels::Isa;
 use qkernels::float::Matrix;
 use serde::{Deserialize, Serialize};
 
+use super::args::py_bool;
 use super::conv::{check_weight_bias, weight_bias_params, weight_bias_params_mut};
 use super::init::{default_bound, uniform};
-use super::py_bool;
 use crate::record::Record;
 use crate::{GraphError, GraphResult, Module, Value, memory};
 

@@ -4,7 +4,8 @@ use ndarray::IxDyn;
 use qkernels::{Isa, float, pool};
 use serde::{Deserialize, Serialize};
 
-use super::{Size, check_sizes, py_tuple};
+use super::args::{check_sizes, py_tuple};
+use super::pool::Size;
 use crate::record::Record;
 use crate::value::{QuantTensor, to_channels_last};
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};

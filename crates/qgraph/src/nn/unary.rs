@@ -8,7 +8,6 @@ use qkernels::elementwise::{self, Lut, PerTensor, Unary};
 use qkernels::{Isa, MemoryFormat, float};
 use serde::{Deserialize, Serialize};
 
-use crate::record::Record;
 use crate::value::{QuantTensor, for_each_scalar_loop_element};
 use crate::{GraphError, GraphResult, Module, Value};
 
@@ -171,11 +170,6 @@ macro_rules! activation_module {
             fn ops(&self) -> (float::Activation, Option<Unary>) {
                 let f: fn(&$ty) -> (float::Activation, Option<Unary>) = $ops;
                 f(self)
-            }
-
-            /// Rebuilds a saved module from its configuration.
-            pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-                record.config()
             }
         }
 

@@ -10,7 +10,7 @@ use crate::nn::misc::dropout_repr;
 use crate::nn::unary::{LutCache, py_float};
 use crate::record::Record;
 use crate::value::OutQ;
-use crate::{GraphResult, Module, Value, invalid, nn};
+use crate::{GraphResult, Module, Value, nn};
 
 /// PyTorch's fixed output parameters for the modules of `DEFAULT_MODULE_TO_ACT_POST_PROCESS`
 /// (quint8): `Sigmoid`, `Hardsigmoid` and `Softmax` get scale 1/256 and zero point 0, `Tanh`
@@ -21,36 +21,6 @@ pub fn is_fixed_qparams(type_name: &str) -> Option<PerTensor> {
         "Tanh" => Some(PerTensor::new(2.0 / 256.0, 128)),
         _ => None,
     }
-}
-
-/// The quantized module `convert` swaps in for the float activation `float` (PyTorch's
-/// `DEFAULT_STATIC_QUANT_MODULE_MAPPINGS` entries for ReLU6, Hardswish, ELU, LeakyReLU and
-/// Dropout), with the output parameters `out_q` its observer computed (ignored by ReLU6 and
-/// Dropout, whose output parameters are the input's). `None` if the mapping does not swap this
-/// module type.
-pub fn swap_activation(float: &dyn Module, out_q: PerTensor) -> Option<GraphResult<Box<dyn Module>>> {
-    fn boxed<M: Module + Clone>(m: GraphResult<M>) -> GraphResult<Box<dyn Module>> {
-        m.map(|m| Box::new(m) as Box<dyn Module>)
-    }
-    Some(match float.type_name() {
-        "ReLU6" => boxed(ReLU6::from_float(float)),
-        "Hardswish" => boxed(Hardswish::from_float(float, out_q)),
-        "ELU" => boxed(ELU::from_float(float, out_q)),
-        "LeakyReLU" => boxed(LeakyReLU::from_float(float, out_q)),
-        "Dropout" => boxed(Dropout::from_float(float)),
-        _ => return None,
-    })
-}
-
-/// `float` as a `T`, or an error naming what was expected.
-fn downcast<'a, T: Module>(
-    float: &'a dyn Module,
-    context: &'static str,
-    expected: &str,
-) -> GraphResult<&'a T> {
-    float.downcast_ref::<T>().ok_or_else(|| {
-        invalid(context, "float module", float.type_name(), format!("from_float needs an nn.{expected}"))
-    })
 }
 
 /// Runs `op` on a quantized input (an error naming `module` for a float one) with output
@@ -79,17 +49,6 @@ impl ReLU6 {
     /// `nnq.ReLU6()`.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// From an `nn.ReLU6`.
-    pub fn from_float(float: &dyn Module) -> GraphResult<Self> {
-        downcast::<nn::ReLU6>(float, "QuantizedReLU6", "ReLU6")?;
-        Ok(Self::new())
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        record.config()
     }
 }
 
@@ -120,12 +79,6 @@ impl Hardswish {
     /// `nnq.Hardswish(scale, zero_point)` (the scale rounded to f32, as PyTorch's output has it).
     pub fn new(out_q: PerTensor) -> GraphResult<Self> {
         Ok(Self { out: OutQ::new_f32(out_q)?, cache: LutCache::default() })
-    }
-
-    /// From an `nn.Hardswish` and its observer's output parameters.
-    pub fn from_float(float: &dyn Module, out_q: PerTensor) -> GraphResult<Self> {
-        downcast::<nn::Hardswish>(float, "QuantizedHardswish", "Hardswish")?;
-        Self::new(out_q)
     }
 
     /// The output parameters.
@@ -166,12 +119,6 @@ impl ELU {
     /// `nnq.ELU(scale, zero_point, alpha)`.
     pub fn new(out_q: PerTensor, alpha: f64) -> GraphResult<Self> {
         Ok(Self { out: OutQ::new(out_q)?, alpha, cache: LutCache::default() })
-    }
-
-    /// From an `nn.ELU` and its observer's output parameters.
-    pub fn from_float(float: &dyn Module, out_q: PerTensor) -> GraphResult<Self> {
-        let f = downcast::<nn::ELU>(float, "QuantizedELU", "ELU")?;
-        Self::new(out_q, f.alpha())
     }
 
     /// The output parameters.
@@ -223,12 +170,6 @@ impl LeakyReLU {
         Ok(Self { out: OutQ::new_f32(out_q)?, negative_slope, cache: LutCache::default() })
     }
 
-    /// From an `nn.LeakyReLU` and its observer's output parameters.
-    pub fn from_float(float: &dyn Module, out_q: PerTensor) -> GraphResult<Self> {
-        let f = downcast::<nn::LeakyReLU>(float, "QuantizedLeakyReLU", "LeakyReLU")?;
-        Self::new(out_q, f.negative_slope())
-    }
-
     /// The output parameters.
     pub fn out_qparams(&self) -> PerTensor {
         self.out.get()
@@ -268,15 +209,9 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// From an `nn.Dropout`.
-    pub fn from_float(float: &dyn Module) -> GraphResult<Self> {
-        let f = downcast::<nn::Dropout>(float, "QuantizedDropout", "Dropout")?;
-        Ok(Self { p: f.p() })
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        record.config()
+    /// `nnq.Dropout(p)`; `p` must be within `[0, 1]`, as for `nn.Dropout`.
+    pub fn new(p: f64) -> GraphResult<Self> {
+        Ok(Self { p: nn::Dropout::new(p)?.p() })
     }
 }
 
