@@ -446,12 +446,10 @@ fn swap_with(
     ) -> GraphResult<()> {
         let (mapping, mappings, table) = ctx;
         let qconfig = mapping.resolve(path, slot.type_name(), parent);
-        if let Some(qc) = &qconfig {
-            if let Some(swapped) = mappings.swap(table, slot.as_ref(), qc) {
-                *slot = swapped.map_err(|e| e.within_path(path))?;
-                *count += 1;
-                return Ok(());
-            }
+        if let Some(swapped) = qconfig.as_ref().and_then(|qc| mappings.swap(table, slot.as_ref(), qc)) {
+            *slot = swapped.map_err(|e| e.within_path(path))?;
+            *count += 1;
+            return Ok(());
         }
         let names: Vec<String> = slot.children().into_iter().map(|(n, _)| n.to_string()).collect();
         for name in names {
