@@ -121,25 +121,7 @@ impl Module for Linear {
         fake.forward(input)
     }
 
-    fn extra_repr(&self) -> String {
-        self.float.extra_repr()
-    }
-
-    fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-        self.float.params()
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-        self.float.params_mut()
-    }
-
-    fn training(&self) -> bool {
-        self.float.training()
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.float.set_training(training);
-    }
+    qgraph::delegate_to_inner!(float);
 
     fn config(&self) -> serde_json::Value {
         let config = QatLinearConfig { linear: self.float.config(), qconfig: self.qconfig.clone() };

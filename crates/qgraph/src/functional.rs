@@ -120,22 +120,7 @@ impl Module for FloatFunctional {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QFunctional(OutQ);
 
-impl QFunctional {
-    /// Ops whose outputs have parameters `q`.
-    pub fn new(q: PerTensor) -> GraphResult<Self> {
-        Ok(Self(OutQ::new(q)?))
-    }
-
-    /// The output parameters.
-    pub fn qparams(&self) -> PerTensor {
-        self.0.get()
-    }
-
-    /// Rebuilds a saved `QFunctional`.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Ok(Self(OutQ::from_record(record)?))
-    }
-}
+out_q_newtype!(QFunctional, "Ops whose outputs have parameters `q`.");
 
 /// The stored (channels-last) shape of a logical shape.
 fn stored_shape(shape: &[usize]) -> Vec<usize> {
@@ -274,7 +259,5 @@ impl Module for QFunctional {
         format!("scale={}, zero_point={}", qcore::python_float_repr(q.scale), q.zero_point)
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }

@@ -6,6 +6,94 @@
 //! containers are [`Sequential`] and [`Graph`] (named nodes, for residual adds and branches).
 //! Values between modules are [`Value`]s: float tensors in NCHW, or quantized activations.
 
+/// `Module::config` as the module's serde form (for modules whose serialized fields are their
+/// configuration). Defined before the modules so that every file can use it.
+macro_rules! serde_config {
+    () => {
+        fn config(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("plain data")
+        }
+    };
+}
+
+/// A unit module that returns its input (`Identity`, `QuantStub`): the struct, `new()` and its
+/// `Module` impl under PyTorch's class name `$name`.
+macro_rules! identity_module {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $new_doc:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        pub struct $ty;
+
+        impl $ty {
+            #[doc = $new_doc]
+            pub fn new() -> Self {
+                $ty
+            }
+        }
+
+        impl Module for $ty {
+            fn type_name(&self) -> &str {
+                $name
+            }
+
+            fn forward(&self, input: Value) -> GraphResult<Value> {
+                Ok(input)
+            }
+        }
+    };
+}
+
+/// `new`, `qparams` and `from_record` of a module that is a newtype of its output parameters
+/// (`Quantize`, `QFunctional`).
+macro_rules! out_q_newtype {
+    ($ty:ident, $new_doc:literal) => {
+        impl $ty {
+            #[doc = $new_doc]
+            pub fn new(q: PerTensor) -> GraphResult<Self> {
+                Ok(Self(OutQ::new(q)?))
+            }
+
+            /// The output parameters.
+            pub fn qparams(&self) -> PerTensor {
+                self.0.get()
+            }
+
+            /// Rebuilds a saved module (its parameters checked again).
+            pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
+                Ok(Self(OutQ::from_record(record)?))
+            }
+        }
+    };
+}
+
+/// `Module::extra_repr`, `params`, `params_mut`, `training` and `set_training` of a module that
+/// wraps another in the field `$field` and prints and trains as it (a prepared module, a QAT
+/// layer around its float layer).
+#[macro_export]
+macro_rules! delegate_to_inner {
+    ($field:ident) => {
+        fn extra_repr(&self) -> String {
+            self.$field.extra_repr()
+        }
+
+        fn params(&self) -> Vec<(&'static str, &ndarray::ArrayD<f32>)> {
+            self.$field.params()
+        }
+
+        fn params_mut(&mut self) -> Vec<(&'static str, &mut ndarray::ArrayD<f32>)> {
+            self.$field.params_mut()
+        }
+
+        fn training(&self) -> bool {
+            self.$field.training()
+        }
+
+        fn set_training(&mut self, training: bool) {
+            self.$field.set_training(training);
+        }
+    };
+}
+
 mod container;
 pub mod debug;
 mod error;

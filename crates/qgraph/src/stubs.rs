@@ -9,27 +9,13 @@ use crate::record::Record;
 use crate::value::{OutQ, QuantTensor};
 use crate::{GraphResult, Module, Value};
 
-/// `QuantStub`: the identity until `convert` makes it a [`Quantize`] with the parameters its
-/// observer chose for the values passing through it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct QuantStub;
-
-impl QuantStub {
-    /// A stub.
-    pub fn new() -> Self {
-        QuantStub
-    }
-}
-
-impl Module for QuantStub {
-    fn type_name(&self) -> &str {
-        "QuantStub"
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        Ok(input)
-    }
-}
+identity_module!(
+    /// `QuantStub`: the identity until `convert` makes it a [`Quantize`] with the parameters its
+    /// observer chose for the values passing through it.
+    QuantStub,
+    "QuantStub",
+    "A stub."
+);
 
 /// `DeQuantStub`: the identity until `convert` makes it a [`DeQuantize`]. It never gets an
 /// observer; `prepare` records whether it has a qconfig, which decides whether `convert` swaps it
@@ -56,31 +42,14 @@ impl Module for DeQuantStub {
         Ok(input)
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
 /// `nnq.Quantize`: float in, quint8 out with fixed parameters (`torch.quantize_per_tensor`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quantize(OutQ);
 
-impl Quantize {
-    /// Quantizes to `q` (checked: a positive finite scale, a zero point in 0..=255).
-    pub fn new(q: PerTensor) -> GraphResult<Self> {
-        Ok(Self(OutQ::new(q)?))
-    }
-
-    /// The output parameters.
-    pub fn qparams(&self) -> PerTensor {
-        self.0.get()
-    }
-
-    /// Rebuilds a saved `Quantize`.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Ok(Self(OutQ::from_record(record)?))
-    }
-}
+out_q_newtype!(Quantize, "Quantizes to `q` (checked: a positive finite scale, a zero point in 0..=255).");
 
 impl Module for Quantize {
     fn type_name(&self) -> &str {
@@ -102,9 +71,7 @@ impl Module for Quantize {
         )
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
 /// `nnq.DeQuantize`: quantized in, float out. A float input passes unchanged, as

@@ -335,25 +335,7 @@ impl Module for Observed {
         if name == Self::POST { Some(&mut self.post) } else { self.inner.child_slot(name) }
     }
 
-    fn extra_repr(&self) -> String {
-        self.inner.extra_repr()
-    }
-
-    fn params(&self) -> Vec<(&'static str, &ndarray::ArrayD<f32>)> {
-        self.inner.params()
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut ndarray::ArrayD<f32>)> {
-        self.inner.params_mut()
-    }
-
-    fn training(&self) -> bool {
-        self.inner.training()
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.inner.set_training(training);
-    }
+    delegate_to_inner!(inner);
 }
 
 /// The saved configuration of an [`Observed`] module: the qconfig, and the observed module's

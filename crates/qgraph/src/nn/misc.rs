@@ -74,9 +74,7 @@ impl Module for Dropout {
 
     training_field!();
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
 /// `nn.Softmax(dim)`: `exp(x) / sum(exp(x))` along `dim`, in f32. PyTorch has no softmax on
@@ -136,9 +134,7 @@ impl Module for Softmax {
         }
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
 /// How [`Upsample`] interpolates.

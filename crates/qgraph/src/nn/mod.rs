@@ -15,6 +15,26 @@ macro_rules! training_field {
     };
 }
 
+/// The `Module` methods a weighted float layer (`Conv`, `Linear`) has alike: `weight` and, if
+/// any, `bias` as its parameters, its training mode, and its `options` as its configuration.
+macro_rules! weight_bias_layer {
+    () => {
+        fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
+            weight_bias_params(&self.weight, self.bias.as_ref())
+        }
+
+        fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
+            weight_bias_params_mut(&mut self.weight, self.bias.as_mut())
+        }
+
+        training_field!();
+
+        fn config(&self) -> serde_json::Value {
+            serde_json::to_value(&self.options).expect("plain data")
+        }
+    };
+}
+
 mod args;
 mod batchnorm;
 mod conv;

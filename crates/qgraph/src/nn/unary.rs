@@ -188,9 +188,7 @@ macro_rules! activation_module {
                 f(self)
             }
 
-            fn config(&self) -> serde_json::Value {
-                serde_json::to_value(self).expect("plain data")
-            }
+            serde_config!();
         }
     };
 }

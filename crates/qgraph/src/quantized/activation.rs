@@ -61,145 +61,90 @@ impl Module for ReLU6 {
         run(self.type_name(), Unary::Relu6, &self.cache, None, input)
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
-/// `nnq.Hardswish` (`QuantizedHardswish`): `quantized::hardswish` with the observed output
-/// parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Hardswish {
-    out: OutQ,
-    #[serde(skip)]
-    cache: LutCache,
+/// A quantized activation with observed output parameters `out` and `f64` arguments `$param`:
+/// the struct, `new`, `out_qparams`, `from_record` and its `Module` impl running `$op(&self)`
+/// through the lookup-table cache. `$round` is `new` or `new_f32` ([`OutQ`]'s constructors).
+macro_rules! quantized_activation {
+    (
+        $(#[$doc:meta])* $ty:ident, $name:literal, $round:ident, [$($param:ident),*],
+        new: $new_doc:literal, op: $op:expr, repr: $repr:expr
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub struct $ty {
+            out: OutQ,
+            $($param: f64,)*
+            #[serde(skip)]
+            cache: LutCache,
+        }
+
+        impl $ty {
+            #[doc = $new_doc]
+            pub fn new(out_q: PerTensor, $($param: f64),*) -> GraphResult<Self> {
+                Ok(Self { out: OutQ::$round(out_q)?, $($param,)* cache: LutCache::default() })
+            }
+
+            /// The output parameters.
+            pub fn out_qparams(&self) -> PerTensor {
+                self.out.get()
+            }
+
+            /// Rebuilds a saved module (its parameters checked again).
+            pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
+                let c: Self = record.config()?;
+                Self::new(c.out.get(), $(c.$param),*)
+            }
+        }
+
+        impl Module for $ty {
+            fn type_name(&self) -> &str {
+                $name
+            }
+
+            fn forward(&self, input: Value) -> GraphResult<Value> {
+                let op: fn(&$ty) -> Unary = $op;
+                run($name, op(self), &self.cache, Some(self.out.get()), input)
+            }
+
+            fn extra_repr(&self) -> String {
+                let repr: fn(&$ty) -> String = $repr;
+                repr(self)
+            }
+
+            serde_config!();
+        }
+    };
 }
 
-impl Hardswish {
-    /// `nnq.Hardswish(scale, zero_point)` (the scale rounded to f32, as PyTorch's output has it).
-    pub fn new(out_q: PerTensor) -> GraphResult<Self> {
-        Ok(Self { out: OutQ::new_f32(out_q)?, cache: LutCache::default() })
-    }
+quantized_activation!(
+    /// `nnq.Hardswish` (`QuantizedHardswish`): `quantized::hardswish` with the observed output
+    /// parameters.
+    Hardswish, "QuantizedHardswish", new_f32, [],
+    new: "`nnq.Hardswish(scale, zero_point)` (the scale rounded to f32, as PyTorch's output has it).",
+    op: |_| Unary::Hardswish,
+    repr: |_| String::new()
+);
 
-    /// The output parameters.
-    pub fn out_qparams(&self) -> PerTensor {
-        self.out.get()
-    }
+quantized_activation!(
+    /// `nnq.ELU` (`QuantizedELU`): `quantized::elu` with the observed output parameters.
+    ELU, "QuantizedELU", new, [alpha],
+    new: "`nnq.ELU(scale, zero_point, alpha)`.",
+    // `torch.ao.nn.quantized.functional.elu`: `quantized::elu` with scale and input scale 1.
+    op: |m| Unary::Elu { alpha: m.alpha as f32, scale: 1.0, input_scale: 1.0 },
+    repr: |m| format!("alpha={}", py_float(m.alpha))
+);
 
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Self::new(record.config::<Self>()?.out.get())
-    }
-}
-
-impl Module for Hardswish {
-    fn type_name(&self) -> &str {
-        "QuantizedHardswish"
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        run(self.type_name(), Unary::Hardswish, &self.cache, Some(self.out.get()), input)
-    }
-
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
-}
-
-/// `nnq.ELU` (`QuantizedELU`): `quantized::elu` with the observed output parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ELU {
-    out: OutQ,
-    alpha: f64,
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl ELU {
-    /// `nnq.ELU(scale, zero_point, alpha)`.
-    pub fn new(out_q: PerTensor, alpha: f64) -> GraphResult<Self> {
-        Ok(Self { out: OutQ::new(out_q)?, alpha, cache: LutCache::default() })
-    }
-
-    /// The output parameters.
-    pub fn out_qparams(&self) -> PerTensor {
-        self.out.get()
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        let c: Self = record.config()?;
-        Self::new(c.out.get(), c.alpha)
-    }
-}
-
-impl Module for ELU {
-    fn type_name(&self) -> &str {
-        "QuantizedELU"
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        // `torch.ao.nn.quantized.functional.elu`: `quantized::elu` with scale and input scale 1.
-        let op = Unary::Elu { alpha: self.alpha as f32, scale: 1.0, input_scale: 1.0 };
-        run(self.type_name(), op, &self.cache, Some(self.out.get()), input)
-    }
-
-    fn extra_repr(&self) -> String {
-        format!("alpha={}", py_float(self.alpha))
-    }
-
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
-}
-
-/// `nnq.LeakyReLU` (`QuantizedLeakyReLU`): `quantized::leaky_relu` with the observed output
-/// parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LeakyReLU {
-    out: OutQ,
-    negative_slope: f64,
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl LeakyReLU {
-    /// `nnq.LeakyReLU(scale, zero_point, negative_slope)` (the scale rounded to f32: PyTorch keeps
-    /// it in a float32 buffer).
-    pub fn new(out_q: PerTensor, negative_slope: f64) -> GraphResult<Self> {
-        Ok(Self { out: OutQ::new_f32(out_q)?, negative_slope, cache: LutCache::default() })
-    }
-
-    /// The output parameters.
-    pub fn out_qparams(&self) -> PerTensor {
-        self.out.get()
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        let c: Self = record.config()?;
-        Self::new(c.out.get(), c.negative_slope)
-    }
-}
-
-impl Module for LeakyReLU {
-    fn type_name(&self) -> &str {
-        "QuantizedLeakyReLU"
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        let op = Unary::LeakyRelu { negative_slope: self.negative_slope as f32 };
-        run(self.type_name(), op, &self.cache, Some(self.out.get()), input)
-    }
-
-    fn extra_repr(&self) -> String {
-        format!("negative_slope={}", py_float(self.negative_slope))
-    }
-
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
-}
+quantized_activation!(
+    /// `nnq.LeakyReLU` (`QuantizedLeakyReLU`): `quantized::leaky_relu` with the observed output
+    /// parameters.
+    LeakyReLU, "QuantizedLeakyReLU", new_f32, [negative_slope],
+    new: "`nnq.LeakyReLU(scale, zero_point, negative_slope)` (the scale rounded to f32: PyTorch keeps it in a float32 buffer).",
+    op: |m| Unary::LeakyRelu { negative_slope: m.negative_slope as f32 },
+    repr: |m| format!("negative_slope={}", py_float(m.negative_slope))
+);
 
 /// `nnq.Dropout` (`QuantizedDropout`): returns its input, as PyTorch's placeholder does in both
 /// training and evaluation mode.
@@ -228,7 +173,5 @@ impl Module for Dropout {
         dropout_repr(self.p)
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
