@@ -7,7 +7,7 @@ use qkernels::elementwise::{PerTensor, Unary};
 use serde::{Deserialize, Serialize};
 
 use crate::nn::misc::dropout_repr;
-use crate::nn::unary::{LutCache, py_float};
+use crate::nn::unary::{LutCache, py_float, unit_activation};
 use crate::record::Record;
 use crate::value::OutQ;
 use crate::{GraphResult, Module, Value, nn};
@@ -37,20 +37,12 @@ fn run(
     Ok(Value::Quant(cache.apply(op, &q, out_q)?))
 }
 
-/// `nnq.ReLU6` (`QuantizedReLU6`): `min(max(q, zero_point), quantize(6))`, output parameters the
-/// input's.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReLU6 {
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl ReLU6 {
-    /// `nnq.ReLU6()`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+unit_activation!(
+    /// `nnq.ReLU6` (`QuantizedReLU6`): `min(max(q, zero_point), quantize(6))`, output parameters the
+    /// input's.
+    ReLU6,
+    "`nnq.ReLU6()`."
+);
 
 impl Module for ReLU6 {
     fn type_name(&self) -> &str {
