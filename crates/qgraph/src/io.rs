@@ -5,8 +5,10 @@
 //! and the module tree (each module's type, configuration, tensor names and children). One
 //! entry, because safetensors writes its metadata map in no fixed order: with one, saving the
 //! same model twice gives the same bytes. Loading
-//! needs no model code; the file is memory-mapped and every module is rebuilt (quantized weights
-//! re-packed for this CPU), so a loaded model computes exactly what the saved one did.
+//! needs no model code; the file is memory-mapped and every module is rebuilt by the loader
+//! registered for its saved type ([`Loaders`]; quantized weights re-packed for this CPU), so a
+//! loaded model computes exactly what the saved one did. Prepared models save their observers'
+//! statistics, so calibration resumes where it stopped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -62,7 +62,9 @@ impl Functional {
 /// A module runs [`forward`](Module::forward) on a [`Value`] (float or quantized), has named
 /// children (so that every module is reachable by its dotted path and `fuse_modules`, `prepare`
 /// and `convert` can replace one in place), and prints like PyTorch. The workflow functions find
-/// module types by [`type_name`](Module::type_name) and downcast with [`ModuleAny`].
+/// module types by their Rust type and [`type_name`](Module::type_name) in
+/// [`crate::mappings::Mappings`], files by [`saved_type`](Module::saved_type) in
+/// [`crate::io::Loaders`], and downcast with [`ModuleAny`].
 pub trait Module: ModuleAny + fmt::Debug + Send + Sync {
     /// PyTorch's class name, e.g. `Conv2d`, `ConvReLU2d`, `QuantizedConv2d`.
     fn type_name(&self) -> &str;
