@@ -249,7 +249,7 @@ impl Observed {
 
     /// Observes `inner`'s outputs with `qconfig`'s activation observer.
     pub fn new(inner: Box<dyn Module>, qconfig: QConfig) -> GraphResult<Self> {
-        let per_forward = if inner.is::<nn::Fused>() { 2 } else { 1 };
+        let per_forward = observations_per_forward(inner.as_ref());
         let post = Box::new(ObserverModule::new(qconfig.activation.build()?, per_forward));
         Ok(Self { inner, qconfig, post })
     }
@@ -257,6 +257,15 @@ impl Observed {
     /// A prepared module resuming with `observer` (e.g. a loaded one, whose statistics
     /// calibration continues from). The observer must be of `qconfig`'s activation description.
     pub fn restore(inner: Box<dyn Module>, qconfig: QConfig, observer: ObserverModule) -> GraphResult<Self> {
+        let per_forward = observations_per_forward(inner.as_ref());
+        if observer.per_forward != per_forward {
+            return Err(crate::invalid(
+                "Observed",
+                "observer per_forward",
+                observer.per_forward,
+                format!("{} observes each output {per_forward} time(s)", inner.type_name()),
+            ));
+        }
         let spec = observer.state().spec;
         if spec != qconfig.activation {
             return Err(crate::invalid(
@@ -286,6 +295,12 @@ impl Observed {
     pub fn observer(&self) -> &ObserverModule {
         self.post.downcast_ref().expect("an Observed module's post-process is an ObserverModule")
     }
+}
+
+/// How many times an observer sees each output of `inner`: twice for a fused module (see
+/// [`Observed`]), once otherwise.
+fn observations_per_forward(inner: &dyn Module) -> usize {
+    if inner.is::<nn::Fused>() { 2 } else { 1 }
 }
 
 impl Module for Observed {
@@ -525,7 +540,8 @@ where
         progress(done, total);
     }
     for ((path, after, per_forward), (_, earlier, _)) in observer_calls(model).into_iter().zip(before) {
-        let forwards = (after - earlier) / per_forward;
+        // A count restored from a file may be anything: wrap rather than overflow.
+        let forwards = after.wrapping_sub(earlier) / per_forward.max(1);
         if forwards > done {
             return Err(GraphError::Workflow {
                 step: "calibrate",

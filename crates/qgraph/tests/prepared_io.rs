@@ -4,7 +4,7 @@
 
 use qgraph::io;
 use qgraph::qconfig::{QConfig, default_qconfig, get_default_qconfig};
-use qgraph::workflow::ObserverModule;
+use qgraph::workflow::{Observed, ObserverModule};
 use qgraph::{Module, QConfigMapping, Value, calibrate, convert, prepare};
 use qobserve::ObserverSpec;
 
@@ -59,4 +59,22 @@ fn calibration_resumes_from_a_saved_prepared_model() {
             qconfig.activation.name()
         );
     }
+}
+
+#[test]
+fn an_observer_restores_only_into_the_module_it_was_made_for() {
+    let model = prepared(&default_qconfig());
+    run(model.as_ref(), 0..1);
+    let fused = model.get("conv1").unwrap().downcast_ref::<Observed>().expect("observed");
+    let observer = fused.observer().clone();
+    let inner = || fused.inner().clone_module();
+    assert!(Observed::restore(inner(), default_qconfig(), observer.clone()).is_ok());
+    let err = Observed::restore(inner(), get_default_qconfig("x86").unwrap(), observer.clone()).unwrap_err();
+    assert!(err.to_string().contains("the qconfig's activation observer is HistogramObserver"), "{err}");
+    // A fused module's observer sees each output twice; a restored one must say so.
+    let state = observer.state();
+    let once = ObserverModule::restore(&state, observer.calls(), 1).unwrap();
+    let err = Observed::restore(inner(), default_qconfig(), once).unwrap_err();
+    assert!(err.to_string().contains("observes each output 2 time(s)"), "{err}");
+    assert!(ObserverModule::restore(&state, 0, 3).is_err());
 }
