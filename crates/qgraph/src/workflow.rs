@@ -10,15 +10,15 @@ use qkernels::elementwise::PerTensor;
 use qobserve::{ObservedRange, Observer, ObserverState};
 use serde::{Deserialize, Serialize};
 
-use crate::mappings::{Mappings, Swap};
+use crate::mappings::{Mappings, ModuleKey, Swap};
 use crate::module::{Functional, join, slot_mut};
 use crate::qconfig::QConfig;
 use crate::record::{Record, TensorView};
 use crate::{GraphError, GraphResult, Module, Value, nn};
 
 /// Which qconfig each module gets: PyTorch's `qconfig_dict` (`{"": global, Type: ..., "name":
-/// ...}`) with its priority: by name, then by type, then inherited from the parent. `None`
-/// excludes a module (and, by inheritance, its children).
+/// ...}`) with its priority: by name, then by type ([`ModuleKey`] entries before class names),
+/// then inherited from the parent. `None` excludes a module (and, by inheritance, its children).
 ///
 /// ```
 /// use qgraph::qconfig::get_default_qconfig;
@@ -29,6 +29,7 @@ use crate::{GraphError, GraphResult, Module, Value, nn};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QConfigMapping {
     global: Option<QConfig>,
+    by_key: Vec<(ModuleKey, Option<QConfig>)>,
     by_type: Vec<(String, Option<QConfig>)>,
     by_name: Vec<(String, Option<QConfig>)>,
 }
@@ -40,9 +41,17 @@ impl QConfigMapping {
         Self { global: Some(qconfig), ..Self::default() }
     }
 
-    /// Modules of PyTorch type `type_name` (e.g. `"Linear"`) get `qconfig`.
+    /// Modules of PyTorch type `type_name` (e.g. `"Linear"`) get `qconfig`, whatever their Rust
+    /// type (a QAT `Linear` too); [`set_key`](QConfigMapping::set_key) names one Rust type.
     pub fn set_type(mut self, type_name: &str, qconfig: Option<QConfig>) -> Self {
         self.by_type.push((type_name.to_string(), qconfig));
+        self
+    }
+
+    /// Modules of the Rust type and class name `key` get `qconfig` (before any
+    /// [`set_type`](QConfigMapping::set_type) entry of the same class name).
+    pub fn set_key(mut self, key: ModuleKey, qconfig: Option<QConfig>) -> Self {
+        self.by_key.push((key, qconfig));
         self
     }
 
@@ -53,11 +62,17 @@ impl QConfigMapping {
         self
     }
 
-    fn resolve(&self, path: &str, type_name: &str, parent: Option<&QConfig>) -> Option<QConfig> {
+    fn resolve(&self, path: &str, module: &dyn Module, parent: Option<&QConfig>) -> Option<QConfig> {
         if let Some((_, q)) = self.by_name.iter().rev().find(|(p, _)| p == path) {
             return q.clone();
         }
-        if let Some((_, q)) = self.by_type.iter().rev().find(|(t, _)| t == type_name) {
+        if !self.by_key.is_empty() {
+            let key = ModuleKey::of(module);
+            if let Some((_, q)) = self.by_key.iter().rev().find(|(k, _)| *k == key) {
+                return q.clone();
+            }
+        }
+        if let Some((_, q)) = self.by_type.iter().rev().find(|(t, _)| t == module.type_name()) {
             return q.clone();
         }
         if path.is_empty() { self.global.clone() } else { parent.cloned() }
@@ -442,7 +457,7 @@ fn swap_with(
         count: &mut usize,
     ) -> GraphResult<()> {
         let (mapping, mappings, table) = ctx;
-        let qconfig = mapping.resolve(path, slot.type_name(), parent);
+        let qconfig = mapping.resolve(path, slot.as_ref(), parent);
         if let Some(swapped) = qconfig.as_ref().and_then(|qc| mappings.swap(table, slot.as_ref(), qc)) {
             *slot = swapped.map_err(|e| e.within_path(path))?;
             *count += 1;
@@ -493,7 +508,7 @@ fn prepare_slot(
     mappings: &Mappings,
     count: &mut usize,
 ) -> GraphResult<()> {
-    let qconfig = mapping.resolve(path, slot.type_name(), parent);
+    let qconfig = mapping.resolve(path, slot.as_ref(), parent);
     if slot.is::<Observed>() || mappings.mark(slot.as_mut(), qconfig.as_ref()) {
         return Ok(());
     }

@@ -11,6 +11,7 @@ use qgraph::nn::{Linear, manual_seed};
 use qgraph::qconfig::{QConfig, default_qconfig};
 use qgraph::quantized::QuantizedWeight;
 use qgraph::record::{Record, TensorView};
+use qgraph::workflow::Observed;
 use qgraph::{
     DeQuantStub, GraphError, GraphResult, Module, QConfigMapping, QuantStub, QuantTensor, Sequential, Value,
     calibrate, convert_with, prepare_with,
@@ -233,6 +234,11 @@ fn unregistered_user_modules_are_left_alone_and_do_not_load() {
     let observers =
         prepare_with(&mut model, &QConfigMapping::global(default_qconfig()), &Mappings::default());
     assert_eq!(observers.unwrap(), 2);
+    // A qconfig by Rust type: the user's Scale stays float, the library's modules do not.
+    let mut model = self::model();
+    let mapping = QConfigMapping::global(default_qconfig()).set_key(ModuleKey::new::<Scale>("Scale"), None);
+    assert_eq!(prepare_with(&mut model, &mapping, &mappings()).unwrap(), 3);
+    assert!(model.get("3").unwrap().is::<Scale>() && model.get("2").unwrap().is::<Observed>());
     let mut without = mappings();
     without.remove(&ModuleKey::new::<Scale>("Scale"));
     assert!(!without.is_observed(&Scale { weight: ArrayD::zeros(IxDyn(&[1])) }));
