@@ -29,8 +29,13 @@ SPARSE = "out of scope: sparse quantized linear"
 ONEDNN_FUSION = "not yet: eager `fuse_modules` never produces it (only onednn's FX backend config fuses it)"
 NORM = "not yet: needs PyTorch's quantized {} kernel (float module missing too)"
 
+# The QAT modules qfake has (its `qat_mappings()` extends qgraph's mappings).
+QAT_LINEAR = "supported with qfake: `Linear` -> `qfake::Linear` (`qfake::qat_mappings()`, forward only)"
+QAT_STATUS = {"nn.Linear": QAT_LINEAR}
+
 # What qgraph does with each PyTorch name (float module, fused module or op).
 STATUS = {
+    "nnqat.Linear": "supported with qfake: `qfake::Linear` -> `QuantizedLinear` (`qfake::qat_mappings()`)",
     "QuantStub": "supported: `QuantStub` -> `Quantize`",
     "DeQuantStub": "supported: `DeQuantStub` -> `DeQuantize`",
     "nn.BatchNorm2d": "supported: `BatchNorm2d` -> `QuantizedBatchNorm2d`",
@@ -186,7 +191,7 @@ def main():
          "What eager `convert` swaps (post-training static quantization, what qgraph does).",
          module_rows(qm.DEFAULT_STATIC_QUANT_MODULE_MAPPINGS)),
         ("DEFAULT_QAT_MODULE_MAPPINGS", "What `prepare_qat` swaps.",
-         module_rows(qm.DEFAULT_QAT_MODULE_MAPPINGS, QAT)),
+         [(k, v, QAT_STATUS.get(k, here)) for k, v, here in module_rows(qm.DEFAULT_QAT_MODULE_MAPPINGS, QAT)]),
         ("DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS", "What `quantize_dynamic` swaps.",
          module_rows(qm.DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS, DYNAMIC)),
         ("DEFAULT_REFERENCE_STATIC_QUANT_MODULE_MAPPINGS", None,

@@ -116,6 +116,26 @@ pub enum GraphError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A saved module whose type no loader knows.
+    #[error(
+        "module `{path}`: unknown module type {name:?}; register a loader for it (io::Loaders::register or \
+         register_config) and load with io::load_with / io::from_bytes_with"
+    )]
+    UnknownModuleType {
+        /// The saved type name ([`Module::saved_type`](crate::Module::saved_type)).
+        name: String,
+        /// The module's path in the saved tree.
+        path: String,
+    },
+    /// A model file that was read but whose content cannot be rebuilt: the file and the typed
+    /// error underneath (`source`, with the module path as [`GraphError::At`]).
+    #[error("{file}: {source}")]
+    Load {
+        /// The file (or `<bytes>`).
+        file: String,
+        /// What went wrong while rebuilding.
+        source: Box<GraphError>,
+    },
     /// Invalid quantization parameters, as `qcore` reports them.
     #[error(transparent)]
     Quant(#[from] qcore::QError),
@@ -137,10 +157,15 @@ impl GraphError {
         }
     }
 
+    /// [`GraphError::within`] for a full dotted path (`""` leaves the error as it is).
+    pub(crate) fn within_path(self, path: &str) -> GraphError {
+        if path.is_empty() { self } else { self.within(path) }
+    }
+
     /// The error without its path.
     pub fn root_cause(&self) -> &GraphError {
         match self {
-            GraphError::At { source, .. } => source.root_cause(),
+            GraphError::At { source, .. } | GraphError::Load { source, .. } => source.root_cause(),
             other => other,
         }
     }

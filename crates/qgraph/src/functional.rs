@@ -260,7 +260,5 @@ impl Module for QFunctional {
         format!("scale={}, zero_point={}", qcore::python_float_repr(q.scale), q.zero_point)
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }

@@ -5,8 +5,10 @@
 //! and the module tree (each module's type, configuration, tensor names and children). One
 //! entry, because safetensors writes its metadata map in no fixed order: with one, saving the
 //! same model twice gives the same bytes. Loading
-//! needs no model code; the file is memory-mapped and every module is rebuilt (quantized weights
-//! re-packed for this CPU), so a loaded model computes exactly what the saved one did.
+//! needs no model code; the file is memory-mapped and every module is rebuilt by the loader
+//! registered for its saved type ([`Loaders`]; quantized weights re-packed for this CPU), so a
+//! loaded model computes exactly what the saved one did. Prepared models save their observers'
+//! statistics, so calibration resumes where it stopped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -15,12 +17,11 @@ use ndarray::{ArrayD, IxDyn};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::container::{Graph, Sequential, check_name};
-use crate::functional::{FloatFunctional, QFunctional};
+use crate::container::check_name;
+pub use crate::loaders::{LoadFn, Loaders};
 use crate::module::join;
 use crate::record::{RawTensor, Record, TensorView, Tensors};
-use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
-use crate::{GraphError, GraphResult, Module, nn};
+use crate::{GraphError, GraphResult, Module};
 
 /// The metadata key of a model file.
 pub const FORMAT: &str = "qgraph";
@@ -77,8 +78,15 @@ pub fn save(model: &dyn Module, path: impl AsRef<Path>) -> GraphResult<()> {
     std::fs::write(path, bytes).map_err(|e| file_error(&path.display().to_string(), e.to_string()))
 }
 
-/// Loads a model saved by [`save`], memory-mapping the file.
+/// Loads a model saved by [`save`], memory-mapping the file, with the [default
+/// loaders](Loaders::default).
 pub fn load(path: impl AsRef<Path>) -> GraphResult<Box<dyn Module>> {
+    load_with(path, &Loaders::default())
+}
+
+/// Loads a model saved by [`save`], memory-mapping the file; `loaders` rebuild its modules
+/// (register a crate's own module types there).
+pub fn load_with(path: impl AsRef<Path>, loaders: &Loaders) -> GraphResult<Box<dyn Module>> {
     let path = path.as_ref();
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| file_error(&name, e.to_string()))?;
@@ -86,15 +94,21 @@ pub fn load(path: impl AsRef<Path>) -> GraphResult<Box<dyn Module>> {
     // it is copied into the rebuilt modules. Another process truncating the file while it is
     // mapped could fault, as for any memory-mapped reader; model files are not written in place.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| file_error(&name, e.to_string()))?;
-    from_bytes_named(&map, &name)
+    from_bytes_named(&map, &name, loaders)
 }
 
-/// Loads a model from the bytes of a model file (untrusted input: every problem is an error).
+/// Loads a model from the bytes of a model file (untrusted input: every problem is an error),
+/// with the [default loaders](Loaders::default).
 pub fn from_bytes(bytes: &[u8]) -> GraphResult<Box<dyn Module>> {
-    from_bytes_named(bytes, "<bytes>")
+    from_bytes_with(bytes, &Loaders::default())
 }
 
-fn from_bytes_named(bytes: &[u8], name: &str) -> GraphResult<Box<dyn Module>> {
+/// Loads a model from the bytes of a model file with `loaders`.
+pub fn from_bytes_with(bytes: &[u8], loaders: &Loaders) -> GraphResult<Box<dyn Module>> {
+    from_bytes_named(bytes, "<bytes>", loaders)
+}
+
+fn from_bytes_named(bytes: &[u8], name: &str, loaders: &Loaders) -> GraphResult<Box<dyn Module>> {
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| file_error(name, format!("not a safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(bytes)
@@ -126,10 +140,8 @@ fn from_bytes_named(bytes: &[u8], name: &str) -> GraphResult<Box<dyn Module>> {
         .iter()
         .map(|(k, v)| (k.clone(), RawTensor { dtype: v.dtype(), shape: v.shape(), bytes: v.data() }))
         .collect();
-    rebuild(tree, "", &raw, 0).map_err(|e| match e {
-        GraphError::File { .. } => e,
-        other => file_error(name, other.to_string()),
-    })
+    rebuild(tree, "", &raw, 0, loaders)
+        .map_err(|e| GraphError::Load { file: name.to_string(), source: Box::new(e) })
 }
 
 /// A tensor to write.
@@ -164,14 +176,6 @@ fn describe(
     path: &str,
     out: &mut Vec<(String, OwnedTensor)>,
 ) -> GraphResult<SavedModule> {
-    if module.is::<crate::workflow::Observed>() {
-        return Err(GraphError::Workflow {
-            step: "save",
-            reason: format!(
-                "`{path}` is a prepared (observed) module; save the float model before prepare or the converted model"
-            ),
-        });
-    }
     let mut tensors = Vec::new();
     for (name, view) in module.tensors() {
         out.push((join(path, &name), owned(view)));
@@ -182,7 +186,7 @@ fn describe(
         .into_iter()
         .map(|(name, child)| Ok((name.to_string(), describe(child, &join(path, name), out)?)))
         .collect::<GraphResult<Vec<_>>>()?;
-    Ok(SavedModule { type_name: module.type_name().to_string(), config: module.config(), tensors, children })
+    Ok(SavedModule { type_name: module.saved_type().to_string(), config: module.config(), tensors, children })
 }
 
 /// serde_json stops at 128 levels, so deeper trees cannot reach here; this bounds the recursion
@@ -194,103 +198,43 @@ fn rebuild(
     path: &str,
     raw: &HashMap<String, RawTensor<'_>>,
     depth: usize,
+    loaders: &Loaders,
 ) -> GraphResult<Box<dyn Module>> {
+    let mismatch = |reason: String| GraphError::Mismatch { context: "load", reason };
     if depth > MAX_DEPTH {
-        return Err(GraphError::Mismatch {
-            context: "load",
-            reason: format!("module `{path}`: the tree is too deep"),
-        });
+        return Err(mismatch(format!("module `{path}`: the tree is too deep")));
     }
     let mut map = BTreeMap::new();
     for name in &saved.tensors {
         let key = join(path, name);
-        let tensor = raw.get(&key).ok_or_else(|| GraphError::Mismatch {
-            context: "load",
-            reason: format!("module `{path}`: tensor `{key}` is listed but not in the file"),
+        let tensor = raw.get(&key).ok_or_else(|| {
+            mismatch(format!("module `{path}`: tensor `{key}` is listed but not in the file"))
         })?;
         map.insert(name.clone(), *tensor);
     }
     let mut children = Vec::with_capacity(saved.children.len());
     for (name, child) in saved.children {
-        check_name("load", &children, &name).map_err(|e| GraphError::Mismatch {
-            context: "load",
-            reason: format!("module `{path}`: {e}; every child needs its own name"),
-        })?;
-        let child = rebuild(child, &join(path, &name), raw, depth + 1)?;
+        check_name("load", &children, &name)
+            .map_err(|e| mismatch(format!("module `{path}`: {e}; every child needs its own name")))?;
+        let child = rebuild(child, &join(path, &name), raw, depth + 1, loaders)?;
         children.push((name, child));
     }
     let count = children.len();
     let record =
         Record { path: path.to_string(), config: saved.config, tensors: Tensors::new(path, map), children };
-    let module = build(&saved.type_name, record).map_err(|e| match e {
-        GraphError::Mismatch { .. } => e,
-        other => GraphError::Mismatch { context: "load", reason: format!("module `{path}`: {other}") },
+    let module = loaders.build(&saved.type_name, record).map_err(|e| match e {
+        GraphError::Mismatch { .. } | GraphError::UnknownModuleType { .. } => e,
+        other => other.within_path(path),
     })?;
     // Every saved child must have found its place.
     let held = module.children().len();
     if held != count {
-        return Err(GraphError::Mismatch {
-            context: "load",
-            reason: format!(
-                "module `{path}` ({}) holds {held} children but the file lists {count}",
-                saved.type_name
-            ),
-        });
+        return Err(mismatch(format!(
+            "module `{path}` ({}) holds {held} children but the file lists {count}",
+            saved.type_name
+        )));
     }
     Ok(module)
-}
-
-/// Rebuilds a module of PyTorch type `type_name` from its record: the one list of loadable types.
-fn build(type_name: &str, record: Record<'_>) -> GraphResult<Box<dyn Module>> {
-    use crate::quantized::{QuantizedBatchNorm, QuantizedConv, QuantizedLinear};
-    fn boxed<T: Module>(m: GraphResult<T>) -> GraphResult<Box<dyn Module>> {
-        Ok(Box::new(m?))
-    }
-    fn plain<T: Module + for<'de> Deserialize<'de>>(record: Record<'_>) -> GraphResult<Box<dyn Module>> {
-        boxed(record.config::<T>())
-    }
-    match type_name {
-        "Sequential" => boxed(Sequential::from_record(record)),
-        "QuantStub" => boxed(Ok(QuantStub::new())),
-        "DeQuantStub" => plain::<DeQuantStub>(record),
-        "QuantWrapper" => boxed(QuantWrapper::from_record(record)),
-        "Quantize" => boxed(Quantize::from_record(record)),
-        "DeQuantize" => boxed(Ok(DeQuantize::new())),
-        "FloatFunctional" => boxed(Ok(FloatFunctional::new())),
-        "QFunctional" => boxed(QFunctional::from_record(record)),
-        "Identity" => boxed(Ok(nn::Identity::new())),
-        "Flatten" => plain::<nn::Flatten>(record),
-        "AdaptiveAvgPool2d" => boxed(nn::AdaptiveAvgPool2d::from_record(record)),
-        "Conv1d" | "Conv2d" | "Conv3d" => boxed(nn::Conv::from_record(record)),
-        "Linear" => boxed(nn::Linear::from_record(record)),
-        "BatchNorm1d" | "BatchNorm2d" | "BatchNorm3d" => boxed(nn::BatchNorm::from_record(record)),
-        "ConvReLU1d" | "ConvReLU2d" | "ConvReLU3d" | "ConvReLU6_1d" | "ConvReLU6_2d" | "ConvReLU6_3d"
-        | "LinearReLU" | "LinearReLU6" | "BNReLU2d" | "BNReLU3d" => boxed(nn::Fused::from_record(record)),
-        "QuantizedConv1d"
-        | "QuantizedConv2d"
-        | "QuantizedConv3d"
-        | "QuantizedConvReLU1d"
-        | "QuantizedConvReLU2d"
-        | "QuantizedConvReLU3d"
-        | "QuantizedConvReLU6_1d"
-        | "QuantizedConvReLU6_2d"
-        | "QuantizedConvReLU6_3d" => boxed(QuantizedConv::from_record(record)),
-        "QuantizedLinear" | "QuantizedLinearReLU" | "QuantizedLinearReLU6" => {
-            boxed(QuantizedLinear::from_record(record))
-        }
-        "QuantizedBatchNorm2d" | "QuantizedBatchNorm3d" | "QuantizedBNReLU2d" | "QuantizedBNReLU3d" => {
-            boxed(QuantizedBatchNorm::from_record(record))
-        }
-        other => match nn::unweighted_loader(other) {
-            Some(load) => load(record),
-            // Any other name is a `Graph` (its type name is the model's own, e.g. `BasicBlock`).
-            None if record.config.get("nodes").is_some() => boxed(Graph::from_record(record)),
-            None => Err(GraphError::Mismatch {
-                context: "load",
-                reason: format!("module `{}`: unknown module type {other:?}", record.path),
-            }),
-        },
-    }
 }
 
 /// Loads a PyTorch `state_dict` saved as safetensors (`safetensors.torch.save_file(model.state_dict(),

@@ -7,6 +7,71 @@
 //! Values between modules are [`Value`]s: float tensors in NCHW, quantized activations (quint8,
 //! qint8, qint32), or tuples of values for modules and graphs with several inputs or outputs.
 
+/// `Module::config` as the module's serde form (for modules whose serialized fields are their
+/// configuration). Defined before the modules so that every file can use it.
+macro_rules! serde_config {
+    () => {
+        fn config(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("plain data")
+        }
+    };
+}
+
+/// A unit module that returns its input (`Identity`, `QuantStub`): the struct, `new()` and its
+/// `Module` impl under PyTorch's class name `$name`.
+macro_rules! identity_module {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $new_doc:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        pub struct $ty;
+
+        impl $ty {
+            #[doc = $new_doc]
+            pub fn new() -> Self {
+                $ty
+            }
+        }
+
+        impl Module for $ty {
+            fn type_name(&self) -> &str {
+                $name
+            }
+
+            fn forward(&self, input: Value) -> GraphResult<Value> {
+                Ok(input)
+            }
+        }
+    };
+}
+
+/// `Module::extra_repr`, `params`, `params_mut`, `training` and `set_training` of a module that
+/// wraps another in the field `$field` and prints and trains as it (a prepared module, a QAT
+/// layer around its float layer).
+#[macro_export]
+macro_rules! delegate_to_inner {
+    ($field:ident) => {
+        fn extra_repr(&self) -> String {
+            self.$field.extra_repr()
+        }
+
+        fn params(&self) -> Vec<(&'static str, &ndarray::ArrayD<f32>)> {
+            self.$field.params()
+        }
+
+        fn params_mut(&mut self) -> Vec<(&'static str, &mut ndarray::ArrayD<f32>)> {
+            self.$field.params_mut()
+        }
+
+        fn training(&self) -> bool {
+            self.$field.training()
+        }
+
+        fn set_training(&mut self, training: bool) {
+            self.$field.set_training(training);
+        }
+    };
+}
+
 mod container;
 pub mod debug;
 mod error;
@@ -14,6 +79,8 @@ mod functional;
 pub mod fuse;
 pub mod fusion;
 pub mod io;
+mod loaders;
+pub mod mappings;
 pub mod memory;
 pub mod models;
 mod module;
@@ -37,7 +104,10 @@ pub use stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
 pub use value::{
     DType, QuantElement, QuantTensor, QuantTensorOf, Value, pytorch_threads, set_pytorch_threads,
 };
-pub use workflow::{QConfigMapping, calibrate, convert, prepare, quantize};
+pub use workflow::{
+    QConfigMapping, calibrate, convert, convert_with, prepare, prepare_qat_with, prepare_with, quantize,
+    quantize_with,
+};
 pub use {qkernels, qobserve};
 
 /// The README's examples, run as doctests (qgraph depends on every crate they use).

@@ -74,10 +74,19 @@ impl Functional {
 /// A module runs [`forward`](Module::forward) on a [`Value`] (float or quantized), has named
 /// children (so that every module is reachable by its dotted path and `fuse_modules`, `prepare`
 /// and `convert` can replace one in place), and prints like PyTorch. The workflow functions find
-/// module types by [`type_name`](Module::type_name) and downcast with [`ModuleAny`].
+/// module types by their Rust type and [`type_name`](Module::type_name) in
+/// [`crate::mappings::Mappings`], files by [`saved_type`](Module::saved_type) in
+/// [`crate::io::Loaders`], and downcast with [`ModuleAny`].
 pub trait Module: ModuleAny + fmt::Debug + Send + Sync {
     /// PyTorch's class name, e.g. `Conv2d`, `ConvReLU2d`, `QuantizedConv2d`.
     fn type_name(&self) -> &str;
+
+    /// The name a model file records for this module and [`crate::io::Loaders`] finds its loader
+    /// by; by default [`type_name`](Module::type_name). Modules that print as another class
+    /// (a QAT `Linear`, an observer) save under a name of their own.
+    fn saved_type(&self) -> &str {
+        self.type_name()
+    }
 
     /// Runs the module on its input (a [`Value::Tuple`] for a module that takes several).
     fn forward(&self, input: Value) -> GraphResult<Value>;

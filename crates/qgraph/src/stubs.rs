@@ -10,27 +10,13 @@ use crate::record::Record;
 use crate::value::QuantTensor;
 use crate::{GraphResult, Module, Value};
 
-/// `QuantStub`: the identity until `convert` makes it a [`Quantize`] with the parameters its
-/// observer chose for the values passing through it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct QuantStub;
-
-impl QuantStub {
-    /// A stub.
-    pub fn new() -> Self {
-        QuantStub
-    }
-}
-
-impl Module for QuantStub {
-    fn type_name(&self) -> &str {
-        "QuantStub"
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        Ok(input)
-    }
-}
+identity_module!(
+    /// `QuantStub`: the identity until `convert` makes it a [`Quantize`] with the parameters its
+    /// observer chose for the values passing through it.
+    QuantStub,
+    "QuantStub",
+    "A stub."
+);
 
 /// `DeQuantStub`: the identity until `convert` makes it a [`DeQuantize`]. It never gets an
 /// observer; `prepare` records whether it has a qconfig, which decides whether `convert` swaps it
@@ -57,9 +43,7 @@ impl Module for DeQuantStub {
         Ok(input)
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
 /// `nnq.Quantize`: float in, quint8 out with fixed parameters (`torch.quantize_per_tensor`).
@@ -88,9 +72,7 @@ impl Module for Quantize {
         )
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
 /// `nnq.DeQuantize`: quantized in, float out. A float input passes unchanged, as

@@ -7,16 +7,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use qcore::QParams;
 use qkernels::elementwise::PerTensor;
-use qobserve::{ObservedRange, Observer};
+use qobserve::{ObservedRange, Observer, ObserverState};
+use serde::{Deserialize, Serialize};
 
+use crate::mappings::{Mappings, ModuleKey, Swap};
 use crate::module::{Functional, join, slot_mut};
 use crate::qconfig::QConfig;
-use crate::stubs::{DeQuantStub, DeQuantize, Quantize};
+use crate::record::{Record, TensorView};
 use crate::{GraphError, GraphResult, Module, Value, nn};
 
 /// Which qconfig each module gets: PyTorch's `qconfig_dict` (`{"": global, Type: ..., "name":
-/// ...}`) with its priority: by name, then by type, then inherited from the parent. `None`
-/// excludes a module (and, by inheritance, its children).
+/// ...}`) with its priority: by name, then by type ([`ModuleKey`] entries before class names),
+/// then inherited from the parent. `None` excludes a module (and, by inheritance, its children).
 ///
 /// ```
 /// use qgraph::qconfig::get_default_qconfig;
@@ -27,6 +29,7 @@ use crate::{GraphError, GraphResult, Module, Value, nn};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QConfigMapping {
     global: Option<QConfig>,
+    by_key: Vec<(ModuleKey, Option<QConfig>)>,
     by_type: Vec<(String, Option<QConfig>)>,
     by_name: Vec<(String, Option<QConfig>)>,
 }
@@ -38,9 +41,17 @@ impl QConfigMapping {
         Self { global: Some(qconfig), ..Self::default() }
     }
 
-    /// Modules of PyTorch type `type_name` (e.g. `"Linear"`) get `qconfig`.
+    /// Modules of PyTorch type `type_name` (e.g. `"Linear"`) get `qconfig`, whatever their Rust
+    /// type (a QAT `Linear` too); [`set_key`](QConfigMapping::set_key) names one Rust type.
     pub fn set_type(mut self, type_name: &str, qconfig: Option<QConfig>) -> Self {
         self.by_type.push((type_name.to_string(), qconfig));
+        self
+    }
+
+    /// Modules of the Rust type and class name `key` get `qconfig` (before any
+    /// [`set_type`](QConfigMapping::set_type) entry of the same class name).
+    pub fn set_key(mut self, key: ModuleKey, qconfig: Option<QConfig>) -> Self {
+        self.by_key.push((key, qconfig));
         self
     }
 
@@ -51,11 +62,17 @@ impl QConfigMapping {
         self
     }
 
-    fn resolve(&self, path: &str, type_name: &str, parent: Option<&QConfig>) -> Option<QConfig> {
+    fn resolve(&self, path: &str, module: &dyn Module, parent: Option<&QConfig>) -> Option<QConfig> {
         if let Some((_, q)) = self.by_name.iter().rev().find(|(p, _)| p == path) {
             return q.clone();
         }
-        if let Some((_, q)) = self.by_type.iter().rev().find(|(t, _)| t == type_name) {
+        if !self.by_key.is_empty() {
+            let key = ModuleKey::of(module);
+            if let Some((_, q)) = self.by_key.iter().rev().find(|(k, _)| *k == key) {
+                return q.clone();
+            }
+        }
+        if let Some((_, q)) = self.by_type.iter().rev().find(|(t, _)| t == module.type_name()) {
             return q.clone();
         }
         if path.is_empty() { self.global.clone() } else { parent.cloned() }
@@ -68,33 +85,6 @@ impl From<QConfig> for QConfigMapping {
     }
 }
 
-/// The module types `prepare` observes (those in PyTorch's static quantization mapping, plus the
-/// fused ReLU6 forms): each becomes an [`Observed`] module, as a unit.
-const OBSERVED_TYPES: &[&str] = &[
-    "QuantStub",
-    "FloatFunctional",
-    "Conv1d",
-    "Conv2d",
-    "Conv3d",
-    "ConvReLU1d",
-    "ConvReLU2d",
-    "ConvReLU3d",
-    "ConvReLU6_1d",
-    "ConvReLU6_2d",
-    "ConvReLU6_3d",
-    "Linear",
-    "LinearReLU",
-    "LinearReLU6",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "BNReLU2d",
-    "BNReLU3d",
-    "ReLU6",
-    "Hardswish",
-    "ELU",
-    "LeakyReLU",
-];
-
 /// An observer as a module: PyTorch's `activation_post_process` child. It records the float
 /// values passing through and counts its calls.
 #[derive(Debug)]
@@ -104,9 +94,40 @@ pub struct ObserverModule {
     per_forward: usize,
 }
 
+/// What an [`ObserverModule`] saves: the observer's state, its call count and observations per
+/// forward.
+#[derive(Debug, Serialize, Deserialize)]
+struct ObserverConfig {
+    state: ObserverState,
+    calls: usize,
+    per_forward: usize,
+}
+
 impl ObserverModule {
     fn new(observer: Box<dyn Observer>, per_forward: usize) -> Self {
         Self { observer: Mutex::new(observer), calls: AtomicUsize::new(0), per_forward }
+    }
+
+    /// An observer module resuming from `state` (as [`ObserverModule::state`] gave it), having
+    /// been called `calls` times and observing each output `per_forward` times (1 or 2).
+    pub fn restore(state: &ObserverState, calls: usize, per_forward: usize) -> GraphResult<Self> {
+        if !(1..=2).contains(&per_forward) {
+            return Err(crate::invalid(
+                "ObserverModule",
+                "per_forward",
+                per_forward,
+                "an output is observed once, or twice for a fused module",
+            ));
+        }
+        let module = Self::new(state.build()?, per_forward);
+        module.calls.store(calls, Ordering::Relaxed);
+        Ok(module)
+    }
+
+    /// Rebuilds a saved observer module.
+    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
+        let c: ObserverConfig = record.config()?;
+        Self::restore(&c.state, c.calls, c.per_forward)
     }
 
     /// How many times it observes each output of its module: 2 for fused modules, 1 otherwise
@@ -184,9 +205,19 @@ impl Module for ObserverModule {
         self.lock().name()
     }
 
+    fn saved_type(&self) -> &str {
+        "ObserverModule"
+    }
+
     fn forward(&self, input: Value) -> GraphResult<Value> {
         self.observe(&input)?;
         Ok(input)
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let config =
+            ObserverConfig { state: self.state(), calls: self.calls(), per_forward: self.per_forward };
+        serde_json::to_value(config).expect("plain data")
     }
 
     /// PyTorch's `min_val=..., max_val=...` for observers that keep a range.
@@ -224,11 +255,45 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// The name a prepared module is saved under (its observed module's name is in its
+    /// configuration).
+    pub const SAVED_TYPE: &'static str = "Observed";
+
+    /// The name of the observer child, as in PyTorch.
+    pub const POST: &'static str = "activation_post_process";
+
     /// Observes `inner`'s outputs with `qconfig`'s activation observer.
     pub fn new(inner: Box<dyn Module>, qconfig: QConfig) -> GraphResult<Self> {
-        let per_forward = if inner.is::<nn::Fused>() { 2 } else { 1 };
+        let per_forward = observations_per_forward(inner.as_ref());
         let post = Box::new(ObserverModule::new(qconfig.activation.build()?, per_forward));
         Ok(Self { inner, qconfig, post })
+    }
+
+    /// A prepared module resuming with `observer` (e.g. a loaded one, whose statistics
+    /// calibration continues from). The observer must be of `qconfig`'s activation description.
+    pub fn restore(inner: Box<dyn Module>, qconfig: QConfig, observer: ObserverModule) -> GraphResult<Self> {
+        let per_forward = observations_per_forward(inner.as_ref());
+        if observer.per_forward != per_forward {
+            return Err(crate::invalid(
+                "Observed",
+                "observer per_forward",
+                observer.per_forward,
+                format!("{} observes each output {per_forward} time(s)", inner.type_name()),
+            ));
+        }
+        let spec = observer.state().spec;
+        if spec != qconfig.activation {
+            return Err(crate::invalid(
+                "Observed",
+                "observer",
+                spec.name(),
+                format!(
+                    "the qconfig's activation observer is {}; give the observer the qconfig was prepared with",
+                    qconfig.activation.name()
+                ),
+            ));
+        }
+        Ok(Self { inner, qconfig, post: Box::new(observer) })
     }
 
     /// The observed module.
@@ -247,9 +312,31 @@ impl Observed {
     }
 }
 
+/// How many times an observer sees each output of `inner`: twice for a fused module (see
+/// [`Observed`]), once otherwise.
+fn observations_per_forward(inner: &dyn Module) -> usize {
+    if inner.is::<nn::Fused>() { 2 } else { 1 }
+}
+
 impl Module for Observed {
     fn type_name(&self) -> &str {
         self.inner.type_name()
+    }
+
+    fn saved_type(&self) -> &str {
+        Self::SAVED_TYPE
+    }
+
+    /// The qconfig and the observed module's own name and configuration; its tensors are the
+    /// observed module's, its children the observed module's and the observer.
+    fn config(&self) -> serde_json::Value {
+        let module =
+            SavedInner { saved_type: self.inner.saved_type().to_string(), config: self.inner.config() };
+        serde_json::to_value(ObservedConfig { qconfig: self.qconfig.clone(), module }).expect("plain data")
+    }
+
+    fn tensors(&self) -> Vec<(String, TensorView<'_>)> {
+        self.inner.tensors()
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
@@ -269,49 +356,57 @@ impl Module for Observed {
 
     fn children(&self) -> Vec<(&str, &dyn Module)> {
         let mut children: Vec<_> =
-            self.inner.children().into_iter().filter(|(n, _)| *n != "activation_post_process").collect();
-        children.push(("activation_post_process", self.post.as_ref()));
+            self.inner.children().into_iter().filter(|(n, _)| *n != Self::POST).collect();
+        children.push((Self::POST, self.post.as_ref()));
         children
     }
 
     fn child_slot(&mut self, name: &str) -> Option<&mut Box<dyn Module>> {
-        if name == "activation_post_process" { Some(&mut self.post) } else { self.inner.child_slot(name) }
+        if name == Self::POST { Some(&mut self.post) } else { self.inner.child_slot(name) }
     }
 
-    fn extra_repr(&self) -> String {
-        self.inner.extra_repr()
-    }
-
-    fn params(&self) -> Vec<(&'static str, &ndarray::ArrayD<f32>)> {
-        self.inner.params()
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut ndarray::ArrayD<f32>)> {
-        self.inner.params_mut()
-    }
-
-    fn training(&self) -> bool {
-        self.inner.training()
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.inner.set_training(training);
-    }
+    delegate_to_inner!(inner);
 }
 
-/// `prepare(model)`: propagates qconfigs through the tree by `mapping` and wraps each module of an
-/// observed type that has a qconfig in an [`Observed`] module; a `DeQuantStub` with a qconfig is
-/// marked for `convert`. Fused modules and `FloatFunctional` are observed as units; `Dropout` is
-/// skipped, as in PyTorch. Returns the number of observers attached; zero means no module has a
-/// qconfig, which PyTorch only warns about and which is an error here, since nothing would be
-/// quantized.
+/// The saved configuration of an [`Observed`] module: the qconfig, and the observed module's
+/// saved name and configuration.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ObservedConfig {
+    pub(crate) qconfig: QConfig,
+    pub(crate) module: SavedInner,
+}
+
+/// The observed module inside an [`ObservedConfig`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SavedInner {
+    #[serde(rename = "type")]
+    pub(crate) saved_type: String,
+    #[serde(default)]
+    pub(crate) config: serde_json::Value,
+}
+
+/// `prepare(model)` with the [default mappings](Mappings::default): see [`prepare_with`].
+pub fn prepare(model: &mut Box<dyn Module>, mapping: &QConfigMapping) -> GraphResult<usize> {
+    prepare_with(model, mapping, &Mappings::default())
+}
+
+/// `prepare(model)`: propagates qconfigs through the tree by `mapping` and wraps each module with
+/// an observed entry in `mappings` that has a qconfig in an [`Observed`] module; modules with an
+/// unobserved entry (`DeQuantStub`, `Dropout`) are marked for `convert`. Fused modules and
+/// `FloatFunctional` are observed as units, as in PyTorch. Returns the number of observers
+/// attached; zero means no module has a qconfig, which PyTorch only warns about and which is an
+/// error here, since nothing would be quantized.
 ///
 /// A module observed at more than one call site (a `Graph` child called twice) is an error: one
 /// observer would mix the statistics of both sites.
-pub fn prepare(model: &mut Box<dyn Module>, mapping: &QConfigMapping) -> GraphResult<usize> {
-    check_single_call_sites(model.as_ref(), "")?;
+pub fn prepare_with(
+    model: &mut Box<dyn Module>,
+    mapping: &QConfigMapping,
+    mappings: &Mappings,
+) -> GraphResult<usize> {
+    check_single_call_sites(model.as_ref(), "", mappings)?;
     let mut count = 0;
-    prepare_slot(model, "", None, mapping, &mut count)?;
+    prepare_slot(model, "", None, mapping, mappings, &mut count)?;
     if count == 0 {
         return Err(GraphError::Workflow {
             step: "prepare",
@@ -324,14 +419,70 @@ pub fn prepare(model: &mut Box<dyn Module>, mapping: &QConfigMapping) -> GraphRe
     Ok(count)
 }
 
-fn check_single_call_sites(module: &dyn Module, path: &str) -> GraphResult<()> {
-    // A repeated call's node is named `child#2`; only observed types mix statistics.
-    fn observed_child<'a>(module: &dyn Module, node: &'a str) -> Option<&'a str> {
-        let child = node.split('#').next().unwrap_or_default();
-        module.get(child).is_ok_and(|m| OBSERVED_TYPES.contains(&m.type_name())).then_some(child)
+/// `prepare_qat(model)`: swaps every module with a qconfig and an entry in the QAT table of
+/// `mappings` for its QAT form (PyTorch's `convert(model, mapping=qat_mappings)`), then
+/// [`prepare_with`]. Returns the number of observers attached.
+pub fn prepare_qat_with(
+    model: &mut Box<dyn Module>,
+    mapping: &QConfigMapping,
+    mappings: &Mappings,
+) -> GraphResult<usize> {
+    swap_with(model, mapping, mappings, Swap::Qat)?;
+    prepare_with(model, mapping, mappings)
+}
+
+/// `quantize_dynamic(model)`: swaps every module with a qconfig and an entry in the dynamic table
+/// of `mappings` for its dynamic form. Returns the number of modules swapped.
+pub fn quantize_dynamic_with(
+    model: &mut Box<dyn Module>,
+    mapping: &QConfigMapping,
+    mappings: &Mappings,
+) -> GraphResult<usize> {
+    swap_with(model, mapping, mappings, Swap::Dynamic)
+}
+
+/// Replaces every module with a qconfig and an entry in `table` by its swapped form (not looking
+/// inside swapped modules); returns how many were swapped.
+fn swap_with(
+    model: &mut Box<dyn Module>,
+    mapping: &QConfigMapping,
+    mappings: &Mappings,
+    table: Swap,
+) -> GraphResult<usize> {
+    fn visit(
+        slot: &mut Box<dyn Module>,
+        path: &str,
+        parent: Option<&QConfig>,
+        ctx: (&QConfigMapping, &Mappings, Swap),
+        count: &mut usize,
+    ) -> GraphResult<()> {
+        let (mapping, mappings, table) = ctx;
+        let qconfig = mapping.resolve(path, slot.as_ref(), parent);
+        if let Some(swapped) = qconfig.as_ref().and_then(|qc| mappings.swap(table, slot.as_ref(), qc)) {
+            *slot = swapped.map_err(|e| e.within_path(path))?;
+            *count += 1;
+            return Ok(());
+        }
+        let names: Vec<String> = slot.children().into_iter().map(|(n, _)| n.to_string()).collect();
+        for name in names {
+            let child = slot.child_slot(&name).expect("a child listed by children()");
+            visit(child, &join(path, &name), qconfig.as_ref(), ctx, count)?;
+        }
+        Ok(())
     }
+    let mut count = 0;
+    visit(model, "", None, (mapping, mappings, table), &mut count)?;
+    Ok(count)
+}
+
+fn check_single_call_sites(module: &dyn Module, path: &str, mappings: &Mappings) -> GraphResult<()> {
+    // A repeated call's node is named `child#2`; only observed types mix statistics.
+    let observed_child = |node: &'_ str| -> Option<String> {
+        let child = node.split('#').next().unwrap_or_default();
+        module.get(child).is_ok_and(|m| mappings.is_observed(m)).then(|| child.to_string())
+    };
     let repeated = module.downcast_ref::<crate::Graph>().and_then(|g| {
-        g.nodes().iter().filter(|n| n.name.contains('#')).find_map(|n| observed_child(module, &n.name))
+        g.nodes().iter().filter(|n| n.name.contains('#')).find_map(|n| observed_child(&n.name))
     });
     if let Some(child) = repeated {
         return Err(GraphError::Workflow {
@@ -339,12 +490,12 @@ fn check_single_call_sites(module: &dyn Module, path: &str) -> GraphResult<()> {
             reason: format!(
                 "module `{}` is called at more than one place in its graph, so its one observer would mix \
                  their statistics (PyTorch silently does); give each call site its own module",
-                join(path, child)
+                join(path, &child)
             ),
         });
     }
     for (name, child) in module.children() {
-        check_single_call_sites(child, &join(path, name))?;
+        check_single_call_sites(child, &join(path, name), mappings)?;
     }
     Ok(())
 }
@@ -354,18 +505,14 @@ fn prepare_slot(
     path: &str,
     parent: Option<&QConfig>,
     mapping: &QConfigMapping,
+    mappings: &Mappings,
     count: &mut usize,
 ) -> GraphResult<()> {
-    let type_name = slot.type_name().to_string();
-    let qconfig = mapping.resolve(path, &type_name, parent);
-    if slot.is::<Observed>() {
+    let qconfig = mapping.resolve(path, slot.as_ref(), parent);
+    if slot.is::<Observed>() || mappings.mark(slot.as_mut(), qconfig.as_ref()) {
         return Ok(());
     }
-    if let Some(dropout) = slot.downcast_mut::<nn::Dropout>() {
-        dropout.swap_at_convert = qconfig.is_some();
-        return Ok(());
-    }
-    if OBSERVED_TYPES.contains(&type_name.as_str()) {
+    if mappings.is_observed(slot.as_ref()) {
         if let Some(qc) = qconfig {
             let inner = std::mem::replace(slot, Box::new(nn::Identity::new()));
             *slot = Box::new(Observed::new(inner, qc).map_err(|e| e.within_path(path))?);
@@ -373,14 +520,10 @@ fn prepare_slot(
         }
         return Ok(());
     }
-    if let Some(stub) = slot.downcast_mut::<DeQuantStub>() {
-        stub.qconfig = qconfig;
-        return Ok(());
-    }
     let names: Vec<String> = slot.children().into_iter().map(|(n, _)| n.to_string()).collect();
     for name in names {
         let child = slot.child_slot(&name).expect("a child listed by children()");
-        prepare_slot(child, &join(path, &name), qconfig.as_ref(), mapping, count)?;
+        prepare_slot(child, &join(path, &name), qconfig.as_ref(), mapping, mappings, count)?;
     }
     Ok(())
 }
@@ -412,7 +555,8 @@ where
         progress(done, total);
     }
     for ((path, after, per_forward), (_, earlier, _)) in observer_calls(model).into_iter().zip(before) {
-        let forwards = (after - earlier) / per_forward;
+        // A count restored from a file may be anything: wrap rather than overflow.
+        let forwards = after.wrapping_sub(earlier) / per_forward.max(1);
         if forwards > done {
             return Err(GraphError::Workflow {
                 step: "calibrate",
@@ -438,13 +582,18 @@ fn observer_calls(model: &dyn Module) -> Vec<(String, usize, usize)> {
         .collect()
 }
 
-/// `convert(model)`: replaces every [`Observed`] module by its quantized counterpart (weights
-/// quantized with the qconfig's weight observer, re-run on the final weight as PyTorch does; output
-/// parameters from the activation observer) and every `DeQuantStub` with a qconfig by
-/// `DeQuantize`. Modules without a quantized counterpart (ReLU, pooling, Flatten, Identity, ...)
-/// stay and run on quantized values. Observers that saw no data are an error naming every such
-/// module.
+/// `convert(model)` with the [default mappings](Mappings::default): see [`convert_with`].
 pub fn convert(model: &mut Box<dyn Module>) -> GraphResult<()> {
+    convert_with(model, &Mappings::default())
+}
+
+/// `convert(model)`: replaces every [`Observed`] module by its quantized counterpart from
+/// `mappings` (weights quantized with the qconfig's weight observer, re-run on the final weight as
+/// PyTorch does; output parameters from the activation observer) and every module `prepare`
+/// marked (a `DeQuantStub` or `Dropout` with a qconfig) by its replacement. Modules without a
+/// quantized counterpart (ReLU, pooling, Flatten, Identity, ...) stay and run on quantized values.
+/// Observers that saw no data are an error naming every such module.
+pub fn convert_with(model: &mut Box<dyn Module>, mappings: &Mappings) -> GraphResult<()> {
     let uncalled = uncalled_functionals(model.as_ref());
     let unobserved: Vec<String> = model
         .named_modules()
@@ -473,13 +622,12 @@ pub fn convert(model: &mut Box<dyn Module>) -> GraphResult<()> {
             } else {
                 observed.observer().activation_qparams().map_err(|e| e.within_path(&path))?
             };
-            let quantized = quantized_module(observed.inner(), observed.qconfig(), out_q)
+            let quantized = mappings
+                .quantize(observed.inner(), observed.qconfig(), out_q)
                 .map_err(|e| e.within_path(&path))?;
             *slot = quantized;
-        } else if slot.downcast_ref::<DeQuantStub>().is_some_and(|s| s.qconfig.is_some()) {
-            *slot = Box::new(DeQuantize::new());
-        } else if let Some(dropout) = slot.downcast_ref::<nn::Dropout>().filter(|d| d.swap_at_convert) {
-            *slot = Box::new(crate::quantized::activation::Dropout::from_float(dropout)?);
+        } else if let Some(replacement) = mappings.take(slot.as_ref()).map_err(|e| e.within_path(&path))? {
+            *slot = replacement;
         }
     }
     Ok(())
@@ -504,78 +652,25 @@ fn uncalled_functionals(model: &dyn Module) -> std::collections::HashSet<String>
     out
 }
 
-/// The one mapping from float (observed) modules to quantized modules: PyTorch's
-/// `DEFAULT_STATIC_QUANT_MODULE_MAPPINGS`, for the types in [`OBSERVED_TYPES`].
-fn quantized_module(float: &dyn Module, qconfig: &QConfig, out_q: PerTensor) -> GraphResult<Box<dyn Module>> {
-    use crate::quantized::{QuantizedAct, QuantizedBatchNorm, QuantizedConv, QuantizedLinear, activation};
-    let weight = &qconfig.weight;
-    let expect = |what: &str| GraphError::Workflow {
-        step: "convert",
-        reason: format!("a module named {} is not the library's {what}", float.type_name()),
-    };
-    if let Some(fused) = float.downcast_ref::<nn::Fused>() {
-        let base = fused.base();
-        let act = if fused.kind().is_relu6() { QuantizedAct::Relu6 } else { QuantizedAct::Relu };
-        return Ok(match fused.kind() {
-            nn::FusedKind::ConvReLU(_) | nn::FusedKind::ConvReLU6(_) => {
-                let conv = base.downcast_ref::<nn::Conv>().ok_or_else(|| expect("Conv"))?;
-                Box::new(QuantizedConv::from_float(conv, act, weight, out_q)?)
-            }
-            nn::FusedKind::LinearReLU | nn::FusedKind::LinearReLU6 => {
-                let linear = base.downcast_ref::<nn::Linear>().ok_or_else(|| expect("Linear"))?;
-                Box::new(QuantizedLinear::from_float(linear, act, weight, out_q)?)
-            }
-            nn::FusedKind::BNReLU(_) => {
-                let bn = base.downcast_ref::<nn::BatchNorm>().ok_or_else(|| expect("BatchNorm"))?;
-                Box::new(QuantizedBatchNorm::from_float(bn, true, out_q)?)
-            }
-        });
-    }
-    Ok(match float.type_name() {
-        "QuantStub" => Box::new(Quantize::new(out_q)?),
-        "FloatFunctional" => Box::new(crate::functional::QFunctional::new(out_q)?),
-        "Conv1d" | "Conv2d" | "Conv3d" => {
-            let conv = float.downcast_ref::<nn::Conv>().ok_or_else(|| expect("Conv"))?;
-            Box::new(QuantizedConv::from_float(conv, QuantizedAct::None, weight, out_q)?)
-        }
-        "Linear" => {
-            let linear = float.downcast_ref::<nn::Linear>().ok_or_else(|| expect("Linear"))?;
-            Box::new(QuantizedLinear::from_float(linear, QuantizedAct::None, weight, out_q)?)
-        }
-        "BatchNorm2d" | "BatchNorm3d" => {
-            let bn = float.downcast_ref::<nn::BatchNorm>().ok_or_else(|| expect("BatchNorm"))?;
-            Box::new(QuantizedBatchNorm::from_float(bn, false, out_q)?)
-        }
-        "ReLU6" => Box::new(activation::ReLU6::from_float(float)?),
-        "Hardswish" => Box::new(activation::Hardswish::from_float(float, out_q)?),
-        "ELU" => Box::new(activation::ELU::from_float(float, out_q)?),
-        "LeakyReLU" => Box::new(activation::LeakyReLU::from_float(float, out_q)?),
-        other => {
-            return Err(GraphError::Workflow {
-                step: "convert",
-                reason: format!(
-                    "{other} has no quantized counterpart; give it qconfig None so that it stays float"
-                ),
-            });
-        }
-    })
-}
-
-/// `quantize(model, run_fn)`: [`prepare`], then `calibrate(model)` (a closure running calibration
-/// data through the prepared model, e.g. with [`calibrate`]), then [`convert`].
+/// `quantize(model, run_fn)` with the [default mappings](Mappings::default): see
+/// [`quantize_with`].
 pub fn quantize(
     model: &mut Box<dyn Module>,
     mapping: &QConfigMapping,
     calibrate: impl FnOnce(&dyn Module) -> GraphResult<()>,
 ) -> GraphResult<()> {
-    prepare(model, mapping)?;
-    calibrate(model.as_ref())?;
-    convert(model)
+    quantize_with(model, mapping, &Mappings::default(), calibrate)
 }
 
-impl GraphError {
-    /// [`GraphError::within`] for a full dotted path (`""` leaves the error as it is).
-    pub(crate) fn within_path(self, path: &str) -> GraphError {
-        if path.is_empty() { self } else { self.within(path) }
-    }
+/// `quantize(model, run_fn)`: [`prepare_with`], then `calibrate(model)` (a closure running
+/// calibration data through the prepared model, e.g. with [`calibrate`]), then [`convert_with`].
+pub fn quantize_with(
+    model: &mut Box<dyn Module>,
+    mapping: &QConfigMapping,
+    mappings: &Mappings,
+    calibrate: impl FnOnce(&dyn Module) -> GraphResult<()>,
+) -> GraphResult<()> {
+    prepare_with(model, mapping, mappings)?;
+    calibrate(model.as_ref())?;
+    convert_with(model, mappings)
 }

@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
+use qgraph::mappings::Mappings;
 use qgraph::nn::{
     AvgPool2d, Dropout, ELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid,
-    Size, Softmax, Tanh, Threshold, Upsample, UpsampleMode, unweighted_loader,
+    Size, Softmax, Tanh, Threshold, Upsample, UpsampleMode,
 };
 use qgraph::quantized::activation as qa;
 use qgraph::record::{Record, Tensors};
@@ -63,7 +64,7 @@ fn build(case: &Json) -> Box<dyn Module> {
             "Hardswish" => Box::new(qa::Hardswish::new(out_q()).unwrap()),
             "ELU" => Box::new(qa::ELU::new(out_q(), f64_or(a, "alpha", 1.0)).unwrap()),
             "LeakyReLU" => Box::new(qa::LeakyReLU::new(out_q(), f64_or(a, "negative_slope", 0.01)).unwrap()),
-            "Dropout" => Box::new(qa::Dropout::from_float(&Dropout::new(f64_of(&a["p"])).unwrap()).unwrap()),
+            "Dropout" => Box::new(qa::Dropout::new(f64_of(&a["p"])).unwrap()),
             other => panic!("no quantized {other}"),
         };
     }
@@ -126,9 +127,7 @@ fn reload(m: &dyn Module) -> Box<dyn Module> {
         tensors: Tensors::new("m", BTreeMap::new()),
         children: Vec::new(),
     };
-    let loader =
-        unweighted_loader(m.type_name()).unwrap_or_else(|| panic!("no loader for {}", m.type_name()));
-    loader(record).unwrap()
+    qgraph::io::Loaders::default().build(m.saved_type(), record).unwrap()
 }
 
 /// The quantized input of a case: `x` quantized (checked against PyTorch's `xq`), or for the
@@ -229,21 +228,33 @@ fn quantized_modules_need_quantized_input() {
 #[test]
 fn swap_follows_pytorchs_static_mapping() {
     let q = PerTensor::new(0.1, 3);
-    let names = |m: &dyn Module| qa::swap_activation(m, q).map(|r| r.unwrap().to_string());
-    assert_eq!(names(&ReLU6::new()).as_deref(), Some("QuantizedReLU6()"));
-    assert_eq!(names(&ELU::new(0.5)).as_deref(), Some("QuantizedELU(alpha=0.5)"));
-    assert_eq!(names(&LeakyReLU::new(0.2)).as_deref(), Some("QuantizedLeakyReLU(negative_slope=0.2)"));
-    assert_eq!(names(&Hardswish::new()).as_deref(), Some("QuantizedHardswish()"));
-    assert_eq!(names(&Dropout::new(0.5).unwrap()).as_deref(), Some("QuantizedDropout(p=0.5, inplace=False)"));
+    let mappings = Mappings::default();
+    let qconfig = qgraph::qconfig::default_qconfig();
+    let names = |m: &dyn Module| {
+        assert!(mappings.is_observed(m), "{m}");
+        mappings.quantize(m, &qconfig, q).unwrap().to_string()
+    };
+    assert_eq!(names(&ReLU6::new()), "QuantizedReLU6()");
+    assert_eq!(names(&ELU::new(0.5)), "QuantizedELU(alpha=0.5)");
+    assert_eq!(names(&LeakyReLU::new(0.2)), "QuantizedLeakyReLU(negative_slope=0.2)");
+    assert_eq!(names(&Hardswish::new()), "QuantizedHardswish()");
+    // Dropout is not observed: prepare marks it, convert swaps it when it had a qconfig.
+    let mut dropout: Box<dyn Module> = Box::new(Dropout::new(0.5).unwrap());
+    assert!(!mappings.is_observed(dropout.as_ref()));
+    assert!(mappings.mark(dropout.as_mut(), Some(&qconfig)));
+    let swapped = mappings.take(dropout.as_ref()).unwrap().expect("marked with a qconfig");
+    assert_eq!(swapped.to_string(), "QuantizedDropout(p=0.5, inplace=False)");
+    assert!(mappings.mark(dropout.as_mut(), None));
+    assert!(mappings.take(dropout.as_ref()).unwrap().is_none());
     for m in [&Sigmoid::new() as &dyn Module, &Tanh::new(), &ReLU::new(), &Softmax::new(1)] {
-        assert!(qa::swap_activation(m, q).is_none(), "{m}");
+        assert!(!mappings.is_observed(m), "{m}");
+        let err = mappings.quantize(m, &qconfig, q).unwrap_err();
+        assert!(err.to_string().contains("register_static"), "{err}");
     }
     assert_eq!(qa::is_fixed_qparams("Sigmoid"), Some(PerTensor::new(1.0 / 256.0, 0)));
     assert_eq!(qa::is_fixed_qparams("Softmax"), Some(PerTensor::new(1.0 / 256.0, 0)));
     assert_eq!(qa::is_fixed_qparams("Tanh"), Some(PerTensor::new(2.0 / 256.0, 128)));
     assert_eq!(qa::is_fixed_qparams("ReLU"), None);
-    // A module of the wrong type is refused.
-    assert!(qa::ELU::from_float(&ReLU::new(), q).is_err());
 }
 
 #[test]
@@ -348,7 +359,10 @@ fn added_activations_match_pytorch_bit_for_bit() {
 #[test]
 fn hardsigmoid_and_threshold_stay_in_place_at_convert() {
     let q = PerTensor::new(0.1, 3);
-    assert!(qa::swap_activation(&Hardsigmoid::new(), q).is_none());
-    assert!(qa::swap_activation(&Threshold::new(0.1, 20.0), q).is_none());
+    let mappings = Mappings::default();
+    let qconfig = qgraph::qconfig::default_qconfig();
+    for m in [&Hardsigmoid::new() as &dyn Module, &Threshold::new(0.1, 20.0)] {
+        assert!(!mappings.is_observed(m) && mappings.quantize(m, &qconfig, q).is_err(), "{m}");
+    }
     assert_eq!(qa::is_fixed_qparams("Hardsigmoid"), Some(PerTensor::new(1.0 / 256.0, 0)));
 }

@@ -57,17 +57,27 @@ fn float_file_is_a_state_dict() {
 }
 
 #[test]
-fn prepared_models_are_not_saved() {
+fn prepared_models_round_trip_with_their_observers() {
     let mut model = small_resnet();
     prepare(&mut model, &QConfigMapping::global(get_default_qconfig("x86").unwrap())).unwrap();
-    let err = io::to_bytes(model.as_ref()).unwrap_err();
-    assert!(err.to_string().contains("prepared"), "{err}");
+    outputs(model.as_ref());
+    let loaded = io::from_bytes(&io::to_bytes(model.as_ref()).unwrap()).unwrap();
+    assert_eq!(loaded.to_string(), model.to_string());
+    // Both observe one more batch: their outputs and their saved statistics stay equal.
+    assert_eq!(outputs(model.as_ref()), outputs(loaded.as_ref()));
+    assert_eq!(io::to_bytes(loaded.as_ref()).unwrap(), io::to_bytes(model.as_ref()).unwrap());
 }
 
+/// What is wrong with a file that does not load: the reason of a file error, or the typed error
+/// under a load error.
 fn error_of(bytes: &[u8]) -> String {
     match io::from_bytes(bytes) {
         Err(GraphError::File { reason, .. }) => reason,
-        Err(other) => panic!("expected a file error, got {other}"),
+        Err(GraphError::Load { file, source }) => {
+            assert_eq!(file, "<bytes>");
+            source.to_string()
+        }
+        Err(other) => panic!("expected a file or load error, got {other}"),
         Ok(_) => panic!("loaded a bad file"),
     }
 }
@@ -115,6 +125,11 @@ fn truncated_corrupt_and_foreign_files_are_errors() {
     assert!(error_of(&with_header(&bytes, |h| h["model"] = 3.into())).contains("module tree is not valid"));
     let unknown = with_header(&bytes, |h| h["model"] = serde_json::json!({"type": "Conv9d"}));
     assert!(error_of(&unknown).contains("unknown module type \"Conv9d\""), "{}", error_of(&unknown));
+    let err = io::from_bytes(&unknown).unwrap_err();
+    assert!(
+        matches!(err.root_cause(), GraphError::UnknownModuleType { name, .. } if name == "Conv9d"),
+        "{err:?}"
+    );
 }
 
 #[test]

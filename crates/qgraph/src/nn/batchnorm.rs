@@ -5,8 +5,8 @@ use ndarray::{ArrayD, ArrayView1, Ix1, IxDyn};
 use qkernels::{Isa, float};
 use serde::{Deserialize, Serialize};
 
+use super::args::py_bool;
 use super::conv::check_shape;
-use super::py_bool;
 use crate::fusion::BatchNormParams;
 use crate::record::Record;
 use crate::{GraphError, GraphResult, Module, Value, invalid};

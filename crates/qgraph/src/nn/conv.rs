@@ -6,9 +6,9 @@ use qkernels::conv::PaddingMode;
 use qkernels::{Isa, float};
 use serde::{Deserialize, Serialize};
 
+use super::args::{check_sizes, py_tuple};
 use super::init::{default_bound, uniform};
-use super::{check_sizes, py_tuple};
-use crate::record::Record;
+use crate::record::{Record, Tensors};
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// PyTorch's class names, by spatial dimensions (1, 2, 3).
@@ -349,12 +349,7 @@ impl Conv {
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
         let options: ConvOptions = record.config()?;
         options.validate()?;
-        let weight = record.tensors.shaped::<f32>("weight", &options.weight_shape())?;
-        let bias = if options.bias {
-            Some(record.tensors.shaped::<f32>("bias", &[options.out_channels])?)
-        } else {
-            None
-        };
+        let (weight, bias) = read_weight_bias(&record.tensors, &options.weight_shape(), options.bias)?;
         Ok(Self { options, weight, bias, training: false })
     }
 
@@ -430,6 +425,18 @@ pub(crate) fn check_weight_bias(
     Ok(bias.map(|b| b.as_standard_layout().into_owned()))
 }
 
+/// The saved `weight` of `weight_shape` and, if `bias`, the `bias` of one value per output
+/// channel (`weight_shape[0]`).
+pub(crate) fn read_weight_bias(
+    t: &Tensors<'_>,
+    weight_shape: &[usize],
+    bias: bool,
+) -> GraphResult<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+    let weight = t.shaped::<f32>("weight", weight_shape)?;
+    let bias = if bias { Some(t.shaped::<f32>("bias", &weight_shape[..1])?) } else { None };
+    Ok((weight, bias))
+}
+
 /// `weight` and, if any, `bias`, as a layer's parameters.
 pub(crate) fn weight_bias_params<'a>(
     weight: &'a ArrayD<f32>,
@@ -492,19 +499,7 @@ impl Module for Conv {
         s
     }
 
-    fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-        weight_bias_params(&self.weight, self.bias.as_ref())
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-        weight_bias_params_mut(&mut self.weight, self.bias.as_mut())
-    }
-
-    training_field!();
-
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.options).expect("plain data")
-    }
+    weight_bias_layer!();
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@ use qkernels::Isa;
 use qkernels::float::Matrix;
 use serde::{Deserialize, Serialize};
 
-use super::conv::{check_weight_bias, weight_bias_params, weight_bias_params_mut};
+use super::args::py_bool;
+use super::conv::{check_weight_bias, read_weight_bias, weight_bias_params, weight_bias_params_mut};
 use super::init::{default_bound, uniform};
-use super::py_bool;
 use crate::record::Record;
 use crate::{GraphError, GraphResult, Module, Value, memory};
 
@@ -108,12 +108,8 @@ impl Linear {
     /// Rebuilds a saved layer (in eval mode).
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
         let options: LinearOptions = record.config()?;
-        let weight = record.tensors.shaped::<f32>("weight", &[options.out_features, options.in_features])?;
-        let bias = if options.bias {
-            Some(record.tensors.shaped::<f32>("bias", &[options.out_features])?)
-        } else {
-            None
-        };
+        let shape = [options.out_features, options.in_features];
+        let (weight, bias) = read_weight_bias(&record.tensors, &shape, options.bias)?;
         Ok(Self { options, weight, bias, training: false })
     }
 
@@ -160,17 +156,5 @@ impl Module for Linear {
         format!("in_features={}, out_features={}, bias={}", o.in_features, o.out_features, py_bool(o.bias))
     }
 
-    fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-        weight_bias_params(&self.weight, self.bias.as_ref())
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-        weight_bias_params_mut(&mut self.weight, self.bias.as_mut())
-    }
-
-    training_field!();
-
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self.options).expect("plain data")
-    }
+    weight_bias_layer!();
 }

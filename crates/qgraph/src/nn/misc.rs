@@ -5,9 +5,9 @@ use ndarray::{ArrayD, IxDyn};
 use qkernels::{Isa, float, pool};
 use serde::{Deserialize, Serialize};
 
+use super::args::{MAX_SIZE, check_sizes};
 use super::pool::Size;
 use super::unary::py_float;
-use super::{MAX_SIZE, check_sizes};
 use crate::record::Record;
 use crate::value::QuantTensor;
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
@@ -20,8 +20,8 @@ pub struct Dropout {
     #[serde(skip)]
     training: bool,
     /// Set by `prepare` when the module has a qconfig: `convert` then swaps in `QuantizedDropout`,
-    /// as PyTorch swaps every mapped module with a qconfig.
-    #[serde(skip)]
+    /// as PyTorch swaps every mapped module with a qconfig. Saved only when set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) swap_at_convert: bool,
 }
 
@@ -39,9 +39,10 @@ impl Dropout {
         self.p
     }
 
-    /// Rebuilds a saved module (in evaluation mode).
+    /// Rebuilds a saved module (in evaluation mode, marked for `convert` as it was saved).
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Self::new(record.config::<Self>()?.p)
+        let saved: Self = record.config()?;
+        Ok(Self { swap_at_convert: saved.swap_at_convert, ..Self::new(saved.p)? })
     }
 }
 
@@ -73,9 +74,7 @@ impl Module for Dropout {
 
     training_field!();
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
 /// `nn.Softmax(dim)`: `exp(x) / sum(exp(x))` along `dim`, in f32. PyTorch has no softmax on
@@ -100,11 +99,6 @@ impl Softmax {
     /// The dimension as given (`None`: implicit).
     pub fn dim(&self) -> Option<i64> {
         self.dim
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        record.config()
     }
 
     fn axis(&self, rank: usize) -> GraphResult<usize> {
@@ -140,9 +134,7 @@ impl Module for Softmax {
         }
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
 /// How [`Upsample`] interpolates.
@@ -483,51 +475,5 @@ impl Module for Upsample {
             align_corners: self.align_corners,
         })
         .expect("plain data")
-    }
-}
-
-/// A function rebuilding a saved module from its record.
-pub type Loader = fn(Record<'_>) -> GraphResult<Box<dyn Module>>;
-
-/// `Some(loader)` for the type names of this crate's unweighted modules: the float activations,
-/// pooling, dropout, softmax and upsample modules, and the quantized activations
-/// ([`crate::quantized::activation`]). For the loading code's list of module types.
-pub fn unweighted_loader(type_name: &str) -> Option<Loader> {
-    use super::{
-        AvgPool2d, ELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, MaxPool, ReLU, ReLU6, Sigmoid, Tanh,
-        Threshold,
-    };
-    use crate::quantized::activation as qa;
-    macro_rules! loaders {
-        ($($name:literal => $ty:ty),* $(,)?) => {
-            match type_name {
-                $($name => Some(|r| Ok(Box::new(<$ty>::from_record(r)?) as Box<dyn Module>)),)*
-                _ => None,
-            }
-        };
-    }
-    loaders! {
-        "ReLU" => ReLU,
-        "ReLU6" => ReLU6,
-        "Hardtanh" => Hardtanh,
-        "Hardswish" => Hardswish,
-        "Hardsigmoid" => Hardsigmoid,
-        "Threshold" => Threshold,
-        "Sigmoid" => Sigmoid,
-        "Tanh" => Tanh,
-        "LeakyReLU" => LeakyReLU,
-        "ELU" => ELU,
-        "Dropout" => Dropout,
-        "Softmax" => Softmax,
-        "Upsample" => Upsample,
-        "MaxPool1d" => MaxPool<1>,
-        "MaxPool2d" => MaxPool<2>,
-        "MaxPool3d" => MaxPool<3>,
-        "AvgPool2d" => AvgPool2d,
-        "QuantizedReLU6" => qa::ReLU6,
-        "QuantizedHardswish" => qa::Hardswish,
-        "QuantizedELU" => qa::ELU,
-        "QuantizedLeakyReLU" => qa::LeakyReLU,
-        "QuantizedDropout" => qa::Dropout,
     }
 }

@@ -6,7 +6,7 @@ use qkernels::pool::{self, Window};
 use qkernels::{Isa, float};
 use serde::{Deserialize, Serialize};
 
-use super::{py_bool, py_tuple};
+use super::args::{py_bool, py_tuple};
 use crate::record::Record;
 use crate::value::QuantTensor;
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};

@@ -4,31 +4,18 @@ use ndarray::IxDyn;
 use qkernels::{Isa, float, pool};
 use serde::{Deserialize, Serialize};
 
-use super::{Size, check_sizes, py_tuple};
+use super::args::{check_sizes, py_tuple};
+use super::pool::Size;
 use crate::record::Record;
 use crate::value::{QuantTensor, to_channels_last};
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
-/// `nn.Identity`: returns its input (what `fuse_modules` leaves in the fused slots).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Identity;
-
-impl Identity {
-    /// The identity.
-    pub fn new() -> Self {
-        Identity
-    }
-}
-
-impl Module for Identity {
-    fn type_name(&self) -> &str {
-        "Identity"
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        Ok(input)
-    }
-}
+identity_module!(
+    /// `nn.Identity`: returns its input (what `fuse_modules` leaves in the fused slots).
+    Identity,
+    "Identity",
+    "The identity."
+);
 
 /// `nn.Flatten(start_dim, end_dim)`: merges dimensions `start_dim..=end_dim` (negative counts
 /// from the end), on float and quantized values.
@@ -96,9 +83,7 @@ impl Module for Flatten {
         format!("start_dim={}, end_dim={}", self.start_dim, self.end_dim)
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
 /// `nn.AdaptiveAvgPool2d(output_size)`: average pooling to a fixed output size, in f32 or on
@@ -178,7 +163,5 @@ impl Module for AdaptiveAvgPool2d {
         }
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }

@@ -8,7 +8,6 @@ use qkernels::elementwise::{self, Lut, PerTensor, Unary};
 use qkernels::{Isa, MemoryFormat, float};
 use serde::{Deserialize, Serialize};
 
-use crate::record::Record;
 use crate::value::{QuantTensor, for_each_scalar_loop_element};
 use crate::{GraphError, GraphResult, Module, Value};
 
@@ -163,6 +162,27 @@ pub(crate) fn apply_unary(
     }
 }
 
+/// An activation without arguments: the struct (a lookup-table cache only), `new()` and
+/// `Default`.
+macro_rules! unit_activation {
+    ($(#[$doc:meta])* $ty:ident, $new_doc:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        pub struct $ty {
+            #[serde(skip)]
+            cache: LutCache,
+        }
+
+        impl $ty {
+            #[doc = $new_doc]
+            pub fn new() -> Self {
+                Self::default()
+            }
+        }
+    };
+}
+pub(crate) use unit_activation;
+
 /// Implements `Module` for an activation: its PyTorch name, the float and quantized ops of
 /// `$ops(&self)` (`None`: no quantized kernel), `extra_repr`, and save/load through serde.
 macro_rules! activation_module {
@@ -172,11 +192,6 @@ macro_rules! activation_module {
             fn ops(&self) -> (float::Activation, Option<Unary>) {
                 let f: fn(&$ty) -> (float::Activation, Option<Unary>) = $ops;
                 f(self)
-            }
-
-            /// Rebuilds a saved module from its configuration.
-            pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-                record.config()
             }
         }
 
@@ -195,43 +210,25 @@ macro_rules! activation_module {
                 f(self)
             }
 
-            fn config(&self) -> serde_json::Value {
-                serde_json::to_value(self).expect("plain data")
-            }
+            serde_config!();
         }
     };
 }
 
-/// `nn.ReLU`: `max(x, 0)`; on quantized values `max(q, zero_point)` with the input's parameters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReLU {
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl ReLU {
-    /// `nn.ReLU()`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+unit_activation!(
+    /// `nn.ReLU`: `max(x, 0)`; on quantized values `max(q, zero_point)` with the input's parameters.
+    ReLU,
+    "`nn.ReLU()`."
+);
 
 activation_module!(ReLU, "ReLU", |_| (float::Activation::Relu, Some(Unary::Relu)), |_| String::new());
 
-/// `nn.ReLU6`: `min(max(x, 0), 6)`; on quantized values an integer clamp with the input's
-/// parameters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReLU6 {
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl ReLU6 {
-    /// `nn.ReLU6()`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+unit_activation!(
+    /// `nn.ReLU6`: `min(max(x, 0), 6)`; on quantized values an integer clamp with the input's
+    /// parameters.
+    ReLU6,
+    "`nn.ReLU6()`."
+);
 
 activation_module!(ReLU6, "ReLU6", |_| (float::Activation::Relu6, Some(Unary::Relu6)), |_| String::new());
 
@@ -269,39 +266,23 @@ activation_module!(
     |m| format!("min_val={}, max_val={}", py_float(m.min_val), py_float(m.max_val))
 );
 
-/// `nn.Hardswish`: `x * relu6(x + 3) / 6`. PyTorch has no kernel for it on quantized tensors
-/// (convert swaps it for [`crate::quantized::activation::Hardswish`]): a quantized input is an
-/// error.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Hardswish {
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl Hardswish {
-    /// `nn.Hardswish()`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+unit_activation!(
+    /// `nn.Hardswish`: `x * relu6(x + 3) / 6`. PyTorch has no kernel for it on quantized tensors
+    /// (convert swaps it for [`crate::quantized::activation::Hardswish`]): a quantized input is an
+    /// error.
+    Hardswish,
+    "`nn.Hardswish()`."
+);
 
 activation_module!(Hardswish, "Hardswish", |_| (float::Activation::Hardswish, None), |_| { String::new() });
 
-/// `nn.Hardsigmoid`: `relu6(x + 3) / 6`; on quantized values `quantized::hardsigmoid`, output
-/// scale 1/256, zero point 0. `convert` leaves it in place (PyTorch has no quantized module for
-/// it), so it runs on the quantized output of the module before it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Hardsigmoid {
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl Hardsigmoid {
-    /// `nn.Hardsigmoid()`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+unit_activation!(
+    /// `nn.Hardsigmoid`: `relu6(x + 3) / 6`; on quantized values `quantized::hardsigmoid`, output
+    /// scale 1/256, zero point 0. `convert` leaves it in place (PyTorch has no quantized module for
+    /// it), so it runs on the quantized output of the module before it.
+    Hardsigmoid,
+    "`nn.Hardsigmoid()`."
+);
 
 activation_module!(
     Hardsigmoid,
@@ -310,37 +291,21 @@ activation_module!(
     |_| String::new()
 );
 
-/// `nn.Sigmoid`; on quantized values `quantized::sigmoid`, output scale 1/256, zero point 0.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Sigmoid {
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl Sigmoid {
-    /// `nn.Sigmoid()`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+unit_activation!(
+    /// `nn.Sigmoid`; on quantized values `quantized::sigmoid`, output scale 1/256, zero point 0.
+    Sigmoid,
+    "`nn.Sigmoid()`."
+);
 
 activation_module!(Sigmoid, "Sigmoid", |_| (float::Activation::Sigmoid, Some(Unary::Sigmoid)), |_| {
     String::new()
 });
 
-/// `nn.Tanh`; on quantized values `quantized::tanh`, output scale 2/256, zero point 128.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Tanh {
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl Tanh {
-    /// `nn.Tanh()`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+unit_activation!(
+    /// `nn.Tanh`; on quantized values `quantized::tanh`, output scale 2/256, zero point 128.
+    Tanh,
+    "`nn.Tanh()`."
+);
 
 activation_module!(Tanh, "Tanh", |_| (float::Activation::Tanh, Some(Unary::Tanh)), |_| String::new());
 

@@ -7,10 +7,10 @@ use qkernels::elementwise::{PerTensor, Unary};
 use serde::{Deserialize, Serialize};
 
 use crate::nn::misc::dropout_repr;
-use crate::nn::unary::{LutCache, py_float};
+use crate::nn::unary::{LutCache, py_float, unit_activation};
 use crate::outq::OutQ;
 use crate::record::Record;
-use crate::{GraphResult, Module, Value, invalid, nn};
+use crate::{GraphResult, Module, Value, nn};
 
 /// PyTorch's fixed output parameters for the modules of `DEFAULT_MODULE_TO_ACT_POST_PROCESS`
 /// (quint8): `Sigmoid`, `Hardsigmoid` and `Softmax` get scale 1/256 and zero point 0, `Tanh`
@@ -21,36 +21,6 @@ pub fn is_fixed_qparams(type_name: &str) -> Option<PerTensor> {
         "Tanh" => Some(PerTensor::new(2.0 / 256.0, 128)),
         _ => None,
     }
-}
-
-/// The quantized module `convert` swaps in for the float activation `float` (PyTorch's
-/// `DEFAULT_STATIC_QUANT_MODULE_MAPPINGS` entries for ReLU6, Hardswish, ELU, LeakyReLU and
-/// Dropout), with the output parameters `out_q` its observer computed (ignored by ReLU6 and
-/// Dropout, whose output parameters are the input's). `None` if the mapping does not swap this
-/// module type.
-pub fn swap_activation(float: &dyn Module, out_q: PerTensor) -> Option<GraphResult<Box<dyn Module>>> {
-    fn boxed<M: Module + Clone>(m: GraphResult<M>) -> GraphResult<Box<dyn Module>> {
-        m.map(|m| Box::new(m) as Box<dyn Module>)
-    }
-    Some(match float.type_name() {
-        "ReLU6" => boxed(ReLU6::from_float(float)),
-        "Hardswish" => boxed(Hardswish::from_float(float, out_q)),
-        "ELU" => boxed(ELU::from_float(float, out_q)),
-        "LeakyReLU" => boxed(LeakyReLU::from_float(float, out_q)),
-        "Dropout" => boxed(Dropout::from_float(float)),
-        _ => return None,
-    })
-}
-
-/// `float` as a `T`, or an error naming what was expected.
-fn downcast<'a, T: Module>(
-    float: &'a dyn Module,
-    context: &'static str,
-    expected: &str,
-) -> GraphResult<&'a T> {
-    float.downcast_ref::<T>().ok_or_else(|| {
-        invalid(context, "float module", float.type_name(), format!("from_float needs an nn.{expected}"))
-    })
 }
 
 /// Runs `op` on a quantized input (an error naming `module` for a float one) with output
@@ -67,31 +37,12 @@ fn run(
     Ok(Value::Quant(cache.apply(op, &q, out_q)?))
 }
 
-/// `nnq.ReLU6` (`QuantizedReLU6`): `min(max(q, zero_point), quantize(6))`, output parameters the
-/// input's.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReLU6 {
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl ReLU6 {
-    /// `nnq.ReLU6()`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// From an `nn.ReLU6`.
-    pub fn from_float(float: &dyn Module) -> GraphResult<Self> {
-        downcast::<nn::ReLU6>(float, "QuantizedReLU6", "ReLU6")?;
-        Ok(Self::new())
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        record.config()
-    }
-}
+unit_activation!(
+    /// `nnq.ReLU6` (`QuantizedReLU6`): `min(max(q, zero_point), quantize(6))`, output parameters the
+    /// input's.
+    ReLU6,
+    "`nnq.ReLU6()`."
+);
 
 impl Module for ReLU6 {
     fn type_name(&self) -> &str {
@@ -102,163 +53,90 @@ impl Module for ReLU6 {
         run(self.type_name(), Unary::Relu6, &self.cache, None, input)
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
 
-/// `nnq.Hardswish` (`QuantizedHardswish`): `quantized::hardswish` with the observed output
-/// parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Hardswish {
-    out: OutQ,
-    #[serde(skip)]
-    cache: LutCache,
+/// A quantized activation with observed output parameters `out` and `f64` arguments `$param`:
+/// the struct, `new`, `out_qparams`, `from_record` and its `Module` impl running `$op(&self)`
+/// through the lookup-table cache. `$round` is `new` or `new_f32` ([`OutQ`]'s constructors).
+macro_rules! quantized_activation {
+    (
+        $(#[$doc:meta])* $ty:ident, $name:literal, $round:ident, [$($param:ident),*],
+        new: $new_doc:literal, op: $op:expr, repr: $repr:expr
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub struct $ty {
+            out: OutQ,
+            $($param: f64,)*
+            #[serde(skip)]
+            cache: LutCache,
+        }
+
+        impl $ty {
+            #[doc = $new_doc]
+            pub fn new(out_q: PerTensor, $($param: f64),*) -> GraphResult<Self> {
+                Ok(Self { out: OutQ::$round(out_q)?, $($param,)* cache: LutCache::default() })
+            }
+
+            /// The output parameters.
+            pub fn out_qparams(&self) -> PerTensor {
+                self.out.get()
+            }
+
+            /// Rebuilds a saved module (its parameters checked again).
+            pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
+                let c: Self = record.config()?;
+                Self::new(c.out.get(), $(c.$param),*)
+            }
+        }
+
+        impl Module for $ty {
+            fn type_name(&self) -> &str {
+                $name
+            }
+
+            fn forward(&self, input: Value) -> GraphResult<Value> {
+                let op: fn(&$ty) -> Unary = $op;
+                run($name, op(self), &self.cache, Some(self.out.get()), input)
+            }
+
+            fn extra_repr(&self) -> String {
+                let repr: fn(&$ty) -> String = $repr;
+                repr(self)
+            }
+
+            serde_config!();
+        }
+    };
 }
 
-impl Hardswish {
-    /// `nnq.Hardswish(scale, zero_point)` (the scale rounded to f32, as PyTorch's output has it).
-    pub fn new(out_q: PerTensor) -> GraphResult<Self> {
-        Ok(Self { out: OutQ::new_f32(out_q)?, cache: LutCache::default() })
-    }
+quantized_activation!(
+    /// `nnq.Hardswish` (`QuantizedHardswish`): `quantized::hardswish` with the observed output
+    /// parameters.
+    Hardswish, "QuantizedHardswish", new_f32, [],
+    new: "`nnq.Hardswish(scale, zero_point)` (the scale rounded to f32, as PyTorch's output has it).",
+    op: |_| Unary::Hardswish,
+    repr: |_| String::new()
+);
 
-    /// From an `nn.Hardswish` and its observer's output parameters.
-    pub fn from_float(float: &dyn Module, out_q: PerTensor) -> GraphResult<Self> {
-        downcast::<nn::Hardswish>(float, "QuantizedHardswish", "Hardswish")?;
-        Self::new(out_q)
-    }
+quantized_activation!(
+    /// `nnq.ELU` (`QuantizedELU`): `quantized::elu` with the observed output parameters.
+    ELU, "QuantizedELU", new, [alpha],
+    new: "`nnq.ELU(scale, zero_point, alpha)`.",
+    // `torch.ao.nn.quantized.functional.elu`: `quantized::elu` with scale and input scale 1.
+    op: |m| Unary::Elu { alpha: m.alpha as f32, scale: 1.0, input_scale: 1.0 },
+    repr: |m| format!("alpha={}", py_float(m.alpha))
+);
 
-    /// The output parameters.
-    pub fn out_qparams(&self) -> PerTensor {
-        self.out.get()
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        Self::new(record.config::<Self>()?.out.get())
-    }
-}
-
-impl Module for Hardswish {
-    fn type_name(&self) -> &str {
-        "QuantizedHardswish"
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        run(self.type_name(), Unary::Hardswish, &self.cache, Some(self.out.get()), input)
-    }
-
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
-}
-
-/// `nnq.ELU` (`QuantizedELU`): `quantized::elu` with the observed output parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ELU {
-    out: OutQ,
-    alpha: f64,
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl ELU {
-    /// `nnq.ELU(scale, zero_point, alpha)`.
-    pub fn new(out_q: PerTensor, alpha: f64) -> GraphResult<Self> {
-        Ok(Self { out: OutQ::new(out_q)?, alpha, cache: LutCache::default() })
-    }
-
-    /// From an `nn.ELU` and its observer's output parameters.
-    pub fn from_float(float: &dyn Module, out_q: PerTensor) -> GraphResult<Self> {
-        let f = downcast::<nn::ELU>(float, "QuantizedELU", "ELU")?;
-        Self::new(out_q, f.alpha())
-    }
-
-    /// The output parameters.
-    pub fn out_qparams(&self) -> PerTensor {
-        self.out.get()
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        let c: Self = record.config()?;
-        Self::new(c.out.get(), c.alpha)
-    }
-}
-
-impl Module for ELU {
-    fn type_name(&self) -> &str {
-        "QuantizedELU"
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        // `torch.ao.nn.quantized.functional.elu`: `quantized::elu` with scale and input scale 1.
-        let op = Unary::Elu { alpha: self.alpha as f32, scale: 1.0, input_scale: 1.0 };
-        run(self.type_name(), op, &self.cache, Some(self.out.get()), input)
-    }
-
-    fn extra_repr(&self) -> String {
-        format!("alpha={}", py_float(self.alpha))
-    }
-
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
-}
-
-/// `nnq.LeakyReLU` (`QuantizedLeakyReLU`): `quantized::leaky_relu` with the observed output
-/// parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LeakyReLU {
-    out: OutQ,
-    negative_slope: f64,
-    #[serde(skip)]
-    cache: LutCache,
-}
-
-impl LeakyReLU {
-    /// `nnq.LeakyReLU(scale, zero_point, negative_slope)` (the scale rounded to f32: PyTorch keeps
-    /// it in a float32 buffer).
-    pub fn new(out_q: PerTensor, negative_slope: f64) -> GraphResult<Self> {
-        Ok(Self { out: OutQ::new_f32(out_q)?, negative_slope, cache: LutCache::default() })
-    }
-
-    /// From an `nn.LeakyReLU` and its observer's output parameters.
-    pub fn from_float(float: &dyn Module, out_q: PerTensor) -> GraphResult<Self> {
-        let f = downcast::<nn::LeakyReLU>(float, "QuantizedLeakyReLU", "LeakyReLU")?;
-        Self::new(out_q, f.negative_slope())
-    }
-
-    /// The output parameters.
-    pub fn out_qparams(&self) -> PerTensor {
-        self.out.get()
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        let c: Self = record.config()?;
-        Self::new(c.out.get(), c.negative_slope)
-    }
-}
-
-impl Module for LeakyReLU {
-    fn type_name(&self) -> &str {
-        "QuantizedLeakyReLU"
-    }
-
-    fn forward(&self, input: Value) -> GraphResult<Value> {
-        let op = Unary::LeakyRelu { negative_slope: self.negative_slope as f32 };
-        run(self.type_name(), op, &self.cache, Some(self.out.get()), input)
-    }
-
-    fn extra_repr(&self) -> String {
-        format!("negative_slope={}", py_float(self.negative_slope))
-    }
-
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
-}
+quantized_activation!(
+    /// `nnq.LeakyReLU` (`QuantizedLeakyReLU`): `quantized::leaky_relu` with the observed output
+    /// parameters.
+    LeakyReLU, "QuantizedLeakyReLU", new_f32, [negative_slope],
+    new: "`nnq.LeakyReLU(scale, zero_point, negative_slope)` (the scale rounded to f32: PyTorch keeps it in a float32 buffer).",
+    op: |m| Unary::LeakyRelu { negative_slope: m.negative_slope as f32 },
+    repr: |m| format!("negative_slope={}", py_float(m.negative_slope))
+);
 
 /// `nnq.Dropout` (`QuantizedDropout`): returns its input, as PyTorch's placeholder does in both
 /// training and evaluation mode.
@@ -268,15 +146,9 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// From an `nn.Dropout`.
-    pub fn from_float(float: &dyn Module) -> GraphResult<Self> {
-        let f = downcast::<nn::Dropout>(float, "QuantizedDropout", "Dropout")?;
-        Ok(Self { p: f.p() })
-    }
-
-    /// Rebuilds a saved module.
-    pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-        record.config()
+    /// `nnq.Dropout(p)`; `p` must be within `[0, 1]`, as for `nn.Dropout`.
+    pub fn new(p: f64) -> GraphResult<Self> {
+        Ok(Self { p: nn::Dropout::new(p)?.p() })
     }
 }
 
@@ -293,7 +165,5 @@ impl Module for Dropout {
         dropout_repr(self.p)
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
+    serde_config!();
 }
