@@ -495,11 +495,6 @@ const KNOWN_CIRCLES: &[&str] = &[
     "crates/qgraph/src/nn/batchnorm.rs <-> crates/qgraph/src/nn/conv.rs <-> crates/qgraph/src/nn/linear.rs <-> \
      crates/qgraph/src/nn/misc.rs <-> crates/qgraph/src/nn/mod.rs <-> crates/qgraph/src/nn/pool.rs <-> \
      crates/qgraph/src/nn/shape.rs <-> crates/qgraph/src/quantized/activation.rs",
-    "crates/qkernels/src/elementwise/lut.rs <-> crates/qkernels/src/elementwise/mod.rs <-> \
-     crates/qkernels/src/elementwise/x86.rs <-> crates/qkernels/src/float/gemm.rs <-> crates/qkernels/src/float/mod.rs <-> \
-     crates/qkernels/src/pool/mod.rs",
-    "crates/qkernels/src/error.rs <-> crates/qkernels/src/isa.rs",
-    "crates/qkernels/src/norm/mod.rs <-> crates/qkernels/src/norm/x86.rs",
 ];
 
 #[cfg(test)]
