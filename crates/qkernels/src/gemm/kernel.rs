@@ -26,8 +26,10 @@ pub(crate) struct Epi {
     /// Requantization: multiplier; dequantization: `a_scale * w_scale[n]`.
     pub scale: *const f32,
     pub zp: i32,
-    /// Floor of the u8 output: `zp` with ReLU, else 0.
+    /// Floor of the u8 output: `zp` with ReLU, else 0, or the pipeline's range.
     pub lo: i32,
+    /// Ceiling of the u8 output: 255, or the pipeline's range.
+    pub hi: i32,
     pub relu: bool,
 }
 
@@ -68,7 +70,7 @@ pub(crate) unsafe fn emit<T: Tier>(epi: &Epi, v: T::V, n: usize, out: OutPtr, of
             OutPtr::U8(p) => {
                 let bias = T::load_f32(epi.bias.add(n));
                 let mult = T::load_f32(epi.scale.add(n));
-                T::requant_store_u8(p.add(off), v, bias, mult, epi.zp, epi.lo, count)
+                T::requant_store_u8(p.add(off), v, bias, mult, epi.zp, epi.lo, epi.hi, count)
             }
             OutPtr::F32(p) => {
                 let y = T::dequant(v, T::load_f32(epi.scale.add(n)), T::load_f32(epi.bias.add(n)), epi.relu);

@@ -11,7 +11,8 @@
 //! * An [`OutputPipeline`], built once per layer from the packed weights and the activation (and
 //!   output) quantization parameters, folds the activation zero point into a per-column term and
 //!   holds the per-column requantization constants: to u8 with qcore's
-//!   [`ConvRequant`] arithmetic (optionally ReLU), to f32
+//!   [`ConvRequant`] arithmetic (optionally ReLU, or clamped to any u8 range with
+//!   [`OutputPipeline::with_range`], e.g. ReLU6), to f32
 //!   (`f32(acc) * (a_scale * w_scale[n]) + bias[n]`, optionally ReLU), or the raw i32 `acc`.
 //! * [`gemm()`] multiplies; the zero-point corrections cost nothing in the inner loop: the
 //!   activation zero point enters through the column term and, only when some weight zero point
@@ -36,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use qcore::requant::{BiasTerm, ConvRequant};
 use rayon::prelude::*;
 
-use crate::util::check_len;
+use crate::util::{check_len, invalid};
 use crate::{Isa, KernelError, KernelResult};
 use kernel::Block;
 pub(crate) use kernel::{DwJob, Epi, Kernel, OutPtr, tap_coord};
@@ -225,6 +226,7 @@ impl Channels {
             scale: vec![0.0; self.n + PAD],
             zp: i32::from(out_zp),
             lo: if relu { i32::from(out_zp) } else { 0 },
+            hi: 255,
             relu,
         }
     }
@@ -276,6 +278,7 @@ pub struct OutputPipeline {
     scale: Vec<f32>,
     zp: i32,
     lo: i32,
+    hi: i32,
     relu: bool,
 }
 
@@ -290,6 +293,45 @@ impl OutputPipeline {
         self.a_zp as u8
     }
 
+    /// The u8 output clamped to `lo..=hi` instead of `[0, 255]` (or `[zero point, 255]` with
+    /// ReLU): a bounded activation fused into the output stage, e.g. ReLU6 as
+    /// `with_range(out_zero_point, quantized 6.0)`. The clamp follows the requantization, so each
+    /// value is `min(max(requantized, lo), hi)`, on every tier.
+    ///
+    /// Errors: a pipeline that is not [`OutputKind::U8`], or `lo > hi`.
+    ///
+    /// ```
+    /// use qkernels::gemm::{Output, PackedWeights, WeightQParams, gemm};
+    /// let w = PackedWeights::new(&[1, -1], 2, 1, &WeightQParams::per_tensor(1.0), None)?;
+    /// // Output scale 1, zero point 10: acc 100 -> 110 and -100 -> 0, clamped to [10, 16].
+    /// let p = w.output_u8(1.0, 0, 1.0, 10, false)?.with_range(10, 16)?;
+    /// let mut out = [0u8; 2];
+    /// gemm(&[100], 1, &w, &p, Output::U8(&mut out))?;
+    /// assert_eq!(out, [16, 10]);
+    /// # Ok::<(), qkernels::KernelError>(())
+    /// ```
+    pub fn with_range(mut self, lo: u8, hi: u8) -> KernelResult<Self> {
+        const OP: &str = "OutputPipeline::with_range";
+        if self.kind != OutputKind::U8 {
+            return Err(invalid(
+                OP,
+                "output kind",
+                self.kind,
+                "only u8 output pipelines clamp to a u8 range",
+            ));
+        }
+        if lo > hi {
+            return Err(invalid(OP, "range", (lo, hi), "the lower bound must not exceed the upper bound"));
+        }
+        (self.lo, self.hi) = (i32::from(lo), i32::from(hi));
+        Ok(self)
+    }
+
+    /// The u8 output range: `(lo, hi)`.
+    pub fn range(&self) -> (u8, u8) {
+        (self.lo as u8, self.hi as u8)
+    }
+
     pub(crate) fn epi(&self) -> Epi {
         Epi {
             col_term: self.col_term.as_ptr(),
@@ -298,6 +340,7 @@ impl OutputPipeline {
             scale: self.scale.as_ptr(),
             zp: self.zp,
             lo: self.lo,
+            hi: self.hi,
             relu: self.relu,
         }
     }

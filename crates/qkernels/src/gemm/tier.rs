@@ -50,11 +50,21 @@ pub(crate) trait Tier {
     /// `count` (1..=LANES) u8 from `p`, zero-extended; `p` must be valid for `count` bytes.
     unsafe fn load_u8(p: *const u8, count: usize) -> Self::V;
     /// qcore's `ConvRequant::requantize` lane by lane: `cvtps2dq((f32(acc) + bias) * mult)`,
-    /// then `min(y, 32767) + zp` clamped to `[lo, 255]`, which equals the saturating i16 pack,
-    /// `+ zp`, u8 pack and ReLU floor `lo` (0 or zp). Lanes hold values in 0..=255.
-    unsafe fn requant(acc: Self::V, bias: Self::F, mult: Self::F, zp: Self::V, lo: Self::V) -> Self::V;
-    /// `store_u8(p, requant(acc, bias, mult, splat(zp), splat(lo)), count)`; tiers may fuse it.
+    /// then `min(y, 32767) + zp` clamped to `[lo, hi]`, which equals the saturating i16 pack,
+    /// `+ zp`, u8 pack, ReLU floor `lo` (0 or zp) and ceiling `hi` (255 unless the pipeline has a
+    /// range), for `0 <= lo <= hi <= 255`. Lanes hold values in 0..=255.
+    unsafe fn requant(
+        acc: Self::V,
+        bias: Self::F,
+        mult: Self::F,
+        zp: Self::V,
+        lo: Self::V,
+        hi: Self::V,
+    ) -> Self::V;
+    /// `store_u8(p, requant(acc, bias, mult, splat(zp), splat(lo), splat(hi)), count)`; tiers may
+    /// fuse it.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn requant_store_u8(
         p: *mut u8,
         acc: Self::V,
@@ -62,10 +72,14 @@ pub(crate) trait Tier {
         mult: Self::F,
         zp: i32,
         lo: i32,
+        hi: i32,
         count: usize,
     ) {
         // SAFETY: forwarded from the caller.
-        unsafe { Self::store_u8(p, Self::requant(acc, bias, mult, Self::splat(zp), Self::splat(lo)), count) }
+        unsafe {
+            let (zp, lo, hi) = (Self::splat(zp), Self::splat(lo), Self::splat(hi));
+            Self::store_u8(p, Self::requant(acc, bias, mult, zp, lo, hi), count)
+        }
     }
     /// `f32(acc) * scale + bias` (separate multiply and add), floored at 0 with `relu`.
     unsafe fn dequant(acc: Self::V, scale: Self::F, bias: Self::F, relu: bool) -> Self::F;
@@ -142,9 +156,9 @@ impl Tier for Scalar {
         i32::from(unsafe { p.read() })
     }
     #[inline(always)]
-    unsafe fn requant(acc: i32, bias: f32, mult: f32, zp: i32, lo: i32) -> i32 {
+    unsafe fn requant(acc: i32, bias: f32, mult: f32, zp: i32, lo: i32, hi: i32) -> i32 {
         let y = cvt_f32_to_i32_x86((acc as f32 + bias) * mult);
-        (y.min(32767) + zp).clamp(lo, 255)
+        (y.min(32767) + zp).max(lo).min(hi)
     }
     #[inline(always)]
     unsafe fn dequant(acc: i32, scale: f32, bias: f32, relu: bool) -> f32 {

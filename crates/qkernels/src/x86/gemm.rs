@@ -133,10 +133,17 @@ mod tiers {
             }
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn requant(acc: __m256i, bias: __m256, mult: __m256, zp: __m256i, lo: __m256i) -> __m256i {
+            unsafe fn requant(
+                acc: __m256i,
+                bias: __m256,
+                mult: __m256,
+                zp: __m256i,
+                lo: __m256i,
+                hi: __m256i,
+            ) -> __m256i {
                 let x = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(acc), bias), mult);
                 let y = _mm256_min_epi32(_mm256_cvtps_epi32(x), _mm256_set1_epi32(32767));
-                _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(y, zp), lo), _mm256_set1_epi32(255))
+                _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(y, zp), lo), hi)
             }
             #[inline]
             #[target_feature(enable = $features)]
@@ -251,13 +258,21 @@ mod tiers {
             }
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn requant(acc: __m512i, bias: __m512, mult: __m512, zp: __m512i, lo: __m512i) -> __m512i {
+            unsafe fn requant(
+                acc: __m512i,
+                bias: __m512,
+                mult: __m512,
+                zp: __m512i,
+                lo: __m512i,
+                hi: __m512i,
+            ) -> __m512i {
                 let x = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(acc), bias), mult);
                 let y = _mm512_min_epi32(_mm512_cvtps_epi32(x), _mm512_set1_epi32(32767));
-                _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, zp), lo), _mm512_set1_epi32(255))
+                _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, zp), lo), hi)
             }
             #[inline]
             #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn requant_store_u8(
                 p: *mut u8,
                 acc: __m512i,
@@ -265,15 +280,20 @@ mod tiers {
                 mult: __m512,
                 zp: i32,
                 lo: i32,
+                hi: i32,
                 count: usize,
             ) {
                 // FBGEMM's own sequence: saturate to i16 (`vpmovsdw`), `+ zp` saturating, floor
-                // at `lo`, then unsigned saturation to u8 (`vpmovuswb`; the values are >= 0).
+                // at `lo`, ceiling at `hi`, then unsigned saturation to u8 (`vpmovuswb`; the
+                // values are >= 0).
                 let x = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(acc), bias), mult);
                 let y = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(x));
-                let z = _mm256_max_epi16(
-                    _mm256_adds_epi16(y, _mm256_set1_epi16(zp as i16)),
-                    _mm256_set1_epi16(lo as i16),
+                let z = _mm256_min_epi16(
+                    _mm256_max_epi16(
+                        _mm256_adds_epi16(y, _mm256_set1_epi16(zp as i16)),
+                        _mm256_set1_epi16(lo as i16),
+                    ),
+                    _mm256_set1_epi16(hi as i16),
                 );
                 // SAFETY: the caller guarantees `count` writable bytes at `p`; the mask covers
                 // exactly those.
