@@ -84,16 +84,11 @@ impl Case {
         assert_eq!(p.kind(), OutputKind::U8);
         let mut got = vec![0u8; len];
         gemm(&self.a, self.m, &w, &p, Output::U8(&mut got)).unwrap();
-        let want = requant_u8(
-            &acc,
-            self.n,
-            &self.q,
-            self.bias.as_deref(),
-            self.a_scale,
-            self.out_scale,
-            self.out_zp,
-            self.relu,
-        );
+        let oracle = |relu| {
+            let (q, bias) = (&self.q, self.bias.as_deref());
+            requant_u8(&acc, self.n, q, bias, self.a_scale, self.out_scale, self.out_zp, relu)
+        };
+        let want = oracle(self.relu);
         if got != want {
             let i = got.iter().zip(&want).position(|(g, e)| g != e).unwrap();
             return Err(format!("{} at {i}: got {} want {} (acc {})", ctx("u8"), got[i], want[i], acc[i]));
@@ -106,16 +101,7 @@ impl Case {
         assert_eq!(p.range(), (lo, hi));
         let mut got = vec![0u8; len];
         gemm(&self.a, self.m, &w, &p, Output::U8(&mut got)).unwrap();
-        let want = requant_u8(
-            &acc,
-            self.n,
-            &self.q,
-            self.bias.as_deref(),
-            self.a_scale,
-            self.out_scale,
-            self.out_zp,
-            false,
-        );
+        let want = oracle(false);
         if let Some(i) = got.iter().zip(&want).position(|(&g, &e)| g != e.clamp(lo, hi)) {
             return Err(format!(
                 "{} at {i}: got {} want {}",

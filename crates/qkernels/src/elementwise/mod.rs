@@ -421,6 +421,14 @@ pub fn cat<T: QElem>(
     Ok(shape)
 }
 
+/// `f::<true>(args)` for qint8 elements `T`, `f::<false>(args)` for quint8: the vector routines
+/// take the signedness as a const parameter.
+macro_rules! by_sign {
+    ($t:ty, $($f:ident)::+ ($($arg:expr),* $(,)?)) => {
+        if <$t as QElem>::SIGNED { $($f)::+::<true>($($arg),*) } else { $($f)::+::<false>($($arg),*) }
+    };
+}
+
 /// Runs the vector tier of `plan` over a prefix of the rows; returns how many elements it wrote
 /// (the caller finishes the rest with the scalar rule).
 fn binary_rows<T: QElem>(plan: &BinaryPlan, a: &[T], b: &[T], out: &mut [T], isa: Isa) -> usize {
@@ -429,31 +437,15 @@ fn binary_rows<T: QElem>(plan: &BinaryPlan, a: &[T], b: &[T], out: &mut [T], isa
         BinaryPlan::Add { k, .. } => on_tier!(
             isa,
             scalar: 0,
-            avx2: if T::SIGNED {
-                crate::x86::elementwise::avx2::add::<true>(k, a, b, o)
-            } else {
-                crate::x86::elementwise::avx2::add::<false>(k, a, b, o)
-            },
-            avx512: if T::SIGNED {
-                crate::x86::elementwise::avx512::add::<true>(k, a, b, o)
-            } else {
-                crate::x86::elementwise::avx512::add::<false>(k, a, b, o)
-            },
+            avx2: by_sign!(T, crate::x86::elementwise::avx2::add(k, a, b, o)),
+            avx512: by_sign!(T, crate::x86::elementwise::avx512::add(k, a, b, o)),
         ),
         BinaryPlan::Mul { k, .. } if !k.vector_ok => 0,
         BinaryPlan::Mul { k, .. } => on_tier!(
             isa,
             scalar: 0,
-            avx2: if T::SIGNED {
-                crate::x86::elementwise::avx2::mul::<true>(k, a, b, o)
-            } else {
-                crate::x86::elementwise::avx2::mul::<false>(k, a, b, o)
-            },
-            avx512: if T::SIGNED {
-                crate::x86::elementwise::avx512::mul::<true>(k, a, b, o)
-            } else {
-                crate::x86::elementwise::avx512::mul::<false>(k, a, b, o)
-            },
+            avx2: by_sign!(T, crate::x86::elementwise::avx2::mul(k, a, b, o)),
+            avx512: by_sign!(T, crate::x86::elementwise::avx512::mul(k, a, b, o)),
         ),
     }
 }
@@ -464,16 +456,8 @@ fn clamp<T: QElem>(input: &[T], out: &mut [T], lo: T, hi: T, isa: Isa) {
     let done = on_tier!(
         isa,
         scalar: 0,
-        avx2: if T::SIGNED {
-            crate::x86::elementwise::avx2::clamp::<true>(src, dst, l, h)
-        } else {
-            crate::x86::elementwise::avx2::clamp::<false>(src, dst, l, h)
-        },
-        avx512: if T::SIGNED {
-            crate::x86::elementwise::avx512::clamp::<true>(src, dst, l, h)
-        } else {
-            crate::x86::elementwise::avx512::clamp::<false>(src, dst, l, h)
-        },
+        avx2: by_sign!(T, crate::x86::elementwise::avx2::clamp(src, dst, l, h)),
+        avx512: by_sign!(T, crate::x86::elementwise::avx512::clamp(src, dst, l, h)),
     );
     for (o, &x) in out[done..].iter_mut().zip(&input[done..]) {
         *o = x.max(lo).min(hi);
