@@ -7,8 +7,6 @@
 //! Each tier is compiled once per tile shape (rows x vectors) so edge tiles run only the vectors
 //! they need; columns past the tile's end are masked out of the output's load and store.
 
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-
 /// One output tile.
 pub(crate) struct Tile {
     /// K steps.

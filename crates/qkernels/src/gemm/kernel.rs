@@ -5,6 +5,8 @@
 use std::ops::Range;
 
 use super::tier::{Scalar, Tier};
+#[cfg(target_arch = "x86_64")]
+use crate::x86::prefetch;
 
 /// Where results go: the output matrix at row 0 of the current block, column 0.
 #[derive(Clone, Copy)]
@@ -81,17 +83,10 @@ pub(crate) unsafe fn emit<T: Tier>(epi: &Epi, v: T::V, n: usize, out: OutPtr, of
     }
 }
 
-/// A hint to fetch the cache line of `p` into L1; `p` may point anywhere (prefetches never fault).
+/// No prefetch hint off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint that never faults, whatever the address; SSE is baseline on x86-64.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
+fn prefetch(_: *const u8) {}
 
 /// One `MR x (NV * LANES)` tile: rows `row0..row0 + MR` of the block against panel `p`.
 ///

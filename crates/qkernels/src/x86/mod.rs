@@ -40,6 +40,13 @@ pub(crate) fn has_avx512vbmi() -> bool {
     std::arch::is_x86_feature_detected!("avx512vbmi")
 }
 
+/// A hint to fetch the cache line of `p` into L1; `p` may point anywhere (prefetches never fault).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    // SAFETY: prefetch is a hint that never faults, whatever the address; SSE is baseline on x86-64.
+    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast()) };
+}
+
 /// `k.run()` compiled with AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn run_avx2<K: Tiered>(k: &K) {
