@@ -2,7 +2,7 @@
 //!
 //! A file imports another when it names an item of the other's module through a path: `crate::`,
 //! `super::`, `self::` or a child module's name, in a `use` or inline. Re-exports are followed to
-//! the file that defines the item, so `crate::Isa` counts as an import of `isa.rs`, not of
+//! the file that defines the item, so `crate::Isa` counts as an import of `dispatch.rs`, not of
 //! `lib.rs`; `mod child;` declarations do not count. A circle is a set of files that reach each
 //! other through imports (a strongly connected component of more than one file).
 
@@ -485,31 +485,15 @@ impl Tarjan {
     }
 }
 
-/// The circles the workspace still has, each as its files joined by ` <-> ` (sorted): the
-/// refactor that opens the crates' closed places removes them. A new circle fails the test
-/// below, and so does a listed one that is gone (delete its line).
-#[cfg(test)]
-const KNOWN_CIRCLES: &[&str] = &[
-    "crates/qkernels/src/elementwise/lut.rs <-> crates/qkernels/src/elementwise/mod.rs <-> \
-     crates/qkernels/src/elementwise/x86.rs <-> crates/qkernels/src/float/gemm.rs <-> crates/qkernels/src/float/mod.rs <-> \
-     crates/qkernels/src/pool/mod.rs",
-    "crates/qkernels/src/error.rs <-> crates/qkernels/src/isa.rs",
-    "crates/qkernels/src/norm/mod.rs <-> crates/qkernels/src/norm/x86.rs",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_workspace_has_no_circles_beyond_the_known_ones() {
+    fn the_workspace_has_no_import_circles() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-        let found: BTreeSet<String> = find(root).expect("sources").iter().map(|c| c.join(" <-> ")).collect();
-        let known: BTreeSet<String> = KNOWN_CIRCLES.iter().map(|c| c.to_string()).collect();
-        let new: Vec<&String> = found.difference(&known).collect();
-        let gone: Vec<&String> = known.difference(&found).collect();
-        assert!(new.is_empty(), "new import circles between files: {new:#?}");
-        assert!(gone.is_empty(), "these circles are gone: delete them from KNOWN_CIRCLES: {gone:#?}");
+        let found: Vec<String> = find(root).expect("sources").iter().map(|c| c.join(" <-> ")).collect();
+        assert!(found.is_empty(), "import circles between files: {found:#?}");
     }
 
     fn known(modules: &[&[&str]]) -> BTreeSet<Vec<String>> {

@@ -117,7 +117,8 @@ fn row(r: &BenchResult, peaks: &Peaks, isa: Isa, torch: &TorchTimes) -> Row {
                 match isa {
                     Isa::Avx512Vnni => peaks.int8_vnni_gops,
                     Isa::Avx2 | Isa::Avx512 => peaks.int8_avx2_gops,
-                    Isa::Scalar => None,
+                    // Scalar, and tiers of other architectures.
+                    _ => None,
                 }
             };
             ("GOPS", Some(ops as f64 / r.median_ns), per_core.map(|p| p * threads))

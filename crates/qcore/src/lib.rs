@@ -24,6 +24,7 @@ mod dtype;
 mod dtype_range;
 mod error;
 pub mod fake_quant;
+mod per_tensor;
 pub mod requant;
 mod scalar;
 mod tensor;
@@ -32,6 +33,7 @@ pub use display::{float_tensor_str, int_tensor_str, python_float_repr};
 pub use dtype::{QDType, QScheme};
 pub use dtype_range::calculate_qmin_qmax;
 pub use error::{QError, QResult};
+pub use per_tensor::PerTensor;
 pub use scalar::{
     AffineQuantizer, cvt_f32_to_i32_x86, dequantize_per_channel_val, dequantize_val,
     dequantize_val_float_qparams, inverse_scale, quantize_val, quantize_val_float_qparams,

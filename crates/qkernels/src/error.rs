@@ -1,7 +1,5 @@
 //! The one error type of `qkernels`.
 
-use crate::Isa;
-
 /// Everything that can be wrong with the input of a `qkernels` function. Each variant names the
 /// operation, the offending value and what would be accepted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -17,10 +15,10 @@ pub enum KernelError {
         name: String,
     },
     /// A tier this CPU cannot run.
-    #[error("this CPU does not support the {isa} tier; use Isa::detect() or a lower tier")]
+    #[error("this CPU does not support the {isa} tier; use Isa::detect() or a tier from Isa::tiers()")]
     IsaUnsupported {
-        /// The tier asked for.
-        isa: Isa,
+        /// The name of the tier asked for (`Isa::name`).
+        isa: &'static str,
     },
     /// Two sizes that must agree do not.
     #[error("{op}: {what} is {got} but must be {expected}")]

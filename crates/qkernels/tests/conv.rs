@@ -90,6 +90,15 @@ impl Case {
             return Err(ctx("u8"));
         }
 
+        // A range around the output zero point, replacing the ReLU floor: the oracle without
+        // ReLU, clamped.
+        let p = p.with_range(60, 100).unwrap();
+        conv.run(&self.input, g.batch, in_spatial, &p, Output::U8(&mut got)).unwrap();
+        let want = requant_u8(&acc, g.oc, &self.q, self.bias.as_deref(), a_scale, out_scale, out_zp, false);
+        if got.iter().zip(&want).any(|(&g, &e)| g != e.clamp(60, 100)) {
+            return Err(ctx("u8 in [60, 100]"));
+        }
+
         let p = conv.output_f32(a_scale, self.a_zp, self.relu).unwrap();
         let mut got = vec![0f32; acc.len()];
         conv.run(&self.input, g.batch, in_spatial, &p, Output::F32(&mut got)).unwrap();

@@ -24,6 +24,8 @@ struct Case {
     out_scale: f64,
     out_zp: u8,
     relu: bool,
+    /// A u8 output range (`OutputPipeline::with_range`), checked in addition to the plain output.
+    range: (u8, u8),
 }
 
 impl Case {
@@ -50,6 +52,10 @@ impl Case {
             out_scale: 0.05 + (rng.next() % 100) as f64 * 0.01 * (k as f64).sqrt(),
             out_zp: (rng.next() % 256) as u8,
             relu: rng.next().is_multiple_of(2),
+            range: {
+                let (x, y) = ((rng.next() % 256) as u8, (rng.next() % 256) as u8);
+                (x.min(y), x.max(y))
+            },
         }
     }
 
@@ -78,19 +84,31 @@ impl Case {
         assert_eq!(p.kind(), OutputKind::U8);
         let mut got = vec![0u8; len];
         gemm(&self.a, self.m, &w, &p, Output::U8(&mut got)).unwrap();
-        let want = requant_u8(
-            &acc,
-            self.n,
-            &self.q,
-            self.bias.as_deref(),
-            self.a_scale,
-            self.out_scale,
-            self.out_zp,
-            self.relu,
-        );
+        let oracle = |relu| {
+            let (q, bias) = (&self.q, self.bias.as_deref());
+            requant_u8(&acc, self.n, q, bias, self.a_scale, self.out_scale, self.out_zp, relu)
+        };
+        let want = oracle(self.relu);
         if got != want {
             let i = got.iter().zip(&want).position(|(g, e)| g != e).unwrap();
             return Err(format!("{} at {i}: got {} want {} (acc {})", ctx("u8"), got[i], want[i], acc[i]));
+        }
+
+        // The range replaces the ReLU floor: the oracle without ReLU, clamped.
+        let (lo, hi) = self.range;
+        let p = w.output_u8(self.a_scale, self.a_zp, self.out_scale, self.out_zp, self.relu).unwrap();
+        let p = p.with_range(lo, hi).unwrap();
+        assert_eq!(p.range(), (lo, hi));
+        let mut got = vec![0u8; len];
+        gemm(&self.a, self.m, &w, &p, Output::U8(&mut got)).unwrap();
+        let want = oracle(false);
+        if let Some(i) = got.iter().zip(&want).position(|(&g, &e)| g != e.clamp(lo, hi)) {
+            return Err(format!(
+                "{} at {i}: got {} want {}",
+                ctx("u8 in [{lo}, {hi}]"),
+                got[i],
+                want[i].clamp(lo, hi)
+            ));
         }
 
         let p = w.output_f32(self.a_scale, self.a_zp, self.relu).unwrap();
@@ -178,6 +196,7 @@ fn saturating_pairs_are_exact_on_every_tier() {
             out_scale: 5.0,
             out_zp: 128,
             relu: false,
+            range: (100, 140),
         };
         check_all_tiers(&case);
     }
@@ -247,6 +266,10 @@ fn bad_input_is_a_typed_error() {
         let p = w.output_u8(0.1, 3, 0.2, 4, false).unwrap();
         assert!(matches!(w.output_u8(f64::NAN, 3, 0.2, 4, false), Err(KernelError::Quant(_))));
         assert!(matches!(w.output_u8(0.1, 3, 0.0, 4, false), Err(KernelError::Quant(_))));
+        // A range that is empty, or on a pipeline that is not u8.
+        assert!(invalid(p.clone().with_range(9, 8).unwrap_err()));
+        assert!(invalid(w.output_i32(3).with_range(0, 255).unwrap_err()));
+        assert!(invalid(w.output_f32(0.1, 3, false).unwrap().with_range(0, 6).unwrap_err()));
         let a = vec![7u8; 8];
         let mut out = vec![0u8; 6];
         // A of the wrong length for m x k, M = 0.

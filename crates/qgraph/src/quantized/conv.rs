@@ -108,7 +108,6 @@ impl QuantizedConv {
         if batch > 0 {
             self.packed.run(x.data(), batch, in_spatial, &pipeline, Output::U8(&mut out))?;
         }
-        self.parts.act.clamp_relu6(&mut out, self.parts.out_q)?;
         QuantTensor::new(out, shape, self.parts.out_q)
     }
 }

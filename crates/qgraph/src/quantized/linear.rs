@@ -122,7 +122,6 @@ impl QuantizedLinear {
         if m > 0 {
             gemm(&rows_in, m, &self.packed, &pipeline, Output::U8(&mut out))?;
         }
-        self.parts.act.clamp_relu6(&mut out, self.parts.out_q)?;
         let out = if shape.len() <= 2 {
             out
         } else {

@@ -1,7 +1,7 @@
 //! What the quantized weighted layers share: the fused activation, qint8 weights quantized as
-//! PyTorch's `_quantize_weight` + `_clamp_weights`, the cache of per-input output stages, the
-//! ReLU6 clamp, and the parts (weight, bias, output parameters) conv and linear hold, save and
-//! expose alike.
+//! PyTorch's `_quantize_weight` + `_clamp_weights`, the cache of per-input output stages (with
+//! the ReLU6 range), and the parts (weight, bias, output parameters) conv and linear hold, save
+//! and expose alike.
 
 use std::sync::{Arc, Mutex};
 
@@ -46,15 +46,13 @@ impl QuantizedAct {
         self != QuantizedAct::None
     }
 
-    /// Applies the ReLU6 ceiling (the quantized 6.0 under `out_q`) to an output already floored
-    /// by the ReLU pipeline; nothing for the other activations.
-    pub(crate) fn clamp_relu6(self, out: &mut [u8], out_q: PerTensor) -> GraphResult<()> {
-        if self == QuantizedAct::Relu6 {
-            let six =
-                AffineQuantizer::new(out_q.scale, out_q.zero_point, QDType::QUInt8)?.quantize(6.0) as u8;
-            out.iter_mut().for_each(|v| *v = (*v).min(six));
+    /// The output ceiling of ReLU6 (the quantized 6.0 under `out_q`), which the output stage
+    /// clamps to after the ReLU floor; `None` for the other activations.
+    pub(crate) fn ceiling(self, out_q: PerTensor) -> GraphResult<Option<u8>> {
+        if self != QuantizedAct::Relu6 {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(AffineQuantizer::new(out_q.scale, out_q.zero_point, QDType::QUInt8)?.quantize(6.0) as u8))
     }
 }
 
@@ -367,7 +365,7 @@ impl WeightedParts {
 
     /// The output stage for inputs with parameters `in_q`, built by `output_u8(input scale,
     /// input zero point, output scale, output zero point, relu)` (the packed weights') unless
-    /// cached.
+    /// cached; with ReLU6 it clamps to `[output zero point, quantized 6.0]`.
     pub(crate) fn pipeline(
         &self,
         in_q: PerTensor,
@@ -375,7 +373,11 @@ impl WeightedParts {
     ) -> GraphResult<Arc<OutputPipeline>> {
         self.pipeline.get(in_q, || {
             let ((a_scale, a_zp), (o_scale, o_zp)) = (u8_params(in_q), u8_params(self.out_q));
-            Ok(output_u8(a_scale, a_zp, o_scale, o_zp, self.act.relu())?)
+            let stage = output_u8(a_scale, a_zp, o_scale, o_zp, self.act.relu())?;
+            Ok(match self.act.ceiling(self.out_q)? {
+                Some(six) => stage.with_range(o_zp, six)?,
+                None => stage,
+            })
         })
     }
 

@@ -18,9 +18,10 @@
 //! accumulation and FBGEMM's output requantization.
 
 use crate::gemm::{
-    self, ASource, Channels, DirectA, DwJob, Kernel, Output, OutputPipeline, PackedWeights, SharedEpi,
-    SharedOut, WeightQParams, expect_len, mul, nonzero, run_depthwise, split_count, split_part, with_scratch,
+    self, ASource, Channels, DirectA, DwJob, Output, OutputPipeline, PackedWeights, SharedEpi, SharedOut,
+    WeightQParams, mul, nonzero, split_count, split_part, with_scratch,
 };
+use crate::util::check_len;
 use crate::{Isa, KernelError, KernelResult};
 use rayon::prelude::*;
 
@@ -104,7 +105,7 @@ impl ConvParams {
     /// fit the padded input.
     pub fn output_spatial(&self, in_spatial: &[usize]) -> KernelResult<Vec<usize>> {
         const OP: &str = "conv";
-        expect_len(OP, "input spatial dimensions", in_spatial.len(), self.kernel.len())?;
+        check_len(OP, "input spatial dimensions", in_spatial.len(), self.kernel.len())?;
         let mut out = Vec::with_capacity(in_spatial.len());
         for (ax, &len) in in_spatial.iter().enumerate() {
             nonzero(OP, "input spatial size", len)?;
@@ -145,9 +146,9 @@ impl ConvParams {
                 reason: "conv1d, conv2d and conv3d take 1, 2 or 3 kernel sizes",
             });
         }
-        expect_len(OP, "stride dimensions", self.stride.len(), rank)?;
-        expect_len(OP, "padding dimensions", self.padding.len(), rank)?;
-        expect_len(OP, "dilation dimensions", self.dilation.len(), rank)?;
+        check_len(OP, "stride dimensions", self.stride.len(), rank)?;
+        check_len(OP, "padding dimensions", self.padding.len(), rank)?;
+        check_len(OP, "dilation dimensions", self.dilation.len(), rank)?;
         for ax in 0..rank {
             nonzero(OP, "kernel size", self.kernel[ax])?;
             nonzero(OP, "stride", self.stride[ax])?;
@@ -226,7 +227,7 @@ impl PackedConv {
         let (cg, ocg) = (params.in_channels / g, params.out_channels / g);
         let k = mul(OP, "K (kernel x input channels per group)", taps, cg)?;
         let oc = params.out_channels;
-        expect_len(OP, "weight length", weights.len(), mul(OP, "weight length", oc, k)?)?;
+        check_len(OP, "weight length", weights.len(), mul(OP, "weight length", oc, k)?)?;
         let depthwise = g == params.in_channels && g == oc;
         let path = if depthwise {
             let channels = Channels::new(OP, weights, oc, taps, qparams, bias)?;
@@ -323,7 +324,7 @@ impl PackedConv {
         let out_spatial = p.output_spatial(in_spatial)?;
         let pixels_in = in_spatial.iter().try_fold(batch, |acc, &x| mul(OP, "input size", acc, x))?;
         let pixels_out = out_spatial.iter().try_fold(batch, |acc, &x| mul(OP, "output size", acc, x))?;
-        expect_len(OP, "input length", input.len(), mul(OP, "input length", pixels_in, p.in_channels)?)?;
+        check_len(OP, "input length", input.len(), mul(OP, "input length", pixels_in, p.in_channels)?)?;
         pipeline.check(OP, self.channels(), &out, mul(OP, "output length", pixels_out, p.out_channels)?)?;
         let [kernel, stride, pad, dilation] = p.axes();
         let lift = |v: &[usize]| {
@@ -336,17 +337,7 @@ impl PackedConv {
         let za = pipeline.activation_zero_point();
         match &self.path {
             Path::Depthwise { weights, cpad, .. } => {
-                let kernel_kind = match self.isa {
-                    Isa::Scalar => Kernel::Scalar,
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => Kernel::Avx2Exact,
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => Kernel::Avx512,
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512Vnni => Kernel::Vnni,
-                    #[cfg(not(target_arch = "x86_64"))]
-                    _ => Kernel::Scalar,
-                };
+                let kernel_kind = gemm::kernel_for(self.isa, || false);
                 let job = DwJob {
                     input: input.as_ptr(),
                     in_dims: in3,
@@ -375,7 +366,7 @@ impl PackedConv {
                         // SAFETY: the input and output lengths were checked against the geometry,
                         // the weights hold taps x cpad entries, the pipeline belongs to these
                         // weights, the tier was checked at packing; chunks are disjoint pixels.
-                        unsafe { run_depthwise(kernel_kind, job.get(), epi.get(), pixels, &mut s.taps) }
+                        unsafe { kernel_kind.depthwise(job.get(), epi.get(), pixels, &mut s.taps) }
                     })
                 };
                 if chunks == 1 {

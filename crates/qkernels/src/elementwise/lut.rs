@@ -4,8 +4,11 @@ use std::marker::PhantomData;
 
 use qcore::{QDType, cvt_f32_to_i32_x86, dequantize_val, quantize_val};
 
-use super::{PerTensor, QElem, SendPtr, for_chunks, invalid, x86};
+use qcore::PerTensor;
+
+use super::qelem::{QElem, bytes, bytes_mut};
 use crate::float::Activation;
+use crate::util::{SendPtr, check_len, for_chunks, invalid};
 use crate::{Isa, KernelResult};
 
 /// How PyTorch dequantizes before a float op, which differs between its kernels (NUMERICS.md §6).
@@ -253,20 +256,18 @@ impl<T: QElem> Lut<T> {
     /// `vpermi2b` where the CPU has AVX-512 VBMI and the tier is [`Isa::Avx512Vnni`]).
     pub fn apply(&self, input: &[T], out: &mut [T], isa: Isa) -> KernelResult<()> {
         isa.ensure_supported()?;
-        super::check_len("lut", "output length", out.len(), input.len())?;
-        // SAFETY: `T` is `u8` or `i8` (sealed), both one byte with no invalid bit patterns.
-        let src = unsafe { std::slice::from_raw_parts(input.as_ptr().cast::<u8>(), input.len()) };
+        check_len("lut", "output length", out.len(), input.len())?;
+        let src = bytes(input);
+        let out = bytes_mut(out);
         if self.identity {
-            // SAFETY: as above, for the output.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len()) };
-            dst.copy_from_slice(src);
+            out.copy_from_slice(src);
             return Ok(());
         }
-        let ptr = SendPtr(out.as_mut_ptr().cast::<u8>());
+        let ptr = SendPtr(out.as_mut_ptr());
         for_chunks(src.len(), |s, e| {
             // SAFETY: disjoint ranges of `out` (as bytes), which outlives the call.
             let dst = unsafe { ptr.slice(s, e) };
-            x86::lut(&self.table, &src[s..e], dst, isa);
+            lut(&self.table, &src[s..e], dst, isa);
         });
         Ok(())
     }
@@ -274,5 +275,23 @@ impl<T: QElem> Lut<T> {
     /// The raw table, indexed by the input's byte pattern.
     pub fn table(&self) -> &[u8; 256] {
         &self.table
+    }
+}
+
+/// `out[i] = table[input[i]]` on the chosen tier.
+fn lut(table: &[u8; 256], input: &[u8], out: &mut [u8], isa: Isa) {
+    let done = on_tier!(
+        isa,
+        scalar: 0,
+        avx2: crate::x86::elementwise::avx2::lut(table, input, out),
+        avx512: crate::x86::elementwise::avx512::lut(table, input, out),
+        avx512vnni: if crate::x86::has_avx512vbmi() {
+            crate::x86::elementwise::avx512::lut_vbmi(table, input, out)
+        } else {
+            crate::x86::elementwise::avx512::lut(table, input, out)
+        },
+    );
+    for (o, &x) in out[done..].iter_mut().zip(&input[done..]) {
+        *o = table[usize::from(x)];
     }
 }

@@ -10,176 +10,22 @@
 //!   inside [`cat`]) are a 256-entry lookup table ([`Lut`]) built once from the element rule and
 //!   applied with a SIMD shuffle.
 
+pub(crate) mod consts;
 mod lut;
-mod x86;
+mod qelem;
 
+use qcore::QDType;
 use qcore::requant::{AddRequant, MulRequant, ScalarOp};
-use qcore::{AffineQuantizer, QDType};
 use rayon::prelude::*;
 
+use crate::util::{PAR_CHUNK, SendPtr, check_len, for_chunks, invalid, numel};
 use crate::{Isa, KernelError, KernelResult};
+use consts::{AddConsts, MulConsts};
 
 pub use lut::{Dequant, Lut, Unary};
-
-/// Elements per rayon task; tensors at most this long run on the calling thread.
-pub(crate) const PAR_CHUNK: usize = 1 << 16;
-
-mod private {
-    pub trait Sealed {}
-    impl Sealed for u8 {}
-    impl Sealed for i8 {}
-}
-
-/// An 8-bit quantized storage type: `u8` (quint8) or `i8` (qint8).
-pub trait QElem: Copy + Default + Send + Sync + Ord + std::fmt::Debug + 'static + private::Sealed {
-    /// The quantized dtype stored.
-    const DTYPE: QDType;
-    /// True for `i8`.
-    const SIGNED: bool;
-    /// The value, widened.
-    fn to_i32(self) -> i32;
-    /// The value `v`, which must lie within the type's range (it is truncated otherwise).
-    fn from_i32(v: i32) -> Self;
-    /// The byte pattern as a table index, 0..=255.
-    fn index(self) -> usize;
-    /// The value whose byte pattern is `i` (the inverse of [`QElem::index`]).
-    fn from_index(i: usize) -> Self;
-}
-
-impl QElem for u8 {
-    const DTYPE: QDType = QDType::QUInt8;
-    const SIGNED: bool = false;
-    #[inline(always)]
-    fn to_i32(self) -> i32 {
-        i32::from(self)
-    }
-    #[inline(always)]
-    fn from_i32(v: i32) -> Self {
-        v as u8
-    }
-    #[inline(always)]
-    fn index(self) -> usize {
-        usize::from(self)
-    }
-    #[inline(always)]
-    fn from_index(i: usize) -> Self {
-        i as u8
-    }
-}
-
-impl QElem for i8 {
-    const DTYPE: QDType = QDType::QInt8;
-    const SIGNED: bool = true;
-    #[inline(always)]
-    fn to_i32(self) -> i32 {
-        i32::from(self)
-    }
-    #[inline(always)]
-    fn from_i32(v: i32) -> Self {
-        v as i8
-    }
-    #[inline(always)]
-    fn index(self) -> usize {
-        usize::from(self as u8)
-    }
-    #[inline(always)]
-    fn from_index(i: usize) -> Self {
-        i as u8 as i8
-    }
-}
-
-/// Per-tensor quantization parameters, as PyTorch holds them: a double scale and an integer zero
-/// point.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PerTensor {
-    /// The scale (used as `f32(scale)` by every kernel, as in PyTorch).
-    pub scale: f64,
-    /// The zero point, within the dtype's range.
-    pub zero_point: i64,
-}
-
-impl PerTensor {
-    /// `(scale, zero_point)`; checked when an op uses it.
-    pub const fn new(scale: f64, zero_point: i64) -> Self {
-        Self { scale, zero_point }
-    }
-
-    /// Checks the parameters for `dtype` and returns the quantizer they define.
-    pub fn quantizer(self, dtype: QDType) -> KernelResult<AffineQuantizer> {
-        Ok(AffineQuantizer::new(self.scale, self.zero_point, dtype)?)
-    }
-
-    /// `(scale, zero_point)` as a tuple, the form `qcore::requant` takes.
-    pub const fn pair(self) -> (f64, i64) {
-        (self.scale, self.zero_point)
-    }
-}
-
-pub(crate) fn check_len(
-    op: &'static str,
-    what: &'static str,
-    got: usize,
-    expected: usize,
-) -> KernelResult<()> {
-    if got == expected { Ok(()) } else { Err(KernelError::ShapeMismatch { op, what, got, expected }) }
-}
-
-pub(crate) fn invalid(
-    op: &'static str,
-    what: &'static str,
-    value: impl std::fmt::Debug,
-    reason: &'static str,
-) -> KernelError {
-    KernelError::InvalidArgument { op, what, value: format!("{value:?}"), reason }
-}
-
-/// The number of elements of `shape`, or an error if it overflows.
-pub(crate) fn numel(op: &'static str, shape: &[usize]) -> KernelResult<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| invalid(op, "shape", shape, "the number of elements overflows usize"))
-}
-
-/// Splits `len` work items into one contiguous part per rayon thread (each a multiple of 64
-/// items), or runs `f(0, len)` inline for inputs of at most [`PAR_CHUNK`] items.
-///
-/// Static parts, not many small tasks: a tensor that fits in the caches stays split the same way
-/// between the cores from one call to the next, so each core finds its half in its own L2.
-pub(crate) fn for_chunks(len: usize, f: impl Fn(usize, usize) + Sync) {
-    let threads = rayon::current_num_threads();
-    if len <= PAR_CHUNK || threads == 1 {
-        f(0, len);
-    } else {
-        let part = len.div_ceil(threads).next_multiple_of(64);
-        (0..len.div_ceil(part)).into_par_iter().for_each(|t| f(t * part, ((t + 1) * part).min(len)));
-    }
-}
-
-/// A raw output pointer that rayon tasks write disjoint ranges of.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr<T>(pub(crate) *mut T);
-// SAFETY: the pointer is only used to write disjoint ranges from different tasks (see each use).
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above; no two tasks touch the same element.
-unsafe impl<T> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// The pointer `n` elements further (not dereferenced here).
-    pub(crate) fn offset(self, n: usize) -> Self {
-        SendPtr(self.0.wrapping_add(n))
-    }
-
-    /// The mutable sub-slice `[start, end)`.
-    ///
-    /// # Safety
-    /// The range must lie inside the buffer the pointer was taken from, that buffer must outlive
-    /// the slice, and no other live reference may overlap the range.
-    pub(crate) unsafe fn slice<'a>(self, start: usize, end: usize) -> &'a mut [T] {
-        // SAFETY: guaranteed by the caller.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), end - start) }
-    }
-}
+pub use qcore::PerTensor;
+pub use qelem::QElem;
+pub(crate) use qelem::{bytes, bytes_mut};
 
 /// Which binary op [`binary`] computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,8 +54,8 @@ impl BinaryOp {
 /// The prepared element rule of a binary op: the qcore oracle plus the constants SIMD tiers use.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum BinaryPlan {
-    Add { oracle: AddRequant, k: x86::AddConsts },
-    Mul { oracle: MulRequant, k: x86::MulConsts },
+    Add { oracle: AddRequant, k: AddConsts },
+    Mul { oracle: MulRequant, k: MulConsts },
 }
 
 impl BinaryPlan {
@@ -219,7 +65,7 @@ impl BinaryPlan {
             BinaryOp::Add | BinaryOp::AddRelu => {
                 let oracle = AddRequant::new(a.pair(), b.pair(), out.pair(), dtype, relu)?;
                 let q = out.quantizer(dtype)?;
-                let k = x86::AddConsts {
+                let k = AddConsts {
                     sa: a.scale as f32,
                     pa: a.scale as f32 * -(a.zero_point as f32),
                     sb: b.scale as f32,
@@ -233,7 +79,7 @@ impl BinaryPlan {
             BinaryOp::Mul | BinaryOp::MulRelu => {
                 let oracle = MulRequant::new(a.pair(), b.pair(), out.pair(), dtype, relu)?;
                 let multiplier = a.scale as f32 * b.scale as f32 * (1.0f32 / out.scale as f32);
-                let k = x86::MulConsts {
+                let k = MulConsts {
                     za: a.zero_point as i32,
                     zb: b.zero_point as i32,
                     multiplier,
@@ -259,7 +105,7 @@ impl BinaryPlan {
     /// Same-length rows, on the chosen tier.
     fn run<T: QElem>(&self, a: &[T], b: &[T], out: &mut [T], isa: Isa) {
         debug_assert!(a.len() == out.len() && b.len() == out.len());
-        let done = x86::binary_rows(self, a, b, out, isa);
+        let done = binary_rows(self, a, b, out, isa);
         for i in done..out.len() {
             out[i] = self.apply_scalar(a[i], b[i]);
         }
@@ -484,7 +330,7 @@ pub fn unary<T: QElem>(
         for_chunks(input.len(), |s, e| {
             // SAFETY: disjoint ranges of `out`, which outlives the call.
             let o = unsafe { ptr.slice(s, e) };
-            x86::clamp(&input[s..e], o, lo, hi, isa);
+            clamp(&input[s..e], o, lo, hi, isa);
         });
         return Ok(());
     }
@@ -573,4 +419,47 @@ pub fn cat<T: QElem>(
         offset += chunk;
     }
     Ok(shape)
+}
+
+/// `f::<true>(args)` for qint8 elements `T`, `f::<false>(args)` for quint8: the vector routines
+/// take the signedness as a const parameter.
+macro_rules! by_sign {
+    ($t:ty, $($f:ident)::+ ($($arg:expr),* $(,)?)) => {
+        if <$t as QElem>::SIGNED { $($f)::+::<true>($($arg),*) } else { $($f)::+::<false>($($arg),*) }
+    };
+}
+
+/// Runs the vector tier of `plan` over a prefix of the rows; returns how many elements it wrote
+/// (the caller finishes the rest with the scalar rule).
+fn binary_rows<T: QElem>(plan: &BinaryPlan, a: &[T], b: &[T], out: &mut [T], isa: Isa) -> usize {
+    let (a, b, o) = (bytes(a), bytes(b), bytes_mut(out));
+    match plan {
+        BinaryPlan::Add { k, .. } => on_tier!(
+            isa,
+            scalar: 0,
+            avx2: by_sign!(T, crate::x86::elementwise::avx2::add(k, a, b, o)),
+            avx512: by_sign!(T, crate::x86::elementwise::avx512::add(k, a, b, o)),
+        ),
+        BinaryPlan::Mul { k, .. } if !k.vector_ok => 0,
+        BinaryPlan::Mul { k, .. } => on_tier!(
+            isa,
+            scalar: 0,
+            avx2: by_sign!(T, crate::x86::elementwise::avx2::mul(k, a, b, o)),
+            avx512: by_sign!(T, crate::x86::elementwise::avx512::mul(k, a, b, o)),
+        ),
+    }
+}
+
+/// `out[i] = min(max(input[i], lo), hi)` on the chosen tier.
+fn clamp<T: QElem>(input: &[T], out: &mut [T], lo: T, hi: T, isa: Isa) {
+    let (src, dst, l, h) = (bytes(input), bytes_mut(out), lo.index() as u8, hi.index() as u8);
+    let done = on_tier!(
+        isa,
+        scalar: 0,
+        avx2: by_sign!(T, crate::x86::elementwise::avx2::clamp(src, dst, l, h)),
+        avx512: by_sign!(T, crate::x86::elementwise::avx512::clamp(src, dst, l, h)),
+    );
+    for (o, &x) in out[done..].iter_mut().zip(&input[done..]) {
+        *o = x.max(lo).min(hi);
+    }
 }

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::microkernel::{Tier, Tile};
 use crate::Isa;
-use crate::elementwise::SendPtr;
+use crate::util::SendPtr;
 
 /// Products above this many multiply-adds run on the rayon pool.
 const PAR_GEMM_MACS: usize = 1 << 18;
@@ -98,7 +98,15 @@ impl Gemm<'_> {
             return;
         }
         let parallel = rayon::current_num_threads() > 1 && m * n * k >= PAR_GEMM_MACS;
-        match Tier::for_isa(isa) {
+        // Only a tier the CPU supports, which is what makes `Tier::run` sound.
+        let tier: Option<&'static Tier> = on_tier!(
+            isa,
+            scalar: None,
+            avx2: Some(&crate::x86::float::AVX2),
+            avx512: Some(&crate::x86::float::AVX512),
+        )
+        .filter(|_| isa.is_supported());
+        match tier {
             Some(tier) => self.blocked(tier, c, ldc, parallel),
             None => self.scalar(c, ldc, parallel),
         }
@@ -208,7 +216,8 @@ impl Gemm<'_> {
                                 cols: nr.min(j1 - j),
                                 accumulate: self.accumulate || p0 > 0,
                             };
-                            // SAFETY: the tile's rows and columns lie inside this task's part of
+                            // SAFETY: the tier is supported (`run` only passes such a tier); the
+                            // tile's rows and columns lie inside this task's part of
                             // `c` (checked against its length in `run`), which no other task
                             // writes; A's `rows x kc` block at its strides lies inside `a` (checked
                             // in `run`) or its packed panel, and the B panel holds `kc` steps of

@@ -13,12 +13,13 @@
 //! operations on every tier (no reassociation, no tier-specific contraction).
 
 mod gemm;
-mod microkernel;
+pub(crate) mod microkernel;
 
 use rayon::prelude::*;
 
-use crate::elementwise::{SendPtr, check_len, invalid, numel};
-use crate::pool::{Tiered, Window, dispatch};
+use crate::dispatch::run_tiered;
+use crate::pool::Window;
+use crate::util::{SendPtr, Tiered, check_len, for_chunks, invalid, numel};
 use crate::{Isa, KernelError, KernelResult};
 use gemm::Gemm;
 pub use gemm::Matrix;
@@ -563,7 +564,7 @@ fn depthwise(
         // tasks * per above) and no other task uses it.
         let scratch = sptr.offset(t * per);
         let k = DepthwisePlanes { input, weight, bias, out: ptr, planes: (a, b), c, g, scratch };
-        dispatch(&k, isa);
+        run_tiered(&k, isa);
     };
     if tasks > 1 {
         (0..tasks).into_par_iter().for_each(run);
@@ -613,7 +614,7 @@ pub fn batch_norm(
     let planes = shape[0] * c;
     let run = |a: usize, b: usize| {
         let k = Affine { input, out: ptr, planes: (a, b), c, inner, mean, var, weight, bias, eps };
-        dispatch(&k, isa);
+        run_tiered(&k, isa);
     };
     if planes * inner > 1 << 16 && rayon::current_num_threads() > 1 {
         let per = ((1 << 16) / inner).max(1);
@@ -780,9 +781,7 @@ pub fn activation(act: Activation, input: &[f32], out: &mut [f32], isa: Isa) -> 
         return Err(invalid("hardtanh", "(min, max)", (min, max), "needs min <= max"));
     }
     let ptr = SendPtr(out.as_mut_ptr());
-    crate::elementwise::for_chunks(input.len(), |a, b| {
-        dispatch(&ActRange { act, input, out: ptr, range: (a, b) }, isa)
-    });
+    for_chunks(input.len(), |a, b| run_tiered(&ActRange { act, input, out: ptr, range: (a, b) }, isa));
     Ok(())
 }
 

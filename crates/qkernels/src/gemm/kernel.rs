@@ -1,9 +1,12 @@
 //! The generic loop nests (GEMM block, depthwise rows) written once over [`Tier`], and the
-//! `#[target_feature]` entry point that instantiates them for each tier.
+//! [`Kernel`] a call runs: the loops instantiated for one tier (the scalar one here, the x86
+//! ones, `#[target_feature]` entry points, in `crate::x86::gemm`).
 
 use std::ops::Range;
 
 use super::tier::{Scalar, Tier};
+#[cfg(target_arch = "x86_64")]
+use crate::x86::prefetch;
 
 /// Where results go: the output matrix at row 0 of the current block, column 0.
 #[derive(Clone, Copy)]
@@ -25,8 +28,10 @@ pub(crate) struct Epi {
     /// Requantization: multiplier; dequantization: `a_scale * w_scale[n]`.
     pub scale: *const f32,
     pub zp: i32,
-    /// Floor of the u8 output: `zp` with ReLU, else 0.
+    /// Floor of the u8 output: `zp` with ReLU, else 0, or the pipeline's range.
     pub lo: i32,
+    /// Ceiling of the u8 output: 255, or the pipeline's range.
+    pub hi: i32,
     pub relu: bool,
 }
 
@@ -67,7 +72,7 @@ pub(crate) unsafe fn emit<T: Tier>(epi: &Epi, v: T::V, n: usize, out: OutPtr, of
             OutPtr::U8(p) => {
                 let bias = T::load_f32(epi.bias.add(n));
                 let mult = T::load_f32(epi.scale.add(n));
-                T::requant_store_u8(p.add(off), v, bias, mult, epi.zp, epi.lo, count)
+                T::requant_store_u8(p.add(off), v, bias, mult, epi.zp, epi.lo, epi.hi, count)
             }
             OutPtr::F32(p) => {
                 let y = T::dequant(v, T::load_f32(epi.scale.add(n)), T::load_f32(epi.bias.add(n)), epi.relu);
@@ -78,17 +83,10 @@ pub(crate) unsafe fn emit<T: Tier>(epi: &Epi, v: T::V, n: usize, out: OutPtr, of
     }
 }
 
-/// A hint to fetch the cache line of `p` into L1; `p` may point anywhere (prefetches never fault).
+/// No prefetch hint off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint that never faults, whatever the address; SSE is baseline on x86-64.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
+fn prefetch(_: *const u8) {}
 
 /// One `MR x (NV * LANES)` tile: rows `row0..row0 + MR` of the block against panel `p`.
 ///
@@ -176,7 +174,7 @@ unsafe fn tile<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi
 /// The tier's features are enabled; every pointer of `blk` and `epi` is valid as documented on
 /// [`Block`] and [`Epi`]; `NV * T::LANES` is the panel width the weights were packed with.
 #[inline(always)]
-unsafe fn block<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi) {
+pub(crate) unsafe fn block<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi) {
     for p in 0..blk.npanels {
         let mut r = 0;
         while r + MR <= blk.rows {
@@ -394,7 +392,12 @@ unsafe fn dw_border<T: Tier>(job: &DwJob, epi: &Epi, coords: [usize; 4], taps: &
 /// The tier's features are enabled; `job`'s pointers are valid for the whole tensors they
 /// describe; `epi` was built for these weights; `taps` is only scratch.
 #[inline(always)]
-unsafe fn depthwise<T: Tier>(job: &DwJob, epi: &Epi, pixels: Range<usize>, taps: &mut Vec<(usize, usize)>) {
+pub(crate) unsafe fn depthwise<T: Tier>(
+    job: &DwJob,
+    epi: &Epi,
+    pixels: Range<usize>,
+    taps: &mut Vec<(usize, usize)>,
+) {
     let [od, oh, ow] = job.out_dims;
     let [id, ih, iw] = job.in_dims;
     let c = job.c;
@@ -476,120 +479,61 @@ unsafe fn depthwise<T: Tier>(job: &DwJob, epi: &Epi, pixels: Range<usize>, taps:
     }
 }
 
-/// The micro-kernel family a call runs: one per tier, and two for AVX2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kernel {
-    Scalar,
-    #[cfg(target_arch = "x86_64")]
-    Avx2Exact,
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fast,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Vnni,
-}
-
-/// `(MR, NR)` of the scalar tier.
-pub(crate) const SCALAR_TILE: (usize, usize) = (4, 4);
-/// `(MR, NR)` of the AVX2 tiers.
-pub(crate) const AVX2_TILE: (usize, usize) = (4, 16);
-/// `(MR, NR)` of the AVX-512 tiers.
-pub(crate) const AVX512_TILE: (usize, usize) = (8, 32);
-
-/// Runs one GEMM block with `kernel`.
+/// Runs one GEMM block.
 ///
 /// # Safety
-/// The CPU supports `kernel`'s tier; `blk` and `epi` are valid as documented on their types, and
+/// The CPU supports the kernel's tier; `blk` and `epi` are valid as documented on their types, and
 /// the weights were packed with the kernel's panel width.
-pub(crate) unsafe fn run_block(kernel: Kernel, blk: &Block, epi: &Epi) {
-    // SAFETY: forwarded from the caller; each entry point enables exactly its tier's features.
-    unsafe {
-        match kernel {
-            Kernel::Scalar => block::<Scalar, { SCALAR_TILE.0 }, 4>(blk, epi),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Exact => x86::block_avx2_exact(blk, epi),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Fast => x86::block_avx2_fast(blk, epi),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => x86::block_avx512(blk, epi),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Vnni => x86::block_vnni(blk, epi),
-        }
-    }
-}
+pub(crate) type BlockFn = unsafe fn(&Block, &Epi);
 
-/// Runs depthwise output pixels with `kernel`'s tier (both AVX2 kernels use the same code).
+/// Runs depthwise output pixels.
 ///
 /// # Safety
-/// As for [`run_block`], with `job` valid as documented on [`DwJob`].
-pub(crate) unsafe fn run_depthwise(
-    kernel: Kernel,
-    job: &DwJob,
-    epi: &Epi,
-    pixels: Range<usize>,
-    taps: &mut Vec<(usize, usize)>,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        match kernel {
-            Kernel::Scalar => depthwise::<Scalar>(job, epi, pixels, taps),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Exact | Kernel::Avx2Fast => x86::depthwise_avx2(job, epi, pixels, taps),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 | Kernel::Vnni => x86::depthwise_avx512(job, epi, pixels, taps),
-        }
-    }
+/// As for [`BlockFn`], with the job valid as documented on [`DwJob`].
+pub(crate) type DepthwiseFn = unsafe fn(&DwJob, &Epi, Range<usize>, &mut Vec<(usize, usize)>);
+
+/// The micro-kernels of one tier (two for AVX2: `vpmaddubsw` where it is exact, and the exact
+/// i16 path), chosen once per call by `gemm::kernel_for`.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernel {
+    /// Rows per tile (`MR`).
+    pub mr: usize,
+    /// Columns per weight panel (`NR`), which the weights are packed with.
+    pub nr: usize,
+    /// One GEMM block.
+    pub block: BlockFn,
+    /// Depthwise output pixels.
+    pub depthwise: DepthwiseFn,
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::*;
-    use crate::gemm::tier::{Avx2Exact, Avx2Fast, Avx512Exact, Vnni};
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_avx2_exact(blk: &Block, epi: &Epi) {
-        // SAFETY: AVX2 is enabled here; the rest is the caller's contract.
-        unsafe { block::<Avx2Exact, { AVX2_TILE.0 }, 2>(blk, epi) }
+impl Kernel {
+    /// Runs one GEMM block.
+    ///
+    /// # Safety
+    /// As for [`BlockFn`].
+    #[inline]
+    pub(crate) unsafe fn block(&self, blk: &Block, epi: &Epi) {
+        // SAFETY: forwarded from the caller.
+        unsafe { (self.block)(blk, epi) }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_avx2_fast(blk: &Block, epi: &Epi) {
-        // SAFETY: AVX2 is enabled here; the rest is the caller's contract.
-        unsafe { block::<Avx2Fast, { AVX2_TILE.0 }, 2>(blk, epi) }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    pub(super) unsafe fn block_avx512(blk: &Block, epi: &Epi) {
-        // SAFETY: AVX-512 F/BW/VL/DQ are enabled here; the rest is the caller's contract.
-        unsafe { block::<Avx512Exact, { AVX512_TILE.0 }, 2>(blk, epi) }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
-    pub(super) unsafe fn block_vnni(blk: &Block, epi: &Epi) {
-        // SAFETY: AVX-512 VNNI is enabled here; the rest is the caller's contract.
-        unsafe { block::<Vnni, { AVX512_TILE.0 }, 2>(blk, epi) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn depthwise_avx2(
+    /// Runs depthwise output pixels.
+    ///
+    /// # Safety
+    /// As for [`DepthwiseFn`].
+    #[inline]
+    pub(crate) unsafe fn depthwise(
+        &self,
         job: &DwJob,
         epi: &Epi,
         pixels: Range<usize>,
         taps: &mut Vec<(usize, usize)>,
     ) {
-        // SAFETY: AVX2 is enabled here; the rest is the caller's contract.
-        unsafe { depthwise::<Avx2Exact>(job, epi, pixels, taps) }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    pub(super) unsafe fn depthwise_avx512(
-        job: &DwJob,
-        epi: &Epi,
-        pixels: Range<usize>,
-        taps: &mut Vec<(usize, usize)>,
-    ) {
-        // SAFETY: AVX-512 F/BW/VL/DQ are enabled here; the rest is the caller's contract.
-        unsafe { depthwise::<Avx512Exact>(job, epi, pixels, taps) }
+        // SAFETY: forwarded from the caller.
+        unsafe { (self.depthwise)(job, epi, pixels, taps) }
     }
 }
+
+/// The scalar tier: 4 x 4 tiles.
+pub(crate) const SCALAR: Kernel =
+    Kernel { mr: 4, nr: 4, block: block::<Scalar, 4, 4>, depthwise: depthwise::<Scalar> };

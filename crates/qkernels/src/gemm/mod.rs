@@ -11,7 +11,8 @@
 //! * An [`OutputPipeline`], built once per layer from the packed weights and the activation (and
 //!   output) quantization parameters, folds the activation zero point into a per-column term and
 //!   holds the per-column requantization constants: to u8 with qcore's
-//!   [`ConvRequant`] arithmetic (optionally ReLU), to f32
+//!   [`ConvRequant`] arithmetic (optionally ReLU, or clamped to any u8 range with
+//!   [`OutputPipeline::with_range`], e.g. ReLU6), to f32
 //!   (`f32(acc) * (a_scale * w_scale[n]) + bias[n]`, optionally ReLU), or the raw i32 `acc`.
 //! * [`gemm()`] multiplies; the zero-point corrections cost nothing in the inner loop: the
 //!   activation zero point enters through the column term and, only when some weight zero point
@@ -27,8 +28,8 @@
 //! for small M); each output element is computed by one thread in the same order, so the result
 //! does not depend on the number of threads.
 
-mod kernel;
-mod tier;
+pub(crate) mod kernel;
+pub(crate) mod tier;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,9 +37,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use qcore::requant::{BiasTerm, ConvRequant};
 use rayon::prelude::*;
 
+use crate::util::{check_len, invalid};
 use crate::{Isa, KernelError, KernelResult};
-use kernel::{AVX2_TILE, AVX512_TILE, Block, SCALAR_TILE, run_block};
-pub(crate) use kernel::{DwJob, Epi, Kernel, OutPtr, run_depthwise, tap_coord};
+use kernel::Block;
+pub(crate) use kernel::{DwJob, Epi, Kernel, OutPtr, tap_coord};
 
 /// Quantization parameters of qint8 weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,8 +172,8 @@ impl Channels {
                 (vec![*scale; n], vec![*zero_point; n], false)
             }
             WeightQParams::PerChannel { scales, zero_points } => {
-                expect_len(op, "per-channel weight scales", scales.len(), n)?;
-                expect_len(op, "per-channel weight zero points", zero_points.len(), n)?;
+                check_len(op, "per-channel weight scales", scales.len(), n)?;
+                check_len(op, "per-channel weight zero points", zero_points.len(), n)?;
                 for (&s, &z) in scales.iter().zip(zero_points) {
                     qcore::inverse_scale(op, s)?;
                     check_zp(z)?;
@@ -180,7 +182,7 @@ impl Channels {
             }
         };
         if let Some(b) = bias {
-            expect_len(op, "bias length", b.len(), n)?;
+            check_len(op, "bias length", b.len(), n)?;
         }
         let colsum = weights
             .chunks_exact(k)
@@ -224,6 +226,7 @@ impl Channels {
             scale: vec![0.0; self.n + PAD],
             zp: i32::from(out_zp),
             lo: if relu { i32::from(out_zp) } else { 0 },
+            hi: 255,
             relu,
         }
     }
@@ -275,6 +278,7 @@ pub struct OutputPipeline {
     scale: Vec<f32>,
     zp: i32,
     lo: i32,
+    hi: i32,
     relu: bool,
 }
 
@@ -289,6 +293,45 @@ impl OutputPipeline {
         self.a_zp as u8
     }
 
+    /// The u8 output clamped to `lo..=hi` instead of `[0, 255]` (or `[zero point, 255]` with
+    /// ReLU): a bounded activation fused into the output stage, e.g. ReLU6 as
+    /// `with_range(out_zero_point, quantized 6.0)`. The clamp follows the requantization, so each
+    /// value is `min(max(requantized, lo), hi)`, on every tier.
+    ///
+    /// Errors: a pipeline that is not [`OutputKind::U8`], or `lo > hi`.
+    ///
+    /// ```
+    /// use qkernels::gemm::{Output, PackedWeights, WeightQParams, gemm};
+    /// let w = PackedWeights::new(&[1, -1], 2, 1, &WeightQParams::per_tensor(1.0), None)?;
+    /// // Output scale 1, zero point 10: acc 100 -> 110 and -100 -> 0, clamped to [10, 16].
+    /// let p = w.output_u8(1.0, 0, 1.0, 10, false)?.with_range(10, 16)?;
+    /// let mut out = [0u8; 2];
+    /// gemm(&[100], 1, &w, &p, Output::U8(&mut out))?;
+    /// assert_eq!(out, [16, 10]);
+    /// # Ok::<(), qkernels::KernelError>(())
+    /// ```
+    pub fn with_range(mut self, lo: u8, hi: u8) -> KernelResult<Self> {
+        const OP: &str = "OutputPipeline::with_range";
+        if self.kind != OutputKind::U8 {
+            return Err(invalid(
+                OP,
+                "output kind",
+                self.kind,
+                "only u8 output pipelines clamp to a u8 range",
+            ));
+        }
+        if lo > hi {
+            return Err(invalid(OP, "range", (lo, hi), "the lower bound must not exceed the upper bound"));
+        }
+        (self.lo, self.hi) = (i32::from(lo), i32::from(hi));
+        Ok(self)
+    }
+
+    /// The u8 output range: `(lo, hi)`.
+    pub fn range(&self) -> (u8, u8) {
+        (self.lo as u8, self.hi as u8)
+    }
+
     pub(crate) fn epi(&self) -> Epi {
         Epi {
             col_term: self.col_term.as_ptr(),
@@ -297,6 +340,7 @@ impl OutputPipeline {
             scale: self.scale.as_ptr(),
             zp: self.zp,
             lo: self.lo,
+            hi: self.hi,
             relu: self.relu,
         }
     }
@@ -326,18 +370,8 @@ impl OutputPipeline {
                 reason: "its element type must match the pipeline's OutputKind",
             });
         }
-        expect_len(op, "output buffer length", out.len(), len)
+        check_len(op, "output buffer length", out.len(), len)
     }
-}
-
-/// `ShapeMismatch` unless `got == expected`.
-pub(crate) fn expect_len(
-    op: &'static str,
-    what: &'static str,
-    got: usize,
-    expected: usize,
-) -> KernelResult<()> {
-    if got == expected { Ok(()) } else { Err(KernelError::ShapeMismatch { op, what, got, expected }) }
 }
 
 /// `InvalidArgument` for a zero size.
@@ -375,13 +409,16 @@ pub struct PackedWeights {
     pub(crate) channels: Channels,
 }
 
-/// `(MR, NR)` of a tier.
-fn tile_of(isa: Isa) -> (usize, usize) {
-    match isa {
-        Isa::Scalar => SCALAR_TILE,
-        Isa::Avx2 => AVX2_TILE,
-        Isa::Avx512 | Isa::Avx512Vnni => AVX512_TILE,
-    }
+/// The micro-kernels of `isa` for one call: on AVX2, the `vpmaddubsw` kernel when `fast()` says
+/// its i16 pair sums cannot saturate (asked only there), else the exact one.
+pub(crate) fn kernel_for(isa: Isa, fast: impl FnOnce() -> bool) -> Kernel {
+    on_tier!(
+        isa,
+        scalar: kernel::SCALAR,
+        avx2: if fast() { crate::x86::gemm::AVX2_FAST } else { crate::x86::gemm::AVX2_EXACT },
+        avx512: crate::x86::gemm::AVX512,
+        avx512vnni: crate::x86::gemm::VNNI,
+    )
 }
 
 impl PackedWeights {
@@ -426,9 +463,9 @@ impl PackedWeights {
         nonzero(op, "K (reduction length)", k)?;
         nonzero(op, "groups", groups)?;
         let n = mul(op, "output channels", groups, n_per_group)?;
-        expect_len(op, "weight length", weights.len(), mul(op, "weight length", n, k)?)?;
+        check_len(op, "weight length", weights.len(), mul(op, "weight length", n, k)?)?;
         let channels = Channels::new(op, weights, n, k, qparams, bias)?;
-        let (_, nr) = tile_of(isa);
+        let nr = kernel_for(isa, || false).nr;
         let kq = k.div_ceil(4);
         let panels_per_group = n_per_group.div_ceil(nr);
         let panel = kq * nr * 4;
@@ -491,26 +528,10 @@ impl PackedWeights {
         self.channels.output_i32(a_zero_point)
     }
 
-    /// The micro-kernel a call runs.
+    /// The micro-kernels a call runs; `acts_7bit` (asked only on AVX2) says whether every
+    /// activation of the call is below 128.
     pub(crate) fn kernel(&self, acts_7bit: impl FnOnce() -> bool) -> Kernel {
-        match self.isa {
-            Isa::Scalar => Kernel::Scalar,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                if self.weights_7bit || acts_7bit() {
-                    Kernel::Avx2Fast
-                } else {
-                    Kernel::Avx2Exact
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Kernel::Avx512,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => Kernel::Vnni,
-            // Packing checked `ensure_supported`, so no other tier reaches here.
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => Kernel::Scalar,
-        }
+        kernel_for(self.isa, || self.weights_7bit || acts_7bit())
     }
 }
 
@@ -551,7 +572,7 @@ pub fn gemm(
         });
     }
     let k = w.k();
-    expect_len(OP, "A length (m x k)", a.len(), mul(OP, "A length", m, k)?)?;
+    check_len(OP, "A length (m x k)", a.len(), mul(OP, "A length", m, k)?)?;
     pipeline.check(OP, &w.channels, &out, mul(OP, "output length", m, w.n())?)?;
     let kernel = w.kernel(|| all_7bit(a));
     let src = DirectA { a: a.as_ptr(), lda: k, group_stride: 0 };
@@ -676,7 +697,7 @@ pub(crate) unsafe fn run_gemm(
     out: OutPtr,
     ldc: usize,
 ) {
-    let (mr, _) = tile_of(w.isa);
+    let mr = kernel.mr;
     let threads = rayon::current_num_threads();
     let macs = m as f64 * w.n() as f64 * w.k() as f64;
     // The split, as a dimension and a part count; task `i` is computed from its index, so no
@@ -746,7 +767,7 @@ unsafe fn run_task(
     ldc: usize,
     scratch: &mut Scratch,
 ) {
-    let (mr, nr) = tile_of(w.isa);
+    let (mr, nr) = (kernel.mr, kernel.nr);
     let k = w.k();
     let mc = block_rows(w.kq, mr);
     let panel = w.kq * nr * 4;
@@ -790,7 +811,7 @@ unsafe fn run_task(
                 ldc,
             };
             // SAFETY: forwarded from the caller: valid rows, output and pipeline.
-            unsafe { run_block(kernel, &blk, epi) };
+            unsafe { kernel.block(&blk, epi) };
             r0 += rows;
         }
     }

@@ -32,11 +32,9 @@
 
 use qcore::{AffineQuantizer, QDType};
 
-use crate::elementwise::{PerTensor, SendPtr, check_len, invalid, numel};
-use crate::pool::par_rows;
+use crate::elementwise::PerTensor;
+use crate::util::{SendPtr, check_len, invalid, numel, par_rows};
 use crate::{Isa, KernelResult};
-
-mod x86;
 
 /// Channels PyTorch's batch-norm kernel computes with vectors: all but the last `C mod 8`.
 pub const PYTORCH_BN_VECTOR_CHANNELS: usize = 8;
@@ -172,14 +170,41 @@ impl FusedBatchNorm {
     /// Whole rows on the chosen tier: the vector tiers take every channel (the scalar-tail rule
     /// too, in masked lanes), the scalar tier applies [`FusedBatchNorm::element`].
     fn rows(&self, input: &[u8], out: &mut [u8], isa: Isa) {
-        if x86::rows(self, input, out, isa) {
+        let c = self.channels();
+        debug_assert!(c > 0 && input.len() == out.len() && input.len().is_multiple_of(c));
+        let (alpha, beta) = (&self.alpha[..], &self.beta[..]);
+        let vector = on_tier!(
+            isa,
+            scalar: false,
+            avx2: {
+                crate::x86::norm::avx2::rows(self.consts(), alpha, beta, input, out);
+                true
+            },
+            avx512: {
+                crate::x86::norm::avx512::rows(self.consts(), alpha, beta, input, out);
+                true
+            },
+        );
+        if vector {
             return;
         }
-        let c = self.channels();
         for (x, o) in input.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
             for (ch, (o, &q)) in o.iter_mut().zip(x).enumerate() {
                 *o = self.element(ch, q);
             }
+        }
+    }
+}
+
+impl FusedBatchNorm {
+    /// The per-call constants the x86 rows take.
+    #[cfg(target_arch = "x86_64")]
+    fn consts(&self) -> crate::x86::norm::Consts {
+        crate::x86::norm::Consts {
+            in_zp: self.in_zp,
+            out_zp: self.out_zp,
+            relu: self.relu,
+            vend: self.vector_end(),
         }
     }
 }

@@ -9,9 +9,10 @@
 //! rayon splits the output rows.
 
 use qcore::{QDType, quantize_val};
-use rayon::prelude::*;
 
-use crate::elementwise::{PerTensor, QElem, SendPtr, check_len, invalid, numel};
+use crate::dispatch::run_tiered;
+use crate::elementwise::{PerTensor, QElem};
+use crate::util::{SendPtr, Tiered, check_len, invalid, numel, par_rows};
 use crate::{Isa, KernelError, KernelResult, MemoryFormat};
 
 /// Channels PyTorch's AVX-512 NHWC average-pooling kernel handles in its vector loop at a time;
@@ -23,47 +24,6 @@ pub const PYTORCH_VECTOR_CHANNELS: usize = 16;
 /// registered for the AVX2 build only (`REGISTER_DISPATCH`), which AVX-512 CPUs run too, so the
 /// last `C mod 8` channels take its scalar loop.
 pub const PYTORCH_BILINEAR_VECTOR_CHANNELS: usize = 8;
-
-/// A kernel whose body is compiled once per tier: `run` is `#[inline(always)]` and is inlined into
-/// a `#[target_feature]` function for each tier, where LLVM vectorises it with that tier's ISA.
-pub(crate) trait Tiered {
-    /// The body.
-    fn run(&self);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn run_avx2<K: Tiered>(k: &K) {
-    k.run();
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-fn run_avx512<K: Tiered>(k: &K) {
-    k.run();
-}
-
-/// Runs `k` compiled for `isa`, which the caller has checked is supported.
-pub(crate) fn dispatch<K: Tiered>(k: &K, isa: Isa) {
-    on_tier!(
-        isa,
-        scalar: k.run(),
-        avx2: run_avx2(k),
-        avx512: run_avx512(k),
-    )
-}
-
-/// Runs `f(start, end)` over `rows` rows: inline when the work (`rows * row_len`) is small,
-/// otherwise in one contiguous part per rayon thread (see `elementwise::for_chunks` for why).
-pub(crate) fn par_rows(rows: usize, row_len: usize, f: impl Fn(usize, usize) + Sync) {
-    let threads = rayon::current_num_threads();
-    if rows.saturating_mul(row_len) <= crate::elementwise::PAR_CHUNK || threads == 1 || rows == 1 {
-        f(0, rows);
-    } else {
-        let part = rows.div_ceil(threads);
-        (0..rows.div_ceil(part)).into_par_iter().for_each(|t| f(t * part, ((t + 1) * part).min(rows)));
-    }
-}
 
 /// A pooling window over `D` spatial dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,7 +270,7 @@ pub fn max_pool<T: QElem, const D: usize>(
             d: to3(window.dilation, 1),
             c,
         };
-        dispatch(&k, isa);
+        run_tiered(&k, isa);
     });
     Ok(oshape)
 }
@@ -620,7 +580,7 @@ fn run_avg<T: QElem>(
             q,
             format,
         };
-        dispatch(&k, isa);
+        run_tiered(&k, isa);
     });
 }
 
@@ -882,7 +842,7 @@ pub fn upsample_bilinear2d<T: QElem>(
             vector_channels: c - c % PYTORCH_BILINEAR_VECTOR_CHANNELS,
             unfused,
         };
-        dispatch(&k, isa);
+        run_tiered(&k, isa);
     });
     Ok(oshape)
 }

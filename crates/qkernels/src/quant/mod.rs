@@ -17,12 +17,12 @@
 //! and the tile is transposed, 16 x 16 bytes at a time with SSE2 unpacks on the vector tiers. Large tensors are split over rayon by pixel ranges.
 
 mod transpose;
-mod x86;
 
 use qcore::{AffineQuantizer, QDType};
 use rayon::prelude::*;
 
-use crate::elementwise::{PAR_CHUNK, PerTensor, SendPtr, check_len, for_chunks, invalid, numel};
+use crate::elementwise::PerTensor;
+use crate::util::{PAR_CHUNK, SendPtr, check_len, for_chunks, invalid, numel};
 use crate::{Isa, KernelResult};
 
 /// At most this many channels per tile of the layout-converting kernels (and at least this many
@@ -54,7 +54,13 @@ impl Dequantizer {
 
 /// Quantizes `input` into `out` on the chosen tier (lengths already checked equal).
 fn quantize_run(q: &AffineQuantizer, input: &[f32], out: &mut [u8], isa: Isa) {
-    let done = x86::quantize(q.inv_scale(), q.zero_point(), input, out, isa);
+    let (inv, zp) = (q.inv_scale(), q.zero_point());
+    let done = on_tier!(
+        isa,
+        scalar: 0,
+        avx2: crate::x86::quant::avx2::quantize(inv, zp, input, out),
+        avx512: crate::x86::quant::avx512::quantize(inv, zp, input, out),
+    );
     for (o, &x) in out[done..].iter_mut().zip(&input[done..]) {
         *o = q.quantize(x) as u8;
     }
@@ -62,7 +68,13 @@ fn quantize_run(q: &AffineQuantizer, input: &[f32], out: &mut [u8], isa: Isa) {
 
 /// Dequantizes `input` into `out` on the chosen tier (lengths already checked equal).
 fn dequantize_run(d: Dequantizer, input: &[u8], out: &mut [f32], isa: Isa) {
-    let done = x86::dequantize(d.scale, d.zero_point, input, out, isa);
+    let (scale, zp) = (d.scale, d.zero_point);
+    let done = on_tier!(
+        isa,
+        scalar: 0,
+        avx2: crate::x86::quant::avx2::dequantize(scale, zp, input, out),
+        avx512: crate::x86::quant::avx512::dequantize(scale, zp, input, out),
+    );
     for (o, &q) in out[done..].iter_mut().zip(&input[done..]) {
         *o = d.apply(q);
     }

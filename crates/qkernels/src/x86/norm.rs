@@ -1,48 +1,31 @@
-//! The vector tiers of batch norm. Every channel of a row is one lane: the first `C - C mod 8`
-//! take the vector rule of [`FusedBatchNorm::element`] (`fma`, then FBGEMM's quantize with scale
+//! The vector tiers of batch norm (`crate::norm`). Every channel of a row is one lane: the first `C - C mod 8`
+//! take the vector rule of `FusedBatchNorm::element` (`fma`, then FBGEMM's quantize with scale
 //! 1), the rest the scalar-tail rule (`fma`, `lrintf` into i64), computed in masked lanes:
 //! `lrintf` equals `cvtps2dq` below 2^31 in magnitude; NaN and magnitudes of 2^63 or more give
 //! `i64::MIN`, so 0 before ReLU; other magnitudes of 1e9 or more saturate like 1e9.
 
-use super::FusedBatchNorm;
-use crate::Isa;
-
 /// The largest float below `i32::MAX`, FBGEMM's clip before `cvtps2dq`.
-#[cfg(target_arch = "x86_64")]
 const BOUND: f32 = 2_147_483_520.0;
 /// Scalar-tail values are clipped to ±this before conversion (saturates either way).
-#[cfg(target_arch = "x86_64")]
 const TAIL_CLIP: f32 = 1.0e9;
 /// 2^63: scalar-tail magnitudes from here on are out of `lrintf`'s range.
-#[cfg(target_arch = "x86_64")]
 const LRINT_LIMIT: f32 = 9_223_372_036_854_775_808.0;
 
-/// Runs whole rows (`input.len()` a multiple of the channel count) on a vector tier and returns
-/// true, or returns false on the scalar tier.
-pub(super) fn rows(bn: &FusedBatchNorm, input: &[u8], out: &mut [u8], isa: Isa) -> bool {
-    let c = bn.alpha.len();
-    debug_assert!(c > 0 && input.len() == out.len() && input.len().is_multiple_of(c) && bn.beta.len() == c);
-    let k = Consts { in_zp: bn.in_zp, out_zp: bn.out_zp, relu: bn.relu, vend: bn.vector_end() };
-    on_tier!(
-        isa,
-        scalar: false,
-        avx2: { avx2::rows(k, &bn.alpha, &bn.beta, input, out); true },
-        avx512: { avx512::rows(k, &bn.alpha, &bn.beta, input, out); true },
-    )
-}
-
+/// The per-call constants of [`FusedBatchNorm`](crate::norm::FusedBatchNorm) the vector rows take.
 #[derive(Clone, Copy)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-struct Consts {
-    in_zp: i32,
-    out_zp: i32,
-    relu: bool,
+pub(crate) struct Consts {
+    /// Input zero point.
+    pub in_zp: i32,
+    /// Output zero point.
+    pub out_zp: i32,
+    /// Floor at the output zero point.
+    pub relu: bool,
     /// The first channel of the scalar tail.
-    vend: usize,
+    pub vend: usize,
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
+/// Eight channels per ymm.
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{BOUND, Consts, LRINT_LIMIT, TAIL_CLIP};
@@ -73,7 +56,7 @@ mod avx2 {
 
     /// Every row; `alpha` and `beta` have one value per channel, `input` and `out` whole rows.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn rows(k: Consts, alpha: &[f32], beta: &[f32], input: &[u8], out: &mut [u8]) {
+    pub(crate) fn rows(k: Consts, alpha: &[f32], beta: &[f32], input: &[u8], out: &mut [u8]) {
         let c = alpha.len().min(beta.len());
         let tail = c - k.vend;
         // The tail's parameters, padded to eight lanes.
@@ -107,12 +90,12 @@ mod avx2 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
+/// Sixteen channels per zmm, the tail in masked lanes.
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{BOUND, Consts, LRINT_LIMIT, TAIL_CLIP};
-    use crate::masks::mask16;
+    use crate::x86::masks::mask16;
 
     /// Sixteen lanes starting at channel `i`, `m` the lanes inside the row: the vector rule, or
     /// the tail rule when `TAIL`.
@@ -157,7 +140,7 @@ mod avx512 {
 
     /// Every row; `alpha` and `beta` have one value per channel, `input` and `out` whole rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    pub(super) fn rows(k: Consts, alpha: &[f32], beta: &[f32], input: &[u8], out: &mut [u8]) {
+    pub(crate) fn rows(k: Consts, alpha: &[f32], beta: &[f32], input: &[u8], out: &mut [u8]) {
         let c = alpha.len().min(beta.len());
         for (x, o) in input.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
             let mut i = 0;

@@ -1,159 +1,14 @@
-//! The vector tiers of the elementwise kernels (AVX2 + FMA, AVX-512 BW/VL, AVX-512 VBMI) and the
-//! scalar loops they fall back to. Every vector routine computes exactly the scalar rule: the
-//! same f32 operations in the same order (FMA where the rule has FMA), `cvtps2dq` rounding, and a
-//! clamp that equals the oracle's.
+//! The vector tiers of the elementwise kernels (AVX2 + FMA, AVX-512 BW/VL, AVX-512 VBMI). Every
+//! routine handles a prefix of its byte slices and returns its length (the caller finishes with the
+//! scalar rule), and computes exactly the scalar rule: the same f32 operations in the same order
+//! (FMA where the rule has FMA), `cvtps2dq` rounding, and a clamp that equals the oracle's. `S`
+//! is true for qint8 bytes, false for quint8.
 
-use super::{BinaryPlan, QElem};
-use crate::Isa;
-
-/// Constants of the add rule ([`qcore::requant::AddRequant`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AddConsts {
-    pub sa: f32,
-    pub pa: f32,
-    pub sb: f32,
-    pub pb: f32,
-    pub inv: f32,
-    pub zp: i32,
-    pub relu: bool,
-}
-
-/// Constants of the mul rule ([`qcore::requant::MulRequant`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct MulConsts {
-    pub za: i32,
-    pub zb: i32,
-    pub multiplier: f32,
-    pub zp: i32,
-    pub relu: bool,
-    /// True when the vector conversion provably equals `lrintf` for every product.
-    pub vector_ok: bool,
-}
-
-fn bytes<T: QElem>(s: &[T]) -> &[u8] {
-    // SAFETY: `T` is `u8` or `i8` (sealed trait): one byte, every bit pattern valid.
-    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len()) }
-}
-
-fn bytes_mut<T: QElem>(s: &mut [T]) -> &mut [u8] {
-    // SAFETY: as in `bytes`; the borrow of `s` is moved into the result.
-    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u8>(), s.len()) }
-}
-
-/// Runs the vector tier of `plan` over a prefix of the rows; returns how many elements it wrote
-/// (the caller finishes the rest with the scalar rule).
-pub(crate) fn binary_rows<T: QElem>(plan: &BinaryPlan, a: &[T], b: &[T], out: &mut [T], isa: Isa) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    {
-        debug_assert!(isa.is_supported());
-        let (a, b, o) = (bytes(a), bytes(b), bytes_mut(out));
-        match (plan, isa) {
-            (_, Isa::Scalar) => 0,
-            (BinaryPlan::Add { k, .. }, Isa::Avx2) => {
-                // SAFETY: every public entry checks `isa.ensure_supported()`: AVX2 and FMA exist.
-                unsafe {
-                    if T::SIGNED { avx2::add::<true>(k, a, b, o) } else { avx2::add::<false>(k, a, b, o) }
-                }
-            }
-            (BinaryPlan::Add { k, .. }, _) => {
-                // SAFETY: the tier is AVX-512 or higher and was checked as supported.
-                unsafe {
-                    if T::SIGNED { avx512::add::<true>(k, a, b, o) } else { avx512::add::<false>(k, a, b, o) }
-                }
-            }
-            (BinaryPlan::Mul { k, .. }, _) if !k.vector_ok => 0,
-            (BinaryPlan::Mul { k, .. }, Isa::Avx2) => {
-                // SAFETY: as for add.
-                unsafe {
-                    if T::SIGNED { avx2::mul::<true>(k, a, b, o) } else { avx2::mul::<false>(k, a, b, o) }
-                }
-            }
-            (BinaryPlan::Mul { k, .. }, _) => {
-                // SAFETY: as for add.
-                unsafe {
-                    if T::SIGNED { avx512::mul::<true>(k, a, b, o) } else { avx512::mul::<false>(k, a, b, o) }
-                }
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (plan, a, b, out, isa);
-        0
-    }
-}
-
-/// `out[i] = min(max(input[i], lo), hi)` on the chosen tier.
-pub(crate) fn clamp<T: QElem>(input: &[T], out: &mut [T], lo: T, hi: T, isa: Isa) {
-    let done = match isa {
-        Isa::Scalar => 0,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: the public entry checked that the tier is supported.
-            unsafe {
-                if T::SIGNED {
-                    avx2::clamp::<true>(bytes(input), bytes_mut(out), lo.index() as u8, hi.index() as u8)
-                } else {
-                    avx2::clamp::<false>(bytes(input), bytes_mut(out), lo.index() as u8, hi.index() as u8)
-                }
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        _ => {
-            // SAFETY: as above.
-            unsafe {
-                if T::SIGNED {
-                    avx512::clamp::<true>(bytes(input), bytes_mut(out), lo.index() as u8, hi.index() as u8)
-                } else {
-                    avx512::clamp::<false>(bytes(input), bytes_mut(out), lo.index() as u8, hi.index() as u8)
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => 0,
-    };
-    for (o, &x) in out[done..].iter_mut().zip(&input[done..]) {
-        *o = x.max(lo).min(hi);
-    }
-}
-
-/// `out[i] = table[input[i]]` on the chosen tier.
-pub(crate) fn lut(table: &[u8; 256], input: &[u8], out: &mut [u8], isa: Isa) {
-    let done = match isa {
-        Isa::Scalar => 0,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: the public entry checked that the tier is supported.
-            unsafe { avx2::lut(table, input, out) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            // SAFETY: as above.
-            unsafe { avx512::lut(table, input, out) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            if std::arch::is_x86_feature_detected!("avx512vbmi") {
-                // SAFETY: the tier is supported and VBMI was just detected.
-                unsafe { avx512::lut_vbmi(table, input, out) }
-            } else {
-                // SAFETY: the tier is supported, so AVX-512 BW/VL are.
-                unsafe { avx512::lut(table, input, out) }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => 0,
-    };
-    for (o, &x) in out[done..].iter_mut().zip(&input[done..]) {
-        *o = table[usize::from(x)];
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
+/// AVX2 + FMA, 8 or 32 lanes.
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{AddConsts, MulConsts};
+    use crate::elementwise::consts::{AddConsts, MulConsts};
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -199,7 +54,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn add<const S: bool>(k: &AddConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
+    pub(crate) fn add<const S: bool>(k: &AddConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
         let n = out.len().min(a.len()).min(b.len());
         let (sa, pa) = (_mm256_set1_ps(k.sa), _mm256_set1_ps(k.pa));
         let (sb, pb) = (_mm256_set1_ps(k.sb), _mm256_set1_ps(k.pb));
@@ -239,7 +94,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn mul<const S: bool>(k: &MulConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
+    pub(crate) fn mul<const S: bool>(k: &MulConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
         let n = out.len().min(a.len()).min(b.len());
         let mut i = 0;
         while i + 32 <= n {
@@ -261,7 +116,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn clamp<const S: bool>(input: &[u8], out: &mut [u8], lo: u8, hi: u8) -> usize {
+    pub(crate) fn clamp<const S: bool>(input: &[u8], out: &mut [u8], lo: u8, hi: u8) -> usize {
         let n = out.len().min(input.len());
         let (vlo, vhi) = (_mm256_set1_epi8(lo as i8), _mm256_set1_epi8(hi as i8));
         let mut i = 0;
@@ -282,7 +137,7 @@ mod avx2 {
 
     /// 256-entry lookup: 16 `vpshufb` on the low nibble, blended by the high nibble.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn lut(table: &[u8; 256], input: &[u8], out: &mut [u8]) -> usize {
+    pub(crate) fn lut(table: &[u8; 256], input: &[u8], out: &mut [u8]) -> usize {
         let n = out.len().min(input.len());
         let mut t = [_mm256_setzero_si256(); 16];
         for (k, tk) in t.iter_mut().enumerate() {
@@ -309,12 +164,12 @@ mod avx2 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
+/// AVX-512 BW/VL (and VBMI for [`avx512::lut_vbmi`]).
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{AddConsts, MulConsts};
-    use crate::masks::{mask16, mask64};
+    use crate::elementwise::consts::{AddConsts, MulConsts};
+    use crate::x86::masks::{mask16, mask64};
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
@@ -343,7 +198,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    pub(super) fn add<const S: bool>(k: &AddConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
+    pub(crate) fn add<const S: bool>(k: &AddConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
         let n = out.len().min(a.len()).min(b.len());
         let mut i = 0;
         while i + 64 <= n {
@@ -394,7 +249,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    pub(super) fn mul<const S: bool>(k: &MulConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
+    pub(crate) fn mul<const S: bool>(k: &MulConsts, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
         let n = out.len().min(a.len()).min(b.len());
         let mut i = 0;
         while i < n {
@@ -411,7 +266,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    pub(super) fn clamp<const S: bool>(input: &[u8], out: &mut [u8], lo: u8, hi: u8) -> usize {
+    pub(crate) fn clamp<const S: bool>(input: &[u8], out: &mut [u8], lo: u8, hi: u8) -> usize {
         let n = out.len().min(input.len());
         let (vlo, vhi) = (_mm512_set1_epi8(lo as i8), _mm512_set1_epi8(hi as i8));
         let f = |x: __m512i| {
@@ -446,7 +301,7 @@ mod avx512 {
 
     /// 256-entry lookup with AVX-512 BW: 16 masked `vpshufb`, one per high nibble.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    pub(super) fn lut(table: &[u8; 256], input: &[u8], out: &mut [u8]) -> usize {
+    pub(crate) fn lut(table: &[u8; 256], input: &[u8], out: &mut [u8]) -> usize {
         let n = out.len().min(input.len());
         let mut t = [_mm512_setzero_si512(); 16];
         for (k, tk) in t.iter_mut().enumerate() {
@@ -486,7 +341,7 @@ mod avx512 {
 
     /// 256-entry lookup with AVX-512 VBMI: two `vpermi2b` over 128-entry halves, blended by bit 7.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma")]
-    pub(super) fn lut_vbmi(table: &[u8; 256], input: &[u8], out: &mut [u8]) -> usize {
+    pub(crate) fn lut_vbmi(table: &[u8; 256], input: &[u8], out: &mut [u8]) -> usize {
         let n = out.len().min(input.len());
         // SAFETY: four 64-byte loads at offsets 0, 64, 128, 192 cover exactly the 256-byte table.
         let (t0, t1, t2, t3) = unsafe {

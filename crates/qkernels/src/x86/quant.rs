@@ -5,34 +5,11 @@
 //! the bound), `cvtps2dq`, wrapping `+ zero_point`, clamp to [0, 255], which is exactly
 //! `qcore::AffineQuantizer::quantize`. Dequantize is `f32(scale) * cvtdq2ps(q - zero_point)`.
 
-use crate::Isa;
-
 /// The largest float below `i32::MAX`: FBGEMM clips scaled values to it before converting.
-#[cfg(target_arch = "x86_64")]
 const BOUND: f32 = 2_147_483_520.0;
 
-/// Quantizes a prefix of `input` into `out` on `isa`; returns its length.
-pub(super) fn quantize(inv: f32, zp: i32, input: &[f32], out: &mut [u8], isa: Isa) -> usize {
-    on_tier!(
-        isa,
-        scalar: 0,
-        avx2: avx2::quantize(inv, zp, input, out),
-        avx512: avx512::quantize(inv, zp, input, out),
-    )
-}
-
-/// Dequantizes a prefix of `input` into `out` on `isa`; returns its length.
-pub(super) fn dequantize(scale: f32, zp: i32, input: &[u8], out: &mut [f32], isa: Isa) -> usize {
-    on_tier!(
-        isa,
-        scalar: 0,
-        avx2: avx2::dequantize(scale, zp, input, out),
-        avx512: avx512::dequantize(scale, zp, input, out),
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
+/// AVX2 + FMA.
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::BOUND;
@@ -47,7 +24,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn quantize(inv: f32, zp: i32, input: &[f32], out: &mut [u8]) -> usize {
+    pub(crate) fn quantize(inv: f32, zp: i32, input: &[f32], out: &mut [u8]) -> usize {
         let n = input.len().min(out.len());
         let (vinv, vzp) = (_mm256_set1_ps(inv), _mm256_set1_epi32(zp));
         let mut i = 0;
@@ -79,7 +56,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn dequantize(scale: f32, zp: i32, input: &[u8], out: &mut [f32]) -> usize {
+    pub(crate) fn dequantize(scale: f32, zp: i32, input: &[u8], out: &mut [f32]) -> usize {
         let n = input.len().min(out.len());
         let (vs, vzp) = (_mm256_set1_ps(scale), _mm256_set1_epi32(zp));
         let mut i = 0;
@@ -96,12 +73,12 @@ mod avx2 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
+/// AVX-512 F/BW/VL.
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::BOUND;
-    use crate::masks::mask16;
+    use crate::x86::masks::mask16;
 
     /// Sixteen lanes of the quantize rule, narrowed to bytes.
     #[inline]
@@ -114,7 +91,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    pub(super) fn quantize(inv: f32, zp: i32, input: &[f32], out: &mut [u8]) -> usize {
+    pub(crate) fn quantize(inv: f32, zp: i32, input: &[f32], out: &mut [u8]) -> usize {
         let n = input.len().min(out.len());
         let (vinv, vzp) = (_mm512_set1_ps(inv), _mm512_set1_epi32(zp));
         let mut i = 0;
@@ -144,7 +121,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    pub(super) fn dequantize(scale: f32, zp: i32, input: &[u8], out: &mut [f32]) -> usize {
+    pub(crate) fn dequantize(scale: f32, zp: i32, input: &[u8], out: &mut [f32]) -> usize {
         let n = input.len().min(out.len());
         let (vs, vzp) = (_mm512_set1_ps(scale), _mm512_set1_epi32(zp));
         let mut i = 0;

@@ -1,0 +1,60 @@
+//! Every `std::arch` intrinsic and `#[target_feature]` function of the crate, for x86-64: AVX2 +
+//! FMA, AVX-512 F/BW/VL/DQ and AVX-512 VNNI. The generic modules hold the scalar code and the
+//! public API; `crate::dispatch` chooses between these functions and the scalar ones.
+//!
+//! Nothing here reads the tier: each function is compiled for one set of target features and is
+//! only called, by `on_tier!`, on a CPU that has them.
+
+pub(crate) mod elementwise;
+pub(crate) mod float;
+pub(crate) mod gemm;
+pub(crate) mod masks;
+pub(crate) mod norm;
+pub(crate) mod quant;
+pub(crate) mod transpose;
+
+use crate::util::Tiered;
+
+/// True if the CPU has AVX2 and FMA (the `avx2` tier).
+pub(crate) fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// True if the CPU has AVX-512 F, BW, VL and DQ on top of the `avx2` tier (the `avx512` tier).
+pub(crate) fn has_avx512() -> bool {
+    has_avx2()
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+}
+
+/// True if the CPU has VNNI on top of the `avx512` tier (the `avx512vnni` tier).
+pub(crate) fn has_avx512vnni() -> bool {
+    has_avx512() && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// True if the CPU has AVX-512 VBMI (`vpermi2b`), which the `avx512vnni` tier's table lookup
+/// uses when present.
+pub(crate) fn has_avx512vbmi() -> bool {
+    std::arch::is_x86_feature_detected!("avx512vbmi")
+}
+
+/// A hint to fetch the cache line of `p` into L1; `p` may point anywhere (prefetches never fault).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    // SAFETY: prefetch is a hint that never faults, whatever the address; SSE is baseline on x86-64.
+    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast()) };
+}
+
+/// `k.run()` compiled with AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn run_avx2<K: Tiered>(k: &K) {
+    k.run();
+}
+
+/// `k.run()` compiled with AVX-512 F/BW/VL/DQ.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+pub(crate) fn run_avx512<K: Tiered>(k: &K) {
+    k.run();
+}
