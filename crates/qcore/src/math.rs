@@ -225,13 +225,14 @@ pub fn tanh_u10(x: f32) -> f32 {
         y = 1.0;
     }
     // `vmulsign`: the sign bit of x moved onto y.
-    y = f32::from_bits(y.to_bits() ^ (x.to_bits() & 0x8000_0000));
+    y = f32::from_bits(y.to_bits() ^ (x.to_bits() & SIGN_BIT));
     if x.is_nan() { f32::from_bits(u32::MAX) } else { y }
 }
 
 /// One lane of ATen's vector sigmoid (`sigmoid_kernel`, `native/cpu/UnaryOpsKernel.cpp`):
-/// `1 / (1 + exp_u10(-x))`, each step rounded to `f32`. The negation flips the sign bit (also of
-/// a NaN, as PyTorch 2.15's results show; `0 - x` would keep a NaN's sign and differ nowhere else).
+/// `1 / (1 + exp_u10(-x))`, each step rounded to `f32`. A NaN comes out as `-x` quieted (sign
+/// flipped, quiet bit set), as PyTorch 2.15's results show; it is set explicitly, since compilers
+/// may fold the negation into an FMA and keep the sign.
 ///
 /// ```
 /// assert_eq!(qcore::math::sigmoid_vector_lane(f32::NEG_INFINITY), 0.0);
@@ -239,8 +240,24 @@ pub fn tanh_u10(x: f32) -> f32 {
 /// ```
 #[inline(always)]
 pub fn sigmoid_vector_lane(x: f32) -> f32 {
-    1.0 / (1.0 + exp_u10(-x))
+    if x.is_nan() { sigmoid_nan(x) } else { 1.0 / (1.0 + exp_u10(-x)) }
 }
+
+/// The NaN PyTorch's vector sigmoid returns for the NaN `x`: `-x` with the quiet bit set.
+///
+/// ```
+/// assert_eq!(qcore::math::sigmoid_nan(f32::NAN).to_bits(), 0xffc0_0000);
+/// assert_eq!(qcore::math::sigmoid_nan(f32::from_bits(0xff80_0001)).to_bits(), 0x7fc0_0001);
+/// ```
+#[inline(always)]
+pub fn sigmoid_nan(x: f32) -> f32 {
+    f32::from_bits((x.to_bits() ^ SIGN_BIT) | QUIET_BIT)
+}
+
+/// The sign bit of an `f32`.
+pub const SIGN_BIT: u32 = 0x8000_0000;
+/// The quiet bit of an `f32` NaN.
+pub const QUIET_BIT: u32 = 0x0040_0000;
 
 /// ATen's scalar sigmoid (the tail of each contiguous run and every strided element):
 /// `1 / (1 + expf(-x))` with the C library's `expf` (Rust's [`f32::exp`] is that function on
