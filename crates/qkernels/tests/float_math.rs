@@ -16,9 +16,31 @@ fn any_float() -> impl Strategy<Value = f32> {
         -110.0f32..110.0,
         -20.0f32..20.0,
         prop::sample::select(vec![
-            0.0, -0.0, 1e-45, -1e-45, 1.17e-38, f32::MAX, f32::MIN, f32::INFINITY, f32::NEG_INFINITY,
-            f32::NAN, -f32::NAN, 88.72, -88.72, 103.99, -103.99, 104.0, -104.0, 104.01, -104.01, 100.0,
-            -100.0, 100.01, -100.01, 8.664_34, -8.664_34,
+            0.0,
+            -0.0,
+            1e-45,
+            -1e-45,
+            1.17e-38,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            88.72,
+            -88.72,
+            103.99,
+            -103.99,
+            104.0,
+            -104.0,
+            104.01,
+            -104.01,
+            100.0,
+            -100.0,
+            100.01,
+            -100.01,
+            8.664_34,
+            -8.664_34,
         ]),
     ]
 }
@@ -82,8 +104,11 @@ fn long_runs_split_between_threads_keep_pytorchs_split() {
     let _turn = CAPABILITY.lock().unwrap_or_else(|e| e.into_inner());
     let x: Vec<f32> = (0..300_001).map(|i| (i as f32 * 0.000_37).sin() * 30.0).collect();
     let body = float::sigmoid_vector_len(x.len());
-    let expected: Vec<f32> =
-        x.iter().enumerate().map(|(i, &v)| if i < body { sigmoid_vector_lane(v) } else { sigmoid_scalar(v) }).collect();
+    let expected: Vec<f32> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if i < body { sigmoid_vector_lane(v) } else { sigmoid_scalar(v) })
+        .collect();
     for threads in [1, 2, 3] {
         let pool = qtest::thread_pool(threads);
         for isa in Isa::tiers() {

@@ -56,7 +56,12 @@ fn sigmoid_equals_pytorch_bit_for_bit_on_every_tier() {
                     let input = run.to_vec();
                     float::sigmoid(&input, run, isa).unwrap();
                 });
-                qtest::assert_bits_eq(n, &format!("sigmoid ({name}, {})", isa.name()), &out_of_place, &expected);
+                qtest::assert_bits_eq(
+                    n,
+                    &format!("sigmoid ({name}, {})", isa.name()),
+                    &out_of_place,
+                    &expected,
+                );
                 checked += 1;
             }
         }
@@ -128,7 +133,11 @@ fn tanh_is_within_one_ulp_of_pytorch_and_equal_on_nearly_every_value() {
                         assert!(g.is_nan() && e.is_nan(), "{n}: tanh(NaN)");
                         continue;
                     }
-                    assert!(ulps(g, e) <= 1, "{n} ({name}, {}): tanh({v:e}) = {g:e}, PyTorch {e:e}", isa.name());
+                    assert!(
+                        ulps(g, e) <= 1,
+                        "{n} ({name}, {}): tanh({v:e}) = {g:e}, PyTorch {e:e}",
+                        isa.name()
+                    );
                     equal += usize::from(g.to_bits() == e.to_bits());
                     total += 1;
                 }
