@@ -24,6 +24,7 @@ mod dtype;
 mod dtype_range;
 mod error;
 pub mod fake_quant;
+pub mod math;
 mod per_tensor;
 pub mod requant;
 mod scalar;

@@ -14,6 +14,7 @@
 
 mod gemm;
 pub(crate) mod microkernel;
+mod unary;
 
 use rayon::prelude::*;
 
@@ -23,6 +24,10 @@ use crate::util::{SendPtr, Tiered, check_len, for_chunks, invalid, numel};
 use crate::{Isa, KernelError, KernelResult};
 use gemm::Gemm;
 pub use gemm::Matrix;
+pub use unary::{
+    PytorchCpuCapability, pytorch_cpu_capability, set_pytorch_cpu_capability, sigmoid, sigmoid_in_place,
+    sigmoid_vector_len, tanh, tanh_in_place, tanh_value,
+};
 
 /// Single-precision GEMM: `c = a * b` (or `c += a * b` when `accumulate`), `a` `m x k`, `b`
 /// `k x n` (any strides), `c` `m x n` row-major with row stride `ldc`. Each element of `c` is one
@@ -682,9 +687,9 @@ pub enum Activation {
     /// `min(max(x + 3, 0), 6) / 6`: a division by 6, as ATen's CPU kernel computes it in both its
     /// vector and scalar loops (not a multiplication by 1/6, which rounds differently).
     Hardsigmoid,
-    /// `1 / (1 + exp(-x))`.
+    /// `1 / (1 + exp(-x))`: [`activation`] computes PyTorch's bits ([`sigmoid`]).
     Sigmoid,
-    /// `tanh(x)`.
+    /// `tanh(x)`: [`activation`] computes [`tanh`].
     Tanh,
     /// `x > 0 ? x : x * negative_slope`.
     LeakyRelu {
@@ -699,7 +704,9 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// The activation of one value (also what the quantized lookup tables are built from).
+    /// The activation of one value with the C library's `expf` / `tanhf`: what the quantized
+    /// lookup tables are built from. [`activation`] computes sigmoid and tanh as PyTorch's float
+    /// kernels do instead ([`sigmoid`], [`tanh`]).
     #[inline(always)]
     pub(crate) fn apply(self, x: f32) -> f32 {
         match self {
@@ -779,6 +786,11 @@ pub fn activation(act: Activation, input: &[f32], out: &mut [f32], isa: Isa) -> 
         && (min.is_nan() || max.is_nan() || min > max)
     {
         return Err(invalid("hardtanh", "(min, max)", (min, max), "needs min <= max"));
+    }
+    match act {
+        Activation::Sigmoid => return sigmoid(input, out, isa),
+        Activation::Tanh => return tanh(input, out, isa),
+        _ => {}
     }
     let ptr = SendPtr(out.as_mut_ptr());
     for_chunks(input.len(), |a, b| run_tiered(&ActRange { act, input, out: ptr, range: (a, b) }, isa));

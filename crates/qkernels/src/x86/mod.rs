@@ -7,6 +7,7 @@
 
 pub(crate) mod elementwise;
 pub(crate) mod float;
+pub(crate) mod float_math;
 pub(crate) mod gemm;
 pub(crate) mod masks;
 pub(crate) mod norm;
