@@ -12,6 +12,7 @@ mod stack;
 use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use cell::{
@@ -25,11 +26,11 @@ use crate::record::Record;
 use crate::{GraphError, GraphResult, Module, Value};
 use options::CELL_PARAM_NAMES;
 
-/// What an `LSTM`, `GRU` or `RNN` saves as its configuration.
+/// What a recurrent module or cell saves as its configuration.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct RnnConfig {
+struct Saved<O> {
     mode: RnnMode,
-    options: RnnOptions,
+    options: O,
 }
 
 /// Looks up a given parameter by name and expected shape.
@@ -53,34 +54,84 @@ impl Source<'_> {
     }
 }
 
-/// The parameter `name` of shape `shape` from a map of given tensors (removed from it).
-fn take_given(
-    context: &'static str,
-    map: &mut BTreeMap<String, ArrayD<f32>>,
-    name: &str,
-    shape: &[usize],
-) -> GraphResult<ArrayD<f32>> {
-    let t = map.remove(name).ok_or_else(|| GraphError::Mismatch {
-        context,
-        reason: format!("parameter `{name}` is missing; give every parameter of the state_dict"),
-    })?;
-    if t.shape() != shape {
-        return Err(GraphError::Mismatch {
-            context,
-            reason: format!("parameter `{name}` has shape {:?}, expected {shape:?}", t.shape()),
-        });
-    }
-    Ok(t)
-}
+/// What [`LSTM`] & co. share with [`LSTMCell`] & co.: how they are built, saved, printed and run.
+trait Recurrent: Sized {
+    /// `RnnOptions` or `CellOptions`.
+    type Options: Copy + Serialize + DeserializeOwned;
 
-/// Fails if `map` still holds tensors no parameter took.
-fn no_leftovers(context: &'static str, map: &BTreeMap<String, ArrayD<f32>>) -> GraphResult<()> {
-    match map.keys().next() {
-        Some(name) => Err(GraphError::Mismatch {
-            context,
-            reason: format!("unexpected parameter `{name}`; the module's keys are its state_dict names"),
-        }),
-        None => Ok(()),
+    /// PyTorch's class name for `mode`.
+    fn class_name(mode: RnnMode) -> &'static str;
+
+    /// Checks the options and takes the parameters from `source`, in `state_dict` order.
+    fn build(mode: RnnMode, options: Self::Options, source: Source<'_>, training: bool) -> GraphResult<Self>;
+
+    fn hidden_size(options: &Self::Options) -> usize;
+
+    fn mode(&self) -> RnnMode;
+
+    fn options(&self) -> &Self::Options;
+
+    /// The parameters with their `state_dict` names, immutable and mutable.
+    fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)>;
+    fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)>;
+
+    fn forward(&self, input: Value) -> GraphResult<Value>;
+
+    fn extra_repr(&self) -> String;
+
+    /// PyTorch's initialisation, in training mode.
+    fn init(mode: RnnMode, options: Self::Options) -> GraphResult<Self> {
+        let bound = super::init::default_bound(Self::hidden_size(&options));
+        Self::build(mode, options, Source::Init(bound), true)
+    }
+
+    /// From tensors under their `state_dict` names: all of them, with their shapes, nothing else.
+    fn from_tensors(
+        mode: RnnMode,
+        options: Self::Options,
+        tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
+    ) -> GraphResult<Self> {
+        let context = Self::class_name(mode);
+        let mut map: BTreeMap<String, ArrayD<f32>> = tensors.into_iter().collect();
+        let mut get = |name: &str, shape: &[usize]| {
+            let t = map.remove(name).ok_or_else(|| GraphError::Mismatch {
+                context,
+                reason: format!("parameter `{name}` is missing; give every parameter of the state_dict"),
+            })?;
+            if t.shape() != shape {
+                return Err(GraphError::Mismatch {
+                    context,
+                    reason: format!("parameter `{name}` has shape {:?}, expected {shape:?}", t.shape()),
+                });
+            }
+            Ok(t)
+        };
+        let built = Self::build(mode, options, Source::Given(&mut get), true)?;
+        match map.keys().next() {
+            Some(name) => Err(GraphError::Mismatch {
+                context,
+                reason: format!("unexpected parameter `{name}`; the module's keys are its state_dict names"),
+            }),
+            None => Ok(built),
+        }
+    }
+
+    /// From a saved record (in eval mode), whose mode must be one of `modes`.
+    fn from_record(record: Record<'_>, modes: &[RnnMode]) -> GraphResult<Self> {
+        let saved: Saved<Self::Options> = record.config()?;
+        if !modes.contains(&saved.mode) {
+            return Err(record.tensors.mismatch(format!(
+                "configuration mode {:?} is not a {}; the file is inconsistent, re-save it",
+                saved.mode,
+                Self::class_name(modes[0])
+            )));
+        }
+        let mut get = |name: &str, shape: &[usize]| record.tensors.shaped::<f32>(name, shape);
+        Self::build(saved.mode, saved.options, Source::Given(&mut get), false)
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(Saved { mode: self.mode(), options: *self.options() }).expect("plain data")
     }
 }
 
@@ -95,7 +146,13 @@ struct RnnBase {
     training: bool,
 }
 
-impl RnnBase {
+impl Recurrent for RnnBase {
+    type Options = RnnOptions;
+
+    fn class_name(mode: RnnMode) -> &'static str {
+        mode.module_name()
+    }
+
     fn build(
         mode: RnnMode,
         options: RnnOptions,
@@ -122,47 +179,24 @@ impl RnnBase {
         Ok(Self { mode, options, cells, names, training })
     }
 
-    fn new(mode: RnnMode, options: RnnOptions) -> GraphResult<Self> {
-        let bound = super::init::default_bound(options.hidden_size);
-        Self::build(mode, options, Source::Init(bound), true)
+    fn hidden_size(options: &RnnOptions) -> usize {
+        options.hidden_size
     }
 
-    fn from_tensors(
-        mode: RnnMode,
-        options: RnnOptions,
-        tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
-    ) -> GraphResult<Self> {
-        let context = mode.module_name();
-        let mut map: BTreeMap<String, ArrayD<f32>> = tensors.into_iter().collect();
-        let mut get = |name: &str, shape: &[usize]| take_given(context, &mut map, name, shape);
-        let base = Self::build(mode, options, Source::Given(&mut get), true)?;
-        no_leftovers(context, &map)?;
-        Ok(base)
+    fn mode(&self) -> RnnMode {
+        self.mode
     }
 
-    fn from_record(record: Record<'_>, modes: &[RnnMode]) -> GraphResult<Self> {
-        let config: RnnConfig = record.config()?;
-        if !modes.contains(&config.mode) {
-            return Err(record.tensors.mismatch(format!(
-                "configuration mode {:?} is not a {}; the file is inconsistent, re-save it",
-                config.mode,
-                modes[0].module_name()
-            )));
-        }
-        let mut get = |name: &str, shape: &[usize]| record.tensors.shaped::<f32>(name, shape);
-        Self::build(config.mode, config.options, Source::Given(&mut get), false)
+    fn options(&self) -> &RnnOptions {
+        &self.options
     }
 
     fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
         let mut out = Vec::new();
         for (c, n) in self.cells.iter().zip(&self.names) {
-            let tensors = [
-                Some(&c.ih.weight),
-                Some(&c.hh.weight),
-                c.ih.bias.as_ref(),
-                c.hh.bias.as_ref(),
-                c.hr.as_ref().map(|p| &p.weight),
-            ];
+            let hr = c.hr.as_ref().map(|p| &p.weight);
+            let tensors =
+                [Some(&c.ih.weight), Some(&c.hh.weight), c.ih.bias.as_ref(), c.hh.bias.as_ref(), hr];
             out.extend(n.iter().zip(tensors).filter_map(|(n, t)| Some(((*n)?, t?))));
         }
         out
@@ -171,33 +205,110 @@ impl RnnBase {
     fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
         let mut out = Vec::new();
         for (c, n) in self.cells.iter_mut().zip(&self.names) {
-            let tensors = [
-                Some(&mut c.ih.weight),
-                Some(&mut c.hh.weight),
-                c.ih.bias.as_mut(),
-                c.hh.bias.as_mut(),
-                c.hr.as_mut().map(|p| &mut p.weight),
-            ];
+            let hr = c.hr.as_mut().map(|p| &mut p.weight);
+            let tensors =
+                [Some(&mut c.ih.weight), Some(&mut c.hh.weight), c.ih.bias.as_mut(), c.hh.bias.as_mut(), hr];
             out.extend(n.iter().zip(tensors).filter_map(|(n, t)| Some(((*n)?, t?))));
         }
         out
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(RnnConfig { mode: self.mode, options: self.options }).expect("plain data")
+    fn forward(&self, input: Value) -> GraphResult<Value> {
+        forward_rnn(self.mode, &self.options, &self.cells, self.training, input)
+    }
+
+    fn extra_repr(&self) -> String {
+        self.options.extra_repr()
     }
 }
 
-/// Defines a multi-layer recurrent module type over [`RnnBase`].
-macro_rules! rnn_module {
-    ($(#[$doc:meta])* $name:ident, $modes:expr) => {
+/// The single step shared by [`LSTMCell`], [`GRUCell`] and [`RNNCell`].
+#[derive(Debug, Clone)]
+struct CellBase {
+    mode: RnnMode,
+    options: CellOptions,
+    params: CellParams<FloatProjection>,
+    training: bool,
+}
+
+impl Recurrent for CellBase {
+    type Options = CellOptions;
+
+    fn class_name(mode: RnnMode) -> &'static str {
+        mode.cell_name()
+    }
+
+    fn build(
+        mode: RnnMode,
+        options: CellOptions,
+        mut source: Source<'_>,
+        training: bool,
+    ) -> GraphResult<Self> {
+        options.check(mode)?;
+        let shapes = options.param_shapes(mode);
+        let mut get = |i: usize| source.take(CELL_PARAM_NAMES[i], &shapes[i]);
+        let (w_ih, w_hh) = (get(0)?, get(1)?);
+        let (b_ih, b_hh) = if options.bias { (Some(get(2)?), Some(get(3)?)) } else { (None, None) };
+        let params = CellParams {
+            ih: FloatProjection::new(w_ih, b_ih)?,
+            hh: FloatProjection::new(w_hh, b_hh)?,
+            hr: None,
+        };
+        Ok(Self { mode, options, params, training })
+    }
+
+    fn hidden_size(options: &CellOptions) -> usize {
+        options.hidden_size
+    }
+
+    fn mode(&self) -> RnnMode {
+        self.mode
+    }
+
+    fn options(&self) -> &CellOptions {
+        &self.options
+    }
+
+    fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
+        let p = &self.params;
+        let tensors = [Some(&p.ih.weight), Some(&p.hh.weight), p.ih.bias.as_ref(), p.hh.bias.as_ref()];
+        CELL_PARAM_NAMES.into_iter().zip(tensors).filter_map(|(n, t)| Some((n, t?))).collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
+        let p = &mut self.params;
+        let tensors =
+            [Some(&mut p.ih.weight), Some(&mut p.hh.weight), p.ih.bias.as_mut(), p.hh.bias.as_mut()];
+        CELL_PARAM_NAMES.into_iter().zip(tensors).filter_map(|(n, t)| Some((n, t?))).collect()
+    }
+
+    fn forward(&self, input: Value) -> GraphResult<Value> {
+        forward_cell(self.mode, &self.options, &self.params, input)
+    }
+
+    fn extra_repr(&self) -> String {
+        let o = self.options;
+        let mut s = format!("{}, {}", o.input_size, o.hidden_size);
+        if !o.bias {
+            s += ", bias=False";
+        }
+        if self.mode == RnnMode::RnnRelu {
+            s += ", nonlinearity=relu";
+        }
+        s
+    }
+}
+
+/// Defines a public recurrent module type over a [`Recurrent`] base.
+macro_rules! recurrent_module {
+    ($(#[$doc:meta])* $name:ident($base:ty, $options:ty), $modes:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone)]
-        pub struct $name(RnnBase);
+        pub struct $name($base);
 
         impl $name {
             /// The options.
-            pub fn options(&self) -> &RnnOptions {
+            pub fn options(&self) -> &$options {
                 &self.0.options
             }
 
@@ -206,28 +317,23 @@ macro_rules! rnn_module {
                 self.0.mode
             }
 
-            /// The projections of every layer and direction (layer-major, forward first).
-            pub fn cells(&self) -> &[CellParams<FloatProjection>] {
-                &self.0.cells
-            }
-
             /// Rebuilds a saved module (in eval mode).
             pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-                RnnBase::from_record(record, &$modes).map(Self)
+                <$base>::from_record(record, &$modes).map(Self)
             }
         }
 
         impl Module for $name {
             fn type_name(&self) -> &str {
-                self.0.mode.module_name()
+                <$base>::class_name(self.0.mode)
             }
 
             fn forward(&self, input: Value) -> GraphResult<Value> {
-                forward_rnn(self.0.mode, &self.0.options, &self.0.cells, self.0.training, input)
+                self.0.forward(input)
             }
 
             fn extra_repr(&self) -> String {
-                self.0.options.extra_repr()
+                self.0.extra_repr()
             }
 
             fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
@@ -253,7 +359,7 @@ macro_rules! rnn_module {
     };
 }
 
-rnn_module!(
+recurrent_module!(
     /// `nn.LSTM`: input `(L, N, H_in)` (`(N, L, H_in)` if `batch_first`, or unbatched
     /// `(L, H_in)`), alone or as `Tuple([input, Tuple([h_0, c_0])])`; output
     /// `Tuple([output, Tuple([h_n, c_n])])`. Built in training mode, as PyTorch.
@@ -268,11 +374,11 @@ rnn_module!(
     /// assert_eq!(out[0].shape()?, &[3, 5, 40]);
     /// # Ok::<(), qgraph::GraphError>(())
     /// ```
-    LSTM,
+    LSTM(RnnBase, RnnOptions),
     [RnnMode::Lstm]
 );
 
-rnn_module!(
+recurrent_module!(
     /// `nn.GRU`: inputs as [`LSTM`], the state a single tensor: `Tuple([input, h_0])` in,
     /// `Tuple([output, h_n])` out.
     ///
@@ -283,11 +389,11 @@ rnn_module!(
     /// assert_eq!((&gru as &dyn Module).to_string(), "GRU(4, 8, bias=False)");
     /// # Ok::<(), qgraph::GraphError>(())
     /// ```
-    GRU,
+    GRU(RnnBase, RnnOptions),
     [RnnMode::Gru]
 );
 
-rnn_module!(
+recurrent_module!(
     /// `nn.RNN` (Elman, `tanh` or `relu`): inputs and outputs as [`GRU`].
     ///
     /// ```
@@ -297,217 +403,11 @@ rnn_module!(
     /// assert_eq!((&rnn as &dyn Module).to_string(), "RNN(4, 8)");
     /// # Ok::<(), qgraph::GraphError>(())
     /// ```
-    RNN,
+    RNN(RnnBase, RnnOptions),
     [RnnMode::RnnTanh, RnnMode::RnnRelu]
 );
 
-impl LSTM {
-    /// An LSTM with PyTorch's initialisation bounds, drawn from the
-    /// [`manual_seed`](super::manual_seed) stream; PyTorch's argument errors otherwise.
-    pub fn new(options: RnnOptions) -> GraphResult<Self> {
-        RnnBase::new(RnnMode::Lstm, options).map(Self)
-    }
-
-    /// An LSTM with the given parameters under their `state_dict` names (`weight_ih_l0`, ...):
-    /// every one must be given with its shape, and nothing else.
-    pub fn from_tensors(
-        options: RnnOptions,
-        tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
-    ) -> GraphResult<Self> {
-        RnnBase::from_tensors(RnnMode::Lstm, options, tensors).map(Self)
-    }
-}
-
-impl GRU {
-    /// A GRU with PyTorch's initialisation bounds (see [`LSTM::new`]).
-    pub fn new(options: RnnOptions) -> GraphResult<Self> {
-        RnnBase::new(RnnMode::Gru, options).map(Self)
-    }
-
-    /// A GRU with the given parameters (see [`LSTM::from_tensors`]).
-    pub fn from_tensors(
-        options: RnnOptions,
-        tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
-    ) -> GraphResult<Self> {
-        RnnBase::from_tensors(RnnMode::Gru, options, tensors).map(Self)
-    }
-}
-
-impl RNN {
-    /// An RNN with PyTorch's initialisation bounds (see [`LSTM::new`]).
-    pub fn new(options: RnnOptions, nonlinearity: Nonlinearity) -> GraphResult<Self> {
-        RnnBase::new(nonlinearity.mode(), options).map(Self)
-    }
-
-    /// An RNN with the given parameters (see [`LSTM::from_tensors`]).
-    pub fn from_tensors(
-        options: RnnOptions,
-        nonlinearity: Nonlinearity,
-        tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
-    ) -> GraphResult<Self> {
-        RnnBase::from_tensors(nonlinearity.mode(), options, tensors).map(Self)
-    }
-}
-
-/// What a cell saves as its configuration.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct CellConfig {
-    mode: RnnMode,
-    options: CellOptions,
-}
-
-/// The single step shared by [`LSTMCell`], [`GRUCell`] and [`RNNCell`].
-#[derive(Debug, Clone)]
-struct CellBase {
-    mode: RnnMode,
-    options: CellOptions,
-    params: CellParams<FloatProjection>,
-    training: bool,
-}
-
-impl CellBase {
-    fn build(
-        mode: RnnMode,
-        options: CellOptions,
-        mut source: Source<'_>,
-        training: bool,
-    ) -> GraphResult<Self> {
-        options.check(mode)?;
-        let shapes = options.param_shapes(mode);
-        let mut get = |i: usize| source.take(CELL_PARAM_NAMES[i], &shapes[i]);
-        let (w_ih, w_hh) = (get(0)?, get(1)?);
-        let (b_ih, b_hh) = if options.bias { (Some(get(2)?), Some(get(3)?)) } else { (None, None) };
-        let params = CellParams {
-            ih: FloatProjection::new(w_ih, b_ih)?,
-            hh: FloatProjection::new(w_hh, b_hh)?,
-            hr: None,
-        };
-        Ok(Self { mode, options, params, training })
-    }
-
-    fn new(mode: RnnMode, options: CellOptions) -> GraphResult<Self> {
-        let bound = super::init::default_bound(options.hidden_size);
-        Self::build(mode, options, Source::Init(bound), true)
-    }
-
-    fn from_tensors(
-        mode: RnnMode,
-        options: CellOptions,
-        tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
-    ) -> GraphResult<Self> {
-        let context = mode.cell_name();
-        let mut map: BTreeMap<String, ArrayD<f32>> = tensors.into_iter().collect();
-        let mut get = |name: &str, shape: &[usize]| take_given(context, &mut map, name, shape);
-        let base = Self::build(mode, options, Source::Given(&mut get), true)?;
-        no_leftovers(context, &map)?;
-        Ok(base)
-    }
-
-    fn from_record(record: Record<'_>, modes: &[RnnMode]) -> GraphResult<Self> {
-        let config: CellConfig = record.config()?;
-        if !modes.contains(&config.mode) {
-            return Err(record.tensors.mismatch(format!(
-                "configuration mode {:?} is not a {}; the file is inconsistent, re-save it",
-                config.mode,
-                modes[0].cell_name()
-            )));
-        }
-        let mut get = |name: &str, shape: &[usize]| record.tensors.shaped::<f32>(name, shape);
-        Self::build(config.mode, config.options, Source::Given(&mut get), false)
-    }
-
-    fn extra_repr(&self) -> String {
-        let o = self.options;
-        let mut s = format!("{}, {}", o.input_size, o.hidden_size);
-        if !o.bias {
-            s += ", bias=False";
-        }
-        if self.mode == RnnMode::RnnRelu {
-            s += ", nonlinearity=relu";
-        }
-        s
-    }
-
-    fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-        let p = &self.params;
-        let tensors = [Some(&p.ih.weight), Some(&p.hh.weight), p.ih.bias.as_ref(), p.hh.bias.as_ref()];
-        CELL_PARAM_NAMES.into_iter().zip(tensors).filter_map(|(n, t)| Some((n, t?))).collect()
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-        let p = &mut self.params;
-        let tensors =
-            [Some(&mut p.ih.weight), Some(&mut p.hh.weight), p.ih.bias.as_mut(), p.hh.bias.as_mut()];
-        CELL_PARAM_NAMES.into_iter().zip(tensors).filter_map(|(n, t)| Some((n, t?))).collect()
-    }
-}
-
-/// Defines a recurrent cell type over [`CellBase`].
-macro_rules! cell_module {
-    ($(#[$doc:meta])* $name:ident, $modes:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone)]
-        pub struct $name(CellBase);
-
-        impl $name {
-            /// The options.
-            pub fn options(&self) -> &CellOptions {
-                &self.0.options
-            }
-
-            /// The recurrence this cell runs.
-            pub fn mode(&self) -> RnnMode {
-                self.0.mode
-            }
-
-            /// The projections `ih` and `hh`.
-            pub fn cell(&self) -> &CellParams<FloatProjection> {
-                &self.0.params
-            }
-
-            /// Rebuilds a saved cell (in eval mode).
-            pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
-                CellBase::from_record(record, &$modes).map(Self)
-            }
-        }
-
-        impl Module for $name {
-            fn type_name(&self) -> &str {
-                self.0.mode.cell_name()
-            }
-
-            fn forward(&self, input: Value) -> GraphResult<Value> {
-                forward_cell(self.0.mode, &self.0.options, &self.0.params, input)
-            }
-
-            fn extra_repr(&self) -> String {
-                self.0.extra_repr()
-            }
-
-            fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-                self.0.params()
-            }
-
-            fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-                self.0.params_mut()
-            }
-
-            fn training(&self) -> bool {
-                self.0.training
-            }
-
-            fn set_training(&mut self, training: bool) {
-                self.0.training = training;
-            }
-
-            fn config(&self) -> serde_json::Value {
-                serde_json::to_value(CellConfig { mode: self.0.mode, options: self.0.options }).expect("plain data")
-            }
-        }
-    };
-}
-
-cell_module!(
+recurrent_module!(
     /// `nn.LSTMCell`: `input` `[N, H_in]` or `[H_in]`, alone or as `Tuple([input, Tuple([h, c])])`;
     /// returns `Tuple([h', c'])`.
     ///
@@ -518,65 +418,91 @@ cell_module!(
     /// assert_eq!((&cell as &dyn Module).to_string(), "LSTMCell(10, 20)");
     /// # Ok::<(), qgraph::GraphError>(())
     /// ```
-    LSTMCell,
+    LSTMCell(CellBase, CellOptions),
     [RnnMode::Lstm]
 );
 
-cell_module!(
+recurrent_module!(
     /// `nn.GRUCell`: `input` alone or as `Tuple([input, hx])`; returns `h'`.
-    GRUCell,
+    GRUCell(CellBase, CellOptions),
     [RnnMode::Gru]
 );
 
-cell_module!(
+recurrent_module!(
     /// `nn.RNNCell` (`tanh` or `relu`): `input` alone or as `Tuple([input, hx])`; returns `h'`.
-    RNNCell,
+    RNNCell(CellBase, CellOptions),
     [RnnMode::RnnTanh, RnnMode::RnnRelu]
 );
 
-impl LSTMCell {
-    /// A cell with PyTorch's initialisation bounds, drawn from the
-    /// [`manual_seed`](super::manual_seed) stream.
-    pub fn new(options: CellOptions) -> GraphResult<Self> {
-        CellBase::new(RnnMode::Lstm, options).map(Self)
-    }
+/// The constructors and parameter access of a multi-layer module or a cell of a fixed mode.
+macro_rules! constructors {
+    ($name:ident($options:ty), $mode:expr, $what:literal) => {
+        impl $name {
+            #[doc = concat!("A ", $what, " with PyTorch's initialisation bounds, drawn from the")]
+            /// [`manual_seed`](super::manual_seed) stream; PyTorch's argument errors otherwise.
+            pub fn new(options: $options) -> GraphResult<Self> {
+                Recurrent::init($mode, options).map(Self)
+            }
 
-    /// A cell with the given `weight_ih`, `weight_hh` (and `bias_ih`, `bias_hh`).
-    pub fn from_tensors(
-        options: CellOptions,
-        tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
-    ) -> GraphResult<Self> {
-        CellBase::from_tensors(RnnMode::Lstm, options, tensors).map(Self)
-    }
+            #[doc = concat!("A ", $what, " with the given parameters under their `state_dict` names:")]
+            /// every one must be given with its shape, and nothing else.
+            pub fn from_tensors(
+                options: $options,
+                tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
+            ) -> GraphResult<Self> {
+                Recurrent::from_tensors($mode, options, tensors).map(Self)
+            }
+        }
+    };
+    ($name:ident($options:ty), $what:literal) => {
+        impl $name {
+            #[doc = concat!("A ", $what, " with PyTorch's initialisation bounds, drawn from the")]
+            /// [`manual_seed`](super::manual_seed) stream; PyTorch's argument errors otherwise.
+            pub fn new(options: $options, nonlinearity: Nonlinearity) -> GraphResult<Self> {
+                Recurrent::init(nonlinearity.mode(), options).map(Self)
+            }
+
+            #[doc = concat!("A ", $what, " with the given parameters under their `state_dict` names:")]
+            /// every one must be given with its shape, and nothing else.
+            pub fn from_tensors(
+                options: $options,
+                nonlinearity: Nonlinearity,
+                tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
+            ) -> GraphResult<Self> {
+                Recurrent::from_tensors(nonlinearity.mode(), options, tensors).map(Self)
+            }
+        }
+    };
 }
 
-impl GRUCell {
-    /// A cell with PyTorch's initialisation bounds (see [`LSTMCell::new`]).
-    pub fn new(options: CellOptions) -> GraphResult<Self> {
-        CellBase::new(RnnMode::Gru, options).map(Self)
-    }
+constructors!(LSTM(RnnOptions), RnnMode::Lstm, "LSTM");
+constructors!(GRU(RnnOptions), RnnMode::Gru, "GRU");
+constructors!(RNN(RnnOptions), "RNN");
+constructors!(LSTMCell(CellOptions), RnnMode::Lstm, "LSTM cell");
+constructors!(GRUCell(CellOptions), RnnMode::Gru, "GRU cell");
+constructors!(RNNCell(CellOptions), "RNN cell");
 
-    /// A cell with the given parameters (see [`LSTMCell::from_tensors`]).
-    pub fn from_tensors(
-        options: CellOptions,
-        tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
-    ) -> GraphResult<Self> {
-        CellBase::from_tensors(RnnMode::Gru, options, tensors).map(Self)
-    }
+macro_rules! cells_accessor {
+    ($($name:ident),+) => {
+        $(impl $name {
+            /// The projections of every layer and direction (layer-major, forward first).
+            pub fn cells(&self) -> &[CellParams<FloatProjection>] {
+                &self.0.cells
+            }
+        })+
+    };
 }
 
-impl RNNCell {
-    /// A cell with PyTorch's initialisation bounds (see [`LSTMCell::new`]).
-    pub fn new(options: CellOptions, nonlinearity: Nonlinearity) -> GraphResult<Self> {
-        CellBase::new(nonlinearity.mode(), options).map(Self)
-    }
-
-    /// A cell with the given parameters (see [`LSTMCell::from_tensors`]).
-    pub fn from_tensors(
-        options: CellOptions,
-        nonlinearity: Nonlinearity,
-        tensors: impl IntoIterator<Item = (String, ArrayD<f32>)>,
-    ) -> GraphResult<Self> {
-        CellBase::from_tensors(nonlinearity.mode(), options, tensors).map(Self)
-    }
+macro_rules! cell_accessor {
+    ($($name:ident),+) => {
+        $(impl $name {
+            /// The projections `ih` and `hh`.
+            pub fn cell(&self) -> &CellParams<FloatProjection> {
+                &self.0.params
+            }
+        })+
+    };
 }
+
+cells_accessor!(LSTM, GRU, RNN);
+cell_accessor!(LSTMCell, GRUCell, RNNCell);

@@ -102,6 +102,10 @@ fn split_pair(hx: Value, module: &'static str) -> GraphResult<(ArrayD<f32>, Arra
     }
 }
 
+fn mismatch(module: &'static str, reason: String) -> GraphError {
+    GraphError::Mismatch { context: module, reason }
+}
+
 fn rank_error(module: &'static str, what: &'static str, got: usize, expected: &str) -> GraphError {
     invalid(module, what, got, format!("Expected {what} to be {expected}, got {got}D instead"))
 }
@@ -183,7 +187,7 @@ pub(crate) fn forward_rnn<P: GateProjection>(
                         format!("For {form} input, hx should also be {want}-D but got {}-D tensor", h.ndim())
                     }
                 };
-                return Err(GraphError::Mismatch { context: name, reason });
+                return Err(mismatch(name, reason));
             }
             let unsqueeze = |t: ArrayD<f32>| if batched { t } else { t.insert_axis(Axis(1)) };
             let h = unsqueeze(h);
@@ -246,14 +250,10 @@ pub(crate) fn forward_cell<P: GateProjection>(
     let x = if batched { x } else { x.insert_axis(Axis(0)) };
     let batch = x.shape()[0];
     if x.shape()[1] != o.input_size {
-        return Err(GraphError::Mismatch {
-            context: name,
-            reason: format!(
-                "input has inconsistent input_size: got {} expected {}",
-                x.shape()[1],
-                o.input_size
-            ),
-        });
+        return Err(mismatch(
+            name,
+            format!("input has inconsistent input_size: got {} expected {}", x.shape()[1], o.input_size),
+        ));
     }
     let states: Vec<ArrayD<f32>> = match hx {
         None => vec![ArrayD::zeros(IxDyn(&[batch, o.hidden_size])); if lstm { 2 } else { 1 }],
@@ -282,23 +282,23 @@ pub(crate) fn forward_cell<P: GateProjection>(
                 let s = if batched { s } else { s.insert_axis(Axis(0)) };
                 let suffix = if lstm { i.to_string() } else { String::new() };
                 if s.shape()[0] != batch {
-                    return Err(GraphError::Mismatch {
-                        context: name,
-                        reason: format!(
+                    return Err(mismatch(
+                        name,
+                        format!(
                             "Input batch size {batch} doesn't match hidden{suffix} batch size {}",
                             s.shape()[0]
                         ),
-                    });
+                    ));
                 }
                 if s.shape()[1] != o.hidden_size {
-                    return Err(GraphError::Mismatch {
-                        context: name,
-                        reason: format!(
+                    return Err(mismatch(
+                        name,
+                        format!(
                             "hidden{suffix} has inconsistent hidden_size: got {}, expected {}",
                             s.shape()[1],
                             o.hidden_size
                         ),
-                    });
+                    ));
                 }
                 states.push(s);
             }
