@@ -442,3 +442,62 @@ fn empty_batch() {
     assert_eq!(out[0].shape().unwrap(), &[5, 0, 8]);
     assert_eq!(out[1].shape().unwrap(), &[2, 0, 4]);
 }
+
+/// Set in the children of the tier test: the directory their outputs go to.
+const TIER_DIR: &str = "QGRAPH_RNN_TIER_OUT";
+const TIER_TEST: &str = "outputs_are_the_same_on_every_tier_and_thread_count";
+
+/// A seeded two-layer bidirectional LSTM with projections and a GRU on random data, their
+/// outputs as bytes.
+fn tier_outputs() -> Vec<u8> {
+    manual_seed(5);
+    let o = RnnOptions { num_layers: 2, bidirectional: true, batch_first: true, ..RnnOptions::new(40, 48) };
+    let lstm = LSTM::new(RnnOptions { proj_size: 24, ..o }).unwrap();
+    let gru = GRU::new(o).unwrap();
+    let x = ArrayD::from_shape_vec(IxDyn(&[5, 20, 40]), qtest::random_f32s(5 * 20 * 40, 9)).unwrap();
+    let mut bytes = Vec::new();
+    for m in [&lstm as &dyn Module, &gru] {
+        for (_, t) in outputs(m.type_name(), m.forward(f(x.clone())).unwrap()) {
+            bytes.extend(t.iter().flat_map(|v| v.to_le_bytes()));
+        }
+    }
+    bytes
+}
+
+/// The recurrence's bits depend on no tier and no thread count (NUMERICS §9.1 and §12):
+/// `QKERNELS_ISA` is read once per process, so the test re-runs its binary once per tier.
+#[test]
+fn outputs_are_the_same_on_every_tier_and_thread_count() {
+    use qgraph::qkernels::Isa;
+    if let Some(dir) = std::env::var_os(TIER_DIR) {
+        for threads in [1, 2] {
+            let file = std::path::Path::new(&dir).join(format!("{}-t{threads}", Isa::active()));
+            std::fs::write(file, qtest::thread_pool(threads).install(tier_outputs)).unwrap();
+        }
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("qgraph-rnn-tiers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut runs = Vec::new();
+    for isa in Isa::ALL.into_iter().filter(|isa| isa.is_supported()) {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([TIER_TEST, "--exact", "--test-threads=1"])
+            .env("QKERNELS_ISA", isa.name())
+            .env(TIER_DIR, &dir)
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{isa}: {}", String::from_utf8_lossy(&status.stderr));
+        for threads in [1, 2] {
+            runs.push((
+                format!("{isa}, {threads} thread(s)"),
+                std::fs::read(dir.join(format!("{isa}-t{threads}"))).unwrap(),
+            ));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    let (first, reference) = &runs[0];
+    assert!(!reference.is_empty());
+    for (run, bytes) in &runs[1..] {
+        assert!(bytes == reference, "{run} differs from {first}");
+    }
+}
