@@ -501,3 +501,25 @@ fn outputs_are_the_same_on_every_tier_and_thread_count() {
         assert!(bytes == reference, "{run} differs from {first}");
     }
 }
+
+/// Parameters changed through `params_mut` (as `load_state_dict` does) are what the next
+/// forward uses, also after a forward has run.
+#[test]
+fn changed_parameters_take_effect() {
+    manual_seed(2);
+    let o = RnnOptions { proj_size: 2, ..RnnOptions::new(3, 4) };
+    let mut m = LSTM::new(o).unwrap();
+    let x = || f(ArrayD::from_shape_vec(IxDyn(&[2, 1, 3]), qtest::random_f32s(6, 4)).unwrap());
+    let before = outputs("LSTM", m.forward(x()).unwrap());
+    let halved: Vec<(String, ArrayD<f32>)> =
+        m.params().into_iter().map(|(k, t)| (k.to_string(), t / 2.0)).collect();
+    for (_, t) in m.params_mut() {
+        t.mapv_inplace(|v| v / 2.0);
+    }
+    let after = outputs("LSTM", m.forward(x()).unwrap());
+    let fresh = outputs("LSTM", LSTM::from_tensors(o, halved).unwrap().forward(x()).unwrap());
+    assert_ne!(before[0].1, after[0].1);
+    for ((field, a), (_, b)) in after.iter().zip(&fresh) {
+        assert_bits_eq("halved", field, a, b);
+    }
+}

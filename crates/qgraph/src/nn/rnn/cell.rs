@@ -3,6 +3,7 @@
 //! `GRUCell`, `SimpleCell`), in ATen's order of operations.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use ndarray::{Array2, ArrayD, ArrayView2};
 use qkernels::Isa;
@@ -45,11 +46,22 @@ pub trait GateProjection: fmt::Debug + Send + Sync {
 }
 
 /// The f32 projection: `weight` `[out, in]` and an optional `bias` `[out]`, on
-/// [`qkernels::float::sgemm`] as `nn::Linear` (each output one FMA chain from its bias).
-#[derive(Debug, Clone, PartialEq)]
+/// [`qkernels::float::sgemm`] as `nn::Linear` (each output one FMA chain from its bias, so the
+/// bits do not depend on the weight's layout). The GEMM reads `W^T` kept row-major, made on first
+/// use: a step of the recurrence projects few rows, and packing a transposed weight for each one
+/// would cost as much as the product.
+#[derive(Debug, Clone)]
 pub struct FloatProjection {
     pub(crate) weight: ArrayD<f32>,
     pub(crate) bias: Option<ArrayD<f32>>,
+    /// `weight` transposed, `[in, out]` row-major; reset whenever the weight may change.
+    weight_t: OnceLock<Vec<f32>>,
+}
+
+impl PartialEq for FloatProjection {
+    fn eq(&self, other: &Self) -> bool {
+        self.weight == other.weight && self.bias == other.bias
+    }
 }
 
 impl FloatProjection {
@@ -85,7 +97,14 @@ impl FloatProjection {
         }
         let weight = weight.as_standard_layout().into_owned();
         let bias = bias.map(|b| b.as_standard_layout().into_owned());
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, weight_t: OnceLock::new() })
+    }
+
+    /// The weight and bias for writing (as `Module::params_mut` hands them out); the transposed
+    /// copy is made again on next use.
+    pub(crate) fn params_mut(&mut self) -> (&mut ArrayD<f32>, Option<&mut ArrayD<f32>>) {
+        self.weight_t = OnceLock::new();
+        (&mut self.weight, self.bias.as_mut())
     }
 
     /// The weight `[out_features, in_features]`.
@@ -112,7 +131,7 @@ impl GateProjection for FloatProjection {
         let (n, k) = (self.out_features(), self.in_features());
         check_len("input length", x.len(), rows * k)?;
         check_len("output length", out.len(), rows * n)?;
-        let w = self.weight.as_slice().expect("standard layout");
+        let w_t = self.weight_t.get_or_init(|| self.weight.t().iter().copied().collect());
         if let Some(b) = &self.bias {
             let b = b.as_slice().expect("standard layout");
             out.chunks_mut(n.max(1)).for_each(|row| row.copy_from_slice(b));
@@ -122,7 +141,7 @@ impl GateProjection for FloatProjection {
             n,
             k,
             Matrix::row_major(x, k),
-            Matrix::transposed(w, k),
+            Matrix::row_major(w_t, n),
             out,
             n,
             self.bias.is_some(),

@@ -205,9 +205,9 @@ impl Recurrent for RnnBase {
     fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
         let mut out = Vec::new();
         for (c, n) in self.cells.iter_mut().zip(&self.names) {
-            let hr = c.hr.as_mut().map(|p| &mut p.weight);
-            let tensors =
-                [Some(&mut c.ih.weight), Some(&mut c.hh.weight), c.ih.bias.as_mut(), c.hh.bias.as_mut(), hr];
+            let ((w_ih, b_ih), (w_hh, b_hh)) = (c.ih.params_mut(), c.hh.params_mut());
+            let hr = c.hr.as_mut().map(|p| p.params_mut().0);
+            let tensors = [Some(w_ih), Some(w_hh), b_ih, b_hh, hr];
             out.extend(n.iter().zip(tensors).filter_map(|(n, t)| Some(((*n)?, t?))));
         }
         out
@@ -277,8 +277,8 @@ impl Recurrent for CellBase {
 
     fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
         let p = &mut self.params;
-        let tensors =
-            [Some(&mut p.ih.weight), Some(&mut p.hh.weight), p.ih.bias.as_mut(), p.hh.bias.as_mut()];
+        let ((w_ih, b_ih), (w_hh, b_hh)) = (p.ih.params_mut(), p.hh.params_mut());
+        let tensors = [Some(w_ih), Some(w_hh), b_ih, b_hh];
         CELL_PARAM_NAMES.into_iter().zip(tensors).filter_map(|(n, t)| Some((n, t?))).collect()
     }
 
