@@ -15,6 +15,7 @@ use crate::nn::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv, Dropout, ELU, Flatten, Fused, Hardsigmoid, Hardswish,
     Hardtanh, Identity, LeakyReLU, Linear, MaxPool, ReLU, ReLU6, Sigmoid, Softmax, Tanh, Threshold, Upsample,
 };
+use crate::nn::{GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell};
 use crate::quantized::{QuantizedBatchNorm, QuantizedConv, QuantizedLinear, activation as qa};
 use crate::record::Record;
 use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
@@ -186,6 +187,12 @@ impl Default for Loaders {
             qa::ELU => ["QuantizedELU"],
             qa::LeakyReLU => ["QuantizedLeakyReLU"],
             ObserverModule => ["ObserverModule"],
+            LSTM => ["LSTM"],
+            GRU => ["GRU"],
+            RNN => ["RNN"],
+            LSTMCell => ["LSTMCell"],
+            GRUCell => ["GRUCell"],
+            RNNCell => ["RNNCell"],
         );
         from_config!(l:
             QuantStub => "QuantStub",
