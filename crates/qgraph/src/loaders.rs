@@ -12,10 +12,14 @@ use serde::de::DeserializeOwned;
 use crate::container::{Graph, Sequential};
 use crate::functional::{FloatFunctional, QFunctional};
 use crate::nn::{
-    AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv, Dropout, ELU, Flatten, Fused, Hardsigmoid, Hardswish,
-    Hardtanh, Identity, LeakyReLU, Linear, MaxPool, ReLU, ReLU6, Sigmoid, Softmax, Tanh, Threshold, Upsample,
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv, Dropout, ELU, Embedding, EmbeddingBag, Flatten, Fused,
+    Hardsigmoid, Hardswish, Hardtanh, Identity, LeakyReLU, Linear, MaxPool, ReLU, ReLU6, Sigmoid, Softmax,
+    Tanh, Threshold, Upsample,
 };
-use crate::quantized::{QuantizedBatchNorm, QuantizedConv, QuantizedLinear, activation as qa};
+use crate::quantized::{
+    QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedLinear,
+    activation as qa,
+};
 use crate::record::Record;
 use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
 use crate::workflow::{Observed, ObservedConfig, ObserverModule};
@@ -186,6 +190,10 @@ impl Default for Loaders {
             qa::ELU => ["QuantizedELU"],
             qa::LeakyReLU => ["QuantizedLeakyReLU"],
             ObserverModule => ["ObserverModule"],
+            Embedding => ["Embedding"],
+            EmbeddingBag => ["EmbeddingBag"],
+            QuantizedEmbedding => ["QuantizedEmbedding"],
+            QuantizedEmbeddingBag => ["QuantizedEmbeddingBag"],
         );
         from_config!(l:
             QuantStub => "QuantStub",

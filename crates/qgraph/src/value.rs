@@ -652,7 +652,13 @@ impl Value {
         Ok(match self.tensor("Value::to_float")? {
             Tensor::Float(x) => x.clone(),
             Tensor::Quant(q) => q.dequantize(),
-            Tensor::Int(_) => return Err(self.unsupported("Value::to_float", "a float or quantized tensor", "read int64 values with Value::as_int")),
+            Tensor::Int(_) => {
+                return Err(self.unsupported(
+                    "Value::to_float",
+                    "a float or quantized tensor",
+                    "read int64 values with Value::as_int",
+                ));
+            }
         })
     }
 
@@ -744,7 +750,13 @@ mod tests {
         assert_eq!(v.clone().into_int("Embedding").unwrap().iter().copied().max(), Some(1));
         let err = v.clone().into_float("Linear").unwrap_err().to_string();
         assert!(err.contains("Linear received an int64 tensor") && err.contains("Embedding"), "{err}");
-        assert!(v.clone().into_quant("QuantizedConv2d").unwrap_err().to_string().contains("int64 tensors are indices"));
+        assert!(
+            v.clone()
+                .into_quant("QuantizedConv2d")
+                .unwrap_err()
+                .to_string()
+                .contains("int64 tensors are indices")
+        );
         assert!(v.to_float().is_err());
         let err = small(DType::Float32).into_int("Embedding").unwrap_err().to_string();
         assert!(err.contains("Embedding received a float32 tensor") && err.contains("Value::Int"), "{err}");
