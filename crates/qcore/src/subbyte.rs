@@ -64,7 +64,7 @@ fn whole_rows(context: &'static str, len: usize, row_len: usize) -> QResult<usiz
             what: format!("{len} elements cannot form rows of length 0"),
             fix: "give a row length of at least 1",
         }),
-        _ if len % row_len != 0 => Err(QError::SubByte {
+        _ if !len.is_multiple_of(row_len) => Err(QError::SubByte {
             context,
             what: format!("{len} elements are not whole rows of {row_len}"),
             fix: "give whole rows",

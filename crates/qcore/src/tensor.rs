@@ -12,8 +12,9 @@ use crate::{AffineQuantizer, QDType, QError, QResult, QScheme};
 /// The integer values of a quantized tensor, in the storage type of its dtype.
 ///
 /// This is what PyTorch's `int_repr()` returns: `torch.uint8` for quint8, `torch.int8` for qint8,
-/// `torch.int32` for qint32. quint4x2 is held unpacked here, one value in `0..=15` per element;
-/// PyTorch's packed bytes are [`crate::subbyte::pack_quint4x2`] of it.
+/// `torch.int32` for qint32. quint4x2 is held unpacked here, one value in `0..=15` per element
+/// (PyTorch's `int_repr()` gives its bytes, packed two values to a byte across rows);
+/// the row-padded bytes an embedding table keeps are [`crate::subbyte::pack_quint4x2_rows`] of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IntRepr {
     /// quint8 storage.

@@ -21,6 +21,16 @@ fn cases<'a>(fx: &'a Fixture, prefix: &'a str) -> impl Iterator<Item = &'a Json>
     fx.cases.iter().filter(move |c| name(c).starts_with(prefix))
 }
 
+/// Runs `check` on every case whose name starts with `prefix`; there must be `expected`.
+fn each_case(fx: &Fixture, prefix: &str, expected: usize, mut check: impl FnMut(&Json, &str)) {
+    let mut seen = 0;
+    for case in cases(fx, prefix) {
+        check(case, name(case));
+        seen += 1;
+    }
+    assert_eq!(seen, expected, "cases {prefix}*");
+}
+
 fn int(fx: &Fixture, case: &str, field: &str) -> Value {
     Value::Int(fx.tensor::<i64>(case, field))
 }
@@ -54,16 +64,10 @@ fn bag_input(fx: &Fixture, case: &str, input: &str, psw: bool) -> Value {
     if items.len() == 1 { items.pop().unwrap() } else { Value::Tuple(items) }
 }
 
-fn pad_hint(dim: usize) -> Vec<usize> {
-    vec![10, dim]
-}
-
 #[test]
 fn float_embedding_matches_pytorch() {
     let fx = fixture();
-    let mut seen = 0;
-    for case in cases(&fx, "float_emb_") {
-        let n = name(case);
+    each_case(&fx, "float_emb_", 10, |case, n| {
         let (num, dim) = (
             case["num_embeddings"].as_u64().unwrap() as usize,
             case["embedding_dim"].as_u64().unwrap() as usize,
@@ -76,20 +80,17 @@ fn float_embedding_matches_pytorch() {
             .unwrap();
         assert_eq!((&emb as &dyn Module).to_string(), case["printed"].as_str().unwrap(), "{n}");
         assert_bits_eq(n, "out", &float_out(&emb, int(&fx, n, "indices")), &fx.tensor::<f32>(n, "out"));
-        seen += 1;
-    }
-    assert_eq!(seen, 10);
+    });
 }
 
 #[test]
 fn float_embedding_bag_matches_pytorch_in_every_mode_and_form() {
     let fx = fixture();
-    let mut seen = 0;
     for dim in [1usize, 7, 8, 33, 257] {
         let weight = fx.tensor::<f32>(&format!("float_bag_{dim}"), "weight");
-        assert_eq!(weight.shape(), pad_hint(dim));
-        for case in cases(&fx, &format!("float_bag_{dim}_")) {
-            let n = name(case);
+        assert_eq!(weight.shape(), &[10, dim]);
+        // 4 forms for mean and max, 7 for sum.
+        each_case(&fx, &format!("float_bag_{dim}_"), 15, |case, n| {
             let bag = EmbeddingBag::new(10, dim, mode_of(case))
                 .unwrap()
                 .with_include_last_offset(case["include_last_offset"].as_bool().unwrap())
@@ -100,11 +101,8 @@ fn float_embedding_bag_matches_pytorch_in_every_mode_and_form() {
             assert_eq!((&bag as &dyn Module).to_string(), case["printed"].as_str().unwrap(), "{n}");
             let input = bag_input(&fx, n, "input", fx.has(n, "psw"));
             assert_bits_eq(n, "out", &float_out(&bag, input), &fx.tensor::<f32>(n, "out"));
-            seen += 1;
-        }
+        });
     }
-    // Per dimension: 4 forms for mean and max, 7 for sum.
-    assert_eq!(seen, 5 * 15);
 }
 
 /// The converted `(emb, bag)` pair of a quantized case, from PyTorch's float weights.
@@ -157,9 +155,7 @@ fn check_bag_outputs(fx: &Fixture, n: &str, bag: &dyn Module) {
 #[test]
 fn quint8_quantize_dynamic_matches_pytorch() {
     let fx = fixture();
-    let mut seen = 0;
-    for case in cases(&fx, "q8_") {
-        let n = name(case);
+    each_case(&fx, "q8_", 10, |case, n| {
         let mut model = pair(&fx, case);
         assert_eq!(
             quantize_dynamic(&mut model, DynamicQConfigSpec::Default, DynamicDType::QUInt8).unwrap(),
@@ -182,17 +178,13 @@ fn quint8_quantize_dynamic_matches_pytorch() {
         }
         assert_bits_eq(n, "emb.out", &float_out(emb, int(&fx, n, "x")), &fx.tensor::<f32>(n, "emb.out"));
         check_bag_outputs(&fx, n, bag);
-        seen += 1;
-    }
-    assert_eq!(seen, 10);
+    });
 }
 
 #[test]
 fn quint4x2_quantize_dynamic_matches_pytorch() {
     let fx = fixture();
-    let mut seen = 0;
-    for case in cases(&fx, "q4_") {
-        let n = name(case);
+    each_case(&fx, "q4_", 10, |case, n| {
         let dim = case["dim"].as_u64().unwrap() as usize;
         let mut model = pair(&fx, case);
         // A set of class names with dtype quint4x2, as `quantize_dynamic(m, {nn.EmbeddingBag}, dtype=torch.quint4x2)`.
@@ -204,16 +196,14 @@ fn quint4x2_quantize_dynamic_matches_pytorch() {
         let weight = bag.downcast_ref::<QuantizedEmbeddingBag>().unwrap().weight();
         let values = weight.to_qtensor().unwrap().int_repr().to_i32();
         assert_eq!(values, fx.tensor::<u8>(n, "bag.values").mapv(i32::from), "{n}");
-        if dim % 2 == 0 {
+        if dim.is_multiple_of(2) {
             // Even rows: PyTorch's flat packing and the row layout are the same bytes.
             assert_eq!(weight.packed(), fx.tensor::<u8>(n, "bag.q").as_slice().unwrap(), "{n}");
         }
         assert_eq!(weight.packed().len(), 10 * dim.div_ceil(2));
         check_weight(&fx, n, "bag", weight);
         check_bag_outputs(&fx, n, bag);
-        seen += 1;
-    }
-    assert_eq!(seen, 10);
+    });
 }
 
 #[test]

@@ -130,10 +130,11 @@ impl EmbeddingWeight {
         Ok(QTensor::from_int_repr(repr, qparams)?)
     }
 
-    /// The scale and bias the kernel uses for `row`: `bias = zero_point * scale * -1` in f32,
+    /// The scale and bias the kernel uses for `row`: `bias = zero_point * scale * -1` in f32
+    /// (negating is exact),
     /// both rounded to f16 and back for quint4x2 (prepack stores them as `at::Half`).
     fn scale_bias(&self, row: usize) -> (f32, f32) {
-        let (scale, bias) = (self.scales[row], self.zero_points[row] * self.scales[row] * -1.0);
+        let (scale, bias) = (self.scales[row], -(self.zero_points[row] * self.scales[row]));
         match self.dtype {
             QDType::QUInt4x2 => (half::f16::from_f32(scale).to_f32(), half::f16::from_f32(bias).to_f32()),
             _ => (scale, bias),
@@ -220,6 +221,19 @@ impl EmbeddingWeight {
         // Checks the values and parameters as a quantized tensor would be checked.
         weight.to_qtensor().map_err(|e| t.mismatch(e.to_string()))?;
         Ok(weight)
+    }
+
+    /// The saved configuration of a module around this table (`mode` for a bag).
+    fn config(&self, mode: Option<EmbeddingBagMode>, include_last_offset: bool) -> serde_json::Value {
+        let [num_embeddings, embedding_dim] = self.shape();
+        let config = QuantizedTableConfig {
+            num_embeddings,
+            embedding_dim,
+            dtype: self.dtype,
+            mode,
+            include_last_offset,
+        };
+        serde_json::to_value(config).expect("plain data")
     }
 
     fn repr(&self) -> String {
@@ -326,15 +340,7 @@ impl Module for QuantizedEmbedding {
     }
 
     fn config(&self) -> serde_json::Value {
-        let [num_embeddings, embedding_dim] = self.weight.shape();
-        let config = QuantizedTableConfig {
-            num_embeddings,
-            embedding_dim,
-            dtype: self.weight.dtype,
-            mode: None,
-            include_last_offset: false,
-        };
-        serde_json::to_value(config).expect("plain data")
+        self.weight.config(None, false)
     }
 
     fn tensors(&self) -> Vec<(String, TensorView<'_>)> {
@@ -420,15 +426,7 @@ impl Module for QuantizedEmbeddingBag {
     }
 
     fn config(&self) -> serde_json::Value {
-        let [num_embeddings, embedding_dim] = self.weight.shape();
-        let config = QuantizedTableConfig {
-            num_embeddings,
-            embedding_dim,
-            dtype: self.weight.dtype,
-            mode: Some(self.mode),
-            include_last_offset: self.include_last_offset,
-        };
-        serde_json::to_value(config).expect("plain data")
+        self.weight.config(Some(self.mode), self.include_last_offset)
     }
 
     fn tensors(&self) -> Vec<(String, TensorView<'_>)> {
