@@ -164,6 +164,16 @@ impl ObserverModule {
     /// The parameters it chose (`calculate_qparams`), as quint8 per-tensor activation parameters.
     pub fn activation_qparams(&self) -> GraphResult<PerTensor> {
         let observer = self.lock();
+        if observer.spec().args().is_some_and(|a| a.dtype == qcore::QDType::QUInt4x2) {
+            return Err(GraphError::Workflow {
+                step: "convert",
+                reason: format!(
+                    "activation observer {} quantizes to torch.quint4x2, which only embedding weights take; use \
+                     quint8 for activations",
+                    observer.name()
+                ),
+            });
+        }
         match observer.calculate_qparams()? {
             QParams::PerTensor { scale, zero_point } => Ok(PerTensor::new(scale, zero_point)),
             other => Err(GraphError::Workflow {

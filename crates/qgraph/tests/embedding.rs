@@ -397,3 +397,16 @@ fn new_tables_are_standard_normal_with_a_zero_padding_row() {
     qgraph::nn::manual_seed(3);
     assert_eq!(Embedding::new(100, 50).unwrap().weight().slice(ndarray::s![..99, ..]), body);
 }
+
+#[test]
+fn quint4x2_activations_are_refused_at_convert() {
+    use qgraph::qobserve::{ObserverSpec, QDType, defaults};
+    let mut model: Box<dyn Module> = Box::new(qgraph::QuantWrapper::new(Box::new(qgraph::nn::ReLU::new())));
+    let activation = ObserverSpec::min_max().with_args(|a| a.dtype(QDType::QUInt4x2));
+    let qconfig = qgraph::qconfig::QConfig { activation, weight: defaults::default_weight_observer() };
+    qgraph::prepare(&mut model, &QConfigMapping::global(qconfig)).unwrap();
+    let x = Value::Float(ArrayD::from_shape_fn(IxDyn(&[2, 3]), |i| i[1] as f32 - 1.0));
+    qgraph::calibrate(model.as_ref(), [x], |_, _| {}).unwrap();
+    let err = qgraph::convert(&mut model).unwrap_err().to_string();
+    assert!(err.contains("torch.quint4x2") && err.contains("quint8 for activations"), "{err}");
+}
