@@ -6,11 +6,13 @@
 //! quantizes it with the float parameters, and `embedding_bag_prepack` keeps each row with its
 //! scale and `bias = zero_point * scale * -1` (f32 for quint8, rounded to f16 for quint4x2).
 //! Each looked-up row adds `fma(scale * w, q, acc + bias * w)` per element (`w` the per-sample
-//! weight, else 1), in the order of the indices (NUMERICS §12).
+//! weight, else 1), in the order of the indices (NUMERICS §12), by `qkernels::embedding`.
 
 use ndarray::{ArrayD, IxDyn};
 use qcore::subbyte::{pack_quint4x2_rows, quint4x2_row_bytes, unpack_quint4x2_rows};
 use qcore::{IntRepr, QDType, QParams, QScheme, QTensor};
+use qkernels::Isa;
+use qkernels::embedding::{QuantRows, RowBits, sum_bags};
 use qobserve::ObserverSpec;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,9 @@ pub struct EmbeddingWeight {
     packed: Vec<u8>,
     scales: Vec<f32>,
     zero_points: Vec<f32>,
+    /// Per row, the scale and bias the kernel uses (derived from the two above).
+    kernel_scales: Vec<f32>,
+    kernel_biases: Vec<f32>,
 }
 
 impl EmbeddingWeight {
@@ -57,7 +62,7 @@ impl EmbeddingWeight {
     /// `per_channel_affine_float_qparams` along axis 0.
     pub fn from_qtensor(q: &QTensor) -> GraphResult<Self> {
         const CONTEXT: &str = "embedding_bag_prepack";
-        let &[rows, cols] = q.shape() else {
+        let &[_, cols] = q.shape() else {
             return Err(invalid(CONTEXT, "weight rank", q.shape().len(), "the weight tensor must be 2-D"));
         };
         let QParams::PerChannelFloat { scales, zero_points, axis: 0 } = q.qparams() else {
@@ -76,14 +81,23 @@ impl EmbeddingWeight {
                 return Err(invalid(CONTEXT, "dtype", other.dtype(), reason));
             }
         };
-        Ok(Self {
-            dtype: q.dtype(),
-            rows,
-            cols,
-            packed,
-            scales: scales.clone(),
-            zero_points: zero_points.clone(),
-        })
+        Ok(Self::assemble(q.dtype(), cols, packed, scales.clone(), zero_points.clone()))
+    }
+
+    /// The table with the kernel's per-row scale and bias: `bias = zero_point * scale * -1` in
+    /// f32 (negating is exact), both rounded to f16 and back for quint4x2 (prepack stores them as
+    /// `at::Half`).
+    fn assemble(
+        dtype: QDType,
+        cols: usize,
+        packed: Vec<u8>,
+        scales: Vec<f32>,
+        zero_points: Vec<f32>,
+    ) -> Self {
+        let half = |v: f32| if dtype == QDType::QUInt4x2 { half::f16::from_f32(v).to_f32() } else { v };
+        let kernel_scales = scales.iter().map(|&s| half(s)).collect();
+        let kernel_biases = scales.iter().zip(&zero_points).map(|(&s, &z)| half(-(z * s))).collect();
+        Self { dtype, rows: scales.len(), cols, packed, scales, zero_points, kernel_scales, kernel_biases }
     }
 
     /// The dtype: quint8 or quint4x2.
@@ -130,52 +144,13 @@ impl EmbeddingWeight {
         Ok(QTensor::from_int_repr(repr, qparams)?)
     }
 
-    /// The scale and bias the kernel uses for `row`: `bias = zero_point * scale * -1` in f32
-    /// (negating is exact),
-    /// both rounded to f16 and back for quint4x2 (prepack stores them as `at::Half`).
-    fn scale_bias(&self, row: usize) -> (f32, f32) {
-        let (scale, bias) = (self.scales[row], -(self.zero_points[row] * self.scales[row]));
-        match self.dtype {
-            QDType::QUInt4x2 => (half::f16::from_f32(scale).to_f32(), half::f16::from_f32(bias).to_f32()),
-            _ => (scale, bias),
-        }
-    }
-
-    /// Adds row `row`, weighted by `weight`, to `acc` as FBGEMM's `EmbeddingSpMDM` does:
-    /// `acc = fma(scale * w, q, acc + bias * w)`.
-    fn accumulate(&self, row: usize, weight: Option<f32>, acc: &mut [f32]) {
-        let (mut scale, mut bias) = self.scale_bias(row);
-        if let Some(w) = weight {
-            (scale, bias) = (scale * w, bias * w);
-        }
-        match self.dtype {
-            QDType::QUInt4x2 => {
-                let bytes = quint4x2_row_bytes(self.cols);
-                let data = &self.packed[row * bytes..(row + 1) * bytes];
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let q = (data[j / 2] >> (4 * (j % 2))) & 0x0f;
-                    *a = scale.mul_add(f32::from(q), *a + bias);
-                }
-            }
-            _ => {
-                let data = &self.packed[row * self.cols..(row + 1) * self.cols];
-                for (a, &q) in acc.iter_mut().zip(data) {
-                    *a = scale.mul_add(f32::from(q), *a + bias);
-                }
-            }
-        }
-    }
-
     /// The bags' sums, `[bags, embedding_dim]`.
     fn sum_bags(&self, context: &'static str, bags: &Bags) -> GraphResult<ArrayD<f32>> {
-        let d = self.cols;
-        let shape = [bags.bounds.len(), d];
+        let shape = [bags.bounds.len(), self.cols];
         let mut out = memory::zeroed::<f32>(context, &shape)?;
-        for (acc, &(start, end)) in out.chunks_mut(d.max(1)).zip(&bags.bounds) {
-            for k in start..end {
-                self.accumulate(bags.rows[k], bags.weights.as_ref().map(|w| w[k]), acc);
-            }
-        }
+        let bits = if self.dtype == QDType::QUInt4x2 { RowBits::Four } else { RowBits::Eight };
+        let table = QuantRows::new(bits, self.cols, &self.packed, &self.kernel_scales, &self.kernel_biases)?;
+        sum_bags(&table, &bags.rows, &bags.bounds, bags.weights.as_deref(), &mut out, Isa::active())?;
         Ok(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("bags x dim"))
     }
 
@@ -217,7 +192,7 @@ impl EmbeddingWeight {
         let packed = t.shaped::<u8>("weight", &[rows, bytes])?.into_raw_vec_and_offset().0;
         let scales = t.shaped::<f32>("scales", &[rows])?.into_raw_vec_and_offset().0;
         let zero_points = t.shaped::<f32>("zero_points", &[rows])?.into_raw_vec_and_offset().0;
-        let weight = Self { dtype: config.dtype, rows, cols, packed, scales, zero_points };
+        let weight = Self::assemble(config.dtype, cols, packed, scales, zero_points);
         // Checks the values and parameters as a quantized tensor would be checked.
         weight.to_qtensor().map_err(|e| t.mismatch(e.to_string()))?;
         Ok(weight)
