@@ -22,7 +22,7 @@ torch.backends.quantized.engine = "fbgemm"
 
 QAT = "out of scope: quantization-aware training (a later issue, #13/#14)"
 DYNAMIC = "out of scope: dynamic quantization (a later issue, #13/#14)"
-EMBEDDING = "out of scope: embedding quantization (a later issue, #13/#14)"
+EMBEDDING = "not yet: static convert does not swap it; `quantize_dynamic` does (see the dynamic table)"
 RNN = "out of scope: recurrent modules (a later issue, #13/#14)"
 REFERENCE = "out of scope: reference modules are FX / PT2E lowering, not eager convert"
 SPARSE = "out of scope: sparse quantized linear"
@@ -32,6 +32,10 @@ NORM = "not yet: needs PyTorch's quantized {} kernel (float module missing too)"
 # The QAT modules qfake has (its `qat_mappings()` extends qgraph's mappings).
 QAT_LINEAR = "supported with qfake: `Linear` -> `qfake::Linear` (`qfake::qat_mappings()`, forward only)"
 QAT_STATUS = {"nn.Linear": QAT_LINEAR}
+DYNAMIC_STATUS = {
+    "nn.Embedding": "supported: `Embedding` -> `QuantizedEmbedding` (quint8, quint4x2)",
+    "nn.EmbeddingBag": "supported: `EmbeddingBag` -> `QuantizedEmbeddingBag` (quint8, quint4x2)",
+}
 
 # What qgraph does with each PyTorch name (float module, fused module or op).
 STATUS = {
@@ -193,7 +197,8 @@ def main():
         ("DEFAULT_QAT_MODULE_MAPPINGS", "What `prepare_qat` swaps.",
          [(k, v, QAT_STATUS.get(k, here)) for k, v, here in module_rows(qm.DEFAULT_QAT_MODULE_MAPPINGS, QAT)]),
         ("DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS", "What `quantize_dynamic` swaps.",
-         module_rows(qm.DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS, DYNAMIC)),
+         [(k, v, DYNAMIC_STATUS.get(k, here))
+          for k, v, here in module_rows(qm.DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS, DYNAMIC)]),
         ("DEFAULT_REFERENCE_STATIC_QUANT_MODULE_MAPPINGS", None,
          module_rows(qm.DEFAULT_REFERENCE_STATIC_QUANT_MODULE_MAPPINGS, REFERENCE)),
         ("DEFAULT_STATIC_SPARSE_QUANT_MODULE_MAPPINGS and DEFAULT_DYNAMIC_SPARSE_QUANT_MODULE_MAPPINGS", None,

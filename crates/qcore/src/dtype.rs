@@ -4,7 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A quantized element type, named as in PyTorch (`torch.quint8`, `torch.qint8`, `torch.qint32`).
+/// A quantized element type, named as in PyTorch (`torch.quint8`, `torch.qint8`, `torch.qint32`,
+/// `torch.quint4x2`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum QDType {
     /// Unsigned 8-bit, [0, 255]: activations.
@@ -13,11 +14,14 @@ pub enum QDType {
     QInt8,
     /// Signed 32-bit: biases and accumulators.
     QInt32,
+    /// Unsigned 4-bit, [0, 15], two to a byte (`torch.quint4x2`): 4-bit embedding weights.
+    /// Stored packed as [`crate::subbyte`] describes; [`crate::IntRepr::U4`] holds it unpacked.
+    QUInt4x2,
 }
 
 impl QDType {
     /// Every dtype, in declaration order.
-    pub const ALL: [QDType; 3] = [QDType::QUInt8, QDType::QInt8, QDType::QInt32];
+    pub const ALL: [QDType; 4] = [QDType::QUInt8, QDType::QInt8, QDType::QInt32, QDType::QUInt4x2];
 
     /// Smallest value the storage type holds.
     pub const fn min(self) -> i64 {
@@ -25,6 +29,7 @@ impl QDType {
             QDType::QUInt8 => 0,
             QDType::QInt8 => -128,
             QDType::QInt32 => i32::MIN as i64,
+            QDType::QUInt4x2 => 0,
         }
     }
 
@@ -34,6 +39,7 @@ impl QDType {
             QDType::QUInt8 => 255,
             QDType::QInt8 => 127,
             QDType::QInt32 => i32::MAX as i64,
+            QDType::QUInt4x2 => 15,
         }
     }
 
@@ -43,6 +49,7 @@ impl QDType {
             QDType::QUInt8 => "torch.quint8",
             QDType::QInt8 => "torch.qint8",
             QDType::QInt32 => "torch.qint32",
+            QDType::QUInt4x2 => "torch.quint4x2",
         }
     }
 }

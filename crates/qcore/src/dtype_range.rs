@@ -53,7 +53,7 @@ pub fn calculate_qmin_qmax(
     };
     match (quant_min, quant_max) {
         (None, None) => Ok(match (dtype, reduce_range) {
-            (QDType::QInt32, _) => (dtype.min(), dtype.max()),
+            (QDType::QInt32 | QDType::QUInt4x2, _) => (dtype.min(), dtype.max()),
             (_, false) => (dtype.min(), dtype.max()),
             (QDType::QInt8, true) => (-64, 63),
             (QDType::QUInt8, true) => (0, 127),
@@ -91,6 +91,9 @@ mod tests {
             (QDType::QInt8, true, (-64, 63)),
             (QDType::QInt32, false, (-(1 << 31), (1 << 31) - 1)),
             (QDType::QInt32, true, (-(1 << 31), (1 << 31) - 1)),
+            // quint4x2 takes the `else` branch of PyTorch's function whatever reduce_range says.
+            (QDType::QUInt4x2, false, (0, 15)),
+            (QDType::QUInt4x2, true, (0, 15)),
         ];
         for (dtype, reduce, expected) in cases {
             assert_eq!(calculate_qmin_qmax(None, None, dtype, reduce).unwrap(), expected, "{dtype} {reduce}");

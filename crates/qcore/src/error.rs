@@ -106,6 +106,16 @@ pub enum QError {
         /// The zero point as given.
         zero_point: f32,
     },
+    /// A value that does not fit a sub-byte dtype, or packed bytes of the wrong length.
+    #[error("{context}: {what}; {fix}")]
+    SubByte {
+        /// The function that rejected it.
+        context: &'static str,
+        /// What is wrong, with the value.
+        what: String,
+        /// What to do instead.
+        fix: &'static str,
+    },
     /// A call that needs per-tensor parameters on a per-channel tensor, or the reverse.
     #[error("{context}: the tensor is quantized {actual}; {hint}")]
     WrongQScheme {

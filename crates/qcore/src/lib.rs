@@ -28,6 +28,7 @@ pub mod math;
 mod per_tensor;
 pub mod requant;
 mod scalar;
+pub mod subbyte;
 mod tensor;
 
 pub use display::{float_tensor_str, int_tensor_str, python_float_repr};

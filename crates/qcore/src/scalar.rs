@@ -77,6 +77,8 @@ fn double_to_storage(v: f64, dtype: QDType) -> i32 {
         QDType::QUInt8 => i32::from(as_i32 as u8),
         QDType::QInt8 => i32::from(as_i32 as i8),
         QDType::QInt32 => as_i32,
+        // `static_cast<uint8_t>` of quint4x2's underlying type, as quint8.
+        QDType::QUInt4x2 => i32::from(as_i32 as u8),
     }
 }
 
@@ -146,10 +148,11 @@ impl AffineQuantizer {
     /// bound), `r = cvtps2dq(t)` (ties to even; below -2^31 gives `i32::MIN`), `r + zero_point`
     /// with **wrapping** i32 addition, then clamp. So +Inf and NaN give qmax unless the wrap hits:
     /// quint8 with zero point >= 128 gives 0, and -Inf with a negative qint8 zero point gives 127.
-    /// qint32 follows [`quantize_val`].
+    /// qint32 and quint4x2 (PyTorch's sub-byte per-tensor kernel is scalar) follow
+    /// [`quantize_val`].
     pub fn quantize(&self, x: f32) -> i32 {
         match self.dtype {
-            QDType::QInt32 => {
+            QDType::QInt32 | QDType::QUInt4x2 => {
                 quantize_val_with_inverse(self.inv_scale, self.zero_point.into(), x, self.dtype)
             }
             QDType::QUInt8 | QDType::QInt8 => {

@@ -12,7 +12,9 @@ use crate::{AffineQuantizer, QDType, QError, QResult, QScheme};
 /// The integer values of a quantized tensor, in the storage type of its dtype.
 ///
 /// This is what PyTorch's `int_repr()` returns: `torch.uint8` for quint8, `torch.int8` for qint8,
-/// `torch.int32` for qint32.
+/// `torch.int32` for qint32. quint4x2 is held unpacked here, one value in `0..=15` per element
+/// (PyTorch's `int_repr()` gives its bytes, packed two values to a byte across rows);
+/// the row-padded bytes an embedding table keeps are [`crate::subbyte::pack_quint4x2_rows`] of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IntRepr {
     /// quint8 storage.
@@ -21,6 +23,8 @@ pub enum IntRepr {
     I8(ArrayD<i8>),
     /// qint32 storage.
     I32(ArrayD<i32>),
+    /// quint4x2 values, unpacked: one `u8` in `0..=15` per element.
+    U4(ArrayD<u8>),
 }
 
 impl IntRepr {
@@ -30,6 +34,7 @@ impl IntRepr {
             IntRepr::U8(_) => QDType::QUInt8,
             IntRepr::I8(_) => QDType::QInt8,
             IntRepr::I32(_) => QDType::QInt32,
+            IntRepr::U4(_) => QDType::QUInt4x2,
         }
     }
 
@@ -39,13 +44,14 @@ impl IntRepr {
             IntRepr::U8(a) => a.shape(),
             IntRepr::I8(a) => a.shape(),
             IntRepr::I32(a) => a.shape(),
+            IntRepr::U4(a) => a.shape(),
         }
     }
 
     /// Every value widened to `i32`, whatever the storage type.
     pub fn to_i32(&self) -> ArrayD<i32> {
         match self {
-            IntRepr::U8(a) => a.mapv(i32::from),
+            IntRepr::U8(a) | IntRepr::U4(a) => a.mapv(i32::from),
             IntRepr::I8(a) => a.mapv(i32::from),
             IntRepr::I32(a) => a.clone(),
         }
@@ -72,6 +78,7 @@ impl IntRepr {
             QDType::QUInt8 => IntRepr::U8(values.mapv(|v| v as u8)),
             QDType::QInt8 => IntRepr::I8(values.mapv(|v| v as i8)),
             QDType::QInt32 => IntRepr::I32(values),
+            QDType::QUInt4x2 => IntRepr::U4(values.mapv(|v| v as u8)),
         }
     }
 }
@@ -187,6 +194,9 @@ impl QTensor {
     /// `_make_per_tensor_quantized_tensor` / `_make_per_channel_quantized_tensor`.
     pub fn from_int_repr(repr: IntRepr, qparams: QParams) -> QResult<Self> {
         qparams.validate("QTensor::from_int_repr", repr.shape(), repr.dtype())?;
+        if let IntRepr::U4(a) = &repr {
+            crate::subbyte::check_quint4x2("QTensor::from_int_repr", a.iter().copied())?;
+        }
         Ok(Self { repr, qparams })
     }
 
@@ -362,6 +372,7 @@ where
         QDType::QUInt8 => IntRepr::U8(x.mapv(|v| quantizer.quantize(v) as u8)),
         QDType::QInt8 => IntRepr::I8(x.mapv(|v| quantizer.quantize(v) as i8)),
         QDType::QInt32 => IntRepr::I32(x.mapv(|v| quantizer.quantize(v))),
+        QDType::QUInt4x2 => IntRepr::U4(x.mapv(|v| quantizer.quantize(v) as u8)),
     };
     Ok(QTensor { repr, qparams: QParams::PerTensor { scale, zero_point } })
 }

@@ -168,6 +168,9 @@ fn owned(view: TensorView<'_>) -> OwnedTensor {
         TensorView::I64(x) => {
             OwnedTensor { dtype: Dtype::I64, shape: x.shape().to_vec(), bytes: bytes(x, i64::to_le_bytes) }
         }
+        TensorView::U8(x) => {
+            OwnedTensor { dtype: Dtype::U8, shape: x.shape().to_vec(), bytes: bytes(x, u8::to_le_bytes) }
+        }
     }
 }
 

@@ -105,8 +105,8 @@ pub use value::{
     DType, QuantElement, QuantTensor, QuantTensorOf, Value, pytorch_threads, set_pytorch_threads,
 };
 pub use workflow::{
-    QConfigMapping, calibrate, convert, convert_with, prepare, prepare_qat_with, prepare_with, quantize,
-    quantize_with,
+    DynamicDType, DynamicQConfigSpec, QConfigMapping, calibrate, convert, convert_with, prepare,
+    prepare_qat_with, prepare_with, quantize, quantize_dynamic, quantize_with,
 };
 pub use {qkernels, qobserve};
 

@@ -12,11 +12,15 @@ use serde::de::DeserializeOwned;
 use crate::container::{Graph, Sequential};
 use crate::functional::{FloatFunctional, QFunctional};
 use crate::nn::{
-    AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv, Dropout, ELU, Flatten, Fused, Hardsigmoid, Hardswish,
-    Hardtanh, Identity, LeakyReLU, Linear, MaxPool, ReLU, ReLU6, Sigmoid, Softmax, Tanh, Threshold, Upsample,
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv, Dropout, ELU, Embedding, EmbeddingBag, Flatten, Fused,
+    Hardsigmoid, Hardswish, Hardtanh, Identity, LeakyReLU, Linear, MaxPool, ReLU, ReLU6, Sigmoid, Softmax,
+    Tanh, Threshold, Upsample,
+};
+use crate::quantized::{
+    QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedLinear,
+    activation as qa,
 };
 use crate::nn::{GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell};
-use crate::quantized::{QuantizedBatchNorm, QuantizedConv, QuantizedLinear, activation as qa};
 use crate::record::Record;
 use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
 use crate::workflow::{Observed, ObservedConfig, ObserverModule};
@@ -193,6 +197,10 @@ impl Default for Loaders {
             LSTMCell => ["LSTMCell"],
             GRUCell => ["GRUCell"],
             RNNCell => ["RNNCell"],
+            Embedding => ["Embedding"],
+            EmbeddingBag => ["EmbeddingBag"],
+            QuantizedEmbedding => ["QuantizedEmbedding"],
+            QuantizedEmbeddingBag => ["QuantizedEmbeddingBag"],
         );
         from_config!(l:
             QuantStub => "QuantStub",

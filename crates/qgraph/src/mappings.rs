@@ -18,7 +18,10 @@ use qkernels::elementwise::PerTensor;
 use crate::functional::{FloatFunctional, QFunctional};
 use crate::nn;
 use crate::qconfig::QConfig;
-use crate::quantized::{QuantizedAct, QuantizedBatchNorm, QuantizedConv, QuantizedLinear, activation as qa};
+use crate::quantized::{
+    QuantizedAct, QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding, QuantizedEmbeddingBag,
+    QuantizedLinear, activation as qa,
+};
 use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, Quantize};
 use crate::{GraphError, GraphResult, Module};
 
@@ -359,4 +362,33 @@ pub fn get_default_static_quant_module_mappings() -> Mappings {
         |dropout| dropout.swap_at_convert.then(|| boxed(qa::Dropout::new(dropout.p()))).transpose(),
     );
     m
+}
+
+/// PyTorch's `DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS` for the modules of this crate: what
+/// [`quantize_dynamic`](crate::workflow::quantize_dynamic) swaps. `Embedding` and `EmbeddingBag`
+/// become their weight-only quantized forms (quint8 or quint4x2, as the qconfig's weight observer
+/// says).
+///
+/// ```
+/// use qgraph::mappings::{ModuleKey, Swap, get_default_dynamic_quant_module_mappings};
+/// use qgraph::nn;
+/// let mappings = get_default_dynamic_quant_module_mappings();
+/// assert!(mappings.swap_keys(Swap::Dynamic).any(|k| k == &ModuleKey::new::<nn::EmbeddingBag>("EmbeddingBag")));
+/// ```
+pub fn get_default_dynamic_quant_module_mappings() -> Mappings {
+    let mut m = Mappings::empty();
+    register_embedding_dynamic(&mut m);
+    // Dynamic Linear and recurrent modules (LSTM, GRU, their cells) register their entries here,
+    // each by its own `register_*` function.
+    m
+}
+
+/// The dynamic entries of `Embedding` and `EmbeddingBag`.
+fn register_embedding_dynamic(m: &mut Mappings) {
+    m.register_swap::<nn::Embedding>(Swap::Dynamic, "Embedding", |emb, qconfig| {
+        boxed(QuantizedEmbedding::from_float(emb, &qconfig.weight))
+    });
+    m.register_swap::<nn::EmbeddingBag>(Swap::Dynamic, "EmbeddingBag", |bag, qconfig| {
+        boxed(QuantizedEmbeddingBag::from_float(bag, &qconfig.weight))
+    });
 }

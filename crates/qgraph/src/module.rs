@@ -20,6 +20,8 @@ pub enum TensorView<'a> {
     F64(ArrayViewD<'a, f64>),
     /// i64 (zero points).
     I64(ArrayViewD<'a, i64>),
+    /// u8 (packed embedding rows).
+    U8(ArrayViewD<'a, u8>),
 }
 
 /// An op of `FloatFunctional` / `QFunctional`: the calls a module makes on one instance

@@ -126,3 +126,21 @@ fn symmetric_qnnpack_activation() -> ObserverSpec {
     ObserverSpec::histogram()
         .with_args(|a| a.dtype(qobserve::QDType::QInt8).reduce_range(false).eps(2f32.powi(-12)))
 }
+
+/// `float_qparams_weight_only_qconfig`: float activations (a placeholder), quint8 embedding
+/// weights with a float scale and zero point per row (`default_float_qparams_observer`).
+pub fn float_qparams_weight_only_qconfig() -> QConfig {
+    QConfig {
+        activation: defaults::default_placeholder_observer(),
+        weight: defaults::default_float_qparams_observer(),
+    }
+}
+
+/// `float_qparams_weight_only_qconfig_4bit`: as [`float_qparams_weight_only_qconfig`] with
+/// quint4x2 weights (`default_float_qparams_observer_4bit`).
+pub fn float_qparams_weight_only_qconfig_4bit() -> QConfig {
+    QConfig {
+        activation: defaults::default_placeholder_observer(),
+        weight: defaults::default_float_qparams_observer_4bit(),
+    }
+}

@@ -372,6 +372,10 @@ pub enum DType {
     QInt8,
     /// `torch.qint32`.
     QInt32,
+    /// `torch.quint4x2` (embedding weights only; no [`Value`] holds it).
+    QUInt4x2,
+    /// `torch.int64`: indices and offsets ([`Value::Int`]).
+    Int64,
 }
 
 impl From<QDType> for DType {
@@ -380,18 +384,22 @@ impl From<QDType> for DType {
             QDType::QUInt8 => DType::QUInt8,
             QDType::QInt8 => DType::QInt8,
             QDType::QInt32 => DType::QInt32,
+            QDType::QUInt4x2 => DType::QUInt4x2,
         }
     }
 }
 
 impl fmt::Display for DType {
-    /// PyTorch's name without `torch.`: `float32`, `quint8`, `qint8`, `qint32`.
+    /// PyTorch's name without `torch.`: `float32`, `quint8`, `qint8`, `qint32`, `quint4x2`,
+    /// `int64`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             DType::Float32 => "float32",
             DType::QUInt8 => "quint8",
             DType::QInt8 => "qint8",
             DType::QInt32 => "qint32",
+            DType::QUInt4x2 => "quint4x2",
+            DType::Int64 => "int64",
         })
     }
 }
@@ -408,6 +416,8 @@ pub enum Value {
     QInt8(QuantTensorOf<i8>),
     /// qint32 per-tensor, stored channels-last.
     QInt32(QuantTensorOf<i32>),
+    /// int64 (`torch.long`), standard layout: indices and offsets of embeddings.
+    Int(ArrayD<i64>),
     /// Several values, in order.
     Tuple(Vec<Value>),
 }
@@ -434,6 +444,7 @@ impl From<Vec<Value>> for Value {
 #[derive(Clone, Copy)]
 enum Tensor<'a> {
     Float(&'a ArrayD<f32>),
+    Int(&'a ArrayD<i64>),
     Quant(&'a dyn AnyQuant),
 }
 
@@ -441,6 +452,7 @@ impl<'a> Tensor<'a> {
     fn dtype(self) -> DType {
         match self {
             Tensor::Float(_) => DType::Float32,
+            Tensor::Int(_) => DType::Int64,
             Tensor::Quant(q) => q.dtype().into(),
         }
     }
@@ -448,6 +460,7 @@ impl<'a> Tensor<'a> {
     fn shape(self) -> &'a [usize] {
         match self {
             Tensor::Float(x) => x.shape(),
+            Tensor::Int(x) => x.shape(),
             Tensor::Quant(q) => q.shape(),
         }
     }
@@ -497,6 +510,7 @@ impl Value {
             Value::Quant(q) => Ok(Tensor::Quant(q)),
             Value::QInt8(q) => Ok(Tensor::Quant(q)),
             Value::QInt32(q) => Ok(Tensor::Quant(q)),
+            Value::Int(x) => Ok(Tensor::Int(x)),
             Value::Tuple(values) => Err(values),
         }
     }
@@ -505,7 +519,11 @@ impl Value {
     /// (...)`.
     pub fn describe(&self) -> String {
         match self.as_tensor() {
-            Ok(t) => format!("a {} tensor of shape {:?}", t.dtype(), t.shape()),
+            Ok(t) => {
+                let dtype = t.dtype().to_string();
+                let article = if dtype.starts_with('i') { "an" } else { "a" };
+                format!("{article} {dtype} tensor of shape {:?}", t.shape())
+            }
             Err(values) => {
                 let items: Vec<String> = values.iter().map(Value::describe).collect();
                 format!("a tuple of {} values ({})", values.len(), items.join(", "))
@@ -551,6 +569,11 @@ impl Value {
         match self {
             Value::Float(x) => Ok(x),
             Value::Tuple(_) => Err(self.not_a_tensor(module)),
+            Value::Int(_) => Err(self.unsupported(
+                module,
+                "a float32 tensor",
+                "int64 tensors are indices; pass them to an Embedding or EmbeddingBag",
+            )),
             _ => Err(GraphError::ExpectedFloat { module: module.to_string() }),
         }
     }
@@ -567,6 +590,11 @@ impl Value {
         match T::from_value(self) {
             Ok(q) => Ok(q),
             Err(Value::Float(_)) => Err(GraphError::ExpectedQuantized { module: module.to_string() }),
+            Err(other @ Value::Int(_)) => Err(other.unsupported(
+                module,
+                &format!("{} tensors", DType::from(T::DTYPE)),
+                "int64 tensors are indices; pass them to an Embedding or EmbeddingBag",
+            )),
             Err(other @ Value::Tuple(_)) => Err(other.not_a_tensor(module)),
             Err(other) => {
                 let dtype = DType::from(T::DTYPE);
@@ -582,6 +610,30 @@ impl Value {
         }
     }
 
+    /// The int64 tensor, or an error naming `module`, the value and the fix.
+    pub fn into_int(self, module: &str) -> GraphResult<ArrayD<i64>> {
+        match self {
+            Value::Int(x) => Ok(x),
+            other => Err(other.int_expected(module)),
+        }
+    }
+
+    /// The int64 tensor, borrowed, or an error naming `module`, the value and the fix.
+    pub fn as_int(&self, module: &str) -> GraphResult<&ArrayD<i64>> {
+        match self {
+            Value::Int(x) => Ok(x),
+            other => Err(other.int_expected(module)),
+        }
+    }
+
+    fn int_expected(&self, module: &str) -> GraphError {
+        self.unsupported(
+            module,
+            "an int64 tensor of indices",
+            "pass the indices as Value::Int (an ndarray of i64), as PyTorch takes torch.long",
+        )
+    }
+
     /// The values of a tuple, or an error naming `module` for a tensor.
     pub fn into_tuple(self, module: &str) -> GraphResult<Vec<Value>> {
         match self {
@@ -595,11 +647,18 @@ impl Value {
     }
 
     /// The float tensor, dequantizing a quantized value (what a user reads at the end of a
-    /// model); an error for a tuple.
+    /// model); an error for a tuple or an int64 tensor.
     pub fn to_float(&self) -> GraphResult<ArrayD<f32>> {
         Ok(match self.tensor("Value::to_float")? {
             Tensor::Float(x) => x.clone(),
             Tensor::Quant(q) => q.dequantize(),
+            Tensor::Int(_) => {
+                return Err(self.unsupported(
+                    "Value::to_float",
+                    "a float or quantized tensor",
+                    "read int64 values with Value::as_int",
+                ));
+            }
         })
     }
 
@@ -676,7 +735,31 @@ mod tests {
             DType::QUInt8 => QuantTensor::quantize(&x, PerTensor::new(0.1, 128)).unwrap().into(),
             DType::QInt8 => QuantTensorOf::<i8>::quantize(&x, q).unwrap().into(),
             DType::QInt32 => QuantTensorOf::<i32>::quantize(&x, q).unwrap().into(),
+            DType::Int64 => Value::Int(x.mapv(|v| v as i64)),
+            DType::QUInt4x2 => unreachable!("no value holds quint4x2"),
         }
+    }
+
+    #[test]
+    fn int64_values_hold_indices_and_are_refused_elsewhere() {
+        let v = small(DType::Int64);
+        assert_eq!(v.dtype().unwrap(), DType::Int64);
+        assert_eq!(v.describe(), "an int64 tensor of shape [1, 2, 2, 3]");
+        assert!(!v.is_quant());
+        assert_eq!(v.as_int("Embedding").unwrap().shape(), &[1, 2, 2, 3]);
+        assert_eq!(v.clone().into_int("Embedding").unwrap().iter().copied().max(), Some(1));
+        let err = v.clone().into_float("Linear").unwrap_err().to_string();
+        assert!(err.contains("Linear received an int64 tensor") && err.contains("Embedding"), "{err}");
+        assert!(
+            v.clone()
+                .into_quant("QuantizedConv2d")
+                .unwrap_err()
+                .to_string()
+                .contains("int64 tensors are indices")
+        );
+        assert!(v.to_float().is_err());
+        let err = small(DType::Float32).into_int("Embedding").unwrap_err().to_string();
+        assert!(err.contains("Embedding received a float32 tensor") && err.contains("Value::Int"), "{err}");
     }
 
     #[test]

@@ -164,6 +164,16 @@ impl ObserverModule {
     /// The parameters it chose (`calculate_qparams`), as quint8 per-tensor activation parameters.
     pub fn activation_qparams(&self) -> GraphResult<PerTensor> {
         let observer = self.lock();
+        if observer.spec().args().is_some_and(|a| a.dtype == qcore::QDType::QUInt4x2) {
+            return Err(GraphError::Workflow {
+                step: "convert",
+                reason: format!(
+                    "activation observer {} quantizes to torch.quint4x2, which only embedding weights take; use \
+                     quint8 for activations",
+                    observer.name()
+                ),
+            });
+        }
         match observer.calculate_qparams()? {
             QParams::PerTensor { scale, zero_point } => Ok(PerTensor::new(scale, zero_point)),
             other => Err(GraphError::Workflow {
@@ -439,6 +449,98 @@ pub fn quantize_dynamic_with(
     mappings: &Mappings,
 ) -> GraphResult<usize> {
     swap_with(model, mapping, mappings, Swap::Dynamic)
+}
+
+/// The `dtype` argument of [`quantize_dynamic`]: which default module set and qconfig a
+/// [`DynamicQConfigSpec::Default`] or [`DynamicQConfigSpec::Types`] spec gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DynamicDType {
+    /// `torch.qint8`: Linear and the recurrent modules with `default_dynamic_qconfig`.
+    QInt8,
+    /// `torch.float16`: the same modules with `float16_dynamic_qconfig`.
+    Float16,
+    /// `torch.quint8`: Embedding and EmbeddingBag with `float_qparams_weight_only_qconfig`.
+    QUInt8,
+    /// `torch.quint4x2`: EmbeddingBag with `float_qparams_weight_only_qconfig_4bit`.
+    QUInt4x2,
+}
+
+impl DynamicDType {
+    /// The class names `quantize_dynamic` quantizes by default for this dtype.
+    pub fn default_types(self) -> &'static [&'static str] {
+        const RECURRENT_AND_LINEAR: &[&str] = &["Linear", "LSTM", "GRU", "LSTMCell", "RNNCell", "GRUCell"];
+        match self {
+            DynamicDType::QInt8 | DynamicDType::Float16 => RECURRENT_AND_LINEAR,
+            DynamicDType::QUInt8 => &["EmbeddingBag", "Embedding"],
+            DynamicDType::QUInt4x2 => &["EmbeddingBag"],
+        }
+    }
+
+    /// The qconfig a module named in a set gets for this dtype.
+    pub fn default_qconfig(self) -> GraphResult<QConfig> {
+        match self {
+            DynamicDType::QInt8 => Ok(crate::qconfig::default_dynamic_qconfig()),
+            DynamicDType::QUInt8 => Ok(crate::qconfig::float_qparams_weight_only_qconfig()),
+            DynamicDType::QUInt4x2 => Ok(crate::qconfig::float_qparams_weight_only_qconfig_4bit()),
+            // The float16 dynamic qconfig and modules are not part of qgraph yet.
+            DynamicDType::Float16 => Err(GraphError::Workflow {
+                step: "quantize_dynamic",
+                reason: "dtype float16 has no default qconfig in this build; pass a \
+                         DynamicQConfigSpec::Mapping with the qconfigs to use"
+                    .to_string(),
+            }),
+        }
+    }
+}
+
+/// The `qconfig_spec` argument of [`quantize_dynamic`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum DynamicQConfigSpec {
+    /// `None`: the dtype's default module set ([`DynamicDType::default_types`]) with its
+    /// default qconfig.
+    #[default]
+    Default,
+    /// A set of class names (`{nn.EmbeddingBag}`): those modules with the dtype's default qconfig.
+    Types(Vec<String>),
+    /// A dict (by type, by name, global): qconfigs as given; the dtype is ignored.
+    Mapping(QConfigMapping),
+}
+
+/// PyTorch's `quantize_dynamic(model, qconfig_spec, dtype)`: puts the model in eval mode and
+/// swaps every module with a qconfig and an entry in
+/// [`get_default_dynamic_quant_module_mappings`](crate::mappings::get_default_dynamic_quant_module_mappings)
+/// for its dynamic form, in place. Modules with a qconfig but no dynamic form stay as they are,
+/// as in PyTorch. Returns the number of modules swapped.
+///
+/// ```
+/// use qgraph::nn::{Embedding, EmbeddingBag, EmbeddingBagMode};
+/// use qgraph::workflow::{DynamicDType, DynamicQConfigSpec, quantize_dynamic};
+/// use qgraph::{Module, Sequential};
+/// let mut model: Box<dyn Module> = Box::new(Sequential::new(vec![
+///     Box::new(Embedding::new(10, 4)?),
+///     Box::new(EmbeddingBag::new(10, 4, EmbeddingBagMode::Sum)?),
+/// ]));
+/// let swapped = quantize_dynamic(&mut model, DynamicQConfigSpec::Default, DynamicDType::QUInt4x2)?;
+/// assert_eq!(swapped, 1); // quint4x2 quantizes EmbeddingBag only
+/// assert_eq!(model.get("1")?.type_name(), "QuantizedEmbeddingBag");
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn quantize_dynamic(
+    model: &mut Box<dyn Module>,
+    qconfig_spec: DynamicQConfigSpec,
+    dtype: DynamicDType,
+) -> GraphResult<usize> {
+    let by_types = |types: &mut dyn Iterator<Item = &str>| -> GraphResult<QConfigMapping> {
+        let qconfig = dtype.default_qconfig()?;
+        Ok(types.fold(QConfigMapping::default(), |m, t| m.set_type(t, Some(qconfig.clone()))))
+    };
+    let mapping = match qconfig_spec {
+        DynamicQConfigSpec::Default => by_types(&mut dtype.default_types().iter().copied())?,
+        DynamicQConfigSpec::Types(types) => by_types(&mut types.iter().map(String::as_str))?,
+        DynamicQConfigSpec::Mapping(mapping) => mapping,
+    };
+    crate::module::eval(model);
+    quantize_dynamic_with(model, &mapping, &crate::mappings::get_default_dynamic_quant_module_mappings())
 }
 
 /// Replaces every module with a qconfig and an entry in `table` by its swapped form (not looking

@@ -559,6 +559,9 @@ fn round_trip<M>(
                 a.shape().to_vec(),
                 a.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ),
+            TensorView::U8(a) => {
+                (name, safetensors::Dtype::U8, a.shape().to_vec(), a.iter().copied().collect())
+            }
         })
         .collect();
     let map: BTreeMap<String, RawTensor<'_>> =

@@ -21,6 +21,7 @@ mod x86;
 
 pub mod conv;
 pub mod elementwise;
+pub mod embedding;
 pub mod float;
 pub mod gemm;
 pub mod layout;

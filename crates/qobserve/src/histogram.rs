@@ -373,6 +373,7 @@ pub(crate) fn dst_nbins(dtype: QDType) -> f64 {
     match dtype {
         QDType::QUInt8 | QDType::QInt8 => 256.0,
         QDType::QInt32 => 4_294_967_296.0,
+        QDType::QUInt4x2 => 16.0,
     }
 }
 

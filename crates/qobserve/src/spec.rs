@@ -363,8 +363,6 @@ impl ObserverSpec {
 }
 
 /// PyTorch's named observer defaults (`torch.ao.quantization.observer`), as descriptions.
-///
-/// `default_float_qparams_observer_4bit` is missing: qcore has no quint4x2.
 pub mod defaults {
     use super::*;
 
@@ -441,6 +439,17 @@ pub mod defaults {
         ObserverSpec::PerChannelMinMax {
             ch_axis: 0,
             args: UniformArgs::per_channel().qscheme(QScheme::PerChannelAffineFloatQParams),
+        }
+    }
+
+    /// `default_float_qparams_observer_4bit`: as [`default_float_qparams_observer`] with
+    /// dtype quint4x2 (range 0..=15; 4-bit embedding weights).
+    pub const fn default_float_qparams_observer_4bit() -> ObserverSpec {
+        ObserverSpec::PerChannelMinMax {
+            ch_axis: 0,
+            args: UniformArgs::per_channel()
+                .dtype(QDType::QUInt4x2)
+                .qscheme(QScheme::PerChannelAffineFloatQParams),
         }
     }
 

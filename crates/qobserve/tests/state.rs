@@ -33,6 +33,7 @@ fn all_specs() -> Vec<ObserverSpec> {
         defaults::per_channel_weight_observer_range_neg_127_to_127(),
         defaults::default_dynamic_quant_observer(),
         defaults::default_float_qparams_observer(),
+        defaults::default_float_qparams_observer_4bit(),
         defaults::default_fixed_qparams_range_neg1to1_observer(),
         defaults::default_fixed_qparams_range_0to1_observer(),
         defaults::default_placeholder_observer(),

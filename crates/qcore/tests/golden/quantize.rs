@@ -52,6 +52,7 @@ fn dequantize_of_raw_integers_matches_pytorch() {
             qcore::QDType::QUInt8 => IntRepr::U8(ints.mapv(|v| v as u8)),
             qcore::QDType::QInt8 => IntRepr::I8(ints.mapv(|v| v as i8)),
             qcore::QDType::QInt32 => IntRepr::I32(ints),
+            qcore::QDType::QUInt4x2 => IntRepr::U4(ints.mapv(|v| v as u8)),
         };
         let qparams =
             QParams::PerTensor { scale: f64_of(&case["scale"]), zero_point: i64_of(&case["zero_point"]) };

@@ -56,3 +56,14 @@ pub(crate) fn uniform(shape: &[usize], bound: f32) -> ArrayD<f32> {
 pub(crate) fn default_bound(fan_in: usize) -> f32 {
     if fan_in == 0 { 0.0 } else { 1.0 / (fan_in as f32).sqrt() }
 }
+
+/// A tensor of `shape` drawn from `N(0, 1)` (PyTorch's `normal_` for `nn.Embedding`), by the
+/// Box-Muller transform of two draws of the same stream.
+pub(crate) fn standard_normal(shape: &[usize]) -> ArrayD<f32> {
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+        // 53-bit uniforms in (0, 1] and [0, 1).
+        let u1 = ((next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        let u2 = (next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    })
+}

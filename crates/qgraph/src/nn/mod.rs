@@ -38,6 +38,7 @@ macro_rules! weight_bias_layer {
 mod args;
 mod batchnorm;
 mod conv;
+mod embedding;
 mod fused;
 mod init;
 mod linear;
@@ -52,6 +53,8 @@ pub(crate) use args::check_sizes;
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormOptions};
 pub(crate) use conv::check_weight_bias;
 pub use conv::{Conv, Conv1d, Conv2d, Conv3d, ConvBuilder, ConvOptions};
+pub(crate) use embedding::Bags;
+pub use embedding::{Embedding, EmbeddingBag, EmbeddingBagMode, EmbeddingBagOptions, EmbeddingOptions};
 pub use fused::{Fused, FusedKind};
 pub use init::manual_seed;
 pub use linear::{Linear, LinearOptions};

@@ -19,10 +19,12 @@ macro_rules! quantized_forward {
 pub mod activation;
 mod batchnorm;
 mod conv;
+mod embedding;
 mod linear;
 mod weighted;
 
 pub use batchnorm::QuantizedBatchNorm;
 pub use conv::QuantizedConv;
+pub use embedding::{EmbeddingWeight, QuantizedEmbedding, QuantizedEmbeddingBag};
 pub use linear::QuantizedLinear;
 pub use weighted::{QuantizedAct, QuantizedWeight};
