@@ -20,6 +20,7 @@
 //! ```
 
 mod display;
+pub mod dynamic;
 mod dtype;
 mod dtype_range;
 mod error;
