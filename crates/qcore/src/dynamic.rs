@@ -5,8 +5,11 @@
 //! * [`min_max`]: FBGEMM's `FindMinMax` (0, 0 for an empty input); NaN and ±Inf are errors.
 //! * [`choose_dynamic_qparams`]: PyTorch's `quant_utils::ChooseQuantizationParams(min, max, 0,
 //!   255, preserve_sparsity = false, force_scale_power_of_two = false, reduce_range)`.
-//! * [`DynamicQuantizer`]: FBGEMM's legacy `QuantizeAvx2`, the rule `PackAWithQuantRowOffset`
-//!   quantizes activations with: `clamp(cvtps2dq(min(fma(x, 1/scale, zp), 2^31 - 128)), 0, 255)`.
+//! * [`DynamicQuantizer`]: the rule `PackAWithQuantRowOffset` quantizes activations with,
+//!   FBGEMM's non-legacy `QuantizeAvx2`: `clamp(cvtps2dq(min(x * (1/scale), 2^31 - 128)) + zp, 0,
+//!   255)`, the rule of `quantize_per_tensor` ([`crate::AffineQuantizer::quantize`]). (FBGEMM's
+//!   legacy variant, a fused `fma(x, 1/scale, zp)`, gives other bytes on rounding ties; PyTorch
+//!   2.15 does not run it here.)
 //! * [`f16_weight`]: `HandleWeightsSaturation` (clamp to ±65504) and round to nearest even.
 //!
 //! ```
@@ -22,13 +25,10 @@
 
 use half::f16;
 
-use crate::{PerTensor, QError, QResult, cvt_f32_to_i32_x86, inverse_scale};
+use crate::{AffineQuantizer, PerTensor, QDType, QError, QResult};
 
 /// `SMALL_SCALE_THRESHOLD` of PyTorch's `QuantUtils.h`: the smallest normal fp16, as an f32.
 pub const SMALL_SCALE_THRESHOLD: f32 = 6.1e-5;
-
-/// The largest f32 below `i32::MAX`: FBGEMM clips scaled values to it before converting.
-const BOUND: f32 = 2_147_483_520.0;
 
 /// The largest finite fp16, 65504: `HandleWeightsSaturation` clamps weights to ±this.
 pub const F16_MAX: f32 = 65504.0;
@@ -117,50 +117,37 @@ pub fn choose_dynamic_qparams(min: f32, max: f32, reduce_range: bool) -> QResult
     Ok(PerTensor::new(scale, i64::from(zero_point)))
 }
 
-/// The activation quantize rule of FBGEMM's dynamic GEMM (`PackAWithQuantRowOffset::pack` calls
-/// the legacy `QuantizeAvx2`, whose vector body and masked tail agree).
+/// The activation quantize rule of FBGEMM's dynamic GEMM (`PackAWithQuantRowOffset::pack`), which
+/// is [`AffineQuantizer::quantize`] for quint8: FBGEMM's `QuantizeAvx2` (vector body and masked
+/// tail agree).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DynamicQuantizer {
-    inv: f32,
-    zp: f32,
-    zero_point: u8,
+    q: AffineQuantizer,
 }
 
 impl DynamicQuantizer {
     /// The rule for `q` (from [`choose_dynamic_qparams`]): inverse `1.0f32 / f32(scale)`.
     ///
-    /// Errors: a scale [`inverse_scale`] rejects, a zero point outside [0, 255].
+    /// Errors: a scale [`crate::inverse_scale`] rejects, a zero point outside [0, 255].
     pub fn new(q: PerTensor) -> QResult<Self> {
-        const CONTEXT: &str = "qcore::dynamic::DynamicQuantizer::new";
-        let inv = inverse_scale(CONTEXT, q.scale)?;
-        let zero_point = u8::try_from(q.zero_point).map_err(|_| QError::ZeroPointOutOfRange {
-            context: CONTEXT,
-            zero_point: q.zero_point,
-            dtype: crate::QDType::QUInt8,
-            qmin: 0,
-            qmax: 255,
-        })?;
-        Ok(Self { inv, zp: f32::from(zero_point), zero_point })
+        Ok(Self { q: q.quantizer(QDType::QUInt8)? })
     }
 
     /// `1.0f32 / f32(scale)`.
     pub fn inv_scale(&self) -> f32 {
-        self.inv
+        self.q.inv_scale()
     }
 
     /// The zero point.
     pub fn zero_point(&self) -> u8 {
-        self.zero_point
+        self.q.zero_point() as u8
     }
 
-    /// `clamp(cvtps2dq(min(fma(x, inv, zp), 2147483520)), 0, 255)`: the fused multiply-add rounds
-    /// once, the conversion rounds half to even; NaN takes the bound (255).
+    /// `clamp(cvtps2dq(min(x * inv, 2147483520)) + zp, 0, 255)`: the product rounds, then the
+    /// conversion rounds half to even; NaN takes the bound (255).
     #[inline]
     pub fn quantize(&self, x: f32) -> u8 {
-        let t = x.mul_add(self.inv, self.zp);
-        // minps returns its second operand unless the first is smaller (NaN included).
-        let t = if t < BOUND { t } else { BOUND };
-        cvt_f32_to_i32_x86(t).clamp(0, 255) as u8
+        self.q.quantize(x) as u8
     }
 }
 
@@ -206,10 +193,11 @@ mod tests {
     }
 
     #[test]
-    fn quantize_is_fused_and_saturates() {
+    fn quantize_rounds_before_the_zero_point_and_saturates() {
         let q = DynamicQuantizer::new(PerTensor::new(1.0, 10)).unwrap();
-        assert_eq!(q.quantize(0.5), 10); // 10.5 ties to even
+        assert_eq!(q.quantize(0.5), 10); // 0.5 ties to 0, then + 10
         assert_eq!(q.quantize(1.5), 12);
+        assert_eq!(q.quantize(-0.5), 10);
         assert_eq!(q.quantize(1e30), 255);
         assert_eq!(q.quantize(-1e30), 0);
         assert_eq!(q.quantize(f32::NAN), 255);
