@@ -130,3 +130,37 @@ for (m, k, n) in F16_SHAPES:
             fx.case(name, {"m": m, "k": k, "n": n, "relu": relu}, **t)
 
 fx.save()
+
+# --- qgraph module goldens: torch.ao.quantization.quantize_dynamic on a small Sequential ---
+import torch.ao.nn.intrinsic as nni  # noqa: E402
+from torch.ao.quantization import qconfig as qc  # noqa: E402
+
+mx = Fixture("qgraph", "dynamic_linear")
+
+
+def small_model():
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5, bias=False))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.randn(16, 8, generator=g) * 0.4)
+        m[0].bias.copy_(torch.randn(16, generator=g) * 0.1)
+        m[2].weight.copy_(torch.randn(5, 16, generator=g) * 0.3)
+    return m.eval()
+
+
+x3 = torch.randn(2, 3, 8, generator=g) * 1.5
+for variant in ("per_tensor", "per_channel", "float16", "fused_per_tensor", "fused_float16"):
+    model = small_model()
+    weights = dict(w0=model[0].weight.detach(), b0=model[0].bias.detach(), w2=model[2].weight.detach())
+    fused = variant.startswith("fused_")
+    if fused:
+        model = torch.ao.quantization.fuse_modules(model, [["0", "1"]])
+    kind = variant.removeprefix("fused_")
+    qconfig = {"per_tensor": qc.default_dynamic_qconfig, "per_channel": qc.per_channel_dynamic_qconfig,
+               "float16": qc.float16_dynamic_qconfig}[kind]
+    spec = {torch.nn.Linear: qconfig, nni.LinearReLU: qconfig}
+    dtype = torch.float16 if kind == "float16" else torch.qint8
+    qmodel = torch.ao.quantization.quantize_dynamic(model, spec, dtype=dtype)
+    out = both_engines(lambda: qmodel(x3))
+    mx.case(variant, {"fused": fused, "kind": kind, "repr": str(qmodel)}, x=x3, out=out, **weights)
+
+mx.save()

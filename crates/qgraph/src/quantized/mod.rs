@@ -19,10 +19,12 @@ macro_rules! quantized_forward {
 pub mod activation;
 mod batchnorm;
 mod conv;
+mod dynamic_linear;
 mod linear;
 mod weighted;
 
 pub use batchnorm::QuantizedBatchNorm;
 pub use conv::QuantizedConv;
+pub use dynamic_linear::{DynamicQuantizedLinear, dynamic_linear_mappings, register_dynamic_linear_loaders};
 pub use linear::QuantizedLinear;
 pub use weighted::{QuantizedAct, QuantizedWeight};
