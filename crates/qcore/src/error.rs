@@ -117,7 +117,9 @@ pub enum QError {
         hint: &'static str,
     },
     /// A min / max range for dynamic quantization that is NaN, infinite or reversed.
-    #[error("{context}: range [{min}, {max}] is invalid ({reason}); pass the finite min and max of finite input values")]
+    #[error(
+        "{context}: range [{min}, {max}] is invalid ({reason}); pass the finite min and max of finite input values"
+    )]
     InvalidRange {
         /// The function that rejected the range.
         context: &'static str,

@@ -20,9 +20,9 @@
 //! ```
 
 mod display;
-pub mod dynamic;
 mod dtype;
 mod dtype_range;
+pub mod dynamic;
 mod error;
 pub mod fake_quant;
 mod per_tensor;

@@ -8,7 +8,9 @@ use ndarray::ArrayD;
 use qgraph::io::{self, Loaders};
 use qgraph::mappings::Swap;
 use qgraph::nn::{Fused, FusedKind, Identity, Linear, ReLU};
-use qgraph::qconfig::{QConfig, default_dynamic_qconfig, float16_dynamic_qconfig, per_channel_dynamic_qconfig};
+use qgraph::qconfig::{
+    QConfig, default_dynamic_qconfig, float16_dynamic_qconfig, per_channel_dynamic_qconfig,
+};
 use qgraph::quantized::{DynamicQuantizedLinear, dynamic_linear_mappings, register_dynamic_linear_loaders};
 use qgraph::{GraphError, Module, Sequential, Value};
 use qtest::{Fixture, assert_bits_eq, name};
@@ -99,7 +101,10 @@ fn bad_inputs_and_qconfigs_are_errors() {
     assert!(err.to_string().contains("dim() >= 2"), "{err}");
     assert!(q.forward(Value::Float(ArrayD::zeros(ndarray::IxDyn(&[2, 5])))).is_err());
     // A quint8 weight observer is refused, as PyTorch's from_float refuses it.
-    let bad = QConfig { activation: default_dynamic_qconfig().activation, weight: qobserve::ObserverSpec::min_max() };
+    let bad = QConfig {
+        activation: default_dynamic_qconfig().activation,
+        weight: qobserve::ObserverSpec::min_max(),
+    };
     let err = DynamicQuantizedLinear::from_float(&l, &bad, false).unwrap_err();
     assert!(matches!(err, GraphError::InvalidArgument { .. }), "{err}");
     // Empty batch: empty output.

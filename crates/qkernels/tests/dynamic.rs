@@ -4,7 +4,9 @@
 
 use proptest::prelude::*;
 use qcore::dynamic::{DynamicQuantizer, choose_dynamic_qparams, min_max};
-use qkernels::dynamic::{DynamicScratch, PackedF16Weights, linear_dynamic, linear_fp16, quantize_activations};
+use qkernels::dynamic::{
+    DynamicScratch, PackedF16Weights, linear_dynamic, linear_fp16, quantize_activations,
+};
 use qkernels::gemm::{PackedWeights, WeightQParams};
 use qkernels::{Isa, KernelError};
 use qtest::random_f32s;

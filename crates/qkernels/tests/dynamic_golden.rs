@@ -4,7 +4,9 @@
 use ndarray::{ArrayD, IxDyn};
 use qcore::dynamic::choose_dynamic_qparams;
 use qkernels::Isa;
-use qkernels::dynamic::{DynamicScratch, PackedF16Weights, linear_dynamic, linear_fp16, quantize_activations};
+use qkernels::dynamic::{
+    DynamicScratch, PackedF16Weights, linear_dynamic, linear_fp16, quantize_activations,
+};
 use qkernels::gemm::{PackedWeights, WeightQParams};
 use qtest::{Fixture, assert_bits_eq, name};
 

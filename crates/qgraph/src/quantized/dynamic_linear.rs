@@ -148,13 +148,23 @@ impl DynamicQuantizedLinear {
         let bias_slice = bias.as_ref().map(|b| b.as_slice().expect("standard layout"));
         let weight = match weight {
             Err(weight) => {
-                let packed =
-                    PackedWeights::new(weight.int_slice(), out_features, in_features, &weight.kernel_qparams(), bias_slice)?;
+                let packed = PackedWeights::new(
+                    weight.int_slice(),
+                    out_features,
+                    in_features,
+                    &weight.kernel_qparams(),
+                    bias_slice,
+                )?;
                 DynWeight::Int8 { weight, packed }
             }
             Ok(w) => {
                 let w = w.as_standard_layout().into_owned();
-                let packed = PackedF16Weights::new(w.as_slice().expect("standard layout"), out_features, in_features, bias_slice)?;
+                let packed = PackedF16Weights::new(
+                    w.as_slice().expect("standard layout"),
+                    out_features,
+                    in_features,
+                    bias_slice,
+                )?;
                 DynWeight::F16 { weight: w, packed }
             }
         };

@@ -79,7 +79,12 @@ fn quantize_run(q: &DynamicQuantizer, x: &[f32], out: &mut [u8], isa: Isa) {
 /// every element quantized into `out` (same length). Returns the qparams.
 ///
 /// Errors: `out` of another length, NaN or infinite input, an unsupported tier.
-pub fn quantize_activations(x: &[f32], reduce_range: bool, out: &mut [u8], isa: Isa) -> KernelResult<PerTensor> {
+pub fn quantize_activations(
+    x: &[f32],
+    reduce_range: bool,
+    out: &mut [u8],
+    isa: Isa,
+) -> KernelResult<PerTensor> {
     check_len("quantize_activations", "output length", out.len(), x.len())?;
     let (lo, hi) = min_max(x, isa)?;
     let q = choose_dynamic_qparams(lo, hi, reduce_range)?;
@@ -150,7 +155,13 @@ impl PackedF16Weights {
     }
 
     /// As [`PackedF16Weights::new`], for an explicit tier (an error if this CPU lacks it).
-    pub fn with_isa(weights: &[f32], n: usize, k: usize, bias: Option<&[f32]>, isa: Isa) -> KernelResult<Self> {
+    pub fn with_isa(
+        weights: &[f32],
+        n: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+        isa: Isa,
+    ) -> KernelResult<Self> {
         const OP: &str = "PackedF16Weights";
         isa.ensure_supported()?;
         nonzero(OP, "output features", n)?;
@@ -205,7 +216,13 @@ impl PackedF16Weights {
 /// in order; then `+ bias[n]` and ReLU. `m = 0` is an empty output.
 ///
 /// Errors: lengths that do not match `m`, `w.k()` and `w.n()`.
-pub fn linear_fp16(x: &[f32], m: usize, w: &PackedF16Weights, relu: bool, out: &mut [f32]) -> KernelResult<()> {
+pub fn linear_fp16(
+    x: &[f32],
+    m: usize,
+    w: &PackedF16Weights,
+    relu: bool,
+    out: &mut [f32],
+) -> KernelResult<()> {
     const OP: &str = "linear_fp16";
     check_len(OP, "input length (m x k)", x.len(), mul(OP, "input length", m, w.k)?)?;
     check_len(OP, "output length (m x n)", out.len(), mul(OP, "output length", m, w.n)?)?;
