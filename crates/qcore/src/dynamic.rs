@@ -44,13 +44,13 @@ pub fn min_max(x: &[f32]) -> QResult<(f32, f32)> {
     for &v in x {
         lo = if v < lo { v } else { lo };
         hi = if v > hi { v } else { hi };
-        // v - v is NaN exactly when v is NaN or infinite; the sum keeps it.
-        nonfinite += v - v;
+        // v * 0 is NaN exactly when v is NaN or infinite (else ±0); the sum keeps it.
+        nonfinite += v * 0.0;
     }
     check_range("qcore::dynamic::min_max", lo, hi, nonfinite)
 }
 
-/// `Ok((lo, hi))` if `nonfinite` (a sum of `v - v`) is 0, else the error naming the range.
+/// `Ok((lo, hi))` if `nonfinite` (a sum of `v * 0.0`) is 0, else the error naming the range.
 pub fn check_range(context: &'static str, lo: f32, hi: f32, nonfinite: f32) -> QResult<(f32, f32)> {
     if nonfinite == 0.0 {
         Ok((lo, hi))
@@ -155,13 +155,7 @@ impl DynamicQuantizer {
 /// (`HandleWeightsSaturation`), then rounded to the nearest fp16, ties to even. NaN stays NaN.
 /// Returns the value and whether it was clamped (PyTorch warns "FOUND weight out of range").
 pub fn f16_weight(x: f32) -> (f16, bool) {
-    let clamped = if x > F16_MAX {
-        F16_MAX
-    } else if x < -F16_MAX {
-        -F16_MAX
-    } else {
-        x
-    };
+    let clamped = x.clamp(-F16_MAX, F16_MAX);
     (f16::from_f32(clamped), clamped != x && !x.is_nan())
 }
 

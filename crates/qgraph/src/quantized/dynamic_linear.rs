@@ -21,7 +21,7 @@ use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 /// The weight of a dynamic linear layer: qint8 (per tensor or per channel) or float16.
 #[derive(Debug, Clone)]
 enum DynWeight {
-    Int8 { weight: QuantizedWeight, packed: PackedWeights },
+    Int8 { weight: QuantizedWeight, packed: Box<PackedWeights> },
     F16 { weight: ArrayD<f32>, packed: PackedF16Weights },
 }
 
@@ -155,7 +155,7 @@ impl DynamicQuantizedLinear {
                     &weight.kernel_qparams(),
                     bias_slice,
                 )?;
-                DynWeight::Int8 { weight, packed }
+                DynWeight::Int8 { weight, packed: Box::new(packed) }
             }
             Ok(w) => {
                 let w = w.as_standard_layout().into_owned();

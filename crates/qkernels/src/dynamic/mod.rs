@@ -48,14 +48,15 @@ pub fn min_max(x: &[f32], isa: Isa) -> KernelResult<(f32, f32)> {
     let (lo, hi, bad, done) = on_tier!(
         isa,
         scalar: (first, first, 0.0, 0),
-        avx2: crate::x86::dynamic::avx2::min_max(x),
+        // The avx2 module is compiled with F16C (every AVX2 CPU has it; checked all the same).
+        avx2: if crate::x86::has_f16c() { crate::x86::dynamic::avx2::min_max(x) } else { (first, first, 0.0, 0) },
         avx512: crate::x86::dynamic::avx512::min_max(x),
     );
     let (mut lo, mut hi, mut bad) = (lo, hi, bad);
     for &v in &x[done..] {
         lo = if v < lo { v } else { lo };
         hi = if v > hi { v } else { hi };
-        bad += v - v;
+        bad += v * 0.0;
     }
     Ok(check_range("qkernels::dynamic::min_max", lo, hi, bad)?)
 }
@@ -230,8 +231,8 @@ pub fn linear_fp16(
     let done = on_tier!(
         isa,
         scalar: false,
-        avx2: crate::x86::has_f16c() && { crate::x86::dynamic::avx2::gemm_f16(x, m, w.k, w.n, &w.data, out); true },
-        avx512: { crate::x86::dynamic::avx512::gemm_f16(x, m, w.k, w.n, &w.data, out); true },
+        avx2: crate::x86::has_f16c() && { crate::x86::dynamic::avx2::gemm_f16(x, m, w.k, F16_K_BLOCK, w.n, &w.data, out); true },
+        avx512: { crate::x86::dynamic::avx512::gemm_f16(x, m, w.k, F16_K_BLOCK, w.n, &w.data, out); true },
     );
     if !done {
         gemm_f16_scalar(x, m, w, out);
