@@ -19,7 +19,7 @@
 //! let q = choose_dynamic_qparams(lo, hi, false)?;
 //! assert_eq!((q.scale, q.zero_point), (3.0 / 255.0, 85));
 //! let quantizer = DynamicQuantizer::new(q)?;
-//! assert_eq!(x.map(|v| quantizer.quantize(v)), [0, 128, 255]);
+//! assert_eq!(x.map(|v| quantizer.quantize(v)), [0, 127, 255]); // 0.5 / scale = 42.5 rounds to 42
 //! # Ok::<(), qcore::QError>(())
 //! ```
 
