@@ -126,6 +126,20 @@ pub enum QError {
         /// What to call instead.
         hint: &'static str,
     },
+    /// A min / max range for dynamic quantization that is NaN, infinite or reversed.
+    #[error(
+        "{context}: range [{min}, {max}] is invalid ({reason}); pass the finite min and max of finite input values"
+    )]
+    InvalidRange {
+        /// The function that rejected the range.
+        context: &'static str,
+        /// The minimum as given.
+        min: f32,
+        /// The maximum as given.
+        max: f32,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
 }
 
 /// `Result` with [`QError`].

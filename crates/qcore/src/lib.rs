@@ -22,6 +22,7 @@
 mod display;
 mod dtype;
 mod dtype_range;
+pub mod dynamic;
 mod error;
 pub mod fake_quant;
 pub mod math;

@@ -16,11 +16,11 @@ use crate::nn::{
     Hardsigmoid, Hardswish, Hardtanh, Identity, LeakyReLU, Linear, MaxPool, ReLU, ReLU6, Sigmoid, Softmax,
     Tanh, Threshold, Upsample,
 };
-use crate::quantized::{
-    QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedLinear,
-    activation as qa,
-};
 use crate::nn::{GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell};
+use crate::quantized::{
+    DynamicQuantizedLinear, QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding, QuantizedEmbeddingBag,
+    QuantizedLinear, activation as qa,
+};
 use crate::record::Record;
 use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
 use crate::workflow::{Observed, ObservedConfig, ObserverModule};
@@ -201,6 +201,7 @@ impl Default for Loaders {
             EmbeddingBag => ["EmbeddingBag"],
             QuantizedEmbedding => ["QuantizedEmbedding"],
             QuantizedEmbeddingBag => ["QuantizedEmbeddingBag"],
+            DynamicQuantizedLinear => ["DynamicQuantizedLinear", "DynamicQuantizedLinearReLU"],
         );
         from_config!(l:
             QuantStub => "QuantStub",

@@ -19,8 +19,8 @@ use crate::functional::{FloatFunctional, QFunctional};
 use crate::nn;
 use crate::qconfig::QConfig;
 use crate::quantized::{
-    QuantizedAct, QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding, QuantizedEmbeddingBag,
-    QuantizedLinear, activation as qa,
+    DynamicQuantizedLinear, QuantizedAct, QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding,
+    QuantizedEmbeddingBag, QuantizedLinear, activation as qa,
 };
 use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, Quantize};
 use crate::{GraphError, GraphResult, Module};
@@ -365,8 +365,8 @@ pub fn get_default_static_quant_module_mappings() -> Mappings {
 }
 
 /// PyTorch's `DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS` for the modules of this crate: what
-/// [`quantize_dynamic`](crate::workflow::quantize_dynamic) swaps. `Embedding` and `EmbeddingBag`
-/// become their weight-only quantized forms (quint8 or quint4x2, as the qconfig's weight observer
+/// [`quantize_dynamic`](crate::workflow::quantize_dynamic) swaps. `Linear` and the fused
+/// `LinearReLU` become `DynamicQuantizedLinear(ReLU)`; `Embedding` and `EmbeddingBag` become their weight-only quantized forms (quint8 or quint4x2, as the qconfig's weight observer
 /// says).
 ///
 /// ```
@@ -377,10 +377,20 @@ pub fn get_default_static_quant_module_mappings() -> Mappings {
 /// ```
 pub fn get_default_dynamic_quant_module_mappings() -> Mappings {
     let mut m = Mappings::empty();
+    register_linear_dynamic(&mut m);
     register_embedding_dynamic(&mut m);
-    // Dynamic Linear and recurrent modules (LSTM, GRU, their cells) register their entries here,
-    // each by its own `register_*` function.
     m
+}
+
+/// The dynamic entries of `Linear` (to `DynamicQuantizedLinear`) and the fused `LinearReLU` (to
+/// `DynamicQuantizedLinearReLU`).
+fn register_linear_dynamic(m: &mut Mappings) {
+    m.register_swap::<nn::Linear>(Swap::Dynamic, "Linear", |linear, qconfig| {
+        boxed(DynamicQuantizedLinear::from_float(linear, qconfig, false))
+    });
+    m.register_swap::<nn::Fused>(Swap::Dynamic, &nn::FusedKind::LinearReLU.type_name(), |fused, qconfig| {
+        boxed(DynamicQuantizedLinear::from_fused(fused, qconfig))
+    });
 }
 
 /// The dynamic entries of `Embedding` and `EmbeddingBag`.

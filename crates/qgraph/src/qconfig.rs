@@ -99,6 +99,35 @@ pub fn default_dynamic_qconfig() -> QConfig {
     }
 }
 
+/// `per_channel_dynamic_qconfig`: a dynamic placeholder for activations, per-channel symmetric
+/// qint8 weights (`default_per_channel_weight_observer`).
+pub fn per_channel_dynamic_qconfig() -> QConfig {
+    QConfig {
+        activation: defaults::default_dynamic_quant_observer(),
+        weight: defaults::default_per_channel_weight_observer(),
+    }
+}
+
+/// `float16_dynamic_qconfig`: `PlaceholderObserver(dtype=float16, is_dynamic=True)` for
+/// activations, `PlaceholderObserver(dtype=float16)` for weights.
+pub fn float16_dynamic_qconfig() -> QConfig {
+    let placeholder = |is_dynamic| match ObserverSpec::placeholder() {
+        ObserverSpec::Placeholder { quant_min, quant_max, qscheme, eps, custom_op_name, .. } => {
+            ObserverSpec::Placeholder {
+                dtype: qobserve::CarriedDType::Float16,
+                quant_min,
+                quant_max,
+                qscheme,
+                eps,
+                is_dynamic,
+                custom_op_name,
+            }
+        }
+        other => other,
+    };
+    QConfig { activation: placeholder(true), weight: placeholder(false) }
+}
+
 /// `default_debug_qconfig`: a recording observer for activations, per-tensor symmetric weights.
 pub fn default_debug_qconfig() -> QConfig {
     QConfig { activation: defaults::default_debug_observer(), weight: defaults::default_weight_observer() }

@@ -482,13 +482,7 @@ impl DynamicDType {
             DynamicDType::QInt8 => Ok(crate::qconfig::default_dynamic_qconfig()),
             DynamicDType::QUInt8 => Ok(crate::qconfig::float_qparams_weight_only_qconfig()),
             DynamicDType::QUInt4x2 => Ok(crate::qconfig::float_qparams_weight_only_qconfig_4bit()),
-            // The float16 dynamic qconfig and modules are not part of qgraph yet.
-            DynamicDType::Float16 => Err(GraphError::Workflow {
-                step: "quantize_dynamic",
-                reason: "dtype float16 has no default qconfig in this build; pass a \
-                         DynamicQConfigSpec::Mapping with the qconfigs to use"
-                    .to_string(),
-            }),
+            DynamicDType::Float16 => Ok(crate::qconfig::float16_dynamic_qconfig()),
         }
     }
 }

@@ -20,6 +20,7 @@ mod util;
 mod x86;
 
 pub mod conv;
+pub mod dynamic;
 pub mod elementwise;
 pub mod embedding;
 pub mod float;

@@ -42,16 +42,21 @@ impl EmbeddingWeight {
     /// (PyTorch: "Embedding quantization is only supported with float_qparams_weight_only_qconfig")
     /// or of another dtype than quint8 / quint4x2, a weight that is not 2-D.
     pub fn from_observer(weight: &ArrayD<f32>, spec: &ObserverSpec) -> GraphResult<Self> {
-        let mut observer = spec.build()?;
-        observer.observe(weight.view())?;
-        let QParams::PerChannelFloat { scales, zero_points, axis: 0 } = observer.calculate_qparams()? else {
-            return Err(invalid(
+        let refused = || {
+            invalid(
                 "quantize embedding weight",
                 "weight observer",
                 spec.name(),
                 "embedding quantization is only supported with float_qparams_weight_only_qconfig: use a \
                  PerChannelMinMaxObserver with qscheme per_channel_affine_float_qparams and ch_axis 0",
-            ));
+            )
+        };
+        let mut observer = spec.build()?;
+        observer.observe(weight.view())?;
+        // Observers without parameters of their own (float16's placeholder) are refused alike.
+        let Ok(QParams::PerChannelFloat { scales, zero_points, axis: 0 }) = observer.calculate_qparams()
+        else {
+            return Err(refused());
         };
         let dtype = observer_dtype(spec)?;
         let q = qcore::quantize_per_channel_float_qparams(weight, &scales, &zero_points, 0, dtype)?;

@@ -19,12 +19,14 @@ macro_rules! quantized_forward {
 pub mod activation;
 mod batchnorm;
 mod conv;
+mod dynamic_linear;
 mod embedding;
 mod linear;
 mod weighted;
 
 pub use batchnorm::QuantizedBatchNorm;
 pub use conv::QuantizedConv;
+pub use dynamic_linear::DynamicQuantizedLinear;
 pub use embedding::{EmbeddingWeight, QuantizedEmbedding, QuantizedEmbeddingBag};
 pub use linear::QuantizedLinear;
 pub use weighted::{QuantizedAct, QuantizedWeight};

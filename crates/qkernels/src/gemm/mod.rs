@@ -13,7 +13,7 @@
 //!   holds the per-column requantization constants: to u8 with qcore's
 //!   [`ConvRequant`] arithmetic (optionally ReLU, or clamped to any u8 range with
 //!   [`OutputPipeline::with_range`], e.g. ReLU6), to f32
-//!   (`f32(acc) * (a_scale * w_scale[n]) + bias[n]`, optionally ReLU), or the raw i32 `acc`.
+//!   (`fma(f32(acc), a_scale * w_scale[n], bias[n])`, optionally ReLU), or the raw i32 `acc`.
 //! * [`gemm()`] multiplies; the zero-point corrections cost nothing in the inner loop: the
 //!   activation zero point enters through the column term and, only when some weight zero point
 //!   is not 0, the row sums of A are computed per block and multiplied by `w_zp[n]` in the
@@ -205,14 +205,15 @@ impl Channels {
         self.w_zp.iter().any(|&z| z != 0)
     }
 
+    /// `-a_zp * colsum[n] + K * a_zp * w_zp[n]`, wrapping.
+    fn col_term(&self, n: usize, za: i32) -> i32 {
+        let k = self.k as i32;
+        (-za).wrapping_mul(self.colsum[n]).wrapping_add(k.wrapping_mul(za).wrapping_mul(self.w_zp[n]))
+    }
+
     fn pipeline(&self, kind: OutputKind, a_zp: u8, out_zp: u8, relu: bool) -> OutputPipeline {
         let za = i32::from(a_zp);
-        let k = self.k as i32;
-        let mut col_term: Vec<i32> = (0..self.n)
-            .map(|n| {
-                (-za).wrapping_mul(self.colsum[n]).wrapping_add(k.wrapping_mul(za).wrapping_mul(self.w_zp[n]))
-            })
-            .collect();
+        let mut col_term: Vec<i32> = (0..self.n).map(|n| self.col_term(n, za)).collect();
         col_term.resize(self.n + PAD, 0);
         let mut w_zp = self.w_zp.clone();
         w_zp.resize(self.n + PAD, 0);
@@ -257,6 +258,31 @@ impl Channels {
             p.bias[n] = self.bias.as_ref().map_or(0.0, |b| b[n]);
         }
         Ok(p)
+    }
+
+    /// [`Channels::output_f32`] written into `slot`, reusing its buffers when it already holds an
+    /// f32 pipeline of these weights (no allocation then).
+    pub(crate) fn output_f32_into(
+        &self,
+        slot: &mut Option<OutputPipeline>,
+        a_scale: f64,
+        a_zp: u8,
+        relu: bool,
+    ) -> KernelResult<()> {
+        match slot {
+            Some(p) if p.id == self.id && p.kind == OutputKind::F32 => {
+                qcore::inverse_scale("output_f32", a_scale)?;
+                let za = i32::from(a_zp);
+                for n in 0..self.n {
+                    p.col_term[n] = self.col_term(n, za);
+                    p.scale[n] = a_scale as f32 * self.w_scale[n] as f32;
+                }
+                p.a_zp = za;
+                p.relu = relu;
+            }
+            _ => *slot = Some(self.output_f32(a_scale, a_zp, relu)?),
+        }
+        Ok(())
     }
 
     pub(crate) fn output_i32(&self, a_zp: u8) -> OutputPipeline {
@@ -516,11 +542,25 @@ impl PackedWeights {
         self.channels.output_u8(a_scale, a_zero_point, out_scale, out_zero_point, relu)
     }
 
-    /// An f32 output stage: `f32(acc) * (f32(a_scale) * f32(w_scale[n])) + bias[n]` (a separate
-    /// multiply and add, FBGEMM's AVX2 `ReQuantizeForFloat` order; without a bias 0.0 is added),
-    /// floored at 0 with `relu`.
+    /// An f32 output stage: `fma(f32(acc), f32(a_scale) * f32(w_scale[n]), bias[n])` (FBGEMM's
+    /// AVX2 `requantizeForFloatAvx2`, which AVX-512 CPUs run too, its multiply and add contracted
+    /// into one rounding in PyTorch's build; without a bias 0.0 is added), floored at 0 with
+    /// `relu`.
     pub fn output_f32(&self, a_scale: f64, a_zero_point: u8, relu: bool) -> KernelResult<OutputPipeline> {
         self.channels.output_f32(a_scale, a_zero_point, relu)
+    }
+
+    /// As [`PackedWeights::output_f32`], written into `slot`; when `slot` already holds an f32
+    /// pipeline of these weights its buffers are reused, so a warm slot allocates nothing (the
+    /// per-call path of dynamic quantization).
+    pub fn output_f32_into(
+        &self,
+        slot: &mut Option<OutputPipeline>,
+        a_scale: f64,
+        a_zero_point: u8,
+        relu: bool,
+    ) -> KernelResult<()> {
+        self.channels.output_f32_into(slot, a_scale, a_zero_point, relu)
     }
 
     /// An i32 output stage: `Σ_k (a - a_zero_point)(w - w_zp)`, wrapping.

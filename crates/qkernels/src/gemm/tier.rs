@@ -162,7 +162,9 @@ impl Tier for Scalar {
     }
     #[inline(always)]
     unsafe fn dequant(acc: i32, scale: f32, bias: f32, relu: bool) -> f32 {
-        let y = acc as f32 * scale + bias;
+        // One rounding: FBGEMM's AVX2 `requantizeForFloatAvx2` mul + add, contracted to FMA by
+        // the compiler PyTorch is built with.
+        let y = (acc as f32).mul_add(scale, bias);
         if relu { y.max(0.0) } else { y }
     }
     #[inline(always)]

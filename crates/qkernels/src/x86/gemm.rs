@@ -148,7 +148,7 @@ mod tiers {
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn dequant(acc: __m256i, scale: __m256, bias: __m256, relu: bool) -> __m256 {
-                let y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale), bias);
+                let y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), scale, bias);
                 if relu { _mm256_max_ps(y, _mm256_setzero_ps()) } else { y }
             }
             #[inline]
@@ -302,7 +302,7 @@ mod tiers {
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn dequant(acc: __m512i, scale: __m512, bias: __m512, relu: bool) -> __m512 {
-                let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), scale), bias);
+                let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scale, bias);
                 if relu { _mm512_max_ps(y, _mm512_setzero_ps()) } else { y }
             }
             #[inline]

@@ -5,6 +5,7 @@
 //! Nothing here reads the tier: each function is compiled for one set of target features and is
 //! only called, by `on_tier!`, on a CPU that has them.
 
+pub(crate) mod dynamic;
 pub(crate) mod elementwise;
 pub(crate) mod float;
 pub(crate) mod float_math;
@@ -33,6 +34,11 @@ pub(crate) fn has_avx512() -> bool {
 /// True if the CPU has VNNI on top of the `avx512` tier (the `avx512vnni` tier).
 pub(crate) fn has_avx512vnni() -> bool {
     has_avx512() && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// True if the CPU has F16C (`vcvtph2ps`), which the `avx2` tier's fp16 GEMM needs.
+pub(crate) fn has_f16c() -> bool {
+    std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// True if the CPU has AVX-512 VBMI (`vpermi2b`), which the `avx512vnni` tier's table lookup

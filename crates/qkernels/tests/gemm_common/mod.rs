@@ -78,7 +78,7 @@ pub fn dequant_f32(
         .enumerate()
         .map(|(i, &v)| {
             let c = i % n;
-            let y = v as f32 * (a_scale as f32 * scales[c] as f32) + bias.map_or(0.0, |b| b[c]);
+            let y = (v as f32).mul_add(a_scale as f32 * scales[c] as f32, bias.map_or(0.0, |b| b[c]));
             if relu { y.max(0.0) } else { y }
         })
         .collect()
