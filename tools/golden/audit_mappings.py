@@ -33,6 +33,8 @@ NORM = "not yet: needs PyTorch's quantized {} kernel (float module missing too)"
 QAT_LINEAR = "supported with qfake: `Linear` -> `qfake::Linear` (`qfake::qat_mappings()`, forward only)"
 QAT_STATUS = {"nn.Linear": QAT_LINEAR}
 DYNAMIC_STATUS = {
+    "nn.Linear": "supported: `Linear` -> `DynamicQuantizedLinear` (qint8 per tensor or per channel, float16)",
+    "nni.LinearReLU": "supported: fused `LinearReLU` -> `DynamicQuantizedLinearReLU`",
     "nn.Embedding": "supported: `Embedding` -> `QuantizedEmbedding` (quint8, quint4x2)",
     "nn.EmbeddingBag": "supported: `EmbeddingBag` -> `QuantizedEmbeddingBag` (quint8, quint4x2)",
 }
