@@ -35,6 +35,11 @@ QAT_STATUS = {"nn.Linear": QAT_LINEAR}
 DYNAMIC_STATUS = {
     "nn.Embedding": "supported: `Embedding` -> `QuantizedEmbedding` (quint8, quint4x2)",
     "nn.EmbeddingBag": "supported: `EmbeddingBag` -> `QuantizedEmbeddingBag` (quint8, quint4x2)",
+    "nn.LSTM": "supported: `LSTM` -> `DynamicQuantizedLSTM` (qint8, float16)",
+    "nn.GRU": "supported: `GRU` -> `DynamicQuantizedGRU` (qint8, float16)",
+    "nn.LSTMCell": "supported: `LSTMCell` -> `DynamicQuantizedLSTMCell` (qint8, float16)",
+    "nn.GRUCell": "supported: `GRUCell` -> `DynamicQuantizedGRUCell` (qint8, float16)",
+    "nn.RNNCell": "supported: `RNNCell` -> `DynamicQuantizedRNNCell` (qint8, float16)",
 }
 
 # What qgraph does with each PyTorch name (float module, fused module or op).
