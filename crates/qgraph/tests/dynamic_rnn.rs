@@ -116,29 +116,24 @@ fn input(case: &Json) -> Value {
     Value::Tuple(vec![x, state])
 }
 
-/// The output tensors under the fixture's field names.
+/// The output tensors (a tree of tuples, flattened in order) under the fixture's field names.
 fn outputs(kind: &str, y: Value) -> Vec<(&'static str, ArrayD<f32>)> {
-    let float = |v: Value| v.into_float("test").unwrap();
-    let pair = |v: Value| {
-        let mut t = v.into_tuple("test").unwrap().into_iter();
-        (t.next().unwrap(), t.next().unwrap())
-    };
-    match kind {
-        "LSTM" => {
-            let (out, hc) = pair(y);
-            let (h, c) = pair(hc);
-            vec![("output", float(out)), ("h", float(h)), ("c", float(c))]
+    fn flatten(v: Value, out: &mut Vec<ArrayD<f32>>) {
+        match v {
+            Value::Tuple(items) => items.into_iter().for_each(|i| flatten(i, out)),
+            other => out.push(other.into_float("test").unwrap()),
         }
-        "GRU" => {
-            let (out, h) = pair(y);
-            vec![("output", float(out)), ("h", float(h))]
-        }
-        "LSTMCell" => {
-            let (h, c) = pair(y);
-            vec![("h", float(h)), ("c", float(c))]
-        }
-        _ => vec![("h", float(y))],
     }
+    let fields: &[&'static str] = match kind {
+        "LSTM" => &["output", "h", "c"],
+        "GRU" => &["output", "h"],
+        "LSTMCell" => &["h", "c"],
+        _ => &["h"],
+    };
+    let mut tensors = Vec::new();
+    flatten(y, &mut tensors);
+    assert_eq!(tensors.len(), fields.len(), "{kind}: outputs");
+    fields.iter().copied().zip(tensors).collect()
 }
 
 /// The case's float module, `quantize_dynamic`-ed inside a `Sequential` with the case's qconfig.
@@ -266,7 +261,7 @@ fn forward_errors_on_wrong_ranks_sizes_and_states() {
     let cell_opts = CellOptions { input_size: 3, hidden_size: 4, bias: true };
     let cell = DynamicQuantizedRNNCell::from_float(&RNNCell::new(cell_opts, Nonlinearity::Tanh).unwrap(), &q)
         .unwrap();
-    assert!(run(&cell, x(&[3])).contains("input must be 2-D"));
+    assert!(run(&cell, x(&[3])).contains("input must have 2 dimensions, got 1"));
     assert!(run(&cell, x(&[2, 5])).contains("input has inconsistent input_size: got 5 expected 3"));
     let hx_batch = Value::Tuple(vec![x(&[2, 3]), x(&[3, 4])]);
     assert!(run(&cell, hx_batch).contains("Input batch size 2 doesn't match hidden batch size 3"));
@@ -274,4 +269,50 @@ fn forward_errors_on_wrong_ranks_sizes_and_states() {
     assert!(run(&cell, hx_size).contains("hidden has inconsistent hidden_size: got 5, expected 4"));
     // And a valid call runs.
     assert_eq!(cell.forward(x(&[2, 3])).unwrap().shape().unwrap(), &[2, 4]);
+}
+
+/// Counts the allocations of the current thread (the other tests run on other threads).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a thread-local `Cell` that allocates
+// nothing.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+#[test]
+fn projections_allocate_nothing_once_warm() {
+    use qgraph::nn::GateProjection;
+    for qc in [default_dynamic_qconfig(), per_channel_dynamic_qconfig(), float16_dynamic_qconfig()] {
+        let cell = LSTMCell::new(CellOptions { input_size: 5, hidden_size: 7, bias: true }).unwrap();
+        let q = DynamicQuantizedLSTMCell::from_float(&cell, &qc).unwrap();
+        let hh = &q.cells()[0].hh;
+        let h: Vec<f32> = random_f32s(3 * 7, 9);
+        let mut out = vec![0.0f32; 3 * 28];
+        hh.project_into(&h, 3, &mut out).unwrap(); // warm: sizes the scratch
+        let before = ALLOCATIONS.with(std::cell::Cell::get);
+        for _ in 0..10 {
+            hh.project_into(&h, 3, &mut out).unwrap();
+        }
+        assert_eq!(ALLOCATIONS.with(std::cell::Cell::get) - before, 0, "a warm step allocated");
+        // The counter does count this thread's allocations.
+        let boxed = std::hint::black_box(Box::new(1u64));
+        assert_eq!(ALLOCATIONS.with(std::cell::Cell::get) - before, 1, "{boxed}");
+    }
 }

@@ -166,13 +166,34 @@ trait Shape: Copy + Serialize + serde::de::DeserializeOwned + Send + Sync + std:
 
     fn extra_repr(&self, mode: RnnMode) -> String;
 
-    fn forward(
-        &self,
-        mode: RnnMode,
-        cells: &[CellParams<DynamicProjection>],
-        input: Value,
-    ) -> GraphResult<Value>;
+    /// The input rank the module takes: PyTorch's dynamic modules take batched inputs only
+    /// (`check_input`: 3 dimensions; the cells read `input.size(1)`).
+    const INPUT_RANK: usize;
+
+    /// The float recurrence's forward with these projections.
+    fn run(&self, mode: RnnMode, cells: Cells<'_>, input: Value) -> GraphResult<Value>;
+
+    /// [`run`](Self::run) after the input rank check.
+    fn forward(&self, mode: RnnMode, cells: Cells<'_>, input: Value) -> GraphResult<Value> {
+        if let Some(rank) = input_rank(&input)
+            && rank != Self::INPUT_RANK
+        {
+            return Err(invalid(
+                Self::class_name(mode),
+                "input rank",
+                rank,
+                format!(
+                    "input must have {} dimensions, got {rank}; add the batch dimension (dynamic modules take batched input only)",
+                    Self::INPUT_RANK
+                ),
+            ));
+        }
+        self.run(mode, cells, input)
+    }
 }
+
+/// The projections of a dynamic module's cells.
+type Cells<'a> = &'a [CellParams<DynamicProjection>];
 
 /// The rank of a module's input tensor: the tensor itself or a tuple's first item.
 fn input_rank(input: &Value) -> Option<usize> {
@@ -183,6 +204,8 @@ fn input_rank(input: &Value) -> Option<usize> {
 }
 
 impl Shape for RnnOptions {
+    const INPUT_RANK: usize = 3;
+
     fn class_name(mode: RnnMode) -> &'static str {
         match mode {
             RnnMode::Lstm => "DynamicQuantizedLSTM",
@@ -210,28 +233,14 @@ impl Shape for RnnOptions {
         RnnOptions::extra_repr(self)
     }
 
-    fn forward(
-        &self,
-        mode: RnnMode,
-        cells: &[CellParams<DynamicProjection>],
-        input: Value,
-    ) -> GraphResult<Value> {
-        // PyTorch's dynamic modules take batched inputs only (`check_input`).
-        if let Some(rank) = input_rank(&input)
-            && rank != 3
-        {
-            return Err(invalid(
-                Self::class_name(mode),
-                "input rank",
-                rank,
-                format!("input must have 3 dimensions, got {rank}; add the batch dimension"),
-            ));
-        }
+    fn run(&self, mode: RnnMode, cells: Cells<'_>, input: Value) -> GraphResult<Value> {
         forward_rnn(mode, self, cells, false, input)
     }
 }
 
 impl Shape for CellOptions {
+    const INPUT_RANK: usize = 2;
+
     fn class_name(mode: RnnMode) -> &'static str {
         match mode {
             RnnMode::Lstm => "DynamicQuantizedLSTMCell",
@@ -253,23 +262,7 @@ impl Shape for CellOptions {
         s
     }
 
-    fn forward(
-        &self,
-        mode: RnnMode,
-        cells: &[CellParams<DynamicProjection>],
-        input: Value,
-    ) -> GraphResult<Value> {
-        // PyTorch's dynamic cells read `input.size(1)`: a 1-D input is an error there.
-        if let Some(rank) = input_rank(&input)
-            && rank != 2
-        {
-            return Err(invalid(
-                Self::class_name(mode),
-                "input rank",
-                rank,
-                format!("input must be 2-D [batch, input_size], got {rank}-D; add the batch dimension"),
-            ));
-        }
+    fn run(&self, mode: RnnMode, cells: Cells<'_>, input: Value) -> GraphResult<Value> {
         forward_cell(mode, self, &cells[0], input)
     }
 }
@@ -468,46 +461,46 @@ dynamic_recurrent!(
     [RnnMode::RnnTanh, RnnMode::RnnRelu]
 );
 
-/// `from_float` of the multi-layer modules.
-macro_rules! stack_from_float {
-    ($($name:ident($float:ty)),+) => {
-        $(impl $name {
-            #[doc = concat!("As PyTorch's `from_float`: the float `", stringify!($float), "`'s weights, each")]
-            /// seen by a fresh weight observer of `qconfig` and quantized (qint8), or kept for
-            /// fp16 packing (float16).
-            ///
-            /// Errors: `bias=False` ("mod.bias must be True"), `proj_size > 0`, a qconfig whose
-            /// weight is neither qint8 nor float16.
-            pub fn from_float(float: &$float, qconfig: &QConfig) -> GraphResult<Self> {
-                let o = *float.options();
-                DynamicRecurrent::from_float(float.mode(), o, o.bias, float.cells(), qconfig).map(Self)
-            }
-        })+
-    };
+/// A float module's cells as a slice: all of a multi-layer module's, or a cell module's one.
+trait AsCells {
+    fn as_cells(&self) -> &[CellParams<FloatProjection>];
 }
 
-/// `from_float` of the cells.
-macro_rules! cell_from_float {
-    ($($name:ident($float:ty)),+) => {
+impl AsCells for [CellParams<FloatProjection>] {
+    fn as_cells(&self) -> &[CellParams<FloatProjection>] {
+        self
+    }
+}
+
+impl AsCells for CellParams<FloatProjection> {
+    fn as_cells(&self) -> &[CellParams<FloatProjection>] {
+        std::slice::from_ref(self)
+    }
+}
+
+/// `from_float` of each module from its float form, whose cells `$cells` returns.
+macro_rules! from_float {
+    ($($name:ident($float:ident::$cells:ident)),+) => {
         $(impl $name {
             #[doc = concat!("As PyTorch's `from_float`: the float `", stringify!($float), "`'s weights, each")]
             /// seen by a fresh weight observer of `qconfig` and quantized (qint8), or kept for
             /// fp16 packing (float16).
             ///
-            /// Errors: `bias=False` ("mod.bias must be True"), a qconfig whose weight is neither
-            /// qint8 nor float16.
+            /// Errors: `bias=False` ("mod.bias must be True"), an LSTM with `proj_size > 0`, a
+            /// qconfig whose weight is neither qint8 nor float16.
             pub fn from_float(float: &$float, qconfig: &QConfig) -> GraphResult<Self> {
                 let o = *float.options();
-                let cells = std::slice::from_ref(float.cell());
+                let cells = float.$cells().as_cells();
                 DynamicRecurrent::from_float(float.mode(), o, o.bias, cells, qconfig).map(Self)
             }
         })+
     };
 }
 
-stack_from_float!(DynamicQuantizedLSTM(LSTM), DynamicQuantizedGRU(GRU));
-cell_from_float!(
-    DynamicQuantizedLSTMCell(LSTMCell),
-    DynamicQuantizedGRUCell(GRUCell),
-    DynamicQuantizedRNNCell(RNNCell)
+from_float!(
+    DynamicQuantizedLSTM(LSTM::cells),
+    DynamicQuantizedGRU(GRU::cells),
+    DynamicQuantizedLSTMCell(LSTMCell::cell),
+    DynamicQuantizedGRUCell(GRUCell::cell),
+    DynamicQuantizedRNNCell(RNNCell::cell)
 );
