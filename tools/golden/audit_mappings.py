@@ -20,10 +20,10 @@ import torch.nn.modules.activation as activation
 warnings.filterwarnings("ignore")
 torch.backends.quantized.engine = "fbgemm"
 
-QAT = "out of scope: quantization-aware training (a later issue, #13/#14)"
-DYNAMIC = "out of scope: dynamic quantization (a later issue, #13/#14)"
+QAT = "not yet: quantization-aware training (#14)"
+DYNAMIC = "not yet: a dynamic source qgraph lacks (QAT modules come with #14)"
 EMBEDDING = "not yet: static convert does not swap it; `quantize_dynamic` does (see the dynamic table)"
-RNN = "out of scope: recurrent modules (a later issue, #13/#14)"
+RNN = "float here; `quantize_dynamic` swaps it (see the dynamic table); static int8 LSTM is PyTorch's custom-module flow, not yet here"
 REFERENCE = "out of scope: reference modules are FX / PT2E lowering, not eager convert"
 SPARSE = "out of scope: sparse quantized linear"
 ONEDNN_FUSION = "not yet: eager `fuse_modules` never produces it (only onednn's FX backend config fuses it)"
@@ -37,6 +37,12 @@ DYNAMIC_STATUS = {
     "nni.LinearReLU": "supported: fused `LinearReLU` -> `DynamicQuantizedLinearReLU`",
     "nn.Embedding": "supported: `Embedding` -> `QuantizedEmbedding` (quint8, quint4x2)",
     "nn.EmbeddingBag": "supported: `EmbeddingBag` -> `QuantizedEmbeddingBag` (quint8, quint4x2)",
+    "nn.LSTM": "supported: `LSTM` -> `DynamicQuantizedLSTM` (qint8, float16)",
+    "nn.GRU": "supported: `GRU` -> `DynamicQuantizedGRU` (qint8, float16)",
+    "nn.LSTMCell": "supported: `LSTMCell` -> `DynamicQuantizedLSTMCell` (qint8, float16)",
+    "nn.GRUCell": "supported: `GRUCell` -> `DynamicQuantizedGRUCell` (qint8, float16)",
+    "nn.RNNCell": "supported: `RNNCell` -> `DynamicQuantizedRNNCell` (qint8, float16)",
+    "nn.NonDynamicallyQuantizableLinear": "not yet: only found inside `nn.MultiheadAttention`, which qgraph lacks",
 }
 
 # What qgraph does with each PyTorch name (float module, fused module or op).

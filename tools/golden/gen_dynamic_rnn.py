@@ -10,9 +10,17 @@ one thread) of the dynamic module, the float module's outputs on the same input 
 PyTorch's own engines (fbgemm, qnnpack) are apart on the dynamic module
 (`cross_engine_max_abs`, None for float16, which QNNPACK lacks), the tolerance a stack over many steps is held to.
 
+PyTorch's float tanh is MKL's (closed); the library's is tanh in f64 rounded to f32 (NUMERICS §12).
+So each case also stores where ATen's computation with that tanh (`reference`: PyTorch's own
+quantized linear ops and sigmoid, ATen's cell and layer order, only tanh swapped) differs from
+PyTorch's output: `<field>.tanh64_index` (flat int32 indices) and `<field>.tanh64_value`, absent
+when nothing differs. `reference` run with torch.tanh is asserted to give PyTorch's output bit for
+bit, so it follows ATen exactly.
+
 Run: ~/.torch-ref/bin/python tools/golden/gen_dynamic_rnn.py
 """
 
+import math
 import warnings
 
 import pathlib
@@ -73,6 +81,91 @@ def run(module, kind, inputs):
         if kind == "LSTM":
             return {"output": out[0], "h": out[1][0], "c": out[1][1]}
         return {"output": out[0], "h": out[1]}
+
+
+def tanh64(t):
+    """tanh of every element computed in f64 (libm) and rounded to f32, as a new tensor."""
+    v = t.detach().double().contiguous().numpy().ravel()
+    out = np.array([math.tanh(a) for a in v], dtype=np.float64).astype(np.float32)
+    return torch.from_numpy(out).reshape(t.shape)
+
+
+def reference(qmod, kind, inputs, tanh):
+    """ATen's CPU path of the dynamic module (RNN.cpp: FullLayer, FullBidirectionalLayer, the
+    cells over QuantizedCellParamsDynamic / FP16) with PyTorch's quantized linear ops and sigmoid
+    and the given `tanh`."""
+
+    def linear(packed, fp16):
+        if fp16:
+            return lambda x: torch.ops.quantized.linear_dynamic_fp16(x, packed)
+        return lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)
+
+    def tanh_(t):
+        t.copy_(tanh(t))
+        return t
+
+    def cell(mode, ig, hidden, hh):
+        if mode == "LSTM":
+            hx, cx = hidden
+            gates = hh(hx).add_(ig)
+            ch = gates.unsafe_chunk(4, 1)
+            i, f, g, o = ch[0].sigmoid_(), ch[1].sigmoid_(), tanh_(ch[2]), ch[3].sigmoid_()
+            cy = (f * cx).add_(i * g)
+            return (o * tanh(cy), cy)
+        if mode == "GRU":
+            ci, chh = ig.unsafe_chunk(3, 1), hh(hidden).unsafe_chunk(3, 1)
+            r = chh[0].add_(ci[0]).sigmoid_()
+            z = chh[1].add_(ci[1]).sigmoid_()
+            n = tanh(ci[2].add(chh[2].mul_(r)))
+            return (hidden - n).mul_(z).add_(n)
+        pre = hh(hidden).add_(ig)
+        return tanh(pre) if mode == "tanh" else torch.relu(pre)
+
+    x, state = inputs
+    with torch.no_grad():
+        if kind.endswith("Cell"):
+            fp16 = qmod.weight_dtype == torch.float16
+            ih, hh = linear(qmod._packed_weight_ih, fp16), linear(qmod._packed_weight_hh, fp16)
+            mode = {"LSTMCell": "LSTM", "GRUCell": "GRU"}.get(kind, getattr(qmod, "nonlinearity", "tanh"))
+            b, h = x.shape[0], qmod.hidden_size
+            if state is None:
+                zeros = torch.zeros(b, h)
+                state = (zeros, zeros) if mode == "LSTM" else zeros
+            out = cell(mode, ih(x), state, hh)
+            return {"h": out[0], "c": out[1]} if mode == "LSTM" else {"h": out}
+        lstm = kind == "LSTM"
+        dirs = 2 if qmod.bidirectional else 1
+        layers = qmod.num_layers * dirs
+        inp = x.transpose(0, 1) if qmod.batch_first else x
+        b = inp.shape[1]
+        if state is None:
+            zeros = torch.zeros(layers, b, qmod.hidden_size)
+            state = (zeros, zeros) if lstm else zeros
+        hs, cs = [], []
+        for layer in range(qmod.num_layers):
+            outs = []
+            for d in range(dirs):
+                k = layer * dirs + d
+                st = qmod._all_weight_values[k].param.__getstate__()[0]
+                fp16 = st[0] == "quantized_fp16"
+                ih, hh = linear(st[4][0], fp16), linear(st[4][1], fp16)
+                steps = list(ih(inp).unbind(0))
+                hidden = (state[0][k], state[1][k]) if lstm else state[k]
+                order = range(len(steps)) if d == 0 else reversed(range(len(steps)))
+                step_out = [None] * len(steps)
+                for t in order:
+                    hidden = cell(kind, steps[t], hidden, hh)
+                    step_out[t] = hidden[0] if lstm else hidden
+                outs.append(torch.stack(step_out, 0))
+                hs.append(hidden[0] if lstm else hidden)
+                if lstm:
+                    cs.append(hidden[1])
+            inp = torch.cat(outs, -1) if dirs == 2 else outs[0]
+        output = inp.transpose(0, 1) if qmod.batch_first else inp
+        res = {"output": output, "h": torch.stack(hs, 0)}
+        if lstm:
+            res["c"] = torch.stack(cs, 0)
+        return res
 
 
 def case_inputs(kind, params, seed):
@@ -145,6 +238,15 @@ def add_case(fx, name, kind, qconfig_name, seed, **params):
     params["cross_engine_max_abs"] = cross
     params["float_max_abs"] = max(float((out[k] - float_out[k]).abs().max()) for k in out)
     tensors = {k: v for k, v in out.items()}
+    torch_ref = reference(qmod, kind, inputs, torch.tanh)
+    for k in out:
+        assert torch.equal(torch_ref[k], out[k]), f"{name}/{k}: the reference is not ATen's order"
+    ref = reference(qmod, kind, inputs, tanh64)
+    for k in out:
+        differ = (ref[k].view(torch.int32) != out[k].view(torch.int32)).flatten().nonzero().flatten()
+        if differ.numel():
+            tensors[f"{k}.tanh64_index"] = differ.to(torch.int32)
+            tensors[f"{k}.tanh64_value"] = ref[k].flatten()[differ]
     if out["h"].numel() * params.get("seq_len", 1) <= 5000:  # keeps the file small
         tensors.update({f"float_{k}": v for k, v in float_out.items()})
     fx.case(name, params, **tensors)

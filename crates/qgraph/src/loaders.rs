@@ -18,8 +18,9 @@ use crate::nn::{
 };
 use crate::nn::{GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell};
 use crate::quantized::{
-    DynamicQuantizedLinear, QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding, QuantizedEmbeddingBag,
-    QuantizedLinear, activation as qa,
+    DynamicQuantizedGRU, DynamicQuantizedGRUCell, DynamicQuantizedLSTM, DynamicQuantizedLSTMCell,
+    DynamicQuantizedLinear, DynamicQuantizedRNNCell, QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding,
+    QuantizedEmbeddingBag, QuantizedLinear, activation as qa,
 };
 use crate::record::Record;
 use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, QuantWrapper, Quantize};
@@ -202,6 +203,11 @@ impl Default for Loaders {
             QuantizedEmbedding => ["QuantizedEmbedding"],
             QuantizedEmbeddingBag => ["QuantizedEmbeddingBag"],
             DynamicQuantizedLinear => ["DynamicQuantizedLinear", "DynamicQuantizedLinearReLU"],
+            DynamicQuantizedLSTM => ["DynamicQuantizedLSTM"],
+            DynamicQuantizedGRU => ["DynamicQuantizedGRU"],
+            DynamicQuantizedLSTMCell => ["DynamicQuantizedLSTMCell"],
+            DynamicQuantizedGRUCell => ["DynamicQuantizedGRUCell"],
+            DynamicQuantizedRNNCell => ["DynamicQuantizedRNNCell"],
         );
         from_config!(l:
             QuantStub => "QuantStub",

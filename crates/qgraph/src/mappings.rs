@@ -19,8 +19,9 @@ use crate::functional::{FloatFunctional, QFunctional};
 use crate::nn;
 use crate::qconfig::QConfig;
 use crate::quantized::{
-    DynamicQuantizedLinear, QuantizedAct, QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding,
-    QuantizedEmbeddingBag, QuantizedLinear, activation as qa,
+    DynamicQuantizedGRU, DynamicQuantizedGRUCell, DynamicQuantizedLSTM, DynamicQuantizedLSTMCell,
+    DynamicQuantizedLinear, DynamicQuantizedRNNCell, QuantizedAct, QuantizedBatchNorm, QuantizedConv,
+    QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedLinear, activation as qa,
 };
 use crate::stubs::{DeQuantStub, DeQuantize, QuantStub, Quantize};
 use crate::{GraphError, GraphResult, Module};
@@ -379,6 +380,7 @@ pub fn get_default_dynamic_quant_module_mappings() -> Mappings {
     let mut m = Mappings::empty();
     register_linear_dynamic(&mut m);
     register_embedding_dynamic(&mut m);
+    register_rnn_dynamic(&mut m);
     m
 }
 
@@ -390,6 +392,21 @@ fn register_linear_dynamic(m: &mut Mappings) {
     });
     m.register_swap::<nn::Fused>(Swap::Dynamic, &nn::FusedKind::LinearReLU.type_name(), |fused, qconfig| {
         boxed(DynamicQuantizedLinear::from_fused(fused, qconfig))
+    });
+}
+
+/// The dynamic entries of the recurrent modules (`nnqd.LSTM`, `GRU` and the cells).
+fn register_rnn_dynamic(m: &mut Mappings) {
+    m.register_swap::<nn::LSTM>(Swap::Dynamic, "LSTM", |f, q| boxed(DynamicQuantizedLSTM::from_float(f, q)));
+    m.register_swap::<nn::GRU>(Swap::Dynamic, "GRU", |f, q| boxed(DynamicQuantizedGRU::from_float(f, q)));
+    m.register_swap::<nn::LSTMCell>(Swap::Dynamic, "LSTMCell", |f, q| {
+        boxed(DynamicQuantizedLSTMCell::from_float(f, q))
+    });
+    m.register_swap::<nn::GRUCell>(Swap::Dynamic, "GRUCell", |f, q| {
+        boxed(DynamicQuantizedGRUCell::from_float(f, q))
+    });
+    m.register_swap::<nn::RNNCell>(Swap::Dynamic, "RNNCell", |f, q| {
+        boxed(DynamicQuantizedRNNCell::from_float(f, q))
     });
 }
 

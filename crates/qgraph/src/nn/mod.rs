@@ -64,5 +64,6 @@ pub use rnn::{
     CellOptions, CellParams, FloatProjection, GRU, GRUCell, GateProjection, LSTM, LSTMCell, Nonlinearity,
     RNN, RNNCell, RnnMode, RnnOptions, gru_pointwise, lstm_cell_state, lstm_gates, lstm_hidden,
 };
+pub(crate) use rnn::{forward_cell, forward_rnn};
 pub use shape::{AdaptiveAvgPool2d, Flatten, Identity};
 pub use unary::{ELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh, Threshold};

@@ -83,7 +83,7 @@ struct DynamicLinearConfig {
 /// The weight dtype of a dynamic layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum DynDType {
+pub(crate) enum DynDType {
     Qint8,
     Float16,
 }
@@ -91,7 +91,7 @@ enum DynDType {
 /// The weight dtype a qconfig's weight observer asks for: qint8 or float16, as PyTorch's
 /// `from_float` accepts ("The only supported dtypes for dynamic quantized linear are qint8 and
 /// float16").
-fn weight_dtype(spec: &ObserverSpec) -> GraphResult<DynDType> {
+pub(crate) fn weight_dtype(spec: &ObserverSpec) -> GraphResult<DynDType> {
     let dtype = match spec {
         ObserverSpec::Placeholder { dtype, .. } | ObserverSpec::Noop { dtype, .. } => *dtype,
         _ => match spec.args() {
@@ -129,7 +129,7 @@ impl DynamicQuantizedLinear {
 
     /// A layer from its parts: `Err(qint8 weight)` or `Ok(float16 weight as f32)` (the `Result`
     /// only as an either), and the bias. Packs for the active tier.
-    fn from_parts(
+    pub(crate) fn from_parts(
         in_features: usize,
         out_features: usize,
         relu: bool,
@@ -237,8 +237,14 @@ impl DynamicQuantizedLinear {
         *shape.last_mut().expect("rank checked") = self.options.out_features;
         let m: usize = shape[..shape.len() - 1].iter().product();
         let x = x.as_standard_layout();
-        let x = x.as_slice().expect("standard layout");
         let mut out = memory::zeroed::<f32>(self.type_name, &shape)?;
+        self.run_into(x.as_slice().expect("standard layout"), m, &mut out)?;
+        Ok(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("m x n"))
+    }
+
+    /// The layer on `m` rows: `x` is `m x in_features`, `out` `m x out_features`, both row-major.
+    /// Reuses the layer's scratch (after the first call of a shape, no allocation).
+    pub(crate) fn run_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> GraphResult<()> {
         match &self.weight {
             DynWeight::Int8 { packed, .. } => {
                 let mut guard = self.scratch.try_lock();
@@ -247,11 +253,11 @@ impl DynamicQuantizedLinear {
                     Ok(s) => s,
                     Err(_) => &mut fresh,
                 };
-                linear_dynamic(x, m, packed, true, self.relu, &mut out, scratch)?;
+                linear_dynamic(x, m, packed, true, self.relu, out, scratch)?;
             }
-            DynWeight::F16 { packed, .. } => linear_fp16(x, m, packed, self.relu, &mut out)?,
+            DynWeight::F16 { packed, .. } => linear_fp16(x, m, packed, self.relu, out)?,
         }
-        Ok(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("m x n"))
+        Ok(())
     }
 }
 

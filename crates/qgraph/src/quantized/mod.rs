@@ -20,6 +20,7 @@ pub mod activation;
 mod batchnorm;
 mod conv;
 mod dynamic_linear;
+mod dynamic_rnn;
 mod embedding;
 mod linear;
 mod weighted;
@@ -27,6 +28,10 @@ mod weighted;
 pub use batchnorm::QuantizedBatchNorm;
 pub use conv::QuantizedConv;
 pub use dynamic_linear::DynamicQuantizedLinear;
+pub use dynamic_rnn::{
+    DynamicProjection, DynamicQuantizedGRU, DynamicQuantizedGRUCell, DynamicQuantizedLSTM,
+    DynamicQuantizedLSTMCell, DynamicQuantizedRNNCell,
+};
 pub use embedding::{EmbeddingWeight, QuantizedEmbedding, QuantizedEmbeddingBag};
 pub use linear::QuantizedLinear;
 pub use weighted::{QuantizedAct, QuantizedWeight};
