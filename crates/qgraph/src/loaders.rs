@@ -17,6 +17,7 @@ use crate::nn::{
     Tanh, Threshold, Upsample,
 };
 use crate::nn::{GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell};
+use crate::nn::{Permute, Squeeze};
 use crate::quantized::{
     DynamicQuantizedLinear, QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding, QuantizedEmbeddingBag,
     QuantizedLinear, activation as qa,
@@ -202,6 +203,7 @@ impl Default for Loaders {
             QuantizedEmbedding => ["QuantizedEmbedding"],
             QuantizedEmbeddingBag => ["QuantizedEmbeddingBag"],
             DynamicQuantizedLinear => ["DynamicQuantizedLinear", "DynamicQuantizedLinearReLU"],
+            Permute => ["Permute"],
         );
         from_config!(l:
             QuantStub => "QuantStub",
@@ -210,6 +212,7 @@ impl Default for Loaders {
             FloatFunctional => "FloatFunctional",
             Identity => "Identity",
             Flatten => "Flatten",
+            Squeeze => "Squeeze",
             ReLU => "ReLU",
             ReLU6 => "ReLU6",
             Hardtanh => "Hardtanh",
