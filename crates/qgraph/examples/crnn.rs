@@ -15,24 +15,14 @@
 
 use std::time::Instant;
 
-use ndarray::{ArrayD, Axis, IxDyn};
-use qgraph::models::{self, CRNN_INPUT};
-use qgraph::qconfig::get_default_qconfig;
-use qgraph::workflow::{DynamicDType, DynamicQConfigSpec, quantize_dynamic};
-use qgraph::{
-    GraphResult, Module, QConfigMapping, Value, calibrate, convert, eval, load_state_dict, prepare,
-};
+use ndarray::{ArrayD, Axis};
+use qgraph::models::{self, crnn_line as line};
+use qgraph::{GraphResult, Module, Value, eval, load_state_dict};
 use qtest::{Fixture, f64_of};
 
 const CLASSES: usize = 100;
 const WARM_UP: usize = 5;
 const RUNS: usize = 30;
-
-/// `random_f32s(32 * 128, seed)` as one `[1, 1, 32, 128]` text line.
-fn line(seed: u64) -> ArrayD<f32> {
-    let [h, w] = CRNN_INPUT;
-    ArrayD::from_shape_vec(IxDyn(&[1, 1, h, w]), models::random_f32s(h * w, seed)).expect("h * w values")
-}
 
 fn run(model: &dyn Module, x: &ArrayD<f32>) -> GraphResult<ArrayD<f32>> {
     model.forward(Value::from(x.clone()))?.into_float_lossy()
@@ -98,16 +88,7 @@ fn main() -> GraphResult<()> {
     load_state_dict(&mut float, state)?;
 
     let mut model = float.clone();
-    models::fuse_model(&mut model)?;
-    let qconfig = get_default_qconfig("x86")?;
-    let mapping = ["quant", "cnn", "dequant"]
-        .into_iter()
-        .fold(QConfigMapping::default(), |m, name| m.set_name(name, Some(qconfig.clone())));
-    prepare(&mut model, &mapping)?;
-    calibrate(model.as_ref(), (500..504).map(line), |_, _| {})?;
-    convert(&mut model)?;
-    let types = vec!["LSTM".to_string(), "Linear".to_string()];
-    let swapped = quantize_dynamic(&mut model, DynamicQConfigSpec::Types(types), DynamicDType::QInt8)?;
+    let swapped = models::quantize_crnn(&mut model, (500..504).map(line))?;
     println!("{model}");
     println!(
         "quantize_dynamic swapped {swapped} module(s); built in {:.2} s\n",

@@ -5,27 +5,16 @@
 //! default dynamic table. Test input: seed 999.
 
 use ndarray::{ArrayD, IxDyn};
-use qgraph::models::{self, CRNN_INPUT};
+use qgraph::models::{self, crnn_line as line};
 use qgraph::nn::{Permute, Squeeze};
-use qgraph::qconfig::get_default_qconfig;
 use qgraph::quantized::QuantizedConv;
-use qgraph::workflow::{DynamicDType, DynamicQConfigSpec, quantize_dynamic};
-use qgraph::{
-    Module, PerTensor, QConfigMapping, QuantTensor, Value, calibrate, convert, eval, io, load_state_dict,
-    prepare, replace,
-};
+use qgraph::{Module, PerTensor, QuantTensor, Value, eval, io, load_state_dict, replace};
 use qtest::{Fixture, assert_bits_eq};
 
 const CASE: &str = "crnn";
 
 fn fixture() -> Fixture {
     Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), "crnn")
-}
-
-/// `random_f32s(32 * 128, seed)` as one `[1, 1, 32, 128]` line.
-fn line(seed: u64) -> ArrayD<f32> {
-    let [h, w] = CRNN_INPUT;
-    ArrayD::from_shape_vec(IxDyn(&[1, 1, h, w]), models::random_f32s(h * w, seed)).expect("shape")
 }
 
 /// The float model with the generator's weights, in evaluation mode.
@@ -40,17 +29,7 @@ fn float_model() -> Box<dyn Module> {
 /// The float model quantized as the generator does: static CNN, then `quantize_dynamic`.
 fn quantized_model() -> Box<dyn Module> {
     let mut model = float_model();
-    models::fuse_model(&mut model).expect("fuse");
-    let qconfig = get_default_qconfig("x86").expect("qconfig");
-    let mapping = ["quant", "cnn", "dequant"]
-        .into_iter()
-        .fold(QConfigMapping::default(), |m, name| m.set_name(name, Some(qconfig.clone())));
-    prepare(&mut model, &mapping).expect("prepare");
-    calibrate(model.as_ref(), (500..504).map(line), |_, _| {}).expect("calibrate");
-    convert(&mut model).expect("convert");
-    let types = vec!["LSTM".to_string(), "Linear".to_string()];
-    quantize_dynamic(&mut model, DynamicQConfigSpec::Types(types), DynamicDType::QInt8)
-        .expect("quantize_dynamic");
+    models::quantize_crnn(&mut model, (500..504).map(line)).expect("quantize");
     model
 }
 

@@ -2,8 +2,12 @@
 //! conv + batch norm + ReLU blocks with max pooling, between `quant` and `dequant`), the feature
 //! map read as a sequence along its width, a two-layer bidirectional LSTM and a Linear head.
 
+use ndarray::{ArrayD, IxDyn};
+
 use crate::nn::{BatchNorm2d, Conv2d, LSTM, Linear, MaxPool2d, ReLU, RnnOptions};
-use crate::{DeQuantStub, Graph, GraphResult, Module, Op, QuantStub, Sequential};
+use crate::qconfig::get_default_qconfig;
+use crate::workflow::{DynamicDType, DynamicQConfigSpec, quantize_dynamic};
+use crate::{DeQuantStub, Graph, GraphResult, Module, Op, QConfigMapping, QuantStub, Sequential};
 
 /// The printed type name of the model.
 pub(crate) const TYPE_NAME: &str = "CRNN";
@@ -69,4 +73,45 @@ pub(crate) fn crnn(num_classes: usize) -> GraphResult<Box<dyn Module>> {
 /// blocks.
 pub(crate) fn fuse_groups() -> Vec<Vec<String>> {
     (0..CHANNELS.len()).map(|i| (0..3).map(|j| format!("cnn.{i}.{j}")).collect()).collect()
+}
+
+/// `random_f32s(32 * 128, seed)` as one `[1, 1, 32, 128]` text line: the generator's
+/// calibration lines (seeds 500..503) and test line (seed 999).
+///
+/// ```
+/// assert_eq!(qgraph::models::crnn_line(999).shape(), [1, 1, 32, 128]);
+/// ```
+pub fn crnn_line(seed: u64) -> ArrayD<f32> {
+    let [h, w] = CRNN_INPUT;
+    ArrayD::from_shape_vec(IxDyn(&[1, 1, h, w]), super::random_f32s(h * w, seed)).expect("h * w values")
+}
+
+/// Quantizes a float CRNN (in evaluation mode) as `tools/golden/gen_crnn.py` does: fuses the
+/// five blocks, gives `quant`, `cnn` and `dequant` `get_default_qconfig("x86")` (nothing else),
+/// prepares, calibrates on `lines`, converts, then `quantize_dynamic({LSTM, Linear}, qint8)`
+/// through the default dynamic table. Returns how many modules `quantize_dynamic` swapped.
+///
+/// ```
+/// use qgraph::models::{crnn, crnn_line, quantize_crnn};
+/// let mut model = crnn(10)?;
+/// qgraph::eval(&mut model);
+/// quantize_crnn(&mut model, [crnn_line(500)])?;
+/// assert_eq!(model.get("cnn.0.0")?.type_name(), "QuantizedConvReLU2d");
+/// assert_eq!(model.get("fc")?.type_name(), "DynamicQuantizedLinear");
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn quantize_crnn(
+    model: &mut Box<dyn Module>,
+    lines: impl IntoIterator<Item = ArrayD<f32>>,
+) -> GraphResult<usize> {
+    super::fuse_model(model)?;
+    let qconfig = get_default_qconfig("x86")?;
+    let mapping = ["quant", "cnn", "dequant"]
+        .into_iter()
+        .fold(QConfigMapping::default(), |m, name| m.set_name(name, Some(qconfig.clone())));
+    crate::prepare(model, &mapping)?;
+    crate::calibrate(model.as_ref(), lines, |_, _| {})?;
+    crate::convert(model)?;
+    let types = vec!["LSTM".to_string(), "Linear".to_string()];
+    quantize_dynamic(model, DynamicQConfigSpec::Types(types), DynamicDType::QInt8)
 }

@@ -43,7 +43,7 @@ use std::path::Path;
 use ndarray::ArrayD;
 
 pub use arch::Architecture;
-pub use crnn::CRNN_INPUT;
+pub use crnn::{CRNN_INPUT, crnn_line, quantize_crnn};
 pub use weights::{deterministic_state_dict, load_weights, load_weights_from_bytes, random_f32s};
 
 use crate::fuse::fuse_modules;
