@@ -14,7 +14,6 @@ engines "x86" (oneDNN convs on CPUs with AVX512-VNNI) and "fbgemm".
 Writes {"recurrent/<case>/t<T>": {"x86": median_ns, "fbgemm": median_ns}}.
 """
 
-import argparse
 import copy
 import json
 import pathlib
@@ -23,7 +22,7 @@ import warnings
 
 import torch
 import torch.ao.quantization as tq
-from timing import median_ns
+from timing import bench_args, median_ns
 from torch import nn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -37,35 +36,17 @@ LSTM_CASE = "I256_H256_L2_bi_T50"
 
 
 def quantized_crnn(model):
-    q = copy.deepcopy(model)
-    tq.fuse_modules(q, [[f"cnn.{b}.0", f"cnn.{b}.1", f"cnn.{b}.2"] for b in range(5)], inplace=True)
-    qconfig = tq.get_default_qconfig("x86")
-    for name in ("quant", "cnn", "dequant"):
-        getattr(q, name).qconfig = qconfig
-    tq.prepare(q, inplace=True)
-    with torch.no_grad():
-        for j in range(4):
-            q(gen_crnn.line(500 + j))
-    tq.convert(q, inplace=True)
-    return tq.quantize_dynamic(q, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+    return tq.quantize_dynamic(gen_crnn.static_quantized(model), {nn.LSTM, nn.Linear}, dtype=torch.qint8)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = bench_args()
     t = args.threads
     results = {}
 
     lstm = nn.LSTM(256, 256, num_layers=2, bidirectional=True).eval()
     seq = torch.randn(50, 1, 256)
-    crnn = gen_crnn.CRNN()
-    state = crnn.state_dict()
-    state.update(gen_crnn.deterministic_state(crnn))
-    crnn.load_state_dict(state)
-    crnn.eval()
+    crnn = gen_crnn.float_model()
     line = gen_crnn.line(999)
 
     with torch.no_grad():

@@ -138,14 +138,17 @@ def median_ms(model, x):
     return statistics.median(times)
 
 
-def main():
-    torch.backends.quantized.engine = "fbgemm"
+def float_model():
+    """The float CRNN with the deterministic weights, in eval mode."""
     model = CRNN()
     state = model.state_dict()
     state.update(deterministic_state(model))
     model.load_state_dict(state, strict=True)
-    model.eval()
+    return model.eval()
 
+
+def static_quantized(model):
+    """A copy of `model` with its CNN fused, prepared, calibrated and converted (static int8)."""
     q = copy.deepcopy(model)
     tq.fuse_modules(q, [[f"cnn.{b}.0", f"cnn.{b}.1", f"cnn.{b}.2"] for b in range(5)], inplace=True)
     qconfig = tq.get_default_qconfig("x86")
@@ -156,6 +159,13 @@ def main():
         for j in range(4):
             q(line(500 + j))
     tq.convert(q, inplace=True)
+    return q
+
+
+def main():
+    torch.backends.quantized.engine = "fbgemm"
+    model = float_model()
+    q = static_quantized(model)
     static = copy.deepcopy(q)
     q = tq.quantize_dynamic(q, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
     torch.backends.quantized.engine = "x86"
