@@ -11,7 +11,7 @@ Times, at batch 1:
       quantize_dynamic for the LSTM and Linear).
 Float cases run once (reported under both engines); int8 cases are quantized and timed under the
 engines "x86" (oneDNN convs on CPUs with AVX512-VNNI) and "fbgemm".
-Writes {"recurrent/<case>/t<T>": {"x86": median_ns, "fbgemm": median_ns}}.
+Writes {"recurrent/<case>": {"x86": median_ns, "fbgemm": median_ns}} (xtask adds "/t<T>").
 """
 
 import copy
@@ -41,7 +41,6 @@ def quantized_crnn(model):
 
 def main():
     args = bench_args()
-    t = args.threads
     results = {}
 
     lstm = nn.LSTM(256, 256, num_layers=2, bidirectional=True).eval()
@@ -52,13 +51,13 @@ def main():
     with torch.no_grad():
         for case, model, x in ((f"lstm_float_{LSTM_CASE}", lstm, seq), ("crnn_float", crnn, line)):
             ns = median_ns(lambda: model(x))
-            results[f"recurrent/{case}/t{t}"] = {e: ns for e in ENGINES}
+            results[f"recurrent/{case}"] = {e: ns for e in ENGINES}
         for engine in ENGINES:
             torch.backends.quantized.engine = engine
             qlstm = tq.quantize_dynamic(copy.deepcopy(lstm), {nn.LSTM}, dtype=torch.qint8)
             qcrnn = quantized_crnn(crnn)
             for case, model, x in ((f"lstm_qint8_{LSTM_CASE}", qlstm, seq), ("crnn_int8", qcrnn, line)):
-                results.setdefault(f"recurrent/{case}/t{t}", {})[engine] = median_ns(lambda: model(x))
+                results.setdefault(f"recurrent/{case}", {})[engine] = median_ns(lambda: model(x))
     for key, value in results.items():
         print(key, value)
     if args.out:
