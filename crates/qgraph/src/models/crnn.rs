@@ -83,11 +83,12 @@ pub(crate) fn fuse_groups() -> Vec<Vec<String>> {
 /// ```
 pub fn crnn_line(seed: u64) -> ArrayD<f32> {
     let [h, w] = CRNN_INPUT;
-    ArrayD::from_shape_vec(IxDyn(&[1, 1, h, w]), super::random_f32s(h * w, seed)).expect("h * w values")
+    ArrayD::from_shape_vec(IxDyn(&[1, 1, h, w]), super::weights::random_f32s(h * w, seed))
+        .expect("h * w values")
 }
 
 /// Quantizes a float CRNN (in evaluation mode) as `tools/golden/gen_crnn.py` does: fuses the
-/// five blocks, gives `quant`, `cnn` and `dequant` `get_default_qconfig("x86")` (nothing else),
+/// five blocks (as [`fuse_model`](super::fuse_model)), gives `quant`, `cnn` and `dequant` `get_default_qconfig("x86")` (nothing else),
 /// prepares, calibrates on `lines`, converts, then `quantize_dynamic({LSTM, Linear}, qint8)`
 /// through the default dynamic table. Returns how many modules `quantize_dynamic` swapped.
 ///
@@ -104,7 +105,10 @@ pub fn quantize_crnn(
     model: &mut Box<dyn Module>,
     lines: impl IntoIterator<Item = ArrayD<f32>>,
 ) -> GraphResult<usize> {
-    super::fuse_model(model)?;
+    let groups = fuse_groups();
+    let refs: Vec<Vec<&str>> = groups.iter().map(|g| g.iter().map(String::as_str).collect()).collect();
+    let slices: Vec<&[&str]> = refs.iter().map(Vec::as_slice).collect();
+    crate::fuse::fuse_modules(model, &slices)?;
     let qconfig = get_default_qconfig("x86")?;
     let mapping = ["quant", "cnn", "dequant"]
         .into_iter()
