@@ -22,3 +22,17 @@ def median_ns(fn, min_time=0.3, min_iters=5):
             break
     samples.sort()
     return samples[len(samples) // 2]
+
+
+def bench_args():
+    """`--threads N --out FILE` of a tools/bench/torch_*.py script; sets torch's thread count."""
+    import argparse
+
+    import torch
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args

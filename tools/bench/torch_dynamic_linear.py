@@ -7,23 +7,18 @@ bias on f32 input [M, K], M in {1, 16, 128}, K = N in {256, 1024}, under the eng
 "x86". Writes {"dynamic/<dtype>_M<m>_K<k>_N<n>/t<T>": {"fbgemm": median_ns, "x86": median_ns}}.
 """
 
-import argparse
 import json
 import warnings
 
 import torch
 import torch.ao.nn.quantized.dynamic as nnqd
-from timing import median_ns
+from timing import bench_args, median_ns
 
 warnings.filterwarnings("ignore")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = bench_args()
     results = {}
     for kn in (256, 1024):
         for m in (1, 16, 128):

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::module::Functional;
-use crate::nn::{AdaptiveAvgPool2d, Flatten, check_sizes};
+use crate::nn::{AdaptiveAvgPool2d, Flatten, Permute, Squeeze, check_sizes};
 use crate::record::Record;
 use crate::{GraphError, GraphResult, Module, Value, invalid};
 
@@ -118,6 +118,10 @@ pub enum Op {
     Tuple,
     /// `x[index]`: an element of the node's one input, a tuple.
     GetItem(usize),
+    /// `x.squeeze(dim)` on a float value ([`Squeeze`]).
+    Squeeze(i64),
+    /// `x.permute(*dims)` on a float value ([`Permute`]).
+    Permute(Vec<i64>),
 }
 
 /// One step of a [`Graph`]: its name (the name of its output value), what it does and the names
@@ -298,7 +302,11 @@ impl Graph {
                     Some(1)
                 }
                 Op::Tuple => None,
-                Op::GetItem(_) => Some(1),
+                Op::GetItem(_) | Op::Squeeze(_) => Some(1),
+                Op::Permute(dims) => {
+                    Permute::new(dims)?;
+                    Some(1)
+                }
             };
             let count_ok = match arity {
                 Some(n) => node.inputs.len() == n,
@@ -406,6 +414,8 @@ impl Graph {
             Op::AdaptiveAvgPool2d(size) => {
                 AdaptiveAvgPool2d::new(*size).forward(inputs.pop().expect("arity checked"))
             }
+            Op::Squeeze(dim) => Squeeze::new(*dim).forward(inputs.pop().expect("arity checked")),
+            Op::Permute(dims) => Permute::new(dims)?.forward(inputs.pop().expect("arity checked")),
             Op::Tuple => Ok(Value::Tuple(inputs)),
             Op::GetItem(index) => {
                 let items = inputs.pop().expect("arity checked").into_tuple(&self.type_name)?;
@@ -593,8 +603,8 @@ impl GraphBuilder {
         self.push(child, Op::Functional(child.to_string(), op), inputs)
     }
 
-    /// A parameterless op (`Op::Flatten`, `Op::AdaptiveAvgPool2d`, `Op::GetItem`) named `name` on
-    /// `input`.
+    /// A parameterless op (`Op::Flatten`, `Op::AdaptiveAvgPool2d`, `Op::GetItem`, `Op::Squeeze`,
+    /// `Op::Permute`) named `name` on `input`.
     pub fn op(&mut self, name: &str, op: Op, input: &str) -> String {
         self.push(name, op, vec![input.to_string()])
     }

@@ -17,6 +17,7 @@ use crate::nn::{
     Tanh, Threshold, Upsample,
 };
 use crate::nn::{GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell};
+use crate::nn::{Permute, Squeeze};
 use crate::quantized::{
     DynamicQuantizedGRU, DynamicQuantizedGRUCell, DynamicQuantizedLSTM, DynamicQuantizedLSTMCell,
     DynamicQuantizedLinear, DynamicQuantizedRNNCell, QuantizedBatchNorm, QuantizedConv, QuantizedEmbedding,
@@ -208,6 +209,7 @@ impl Default for Loaders {
             DynamicQuantizedLSTMCell => ["DynamicQuantizedLSTMCell"],
             DynamicQuantizedGRUCell => ["DynamicQuantizedGRUCell"],
             DynamicQuantizedRNNCell => ["DynamicQuantizedRNNCell"],
+            Permute => ["Permute"],
         );
         from_config!(l:
             QuantStub => "QuantStub",
@@ -216,6 +218,7 @@ impl Default for Loaders {
             FloatFunctional => "FloatFunctional",
             Identity => "Identity",
             Flatten => "Flatten",
+            Squeeze => "Squeeze",
             ReLU => "ReLU",
             ReLU6 => "ReLU6",
             Hardtanh => "Hardtanh",

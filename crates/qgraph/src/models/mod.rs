@@ -1,5 +1,5 @@
 //! A model zoo: torchvision's *quantizable* ResNet-18, ResNet-50 and MobileNetV2 as float module
-//! trees, ready for [`fuse_model`], [`prepare`](crate::prepare), [`calibrate`](crate::calibrate)
+//! trees (and a [`crnn`] text recognizer: static int8 CNN, dynamic int8 LSTM), ready for [`fuse_model`], [`prepare`](crate::prepare), [`calibrate`](crate::calibrate)
 //! and [`convert`](crate::convert).
 //!
 //! Each model has torchvision's children, in its printing order, under its names, so that its
@@ -33,6 +33,7 @@
 //! ```
 
 mod arch;
+mod crnn;
 mod mobilenet;
 mod resnet;
 mod weights;
@@ -42,6 +43,7 @@ use std::path::Path;
 use ndarray::ArrayD;
 
 pub use arch::Architecture;
+pub use crnn::{CRNN_INPUT, crnn_line, quantize_crnn};
 pub use weights::{deterministic_state_dict, load_weights, load_weights_from_bytes, random_f32s};
 
 use crate::fuse::fuse_modules;
@@ -86,16 +88,44 @@ pub fn mobilenet_v2(num_classes: usize) -> GraphResult<Box<dyn Module>> {
     Architecture::MobileNetV2.build(num_classes)
 }
 
+/// The model of `tools/golden/gen_crnn.py`, `CRNN`, in training mode: `quant`, `cnn` (blocks
+/// `0` .. `4`, each `Sequential(Conv2d(3x3, padding 1), BatchNorm2d, ReLU)`, with `pool0`,
+/// `pool1`, `pool3`, `pool4` max pooling), `dequant`, `rnn` (`LSTM(256, 256, num_layers=2,
+/// bidirectional=True)`) and `fc` (`Linear(512, num_classes)`). Its input is a batch of
+/// grayscale text lines `[N, 1, 32, 128]` ([`CRNN_INPUT`]); the CNN's `[N, 256, 1, 32]` features
+/// become a sequence `[32, N, 256]` (`squeeze(2).permute(2, 0, 1)`, graph ops that print
+/// nothing), and the output is `[32, N, num_classes]`, the LSTM's `out` through `fc`.
+///
+/// Quantize it as PyTorch users do: [`fuse_model`], a static qconfig on `quant`, `cnn` and
+/// `dequant` only, prepare, calibrate, convert; then
+/// [`quantize_dynamic`](crate::workflow::quantize_dynamic) for the LSTM and `fc`.
+///
+/// ```
+/// let model = qgraph::models::crnn(100)?;
+/// assert_eq!(model.get("cnn.pool3")?.to_string(),
+///     "MaxPool2d(kernel_size=(2, 1), stride=(2, 1), padding=0, dilation=1, ceil_mode=False)");
+/// assert_eq!(model.get("rnn")?.to_string(), "LSTM(256, 256, num_layers=2, bidirectional=True)");
+/// assert_eq!(model.state_dict()[0].0, "cnn.0.0.weight");
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn crnn(num_classes: usize) -> GraphResult<Box<dyn Module>> {
+    crnn::crnn(num_classes)
+}
+
 /// The groups torchvision's `fuse_model()` passes to `fuse_modules` for `model`, in its order, as
-/// dotted paths from the top; an error unless `model` is a zoo model.
+/// dotted paths from the top (for the [`crnn`], its five conv-bn-relu blocks); an error unless
+/// `model` is a zoo model.
 pub fn fuse_groups(model: &dyn Module) -> GraphResult<Vec<Vec<String>>> {
+    if model.type_name() == crnn::TYPE_NAME {
+        return Ok(crnn::fuse_groups());
+    }
     match Architecture::of(model) {
         Some(Architecture::MobileNetV2) => Ok(mobilenet::fuse_groups(model)),
         Some(_) => Ok(resnet::fuse_groups(model)),
         None => Err(GraphError::Workflow {
             step: "fuse_model",
             reason: format!(
-                "a {} is not a zoo model (QuantizableResNet or QuantizableMobileNetV2); call fuse_modules with its groups",
+                "a {} is not a zoo model (QuantizableResNet, QuantizableMobileNetV2 or CRNN); call fuse_modules with its groups",
                 model.type_name()
             ),
         }),

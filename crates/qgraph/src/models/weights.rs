@@ -8,6 +8,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::arch::Architecture;
 use crate::io::state_dict_from_bytes;
+use crate::nn::{GRU, LSTM, RNN};
 use crate::{GraphError, GraphResult, Module, load_state_dict};
 
 /// `qtest`'s `random_f32s(len, seed)`: `len` values in `[-1, 1)` from xorshift64 (13/7/17, seed
@@ -31,7 +32,9 @@ pub fn random_f32s(len: usize, seed: u64) -> Vec<f32> {
 /// The weights `tools/golden/gen_models.py` gives `model`: its `state_dict` entry `i` (in order,
 /// shape S, n values) is `r = random_f32s(n, i + 1)` transformed in f32 by its name: conv / linear
 /// `weight` (rank >= 2) `r * (1 / sqrt(n / S[0]))`, batch-norm `weight` `1 + 0.1 r`, `bias` and
-/// `running_mean` `0.1 r`, `running_var` `0.5 + 0.5 ((r + 1) / 2)`. Load it with
+/// `running_mean` `0.1 r`, `running_var` `0.5 + 0.5 ((r + 1) / 2)`; a recurrent module's
+/// `weight_ih_l*`, `weight_hh_l*`, `bias_ih_l*`, `bias_hh_l*` (and `_reverse`) `r * (1 /
+/// sqrt(hidden_size))` (`tools/golden/gen_crnn.py`). Load it with
 /// [`load_state_dict`](crate::load_state_dict).
 ///
 /// ```
@@ -47,7 +50,10 @@ pub fn deterministic_state_dict(model: &dyn Module) -> GraphResult<BTreeMap<Stri
         let shape = x.shape().to_vec();
         let n = x.len();
         let r = random_f32s(n, i as u64 + 1);
-        let values: Vec<f32> = if key.ends_with(".weight") && shape.len() >= 2 {
+        let values: Vec<f32> = if let Some(hidden) = recurrent_hidden_size(model, &key) {
+            let s = (1.0 / (hidden as f64).sqrt()) as f32;
+            r.iter().map(|&r| r * s).collect()
+        } else if key.ends_with(".weight") && shape.len() >= 2 {
             let fan_in = n.checked_div(shape[0]).unwrap_or(0);
             let s = (1.0 / (fan_in as f64).sqrt()) as f32;
             r.iter().map(|&r| r * s).collect()
@@ -69,6 +75,23 @@ pub fn deterministic_state_dict(model: &dyn Module) -> GraphResult<BTreeMap<Stri
         out.insert(key, array);
     }
     Ok(out)
+}
+
+/// The hidden size of the LSTM, GRU or RNN owning `key` if `key` is one of its gate weights or
+/// biases (`weight_ih_l0`, `bias_hh_l1_reverse`, ...).
+fn recurrent_hidden_size(model: &dyn Module, key: &str) -> Option<usize> {
+    let (path, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    if !["weight_ih_l", "weight_hh_l", "bias_ih_l", "bias_hh_l"].iter().any(|p| leaf.starts_with(p)) {
+        return None;
+    }
+    let owner = if path.is_empty() { model } else { model.get(path).ok()? };
+    if let Some(m) = owner.downcast_ref::<LSTM>() {
+        Some(m.options().hidden_size)
+    } else if let Some(m) = owner.downcast_ref::<GRU>() {
+        Some(m.options().hidden_size)
+    } else {
+        owner.downcast_ref::<RNN>().map(|m| m.options().hidden_size)
+    }
 }
 
 /// Loads a safetensors `state_dict` (torchvision's names; f32, f16, bf16 or f64;

@@ -44,6 +44,7 @@ mod init;
 mod linear;
 pub(crate) mod misc;
 mod pool;
+mod reshape;
 mod rnn;
 mod shape;
 pub(crate) mod unary;
@@ -60,6 +61,7 @@ pub use init::manual_seed;
 pub use linear::{Linear, LinearOptions};
 pub use misc::{Dropout, Softmax, Upsample, UpsampleMode};
 pub use pool::{AvgPool2d, MaxPool, MaxPool1d, MaxPool2d, MaxPool3d, Size};
+pub use reshape::{Permute, Squeeze};
 pub use rnn::{
     CellOptions, CellParams, FloatProjection, GRU, GRUCell, GateProjection, LSTM, LSTMCell, Nonlinearity,
     RNN, RNNCell, RnnMode, RnnOptions, gru_pointwise, lstm_cell_state, lstm_gates, lstm_hidden,
