@@ -36,7 +36,9 @@ same bits under "x86" (its linear layers are FBGEMM's under both engines).
 
 Case "crnn": tensors float (the float model's logits), quantized (the int8 model's logits),
 features (int_repr of the CNN's last quantized output, u8, NCHW [1, 256, 1, 32]) with
-features.scale / features.zero_point, lstm (the dynamic LSTM's output [32, 1, 512]). Params:
+features.scale / features.zero_point, lstm (the dynamic LSTM's output [32, 1, 512] on PyTorch's
+features), lstm.tanh64 and quantized.tanh64 (the same LSTM output and the int8 logits from it,
+computed by gen_dynamic_rnn.reference: ATen's path with the f64-rounded tanh). Params:
 converted (str() of the converted model), sqnr_db (quantized vs float logits), agreement
 (fraction of the 32 steps whose argmax class is the same in both), and PyTorch's latency on the
 machine that made the fixture (median of 30 runs after 5 warm-ups, one thread, milliseconds):
@@ -59,6 +61,7 @@ from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from xorshift import random_f32s  # noqa: E402
+from gen_dynamic_rnn import reference, tanh64  # noqa: E402
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
@@ -183,6 +186,11 @@ def main():
         lstm_x86, _ = q_x86.rnn(seq)
         assert torch.equal(lstm_out, lstm_x86) and torch.equal(q.fc(lstm_out), q_x86.fc(lstm_out))
         torch.backends.quantized.engine = "fbgemm"
+        # ATen's dynamic LSTM path with PyTorch's ops: with torch.tanh it is PyTorch's output; with
+        # the f64-rounded tanh it is what the library computes (NUMERICS sections 12 and 16).
+        assert torch.equal(reference(q.rnn, "LSTM", (seq, None), torch.tanh)["output"], lstm_out)
+        lstm_tanh64 = reference(q.rnn, "LSTM", (seq, None), tanh64)["output"]
+        quant_tanh64 = q.fc(lstm_tanh64)
     noise = (float_out - quant_out).norm()
     sqnr = float(20 * torch.log10(float_out.norm() / noise))
     agreement = float((float_out.argmax(-1) == quant_out.argmax(-1)).float().mean())
@@ -204,6 +212,7 @@ def main():
             "features.zero_point": torch.tensor([features.q_zero_point()], dtype=torch.int64),
         },
         lstm=lstm_out,
+        **{"lstm.tanh64": lstm_tanh64, "quantized.tanh64": quant_tanh64},
     )
     fx.save()
     print(q)
