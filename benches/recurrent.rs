@@ -2,7 +2,7 @@
 //!
 //! - `lstm_float_I256_H256_L2_bi_T50`: `nn.LSTM(256, 256, num_layers=2, bidirectional=True)` on a
 //!   `[50, 1, 256]` sequence, and `lstm_qint8_...` the same after `quantize_dynamic` (qint8,
-//!   the default dynamic table; skipped, with a message, while that table has no dynamic LSTM);
+//!   the default dynamic table);
 //! - `crnn_float`, `crnn_int8`: `qgraph::models::crnn(100)` on one `[1, 1, 32, 128]` line, float
 //!   and quantized by `models::quantize_crnn` (static CNN, dynamic LSTM and Linear).
 //!
@@ -45,11 +45,8 @@ fn bench_lstm(c: &mut Criterion) {
     let x = ArrayD::from_shape_vec(IxDyn(&[50, 1, 256]), models::random_f32s(50 * 256, 7)).expect("shape");
     bench_model(c, &format!("lstm_float_{LSTM_CASE}"), lstm.as_ref(), &x);
     quantize_dynamic(&mut lstm, DynamicQConfigSpec::Default, DynamicDType::QInt8).expect("quantize_dynamic");
-    if lstm.type_name() == "LSTM" {
-        eprintln!("recurrent/lstm_qint8_{LSTM_CASE}: skipped, the default dynamic table has no dynamic LSTM");
-    } else {
-        bench_model(c, &format!("lstm_qint8_{LSTM_CASE}"), lstm.as_ref(), &x);
-    }
+    assert_eq!(lstm.type_name(), "DynamicQuantizedLSTM", "quantize_dynamic swaps the LSTM");
+    bench_model(c, &format!("lstm_qint8_{LSTM_CASE}"), lstm.as_ref(), &x);
 }
 
 fn bench_crnn(c: &mut Criterion) {

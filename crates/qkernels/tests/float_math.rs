@@ -41,7 +41,15 @@ fn any_float() -> impl Strategy<Value = f32> {
             -100.01,
             8.664_34,
             -8.664_34,
+            0.5,
+            -0.5,
+            0.499_999_97,
+            9.01,
+            -9.01,
         ]),
+        // The vector tanh's branch point (|x| = 0.5) and its last values below 1.0.
+        0.49f32..0.51,
+        9.0f32..9.1,
     ]
 }
 
@@ -94,6 +102,39 @@ proptest! {
             float::tanh_in_place(&mut inplace, isa).unwrap();
             prop_assert_eq!(bits(&inplace), bits(&expected));
         }
+    }
+}
+
+/// Floats from bit pattern `first` to `last`, every `step`-th.
+fn bit_range(first: f32, last: f32, step: usize) -> Vec<f32> {
+    (first.to_bits()..=last.to_bits()).step_by(step).map(f32::from_bits).collect()
+}
+
+/// tanh on every tier equals the oracle over every 509th bit pattern (all classes, both signs)
+/// and over every float of the regions where the vector tiers change branch or approach 1.0.
+#[test]
+fn tanh_tiers_equal_tanh_value_over_sweeps() {
+    let mut x: Vec<f32> = (0..=u32::MAX).step_by(509).map(f32::from_bits).collect();
+    // Inputs whose f64 tanh lies within 2^-39 relative of an f32 rounding boundary (about one
+    // float in 2^14): the vector lanes hand them to the oracle.
+    let near_boundary = [0x3e00_5a4c_u32, 0x3e00_7165, 0x3e00_967c, 0x3e00_9d9e, 0x3e01_253f, 0x3e01_4203];
+    for b in near_boundary {
+        let t = f64::from(f32::from_bits(b)).tanh();
+        let margin = 2f64.powi(-39);
+        assert!((t * (1.0 - margin)) as f32 != t as f32 || (t * (1.0 + margin)) as f32 != t as f32);
+        x.extend([f32::from_bits(b), -f32::from_bits(b)]);
+    }
+    for (first, last) in [(0.49f32, 0.51f32), (9.0, 9.1)] {
+        let region = bit_range(first, last, 1);
+        x.extend(region.iter().map(|v| -v));
+        x.extend(region);
+    }
+    let expected: Vec<f32> = x.iter().map(|&v| float::tanh_value(v)).collect();
+    for isa in Isa::tiers() {
+        let mut out = vec![0.0f32; x.len()];
+        float::tanh(&x, &mut out, isa).unwrap();
+        let wrong = out.iter().zip(&expected).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(wrong.map(|i| (x[i], out[i], expected[i])), None, "{}", isa.name());
     }
 }
 

@@ -217,23 +217,41 @@ pub fn tanh_value(x: f32) -> f32 {
     (f64::from(x)).tanh() as f32
 }
 
-/// `out = tanh(input)` element by element with [`tanh_value`].
+/// `dst[i] = tanh_value(src[i])` for `i < n`, chunked over threads, on the tier's vector body.
+///
+/// # Safety
+/// `src` is valid for reading and `dst` for writing `n` floats; they are the same pointer (in
+/// place) or do not overlap.
+unsafe fn tanh_run(src: SendPtr<f32>, dst: SendPtr<f32>, n: usize, isa: Isa) {
+    for_chunks(n, |a, b| {
+        let (s, d) = (src.offset(a).0.cast_const(), dst.offset(a).0);
+        on_tier!(
+            isa,
+            scalar: for i in 0..b - a {
+                // SAFETY: `a + i < n`: inside both buffers; read before written.
+                unsafe { *d.add(i) = tanh_value(*s.add(i)) };
+            },
+            avx2: crate::x86::float_math::tanh_avx2(s, d, b - a),
+            avx512: crate::x86::float_math::tanh_avx512(s, d, b - a),
+        )
+    });
+}
+
+/// `out = tanh(input)` element by element, equal to [`tanh_value`] on every tier (the vector
+/// tiers compute in `f64` and defer to it where rounding could tell them apart).
 ///
 /// ```
 /// let mut y = [0.0f32; 2];
-/// qkernels::float::tanh(&[0.0, -20.0], &mut y, qkernels::Isa::Scalar)?;
+/// qkernels::float::tanh(&[0.0, -20.0], &mut y, qkernels::Isa::detect())?;
 /// assert_eq!(y, [0.0, -1.0]);
 /// # Ok::<(), qkernels::KernelError>(())
 /// ```
 pub fn tanh(input: &[f32], out: &mut [f32], isa: Isa) -> KernelResult<()> {
     isa.ensure_supported()?;
     check_len("tanh", "output length", out.len(), input.len())?;
-    let dst = SendPtr(out.as_mut_ptr());
-    for_chunks(input.len(), |a, b| {
-        // SAFETY: chunks are disjoint ranges of `out`.
-        let y = unsafe { dst.slice(a, b) };
-        y.iter_mut().zip(&input[a..b]).for_each(|(o, &v)| *o = tanh_value(v));
-    });
+    // SAFETY: `input` and `out` are distinct borrows of `input.len()` floats each; the input is
+    // only read.
+    unsafe { tanh_run(SendPtr(input.as_ptr().cast_mut()), SendPtr(out.as_mut_ptr()), input.len(), isa) };
     Ok(())
 }
 
@@ -241,9 +259,7 @@ pub fn tanh(input: &[f32], out: &mut [f32], isa: Isa) -> KernelResult<()> {
 pub fn tanh_in_place(x: &mut [f32], isa: Isa) -> KernelResult<()> {
     isa.ensure_supported()?;
     let p = SendPtr(x.as_mut_ptr());
-    for_chunks(x.len(), |a, b| {
-        // SAFETY: chunks are disjoint ranges of `x`.
-        unsafe { p.slice(a, b) }.iter_mut().for_each(|v| *v = tanh_value(*v));
-    });
+    // SAFETY: one exclusive borrow of `x.len()` floats, read and written in place.
+    unsafe { tanh_run(p, p, x.len(), isa) };
     Ok(())
 }
