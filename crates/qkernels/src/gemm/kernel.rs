@@ -106,7 +106,41 @@ unsafe fn tile<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi
     let init: [T::V; NV] = std::array::from_fn(|j| unsafe { T::load_i32(epi.col_term.add(n + j * lanes)) });
     let mut acc = [init; MR];
     let k4 = blk.k / 4;
-    for q in 0..k4 {
+    let mut q_start = 0;
+    if MR == 1 {
+        // One row (a matrix-vector product, such as a recurrent step): its NV accumulator chains
+        // alone would wait on the dot product's latency, so four partial sums over interleaved K
+        // groups run side by side and are added at the end (wrapping i32: the same result).
+        // SAFETY: the tier's features are enabled.
+        let zero = unsafe { T::zero() };
+        let mut part = [[zero; NV]; 3];
+        while q_start + 4 <= k4 {
+            if q_start % 16 == 0 {
+                prefetch(arow[0].wrapping_add(4 * q_start + 320));
+            }
+            for u in 0..4 {
+                let q = q_start + u;
+                // SAFETY: as in the loop below, for groups `q < k4`.
+                let b: [T::B; NV] =
+                    std::array::from_fn(|j| unsafe { T::prep_b(bp.add((q * nr + j * lanes) * 4)) });
+                // SAFETY: 4 * q + 4 <= k bytes of the row are readable; features enabled.
+                let a = unsafe { T::prep_a(arow[0].add(4 * q).cast::<u32>().read_unaligned()) };
+                let sums = if u == 0 { &mut acc[0] } else { &mut part[u - 1] };
+                for (sum, &bj) in sums.iter_mut().zip(&b) {
+                    // SAFETY: the tier's features are enabled.
+                    *sum = unsafe { T::dot(*sum, a, bj) };
+                }
+            }
+            q_start += 4;
+        }
+        for sums in &part {
+            for (total, &v) in acc[0].iter_mut().zip(sums) {
+                // SAFETY: the tier's features are enabled.
+                *total = unsafe { T::add(*total, v) };
+            }
+        }
+    }
+    for q in q_start..k4 {
         if q % 16 == 0 {
             for &row in &arow {
                 prefetch(row.wrapping_add(4 * q + 320));
