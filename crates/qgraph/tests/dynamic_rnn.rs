@@ -177,13 +177,15 @@ fn outputs_and_printouts_match_pytorch() {
     let fx = fixture();
     assert_eq!(fx.cases.len(), 57);
     let loaders = Loaders::default();
+    let (one_thread, two_threads) = (qtest::thread_pool(1), qtest::thread_pool(2));
     let mut unequal = Vec::new();
     for case in &fx.cases {
         let c = name(case);
         let model = quantized(case);
         let module = model.children()[0].1;
         assert_eq!(module.to_string(), case["repr"].as_str().unwrap(), "{c}: printout");
-        let got = outputs(kind(case), model.forward(input(case)).unwrap());
+        // Two threads: a bidirectional layer runs its directions at once.
+        let got = outputs(kind(case), two_threads.install(|| model.forward(input(case))).unwrap());
         for (field, y) in &got {
             let want: ArrayD<f32> = fx.tensor(c, field);
             let (max, eq) = compare(y, &want);
@@ -204,8 +206,9 @@ fn outputs_and_printouts_match_pytorch() {
                 unequal.push(format!("{c}/{field}"));
             }
         }
-        // A second call (warm scratch) and a saved and loaded copy give the same bits.
-        let again = outputs(kind(case), model.forward(input(case)).unwrap());
+        // A second call (warm scratch, one thread: the directions one after the other) and a
+        // saved and loaded copy give the same bits.
+        let again = outputs(kind(case), one_thread.install(|| model.forward(input(case))).unwrap());
         let bytes = io::to_bytes(model.as_ref()).unwrap();
         let loaded = io::from_bytes_with(&bytes, &loaders).unwrap();
         assert_eq!(

@@ -15,12 +15,47 @@ struct StackOutput {
     c_n: Vec<f32>,
 }
 
+/// One layer's input, shared by its directions: the values `[seq, batch, features]` and their
+/// shape.
+struct LayerInput<'a> {
+    x: &'a [f32],
+    seq: usize,
+    batch: usize,
+}
+
+/// One direction of one layer: projects the whole layer input (`igates`, the caller's buffer),
+/// then steps over time from `h` / `c` (from the last step when `reverse`), writing each step's
+/// `h` to `out` `[seq, batch, hr]`.
+#[allow(clippy::too_many_arguments)]
+fn run_direction<P: GateProjection>(
+    mode: RnnMode,
+    p: &CellParams<P>,
+    input: &LayerInput<'_>,
+    reverse: bool,
+    (h, c): (&mut [f32], &mut [f32]),
+    igates: &mut [f32],
+    out: &mut [f32],
+    scratch: &mut StepScratch,
+) -> GraphResult<()> {
+    let (seq, batch) = (input.seq, input.batch);
+    let (g, hr) = (igates.len() / (seq * batch).max(1), h.len() / batch.max(1));
+    p.ih.project_into(input.x, seq * batch, igates)?;
+    for i in 0..seq {
+        let t = if reverse { seq - 1 - i } else { i };
+        step(mode, p, &igates[t * batch * g..(t + 1) * batch * g], h, c, batch, scratch)?;
+        out[t * batch * hr..(t + 1) * batch * hr].copy_from_slice(h);
+    }
+    Ok(())
+}
+
 /// Runs `num_layers × directions` cells over `x` `[seq, batch, input_size]` from the states
 /// `h0` `[layers * dirs, batch, real hidden]` and `c0` `[layers * dirs, batch, hidden]`.
 ///
 /// As on ATen's CPU path, each layer and direction projects the whole layer input in one call
 /// (`pre_compute_input`), then steps over time (the reverse direction from the last step); the
-/// directions' outputs are concatenated on the feature axis and feed the next layer.
+/// directions' outputs are concatenated on the feature axis and feed the next layer. The two
+/// directions of a layer are independent: with more than one rayon thread they run at once
+/// (same arithmetic, so the same bits).
 fn run_stack<P: GateProjection>(
     mode: RnnMode,
     o: &RnnOptions,
@@ -33,30 +68,48 @@ fn run_stack<P: GateProjection>(
     let name = mode.module_name();
     let (dirs, hr, hidden) = (o.num_directions(), o.real_hidden_size(), o.hidden_size);
     let g = mode.gates() * hidden;
+    let lstm = mode == RnnMode::Lstm;
     let (mut h_n, mut c_n) = (h0, c0);
-    let mut scratch = StepScratch::default();
+    let mut scratch: Vec<StepScratch> = (0..dirs).map(|_| StepScratch::default()).collect();
+    let mut igates = memory::zeroed(name, &[dirs, seq, batch, g])?;
+    let mut dir_out = memory::zeroed(name, &[dirs, seq, batch, hr])?;
     let mut layer_out = Vec::new();
     for layer in 0..o.num_layers {
-        let input: &[f32] = if layer == 0 { x } else { &layer_out };
+        let input = LayerInput { x: if layer == 0 { x } else { &layer_out }, seq, batch };
+        let layer_h = &mut h_n[layer * dirs * batch * hr..(layer + 1) * dirs * batch * hr];
+        let layer_c: &mut [f32] = if lstm {
+            &mut c_n[layer * dirs * batch * hidden..(layer + 1) * dirs * batch * hidden]
+        } else {
+            &mut []
+        };
+        let mut jobs = layer_h
+            .chunks_exact_mut((batch * hr).max(1))
+            .zip(layer_c.chunks_mut((batch * hidden).max(1)).map(Some).chain(std::iter::repeat_with(|| None)))
+            .zip(igates.chunks_exact_mut((seq * batch * g).max(1)))
+            .zip(dir_out.chunks_exact_mut((seq * batch * hr).max(1)))
+            .zip(scratch.iter_mut())
+            .enumerate()
+            .map(|(d, ((((h, c), ig), out), sc))| {
+                let p = &params[layer * dirs + d];
+                let input = &input;
+                move || run_direction(mode, p, input, d == 1, (h, c.unwrap_or_default()), ig, out, sc)
+            });
+        match (jobs.next(), jobs.next()) {
+            (Some(forward), Some(backward)) if rayon::current_num_threads() > 1 => {
+                let (f, b) = rayon::join(forward, backward);
+                f?;
+                b?;
+            }
+            (Some(forward), backward) => {
+                forward()?;
+                backward.map_or(Ok(()), |b| b())?;
+            }
+            (None, _) => {}
+        }
         let mut out = memory::zeroed(name, &[seq, batch, dirs * hr])?;
-        let mut igates = memory::zeroed(name, &[seq, batch, g])?;
-        for d in 0..dirs {
-            let k = layer * dirs + d;
-            let p = &params[k];
-            p.ih.project_into(input, seq * batch, &mut igates)?;
-            let h = &mut h_n[k * batch * hr..(k + 1) * batch * hr];
-            let c = if mode == RnnMode::Lstm {
-                &mut c_n[k * batch * hidden..(k + 1) * batch * hidden]
-            } else {
-                &mut []
-            };
-            for i in 0..seq {
-                let t = if d == 0 { i } else { seq - 1 - i };
-                step(mode, p, &igates[t * batch * g..(t + 1) * batch * g], h, c, batch, &mut scratch)?;
-                for (b, hb) in h.chunks_exact(hr).enumerate() {
-                    let at = (t * batch + b) * dirs * hr + d * hr;
-                    out[at..at + hr].copy_from_slice(hb);
-                }
+        for (d, part) in dir_out.chunks_exact((seq * batch * hr).max(1)).enumerate() {
+            for (row, src) in out.chunks_exact_mut(dirs * hr).zip(part.chunks_exact(hr)) {
+                row[d * hr..(d + 1) * hr].copy_from_slice(src);
             }
         }
         layer_out = out;
