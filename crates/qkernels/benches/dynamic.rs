@@ -1,4 +1,4 @@
-//! Dynamic linear (`qkernels::dynamic`) at 1 thread: `dynamic/<dtype>_M<m>_K<k>_N<n>/t1`, for
+//! Dynamic linear (`qkernels::dynamic`) at 1 and 2 threads: `dynamic/<dtype>_M<m>_K<k>_N<n>/t<threads>`, for
 //! qint8 weights (`linear_dynamic`: per-call min / max, quantize, int8 GEMM, f32 output; per-tensor
 //! weights, `reduce_range = true` as the nnqd modules run it) and fp16 weights (`linear_fp16`),
 //! with a bias. Throughput is ops = 2 x MACs. The same shapes are timed in PyTorch by
@@ -19,7 +19,20 @@ const KNS: [usize; 2] = [256, 1024];
 fn bench_dynamic(c: &mut Criterion) {
     let mut group = c.benchmark_group("dynamic");
     group.sample_size(20);
-    let pool = qtest::thread_pool(1);
+    for threads in [1, 2] {
+        let pool = qtest::thread_pool(threads);
+        bench_threads(&mut group, &pool, threads);
+    }
+    group.finish();
+}
+
+/// Every shape and weight dtype in `pool` (`threads` threads).
+fn bench_threads(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    pool: &rayon::ThreadPool,
+    threads: usize,
+) {
+    let id = format!("t{threads}");
     for kn in KNS {
         let (k, n) = (kn, kn);
         let w8: Vec<i8> = random_bytes(n * k, 2).into_iter().map(|x| x as i8).collect();
@@ -32,7 +45,7 @@ fn bench_dynamic(c: &mut Criterion) {
             let mut out = vec![0f32; m * n];
             let mut scratch = DynamicScratch::default();
             group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
-            group.bench_function(BenchmarkId::new(format!("qint8_M{m}_K{k}_N{n}"), "t1"), |b| {
+            group.bench_function(BenchmarkId::new(format!("qint8_M{m}_K{k}_N{n}"), &id), |b| {
                 pool.install(|| {
                     b.iter(|| {
                         linear_dynamic(black_box(&x), m, &packed8, true, false, &mut out, &mut scratch)
@@ -40,12 +53,11 @@ fn bench_dynamic(c: &mut Criterion) {
                     })
                 })
             });
-            group.bench_function(BenchmarkId::new(format!("fp16_M{m}_K{k}_N{n}"), "t1"), |b| {
+            group.bench_function(BenchmarkId::new(format!("fp16_M{m}_K{k}_N{n}"), &id), |b| {
                 pool.install(|| b.iter(|| linear_fp16(black_box(&x), m, &packed16, false, &mut out).unwrap()))
             });
         }
     }
-    group.finish();
 }
 
 criterion_group!(benches, bench_dynamic);
