@@ -4,7 +4,7 @@
 
 Times torch.ao.nn.quantized.dynamic.Linear (qint8 per-tensor weights, and float16 weights) with a
 bias on f32 input [M, K], M in {1, 16, 128}, K = N in {256, 1024}, under the engines "fbgemm" and
-"x86". Writes {"dynamic/<dtype>_M<m>_K<k>_N<n>/t<T>": {"fbgemm": median_ns, "x86": median_ns}}.
+"x86". Writes {"dynamic/<dtype>_M<m>_K<k>_N<n>": {"fbgemm": median_ns, "x86": median_ns}}.
 """
 
 import json
@@ -24,7 +24,7 @@ def main():
         for m in (1, 16, 128):
             x = torch.randn(m, kn)
             for dtype, name in ((torch.qint8, "qint8"), (torch.float16, "fp16")):
-                key = f"dynamic/{name}_M{m}_K{kn}_N{kn}/t{args.threads}"
+                key = f"dynamic/{name}_M{m}_K{kn}_N{kn}"
                 results[key] = {}
                 for engine in ("fbgemm", "x86"):
                     torch.backends.quantized.engine = engine

@@ -1,10 +1,10 @@
 //! `cargo xtask <task>`: project tasks that need more than one cargo command.
 //!
 //! `cargo xtask bench [--quick] [--vs-torch] [FILTER] [-- CRITERION ARGS]` runs every criterion
-//! benchmark of the workspace (those whose id contains FILTER), measures this CPU's peaks in the
-//! same run, and prints one table (time, GOPS or GB/s, percent of peak, and with `--vs-torch` the
-//! ratio to PyTorch), also written as JSON under `target/xtask-bench/`. The conventions the
-//! benchmarks follow are in `tools/bench/README.md`.
+//! benchmark of the workspace (those whose id contains FILTER, or one of its `|`-separated
+//! alternatives), measures this CPU's peaks in the same run, and prints one table (time, GOPS or
+//! GB/s, percent of peak, and with `--vs-torch` the ratio to PyTorch), also written as JSON under
+//! `target/xtask-bench/`. The conventions the benchmarks follow are in `tools/bench/README.md`.
 //!
 //! `cargo xtask bench --models [MODELS] [--vs-torch] [--rounds K] [--chart FILE.svg]` times
 //! whole models instead (ResNet-18, ResNet-50, MobileNetV2, float and int8, on one and two

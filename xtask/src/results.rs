@@ -68,8 +68,8 @@ struct Estimate {
     point_estimate: f64,
 }
 
-/// Every result under `criterion_dir` written at or after `since` whose id contains `filter`,
-/// sorted by id.
+/// Every result under `criterion_dir` written at or after `since` whose id contains `filter`
+/// (or one of its `|`-separated alternatives, as criterion's regex reads it), sorted by id.
 pub fn collect(
     criterion_dir: &Path,
     since: SystemTime,
@@ -84,7 +84,7 @@ pub fn collect(
         }
         Ok(())
     })?;
-    found.retain(|r: &BenchResult| filter.is_none_or(|f| r.id.contains(f)));
+    found.retain(|r: &BenchResult| filter.is_none_or(|f| f.split('|').any(|alt| r.id.contains(alt))));
     found.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(found)
 }
