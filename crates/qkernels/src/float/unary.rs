@@ -12,6 +12,7 @@
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+pub use qcore::math::tanh_value;
 use qcore::math::{sigmoid_scalar, sigmoid_vector_lane};
 
 use crate::util::{SendPtr, check_len, for_chunks, invalid};
@@ -202,19 +203,6 @@ pub fn sigmoid_in_place(x: &mut [f32], isa: Isa) -> KernelResult<()> {
     // SAFETY: one exclusive borrow of `x.len()` floats, read and written in place.
     unsafe { sigmoid_run(p, p, x.len(), isa) };
     Ok(())
-}
-
-/// PyTorch's float `tanh` as closely as open code reproduces it: `tanh` in `f64` rounded to
-/// `f32`.
-///
-/// PyTorch's x86 wheels (built with MKL) compute `torch.tanh` with MKL's `vmsTanh` in its
-/// high-accuracy mode (`aten/src/ATen/cpu/vml.h`), closed source and not correctly rounded; this
-/// rounding of the `f64` result agrees with it on 99.6% of the floats in [-10, 10] and differs
-/// by one ulp elsewhere (the `f32` C library `tanhf` agrees on 94.5%, SLEEF's `tanhf_u10`, which
-/// PyTorch builds without MKL use, on 96.1%).
-#[inline]
-pub fn tanh_value(x: f32) -> f32 {
-    (f64::from(x)).tanh() as f32
 }
 
 /// `dst[i] = tanh_value(src[i])` for `i < n`, chunked over threads, on the tier's vector body.

@@ -3,7 +3,7 @@
 //! sigmoid: SLEEF's `expf_u10` (FMA build) lane by lane, bit for bit the scalar oracle
 //! `qcore::math::sigmoid_vector_lane`.
 //!
-//! tanh: the oracle is `tanh` in `f64` rounded to `f32` (`crate::float::tanh_value`). The lanes
+//! tanh: the oracle is `tanh` in `f64` rounded to `f32` (`qcore::math::tanh_value`). The lanes
 //! compute `tanh(|x|)` in `f64` to within [`TANH_REL_ERR`] relative (far below what rounding to
 //! `f32` can see) and round it; a lane whose result moves to another `f32` anywhere within twice
 //! that bound of the `f64` value (the `f64` value is next to an `f32` rounding boundary, about one
@@ -13,9 +13,8 @@
 
 use std::arch::x86_64::*;
 
-use qcore::math::{EXP_OVERFLOW, EXP_POLY, EXP_UNDERFLOW, L2L, L2U, QUIET_BIT, R_LN2, SIGN_BIT};
+use qcore::math::{EXP_OVERFLOW, EXP_POLY, EXP_UNDERFLOW, L2L, L2U, QUIET_BIT, R_LN2, SIGN_BIT, tanh_value};
 
-use crate::float::tanh_value;
 use crate::x86::masks::mask16;
 
 /// `sigmoid_vector_lane` of 8 lanes.
