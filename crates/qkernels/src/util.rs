@@ -73,6 +73,12 @@ unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
+    /// The pointer. A method, so that a closure using it captures the whole (`Send`) wrapper
+    /// rather than the raw field.
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+
     /// The pointer `n` elements further (not dereferenced here).
     pub(crate) fn offset(self, n: usize) -> Self {
         SendPtr(self.0.wrapping_add(n))

@@ -157,3 +157,26 @@ fn bad_input_is_a_typed_error() {
     let f = PackedF16Weights::new(&[1.0; 4], 2, 2, None).unwrap();
     assert!(linear_fp16(&[1.0; 3], 1, &f, false, &mut [0f32; 2]).is_err());
 }
+
+/// Large enough for the fp16 GEMM to split its panels between threads: the same bits as the
+/// scalar code at 1, 2 and 3 threads on every tier.
+#[test]
+fn fp16_linear_splits_between_threads_without_changing_bits() {
+    let (m, k, n) = (33, 1030, 200);
+    let x = random_f32s(m * k, 1);
+    let w = random_f32s(n * k, 2);
+    let bias = random_f32s(n, 3);
+    let run = |isa: Isa| {
+        let packed = PackedF16Weights::with_isa(&w, n, k, Some(&bias), isa).unwrap();
+        let mut out = vec![0f32; m * n];
+        linear_fp16(&x, m, &packed, false, &mut out).unwrap();
+        out
+    };
+    let want = run(Isa::Scalar);
+    for threads in [1, 2, 3] {
+        let pool = qtest::thread_pool(threads);
+        for isa in Isa::supported() {
+            assert_eq!(bits(&pool.install(|| run(isa))), bits(&want), "{isa}, {threads} threads");
+        }
+    }
+}

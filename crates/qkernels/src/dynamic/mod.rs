@@ -30,7 +30,7 @@ use qcore::PerTensor;
 use qcore::dynamic::{DynamicQuantizer, check_range, choose_dynamic_qparams};
 
 use crate::gemm::{Output, OutputPipeline, PackedWeights, gemm, mul, nonzero};
-use crate::util::check_len;
+use crate::util::{SendPtr, check_len, par_rows};
 use crate::{Isa, KernelResult};
 
 /// K values per block of FBGEMM's fp16 GEMM (`PackedGemmMatrixFP16`'s block row size): each
@@ -228,13 +228,28 @@ pub fn linear_fp16(
     check_len(OP, "input length (m x k)", x.len(), mul(OP, "input length", m, w.k)?)?;
     check_len(OP, "output length (m x n)", out.len(), mul(OP, "output length", m, w.n)?)?;
     let isa = w.isa;
-    let done = on_tier!(
-        isa,
-        scalar: false,
-        avx2: crate::x86::has_f16c() && { crate::x86::dynamic::avx2::gemm_f16(x, m, w.k, F16_K_BLOCK, w.n, &w.data, out); true },
-        avx512: { crate::x86::dynamic::avx512::gemm_f16(x, m, w.k, F16_K_BLOCK, w.n, &w.data, out); true },
-    );
-    if !done {
+    // The vector tiers need F16C, which every AVX-512 CPU has.
+    #[cfg(target_arch = "x86_64")]
+    let vector = match isa {
+        Isa::Scalar => false,
+        Isa::Avx2 => crate::x86::has_f16c(),
+        Isa::Avx512 | Isa::Avx512Vnni => true,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let vector = false;
+    if vector {
+        // Threads take disjoint ranges of 16-column panels; each output's order is unchanged.
+        let dst = SendPtr(out.as_mut_ptr());
+        par_rows(w.n.div_ceil(F16_NR), m * w.k * F16_NR, |p0, p1| {
+            on_tier!(
+                isa,
+                scalar: unreachable!("the scalar tier takes gemm_f16_scalar"),
+                // SAFETY: `out` holds m x n floats; the panel ranges of the tasks are disjoint.
+                avx2: crate::x86::dynamic::avx2::gemm_f16(x, m, w.k, F16_K_BLOCK, w.n, &w.data, dst.get(), p0..p1),
+                avx512: crate::x86::dynamic::avx512::gemm_f16(x, m, w.k, F16_K_BLOCK, w.n, &w.data, dst.get(), p0..p1),
+            )
+        });
+    } else {
         gemm_f16_scalar(x, m, w, out);
     }
     for row in out.chunks_exact_mut(w.n) {

@@ -34,20 +34,22 @@ unsafe fn store_block(out: *mut f32, vals: &[f32; NR], cols: usize, first: bool)
     }
 }
 
-/// The fp16 GEMM driver shared by the tiers. K is cut into blocks of `$kb` (FBGEMM's
+/// The fp16 GEMM driver shared by the tiers, over the panels `$panels` (a range; threads take
+/// disjoint ranges, and each output's order of operations does not depend on them). K is cut
+/// into blocks of `$kb` (FBGEMM's
 /// blocks: each block's sums start from zero and are added to the output, which holds the sum of
 /// the blocks before); within a block each group of `NP` panels (weights that stay in cache)
 /// meets every row tile of `MR` rows. `tile::<MR, NP>(x, i, k, n, data, p, out, k0, k1)` computes
 /// one tile of one block. Row tiles have `$rows` (8 or 4) rows, then 4, then 1; `$big` is the
 /// panel count of multi-row tiles, `$one` that of single rows.
 macro_rules! f16_driver {
-    ($tile:ident, $rows:expr, $big:expr, $one:expr, $x:expr, $m:expr, $k:expr, $kb:expr, $n:expr, $data:expr, $out:expr) => {{
+    ($tile:ident, $rows:expr, $big:expr, $one:expr, $x:expr, $m:expr, $k:expr, $kb:expr, $n:expr, $data:expr, $out:expr, $panels:expr) => {{
         let (x, m, k, kb, n, data, out) = ($x, $m, $k, $kb, $n, $data, $out);
-        let panels = n.div_ceil(NR);
+        let (first_panel, panels) = ($panels.start, $panels.end);
         let mut k0 = 0;
         while k0 < k {
             let k1 = (k0 + kb).min(k);
-            let mut p = 0;
+            let mut p = first_panel;
             while p < panels {
                 // Groups of 4 panels for single rows, 2 (32 KiB of a K block: L1) for more.
                 let group = if m >= 4 { 2 } else { 4 };
@@ -142,7 +144,7 @@ macro_rules! tier {
             n: usize,
             data: &[u16],
             p: usize,
-            out: &mut [f32],
+            out: *mut f32,
             k0: usize,
             k1: usize,
         ) {
@@ -167,25 +169,31 @@ macro_rules! tier {
                     let vals = pstore(*acc_q);
                     let col = (p + q) * NR;
                     let cols = (n - col).min(NR);
-                    // SAFETY: row i + r of `out` holds n floats from col.
-                    unsafe { store_block(out.as_mut_ptr().add((i + r) * n + col), &vals, cols, k0 == 0) };
+                    // SAFETY: row i + r of `out` holds n floats from col; this call owns panel
+                    // p + q's columns.
+                    unsafe { store_block(out.add((i + r) * n + col), &vals, cols, k0 == 0) };
                 }
             }
         }
 
-        /// `out = x W^T` (no bias) with packed fp16 weights, K blocks of `kb`, in the scalar
-        /// code's order.
+        /// The columns of `panels` of `out = x W^T` (no bias) with packed fp16 weights, K blocks
+        /// of `kb`, in the scalar code's order.
+        ///
+        /// # Safety
+        /// `out` is valid for `m x n` floats; no other thread touches these panels' columns.
         #[target_feature(enable = $features)]
-        pub(crate) fn gemm_f16(
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn gemm_f16(
             x: &[f32],
             m: usize,
             k: usize,
             kb: usize,
             n: usize,
             data: &[u16],
-            out: &mut [f32],
+            out: *mut f32,
+            panels: std::ops::Range<usize>,
         ) {
-            f16_driver!(tile, $rows, $big, $one, x, m, k, kb, n, data, out)
+            f16_driver!(tile, $rows, $big, $one, x, m, k, kb, n, data, out, panels)
         }
     };
 }
