@@ -1,0 +1,184 @@
+//! The fake-quantize modules against PyTorch 2.15's (`tools/golden/gen_fake_quantize.py`): for
+//! each configuration, four training steps, one with the observer disabled and one with fake
+//! quantization disabled too; every output, input gradient, scale and zero point bit for bit, and
+//! `extra_repr` character for character.
+
+use ndarray::{ArrayD, IxDyn};
+use qcore::{QDType, QScheme};
+use qfake::{
+    FakeQuantize, FakeQuantizer, FixedQParamsFakeQuantize, default_fake_quant,
+    default_fixed_qparams_range_0to1_fake_quant, default_fixed_qparams_range_neg1to1_fake_quant,
+    default_per_channel_weight_fake_quant, default_weight_fake_quant,
+};
+use qobserve::{ObserverSpec, UniformArgs};
+use qtest::{Fixture, assert_bits_eq, assert_ints_eq};
+
+fn fixture() -> Fixture {
+    Fixture::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), "fake_quantize")
+}
+
+/// A fake quantizer of either kind, with its `extra_repr` and buffers.
+enum Any {
+    Plain(FakeQuantize),
+    Fixed(FixedQParamsFakeQuantize),
+}
+
+impl Any {
+    fn quantizer(&mut self) -> &mut dyn FakeQuantizer {
+        match self {
+            Any::Plain(fq) => fq,
+            Any::Fixed(fq) => fq,
+        }
+    }
+
+    fn inner(&self) -> &FakeQuantize {
+        match self {
+            Any::Plain(fq) => fq,
+            Any::Fixed(fq) => fq.inner(),
+        }
+    }
+
+    fn extra_repr(&self) -> String {
+        match self {
+            Any::Plain(fq) => fq.extra_repr(),
+            Any::Fixed(fq) => fq.extra_repr(),
+        }
+    }
+}
+
+fn build(case: &str) -> Any {
+    let plain = match case {
+        "act_quint8_reduce_range" => default_fake_quant(),
+        "weight_qint8_symmetric" => default_weight_fake_quant(),
+        "weight_per_channel_qint8" => default_per_channel_weight_fake_quant(),
+        "per_channel_affine_axis1" => FakeQuantize::new(ObserverSpec::MovingAveragePerChannelMinMax {
+            averaging_constant: 0.01,
+            ch_axis: 1,
+            args: UniformArgs::per_channel().dtype(QDType::QInt8).quant_range(-128, 127),
+        }),
+        "qint8_4bit" => FakeQuantize::new(ObserverSpec::MovingAverageMinMax {
+            averaging_constant: 0.01,
+            args: UniformArgs::per_tensor().dtype(QDType::QInt8).quant_range(-8, 7),
+        }),
+        "fixed_neg1to1" => return Any::Fixed(default_fixed_qparams_range_neg1to1_fake_quant().unwrap()),
+        "fixed_0to1" => return Any::Fixed(default_fixed_qparams_range_0to1_fake_quant().unwrap()),
+        other => panic!("unknown case {other}"),
+    };
+    Any::Plain(plain.unwrap())
+}
+
+#[test]
+fn training_steps_match_pytorch_bit_for_bit() {
+    let fx = fixture();
+    assert_eq!(fx.cases.len(), 7);
+    for case in &fx.cases {
+        let name = qtest::name(case);
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let reprs = case["repr"].as_array().unwrap();
+        let mut fq = build(name);
+        for step in 0..steps {
+            if step == steps - 2 {
+                fq.quantizer().disable_observer();
+            }
+            if step == steps - 1 {
+                fq.quantizer().disable_fake_quant();
+            }
+            let what = format!("step {step}");
+            let x = fx.tensor::<f32>(name, &format!("x{step}"));
+            let (y, ctx) = fq.quantizer().forward_train(&x).unwrap();
+            let grads = fq.quantizer().backward(&ctx, &fx.tensor(name, &format!("g{step}"))).unwrap();
+            assert!(grads.scale.is_none() && grads.zero_point.is_none());
+            assert_bits_eq(name, &format!("{what} output"), &y, &fx.tensor(name, &format!("y{step}")));
+            assert_bits_eq(
+                name,
+                &format!("{what} input grad"),
+                &grads.input,
+                &fx.tensor(name, &format!("dx{step}")),
+            );
+            let scale =
+                ArrayD::from_shape_vec(IxDyn(&[fq.inner().scale().len()]), fq.inner().scale().to_vec())
+                    .unwrap();
+            assert_bits_eq(name, &format!("{what} scale"), &scale, &fx.tensor(name, &format!("scale{step}")));
+            let zp: Vec<i32> = fq.inner().zero_point().iter().map(|&z| z as i32).collect();
+            let zp = ArrayD::from_shape_vec(IxDyn(&[zp.len()]), zp).unwrap();
+            assert_ints_eq(name, &format!("{what} zero point"), &zp, &fx.ints(name, &format!("zp{step}")));
+            assert_eq!(fq.extra_repr(), reprs[step].as_str().unwrap(), "{name} {what} extra_repr");
+        }
+    }
+}
+
+#[test]
+fn disabled_fake_quant_passes_values_and_gradients_through() {
+    let mut fq = default_weight_fake_quant().unwrap();
+    fq.disable_fake_quant();
+    let x = ArrayD::from_shape_vec(IxDyn(&[3]), vec![0.123f32, -7.0, 1e-9]).unwrap();
+    let (y, ctx) = fq.forward_train(&x).unwrap();
+    assert_eq!(y, x);
+    assert!(fq.observer().stats().range.is_some(), "the observer still sees x");
+    let g = ArrayD::from_elem(IxDyn(&[3]), 2.5f32);
+    assert_eq!(fq.backward(&ctx, &g).unwrap().input, g);
+}
+
+#[test]
+fn clipped_values_block_the_gradient() {
+    let mut fq = default_weight_fake_quant().unwrap();
+    let x = ArrayD::from_shape_vec(IxDyn(&[2]), vec![-1.0f32, 1.0]).unwrap();
+    fq.forward_train(&x).unwrap();
+    fq.disable_observer();
+    let wide = ArrayD::from_shape_vec(IxDyn(&[3]), vec![-5.0f32, 0.5, 5.0]).unwrap();
+    let (_, ctx) = fq.forward_train(&wide).unwrap();
+    let grads = fq.backward(&ctx, &ArrayD::ones(IxDyn(&[3]))).unwrap();
+    assert_eq!(grads.input.as_slice().unwrap(), &[0.0, 1.0, 0.0]);
+}
+
+#[test]
+fn bad_quant_ranges_are_errors() {
+    let spec = |dtype, lo, hi| ObserverSpec::MovingAverageMinMax {
+        averaging_constant: 0.01,
+        args: UniformArgs::per_tensor().dtype(dtype).quant_range(lo, hi),
+    };
+    let err = FakeQuantize::new(spec(QDType::QInt8, 7, -8)).unwrap_err().to_string();
+    assert!(err.contains("less than or equal"), "{err}");
+    let err = FakeQuantize::new(spec(QDType::QInt8, -129, 127)).unwrap_err().to_string();
+    assert!(err.contains("out of the range of"), "{err}");
+    let err = FakeQuantize::new(spec(QDType::QUInt8, 0, 256)).unwrap_err().to_string();
+    assert!(err.contains("out of the range of"), "{err}");
+    assert_eq!(FakeQuantize::new(spec(QDType::QInt8, -8, 7)).unwrap().quant_range(), (-8, 7));
+}
+
+#[test]
+fn bad_observers_and_qschemes_are_errors() {
+    let err = FakeQuantize::new(ObserverSpec::placeholder()).unwrap_err().to_string();
+    assert!(err.contains("computes no scale"), "{err}");
+    let float_qparams = ObserverSpec::MovingAveragePerChannelMinMax {
+        averaging_constant: 1.0,
+        ch_axis: 0,
+        args: UniformArgs::per_channel().qscheme(QScheme::PerChannelAffineFloatQParams),
+    };
+    let err = FakeQuantize::new(float_qparams).unwrap_err().to_string();
+    assert!(err.contains("qscheme"), "{err}");
+    let err = FixedQParamsFakeQuantize::new(ObserverSpec::moving_average_min_max()).unwrap_err().to_string();
+    assert!(err.contains("FixedQParamsObserver"), "{err}");
+}
+
+#[test]
+fn bad_axes_and_shapes_are_errors() {
+    let mut fq = FakeQuantize::new(ObserverSpec::MovingAveragePerChannelMinMax {
+        averaging_constant: 0.01,
+        ch_axis: 2,
+        args: UniformArgs::per_channel().dtype(QDType::QInt8),
+    })
+    .unwrap();
+    let x2 = ArrayD::<f32>::zeros(IxDyn(&[2, 3]));
+    assert!(fq.forward_train(&x2).is_err(), "ch_axis 2 of a rank-2 input");
+    fq.disable_observer();
+    // Fake quantization with the initial one-element scale on three channels: an error, as in PyTorch.
+    let x3 = ArrayD::<f32>::zeros(IxDyn(&[2, 2, 3]));
+    let err = fq.forward_train(&x3).unwrap_err().to_string();
+    assert!(err.contains("scale length"), "{err}");
+    // A grad_out of another shape than the input.
+    let mut fq = default_fake_quant().unwrap();
+    let (_, ctx) = fq.forward_train(&x2).unwrap();
+    let err = fq.backward(&ctx, &ArrayD::zeros(IxDyn(&[3, 2]))).unwrap_err().to_string();
+    assert!(err.contains("grad_out shape"), "{err}");
+}
