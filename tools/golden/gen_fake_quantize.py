@@ -22,6 +22,7 @@ from torch.ao.quantization.fake_quantize import (
     default_per_channel_weight_fake_quant,
     default_weight_fake_quant,
 )
+from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
 from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
 warnings.filterwarnings("ignore")
@@ -59,6 +60,54 @@ CONFIGS = {
     ),
     "fixed_neg1to1": (default_fixed_qparams_range_neg1to1_fake_quant, [2, 33], 1.0),
     "fixed_0to1": (default_fixed_qparams_range_0to1_fake_quant, [3, 5, 7], 0.7),
+}
+
+
+LSQ = {
+    # name: (constructor, input shape, input spread)
+    "lsq_per_tensor_quint8": (
+        _LearnableFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255),
+        [3, 5, 7],
+        2.0,
+    ),
+    "lsq_per_tensor_4bit_grad_scaling": (
+        _LearnableFakeQuantize.with_args(
+            observer=MovingAverageMinMaxObserver,
+            quant_min=-8,
+            quant_max=7,
+            dtype=torch.qint8,
+            use_grad_scaling=True,
+        ),
+        [2, 33],
+        1.0,
+    ),
+    "lsq_per_channel_symmetric_grad_scaling": (
+        _LearnableFakeQuantize.with_args(
+            observer=MovingAveragePerChannelMinMaxObserver,
+            quant_min=-128,
+            quant_max=127,
+            dtype=torch.qint8,
+            qscheme=torch.per_channel_symmetric,
+            ch_axis=0,
+            channel_len=3,
+            use_grad_scaling=True,
+        ),
+        [3, 5, 7],
+        0.5,
+    ),
+    "lsq_per_channel_affine_axis1": (
+        _LearnableFakeQuantize.with_args(
+            observer=MovingAveragePerChannelMinMaxObserver,
+            quant_min=-128,
+            quant_max=127,
+            dtype=torch.qint8,
+            qscheme=torch.per_channel_affine,
+            ch_axis=1,
+            channel_len=33,
+        ),
+        [2, 33],
+        1.0,
+    ),
 }
 
 
@@ -105,6 +154,40 @@ def main():
             )
             reprs.append(fq.extra_repr())
         fx.case(name, {"steps": TRAIN_STEPS + 2, "repr": reprs}, **tensors)
+    for index, (name, (ctor, shape, spread)) in enumerate(LSQ.items()):
+        gen = torch.Generator().manual_seed(200 + index)
+        fq = ctor()
+        fq.train()
+        tensors = {}
+        for step in range(TRAIN_STEPS + 2):
+            if step == TRAIN_STEPS:
+                fq.toggle_observer_update(False)
+                with torch.no_grad():
+                    fq.scale.mul_(0.97)
+                    fq.zero_point.add_(0.37)
+                tensors["scale_set"] = fq.scale.detach().clone()
+                tensors["zp_set"] = fq.zero_point.detach().clone()
+            if step == TRAIN_STEPS + 1:
+                fq.toggle_fake_quant(False)
+            fq.scale.grad, fq.zero_point.grad = None, None
+            x = make_input(gen, shape, spread, step, fq.scale.detach()).requires_grad_(True)
+            g = torch.randn(shape, generator=gen)
+            y = fq(x)
+            y.backward(g)
+            none = torch.zeros(0)
+            tensors.update(
+                {
+                    f"x{step}": x.detach(),
+                    f"g{step}": g,
+                    f"y{step}": y.detach(),
+                    f"dx{step}": x.grad,
+                    f"dscale{step}": none if fq.scale.grad is None else fq.scale.grad.clone(),
+                    f"dzp{step}": none if fq.zero_point.grad is None else fq.zero_point.grad.clone(),
+                    f"scale{step}": fq.scale.detach().clone(),
+                    f"zp{step}": fq.zero_point.detach().clone(),
+                }
+            )
+        fx.case(name, {"steps": TRAIN_STEPS + 2, "lsq": True}, **tensors)
     fx.save()
 
 

@@ -18,10 +18,10 @@ mod fake_quantize;
 mod linear;
 
 pub use fake_quantize::{
-    FakeQuantCtx, FakeQuantGrads, FakeQuantize, FakeQuantizer, FixedQParamsFakeQuantize, QFakeResult,
-    default_fake_quant, default_fixed_qparams_range_0to1_fake_quant,
-    default_fixed_qparams_range_neg1to1_fake_quant, default_per_channel_weight_fake_quant,
-    default_weight_fake_quant,
+    FakeQuantCtx, FakeQuantGrads, FakeQuantize, FakeQuantizer, FixedQParamsFakeQuantize,
+    LearnableFakeQuantize, LearnedCtx, QFakeResult, default_fake_quant,
+    default_fixed_qparams_range_0to1_fake_quant, default_fixed_qparams_range_neg1to1_fake_quant,
+    default_per_channel_weight_fake_quant, default_weight_fake_quant,
 };
 pub use linear::Linear;
 pub use qgraph;

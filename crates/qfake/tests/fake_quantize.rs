@@ -1,12 +1,13 @@
 //! The fake-quantize modules against PyTorch 2.15's (`tools/golden/gen_fake_quantize.py`): for
 //! each configuration, four training steps, one with the observer disabled and one with fake
 //! quantization disabled too; every output, input gradient, scale and zero point bit for bit, and
-//! `extra_repr` character for character.
+//! `extra_repr` character for character; for the learnable (LSQ) ones also the scale and zero-point
+//! gradients.
 
 use ndarray::{ArrayD, IxDyn};
 use qcore::{QDType, QScheme};
 use qfake::{
-    FakeQuantize, FakeQuantizer, FixedQParamsFakeQuantize, default_fake_quant,
+    FakeQuantize, FakeQuantizer, FixedQParamsFakeQuantize, LearnableFakeQuantize, default_fake_quant,
     default_fixed_qparams_range_0to1_fake_quant, default_fixed_qparams_range_neg1to1_fake_quant,
     default_per_channel_weight_fake_quant, default_weight_fake_quant,
 };
@@ -70,13 +71,14 @@ fn build(case: &str) -> Any {
 #[test]
 fn training_steps_match_pytorch_bit_for_bit() {
     let fx = fixture();
-    assert_eq!(fx.cases.len(), 7);
-    for case in &fx.cases {
+    let plain: Vec<_> = fx.cases.iter().filter(|c| c.get("lsq").is_none()).collect();
+    assert_eq!(plain.len(), 7);
+    for case in plain {
         let name = qtest::name(case);
         let steps = case["steps"].as_u64().unwrap() as usize;
         let reprs = case["repr"].as_array().unwrap();
         let mut fq = build(name);
-        for step in 0..steps {
+        for (step, expected_repr) in reprs.iter().enumerate().take(steps) {
             if step == steps - 2 {
                 fq.quantizer().disable_observer();
             }
@@ -102,7 +104,7 @@ fn training_steps_match_pytorch_bit_for_bit() {
             let zp: Vec<i32> = fq.inner().zero_point().iter().map(|&z| z as i32).collect();
             let zp = ArrayD::from_shape_vec(IxDyn(&[zp.len()]), zp).unwrap();
             assert_ints_eq(name, &format!("{what} zero point"), &zp, &fx.ints(name, &format!("zp{step}")));
-            assert_eq!(fq.extra_repr(), reprs[step].as_str().unwrap(), "{name} {what} extra_repr");
+            assert_eq!(fq.extra_repr(), expected_repr.as_str().unwrap(), "{name} {what} extra_repr");
         }
     }
 }
@@ -181,4 +183,109 @@ fn bad_axes_and_shapes_are_errors() {
     let (_, ctx) = fq.forward_train(&x2).unwrap();
     let err = fq.backward(&ctx, &ArrayD::zeros(IxDyn(&[3, 2]))).unwrap_err().to_string();
     assert!(err.contains("grad_out shape"), "{err}");
+}
+
+fn build_lsq(case: &str) -> LearnableFakeQuantize {
+    let per_tensor = |args| ObserverSpec::MovingAverageMinMax { averaging_constant: 0.01, args };
+    let per_channel = |ch_axis, args| ObserverSpec::MovingAveragePerChannelMinMax {
+        averaging_constant: 0.01,
+        ch_axis,
+        args,
+    };
+    let qint8 = UniformArgs::per_channel().dtype(QDType::QInt8);
+    match case {
+        "lsq_per_tensor_quint8" => {
+            LearnableFakeQuantize::new(per_tensor(UniformArgs::per_tensor()), 0, 255, 1.0, 0.0, None, false)
+        }
+        "lsq_per_tensor_4bit_grad_scaling" => LearnableFakeQuantize::new(
+            per_tensor(UniformArgs::per_tensor().dtype(QDType::QInt8)),
+            -8,
+            7,
+            1.0,
+            0.0,
+            None,
+            true,
+        ),
+        "lsq_per_channel_symmetric_grad_scaling" => LearnableFakeQuantize::new(
+            per_channel(0, qint8.qscheme(QScheme::PerChannelSymmetric)),
+            -128,
+            127,
+            1.0,
+            0.0,
+            Some(3),
+            true,
+        ),
+        "lsq_per_channel_affine_axis1" => {
+            LearnableFakeQuantize::new(per_channel(1, qint8), -128, 127, 1.0, 0.0, Some(33), false)
+        }
+        other => panic!("unknown case {other}"),
+    }
+    .unwrap()
+}
+
+fn vec1(v: &[f32]) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(&[v.len()]), v.to_vec()).unwrap()
+}
+
+#[test]
+fn learnable_steps_and_gradients_match_pytorch_bit_for_bit() {
+    let fx = fixture();
+    let lsq: Vec<_> = fx.cases.iter().filter(|c| c.get("lsq").is_some()).collect();
+    assert_eq!(lsq.len(), 4);
+    for case in lsq {
+        let name = qtest::name(case);
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let mut fq = build_lsq(name);
+        for step in 0..steps {
+            if step == steps - 2 {
+                fq.disable_observer();
+                let scale = fx.tensor::<f32>(name, "scale_set").into_raw_vec_and_offset().0;
+                let zp = fx.tensor::<f32>(name, "zp_set").into_raw_vec_and_offset().0;
+                fq.set_qparams(scale, zp).unwrap();
+            }
+            if step == steps - 1 {
+                fq.disable_fake_quant();
+            }
+            let what = |t: &str| format!("step {step} {t}");
+            let field = |t: &str| format!("{t}{step}");
+            let x = fx.tensor::<f32>(name, &field("x"));
+            let (y, ctx) = fq.forward_train(&x).unwrap();
+            let grads = fq.backward(&ctx, &fx.tensor(name, &field("g"))).unwrap();
+            assert_bits_eq(name, &what("output"), &y, &fx.tensor(name, &field("y")));
+            assert_bits_eq(name, &what("input grad"), &grads.input, &fx.tensor(name, &field("dx")));
+            assert_bits_eq(name, &what("scale"), &vec1(fq.scale()), &fx.tensor(name, &field("scale")));
+            assert_bits_eq(name, &what("zero point"), &vec1(fq.zero_point()), &fx.tensor(name, &field("zp")));
+            let expected_dscale = fx.tensor::<f32>(name, &field("dscale"));
+            if expected_dscale.is_empty() {
+                assert!(
+                    grads.scale.is_none() && grads.zero_point.is_none(),
+                    "{name} step {step}: no parameter grads"
+                );
+            } else {
+                assert_bits_eq(name, &what("scale grad"), &grads.scale.unwrap(), &expected_dscale);
+                let dzp = grads.zero_point.unwrap();
+                assert_bits_eq(name, &what("zero point grad"), &dzp, &fx.tensor(name, &field("dzp")));
+            }
+        }
+    }
+}
+
+#[test]
+fn learnable_arguments_are_checked() {
+    let spec = ObserverSpec::moving_average_min_max;
+    let err = LearnableFakeQuantize::new(spec(), 5, 5, 1.0, 0.0, None, false).unwrap_err().to_string();
+    assert!(err.contains("strictly less"), "{err}");
+    let err = LearnableFakeQuantize::new(spec(), -1, 255, 1.0, 0.0, None, false).unwrap_err().to_string();
+    assert!(err.contains("out of the range"), "{err}");
+    let err = LearnableFakeQuantize::new(spec(), 0, 255, 1.0, 0.0, Some(0), false).unwrap_err().to_string();
+    assert!(err.contains("positive"), "{err}");
+    let err = LearnableFakeQuantize::new(ObserverSpec::histogram(), 0, 255, 1.0, 0.0, None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("observer"), "{err}");
+    let mut fq = LearnableFakeQuantize::new(spec(), 0, 255, 1.0, 0.0, None, false).unwrap();
+    let (_, ctx) = fq.forward_train(&ArrayD::zeros(IxDyn(&[2, 3]))).unwrap();
+    let err = fq.backward(&ctx, &ArrayD::zeros(IxDyn(&[6]))).unwrap_err().to_string();
+    assert!(err.contains("grad_out shape"), "{err}");
+    assert!(fq.set_qparams(vec![1.0, 2.0], vec![0.0]).is_err());
 }

@@ -299,10 +299,10 @@ impl FakeQuantizer for FakeQuantize {
             self.observe(x)?;
         }
         if !self.fake_quant_enabled {
-            return Ok((x.clone(), FakeQuantCtx { mask: None }));
+            return Ok((x.clone(), FakeQuantCtx { mask: None, learned: None }));
         }
         let (out, mask) = self.fake_quantize(x)?;
-        Ok((out, FakeQuantCtx { mask: Some(mask) }))
+        Ok((out, FakeQuantCtx { mask: Some(mask), learned: None }))
     }
 
     fn backward(&self, ctx: &FakeQuantCtx, grad_out: &ArrayD<f32>) -> QFakeResult<FakeQuantGrads> {

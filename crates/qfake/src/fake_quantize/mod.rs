@@ -6,6 +6,7 @@
 
 mod base;
 mod fixed;
+mod learnable;
 
 pub use base::{
     FakeQuantize, default_fake_quant, default_per_channel_weight_fake_quant, default_weight_fake_quant,
@@ -14,6 +15,7 @@ pub use fixed::{
     FixedQParamsFakeQuantize, default_fixed_qparams_range_0to1_fake_quant,
     default_fixed_qparams_range_neg1to1_fake_quant,
 };
+pub use learnable::{LearnableFakeQuantize, LearnedCtx};
 
 use ndarray::ArrayD;
 use qgraph::GraphResult;
@@ -27,6 +29,8 @@ pub struct FakeQuantCtx {
     /// Where the gradient passes straight through (`None`: fake quantization was disabled and the
     /// forward was the identity, so every gradient passes).
     pub mask: Option<ArrayD<bool>>,
+    /// The input and parameters of a learnable fake quantization (`None` for the others).
+    pub learned: Option<LearnedCtx>,
 }
 
 /// The gradients [`FakeQuantizer::backward`] returns.
