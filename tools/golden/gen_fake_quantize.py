@@ -30,6 +30,9 @@ torch.set_num_threads(1)
 torch.backends.quantized.engine = "fbgemm"
 TRAIN_STEPS = 4
 
+QINT4 = dict(quant_min=-8, quant_max=7, dtype=torch.qint8)
+QINT8 = dict(quant_min=-128, quant_max=127, dtype=torch.qint8)
+
 CONFIGS = {
     # name: (constructor, input shape, input spread)
     "act_quint8_reduce_range": (default_fake_quant, [3, 5, 7], 2.0),
@@ -38,9 +41,7 @@ CONFIGS = {
     "per_channel_affine_axis1": (
         FakeQuantize.with_args(
             observer=MovingAveragePerChannelMinMaxObserver,
-            quant_min=-128,
-            quant_max=127,
-            dtype=torch.qint8,
+            **QINT8,
             qscheme=torch.per_channel_affine,
             ch_axis=1,
         ),
@@ -50,9 +51,7 @@ CONFIGS = {
     "qint8_4bit": (
         FakeQuantize.with_args(
             observer=MovingAverageMinMaxObserver,
-            quant_min=-8,
-            quant_max=7,
-            dtype=torch.qint8,
+            **QINT4,
             qscheme=torch.per_tensor_affine,
         ),
         [3, 5, 7],
@@ -73,9 +72,7 @@ LSQ = {
     "lsq_per_tensor_4bit_grad_scaling": (
         _LearnableFakeQuantize.with_args(
             observer=MovingAverageMinMaxObserver,
-            quant_min=-8,
-            quant_max=7,
-            dtype=torch.qint8,
+            **QINT4,
             use_grad_scaling=True,
         ),
         [2, 33],
@@ -84,9 +81,7 @@ LSQ = {
     "lsq_per_channel_symmetric_grad_scaling": (
         _LearnableFakeQuantize.with_args(
             observer=MovingAveragePerChannelMinMaxObserver,
-            quant_min=-128,
-            quant_max=127,
-            dtype=torch.qint8,
+            **QINT8,
             qscheme=torch.per_channel_symmetric,
             ch_axis=0,
             channel_len=3,
@@ -98,9 +93,7 @@ LSQ = {
     "lsq_per_channel_affine_axis1": (
         _LearnableFakeQuantize.with_args(
             observer=MovingAveragePerChannelMinMaxObserver,
-            quant_min=-128,
-            quant_max=127,
-            dtype=torch.qint8,
+            **QINT8,
             qscheme=torch.per_channel_affine,
             ch_axis=1,
             channel_len=33,

@@ -18,7 +18,7 @@ mod fake_quantize;
 mod linear;
 
 pub use fake_quantize::{
-    FakeQuantCtx, FakeQuantGrads, FakeQuantize, FakeQuantizer, FixedQParamsFakeQuantize,
+    FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantize, FakeQuantizer, FixedQParamsFakeQuantize,
     LearnableFakeQuantize, LearnedCtx, QFakeResult, default_fake_quant,
     default_fixed_qparams_range_0to1_fake_quant, default_fixed_qparams_range_neg1to1_fake_quant,
     default_per_channel_weight_fake_quant, default_weight_fake_quant,

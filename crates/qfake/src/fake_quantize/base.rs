@@ -1,11 +1,13 @@
 //! `FakeQuantize`: an observer's scale and zero point applied by fake quantization.
 
-use ndarray::{ArrayD, Axis, Zip};
-use qcore::fake_quant::{fake_quantize_per_channel, fake_quantize_per_tensor};
+use ndarray::ArrayD;
 use qcore::{QDType, QParams, QScheme};
 use qobserve::{Observer, ObserverSpec, UniformArgs};
 
-use super::{FakeQuantCtx, FakeQuantGrads, FakeQuantizer, QFakeResult, invalid, straight_through};
+use super::common::{
+    FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantizer, QFakeResult, fake_quantize_channels,
+    fake_quantize_tensor, invalid, observed_qparams, straight_through,
+};
 
 const CONTEXT: &str = "FakeQuantize";
 
@@ -37,8 +39,7 @@ pub struct FakeQuantize {
     ch_axis: i64,
     scale: Vec<f32>,
     zero_point: Vec<i64>,
-    fake_quant_enabled: bool,
-    observer_enabled: bool,
+    flags: FakeQuantFlags,
 }
 
 impl Clone for FakeQuantize {
@@ -126,8 +127,7 @@ impl FakeQuantize {
             ch_axis,
             scale: vec![1.0],
             zero_point: vec![0],
-            fake_quant_enabled: true,
-            observer_enabled: true,
+            flags: FakeQuantFlags::default(),
         })
     }
 
@@ -187,8 +187,8 @@ impl FakeQuantize {
         format!(
             "fake_quant_enabled={}, observer_enabled={}, quant_min={}, quant_max={}, dtype={}, qscheme={}, \
              ch_axis={}, scale={}, zero_point={}",
-            flag_str(self.fake_quant_enabled),
-            flag_str(self.observer_enabled),
+            flag_str(self.flags.fake_quant),
+            flag_str(self.flags.observer),
             self.quant_min,
             self.quant_max,
             self.dtype.torch_name(),
@@ -202,69 +202,22 @@ impl FakeQuantize {
     /// The observer step of forward: observe `x`, copy the parameters.
     fn observe(&mut self, x: &ArrayD<f32>) -> QFakeResult<()> {
         self.observer.observe(x.view())?;
-        let (scale, zero_point) = match self.observer.calculate_qparams()? {
-            QParams::PerTensor { scale, zero_point } => (vec![scale as f32], vec![zero_point]),
-            QParams::PerChannel { scales, zero_points, .. } => {
-                (scales.iter().map(|&s| s as f32).collect(), zero_points)
-            }
-            other => {
-                return Err(invalid(
-                    CONTEXT,
-                    "observer qparams",
-                    other.qscheme(),
-                    "must be per tensor or per channel",
-                ));
-            }
-        };
+        let (scale, zero_point) = observed_qparams(CONTEXT, self.observer.as_ref())?;
         self.set_qparams(scale, zero_point);
         Ok(())
     }
 
     /// The fake-quantize step of forward with the current parameters: values and gradient mask.
     pub(crate) fn fake_quantize(&self, x: &ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, ArrayD<bool>)> {
-        let (qmin, qmax) = (self.quant_min, self.quant_max);
-        let mut out = x.clone();
-        let mut mask = ArrayD::from_elem(x.raw_dim(), false);
+        let range = (self.quant_min, self.quant_max);
         if self.is_per_channel() {
-            let ndim = x.ndim() as i64;
-            let axis = if self.ch_axis < 0 { self.ch_axis + ndim } else { self.ch_axis };
-            if axis < 0 || axis >= ndim {
-                return Err(invalid(
-                    CONTEXT,
-                    "ch_axis",
-                    self.ch_axis,
-                    format!("out of range for an input of rank {ndim}; give an axis in [-{ndim}, {ndim})"),
-                ));
-            }
-            let axis = Axis(axis as usize);
-            let channels = x.len_of(axis);
-            if self.scale.len() != channels {
-                return Err(invalid(
-                    CONTEXT,
-                    "scale length",
-                    self.scale.len(),
-                    format!("must equal the input's size {channels} along ch_axis {}", self.ch_axis),
-                ));
-            }
-            for (c, (mut o, mut m)) in out.axis_iter_mut(axis).zip(mask.axis_iter_mut(axis)).enumerate() {
-                let (s, zp) = (self.scale[c], self.zero_point[c]);
-                qcore::fake_quant::check_fake_quant_range(CONTEXT, zp, qmin, qmax)?;
-                Zip::from(&mut o).and(&mut m).for_each(|v, m| {
-                    let fq = fake_quantize_per_channel(*v, s, zp, qmin, qmax);
-                    *v = fq.value;
-                    *m = fq.mask;
-                });
-            }
+            let qparams: Vec<(f32, i64)> =
+                self.scale.iter().copied().zip(self.zero_point.iter().copied()).collect();
+            let (out, mask, _) = fake_quantize_channels(CONTEXT, x, self.ch_axis, &qparams, range)?;
+            Ok((out, mask))
         } else {
-            let (s, zp) = (self.scale[0], self.zero_point[0]);
-            qcore::fake_quant::check_fake_quant_range(CONTEXT, zp, qmin, qmax)?;
-            Zip::from(&mut out).and(&mut mask).for_each(|v, m| {
-                let fq = fake_quantize_per_tensor(*v, s, zp, qmin, qmax);
-                *v = fq.value;
-                *m = fq.mask;
-            });
+            fake_quantize_tensor(CONTEXT, x, (self.scale[0], self.zero_point[0]), range)
         }
-        Ok((out, mask))
     }
 }
 
@@ -295,10 +248,10 @@ fn with_dtype(printed: String, suffix: &str) -> String {
 
 impl FakeQuantizer for FakeQuantize {
     fn forward_train(&mut self, x: &ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, FakeQuantCtx)> {
-        if self.observer_enabled {
+        if self.flags.observer {
             self.observe(x)?;
         }
-        if !self.fake_quant_enabled {
+        if !self.flags.fake_quant {
             return Ok((x.clone(), FakeQuantCtx { mask: None, learned: None }));
         }
         let (out, mask) = self.fake_quantize(x)?;
@@ -310,20 +263,12 @@ impl FakeQuantizer for FakeQuantize {
         Ok(FakeQuantGrads { input, scale: None, zero_point: None })
     }
 
-    fn set_fake_quant_enabled(&mut self, enabled: bool) {
-        self.fake_quant_enabled = enabled;
+    fn flags(&self) -> &FakeQuantFlags {
+        &self.flags
     }
 
-    fn set_observer_enabled(&mut self, enabled: bool) {
-        self.observer_enabled = enabled;
-    }
-
-    fn fake_quant_enabled(&self) -> bool {
-        self.fake_quant_enabled
-    }
-
-    fn observer_enabled(&self) -> bool {
-        self.observer_enabled
+    fn flags_mut(&mut self) -> &mut FakeQuantFlags {
+        &mut self.flags
     }
 }
 

@@ -4,8 +4,8 @@ use ndarray::ArrayD;
 use qcore::QScheme;
 use qobserve::{ObserverSpec, defaults};
 
-use super::base::{flag_str, int32_tensor_str};
-use super::{FakeQuantCtx, FakeQuantGrads, FakeQuantize, FakeQuantizer, QFakeResult, invalid};
+use super::base::{FakeQuantize, flag_str, int32_tensor_str};
+use super::common::{FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantizer, QFakeResult, invalid};
 
 /// PyTorch's `FixedQParamsFakeQuantize`: a [`FakeQuantize`] whose observer is a
 /// `FixedQParamsObserver`, so its scale and zero point are the observer's from the start and
@@ -83,20 +83,12 @@ impl FakeQuantizer for FixedQParamsFakeQuantize {
         self.inner.backward(ctx, grad_out)
     }
 
-    fn set_fake_quant_enabled(&mut self, enabled: bool) {
-        self.inner.set_fake_quant_enabled(enabled);
+    fn flags(&self) -> &FakeQuantFlags {
+        self.inner.flags()
     }
 
-    fn set_observer_enabled(&mut self, enabled: bool) {
-        self.inner.set_observer_enabled(enabled);
-    }
-
-    fn fake_quant_enabled(&self) -> bool {
-        self.inner.fake_quant_enabled()
-    }
-
-    fn observer_enabled(&self) -> bool {
-        self.inner.observer_enabled()
+    fn flags_mut(&mut self) -> &mut FakeQuantFlags {
+        self.inner.flags_mut()
     }
 }
 

@@ -2,29 +2,15 @@
 //! PyTorch's gradients for both.
 
 use ndarray::{ArrayD, Axis, Zip};
-use qcore::fake_quant::{fake_quantize_per_channel, fake_quantize_per_tensor};
-use qcore::{QDType, QParams, QScheme};
+use qcore::{QDType, QScheme};
 use qobserve::{Observer, ObserverSpec, UniformArgs, torch_sum};
 
-use super::{FakeQuantCtx, FakeQuantGrads, FakeQuantizer, QFakeResult, invalid, straight_through};
+use super::common::{
+    FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantizer, LearnedCtx, QFakeResult,
+    fake_quantize_channels, fake_quantize_tensor, invalid, observed_qparams, straight_through,
+};
 
 const CONTEXT: &str = "LearnableFakeQuantize";
-
-/// What the backward of a learnable fake quantization needs: the input and the parameters it was
-/// fake-quantized with.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LearnedCtx {
-    /// The forward input.
-    pub input: ArrayD<f32>,
-    /// The scales (one per tensor or per channel).
-    pub scale: Vec<f32>,
-    /// The float zero points, before rounding.
-    pub zero_point: Vec<f32>,
-    /// The channel axis (resolved), `None` per tensor.
-    pub axis: Option<usize>,
-    /// The gradient factor (`1 / sqrt(numel * quant_max)` with grad scaling, else 1).
-    pub grad_factor: f32,
-}
 
 /// PyTorch's `_LearnableFakeQuantize` (LSQ): `scale` and `zero_point` are float parameters. In
 /// forward the observer, while enabled (`static_enabled`), sets them from what it sees; otherwise
@@ -54,8 +40,7 @@ pub struct LearnableFakeQuantize {
     scale: Vec<f32>,
     zero_point: Vec<f32>,
     use_grad_scaling: bool,
-    fake_quant_enabled: bool,
-    static_enabled: bool,
+    flags: FakeQuantFlags,
 }
 
 impl LearnableFakeQuantize {
@@ -123,8 +108,7 @@ impl LearnableFakeQuantize {
             scale: vec![scale; channels],
             zero_point: vec![zero_point; channels],
             use_grad_scaling,
-            fake_quant_enabled: true,
-            static_enabled: true,
+            flags: FakeQuantFlags::default(),
         })
     }
 
@@ -190,20 +174,8 @@ impl LearnableFakeQuantize {
 
     fn observe(&mut self, x: &ArrayD<f32>) -> QFakeResult<()> {
         self.observer.observe(x.view())?;
-        let (scale, zero_point): (Vec<f32>, Vec<f32>) = match self.observer.calculate_qparams()? {
-            QParams::PerTensor { scale, zero_point } => (vec![scale as f32], vec![zero_point as f32]),
-            QParams::PerChannel { scales, zero_points, .. } => {
-                (scales.iter().map(|&s| s as f32).collect(), zero_points.iter().map(|&z| z as f32).collect())
-            }
-            other => {
-                return Err(invalid(
-                    CONTEXT,
-                    "observer qparams",
-                    other.qscheme(),
-                    "must be per tensor or per channel",
-                ));
-            }
-        };
+        let (scale, zero_point) = observed_qparams(CONTEXT, self.observer.as_ref())?;
+        let zero_point: Vec<f32> = zero_point.iter().map(|&z| z as f32).collect();
         // `copy_` broadcasts a one-element source; otherwise the lengths must agree.
         let fit = |dst: &mut Vec<f32>, src: Vec<f32>| -> QFakeResult<()> {
             match (src.len(), dst.len()) {
@@ -222,20 +194,6 @@ impl LearnableFakeQuantize {
         };
         fit(&mut self.scale, scale)?;
         fit(&mut self.zero_point, zero_point)
-    }
-
-    fn resolve_axis(&self, ndim: usize) -> QFakeResult<usize> {
-        let n = ndim as i64;
-        let axis = if self.ch_axis < 0 { self.ch_axis + n } else { self.ch_axis };
-        if axis < 0 || axis >= n {
-            return Err(invalid(
-                CONTEXT,
-                "ch_axis",
-                self.ch_axis,
-                format!("out of range for an input of rank {ndim}; give an axis in [-{n}, {n})"),
-            ));
-        }
-        Ok(axis as usize)
     }
 }
 
@@ -278,12 +236,12 @@ fn grad_element(
 
 impl FakeQuantizer for LearnableFakeQuantize {
     fn forward_train(&mut self, x: &ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, FakeQuantCtx)> {
-        if self.static_enabled {
+        if self.flags.observer {
             self.observe(x)?;
         } else {
             self.clamp_scale();
         }
-        if !self.fake_quant_enabled {
+        if !self.flags.fake_quant {
             return Ok((x.clone(), FakeQuantCtx { mask: None, learned: None }));
         }
         if matches!(self.qscheme, QScheme::PerTensorSymmetric | QScheme::PerChannelSymmetric) {
@@ -295,40 +253,18 @@ impl FakeQuantizer for LearnableFakeQuantize {
             1.0
         };
         let (qmin, qmax) = (self.quant_min, self.quant_max);
-        let mut out = x.clone();
-        let mut mask = ArrayD::from_elem(x.raw_dim(), false);
-        let axis = if self.is_per_channel() {
-            let axis = self.resolve_axis(x.ndim())?;
-            let channels = x.len_of(Axis(axis));
-            if self.scale.len() != channels {
-                return Err(invalid(
-                    CONTEXT,
-                    "scale length",
-                    self.scale.len(),
-                    format!("must equal the input's size {channels} along ch_axis {}", self.ch_axis),
-                ));
-            }
-            for (c, (mut o, mut m)) in
-                out.axis_iter_mut(Axis(axis)).zip(mask.axis_iter_mut(Axis(axis))).enumerate()
-            {
-                // `_get_rounded_zero_point(...).to(kInt)`.
-                let zp = nearbyint(self.zero_point[c]).clamp(qmin as f32, qmax as f32) as i64;
-                let s = self.scale[c];
-                Zip::from(&mut o).and(&mut m).for_each(|v, m| {
-                    let fq = fake_quantize_per_channel(*v, s, zp, qmin, qmax);
-                    (*v, *m) = (fq.value, fq.mask);
-                });
-            }
-            Some(axis)
+        let (out, mask, axis) = if self.is_per_channel() {
+            // `_get_rounded_zero_point(...).to(kInt)`.
+            let round = |z: f32| nearbyint(z).clamp(qmin as f32, qmax as f32) as i64;
+            let qparams: Vec<(f32, i64)> =
+                self.scale.iter().zip(&self.zero_point).map(|(&s, &z)| (s, round(z))).collect();
+            let (out, mask, axis) = fake_quantize_channels(CONTEXT, x, self.ch_axis, &qparams, (qmin, qmax))?;
+            (out, mask, Some(axis))
         } else {
             // `_get_zero_point_from_tensor(..., is_forward = true)`.
             let zp = to_i64(nearbyint(self.zero_point[0]).max(qmin as f32).min(qmax as f32));
-            let s = self.scale[0];
-            Zip::from(&mut out).and(&mut mask).for_each(|v, m| {
-                let fq = fake_quantize_per_tensor(*v, s, zp, qmin, qmax);
-                (*v, *m) = (fq.value, fq.mask);
-            });
-            None
+            let (out, mask) = fake_quantize_tensor(CONTEXT, x, (self.scale[0], zp), (qmin, qmax))?;
+            (out, mask, None)
         };
         let learned = LearnedCtx {
             input: x.clone(),
@@ -402,20 +338,12 @@ impl FakeQuantizer for LearnableFakeQuantize {
         Ok(FakeQuantGrads { input: dx, scale: Some(vec1(scale_grad)), zero_point: Some(vec1(zp_grad)) })
     }
 
-    fn set_fake_quant_enabled(&mut self, enabled: bool) {
-        self.fake_quant_enabled = enabled;
+    fn flags(&self) -> &FakeQuantFlags {
+        &self.flags
     }
 
-    fn set_observer_enabled(&mut self, enabled: bool) {
-        self.static_enabled = enabled;
-    }
-
-    fn fake_quant_enabled(&self) -> bool {
-        self.fake_quant_enabled
-    }
-
-    fn observer_enabled(&self) -> bool {
-        self.static_enabled
+    fn flags_mut(&mut self) -> &mut FakeQuantFlags {
+        &mut self.flags
     }
 }
 
