@@ -19,6 +19,9 @@ from torch.ao.quantization.fake_quantize import (
     default_fake_quant,
     default_fixed_qparams_range_0to1_fake_quant,
     default_fixed_qparams_range_neg1to1_fake_quant,
+    default_fused_act_fake_quant,
+    default_fused_per_channel_wt_fake_quant,
+    default_fused_wt_fake_quant,
     default_per_channel_weight_fake_quant,
     default_weight_fake_quant,
 )
@@ -59,6 +62,9 @@ CONFIGS = {
     ),
     "fixed_neg1to1": (default_fixed_qparams_range_neg1to1_fake_quant, [2, 33], 1.0),
     "fixed_0to1": (default_fixed_qparams_range_0to1_fake_quant, [3, 5, 7], 0.7),
+    "fused_act_quint8": (default_fused_act_fake_quant, [3, 5, 7], 2.0),
+    "fused_wt_qint8_symmetric": (default_fused_wt_fake_quant, [2, 33], 0.5),
+    "fused_per_channel_wt_qint8": (default_fused_per_channel_wt_fake_quant, [3, 5, 7], 0.5),
 }
 
 

@@ -7,8 +7,10 @@
 use ndarray::{ArrayD, IxDyn};
 use qcore::{QDType, QScheme};
 use qfake::{
-    FakeQuantize, FakeQuantizer, FixedQParamsFakeQuantize, LearnableFakeQuantize, default_fake_quant,
-    default_fixed_qparams_range_0to1_fake_quant, default_fixed_qparams_range_neg1to1_fake_quant,
+    FakeQuantize, FakeQuantizer, FixedQParamsFakeQuantize, FusedMovingAvgObsFakeQuantize,
+    LearnableFakeQuantize, default_fake_quant, default_fixed_qparams_range_0to1_fake_quant,
+    default_fixed_qparams_range_neg1to1_fake_quant, default_fused_act_fake_quant,
+    default_fused_per_channel_wt_fake_quant, default_fused_wt_fake_quant,
     default_per_channel_weight_fake_quant, default_weight_fake_quant,
 };
 use qobserve::{ObserverSpec, UniformArgs};
@@ -22,6 +24,7 @@ fn fixture() -> Fixture {
 enum Any {
     Plain(FakeQuantize),
     Fixed(FixedQParamsFakeQuantize),
+    Fused(FusedMovingAvgObsFakeQuantize),
 }
 
 impl Any {
@@ -29,6 +32,7 @@ impl Any {
         match self {
             Any::Plain(fq) => fq,
             Any::Fixed(fq) => fq,
+            Any::Fused(fq) => fq,
         }
     }
 
@@ -36,6 +40,7 @@ impl Any {
         match self {
             Any::Plain(fq) => fq,
             Any::Fixed(fq) => fq.inner(),
+            Any::Fused(fq) => fq.inner(),
         }
     }
 
@@ -43,6 +48,7 @@ impl Any {
         match self {
             Any::Plain(fq) => fq.extra_repr(),
             Any::Fixed(fq) => fq.extra_repr(),
+            Any::Fused(fq) => fq.extra_repr(),
         }
     }
 }
@@ -63,6 +69,11 @@ fn build(case: &str) -> Any {
         }),
         "fixed_neg1to1" => return Any::Fixed(default_fixed_qparams_range_neg1to1_fake_quant().unwrap()),
         "fixed_0to1" => return Any::Fixed(default_fixed_qparams_range_0to1_fake_quant().unwrap()),
+        "fused_act_quint8" => return Any::Fused(default_fused_act_fake_quant().unwrap()),
+        "fused_wt_qint8_symmetric" => return Any::Fused(default_fused_wt_fake_quant().unwrap()),
+        "fused_per_channel_wt_qint8" => {
+            return Any::Fused(default_fused_per_channel_wt_fake_quant().unwrap());
+        }
         other => panic!("unknown case {other}"),
     };
     Any::Plain(plain.unwrap())
@@ -72,7 +83,7 @@ fn build(case: &str) -> Any {
 fn training_steps_match_pytorch_bit_for_bit() {
     let fx = fixture();
     let plain: Vec<_> = fx.cases.iter().filter(|c| c.get("lsq").is_none()).collect();
-    assert_eq!(plain.len(), 7);
+    assert_eq!(plain.len(), 10);
     for case in plain {
         let name = qtest::name(case);
         let steps = case["steps"].as_u64().unwrap() as usize;
@@ -161,6 +172,12 @@ fn bad_observers_and_qschemes_are_errors() {
     assert!(err.contains("qscheme"), "{err}");
     let err = FixedQParamsFakeQuantize::new(ObserverSpec::moving_average_min_max()).unwrap_err().to_string();
     assert!(err.contains("FixedQParamsObserver"), "{err}");
+    let err = FusedMovingAvgObsFakeQuantize::new(ObserverSpec::min_max()).unwrap_err().to_string();
+    assert!(err.contains("MovingAverageMinMaxObserver"), "{err}");
+    // The fused module computes parameters from the running range: none before any observation.
+    let mut fused = default_fused_act_fake_quant().unwrap();
+    fused.disable_observer();
+    assert!(fused.forward_train(&ArrayD::zeros(IxDyn(&[2]))).is_err());
 }
 
 #[test]

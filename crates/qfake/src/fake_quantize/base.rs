@@ -136,6 +136,11 @@ impl FakeQuantize {
         self.observer.as_ref()
     }
 
+    /// The observer, to feed it without copying its parameters (the fused module's order).
+    pub(crate) fn observer_mut(&mut self) -> &mut dyn Observer {
+        self.observer.as_mut()
+    }
+
     /// `(quant_min, quant_max)` as the observer resolved them (halved by `reduce_range`).
     pub fn quant_range(&self) -> (i64, i64) {
         (self.quant_min, self.quant_max)

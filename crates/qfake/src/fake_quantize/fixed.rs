@@ -5,7 +5,7 @@ use qcore::QScheme;
 use qobserve::{ObserverSpec, defaults};
 
 use super::base::{FakeQuantize, flag_str, int32_tensor_str};
-use super::common::{FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantizer, QFakeResult, invalid};
+use super::common::{FakeQuantCtx, FakeQuantizer, QFakeResult, invalid};
 
 /// PyTorch's `FixedQParamsFakeQuantize`: a [`FakeQuantize`] whose observer is a
 /// `FixedQParamsObserver`, so its scale and zero point are the observer's from the start and
@@ -79,17 +79,7 @@ impl FakeQuantizer for FixedQParamsFakeQuantize {
         self.inner.forward_train(x)
     }
 
-    fn backward(&self, ctx: &FakeQuantCtx, grad_out: &ArrayD<f32>) -> QFakeResult<FakeQuantGrads> {
-        self.inner.backward(ctx, grad_out)
-    }
-
-    fn flags(&self) -> &FakeQuantFlags {
-        self.inner.flags()
-    }
-
-    fn flags_mut(&mut self) -> &mut FakeQuantFlags {
-        self.inner.flags_mut()
-    }
+    delegate_to_inner_fake_quantize!();
 }
 
 /// `default_fixed_qparams_range_neg1to1_fake_quant`: scale 2/256, zero point 128, quint8 0..255.
