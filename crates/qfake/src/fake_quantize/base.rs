@@ -252,6 +252,18 @@ fn with_dtype(printed: String, suffix: &str) -> String {
 }
 
 impl FakeQuantizer for FakeQuantize {
+    fn type_name(&self) -> &'static str {
+        "FakeQuantize"
+    }
+
+    fn extra_repr(&self) -> String {
+        FakeQuantize::extra_repr(self)
+    }
+
+    fn clone_box(&self) -> Box<dyn FakeQuantizer> {
+        Box::new(self.clone())
+    }
+
     fn forward_train(&mut self, x: &ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, FakeQuantCtx)> {
         if self.flags.observer {
             self.observe(x)?;

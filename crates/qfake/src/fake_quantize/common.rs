@@ -71,6 +71,15 @@ pub trait FakeQuantizer: std::fmt::Debug + Send + Sync {
     /// The gradients for `grad_out`, the gradient of the output of the forward that made `ctx`.
     fn backward(&self, ctx: &FakeQuantCtx, grad_out: &ArrayD<f32>) -> QFakeResult<FakeQuantGrads>;
 
+    /// PyTorch's class name (`FakeQuantize`, `_LearnableFakeQuantize`, ...).
+    fn type_name(&self) -> &'static str;
+
+    /// The text between the parentheses of PyTorch's printout.
+    fn extra_repr(&self) -> String;
+
+    /// A deep copy (the observer's statistics included).
+    fn clone_box(&self) -> Box<dyn FakeQuantizer>;
+
     /// The enable flags.
     fn flags(&self) -> &FakeQuantFlags;
 

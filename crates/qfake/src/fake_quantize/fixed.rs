@@ -74,6 +74,18 @@ impl FixedQParamsFakeQuantize {
 }
 
 impl FakeQuantizer for FixedQParamsFakeQuantize {
+    fn type_name(&self) -> &'static str {
+        "FixedQParamsFakeQuantize"
+    }
+
+    fn extra_repr(&self) -> String {
+        FixedQParamsFakeQuantize::extra_repr(self)
+    }
+
+    fn clone_box(&self) -> Box<dyn FakeQuantizer> {
+        Box::new(self.clone())
+    }
+
     fn forward_train(&mut self, x: &ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, FakeQuantCtx)> {
         // The observer returns the same fixed parameters, so the observer step changes nothing.
         self.inner.forward_train(x)

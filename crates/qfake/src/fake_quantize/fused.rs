@@ -98,6 +98,18 @@ impl FusedMovingAvgObsFakeQuantize {
 }
 
 impl FakeQuantizer for FusedMovingAvgObsFakeQuantize {
+    fn type_name(&self) -> &'static str {
+        "FusedMovingAvgObsFakeQuantize"
+    }
+
+    fn extra_repr(&self) -> String {
+        FusedMovingAvgObsFakeQuantize::extra_repr(self)
+    }
+
+    fn clone_box(&self) -> Box<dyn FakeQuantizer> {
+        Box::new(self.clone())
+    }
+
     fn forward_train(&mut self, x: &ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, FakeQuantCtx)> {
         if self.inner.observer_enabled() {
             self.inner.observer_mut().observe(x.view())?;

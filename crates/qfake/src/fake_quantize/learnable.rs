@@ -147,6 +147,20 @@ impl LearnableFakeQuantize {
         self.observer.spec().args().map_or(QDType::QUInt8, |a| a.dtype)
     }
 
+    /// `extra_repr()`: PyTorch's `_LearnableFakeQuantize` defines none, so its printout shows only the
+    /// observer; this gives the learned parameters and flags for reading.
+    pub fn extra_repr(&self) -> String {
+        format!(
+            "fake_quant_enabled={}, static_enabled={}, quant_min={}, quant_max={}, scale={:?}, zero_point={:?}",
+            self.flags.fake_quant,
+            self.flags.observer,
+            self.quant_min,
+            self.quant_max,
+            self.scale,
+            self.zero_point
+        )
+    }
+
     /// `calculate_qparams()`: the scale clamped to at least eps (as PyTorch, this clamps the
     /// parameter too) and the zero point rounded and clamped to the quant range.
     pub fn calculate_qparams(&mut self) -> (Vec<f32>, Vec<i64>) {
@@ -235,6 +249,18 @@ fn grad_element(
 }
 
 impl FakeQuantizer for LearnableFakeQuantize {
+    fn type_name(&self) -> &'static str {
+        "_LearnableFakeQuantize"
+    }
+
+    fn extra_repr(&self) -> String {
+        LearnableFakeQuantize::extra_repr(self)
+    }
+
+    fn clone_box(&self) -> Box<dyn FakeQuantizer> {
+        Box::new(self.clone())
+    }
+
     fn forward_train(&mut self, x: &ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, FakeQuantCtx)> {
         if self.flags.observer {
             self.observe(x)?;
@@ -366,4 +392,11 @@ fn channel_sums(t: &ArrayD<f32>, axis: usize) -> Vec<f32> {
         }
     }
     sums
+}
+
+impl Clone for LearnableFakeQuantize {
+    fn clone(&self) -> Self {
+        let observer = self.observer.state().build().expect("an observer's own state rebuilds it");
+        Self { observer, scale: self.scale.clone(), zero_point: self.zero_point.clone(), ..*self }
+    }
 }

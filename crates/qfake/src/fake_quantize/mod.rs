@@ -30,6 +30,7 @@ mod common;
 mod fixed;
 mod fused;
 mod learnable;
+mod module;
 
 pub use base::{
     FakeQuantize, default_fake_quant, default_per_channel_weight_fake_quant, default_weight_fake_quant,
@@ -44,3 +45,4 @@ pub use fused::{
     default_fused_wt_fake_quant,
 };
 pub use learnable::LearnableFakeQuantize;
+pub use module::FakeQuantModule;
