@@ -80,11 +80,45 @@ pub fn choose_dynamic_qparams(min: f32, max: f32, reduce_range: bool) -> QResult
     if min > max {
         return Err(invalid("min exceeds max"));
     }
-    let (qmin, qmax): (i32, i32) = if reduce_range { (0, 127) } else { (0, 255) };
+    let qmax = if reduce_range { 127 } else { 255 };
+    let (scale, zero_point) = choose_quantization_params(min, max, 0, qmax, false);
+    Ok(PerTensor::new(scale, zero_point))
+}
+
+/// `quant_utils::ChooseQuantizationParams(min, max, qmin, qmax, preserve_sparsity, false, false)`
+/// on a finite `min <= max` (callers check): [`choose_dynamic_qparams`]'s arithmetic for any range,
+/// plus `preserve_sparsity` (symmetric schemes): a range across 0 is first made symmetric,
+/// `max(|min / sym_qmin|, |max / sym_qmax|)` times `sym_qmin = -((qmax - qmin) / 2 + 1)` and
+/// `sym_qmax = (qmax - qmin) / 2`, and the zero point is `(qmin + qmax) / 2` rounded half to even.
+/// Returns the double scale and the zero point.
+///
+/// ```
+/// use qcore::dynamic::choose_quantization_params;
+/// let (scale, zero_point) = choose_quantization_params(-1.0, 1.0, -128, 127, true);
+/// assert_eq!(zero_point, 0);
+/// assert!((scale - 1.0 / 127.0).abs() < 1e-8);
+/// assert_eq!(choose_quantization_params(-1.0, 2.0, 0, 255, false), (3.0 / 255.0, 85));
+/// ```
+pub fn choose_quantization_params(
+    min: f32,
+    max: f32,
+    qmin: i64,
+    qmax: i64,
+    preserve_sparsity: bool,
+) -> (f64, i64) {
+    let (mut min, mut max) = (min, max);
+    let symmetric = min < 0.0 && max > 0.0 && preserve_sparsity;
+    if symmetric {
+        let sym_qmin = -((qmax - qmin) / 2 + 1);
+        let sym_qmax = (qmax - qmin) / 2;
+        let max_scale = f64::from((min / sym_qmin as f32).abs().max((max / sym_qmax as f32).abs()));
+        min = (max_scale * sym_qmin as f64) as f32;
+        max = (max_scale * sym_qmax as f64) as f32;
+    }
     let mut lo = min.min(0.0);
     let mut hi = max.max(0.0);
     let span = qmax - qmin;
-    let mut scale = (f64::from(hi) - f64::from(lo)) / f64::from(span);
+    let mut scale = (f64::from(hi) - f64::from(lo)) / span as f64;
     if scale as f32 == 0.0 || (1.0f32 / scale as f32).is_infinite() {
         scale = 0.1;
     }
@@ -101,20 +135,23 @@ pub fn choose_dynamic_qparams(min: f32, max: f32, reduce_range: bool) -> QResult
             hi *= amplifier;
         }
     }
-    let (qmin_f, qmax_f) = (f64::from(qmin), f64::from(qmax));
+    let (qmin_f, qmax_f) = (qmin as f64, qmax as f64);
     let from_min = qmin_f - f64::from(lo) / scale;
     let from_max = qmax_f - f64::from(hi) / scale;
     let err_min = qmin_f.abs() - (f64::from(lo) / scale).abs();
     let err_max = qmax_f.abs() - (f64::from(hi) / scale).abs();
-    let initial = if err_min < err_max { from_min } else { from_max };
+    let mut initial = if err_min < err_max { from_min } else { from_max };
+    if symmetric {
+        initial = (qmin + qmax) as f64 / 2.0;
+    }
     let zero_point = if initial < qmin_f {
         qmin
     } else if initial > qmax_f {
         qmax
     } else {
-        initial.round_ties_even() as i32
+        initial.round_ties_even() as i64
     };
-    Ok(PerTensor::new(scale, i64::from(zero_point)))
+    (scale, zero_point)
 }
 
 /// The activation quantize rule of FBGEMM's dynamic GEMM (`PackAWithQuantRowOffset::pack`), which

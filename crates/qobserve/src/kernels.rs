@@ -133,9 +133,15 @@ pub(crate) const TORCH_SUM_LANES: usize = 8;
 
 /// `torch.sum` of a contiguous float32 vector on CPU, with ATen's order of additions
 /// (`SumKernel.cpp`: `vectorized_inner_sum` -> `row_sum` -> `multi_row_sum`, a 4-level cascade
-/// over rows of 4 vectors of [`TORCH_SUM_LANES`] floats; the scalar tail is added first, then the
-/// lanes in order). Exact for inputs below ATen's parallel grain size (32768 elements).
-pub(crate) fn torch_sum(x: &[f32]) -> f32 {
+/// over rows of 4 vectors of 8 floats; the scalar tail is added first, then the lanes in order).
+/// Exact for inputs below ATen's parallel grain size (32768 elements).
+///
+/// ```
+/// let x: Vec<f32> = (0..37).map(|i| 0.1 * i as f32).collect();
+/// assert_eq!(qobserve::torch_sum(&x[..3]), 0.0 + 0.1 + 0.2);
+/// assert!((qobserve::torch_sum(&x) - 66.6).abs() < 1e-4);
+/// ```
+pub fn torch_sum(x: &[f32]) -> f32 {
     const W: usize = TORCH_SUM_LANES;
     if x.len() < W {
         // Scalar path (`basic_loop` of the reduction): a plain left-to-right sum.

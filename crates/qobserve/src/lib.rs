@@ -48,6 +48,7 @@ pub use basic::{FixedQParamsObserver, NoopObserver, PlaceholderObserver, Recordi
 pub use calibrators::{EntropyCalibrator, MseCalibrator, PercentileCalibrator};
 pub use error::{ObserveError, ObserveResult};
 pub use histogram::{HistogramObserver, HistogramSearch};
+pub use kernels::torch_sum;
 pub use minmax::{
     MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
     PerChannelMinMaxObserver,

@@ -1,0 +1,240 @@
+//! The training interface of the fake quantizers and the element loops they share.
+
+use ndarray::{ArrayD, Axis, Zip};
+use qcore::QParams;
+use qcore::fake_quant::{fake_quantize_per_channel, fake_quantize_per_tensor};
+use qgraph::GraphResult;
+use qobserve::Observer;
+
+/// The result type of the fake quantizers (qfake reports errors as qgraph's `GraphError`).
+pub type QFakeResult<T> = GraphResult<T>;
+
+/// What [`FakeQuantizer::backward`] needs from the forward pass that made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeQuantCtx {
+    /// Where the gradient passes straight through (`None`: fake quantization was disabled and the
+    /// forward was the identity, so every gradient passes).
+    pub mask: Option<ArrayD<bool>>,
+    /// The input and parameters of a learnable fake quantization (`None` for the others).
+    pub learned: Option<LearnedCtx>,
+}
+
+/// The gradients [`FakeQuantizer::backward`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeQuantGrads {
+    /// Gradient of the input.
+    pub input: ArrayD<f32>,
+    /// Gradient of a learned scale (`None` when the scale is not learned).
+    pub scale: Option<ArrayD<f32>>,
+    /// Gradient of a learned zero point (`None` when it is not learned).
+    pub zero_point: Option<ArrayD<f32>>,
+}
+
+/// What the backward of a learnable fake quantization needs: the input and the parameters it was
+/// fake-quantized with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnedCtx {
+    /// The forward input.
+    pub input: ArrayD<f32>,
+    /// The scales (one per tensor or per channel).
+    pub scale: Vec<f32>,
+    /// The float zero points, before rounding.
+    pub zero_point: Vec<f32>,
+    /// The channel axis (resolved), `None` per tensor.
+    pub axis: Option<usize>,
+    /// The gradient factor (`1 / sqrt(numel * quant_max)` with grad scaling, else 1).
+    pub grad_factor: f32,
+}
+
+/// PyTorch's `fake_quant_enabled` and `observer_enabled` buffers (`static_enabled` for the
+/// learnable one); both start enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeQuantFlags {
+    /// Forward fake-quantizes.
+    pub fake_quant: bool,
+    /// Forward updates the observer and the parameters.
+    pub observer: bool,
+}
+
+impl Default for FakeQuantFlags {
+    fn default() -> Self {
+        Self { fake_quant: true, observer: true }
+    }
+}
+
+/// The training interface shared by the fake quantizers.
+pub trait FakeQuantizer: std::fmt::Debug + Send + Sync {
+    /// The training forward (PyTorch's `forward`): the observer sees `x` when enabled and the
+    /// scale and zero point are recomputed; then `x` is fake-quantized when enabled.
+    fn forward_train(&mut self, x: &ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, FakeQuantCtx)>;
+
+    /// The gradients for `grad_out`, the gradient of the output of the forward that made `ctx`.
+    fn backward(&self, ctx: &FakeQuantCtx, grad_out: &ArrayD<f32>) -> QFakeResult<FakeQuantGrads>;
+
+    /// PyTorch's class name (`FakeQuantize`, `_LearnableFakeQuantize`, ...).
+    fn type_name(&self) -> &'static str;
+
+    /// The text between the parentheses of PyTorch's printout.
+    fn extra_repr(&self) -> String;
+
+    /// A deep copy (the observer's statistics included).
+    fn clone_box(&self) -> Box<dyn FakeQuantizer>;
+
+    /// The enable flags.
+    fn flags(&self) -> &FakeQuantFlags;
+
+    /// The enable flags, to change.
+    fn flags_mut(&mut self) -> &mut FakeQuantFlags;
+
+    /// `enable_fake_quant(enabled)`.
+    fn set_fake_quant_enabled(&mut self, enabled: bool) {
+        self.flags_mut().fake_quant = enabled;
+    }
+
+    /// `enable_observer(enabled)` (`toggle_observer_update` of the learnable one).
+    fn set_observer_enabled(&mut self, enabled: bool) {
+        self.flags_mut().observer = enabled;
+    }
+
+    /// Whether forward fake-quantizes (`fake_quant_enabled[0] == 1`).
+    fn fake_quant_enabled(&self) -> bool {
+        self.flags().fake_quant
+    }
+
+    /// Whether forward updates the observer (`observer_enabled[0] == 1`).
+    fn observer_enabled(&self) -> bool {
+        self.flags().observer
+    }
+
+    /// `enable_fake_quant()`.
+    fn enable_fake_quant(&mut self) {
+        self.set_fake_quant_enabled(true);
+    }
+
+    /// `disable_fake_quant()`.
+    fn disable_fake_quant(&mut self) {
+        self.set_fake_quant_enabled(false);
+    }
+
+    /// `enable_observer()`.
+    fn enable_observer(&mut self) {
+        self.set_observer_enabled(true);
+    }
+
+    /// `disable_observer()`.
+    fn disable_observer(&mut self) {
+        self.set_observer_enabled(false);
+    }
+}
+
+/// The straight-through gradient: `grad_out * mask` (`fake_quantize_per_tensor_affine_cachemask_backward`) (the identity where `mask` is `None`).
+pub(crate) fn straight_through(
+    context: &'static str,
+    ctx: &FakeQuantCtx,
+    grad_out: &ArrayD<f32>,
+) -> QFakeResult<ArrayD<f32>> {
+    let Some(mask) = &ctx.mask else { return Ok(grad_out.clone()) };
+    if mask.shape() != grad_out.shape() {
+        return Err(invalid(
+            context,
+            "grad_out shape",
+            grad_out.shape(),
+            format!("must equal the shape of the forward input, {:?}", mask.shape()),
+        ));
+    }
+    let mut grad = grad_out.clone();
+    // PyTorch's `dY * mask` (a masked negative gradient becomes -0.0).
+    grad.zip_mut_with(mask, |g, &m| *g *= f32::from(u8::from(m)));
+    Ok(grad)
+}
+
+/// A [`qgraph::GraphError::InvalidArgument`] naming the module, the argument and the fix.
+pub(crate) fn invalid(
+    context: &'static str,
+    what: &'static str,
+    value: impl std::fmt::Debug,
+    reason: impl Into<String>,
+) -> qgraph::GraphError {
+    qgraph::GraphError::InvalidArgument { context, what, value: format!("{value:?}"), reason: reason.into() }
+}
+
+/// PyTorch's `ch_axis` (negative counts from the end) resolved against an input of rank `ndim`.
+pub(crate) fn resolve_axis(context: &'static str, ch_axis: i64, ndim: usize) -> QFakeResult<usize> {
+    let n = ndim as i64;
+    let axis = if ch_axis < 0 { ch_axis + n } else { ch_axis };
+    if axis < 0 || axis >= n {
+        return Err(invalid(
+            context,
+            "ch_axis",
+            ch_axis,
+            format!("out of range for an input of rank {ndim}; give an axis in [-{n}, {n})"),
+        ));
+    }
+    Ok(axis as usize)
+}
+
+/// `torch.fake_quantize_per_channel_affine` along `ch_axis` with one `(scale, zero_point)` per
+/// channel: the values and the gradient mask. An error if the parameters do not match the channels.
+pub(crate) fn fake_quantize_channels(
+    context: &'static str,
+    x: &ArrayD<f32>,
+    ch_axis: i64,
+    qparams: &[(f32, i64)],
+    (qmin, qmax): (i64, i64),
+) -> QFakeResult<(ArrayD<f32>, ArrayD<bool>, usize)> {
+    let axis = resolve_axis(context, ch_axis, x.ndim())?;
+    let channels = x.len_of(Axis(axis));
+    if qparams.len() != channels {
+        return Err(invalid(
+            context,
+            "scale length",
+            qparams.len(),
+            format!("must equal the input's size {channels} along ch_axis {ch_axis}"),
+        ));
+    }
+    let mut out = x.clone();
+    let mut mask = ArrayD::from_elem(x.raw_dim(), false);
+    for (&(s, zp), (mut o, mut m)) in
+        qparams.iter().zip(out.axis_iter_mut(Axis(axis)).zip(mask.axis_iter_mut(Axis(axis))))
+    {
+        qcore::fake_quant::check_fake_quant_range(context, zp, qmin, qmax)?;
+        Zip::from(&mut o).and(&mut m).for_each(|v, m| {
+            let fq = fake_quantize_per_channel(*v, s, zp, qmin, qmax);
+            (*v, *m) = (fq.value, fq.mask);
+        });
+    }
+    Ok((out, mask, axis))
+}
+
+/// `torch.fake_quantize_per_tensor_affine`: the values and the gradient mask.
+pub(crate) fn fake_quantize_tensor(
+    context: &'static str,
+    x: &ArrayD<f32>,
+    (s, zp): (f32, i64),
+    (qmin, qmax): (i64, i64),
+) -> QFakeResult<(ArrayD<f32>, ArrayD<bool>)> {
+    qcore::fake_quant::check_fake_quant_range(context, zp, qmin, qmax)?;
+    let mut out = x.clone();
+    let mut mask = ArrayD::from_elem(x.raw_dim(), false);
+    Zip::from(&mut out).and(&mut mask).for_each(|v, m| {
+        let fq = fake_quantize_per_tensor(*v, s, zp, qmin, qmax);
+        (*v, *m) = (fq.value, fq.mask);
+    });
+    Ok((out, mask))
+}
+
+/// The observer's scales (as the float32 buffer) and zero points, per tensor or per channel.
+pub(crate) fn observed_qparams(
+    context: &'static str,
+    observer: &dyn Observer,
+) -> QFakeResult<(Vec<f32>, Vec<i64>)> {
+    match observer.calculate_qparams()? {
+        QParams::PerTensor { scale, zero_point } => Ok((vec![scale as f32], vec![zero_point])),
+        QParams::PerChannel { scales, zero_points, .. } => {
+            Ok((scales.iter().map(|&s| s as f32).collect(), zero_points))
+        }
+        other => {
+            Err(invalid(context, "observer qparams", other.qscheme(), "must be per tensor or per channel"))
+        }
+    }
+}
