@@ -80,13 +80,46 @@ fn is_pattern(parts: &[Part]) -> bool {
 /// in training mode (fusion for post-training quantization needs `eval(&mut model)` first), a
 /// conv and batch norm whose channels differ. Groups before the failing one stay fused.
 pub fn fuse_modules(model: &mut Box<dyn Module>, groups: &[&[&str]]) -> GraphResult<()> {
+    fuse_groups(model, groups, fuse_known_modules)
+}
+
+/// PyTorch's `fuse_modules_qat(model, groups, inplace=True)`: as [`fuse_modules`], but a conv and
+/// its batch norm are kept apart, in a `ConvBn{n}d` or `ConvBnReLU{n}d` [`Fused`] module that
+/// `prepare_qat` turns into a QAT module folding the batch norm at every step. Any mode (train or
+/// eval) is accepted, as in PyTorch; conv and batch norm must be in the same one.
+///
+/// ```
+/// use qgraph::fuse::fuse_modules_qat;
+/// use qgraph::nn::{BatchNorm2d, Conv2d, ReLU};
+/// use qgraph::{Module, Sequential, train};
+/// let mut model: Box<dyn Module> = Box::new(Sequential::new(vec![
+///     Box::new(Conv2d::new(3, 8, [3, 3]).build()?),
+///     Box::new(BatchNorm2d::new(8)),
+///     Box::new(ReLU::new()),
+/// ]));
+/// train(&mut model, true);
+/// fuse_modules_qat(&mut model, &[&["0", "1", "2"]])?;
+/// assert_eq!(model.get("0")?.type_name(), "ConvBnReLU2d");
+/// assert_eq!(model.get("0.1")?.type_name(), "BatchNorm2d");
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn fuse_modules_qat(model: &mut Box<dyn Module>, groups: &[&[&str]]) -> GraphResult<()> {
+    fuse_groups(model, groups, fuse_known_modules_qat)
+}
+
+/// Fuses each group with `fuse`, the fused module in the first slot and `Identity` in the others.
+fn fuse_groups(
+    model: &mut Box<dyn Module>,
+    groups: &[&[&str]],
+    fuse: fn(&[&dyn Module]) -> GraphResult<Box<dyn Module>>,
+) -> GraphResult<()> {
     for group in groups {
         let fused = {
             let modules = group
                 .iter()
                 .map(|name| model.get(name).map_err(|e| fusion_error(group, e.to_string())))
                 .collect::<GraphResult<Vec<_>>>()?;
-            fuse_known_modules(&modules).map_err(|e| match e {
+            fuse(&modules).map_err(|e| match e {
                 GraphError::Fusion { reason, .. } => fusion_error(group, reason),
                 other => fusion_error(group, other.to_string()),
             })?
@@ -97,6 +130,47 @@ pub fn fuse_modules(model: &mut Box<dyn Module>, groups: &[&[&str]]) -> GraphRes
         }
     }
     Ok(())
+}
+
+/// The module [`fuse_modules_qat`] makes of `modules`: `ConvBn{n}d` / `ConvBnReLU{n}d` for a conv
+/// and its batch norm, else what [`fuse_known_modules`] makes (ReLU6 and Linear + BatchNorm1d are
+/// not fused for QAT, as in PyTorch's QAT fuser table).
+pub fn fuse_known_modules_qat(modules: &[&dyn Module]) -> GraphResult<Box<dyn Module>> {
+    let parts: Vec<Part> = modules.iter().map(|m| part_of(*m)).collect();
+    let types: Vec<String> = modules.iter().map(|m| m.type_name().to_string()).collect();
+    let kind = match parts[..] {
+        [Part::Conv(n), Part::Bn(m)] if n == m => FusedKind::ConvBn(n),
+        [Part::Conv(n), Part::Bn(m), Part::Relu] if n == m => FusedKind::ConvBnReLU(n),
+        [Part::Conv(_), Part::Relu] | [Part::Linear, Part::Relu] | [Part::Bn(2 | 3), Part::Relu] => {
+            let kind = match parts[0] {
+                Part::Conv(n) => FusedKind::ConvReLU(n),
+                Part::Linear => FusedKind::LinearReLU,
+                Part::Bn(n) => FusedKind::BNReLU(n),
+                _ => unreachable!("matched above"),
+            };
+            kind
+        }
+        _ => {
+            return Err(GraphError::Fusion {
+                modules: types.clone(),
+                reason: format!(
+                    "({}) is not a pattern quantization-aware training fuses; supported: Conv{{n}}d + \
+                     BatchNorm{{n}}d (+ ReLU), Conv{{n}}d + ReLU, Linear + ReLU, BatchNorm2d/3d + ReLU",
+                    types.join(", ")
+                ),
+            });
+        }
+    };
+    if modules[0].training() != modules[1].training() {
+        return Err(GraphError::Fusion {
+            modules: types.clone(),
+            reason: format!(
+                "{} and {} must be in the same mode (train or eval); call train(&mut model, true) before fusing",
+                types[0], types[1]
+            ),
+        });
+    }
+    Ok(Box::new(Fused::from_parts(kind, modules.iter().map(|m| m.clone_module()).collect())?))
 }
 
 fn fusion_error(group: &[&str], reason: String) -> GraphError {

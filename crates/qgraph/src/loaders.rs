@@ -127,16 +127,19 @@ impl Loaders {
     fn build_observed(&self, mut record: Record<'_>) -> GraphResult<Box<dyn Module>> {
         let config: ObservedConfig = record.config()?;
         let post = record.take_child(Observed::POST)?;
-        let observer = post.downcast_ref::<ObserverModule>().cloned().ok_or_else(|| {
-            record.tensors.mismatch(format!(
-                "child `{}` is a {}, not an observer",
+        if post.as_post_process().is_none() {
+            return Err(record.tensors.mismatch(format!(
+                "child `{}` is a {}, not an observer or fake quantizer",
                 Observed::POST,
                 post.saved_type()
-            ))
-        })?;
+            )));
+        }
         let inner = Record { config: config.module.config, ..record };
         let inner = self.build(&config.module.saved_type, inner)?;
-        Ok(Box::new(Observed::restore(inner, config.qconfig, observer)?))
+        Ok(Box::new(match post.downcast_ref::<ObserverModule>() {
+            Some(observer) => Observed::restore(inner, config.qconfig, observer.clone())?,
+            None => Observed::with_post_process(inner, config.qconfig, post)?,
+        }))
     }
 }
 

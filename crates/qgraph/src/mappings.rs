@@ -76,6 +76,8 @@ pub enum Swap {
 type StaticFn = Arc<dyn Fn(&dyn Module, &QConfig, PerTensor) -> GraphResult<Box<dyn Module>> + Send + Sync>;
 /// Swaps a float module for its QAT or dynamic form, given its qconfig.
 type SwapFn = Arc<dyn Fn(&dyn Module, &QConfig) -> GraphResult<Box<dyn Module>> + Send + Sync>;
+/// Builds the activation post-process `prepare` attaches to a module, given its qconfig.
+type PostFn = Arc<dyn Fn(&dyn Module, &QConfig) -> GraphResult<Box<dyn Module>> + Send + Sync>;
 /// Records a module's qconfig (or its absence) in it, at prepare.
 type MarkFn = Arc<dyn Fn(&mut dyn Module, Option<&QConfig>) + Send + Sync>;
 /// The module's replacement at convert, if `prepare` marked it for one.
@@ -100,6 +102,7 @@ pub struct Mappings {
     static_table: BTreeMap<ModuleKey, StaticEntry>,
     qat: BTreeMap<ModuleKey, SwapFn>,
     dynamic: BTreeMap<ModuleKey, SwapFn>,
+    post_process: Option<PostFn>,
 }
 
 impl fmt::Debug for Mappings {
@@ -108,6 +111,7 @@ impl fmt::Debug for Mappings {
             .field("static", &self.static_table.keys().collect::<Vec<_>>())
             .field("qat", &self.qat.keys().collect::<Vec<_>>())
             .field("dynamic", &self.dynamic.keys().collect::<Vec<_>>())
+            .field("post_process", &self.post_process.as_ref().map(|_| "custom"))
             .finish()
     }
 }
@@ -127,7 +131,7 @@ fn typed<'a, F: Module>(module: &'a dyn Module, key: &str) -> GraphResult<&'a F>
 impl Mappings {
     /// Empty tables: nothing is observed or swapped.
     pub fn empty() -> Self {
-        Self { static_table: BTreeMap::new(), qat: BTreeMap::new(), dynamic: BTreeMap::new() }
+        Self { static_table: BTreeMap::new(), qat: BTreeMap::new(), dynamic: BTreeMap::new(), post_process: None }
     }
 
     /// `prepare` observes float modules of type `F` named `name`; `convert` replaces each by
@@ -175,6 +179,29 @@ impl Mappings {
         let swap: SwapFn = Arc::new(move |m, qconfig| swap(typed::<F>(m, &key)?, qconfig));
         self.table_mut(table).insert(ModuleKey::new::<F>(name), swap);
         self
+    }
+
+    /// `prepare` gives each observed module `build(module, qconfig)` as its
+    /// `activation_post_process` instead of an observer of `qconfig.activation` (QAT attaches fake
+    /// quantizers this way). The module built must be an
+    /// [`ActivationPostProcess`](crate::workflow::ActivationPostProcess).
+    pub fn set_activation_post_process(
+        &mut self,
+        build: impl Fn(&dyn Module, &QConfig) -> GraphResult<Box<dyn Module>> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.post_process = Some(Arc::new(build));
+        self
+    }
+
+    /// The activation post-process set by
+    /// [`set_activation_post_process`](Mappings::set_activation_post_process) for `module`, if
+    /// one is set (else `prepare` attaches an observer).
+    pub fn activation_post_process(
+        &self,
+        module: &dyn Module,
+        qconfig: &QConfig,
+    ) -> Option<GraphResult<Box<dyn Module>>> {
+        self.post_process.as_ref().map(|build| build(module, qconfig))
     }
 
     /// Removes `key` from every table (e.g. to keep a type float whatever its qconfig).
@@ -297,6 +324,14 @@ fn quantize_fused(fused: &nn::Fused, qconfig: &QConfig, out_q: PerTensor) -> Gra
             let bn = base.downcast_ref::<nn::BatchNorm>().ok_or_else(|| expect("BatchNorm"))?;
             boxed(QuantizedBatchNorm::from_float(bn, true, out_q))
         }
+        kind @ (nn::FusedKind::ConvBn(_) | nn::FusedKind::ConvBnReLU(_)) => Err(GraphError::Workflow {
+            step: "convert",
+            reason: format!(
+                "{} keeps its batch norm for quantization-aware training; prepare it with prepare_qat (its QAT form \
+                 folds the batch norm), or fuse with fuse_modules in eval mode for post-training quantization",
+                kind.type_name()
+            ),
+        }),
     }
 }
 

@@ -141,6 +141,11 @@ pub trait Module: ModuleAny + fmt::Debug + Send + Sync {
         let _ = training;
     }
 
+    /// The module as an activation post-process (an observer or a fake quantizer), if it is one.
+    fn as_post_process(&self) -> Option<&dyn crate::workflow::ActivationPostProcess> {
+        None
+    }
+
     /// The constructor arguments, for saving (see [`crate::record`]).
     fn config(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -85,6 +85,17 @@ impl From<QConfig> for QConfigMapping {
     }
 }
 
+/// What `convert` needs from a module's `activation_post_process`: an [`ObserverModule`] after
+/// calibration, or a fake quantizer after quantization-aware training. A module that is one
+/// returns itself from [`Module::as_post_process`].
+pub trait ActivationPostProcess {
+    /// The output's quantization parameters (PyTorch's `calculate_qparams`).
+    fn activation_qparams(&self) -> GraphResult<PerTensor>;
+
+    /// How many outputs it has seen; `convert` refuses one that saw none.
+    fn calls(&self) -> usize;
+}
+
 /// An observer as a module: PyTorch's `activation_post_process` child. It records the float
 /// values passing through and counts its calls.
 #[derive(Debug)]
@@ -210,9 +221,23 @@ impl Clone for ObserverModule {
     }
 }
 
+impl ActivationPostProcess for ObserverModule {
+    fn activation_qparams(&self) -> GraphResult<PerTensor> {
+        ObserverModule::activation_qparams(self)
+    }
+
+    fn calls(&self) -> usize {
+        ObserverModule::calls(self)
+    }
+}
+
 impl Module for ObserverModule {
     fn type_name(&self) -> &str {
         self.lock().name()
+    }
+
+    fn as_post_process(&self) -> Option<&dyn ActivationPostProcess> {
+        Some(self)
     }
 
     fn saved_type(&self) -> &str {
@@ -279,6 +304,21 @@ impl Observed {
         Ok(Self { inner, qconfig, post })
     }
 
+    /// `inner` with `post` as its `activation_post_process` (a fake quantizer, for QAT): its
+    /// forward runs on every output and its result is the module's output. `post` must be an
+    /// [`ActivationPostProcess`] ([`Module::as_post_process`]).
+    pub fn with_post_process(inner: Box<dyn Module>, qconfig: QConfig, post: Box<dyn Module>) -> GraphResult<Self> {
+        if post.as_post_process().is_none() {
+            return Err(crate::invalid(
+                "Observed",
+                "activation_post_process",
+                post.type_name(),
+                "give an observer or a fake quantizer (a module whose as_post_process() is Some)",
+            ));
+        }
+        Ok(Self { inner, qconfig, post })
+    }
+
     /// A prepared module resuming with `observer` (e.g. a loaded one, whose statistics
     /// calibration continues from). The observer must be of `qconfig`'s activation description.
     pub fn restore(inner: Box<dyn Module>, qconfig: QConfig, observer: ObserverModule) -> GraphResult<Self> {
@@ -316,9 +356,15 @@ impl Observed {
         &self.qconfig
     }
 
-    /// The observer.
-    pub fn observer(&self) -> &ObserverModule {
-        self.post.downcast_ref().expect("an Observed module's post-process is an ObserverModule")
+    /// The observer, if the post-process is one (after `prepare`; a fake quantizer after
+    /// `prepare_qat`).
+    pub fn observer(&self) -> Option<&ObserverModule> {
+        self.post.downcast_ref()
+    }
+
+    /// The activation post-process: the observer, or a fake quantizer.
+    pub fn post_process(&self) -> &dyn ActivationPostProcess {
+        self.post.as_post_process().expect("checked when the module was built")
     }
 }
 
@@ -351,17 +397,24 @@ impl Module for Observed {
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
         let out = self.inner.forward(input)?;
-        let observer = self.observer();
-        observer.observe_repeated(&out, observer.observations_per_forward())?;
-        Ok(out)
+        match self.observer() {
+            Some(observer) => {
+                observer.observe_repeated(&out, observer.observations_per_forward())?;
+                Ok(out)
+            }
+            None => self.post.forward(out),
+        }
     }
 
     fn forward_functional(&self, op: Functional, inputs: Vec<Value>) -> GraphResult<Value> {
         let out = self.inner.forward_functional(op, inputs)?;
-        if op.is_observed() {
-            self.observer().observe(&out)?;
+        if !op.is_observed() {
+            return Ok(out);
         }
-        Ok(out)
+        match self.observer() {
+            Some(observer) => observer.observe(&out).map(|()| out),
+            None => self.post.forward(out),
+        }
     }
 
     fn children(&self) -> Vec<(&str, &dyn Module)> {
@@ -611,7 +664,11 @@ fn prepare_slot(
     if mappings.is_observed(slot.as_ref()) {
         if let Some(qc) = qconfig {
             let inner = std::mem::replace(slot, Box::new(nn::Identity::new()));
-            *slot = Box::new(Observed::new(inner, qc).map_err(|e| e.within_path(path))?);
+            let observed = match mappings.activation_post_process(inner.as_ref(), &qc) {
+                Some(post) => post.and_then(|post| Observed::with_post_process(inner, qc, post)),
+                None => Observed::new(inner, qc),
+            };
+            *slot = Box::new(observed.map_err(|e| e.within_path(path))?);
             *count += 1;
         }
         return Ok(());
@@ -694,7 +751,9 @@ pub fn convert_with(model: &mut Box<dyn Module>, mappings: &Mappings) -> GraphRe
     let unobserved: Vec<String> = model
         .named_modules()
         .into_iter()
-        .filter(|(_, m)| m.downcast_ref::<ObserverModule>().is_some_and(|o| o.calls() == 0))
+        .filter(|(path, m)| {
+            path.ends_with(Observed::POST) && m.as_post_process().is_some_and(|post| post.calls() == 0)
+        })
         .map(|(path, _)| path.trim_end_matches(".activation_post_process").to_string())
         .filter(|path| !uncalled.contains(path))
         .collect();
@@ -716,7 +775,7 @@ pub fn convert_with(model: &mut Box<dyn Module>, mappings: &Mappings) -> GraphRe
             let out_q = if uncalled.contains(&path) {
                 PerTensor::new(1.0, 0)
             } else {
-                observed.observer().activation_qparams().map_err(|e| e.within_path(&path))?
+                observed.post_process().activation_qparams().map_err(|e| e.within_path(&path))?
             };
             let quantized = mappings
                 .quantize(observed.inner(), observed.qconfig(), out_q)

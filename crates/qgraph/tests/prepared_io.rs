@@ -66,7 +66,7 @@ fn an_observer_restores_only_into_the_module_it_was_made_for() {
     let model = prepared(&default_qconfig());
     run(model.as_ref(), 0..1);
     let fused = model.get("conv1").unwrap().downcast_ref::<Observed>().expect("observed");
-    let observer = fused.observer().clone();
+    let observer = fused.observer().expect("an observer").clone();
     let inner = || fused.inner().clone_module();
     assert!(Observed::restore(inner(), default_qconfig(), observer.clone()).is_ok());
     let err = Observed::restore(inner(), get_default_qconfig("x86").unwrap(), observer.clone()).unwrap_err();

@@ -80,7 +80,7 @@ fn run_workflow(
         let module = model.get(path).unwrap_or_else(|e| panic!("{name}: {e}"));
         let observed =
             module.downcast_ref::<Observed>().unwrap_or_else(|| panic!("{name}: {path} is not observed"));
-        let q = observed.observer().activation_qparams().expect("qparams");
+        let q = observed.post_process().activation_qparams().expect("qparams");
         let torch = fx.tensor::<f64>("observer", path);
         let (scale, zp) = (torch[[0]], torch[[1]] as i64);
         assert_eq!(q.zero_point, zp, "{name}: zero point of {path}");

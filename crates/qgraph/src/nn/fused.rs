@@ -20,6 +20,11 @@ pub enum FusedKind {
     LinearReLU6,
     /// `BNReLU{n}d` (n = 2 or 3): a batch norm and `ReLU`.
     BNReLU(usize),
+    /// `ConvBn{n}d`: a convolution and its batch norm, kept apart for quantization-aware training
+    /// (`fuse_modules_qat`), where the QAT module folds them at every step.
+    ConvBn(usize),
+    /// `ConvBnReLU{n}d`: a convolution, its batch norm and `ReLU`, for quantization-aware training.
+    ConvBnReLU(usize),
 }
 
 impl FusedKind {
@@ -31,7 +36,26 @@ impl FusedKind {
             FusedKind::LinearReLU => "LinearReLU".to_string(),
             FusedKind::LinearReLU6 => "LinearReLU6".to_string(),
             FusedKind::BNReLU(n) => format!("BNReLU{n}d"),
+            FusedKind::ConvBn(n) => format!("ConvBn{n}d"),
+            FusedKind::ConvBnReLU(n) => format!("ConvBnReLU{n}d"),
         }
+    }
+
+    /// The class names of the parts, in order.
+    pub fn part_names(&self) -> Vec<String> {
+        let act = if self.is_relu6() { "ReLU6" } else { "ReLU" }.to_string();
+        match *self {
+            FusedKind::ConvReLU(n) | FusedKind::ConvReLU6(n) => vec![format!("Conv{n}d"), act],
+            FusedKind::LinearReLU | FusedKind::LinearReLU6 => vec!["Linear".to_string(), act],
+            FusedKind::BNReLU(n) => vec![format!("BatchNorm{n}d"), act],
+            FusedKind::ConvBn(n) => vec![format!("Conv{n}d"), format!("BatchNorm{n}d")],
+            FusedKind::ConvBnReLU(n) => vec![format!("Conv{n}d"), format!("BatchNorm{n}d"), act],
+        }
+    }
+
+    /// True if the last part is an activation (every kind but `ConvBn`).
+    pub fn has_activation(&self) -> bool {
+        !matches!(self, FusedKind::ConvBn(_))
     }
 
     /// True if the activation is ReLU6.
@@ -40,8 +64,9 @@ impl FusedKind {
     }
 }
 
-/// A fused module: `Sequential`-like with children `"0"` (the conv, linear or batch norm) and
-/// `"1"` (the activation), printed as PyTorch prints `ConvReLU2d`.
+/// A fused module: `Sequential`-like with children `"0"` (the conv, linear or batch norm),
+/// `"1"` (the activation, or the batch norm of `ConvBn*`) and `"2"` (the activation of
+/// `ConvBnReLU*`), printed as PyTorch prints `ConvReLU2d`.
 ///
 /// ```
 /// use qgraph::Module;
@@ -66,20 +91,23 @@ impl Fused {
     /// Fuses `base` (a `Conv`, `Linear` or `BatchNorm` matching `kind`) with `activation`
     /// (`ReLU` or `ReLU6` as `kind` says).
     pub fn new(kind: FusedKind, base: Box<dyn Module>, activation: Box<dyn Module>) -> GraphResult<Self> {
-        let base_name = match kind {
-            FusedKind::ConvReLU(n) | FusedKind::ConvReLU6(n) => format!("Conv{n}d"),
-            FusedKind::LinearReLU | FusedKind::LinearReLU6 => "Linear".to_string(),
-            FusedKind::BNReLU(n) => format!("BatchNorm{n}d"),
-        };
-        let act_name = if kind.is_relu6() { "ReLU6" } else { "ReLU" };
-        if base.type_name() != base_name || activation.type_name() != act_name {
+        Self::from_parts(kind, vec![base, activation])
+    }
+
+    /// Fuses `parts`, whose classes must be `kind`'s [`part_names`](FusedKind::part_names) in
+    /// order (e.g. `Conv2d`, `BatchNorm2d`, `ReLU` for `ConvBnReLU2d`); they are named `"0"`,
+    /// `"1"`, ... as in PyTorch's fused `Sequential`s.
+    pub fn from_parts(kind: FusedKind, parts: Vec<Box<dyn Module>>) -> GraphResult<Self> {
+        let names: Vec<&str> = parts.iter().map(|m| m.type_name()).collect();
+        let expected = kind.part_names();
+        if names != expected {
             return Err(GraphError::Fusion {
-                modules: vec![base.type_name().to_string(), activation.type_name().to_string()],
-                reason: format!("{} holds {base_name} and {act_name}", kind.type_name()),
+                modules: names.iter().map(|s| s.to_string()).collect(),
+                reason: format!("{} holds {}", kind.type_name(), expected.join(" and ")),
             });
         }
-        let training = base.training();
-        let parts = vec![("0".to_string(), base), ("1".to_string(), activation)];
+        let training = parts[0].training();
+        let parts = parts.into_iter().enumerate().map(|(i, m)| (i.to_string(), m)).collect();
         Ok(Self { kind, type_name: kind.type_name(), parts, training })
     }
 
@@ -98,17 +126,18 @@ impl Fused {
         self.parts[0].1.as_ref()
     }
 
-    /// The activation.
-    pub fn activation(&self) -> &dyn Module {
-        self.parts[1].1.as_ref()
+    /// The activation (none for `ConvBn`).
+    pub fn activation(&self) -> Option<&dyn Module> {
+        self.kind.has_activation().then(|| self.parts[self.parts.len() - 1].1.as_ref())
     }
 
     /// Rebuilds a saved fused module from its rebuilt children.
     pub fn from_record(mut record: Record<'_>) -> GraphResult<Self> {
         let kind: FusedKind = record.config()?;
-        let base = record.take_child("0")?;
-        let activation = record.take_child("1")?;
-        let mut fused = Self::new(kind, base, activation)?;
+        let parts = (0..kind.part_names().len())
+            .map(|i| record.take_child(&i.to_string()))
+            .collect::<GraphResult<Vec<_>>>()?;
+        let mut fused = Self::from_parts(kind, parts)?;
         fused.training = false;
         Ok(fused)
     }
