@@ -158,7 +158,7 @@ impl GraphError {
     }
 
     /// [`GraphError::within`] for a full dotted path (`""` leaves the error as it is).
-    pub(crate) fn within_path(self, path: &str) -> GraphError {
+    pub fn within_path(self, path: &str) -> GraphError {
         if path.is_empty() { self } else { self.within(path) }
     }
 

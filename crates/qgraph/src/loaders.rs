@@ -175,7 +175,8 @@ impl Default for Loaders {
             BatchNorm => ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"],
             Fused => [
                 "ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "ConvReLU6_1d", "ConvReLU6_2d", "ConvReLU6_3d",
-                "LinearReLU", "LinearReLU6", "BNReLU2d", "BNReLU3d",
+                "LinearReLU", "LinearReLU6", "BNReLU2d", "BNReLU3d", "ConvBn1d", "ConvBn2d", "ConvBn3d",
+                "ConvBnReLU1d", "ConvBnReLU2d", "ConvBnReLU3d",
             ],
             QuantizedConv => [
                 "QuantizedConv1d", "QuantizedConv2d", "QuantizedConv3d",

@@ -131,7 +131,12 @@ fn typed<'a, F: Module>(module: &'a dyn Module, key: &str) -> GraphResult<&'a F>
 impl Mappings {
     /// Empty tables: nothing is observed or swapped.
     pub fn empty() -> Self {
-        Self { static_table: BTreeMap::new(), qat: BTreeMap::new(), dynamic: BTreeMap::new(), post_process: None }
+        Self {
+            static_table: BTreeMap::new(),
+            qat: BTreeMap::new(),
+            dynamic: BTreeMap::new(),
+            post_process: None,
+        }
     }
 
     /// `prepare` observes float modules of type `F` named `name`; `convert` replaces each by

@@ -307,7 +307,11 @@ impl Observed {
     /// `inner` with `post` as its `activation_post_process` (a fake quantizer, for QAT): its
     /// forward runs on every output and its result is the module's output. `post` must be an
     /// [`ActivationPostProcess`] ([`Module::as_post_process`]).
-    pub fn with_post_process(inner: Box<dyn Module>, qconfig: QConfig, post: Box<dyn Module>) -> GraphResult<Self> {
+    pub fn with_post_process(
+        inner: Box<dyn Module>,
+        qconfig: QConfig,
+        post: Box<dyn Module>,
+    ) -> GraphResult<Self> {
         if post.as_post_process().is_none() {
             return Err(crate::invalid(
                 "Observed",
@@ -349,6 +353,11 @@ impl Observed {
     /// The observed module.
     pub fn inner(&self) -> &dyn Module {
         self.inner.as_ref()
+    }
+
+    /// The observed module, mutable (training updates it).
+    pub fn inner_mut(&mut self) -> &mut dyn Module {
+        self.inner.as_mut()
     }
 
     /// The qconfig it was prepared with.

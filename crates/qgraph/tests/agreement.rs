@@ -241,7 +241,9 @@ fn observe_torch_ranges(fx: &Fixture, model: &dyn Module) {
 
 fn observer_at<'m>(name: &str, model: &'m dyn Module, path: &str) -> &'m ObserverModule {
     let module = model.get(path).unwrap_or_else(|e| panic!("{name}: {e}"));
-    module.downcast_ref::<Observed>().unwrap_or_else(|| panic!("{name}: {path} not observed"))
+    module
+        .downcast_ref::<Observed>()
+        .unwrap_or_else(|| panic!("{name}: {path} not observed"))
         .observer()
         .unwrap_or_else(|| panic!("{name}: {path} has no observer"))
 }

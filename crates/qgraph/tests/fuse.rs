@@ -275,3 +275,41 @@ fn fusing_and_quantizing_the_fixture_model_reproduces_pytorch() {
     let y = q.forward(Value::Quant(x)).unwrap().into_quant("test").unwrap();
     assert_eq!(y.int_repr(), fx.tensor::<u8>("output", "1"));
 }
+
+#[test]
+fn fuse_modules_qat_keeps_conv_and_batch_norm_apart_and_saves() {
+    let mut model = conv_bn_relu();
+    train(&mut model, true);
+    let conv_weight = model.get("0").unwrap().params()[0].1.clone();
+    qgraph::fuse::fuse_modules_qat(&mut model, &[&["0", "1", "2"]]).unwrap();
+    let fused = model.get("0").unwrap().downcast_ref::<Fused>().expect("fused");
+    assert_eq!(fused.kind(), FusedKind::ConvBnReLU(2));
+    assert_eq!(fused.parts().len(), 3);
+    assert!(fused.activation().is_some_and(|a| a.type_name() == "ReLU"));
+    assert_eq!(fused.base().params()[0].1, &conv_weight, "the conv weight is not folded");
+    assert_eq!(model.get("1").unwrap().type_name(), "Identity");
+    let names: Vec<String> = model.state_dict().into_iter().map(|(k, _)| k).collect();
+    assert!(names.contains(&"0.1.running_var".to_string()), "{names:?}");
+
+    let bytes = qgraph::io::to_bytes(model.as_ref()).unwrap();
+    let loaded = qgraph::io::from_bytes(&bytes).unwrap();
+    assert_eq!(loaded.to_string(), model.to_string());
+    assert_eq!(loaded.get("0").unwrap().type_name(), "ConvBnReLU2d");
+}
+
+#[test]
+fn fuse_modules_qat_refuses_what_pytorch_does_not_fuse_for_qat() {
+    let mut model = boxed(vec![
+        Box::new(Conv2d::new(2, 3, [3, 3]).build().unwrap()),
+        Box::new(BatchNorm2d::new(3)),
+        Box::new(ReLU6::new()),
+    ]);
+    let err = qgraph::fuse::fuse_modules_qat(&mut model, &[&["0", "1", "2"]]).unwrap_err();
+    assert!(err.to_string().contains("not a pattern quantization-aware training fuses"), "{err}");
+    let mut mixed = conv_bn_relu();
+    train(&mut mixed, true);
+    let slot = qgraph::slot_mut(&mut mixed, "1").unwrap();
+    slot.set_training(false);
+    let err = qgraph::fuse::fuse_modules_qat(&mut mixed, &[&["0", "1"]]).unwrap_err();
+    assert!(err.to_string().contains("same mode"), "{err}");
+}

@@ -75,10 +75,15 @@ impl QuantizedWeight {
     /// have a dtype of qint8"), per-channel parameters along another axis than 0, float zero
     /// points.
     pub fn from_observer(weight: &ArrayD<f32>, spec: &ObserverSpec) -> GraphResult<Self> {
-        let (qmin, qmax) = weight_range(spec)?;
+        let range = weight_range(spec)?;
         let mut observer = spec.build()?;
         observer.observe(weight.view())?;
-        let qparams = observer.calculate_qparams()?;
+        Self::quantize(weight, observer.calculate_qparams()?, range)
+    }
+
+    /// Quantizes `weight` with parameters chosen elsewhere (a QAT module's weight fake quantizer)
+    /// as `_quantize_weight` does, the integers clamped into `(qmin, qmax)` (`_clamp_weights`).
+    pub fn quantize(weight: &ArrayD<f32>, qparams: QParams, (qmin, qmax): (i64, i64)) -> GraphResult<Self> {
         let (q, per_channel) = match &qparams {
             QParams::PerTensor { scale, zero_point } => {
                 (qcore::quantize_per_tensor(weight, *scale, *zero_point, QDType::QInt8)?, false)
