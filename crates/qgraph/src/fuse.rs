@@ -161,7 +161,7 @@ pub fn fuse_known_modules_qat(modules: &[&dyn Module]) -> GraphResult<Box<dyn Mo
             });
         }
     };
-    if modules[0].training() != modules[1].training() {
+    if matches!(parts[1], Part::Bn(_)) && modules[0].training() != modules[1].training() {
         return Err(GraphError::Fusion {
             modules: types.clone(),
             reason: format!(

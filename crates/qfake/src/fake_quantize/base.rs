@@ -182,6 +182,20 @@ impl FakeQuantize {
         self.zero_point = zero_point;
     }
 
+    /// Resumes from a saved state: the observer, parameters and flags.
+    pub(crate) fn restore(&mut self, observer: Box<dyn Observer>, scale: Vec<f32>, zero_point: Vec<i64>, flags: FakeQuantFlags) {
+        self.observer = observer;
+        self.scale = scale;
+        self.zero_point = zero_point;
+        self.flags = flags;
+    }
+
+    /// The saved state, under the class name `class`.
+    pub(crate) fn state_as(&self, class: &str) -> super::common::FakeQuantState {
+        let zero_point = self.zero_point.iter().map(|&z| z as f32).collect();
+        super::common::FakeQuantState::of(class, self.observer.as_ref(), (self.quant_min, self.quant_max), (self.scale.clone(), zero_point), self.flags)
+    }
+
     /// `calculate_qparams()`: the observer's parameters for what it has seen.
     pub fn calculate_qparams(&self) -> QFakeResult<QParams> {
         Ok(self.observer.calculate_qparams()?)
@@ -254,6 +268,18 @@ fn with_dtype(printed: String, suffix: &str) -> String {
 impl FakeQuantizer for FakeQuantize {
     fn type_name(&self) -> &'static str {
         "FakeQuantize"
+    }
+
+    fn qparams(&mut self) -> QFakeResult<QParams> {
+        self.calculate_qparams()
+    }
+
+    fn state(&self) -> super::common::FakeQuantState {
+        self.state_as("FakeQuantize")
+    }
+
+    fn quant_range(&self) -> (i64, i64) {
+        FakeQuantize::quant_range(self)
     }
 
     fn extra_repr(&self) -> String {

@@ -4,7 +4,8 @@ use ndarray::{ArrayD, Axis, Zip};
 use qcore::QParams;
 use qcore::fake_quant::{fake_quantize_per_channel, fake_quantize_per_tensor};
 use qgraph::GraphResult;
-use qobserve::Observer;
+use qobserve::{Observer, ObserverState};
+use serde::{Deserialize, Serialize};
 
 /// The result type of the fake quantizers (qfake reports errors as qgraph's `GraphError`).
 pub type QFakeResult<T> = GraphResult<T>;
@@ -62,6 +63,59 @@ impl Default for FakeQuantFlags {
     }
 }
 
+/// Everything a fake quantizer holds (PyTorch's `state_dict` of a fake quantize module, plus its
+/// class and observer description).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FakeQuantState {
+    /// PyTorch's class name ([`FakeQuantizer::type_name`]).
+    pub class: String,
+    /// The observer: description, counters and statistics.
+    pub observer: ObserverState,
+    /// `(quant_min, quant_max)`.
+    pub quant_range: (i64, i64),
+    /// The scales (one per tensor or channel).
+    pub scale: Vec<f32>,
+    /// The zero points (integers, except for the learnable quantizer).
+    pub zero_point: Vec<f32>,
+    /// `fake_quant_enabled`.
+    pub fake_quant_enabled: bool,
+    /// `observer_enabled` (`static_enabled` of the learnable one).
+    pub observer_enabled: bool,
+    /// LSQ+'s gradient scaling (learnable only).
+    #[serde(default)]
+    pub use_grad_scaling: bool,
+}
+
+impl FakeQuantState {
+    /// The state of `quantizer`'s common parts.
+    pub(crate) fn of(
+        class: &str,
+        observer: &dyn Observer,
+        quant_range: (i64, i64),
+        (scale, zero_point): (Vec<f32>, Vec<f32>),
+        flags: FakeQuantFlags,
+    ) -> Self {
+        Self {
+            class: class.to_string(),
+            observer: observer.state(),
+            quant_range,
+            scale,
+            zero_point,
+            fake_quant_enabled: flags.fake_quant,
+            observer_enabled: flags.observer,
+            use_grad_scaling: false,
+        }
+    }
+
+    pub(crate) fn flags(&self) -> FakeQuantFlags {
+        FakeQuantFlags { fake_quant: self.fake_quant_enabled, observer: self.observer_enabled }
+    }
+
+    pub(crate) fn integer_zero_points(&self) -> Vec<i64> {
+        self.zero_point.iter().map(|&z| z as i64).collect()
+    }
+}
+
 /// The training interface shared by the fake quantizers.
 pub trait FakeQuantizer: std::fmt::Debug + Send + Sync {
     /// The training forward (PyTorch's `forward`): the observer sees `x` when enabled and the
@@ -79,6 +133,17 @@ pub trait FakeQuantizer: std::fmt::Debug + Send + Sync {
 
     /// A deep copy (the observer's statistics included).
     fn clone_box(&self) -> Box<dyn FakeQuantizer>;
+
+    /// `calculate_qparams()`: the parameters `convert` quantizes with (the observer's for
+    /// `FakeQuantize` and `FusedMovingAvgObsFakeQuantize`, the fixed or learned ones otherwise;
+    /// the learnable one clamps its scale, as PyTorch's does).
+    fn qparams(&mut self) -> QFakeResult<QParams>;
+
+    /// The integer range, `(quant_min, quant_max)`.
+    fn quant_range(&self) -> (i64, i64);
+
+    /// Everything it holds, to save ([`super::FakeQuantState::build`] rebuilds it).
+    fn state(&self) -> FakeQuantState;
 
     /// The enable flags.
     fn flags(&self) -> &FakeQuantFlags;

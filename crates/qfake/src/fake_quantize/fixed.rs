@@ -51,6 +51,10 @@ impl FixedQParamsFakeQuantize {
         &self.inner
     }
 
+    pub(crate) fn inner_mut(&mut self) -> &mut FakeQuantize {
+        &mut self.inner
+    }
+
     /// `calculate_qparams()`: the fixed scale and zero point.
     pub fn calculate_qparams(&self) -> (f32, i64) {
         (self.inner.scale()[0], self.inner.zero_point()[0])
@@ -74,6 +78,19 @@ impl FixedQParamsFakeQuantize {
 }
 
 impl FakeQuantizer for FixedQParamsFakeQuantize {
+    fn qparams(&mut self) -> QFakeResult<qcore::QParams> {
+        let (scale, zero_point) = self.calculate_qparams();
+        Ok(qcore::QParams::PerTensor { scale: f64::from(scale), zero_point })
+    }
+
+    fn quant_range(&self) -> (i64, i64) {
+        self.inner.quant_range()
+    }
+
+    fn state(&self) -> super::common::FakeQuantState {
+        self.inner.state_as("FixedQParamsFakeQuantize")
+    }
+
     fn type_name(&self) -> &'static str {
         "FixedQParamsFakeQuantize"
     }

@@ -61,6 +61,10 @@ impl FusedMovingAvgObsFakeQuantize {
         &self.inner
     }
 
+    pub(crate) fn inner_mut(&mut self) -> &mut FakeQuantize {
+        &mut self.inner
+    }
+
     /// `extra_repr()` as PyTorch prints it.
     pub fn extra_repr(&self) -> String {
         let fq = &self.inner;
@@ -98,6 +102,18 @@ impl FusedMovingAvgObsFakeQuantize {
 }
 
 impl FakeQuantizer for FusedMovingAvgObsFakeQuantize {
+    fn qparams(&mut self) -> QFakeResult<qcore::QParams> {
+        self.inner.calculate_qparams()
+    }
+
+    fn quant_range(&self) -> (i64, i64) {
+        self.inner.quant_range()
+    }
+
+    fn state(&self) -> super::common::FakeQuantState {
+        self.inner.state_as("FusedMovingAvgObsFakeQuantize")
+    }
+
     fn type_name(&self) -> &'static str {
         "FusedMovingAvgObsFakeQuantize"
     }

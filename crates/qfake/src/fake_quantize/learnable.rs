@@ -161,6 +161,12 @@ impl LearnableFakeQuantize {
         )
     }
 
+    /// Resumes the observer and flags of a saved state.
+    pub(crate) fn restore(&mut self, observer: Box<dyn Observer>, flags: FakeQuantFlags) {
+        self.observer = observer;
+        self.flags = flags;
+    }
+
     /// `calculate_qparams()`: the scale clamped to at least eps (as PyTorch, this clamps the
     /// parameter too) and the zero point rounded and clamped to the quant range.
     pub fn calculate_qparams(&mut self) -> (Vec<f32>, Vec<i64>) {
@@ -249,6 +255,33 @@ fn grad_element(
 }
 
 impl FakeQuantizer for LearnableFakeQuantize {
+    fn qparams(&mut self) -> QFakeResult<qcore::QParams> {
+        let per_channel = matches!(self.qscheme, QScheme::PerChannelAffine | QScheme::PerChannelSymmetric);
+        let (scales, zero_points) = self.calculate_qparams();
+        let scales: Vec<f64> = scales.into_iter().map(f64::from).collect();
+        Ok(if per_channel {
+            qcore::QParams::PerChannel { scales, zero_points, axis: self.ch_axis.max(0) as usize }
+        } else {
+            qcore::QParams::PerTensor { scale: scales[0], zero_point: zero_points[0] }
+        })
+    }
+
+    fn quant_range(&self) -> (i64, i64) {
+        LearnableFakeQuantize::quant_range(self)
+    }
+
+    fn state(&self) -> super::common::FakeQuantState {
+        let mut state = super::common::FakeQuantState::of(
+            "_LearnableFakeQuantize",
+            self.observer.as_ref(),
+            (self.quant_min, self.quant_max),
+            (self.scale.clone(), self.zero_point.clone()),
+            self.flags,
+        );
+        state.use_grad_scaling = self.use_grad_scaling;
+        state
+    }
+
     fn type_name(&self) -> &'static str {
         "_LearnableFakeQuantize"
     }

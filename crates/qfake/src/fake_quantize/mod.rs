@@ -31,11 +31,13 @@ mod fixed;
 mod fused;
 mod learnable;
 mod module;
+mod state;
 
 pub use base::{
     FakeQuantize, default_fake_quant, default_per_channel_weight_fake_quant, default_weight_fake_quant,
 };
-pub use common::{FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantizer, LearnedCtx, QFakeResult};
+pub(crate) use common::invalid;
+pub use common::{FakeQuantCtx, FakeQuantFlags, FakeQuantState, FakeQuantGrads, FakeQuantizer, LearnedCtx, QFakeResult};
 pub use fixed::{
     FixedQParamsFakeQuantize, default_fixed_qparams_range_0to1_fake_quant,
     default_fixed_qparams_range_neg1to1_fake_quant,

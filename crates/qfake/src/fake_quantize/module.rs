@@ -1,23 +1,26 @@
 //! Any fake quantizer as a qgraph [`Module`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use qgraph::{GraphResult, Module, Value};
+use qcore::QParams;
+use qgraph::workflow::ActivationPostProcess;
+use qgraph::{GraphError, GraphResult, Module, PerTensor, Value};
 
-use super::common::FakeQuantizer;
+use super::common::{FakeQuantState, FakeQuantizer};
 
-/// A fake quantizer in a qgraph module tree. qgraph's forward takes `&self`, so the quantizer sits
-/// behind a mutex, as `qgraph::workflow::Observed` holds its observer. In training mode forward is
-/// [`FakeQuantizer::forward_train`] (the observer updates while enabled); in eval mode (the
-/// default, as every qgraph module) it fake-quantizes with the current parameters and leaves the
-/// observer alone. Prints as the quantizer's PyTorch class.
+/// A fake quantizer in a qgraph module tree: the `weight_fake_quant` of a QAT module, or the
+/// `activation_post_process` `prepare_qat` attaches. qgraph's forward takes `&self`, so the
+/// quantizer sits behind a mutex, as `qgraph::workflow::Observed` holds its observer. Forward is
+/// PyTorch's in either mode: the observer updates while `observer_enabled`, the output is
+/// fake-quantized while `fake_quant_enabled` (disable the observers before evaluating, as
+/// PyTorch's QAT recipes do). Prints as the quantizer's PyTorch class.
 ///
 /// ```
 /// use ndarray::{ArrayD, IxDyn};
 /// use qfake::{FakeQuantModule, default_weight_fake_quant};
 /// use qgraph::{Module, Value};
-/// let mut module = FakeQuantModule::new(Box::new(default_weight_fake_quant()?));
-/// module.set_training(true);
+/// let module = FakeQuantModule::new(Box::new(default_weight_fake_quant()?));
 /// let x = ArrayD::from_shape_vec(IxDyn(&[2]), vec![-1.0f32, 0.3]).unwrap();
 /// let y = module.forward(Value::Float(x))?.into_float("test")?;
 /// assert!((y[0] + 1.0).abs() < 0.01); // fake-quantized with the observed scale, 2 / 255
@@ -26,13 +29,42 @@ use super::common::FakeQuantizer;
 #[derive(Debug)]
 pub struct FakeQuantModule {
     quantizer: Mutex<Box<dyn FakeQuantizer>>,
+    calls: AtomicUsize,
     training: bool,
 }
 
+/// What a [`FakeQuantModule`] saves.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct FakeQuantModuleConfig {
+    state: FakeQuantState,
+    calls: usize,
+}
+
 impl FakeQuantModule {
+    /// The name a fake quantizer module is saved under.
+    pub const SAVED_TYPE: &'static str = "FakeQuantModule";
+
+    /// Rebuilds a saved fake quantizer module (its observer statistics, parameters and flags).
+    pub fn from_record(record: qgraph::record::Record<'_>) -> GraphResult<Self> {
+        let c: FakeQuantModuleConfig = record.config()?;
+        let module = Self::new(c.state.build()?);
+        module.calls.store(c.calls, Ordering::Relaxed);
+        Ok(module)
+    }
+
     /// Wraps `quantizer` (in eval mode).
     pub fn new(quantizer: Box<dyn FakeQuantizer>) -> Self {
-        Self { quantizer: Mutex::new(quantizer), training: false }
+        Self { quantizer: Mutex::new(quantizer), calls: AtomicUsize::new(0), training: false }
+    }
+
+    /// Fake-quantizes `x` (updating the observer when enabled) and counts the call: the forward of
+    /// both inference and training.
+    pub fn fake_quantize(
+        &self,
+        x: &ndarray::ArrayD<f32>,
+    ) -> GraphResult<(ndarray::ArrayD<f32>, super::common::FakeQuantCtx)> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.lock().forward_train(x)
     }
 
     /// The quantizer, locked (to read its parameters or toggle its flags).
@@ -44,7 +76,11 @@ impl FakeQuantModule {
 
 impl Clone for FakeQuantModule {
     fn clone(&self) -> Self {
-        Self { quantizer: Mutex::new(self.lock().clone_box()), training: self.training }
+        Self {
+            quantizer: Mutex::new(self.lock().clone_box()),
+            calls: AtomicUsize::new(self.calls.load(Ordering::Relaxed)),
+            training: self.training,
+        }
     }
 }
 
@@ -54,16 +90,21 @@ impl Module for FakeQuantModule {
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
-        let mut quantizer = self.lock();
-        let x = input.into_float(quantizer.type_name())?;
-        if self.training {
-            return Ok(Value::Float(quantizer.forward_train(&x)?.0));
-        }
-        let observing = quantizer.observer_enabled();
-        quantizer.set_observer_enabled(false);
-        let out = quantizer.forward_train(&x);
-        quantizer.set_observer_enabled(observing);
-        Ok(Value::Float(out?.0))
+        let x = input.into_float(self.type_name())?;
+        Ok(Value::Float(self.fake_quantize(&x)?.0))
+    }
+
+    fn as_post_process(&self) -> Option<&dyn ActivationPostProcess> {
+        Some(self)
+    }
+
+    fn saved_type(&self) -> &str {
+        Self::SAVED_TYPE
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let config = FakeQuantModuleConfig { state: self.lock().state(), calls: self.calls.load(Ordering::Relaxed) };
+        serde_json::to_value(config).expect("plain data")
     }
 
     fn extra_repr(&self) -> String {
@@ -76,5 +117,28 @@ impl Module for FakeQuantModule {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+}
+
+impl ActivationPostProcess for FakeQuantModule {
+    /// The quantizer's `calculate_qparams()`, which must be per tensor (an activation's).
+    fn activation_qparams(&self) -> GraphResult<PerTensor> {
+        let mut quantizer = self.lock();
+        match quantizer.qparams()? {
+            QParams::PerTensor { scale, zero_point } => Ok(PerTensor::new(scale, zero_point)),
+            other => Err(GraphError::Workflow {
+                step: "convert",
+                reason: format!(
+                    "activation fake quantizer {} gives {:?} parameters; activations are quantized per tensor: use a \
+                     per-tensor activation observer in the QAT qconfig",
+                    quantizer.type_name(),
+                    other.qscheme()
+                ),
+            }),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
     }
 }

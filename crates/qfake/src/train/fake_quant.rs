@@ -1,0 +1,34 @@
+//! Training of the fake quantizers in the module tree: the straight-through gradient, and the
+//! gradients of a learned scale and zero point.
+
+use qgraph::Value;
+
+use super::{BackPass, Backprop, Pass, Saved, Train, unsave};
+use crate::fake_quantize::{FakeQuantCtx, FakeQuantModule, QFakeResult};
+
+pub(super) fn register(backprop: &mut Backprop) {
+    backprop.register::<FakeQuantModule>();
+}
+
+impl Train for FakeQuantModule {
+    fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
+        let x = input.into_float("FakeQuantize")?;
+        let (y, ctx) = self.fake_quantize(&x)?;
+        Ok((Value::Float(y), Box::new(ctx)))
+    }
+
+    /// The input's gradient; a learnable quantizer's `scale` and `zero_point` gradients are added
+    /// under its path.
+    fn train_backward(&self, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
+        let ctx = unsave::<FakeQuantCtx>(saved, "FakeQuantize")?;
+        let g = grad.into_float("FakeQuantize")?;
+        let grads = self.lock().backward(&ctx, &g)?;
+        if let Some(scale) = grads.scale {
+            pass.add_grad("scale", scale);
+        }
+        if let Some(zero_point) = grads.zero_point {
+            pass.add_grad("zero_point", zero_point);
+        }
+        Ok(Value::Float(grads.input))
+    }
+}

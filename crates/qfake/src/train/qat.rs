@@ -1,0 +1,143 @@
+//! Training of the QAT modules: the forward updates batch-norm running statistics and the weight
+//! fake quantizer's observer; the backward goes through ReLU, batch norm, the division by the
+//! folding scale, the convolution and the weight's straight-through fake quantization.
+
+use ndarray::{ArrayD, Axis, Zip};
+use qgraph::{Module, Value};
+
+use super::{BackPass, Backprop, Pass, Saved, Train, unsave};
+use crate::fake_quantize::QFakeResult;
+use crate::grad::{self, ConvNeeds};
+use crate::qat::{QatConv, QatLinear};
+
+pub(super) fn register(backprop: &mut Backprop) {
+    backprop.register::<QatConv>().register::<QatLinear>();
+}
+
+/// `threshold_backward(grad, output, 0)`: the gradient where the ReLU's output is positive.
+fn relu_backward(grad: &mut ArrayD<f32>, output: &ArrayD<f32>) {
+    Zip::from(grad).and(output).for_each(|g, &y| {
+        if y <= 0.0 {
+            *g = 0.0;
+        }
+    });
+}
+
+/// Per-channel sums over every axis but 1 (`[N, C, ...]`).
+fn channel_sums(x: &ArrayD<f32>) -> Vec<f32> {
+    x.axis_iter(Axis(1)).map(|c| c.sum()).collect()
+}
+
+impl Train for QatConv {
+    fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
+        let x = input.into_float(self.type_name())?;
+        let (out, run, stats) = self.run(x)?;
+        if let Some((mean, var)) = stats {
+            let (running_mean, running_var) = self.running_stats_mut()?;
+            *running_mean = mean;
+            *running_var = var;
+        }
+        Ok((Value::Float(out), Box::new(run)))
+    }
+
+    fn train_backward(&self, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
+        let run = *unsave::<crate::qat::conv::ConvRun>(saved, "QatConv")?;
+        let mut g = grad.into_float(self.type_name())?;
+        if self.kind().relu() {
+            relu_backward(&mut g, &run.output);
+        }
+        let has_bias = self.conv().bias().is_some();
+        let (g_conv, bn_part) = match (&run.bn, self.bn()) {
+            (Some(bn_run), Some(bn)) => {
+                let (g_in, g_gamma, g_beta) = match &bn_run.batch {
+                    Some(saved) => grad::batch_norm_backward(&bn_run.bn_input, bn.weight(), saved, &g)?,
+                    None => grad::batch_norm_eval_backward(
+                        &bn_run.bn_input,
+                        bn.weight(),
+                        bn.running_mean(),
+                        bn.running_var(),
+                        bn.options().eps,
+                        &g,
+                    )?,
+                };
+                if has_bias {
+                    pass.add_grad("bias", ndarray::Array1::from(channel_sums(&g_in)).into_dyn());
+                }
+                // conv_orig = conv / s: d conv = g / s, d s = -sum(g * conv / (s * s)).
+                let mut g_conv = g_in.clone();
+                let mut g_scale = vec![0f32; bn_run.scale_factor.len()];
+                for (c, (mut gc, conv)) in g_conv.axis_iter_mut(Axis(1)).zip(bn_run.conv.axis_iter(Axis(1))).enumerate() {
+                    let s = bn_run.scale_factor[c];
+                    let mut total = 0f32;
+                    Zip::from(&mut gc).and(&conv).for_each(|g, &v| {
+                        total += -*g * v / (s * s);
+                        *g /= s;
+                    });
+                    g_scale[c] = total;
+                }
+                (g_conv, Some((g_scale, g_gamma, g_beta)))
+            }
+            _ => (g, None),
+        };
+        let needs = ConvNeeds { input: true, weight: true, bias: has_bias && bn_part.is_none() };
+        let grads = grad::conv_backward(&run.input, &run.weight, self.conv().options(), &g_conv, needs)?;
+        let g_fq = grads.weight.expect("asked for");
+        let g_scaled = self.weight_fake_quant().lock().backward(&run.fake_quant, &g_fq)?.input;
+        match (bn_part, &run.bn) {
+            (Some((mut g_scale, g_gamma, g_beta)), Some(bn_run)) => {
+                let mut g_weight = g_scaled.clone();
+                let weight = self.conv().weight();
+                for (c, (mut gw, w)) in g_weight.axis_iter_mut(Axis(0)).zip(weight.axis_iter(Axis(0))).enumerate() {
+                    let s = bn_run.scale_factor[c];
+                    let mut total = 0f32;
+                    Zip::from(&mut gw).and(&w).for_each(|g, &w| {
+                        total += *g * w;
+                        *g *= s;
+                    });
+                    g_scale[c] += total;
+                }
+                pass.add_grad("weight", g_weight);
+                // s = gamma / running_std: d gamma += d s / running_std.
+                let mut g_gamma = g_gamma.ok_or_else(|| crate::fake_quantize::invalid("QatConv", "bn.affine", false, "needs an affine batch norm"))?;
+                for (g, (&gs, &std)) in g_gamma.iter_mut().zip(g_scale.iter().zip(&bn_run.running_std)) {
+                    *g += gs / std;
+                }
+                pass.add_grad("bn.weight", g_gamma);
+                if let Some(g_beta) = g_beta {
+                    pass.add_grad("bn.bias", g_beta);
+                }
+            }
+            _ => {
+                pass.add_grad("weight", g_scaled);
+                if let Some(g_bias) = grads.bias {
+                    pass.add_grad("bias", g_bias);
+                }
+            }
+        }
+        Ok(Value::Float(grads.input.expect("asked for")))
+    }
+}
+
+impl Train for QatLinear {
+    fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
+        let x = input.into_float(self.type_name())?;
+        let (out, run) = self.run(x)?;
+        Ok((Value::Float(out), Box::new(run)))
+    }
+
+    fn train_backward(&self, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
+        let run = *unsave::<crate::qat::linear::LinearRun>(saved, "QatLinear")?;
+        let mut g = grad.into_float(self.type_name())?;
+        if self.relu() {
+            relu_backward(&mut g, &run.output);
+        }
+        let has_bias = self.linear().bias().is_some();
+        let (g_input, g_weight, g_bias) = grad::linear_backward(&run.input, &run.weight, &g, has_bias)?;
+        let g_weight = self.weight_fake_quant().lock().backward(&run.fake_quant, &g_weight)?.input;
+        pass.add_grad("weight", g_weight);
+        if let Some(g_bias) = g_bias {
+            pass.add_grad("bias", g_bias);
+        }
+        Ok(Value::Float(g_input))
+    }
+}
