@@ -48,10 +48,12 @@ Fields (tensor "<case>/<field>"; k is 1, 2, 3 or "eval"; fields of absent parts 
     q.output (u8)         int_repr of the quantized module's output on it ("x86" engine)
     q.output_fbgemm (u8)  the same under "fbgemm", present only when it differs from q.output
 Params per case: module (the QAT class), quantized (the converted class), float (the float
-Sequential's repr), qconfig (repr of the qconfig), kind, kwargs (constructor arguments of the
-conv / linear), shapes (input shape), bn ("eps", "momentum"), seed, freeze_bn_before_step,
-in_scale, in_zero_point, fbgemm_output_differs (count of q.output elements "fbgemm" gives
-differently), weight_qscheme, weight_quant_range, act_quant_range.
+Sequential's repr), qconfig (its name and repr), kind ("conv" / "linear"), dims (1, 2, 3; 0 for
+linear), kwargs (constructor arguments of the conv / linear), shape (input shape), bn ({"eps",
+"momentum"} or null), relu, seed, freeze_bn_before_step, in_scale / in_zero_point (of q.input:
+MinMaxObserver(quint8) on x.3, calculate_qparams), fbgemm_output_differs (count of q.output
+elements "fbgemm" gives differently), weight_fake_quant / act_fake_quant (class names),
+weight_qscheme, weight_quant_range / act_quant_range ([quant_min, quant_max] of the observers).
 
 Notes on PyTorch's behaviour, kept in the fixture: the eval forward still observes (the fake
 quantizers ignore `training`; only BN changes), so its state differs from step 3's; `convert`
