@@ -74,8 +74,8 @@ import torch.ao.quantization as tq
 import torch.nn.functional as F
 from fixtures import Fixture, made_on
 from safetensors.torch import load_file
-from torch.ao.quantization.fake_quantize import FusedMovingAvgObsFakeQuantize
-from torch.ao.quantization.observer import MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver
+from gen_qat_modules import X86, X86_4BIT
+from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from train_digits import ASSETS, FUSE, DigitsNet, load_digits  # noqa: E402
@@ -99,17 +99,8 @@ PTQ4 = tq.QConfig(
         dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-8, quant_max=7
     ),
 )
-QAT8 = tq.get_default_qat_qconfig("x86")
-QAT4 = tq.QConfig(
-    activation=QAT8.activation,
-    weight=FusedMovingAvgObsFakeQuantize.with_args(
-        observer=MovingAveragePerChannelMinMaxObserver,
-        quant_min=-8,
-        quant_max=7,
-        dtype=torch.qint8,
-        qscheme=torch.per_channel_symmetric,
-    ),
-)
+# get_default_qat_qconfig("x86"), and the same with the 4-bit per-channel weight fake quantizer.
+QAT8, QAT4 = X86, X86_4BIT
 
 
 class Data:
