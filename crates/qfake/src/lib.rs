@@ -19,10 +19,9 @@ pub mod qat;
 pub mod train;
 
 pub use fake_quantize::{
-    FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantModule, FakeQuantize, FakeQuantizer,
-    FakeQuantState, FixedQParamsFakeQuantize, FusedMovingAvgObsFakeQuantize, LearnableFakeQuantize, LearnedCtx,
-    QFakeResult,
-    default_fake_quant, default_fixed_qparams_range_0to1_fake_quant,
+    FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantModule, FakeQuantState, FakeQuantize,
+    FakeQuantizer, FixedQParamsFakeQuantize, FusedMovingAvgObsFakeQuantize, LearnableFakeQuantize,
+    LearnedCtx, QFakeResult, default_fake_quant, default_fixed_qparams_range_0to1_fake_quant,
     default_fixed_qparams_range_neg1to1_fake_quant, default_fused_act_fake_quant,
     default_fused_per_channel_wt_fake_quant, default_fused_wt_fake_quant,
     default_per_channel_weight_fake_quant, default_weight_fake_quant,

@@ -308,26 +308,29 @@ fn learnable_arguments_are_checked() {
 }
 
 #[test]
-fn module_observes_in_training_only_and_clones_deeply() {
+fn module_forwards_as_pytorch_in_either_mode_clones_deeply_and_saves() {
     use qfake::FakeQuantModule;
     use qgraph::{Module, Value};
-    let mut module = FakeQuantModule::new(Box::new(default_weight_fake_quant().unwrap()));
-    assert_eq!(module.type_name(), "FakeQuantize");
     let x = ArrayD::from_shape_vec(IxDyn(&[3]), vec![-1.0f32, 0.26, 2.0]).unwrap();
-    // Eval mode: the initial scale 1.0 and zero point 0, the observer untouched.
-    let y = module.forward(Value::Float(x.clone())).unwrap().into_float("t").unwrap();
-    assert_eq!(y.as_slice().unwrap(), &[-1.0, 0.0, 2.0]);
-    assert!(module.lock().observer_enabled(), "the observer flag is restored");
-    assert_eq!(module.extra_repr(), default_weight_fake_quant().unwrap().extra_repr());
-    // Training mode: the forward of a FakeQuantize, observer included.
-    module.set_training(true);
-    let mut reference = default_weight_fake_quant().unwrap();
-    let expected = reference.forward_train(&x).unwrap().0;
-    let y = module.forward(Value::Float(x.clone())).unwrap().into_float("t").unwrap();
-    assert_bits_eq("module", "training output", &y, &expected);
-    assert_eq!(module.extra_repr(), reference.extra_repr());
-    let copy = module.clone();
-    module.forward(Value::Float(x.mapv(|v| v * 4.0))).unwrap();
-    assert_eq!(copy.extra_repr(), reference.extra_repr(), "the clone keeps its own observer");
-    assert_ne!(module.extra_repr(), reference.extra_repr());
+    for training in [false, true] {
+        // PyTorch's fake quantizers ignore `training`: both modes observe and fake-quantize.
+        let mut module = FakeQuantModule::new(Box::new(default_weight_fake_quant().unwrap()));
+        module.set_training(training);
+        assert_eq!(module.type_name(), "FakeQuantize");
+        let mut reference = default_weight_fake_quant().unwrap();
+        let expected = reference.forward_train(&x).unwrap().0;
+        let y = module.forward(Value::Float(x.clone())).unwrap().into_float("t").unwrap();
+        assert_bits_eq("module", "output", &y, &expected);
+        assert_eq!(module.extra_repr(), reference.extra_repr());
+        let copy = module.clone();
+        module.forward(Value::Float(x.mapv(|v| v * 4.0))).unwrap();
+        assert_eq!(copy.extra_repr(), reference.extra_repr(), "the clone keeps its own observer");
+        assert_ne!(module.extra_repr(), reference.extra_repr());
+        // Its state (observer statistics, parameters, flags) saves and loads.
+        module.lock().disable_observer();
+        let state = module.lock().state();
+        let rebuilt = state.build().unwrap();
+        assert_eq!(rebuilt.state(), state);
+        assert_eq!(rebuilt.extra_repr(), module.extra_repr());
+    }
 }

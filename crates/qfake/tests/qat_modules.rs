@@ -35,7 +35,10 @@ fn assert_close_at(case: &str, what: &str, got: &ArrayD<f32>, expected: &ArrayD<
     assert_eq!(got.shape(), expected.shape(), "{case}: {what} shape");
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(scale);
     let diff = got.iter().zip(expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff <= tol * scale, "{case}: {what} differs by {diff:e} (max |expected| {scale:e}, tolerance {tol:e})");
+    assert!(
+        diff <= tol * scale,
+        "{case}: {what} differs by {diff:e} (max |expected| {scale:e}, tolerance {tol:e})"
+    );
 }
 
 fn qconfig(case: &str) -> QatQConfig {
@@ -44,9 +47,9 @@ fn qconfig(case: &str) -> QatQConfig {
             .dtype(qcore::QDType::QInt8)
             .qscheme(qcore::QScheme::PerChannelSymmetric)
             .quant_range(-8, 7);
-        qfake::get_default_qat_qconfig("x86")
-            .unwrap()
-            .with_weight(ObserverSpec::MovingAveragePerChannelMinMax { averaging_constant: 0.01, ch_axis: 0, args })
+        qfake::get_default_qat_qconfig("x86").unwrap().with_weight(
+            ObserverSpec::MovingAveragePerChannelMinMax { averaging_constant: 0.01, ch_axis: 0, args },
+        )
     } else if case.ends_with("default_qat_qconfig") {
         qfake::default_qat_qconfig()
     } else {
@@ -72,12 +75,18 @@ fn float_model(f: &Fixture, c: &Json) -> Box<dyn Module> {
         linear.set_weight_bias(weight, bias_tensor).unwrap();
         parts.push(Box::new(linear));
     } else {
-        let (cin, cout, k) = (usize_of(kw, "in_channels", 0), usize_of(kw, "out_channels", 0), usize_of(kw, "kernel_size", 1));
+        let (cin, cout, k) =
+            (usize_of(kw, "in_channels", 0), usize_of(kw, "out_channels", 0), usize_of(kw, "kernel_size", 1));
         let (s, p, g) = (usize_of(kw, "stride", 1), usize_of(kw, "padding", 0), usize_of(kw, "groups", 1));
         let mut conv = match dims {
             1 => Conv1d::new(cin, cout, [k]).stride([s]).padding([p]).groups(g).bias(bias).build(),
             2 => Conv2d::new(cin, cout, [k, k]).stride([s, s]).padding([p, p]).groups(g).bias(bias).build(),
-            _ => Conv3d::new(cin, cout, [k, k, k]).stride([s, s, s]).padding([p, p, p]).groups(g).bias(bias).build(),
+            _ => Conv3d::new(cin, cout, [k, k, k])
+                .stride([s, s, s])
+                .padding([p, p, p])
+                .groups(g)
+                .bias(bias)
+                .build(),
         }
         .unwrap();
         conv.set_weight_bias(weight, bias_tensor).unwrap();
@@ -89,7 +98,8 @@ fn float_model(f: &Fixture, c: &Json) -> Box<dyn Module> {
                 _ => BatchNorm3d::new(cout),
             };
             let t = |name| f.tensor::<f32>(case, name);
-            bn.set_params(t("bn.running_mean"), t("bn.running_var"), Some((t("bn.weight"), t("bn.bias")))).unwrap();
+            bn.set_params(t("bn.running_mean"), t("bn.running_var"), Some((t("bn.weight"), t("bn.bias"))))
+                .unwrap();
             parts.push(Box::new(bn));
         }
     }
@@ -124,9 +134,21 @@ fn check_fake_quant(f: &Fixture, case: &str, prefix: &str, step: &str, fq: &Fake
     let (min, max) = range.expect("observed");
     let as_array = |v: Vec<f32>| ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).unwrap();
     let expected_min = f.tensor::<f32>(case, &what("min_val"));
-    assert_close(case, &what("min_val"), &as_array(min).into_shape_with_order(expected_min.raw_dim()).unwrap(), &expected_min, 1e-6);
+    assert_close(
+        case,
+        &what("min_val"),
+        &as_array(min).into_shape_with_order(expected_min.raw_dim()).unwrap(),
+        &expected_min,
+        1e-6,
+    );
     let expected_max = f.tensor::<f32>(case, &what("max_val"));
-    assert_close(case, &what("max_val"), &as_array(max).into_shape_with_order(expected_max.raw_dim()).unwrap(), &expected_max, 1e-6);
+    assert_close(
+        case,
+        &what("max_val"),
+        &as_array(max).into_shape_with_order(expected_max.raw_dim()).unwrap(),
+        &expected_max,
+        1e-6,
+    );
 }
 
 /// The prepared module at `0` and its QAT module.
@@ -153,7 +175,11 @@ fn qat_modules_train_and_convert_as_pytorch() {
         }
         let qat = qconfig(case);
         qfake::prepare_qat(&mut model, &qat).unwrap();
-        assert_eq!(parts(model.as_ref()).1.type_name(), c["module"].as_str().unwrap().rsplit('.').next().unwrap(), "{case}");
+        assert_eq!(
+            parts(model.as_ref()).1.type_name(),
+            c["module"].as_str().unwrap().rsplit('.').next().unwrap(),
+            "{case}"
+        );
         for step in ["1", "2", "3"] {
             if step == "3" && !c["freeze_bn_before_step"].is_null() {
                 qfake::freeze_bn_stats(&mut model);
@@ -164,8 +190,19 @@ fn qat_modules_train_and_convert_as_pytorch() {
             assert_close(case, &field("y"), &y.to_float().unwrap(), &f.tensor(case, &field("y")), 1e-6);
             let g = f.tensor::<f32>(case, &field("g"));
             let (dx, grads) = backprop.backward(model.as_ref(), tape, Value::Float(g)).unwrap();
-            assert_close(case, &field("dx"), &dx.into_float("test").unwrap(), &f.tensor(case, &field("dx")), 1e-6);
-            for (ours, theirs) in [("0.weight", "dweight"), ("0.bias", "dbias"), ("0.bn.weight", "dbn.weight"), ("0.bn.bias", "dbn.bias")] {
+            assert_close(
+                case,
+                &field("dx"),
+                &dx.into_float("test").unwrap(),
+                &f.tensor(case, &field("dx")),
+                1e-6,
+            );
+            for (ours, theirs) in [
+                ("0.weight", "dweight"),
+                ("0.bias", "dbias"),
+                ("0.bn.weight", "dbn.weight"),
+                ("0.bn.bias", "dbn.bias"),
+            ] {
                 if f.has(case, &field(theirs)) {
                     let got = grads.get(ours).unwrap_or_else(|| panic!("{case}: no gradient for {ours}"));
                     let floor = if theirs == "dbias" && f.has(case, &field("dbn.bias")) {
@@ -182,11 +219,29 @@ fn qat_modules_train_and_convert_as_pytorch() {
             if let Some(conv) = inner.downcast_ref::<QatConv>()
                 && let Some(bn) = conv.bn()
             {
-                assert_close(case, &field("bn.running_mean"), bn.running_mean(), &f.tensor(case, &field("bn.running_mean")), 1e-6);
-                assert_close(case, &field("bn.running_var"), bn.running_var(), &f.tensor(case, &field("bn.running_var")), 1e-6);
+                assert_close(
+                    case,
+                    &field("bn.running_mean"),
+                    bn.running_mean(),
+                    &f.tensor(case, &field("bn.running_mean")),
+                    1e-6,
+                );
+                assert_close(
+                    case,
+                    &field("bn.running_var"),
+                    bn.running_var(),
+                    &f.tensor(case, &field("bn.running_var")),
+                    1e-6,
+                );
             }
             check_fake_quant(&f, case, "wfq", step, weight_fake_quant(inner));
-            let act = model.get("0").unwrap().get(Observed::POST).unwrap().downcast_ref::<FakeQuantModule>().expect("fake quant");
+            let act = model
+                .get("0")
+                .unwrap()
+                .get(Observed::POST)
+                .unwrap()
+                .downcast_ref::<FakeQuantModule>()
+                .expect("fake quant");
             check_fake_quant(&f, case, "act", step, act);
         }
         qgraph::eval(&mut model);
@@ -195,26 +250,55 @@ fn qat_modules_train_and_convert_as_pytorch() {
 
         qfake::convert(&mut model, qat.kinds).unwrap();
         let converted = model.get("0").unwrap();
-        assert_eq!(converted.type_name(), format!("Quantized{}", c["quantized"].as_str().unwrap().rsplit('.').next().unwrap()), "{case}");
-        let (weight_int, weight_q, bias, out_scale, out_zp) = match converted.downcast_ref::<QuantizedConv>() {
-            Some(q) => (q.weight_int().clone(), q.weight_qparams().clone(), q.bias().cloned(), q.scale(), q.zero_point()),
+        assert_eq!(
+            converted.type_name(),
+            format!("Quantized{}", c["quantized"].as_str().unwrap().rsplit('.').next().unwrap()),
+            "{case}"
+        );
+        let (weight_int, weight_q, bias, out_scale, out_zp) = match converted.downcast_ref::<QuantizedConv>()
+        {
+            Some(q) => (
+                q.weight_int().clone(),
+                q.weight_qparams().clone(),
+                q.bias().cloned(),
+                q.scale(),
+                q.zero_point(),
+            ),
             None => {
                 let q = converted.downcast_ref::<QuantizedLinear>().expect("a quantized conv or linear");
-                (q.weight_int().clone(), q.weight_qparams().clone(), q.bias().cloned(), q.scale(), q.zero_point())
+                (
+                    q.weight_int().clone(),
+                    q.weight_qparams().clone(),
+                    q.bias().cloned(),
+                    q.scale(),
+                    q.zero_point(),
+                )
             }
         };
         let expected_scale = f.tensor::<f64>(case, "q.scale")[0];
-        assert!((out_scale - expected_scale).abs() <= 1e-6 * expected_scale, "{case}: output scale {out_scale} vs {expected_scale}");
+        assert!(
+            (out_scale - expected_scale).abs() <= 1e-6 * expected_scale,
+            "{case}: output scale {out_scale} vs {expected_scale}"
+        );
         assert_eq!(out_zp, f.tensor::<i64>(case, "q.zero_point")[0], "{case}: output zero point");
         let scales = f.tensor::<f64>(case, "q.weight_scales");
         for (a, b) in weight_q.scales().iter().zip(scales.iter()) {
             assert!((a - b).abs() <= 1e-6 * b, "{case}: weight scale {a} vs {b}");
         }
-        assert_eq!(weight_q.zero_points(), f.tensor::<i64>(case, "q.weight_zero_points").as_slice().unwrap(), "{case}");
+        assert_eq!(
+            weight_q.zero_points(),
+            f.tensor::<i64>(case, "q.weight_zero_points").as_slice().unwrap(),
+            "{case}"
+        );
         let expected_int = f.ints(case, "q.weight");
         let off: usize = weight_int.iter().zip(&expected_int).filter(|(a, b)| i32::from(**a) != **b).count();
-        let worst = weight_int.iter().zip(&expected_int).map(|(a, b)| (i32::from(*a) - b).abs()).max().unwrap_or(0);
-        assert!(worst <= 1 && off * 100 <= expected_int.len(), "{case}: {off} of {} weights differ (worst {worst})", expected_int.len());
+        let worst =
+            weight_int.iter().zip(&expected_int).map(|(a, b)| (i32::from(*a) - b).abs()).max().unwrap_or(0);
+        assert!(
+            worst <= 1 && off * 100 <= expected_int.len(),
+            "{case}: {off} of {} weights differ (worst {worst})",
+            expected_int.len()
+        );
         if let Some(bias) = bias {
             assert_close(case, "q.bias", &bias, &f.tensor(case, "q.bias"), 1e-6);
         }
@@ -225,7 +309,11 @@ fn qat_modules_train_and_convert_as_pytorch() {
         let expected = f.ints(case, "q.output");
         let off = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
         let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).max().unwrap_or(0);
-        assert!(worst <= 1 && off * 100 <= expected.len(), "{case}: {off} of {} outputs differ (worst {worst})", expected.len());
+        assert!(
+            worst <= 1 && off * 100 <= expected.len(),
+            "{case}: {off} of {} outputs differ (worst {worst})",
+            expected.len()
+        );
         let _ = QatLinear::SAVED_TYPE;
     }
 }

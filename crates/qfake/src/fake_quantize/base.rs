@@ -183,7 +183,13 @@ impl FakeQuantize {
     }
 
     /// Resumes from a saved state: the observer, parameters and flags.
-    pub(crate) fn restore(&mut self, observer: Box<dyn Observer>, scale: Vec<f32>, zero_point: Vec<i64>, flags: FakeQuantFlags) {
+    pub(crate) fn restore(
+        &mut self,
+        observer: Box<dyn Observer>,
+        scale: Vec<f32>,
+        zero_point: Vec<i64>,
+        flags: FakeQuantFlags,
+    ) {
         self.observer = observer;
         self.scale = scale;
         self.zero_point = zero_point;
@@ -193,7 +199,13 @@ impl FakeQuantize {
     /// The saved state, under the class name `class`.
     pub(crate) fn state_as(&self, class: &str) -> super::common::FakeQuantState {
         let zero_point = self.zero_point.iter().map(|&z| z as f32).collect();
-        super::common::FakeQuantState::of(class, self.observer.as_ref(), (self.quant_min, self.quant_max), (self.scale.clone(), zero_point), self.flags)
+        super::common::FakeQuantState::of(
+            class,
+            self.observer.as_ref(),
+            (self.quant_min, self.quant_max),
+            (self.scale.clone(), zero_point),
+            self.flags,
+        )
     }
 
     /// `calculate_qparams()`: the observer's parameters for what it has seen.

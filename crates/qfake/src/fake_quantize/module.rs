@@ -103,7 +103,8 @@ impl Module for FakeQuantModule {
     }
 
     fn config(&self) -> serde_json::Value {
-        let config = FakeQuantModuleConfig { state: self.lock().state(), calls: self.calls.load(Ordering::Relaxed) };
+        let config =
+            FakeQuantModuleConfig { state: self.lock().state(), calls: self.calls.load(Ordering::Relaxed) };
         serde_json::to_value(config).expect("plain data")
     }
 

@@ -33,9 +33,11 @@ impl FakeQuantState {
             }
             "_LearnableFakeQuantize" => {
                 let (lo, hi) = self.quant_range;
-                let channels = (self.scale.len() > 1 || spec.args().is_some_and(|a| a.qscheme.is_per_channel()))
-                    .then_some(self.scale.len());
-                let mut fq = LearnableFakeQuantize::new(spec, lo, hi, 1.0, 0.0, channels, self.use_grad_scaling)?;
+                let channels = (self.scale.len() > 1
+                    || spec.args().is_some_and(|a| a.qscheme.is_per_channel()))
+                .then_some(self.scale.len());
+                let mut fq =
+                    LearnableFakeQuantize::new(spec, lo, hi, 1.0, 0.0, channels, self.use_grad_scaling)?;
                 fq.set_qparams(self.scale.clone(), self.zero_point.clone())?;
                 fq.restore(observer, self.flags());
                 Box::new(fq)

@@ -3,8 +3,8 @@
 
 use ndarray::{Array2, ArrayD, Axis, Ix2, IxDyn};
 use qgraph::nn::{Conv, ConvOptions};
-use qkernels::conv::PaddingMode;
 use qgraph::{Module, Value};
+use qkernels::conv::PaddingMode;
 
 use crate::fake_quantize::{QFakeResult, invalid};
 
@@ -66,7 +66,12 @@ fn pad3(v: &[usize], fill: usize) -> [usize; 3] {
 impl Geometry {
     fn new(input: &[usize], output: &[usize], options: &ConvOptions) -> QFakeResult<Self> {
         if options.padding_mode != PaddingMode::Zeros {
-            return Err(invalid("conv_backward", "padding_mode", options.padding_mode, "only zeros padding trains"));
+            return Err(invalid(
+                "conv_backward",
+                "padding_mode",
+                options.padding_mode,
+                "only zeros padding trains",
+            ));
         }
         Ok(Self {
             n: input[0],
@@ -104,17 +109,20 @@ impl Geometry {
                     for c in 0..kw {
                         let mut pos = 0;
                         for z in 0..od {
-                            let zi = (z * self.stride[0] + a * self.dilation[0]) as isize - self.padding[0] as isize;
+                            let zi = (z * self.stride[0] + a * self.dilation[0]) as isize
+                                - self.padding[0] as isize;
                             for y in 0..oh {
-                                let yi = (y * self.stride[1] + b * self.dilation[1]) as isize - self.padding[1] as isize;
+                                let yi = (y * self.stride[1] + b * self.dilation[1]) as isize
+                                    - self.padding[1] as isize;
                                 for x in 0..ow {
-                                    let xi =
-                                        (x * self.stride[2] + c * self.dilation[2]) as isize - self.padding[2] as isize;
+                                    let xi = (x * self.stride[2] + c * self.dilation[2]) as isize
+                                        - self.padding[2] as isize;
                                     if (0..id as isize).contains(&zi)
                                         && (0..ih as isize).contains(&yi)
                                         && (0..iw as isize).contains(&xi)
                                     {
-                                        let idx = ((ci * id + zi as usize) * ih + yi as usize) * iw + xi as usize;
+                                        let idx =
+                                            ((ci * id + zi as usize) * ih + yi as usize) * iw + xi as usize;
                                         f(tap, pos, idx);
                                     }
                                     pos += 1;
@@ -140,7 +148,12 @@ pub fn conv_backward(
 ) -> QFakeResult<ConvGrads> {
     let g = Geometry::new(input.shape(), grad_output.shape(), options)?;
     if grad_output.shape()[..2] != [g.n, g.cout] || weight.shape() != options.weight_shape().as_slice() {
-        return Err(invalid("conv_backward", "grad_output shape", grad_output.shape(), "must be the forward output's"));
+        return Err(invalid(
+            "conv_backward",
+            "grad_output shape",
+            grad_output.shape(),
+            "must be the forward output's",
+        ));
     }
     let input = input.as_standard_layout();
     let grad_output = grad_output.as_standard_layout();
@@ -148,7 +161,11 @@ pub fn conv_backward(
     let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
     let image = g.cin * g.input.iter().product::<usize>();
     let group_in = cin_g * g.input.iter().product::<usize>();
-    let w2 = weight.as_standard_layout().into_owned().into_shape_with_order(IxDyn(&[g.cout, taps])).expect("shape");
+    let w2 = weight
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(IxDyn(&[g.cout, taps]))
+        .expect("shape");
     let w2 = w2.into_dimensionality::<Ix2>().expect("rank 2");
     let mut grad_weight = Array2::<f32>::zeros((g.cout, taps));
     let mut grad_input = needs.input.then(|| vec![0f32; input.len()]);
@@ -179,7 +196,9 @@ pub fn conv_backward(
     });
     Ok(ConvGrads {
         input: grad_input.map(|v| ArrayD::from_shape_vec(IxDyn(input.shape()), v).expect("length")),
-        weight: needs.weight.then(|| grad_weight.into_dyn().into_shape_with_order(IxDyn(weight.shape())).expect("length")),
+        weight: needs
+            .weight
+            .then(|| grad_weight.into_dyn().into_shape_with_order(IxDyn(weight.shape())).expect("length")),
         bias,
     })
 }
@@ -195,10 +214,16 @@ pub fn linear_backward(
     let (out, inp) = (weight.shape()[0], weight.shape()[1]);
     let rows = input.len() / inp.max(1);
     if grad_output.len() != rows * out {
-        return Err(invalid("linear_backward", "grad_output shape", grad_output.shape(), "must be the forward output's"));
+        return Err(invalid(
+            "linear_backward",
+            "grad_output shape",
+            grad_output.shape(),
+            "must be the forward output's",
+        ));
     }
     let x = input.as_standard_layout().into_owned().into_shape_with_order((rows, inp)).expect("length");
-    let gy = grad_output.as_standard_layout().into_owned().into_shape_with_order((rows, out)).expect("length");
+    let gy =
+        grad_output.as_standard_layout().into_owned().into_shape_with_order((rows, out)).expect("length");
     let w = weight.as_standard_layout().into_owned().into_shape_with_order((out, inp)).expect("length");
     let gx = gy.dot(&w).into_dyn().into_shape_with_order(IxDyn(input.shape())).expect("length");
     let gw = gy.t().dot(&x).into_dyn();

@@ -8,7 +8,12 @@ use crate::fake_quantize::{QFakeResult, invalid};
 /// respect to `logits` (`[N, C]`). Log-softmax subtracts the row maximum first, as ATen does.
 pub fn cross_entropy(logits: &ArrayD<f32>, targets: &[usize]) -> QFakeResult<(f32, ArrayD<f32>)> {
     if logits.ndim() != 2 || logits.shape()[0] != targets.len() || targets.is_empty() {
-        return Err(invalid("cross_entropy", "logits shape", logits.shape(), "must be [N, C] with one target per row"));
+        return Err(invalid(
+            "cross_entropy",
+            "logits shape",
+            logits.shape(),
+            "must be [N, C] with one target per row",
+        ));
     }
     let classes = logits.shape()[1];
     if let Some(t) = targets.iter().find(|&&t| t >= classes) {

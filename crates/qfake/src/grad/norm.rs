@@ -42,7 +42,12 @@ pub fn batch_norm_train(
     let c = channels(input, "batch_norm")?;
     let count = input.len() / c.max(1);
     if count < 2 {
-        return Err(invalid("batch_norm", "values per channel", count, "training needs more than one value per channel"));
+        return Err(invalid(
+            "batch_norm",
+            "values per channel",
+            count,
+            "training needs more than one value per channel",
+        ));
     }
     let (w, b) = (per_channel(input, weight, c, 1.0), per_channel(input, bias, c, 0.0));
     let mut out = input.as_standard_layout().into_owned();
@@ -73,7 +78,12 @@ pub fn batch_norm_backward(
 ) -> QFakeResult<(ArrayD<f32>, Option<ArrayD<f32>>, Option<ArrayD<f32>>)> {
     let c = channels(input, "batch_norm_backward")?;
     if grad_output.shape() != input.shape() || saved.mean.len() != c {
-        return Err(invalid("batch_norm_backward", "grad_output shape", grad_output.shape(), "must be the input's"));
+        return Err(invalid(
+            "batch_norm_backward",
+            "grad_output shape",
+            grad_output.shape(),
+            "must be the input's",
+        ));
     }
     let count = (input.len() / c) as f32;
     let w = per_channel(input, weight, c, 1.0);

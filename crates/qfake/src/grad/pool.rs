@@ -62,9 +62,18 @@ pub fn max_pool2d_with_indices(
 }
 
 /// The backward of max pooling: each output's gradient goes to its maximum's position.
-pub fn max_pool2d_backward(grad_output: &ArrayD<f32>, indices: &[usize], input_shape: &[usize]) -> QFakeResult<ArrayD<f32>> {
+pub fn max_pool2d_backward(
+    grad_output: &ArrayD<f32>,
+    indices: &[usize],
+    input_shape: &[usize],
+) -> QFakeResult<ArrayD<f32>> {
     if grad_output.len() != indices.len() || input_shape.len() != 4 {
-        return Err(invalid("max_pool2d_backward", "grad_output shape", grad_output.shape(), "must be the forward output's"));
+        return Err(invalid(
+            "max_pool2d_backward",
+            "grad_output shape",
+            grad_output.shape(),
+            "must be the forward output's",
+        ));
     }
     let plane_in = input_shape[2] * input_shape[3];
     let plane_out = grad_output.shape()[2] * grad_output.shape()[3];
@@ -80,9 +89,17 @@ pub fn max_pool2d_backward(grad_output: &ArrayD<f32>, indices: &[usize], input_s
 /// The backward of `adaptive_avg_pool2d` from `[N, C, H, W]` (`input_shape`) to the gradient's
 /// spatial size: each output's gradient spread evenly over its window (PyTorch's
 /// `start = floor(i * H / oh)`, `end = ceil((i + 1) * H / oh)`).
-pub fn adaptive_avg_pool2d_backward(grad_output: &ArrayD<f32>, input_shape: &[usize]) -> QFakeResult<ArrayD<f32>> {
+pub fn adaptive_avg_pool2d_backward(
+    grad_output: &ArrayD<f32>,
+    input_shape: &[usize],
+) -> QFakeResult<ArrayD<f32>> {
     if grad_output.ndim() != 4 || input_shape.len() != 4 || grad_output.shape()[..2] != input_shape[..2] {
-        return Err(invalid("adaptive_avg_pool2d_backward", "grad_output shape", grad_output.shape(), "must be [N, C, oh, ow] of the input"));
+        return Err(invalid(
+            "adaptive_avg_pool2d_backward",
+            "grad_output shape",
+            grad_output.shape(),
+            "must be [N, C, oh, ow] of the input",
+        ));
     }
     let (h, w) = (input_shape[2], input_shape[3]);
     let (oh, ow) = (grad_output.shape()[2], grad_output.shape()[3]);

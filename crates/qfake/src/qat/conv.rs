@@ -118,7 +118,13 @@ impl QatConv {
     /// The name a QAT convolution is saved under.
     pub const SAVED_TYPE: &'static str = "QatConv";
 
-    fn new(kind: QatConvKind, conv: Conv, bn: Option<BatchNorm>, qconfig: &QConfig, weight_kind: FakeQuantKind) -> QFakeResult<Self> {
+    fn new(
+        kind: QatConvKind,
+        conv: Conv,
+        bn: Option<BatchNorm>,
+        qconfig: &QConfig,
+        weight_kind: FakeQuantKind,
+    ) -> QFakeResult<Self> {
         let quantizer = weight_kind.build(&qconfig.weight, Some(conv.out_channels()))?;
         check_weight_quantizer(&*quantizer)?;
         let training = conv.training();
@@ -148,12 +154,23 @@ impl QatConv {
             FusedKind::ConvBn(_) => QatConvKind::ConvBn,
             FusedKind::ConvBnReLU(_) => QatConvKind::ConvBnReLU,
             other => {
-                return Err(invalid("QatConv", "fused module", other.type_name(), "give a ConvReLU, ConvBn or ConvBnReLU"));
+                return Err(invalid(
+                    "QatConv",
+                    "fused module",
+                    other.type_name(),
+                    "give a ConvReLU, ConvBn or ConvBnReLU",
+                ));
             }
         };
         let conv = fused.base().downcast_ref::<Conv>().ok_or_else(|| not_library(fused, "Conv"))?.clone();
         let bn = if kind.has_bn() {
-            Some(fused.parts()[1].1.downcast_ref::<BatchNorm>().ok_or_else(|| not_library(fused, "BatchNorm"))?.clone())
+            Some(
+                fused.parts()[1]
+                    .1
+                    .downcast_ref::<BatchNorm>()
+                    .ok_or_else(|| not_library(fused, "BatchNorm"))?
+                    .clone(),
+            )
         } else {
             None
         };
@@ -216,7 +233,10 @@ impl QatConv {
 
     /// The batch norm's running statistics, mutable (the training forward updates them).
     pub(crate) fn running_stats_mut(&mut self) -> QFakeResult<(&mut ArrayD<f32>, &mut ArrayD<f32>)> {
-        let bn = self.bn.as_mut().ok_or_else(|| invalid("QatConv", "bn", "none", "only the batch-norm forms have one"))?;
+        let bn = self
+            .bn
+            .as_mut()
+            .ok_or_else(|| invalid("QatConv", "bn", "none", "only the batch-norm forms have one"))?;
         let mut mean = None;
         let mut var = None;
         for (name, x) in bn.params_mut() {
@@ -226,12 +246,17 @@ impl QatConv {
                 _ => {}
             }
         }
-        mean.zip(var).ok_or_else(|| invalid("QatConv", "bn", "no running statistics", "give a BatchNorm that tracks them"))
+        mean.zip(var).ok_or_else(|| {
+            invalid("QatConv", "bn", "no running statistics", "give a BatchNorm that tracks them")
+        })
     }
 
     /// The forward: the output and what backward needs. With `update` the batch statistics
     /// (when used) are returned as the new running statistics.
-    pub(crate) fn run(&self, x: ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, ConvRun, Option<(ArrayD<f32>, ArrayD<f32>)>)> {
+    pub(crate) fn run(
+        &self,
+        x: ArrayD<f32>,
+    ) -> QFakeResult<(ArrayD<f32>, ConvRun, Option<(ArrayD<f32>, ArrayD<f32>)>)> {
         let x = x.as_standard_layout().into_owned();
         let options = self.conv.options();
         let fq = self.weight_fake_quant();
@@ -245,7 +270,9 @@ impl QatConv {
             return Ok((out, run, None));
         };
         let eps = bn.options().eps as f32;
-        let gamma = bn.weight().ok_or_else(|| invalid("QatConv", "bn.affine", false, "QAT conv-bn needs an affine batch norm"))?;
+        let gamma = bn.weight().ok_or_else(|| {
+            invalid("QatConv", "bn.affine", false, "QAT conv-bn needs an affine batch norm")
+        })?;
         let running_std: Vec<f32> = bn.running_var().iter().map(|&v| (v + eps).sqrt()).collect();
         let scale_factor: Vec<f32> = gamma.iter().zip(&running_std).map(|(&g, &s)| g / s).collect();
         let mut scaled = self.conv.weight().clone();
@@ -335,7 +362,12 @@ pub(crate) fn relu(x: f32) -> f32 {
 }
 
 fn not_library(fused: &Fused, what: &str) -> GraphError {
-    invalid("QatConv", "fused module", fused.kind().type_name(), format!("its parts must be the library's {what}"))
+    invalid(
+        "QatConv",
+        "fused module",
+        fused.kind().type_name(),
+        format!("its parts must be the library's {what}"),
+    )
 }
 
 /// A QAT weight quantizer must give qint8 parameters (PyTorch asserts it at convert).
@@ -405,7 +437,12 @@ impl Module for QatConv {
     }
 
     fn config(&self) -> serde_json::Value {
-        let config = QatConvConfig { kind: self.kind, conv: self.conv.config(), qconfig: self.qconfig.clone(), freeze_bn: self.freeze_bn };
+        let config = QatConvConfig {
+            kind: self.kind,
+            conv: self.conv.config(),
+            qconfig: self.qconfig.clone(),
+            freeze_bn: self.freeze_bn,
+        };
         serde_json::to_value(config).expect("plain data")
     }
 

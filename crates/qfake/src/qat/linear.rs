@@ -174,7 +174,8 @@ impl Module for QatLinear {
     }
 
     fn config(&self) -> serde_json::Value {
-        let config = QatLinearConfig { linear: self.linear.config(), relu: self.relu, qconfig: self.qconfig.clone() };
+        let config =
+            QatLinearConfig { linear: self.linear.config(), relu: self.relu, qconfig: self.qconfig.clone() };
         serde_json::to_value(config).expect("plain data")
     }
 

@@ -66,10 +66,23 @@ impl FakeQuantKind {
                         "give a min/max or moving-average observer (its range sets quant_min and quant_max)",
                     )
                 })?;
-                let (lo, hi) = qcore::calculate_qmin_qmax(args.quant_min, args.quant_max, args.dtype, args.reduce_range)?;
+                let (lo, hi) = qcore::calculate_qmin_qmax(
+                    args.quant_min,
+                    args.quant_max,
+                    args.dtype,
+                    args.reduce_range,
+                )?;
                 let per_channel = args.qscheme.is_per_channel();
                 let channels = if per_channel { channels } else { None };
-                Box::new(LearnableFakeQuantize::new(spec.clone(), lo, hi, scale, zero_point, channels, use_grad_scaling)?)
+                Box::new(LearnableFakeQuantize::new(
+                    spec.clone(),
+                    lo,
+                    hi,
+                    scale,
+                    zero_point,
+                    channels,
+                    use_grad_scaling,
+                )?)
             }
         })
     }
@@ -134,14 +147,19 @@ fn per_tensor_symmetric_weight() -> ObserverSpec {
 /// # Ok::<(), qgraph::GraphError>(())
 /// ```
 pub fn get_default_qat_qconfig(backend: &str) -> QFakeResult<QatQConfig> {
-    let activation = |reduce_range| moving_average(UniformArgs::per_tensor().quant_range(0, 255).reduce_range(reduce_range));
+    let activation = |reduce_range| {
+        moving_average(UniformArgs::per_tensor().quant_range(0, 255).reduce_range(reduce_range))
+    };
     let (activation, weight) = match backend.parse::<Backend>()? {
         Backend::X86 | Backend::Fbgemm => (activation(true), per_channel_symmetric_weight()),
         Backend::Qnnpack => (activation(false), per_tensor_symmetric_weight()),
         Backend::Onednn => (activation(false), per_channel_symmetric_weight()),
     };
     let kind = FakeQuantKind::FusedMovingAvgObs;
-    Ok(QatQConfig { qconfig: QConfig { activation, weight }, kinds: FakeQuantKinds { activation: kind, weight: kind } })
+    Ok(QatQConfig {
+        qconfig: QConfig { activation, weight },
+        kinds: FakeQuantKinds { activation: kind, weight: kind },
+    })
 }
 
 /// `default_qat_qconfig` (version 0): `FakeQuantize` with a moving-average observer, quint8
@@ -231,7 +249,11 @@ pub fn prepare_qat(model: &mut Box<dyn Module>, qconfig: &QatQConfig) -> QFakeRe
 /// `kinds`: swaps layers for their QAT forms, then attaches fake-quantizing activation
 /// post-processes (qgraph's `prepare_qat_with` on [`qat_mappings`]). The model should be in
 /// training mode, as PyTorch asserts. Returns the number of post-processes attached.
-pub fn prepare_qat_with(model: &mut Box<dyn Module>, mapping: &QConfigMapping, kinds: FakeQuantKinds) -> QFakeResult<usize> {
+pub fn prepare_qat_with(
+    model: &mut Box<dyn Module>,
+    mapping: &QConfigMapping,
+    kinds: FakeQuantKinds,
+) -> QFakeResult<usize> {
     if !model.named_modules().iter().any(|(_, m)| m.training()) {
         return Err(GraphError::Workflow {
             step: "prepare_qat",
@@ -254,7 +276,8 @@ pub fn loaders() -> Loaders {
     let mut loaders = Loaders::default();
     loaders.register(QatConv::SAVED_TYPE, |record| Ok(Box::new(QatConv::from_record(record)?)));
     loaders.register(QatLinear::SAVED_TYPE, |record| Ok(Box::new(QatLinear::from_record(record)?)));
-    loaders.register(FakeQuantModule::SAVED_TYPE, |record| Ok(Box::new(FakeQuantModule::from_record(record)?)));
+    loaders
+        .register(FakeQuantModule::SAVED_TYPE, |record| Ok(Box::new(FakeQuantModule::from_record(record)?)));
     loaders
 }
 

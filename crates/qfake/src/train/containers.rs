@@ -41,7 +41,12 @@ fn chain_forward(module: &mut dyn Module, input: Value, pass: &Pass<'_>) -> QFak
     Ok((x, Box::new(saved)))
 }
 
-fn chain_backward(module: &dyn Module, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
+fn chain_backward(
+    module: &dyn Module,
+    saved: Saved,
+    grad: Value,
+    pass: &mut BackPass<'_>,
+) -> QFakeResult<Value> {
     let saved = unsave::<Vec<(String, Saved)>>(saved, "Sequential")?;
     let mut g = grad;
     for (name, s) in saved.into_iter().rev() {
@@ -57,7 +62,12 @@ macro_rules! chain_train {
                 chain_forward(self, input, pass)
             }
 
-            fn train_backward(&self, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
+            fn train_backward(
+                &self,
+                saved: Saved,
+                grad: Value,
+                pass: &mut BackPass<'_>,
+            ) -> QFakeResult<Value> {
                 chain_backward(self, saved, grad, pass)
             }
         }
@@ -74,7 +84,12 @@ macro_rules! identity_train {
                 Ok((self.forward(input)?, Box::new(())))
             }
 
-            fn train_backward(&self, _saved: Saved, grad: Value, _pass: &mut BackPass<'_>) -> QFakeResult<Value> {
+            fn train_backward(
+                &self,
+                _saved: Saved,
+                grad: Value,
+                _pass: &mut BackPass<'_>,
+            ) -> QFakeResult<Value> {
                 Ok(grad)
             }
         }
@@ -102,8 +117,9 @@ pub(super) fn reshape_grad(grad: Value, shape: &[usize], context: &'static str) 
     let g = grad.into_float(context)?;
     let g = g.as_standard_layout().into_owned();
     Ok(Value::Float(
-        g.into_shape_with_order(IxDyn(shape))
-            .map_err(|e| invalid(context, "gradient", e, "must have as many elements as the forward output"))?,
+        g.into_shape_with_order(IxDyn(shape)).map_err(|e| {
+            invalid(context, "gradient", e, "must have as many elements as the forward output")
+        })?,
     ))
 }
 
@@ -275,7 +291,12 @@ pub(super) fn sum_to_shape(g: &ArrayD<f32>, shape: &[usize]) -> QFakeResult<Arra
         }
     }
     if out.shape() != shape {
-        return Err(invalid("FloatFunctional", "gradient shape", g.shape(), format!("cannot reduce to {shape:?}")));
+        return Err(invalid(
+            "FloatFunctional",
+            "gradient shape",
+            g.shape(),
+            format!("cannot reduce to {shape:?}"),
+        ));
     }
     Ok(out)
 }
@@ -380,9 +401,15 @@ impl Train for Graph {
                 Op::Tuple => (Value::Tuple(inputs), NodeSaved::Tuple),
                 Op::GetItem(index) => {
                     let items = inputs.pop().expect("one input").into_tuple("Graph")?;
-                    let shapes = items.iter().map(|v| v.shape().map(<[usize]>::to_vec)).collect::<QFakeResult<_>>()?;
+                    let shapes =
+                        items.iter().map(|v| v.shape().map(<[usize]>::to_vec)).collect::<QFakeResult<_>>()?;
                     let item = items.into_iter().nth(*index).ok_or_else(|| {
-                        invalid("Graph", "GetItem index", index, format!("node `{}` reads a shorter tuple", node.name))
+                        invalid(
+                            "Graph",
+                            "GetItem index",
+                            index,
+                            format!("node `{}` reads a shorter tuple", node.name),
+                        )
                     })?;
                     (item, NodeSaved::GetItem(*index, shapes))
                 }
@@ -438,14 +465,19 @@ impl Train for Graph {
                     vec![Value::Float(g.permuted_axes(IxDyn(&inverse)).as_standard_layout().into_owned())]
                 }
                 (NodeSaved::AdaptiveAvgPool(shape), Op::AdaptiveAvgPool2d(_)) => {
-                    vec![Value::Float(crate::grad::adaptive_avg_pool2d_backward(&g.into_float("Graph")?, &shape)?)]
+                    vec![Value::Float(crate::grad::adaptive_avg_pool2d_backward(
+                        &g.into_float("Graph")?,
+                        &shape,
+                    )?)]
                 }
                 (NodeSaved::Tuple, _) => g.into_tuple("Graph")?,
                 (NodeSaved::GetItem(index, shapes), _) => {
                     let items = shapes
                         .iter()
                         .enumerate()
-                        .map(|(k, s)| if k == index { Ok(g.clone()) } else { Ok(Value::Float(ArrayD::zeros(IxDyn(s)))) })
+                        .map(|(k, s)| {
+                            if k == index { Ok(g.clone()) } else { Ok(Value::Float(ArrayD::zeros(IxDyn(s)))) }
+                        })
                         .collect::<QFakeResult<Vec<_>>>()?;
                     vec![Value::Tuple(items)]
                 }
@@ -504,7 +536,12 @@ fn add_values(a: Value, b: Value) -> QFakeResult<Value> {
         (a, b) => {
             let (a, b) = (a.into_float("Graph")?, b.into_float("Graph")?);
             if a.shape() != b.shape() {
-                return Err(invalid("Graph", "gradient shape", b.shape(), format!("must equal {:?}", a.shape())));
+                return Err(invalid(
+                    "Graph",
+                    "gradient shape",
+                    b.shape(),
+                    format!("must equal {:?}", a.shape()),
+                ));
             }
             Ok(Value::Float(a + b))
         }

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::{ArrayD, Zip};
 use qgraph::nn::{
-    AdaptiveAvgPool2d, BatchNorm, Conv, Dropout, Hardsigmoid, Hardswish, Linear, MaxPool, ReLU, ReLU6, Sigmoid, Tanh,
+    AdaptiveAvgPool2d, BatchNorm, Conv, Dropout, Hardsigmoid, Hardswish, Linear, MaxPool, ReLU, ReLU6,
+    Sigmoid, Tanh,
 };
 use qgraph::{Module, Value};
 
@@ -86,7 +87,8 @@ impl Train for BatchNorm {
         let (momentum, eps) = (self.options().momentum, self.options().eps);
         let (weight, bias) = (self.weight().cloned(), self.bias().cloned());
         let (mut mean, mut var) = (self.running_mean().clone(), self.running_var().clone());
-        let (out, saved) = grad::batch_norm_train(&x, weight.as_ref(), bias.as_ref(), &mut mean, &mut var, momentum, eps)?;
+        let (out, saved) =
+            grad::batch_norm_train(&x, weight.as_ref(), bias.as_ref(), &mut mean, &mut var, momentum, eps)?;
         self.set_params(mean, var, weight.zip(bias))?;
         Ok((Value::Float(out), Box::new(BatchNormRun { input: x, batch: Some(saved) })))
     }
@@ -124,11 +126,21 @@ macro_rules! activation_train {
                 Ok((Value::Float(y.clone()), Box::new((x, y))))
             }
 
-            fn train_backward(&self, saved: Saved, grad: Value, _pass: &mut BackPass<'_>) -> QFakeResult<Value> {
+            fn train_backward(
+                &self,
+                saved: Saved,
+                grad: Value,
+                _pass: &mut BackPass<'_>,
+            ) -> QFakeResult<Value> {
                 let (x, y) = *unsave::<(ArrayD<f32>, ArrayD<f32>)>(saved, "activation")?;
                 let mut g = grad.into_float(self.type_name())?;
                 if g.shape() != x.shape() {
-                    return Err(invalid(stringify!($ty), "gradient shape", g.shape(), "must be the output's"));
+                    return Err(invalid(
+                        stringify!($ty),
+                        "gradient shape",
+                        g.shape(),
+                        "must be the output's",
+                    ));
                 }
                 let derivative: fn(f32, f32) -> f32 = $derivative;
                 Zip::from(&mut g).and(&x).and(&y).for_each(|g, &x, &y| *g *= derivative(x, y));
@@ -184,7 +196,6 @@ impl Train for AdaptiveAvgPool2d {
         Ok(Value::Float(grad::adaptive_avg_pool2d_backward(&grad.into_float("AdaptiveAvgPool2d")?, &shape)?))
     }
 }
-
 
 /// The state of dropout's mask generator (xorshift64*), seeded by [`manual_seed`].
 static DROPOUT_STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);

@@ -61,7 +61,8 @@ pub trait Train: Module {
     fn train_forward(&mut self, input: Value, pass: &Pass<'_>) -> QFakeResult<(Value, Saved)>;
 
     /// The backward of the forward that saved `saved`.
-    fn train_backward(&self, saved: Saved, grad_output: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value>;
+    fn train_backward(&self, saved: Saved, grad_output: Value, pass: &mut BackPass<'_>)
+    -> QFakeResult<Value>;
 
     /// The training forward of a [`Functional`] op (`FloatFunctional` and its prepared forms only).
     fn train_forward_functional(
@@ -98,8 +99,10 @@ fn not_functional(type_name: &str, op: Functional) -> GraphError {
 
 type ForwardFn = fn(&mut dyn Module, Value, &Pass<'_>) -> QFakeResult<(Value, Saved)>;
 type BackwardFn = fn(&dyn Module, Saved, Value, &mut BackPass<'_>) -> QFakeResult<Value>;
-type ForwardFunctionalFn = fn(&mut dyn Module, Functional, Vec<Value>, &Pass<'_>) -> QFakeResult<(Value, Saved)>;
-type BackwardFunctionalFn = fn(&dyn Module, Functional, Saved, Value, &mut BackPass<'_>) -> QFakeResult<Vec<Value>>;
+type ForwardFunctionalFn =
+    fn(&mut dyn Module, Functional, Vec<Value>, &Pass<'_>) -> QFakeResult<(Value, Saved)>;
+type BackwardFunctionalFn =
+    fn(&dyn Module, Functional, Saved, Value, &mut BackPass<'_>) -> QFakeResult<Vec<Value>>;
 
 /// The [`Train`] methods of one module type, reached through `dyn Module`.
 #[derive(Clone, Copy)]
@@ -196,7 +199,12 @@ impl Backprop {
 
     /// The backward of the forward that made `tape`, for `grad_output` (the gradient of the loss
     /// with respect to the output): the gradient of the input and of every parameter.
-    pub fn backward(&self, model: &dyn Module, tape: Tape, grad_output: Value) -> QFakeResult<(Value, Gradients)> {
+    pub fn backward(
+        &self,
+        model: &dyn Module,
+        tape: Tape,
+        grad_output: Value,
+    ) -> QFakeResult<(Value, Gradients)> {
         let mut grads = Gradients::new();
         let mut pass = BackPass { backprop: self, path: String::new(), grads: &mut grads };
         let grad_input = pass.run(model, tape.saved, grad_output)?;
@@ -296,7 +304,13 @@ impl BackPass<'_> {
     }
 
     /// The backward of the child `name` of `parent`.
-    pub fn child(&mut self, parent: &dyn Module, name: &str, saved: Saved, grad: Value) -> QFakeResult<Value> {
+    pub fn child(
+        &mut self,
+        parent: &dyn Module,
+        name: &str,
+        saved: Saved,
+        grad: Value,
+    ) -> QFakeResult<Value> {
         let child = child_ref(parent, name, &self.path)?;
         self.at(name).run(child, saved, grad)
     }
@@ -330,7 +344,9 @@ fn child_ref<'m>(parent: &'m dyn Module, name: &str, path: &str) -> QFakeResult<
 fn no_child(parent_type: &str, path: &str) -> GraphError {
     GraphError::Workflow {
         step: "train",
-        reason: format!("{parent_type} has no child `{path}`; the model changed between forward and backward"),
+        reason: format!(
+            "{parent_type} has no child `{path}`; the model changed between forward and backward"
+        ),
     }
 }
 
@@ -344,7 +360,9 @@ fn join(prefix: &str, name: &str) -> String {
 pub fn unsave<T: Any>(saved: Saved, context: &'static str) -> QFakeResult<Box<T>> {
     saved.downcast::<T>().map_err(|_| GraphError::Workflow {
         step: "train",
-        reason: format!("{context}: the tape is not from this module's forward; pass the tape forward returned"),
+        reason: format!(
+            "{context}: the tape is not from this module's forward; pass the tape forward returned"
+        ),
     })
 }
 

@@ -66,7 +66,9 @@ impl Train for QatConv {
                 // conv_orig = conv / s: d conv = g / s, d s = -sum(g * conv / (s * s)).
                 let mut g_conv = g_in.clone();
                 let mut g_scale = vec![0f32; bn_run.scale_factor.len()];
-                for (c, (mut gc, conv)) in g_conv.axis_iter_mut(Axis(1)).zip(bn_run.conv.axis_iter(Axis(1))).enumerate() {
+                for (c, (mut gc, conv)) in
+                    g_conv.axis_iter_mut(Axis(1)).zip(bn_run.conv.axis_iter(Axis(1))).enumerate()
+                {
                     let s = bn_run.scale_factor[c];
                     let mut total = 0f32;
                     Zip::from(&mut gc).and(&conv).for_each(|g, &v| {
@@ -87,7 +89,9 @@ impl Train for QatConv {
             (Some((mut g_scale, g_gamma, g_beta)), Some(bn_run)) => {
                 let mut g_weight = g_scaled.clone();
                 let weight = self.conv().weight();
-                for (c, (mut gw, w)) in g_weight.axis_iter_mut(Axis(0)).zip(weight.axis_iter(Axis(0))).enumerate() {
+                for (c, (mut gw, w)) in
+                    g_weight.axis_iter_mut(Axis(0)).zip(weight.axis_iter(Axis(0))).enumerate()
+                {
                     let s = bn_run.scale_factor[c];
                     let mut total = 0f32;
                     Zip::from(&mut gw).and(&w).for_each(|g, &w| {
@@ -98,7 +102,9 @@ impl Train for QatConv {
                 }
                 pass.add_grad("weight", g_weight);
                 // s = gamma / running_std: d gamma += d s / running_std.
-                let mut g_gamma = g_gamma.ok_or_else(|| crate::fake_quantize::invalid("QatConv", "bn.affine", false, "needs an affine batch norm"))?;
+                let mut g_gamma = g_gamma.ok_or_else(|| {
+                    crate::fake_quantize::invalid("QatConv", "bn.affine", false, "needs an affine batch norm")
+                })?;
                 for (g, (&gs, &std)) in g_gamma.iter_mut().zip(g_scale.iter().zip(&bn_run.running_std)) {
                     *g += gs / std;
                 }
