@@ -178,7 +178,9 @@ def qat(data, qconfig, full_record):
 
     losses, accuracies = [], []
     for epoch in range(EPOCHS):
-        losses += run_epoch(data, model, optimizer, epoch, on_step)
+        # run_epoch counts steps within the epoch; on_step takes them counted from the first.
+        done = len(losses)
+        losses += run_epoch(data, model, optimizer, epoch, lambda when, step: on_step(when, done + step))
         accuracies.append(data.accuracy(copy.deepcopy(model).eval()))
     tensors.update({f"final.{n}": t.detach().clone() for n, t in model.state_dict().items()})
     tensors["loss"] = torch.tensor(losses, dtype=torch.float32)

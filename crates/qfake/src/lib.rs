@@ -15,6 +15,7 @@
 
 mod fake_quantize;
 pub mod grad;
+pub mod optim;
 pub mod qat;
 pub mod train;
 

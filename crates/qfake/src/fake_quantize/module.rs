@@ -52,6 +52,47 @@ impl FakeQuantModule {
         Ok(module)
     }
 
+    /// Sets PyTorch's buffers of the quantizer: `scale`, `zero_point`, the observer's
+    /// `min_val` / `max_val` (one per tensor, or per channel along the observer's axis),
+    /// `fake_quant_enabled` and `observer_enabled` (to resume from a PyTorch QAT `state_dict`).
+    pub fn set_buffers(
+        &self,
+        scale: Vec<f32>,
+        zero_point: Vec<f32>,
+        (min, max): (Vec<f32>, Vec<f32>),
+        (fake_quant_enabled, observer_enabled): (bool, bool),
+    ) -> GraphResult<()> {
+        let mut quantizer = self.lock();
+        let mut state = quantizer.state();
+        state.observer.statistics = match (&state.observer.statistics, min.len()) {
+            (qobserve::Statistics::MinMax(_), 1) => qobserve::Statistics::MinMax(Some((min[0], max[0]))),
+            (qobserve::Statistics::PerChannel(_), _) => {
+                let axis = match &state.observer.spec {
+                    qobserve::ObserverSpec::MovingAveragePerChannelMinMax { ch_axis, .. }
+                    | qobserve::ObserverSpec::PerChannelMinMax { ch_axis, .. } => (*ch_axis).max(0) as usize,
+                    _ => 0,
+                };
+                qobserve::Statistics::PerChannel(Some(qobserve::ChannelRanges { axis, min, max }))
+            }
+            (other, n) => {
+                return Err(super::common::invalid(
+                    "FakeQuantModule",
+                    "min_val length",
+                    n,
+                    format!("does not fit the observer's statistics {other:?}"),
+                ));
+            }
+        };
+        state.scale = scale;
+        state.zero_point = zero_point;
+        state.fake_quant_enabled = fake_quant_enabled;
+        state.observer_enabled = observer_enabled;
+        *quantizer = state.build()?;
+        // The buffers hold an observed range: convert may use them.
+        self.calls.fetch_max(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Wraps `quantizer` (in eval mode).
     pub fn new(quantizer: Box<dyn FakeQuantizer>) -> Self {
         Self { quantizer: Mutex::new(quantizer), calls: AtomicUsize::new(0), training: false }

@@ -39,7 +39,8 @@ pub const FUSE: &[&[&str]] = &[
 
 /// `crates/qgraph/assets/digits/<name>`.
 pub fn asset(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/digits")).join(name)
+    // Through the workspace, so that other crates including this file find them too.
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../qgraph/assets/digits")).join(name)
 }
 
 /// `DigitsNet` of `tools/train_digits.py`, with PyTorch's module names: `quant`, `features`
