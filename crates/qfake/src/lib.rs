@@ -13,6 +13,7 @@
 //! # Ok::<(), qgraph::GraphError>(())
 //! ```
 
+pub mod checkpoint;
 mod fake_quantize;
 pub mod grad;
 pub mod optim;

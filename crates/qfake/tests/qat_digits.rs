@@ -184,3 +184,41 @@ fn converted_from_pytorchs_qat_state_equals_pytorchs_layer_by_layer() {
         }
     }
 }
+
+/// A checkpoint taken mid-epoch resumes training exactly: the resumed run's losses and
+/// parameters equal the uninterrupted run's, bit for bit.
+#[test]
+fn a_checkpoint_resumes_training_exactly() {
+    let (setup, recipe) = (Setup::load().unwrap(), Recipe::load().unwrap());
+    let mut run = Training::new(&setup, &recipe, Bits::Four).unwrap();
+    let order: Vec<usize> = recipe.epoch_orders[0].iter().map(|&i| setup.record.train()[i]).collect();
+    let batches: Vec<&[usize]> = order.chunks(recipe.batch).take(6).collect();
+    let step = |run: &mut Training, batch: &[usize]| {
+        let labels: Vec<usize> = batch.iter().map(|&i| setup.digits.labels[i]).collect();
+        run.step(setup.digits.images_at(batch), &labels).unwrap().0
+    };
+    for batch in &batches[..3] {
+        step(&mut run, batch);
+    }
+    let bytes =
+        qfake::checkpoint::to_bytes(run.model.as_ref(), &run.optimizer, serde_json::json!({"step": 3}))
+            .unwrap();
+    let saved = qfake::checkpoint::from_bytes(&bytes).unwrap();
+    assert_eq!(saved.meta["step"], 3);
+    let mut resumed = Training::new(&setup, &recipe, Bits::Four).unwrap();
+    saved.restore_optimizer(&mut resumed.optimizer).unwrap();
+    resumed.model = saved.model;
+    qgraph::train(&mut resumed.model, true);
+    for batch in &batches[3..] {
+        assert_eq!(step(&mut run, batch).to_bits(), step(&mut resumed, batch).to_bits());
+    }
+    let (a, b) = (run.model.state_dict(), resumed.model.state_dict());
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x, y, "{name}");
+    }
+    assert!(
+        qfake::checkpoint::from_bytes(&bytes[..bytes.len() / 2]).is_err(),
+        "a truncated checkpoint is an error"
+    );
+}
