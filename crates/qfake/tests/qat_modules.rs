@@ -111,8 +111,11 @@ fn float_model(f: &Fixture, c: &Json) -> Box<dyn Module> {
     model
 }
 
+/// A running range: per-tensor or per-channel minimums and maximums.
+type Range = (Vec<f32>, Vec<f32>);
+
 /// Scale, zero point and running range of a fake quantizer.
-fn fake_quant_state(fq: &FakeQuantModule) -> (ArrayD<f32>, ArrayD<i32>, Option<(Vec<f32>, Vec<f32>)>) {
+fn fake_quant_state(fq: &FakeQuantModule) -> (ArrayD<f32>, ArrayD<i32>, Option<Range>) {
     let state = fq.lock().state();
     let n = state.scale.len();
     let range = state.observer.build().unwrap().stats().range.map(|r| match r {

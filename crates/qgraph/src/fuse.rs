@@ -107,12 +107,11 @@ pub fn fuse_modules_qat(model: &mut Box<dyn Module>, groups: &[&[&str]]) -> Grap
     fuse_groups(model, groups, fuse_known_modules_qat)
 }
 
+/// Makes the fused module of a group.
+type FuseFn = fn(&[&dyn Module]) -> GraphResult<Box<dyn Module>>;
+
 /// Fuses each group with `fuse`, the fused module in the first slot and `Identity` in the others.
-fn fuse_groups(
-    model: &mut Box<dyn Module>,
-    groups: &[&[&str]],
-    fuse: fn(&[&dyn Module]) -> GraphResult<Box<dyn Module>>,
-) -> GraphResult<()> {
+fn fuse_groups(model: &mut Box<dyn Module>, groups: &[&[&str]], fuse: FuseFn) -> GraphResult<()> {
     for group in groups {
         let fused = {
             let modules = group
@@ -141,15 +140,9 @@ pub fn fuse_known_modules_qat(modules: &[&dyn Module]) -> GraphResult<Box<dyn Mo
     let kind = match parts[..] {
         [Part::Conv(n), Part::Bn(m)] if n == m => FusedKind::ConvBn(n),
         [Part::Conv(n), Part::Bn(m), Part::Relu] if n == m => FusedKind::ConvBnReLU(n),
-        [Part::Conv(_), Part::Relu] | [Part::Linear, Part::Relu] | [Part::Bn(2 | 3), Part::Relu] => {
-            let kind = match parts[0] {
-                Part::Conv(n) => FusedKind::ConvReLU(n),
-                Part::Linear => FusedKind::LinearReLU,
-                Part::Bn(n) => FusedKind::BNReLU(n),
-                _ => unreachable!("matched above"),
-            };
-            kind
-        }
+        [Part::Conv(n), Part::Relu] => FusedKind::ConvReLU(n),
+        [Part::Linear, Part::Relu] => FusedKind::LinearReLU,
+        [Part::Bn(n @ (2 | 3)), Part::Relu] => FusedKind::BNReLU(n),
         _ => {
             return Err(GraphError::Fusion {
                 modules: types.clone(),

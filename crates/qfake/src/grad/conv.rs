@@ -203,6 +203,17 @@ pub fn conv_backward(
     })
 }
 
+/// The gradients of a linear layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearGrads {
+    /// Of the input.
+    pub input: ArrayD<f32>,
+    /// Of the weight.
+    pub weight: ArrayD<f32>,
+    /// Of the bias, when asked for.
+    pub bias: Option<ArrayD<f32>>,
+}
+
 /// The gradients of `y = x W^T + b` (`x` `[.., in]`, `W` `[out, in]`): input, weight and (with
 /// `need_bias`) bias.
 pub fn linear_backward(
@@ -210,7 +221,7 @@ pub fn linear_backward(
     weight: &ArrayD<f32>,
     grad_output: &ArrayD<f32>,
     need_bias: bool,
-) -> QFakeResult<(ArrayD<f32>, ArrayD<f32>, Option<ArrayD<f32>>)> {
+) -> QFakeResult<LinearGrads> {
     let (out, inp) = (weight.shape()[0], weight.shape()[1]);
     let rows = input.len() / inp.max(1);
     if grad_output.len() != rows * out {
@@ -228,5 +239,5 @@ pub fn linear_backward(
     let gx = gy.dot(&w).into_dyn().into_shape_with_order(IxDyn(input.shape())).expect("length");
     let gw = gy.t().dot(&x).into_dyn();
     let gb = need_bias.then(|| gy.sum_axis(Axis(0)).into_dyn());
-    Ok((gx, gw, gb))
+    Ok(LinearGrads { input: gx, weight: gw, bias: gb })
 }

@@ -6,7 +6,9 @@ mod loss;
 mod norm;
 mod pool;
 
-pub use conv::{ConvGrads, ConvNeeds, conv_backward, conv_forward, linear_backward};
+pub use conv::{ConvGrads, ConvNeeds, LinearGrads, conv_backward, conv_forward, linear_backward};
 pub use loss::cross_entropy;
-pub use norm::{BatchNormSaved, batch_norm_backward, batch_norm_eval_backward, batch_norm_train};
+pub use norm::{
+    BatchNormGrads, BatchNormSaved, batch_norm_backward, batch_norm_eval_backward, batch_norm_train,
+};
 pub use pool::{adaptive_avg_pool2d_backward, max_pool2d_backward, max_pool2d_with_indices};

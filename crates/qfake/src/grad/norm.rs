@@ -69,13 +69,24 @@ pub fn batch_norm_train(
     Ok((out, BatchNormSaved { mean: means, invstd: invstds }))
 }
 
+/// The gradients of a batch norm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNormGrads {
+    /// Of the input.
+    pub input: ArrayD<f32>,
+    /// Of the weight (`None` when the layer has none).
+    pub weight: Option<ArrayD<f32>>,
+    /// Of the bias (`None` when the layer has none).
+    pub bias: Option<ArrayD<f32>>,
+}
+
 /// The training-mode gradients of input, weight and bias (`None` when there is no weight).
 pub fn batch_norm_backward(
     input: &ArrayD<f32>,
     weight: Option<&ArrayD<f32>>,
     saved: &BatchNormSaved,
     grad_output: &ArrayD<f32>,
-) -> QFakeResult<(ArrayD<f32>, Option<ArrayD<f32>>, Option<ArrayD<f32>>)> {
+) -> QFakeResult<BatchNormGrads> {
     let c = channels(input, "batch_norm_backward")?;
     if grad_output.shape() != input.shape() || saved.mean.len() != c {
         return Err(invalid(
@@ -102,7 +113,11 @@ pub fn batch_norm_backward(
         gb[ch] = sum_dy;
     }
     let vector = |v: Vec<f32>| ArrayD::from_shape_vec(IxDyn(&[c]), v).expect("length");
-    Ok((grad_input, weight.map(|_| vector(gw)), weight.map(|_| vector(gb))))
+    Ok(BatchNormGrads {
+        input: grad_input,
+        weight: weight.map(|_| vector(gw)),
+        bias: weight.map(|_| vector(gb)),
+    })
 }
 
 /// The gradients of a batch norm normalizing with its running statistics (eval mode, or frozen).
@@ -113,7 +128,7 @@ pub fn batch_norm_eval_backward(
     running_var: &ArrayD<f32>,
     eps: f64,
     grad_output: &ArrayD<f32>,
-) -> QFakeResult<(ArrayD<f32>, Option<ArrayD<f32>>, Option<ArrayD<f32>>)> {
+) -> QFakeResult<BatchNormGrads> {
     let c = channels(input, "batch_norm_backward")?;
     let w = per_channel(input, weight, c, 1.0);
     let mut grad_input = grad_output.as_standard_layout().into_owned();
@@ -126,5 +141,9 @@ pub fn batch_norm_eval_backward(
         gi.mapv_inplace(|g| g * invstd * w[ch]);
     }
     let vector = |v: Vec<f32>| ArrayD::from_shape_vec(IxDyn(&[c]), v).expect("length");
-    Ok((grad_input, weight.map(|_| vector(gw)), weight.map(|_| vector(gb))))
+    Ok(BatchNormGrads {
+        input: grad_input,
+        weight: weight.map(|_| vector(gw)),
+        bias: weight.map(|_| vector(gb)),
+    })
 }

@@ -98,6 +98,8 @@ pub(crate) struct ConvRun {
     pub bn: Option<BnRun>,
     /// The output (after ReLU), for ReLU's mask.
     pub output: ArrayD<f32>,
+    /// The running mean and variance after this batch (training-mode batch norm only).
+    pub updated_stats: Option<(ArrayD<f32>, ArrayD<f32>)>,
 }
 
 /// The batch-norm part of a [`ConvRun`].
@@ -251,12 +253,9 @@ impl QatConv {
         })
     }
 
-    /// The forward: the output and what backward needs. With `update` the batch statistics
-    /// (when used) are returned as the new running statistics.
-    pub(crate) fn run(
-        &self,
-        x: ArrayD<f32>,
-    ) -> QFakeResult<(ArrayD<f32>, ConvRun, Option<(ArrayD<f32>, ArrayD<f32>)>)> {
+    /// The forward: the output and what backward needs (with the running statistics the batch
+    /// gives, when batch norm uses batch statistics; the training forward stores them).
+    pub(crate) fn run(&self, x: ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, ConvRun)> {
         let x = x.as_standard_layout().into_owned();
         let options = self.conv.options();
         let fq = self.weight_fake_quant();
@@ -266,8 +265,9 @@ impl QatConv {
             if self.kind.relu() {
                 out.mapv_inplace(relu);
             }
-            let run = ConvRun { input: x, weight, fake_quant, bn: None, output: out.clone() };
-            return Ok((out, run, None));
+            let run =
+                ConvRun { input: x, weight, fake_quant, bn: None, output: out.clone(), updated_stats: None };
+            return Ok((out, run));
         };
         let eps = bn.options().eps as f32;
         let gamma = bn.weight().ok_or_else(|| {
@@ -312,7 +312,15 @@ impl QatConv {
             out.mapv_inplace(relu);
         }
         let bn_run = BnRun { scale_factor, running_std, conv, bn_input, batch };
-        Ok((out.clone(), ConvRun { input: x, weight, fake_quant, bn: Some(bn_run), output: out }, stats))
+        let run = ConvRun {
+            input: x,
+            weight,
+            fake_quant,
+            bn: Some(bn_run),
+            output: out.clone(),
+            updated_stats: stats,
+        };
+        Ok((out, run))
     }
 
     /// The float convolution `convert` quantizes (batch norm folded with its running statistics,

@@ -60,12 +60,12 @@ impl Train for Linear {
     fn train_backward(&self, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
         let x = unsave::<ArrayD<f32>>(saved, "Linear")?;
         let g = grad.into_float(self.type_name())?;
-        let (gx, gw, gb) = grad::linear_backward(&x, self.weight(), &g, self.bias().is_some())?;
-        pass.add_grad("weight", gw);
-        if let Some(gb) = gb {
+        let grads = grad::linear_backward(&x, self.weight(), &g, self.bias().is_some())?;
+        pass.add_grad("weight", grads.weight);
+        if let Some(gb) = grads.bias {
             pass.add_grad("bias", gb);
         }
-        Ok(Value::Float(gx))
+        Ok(Value::Float(grads.input))
     }
 }
 
@@ -96,7 +96,7 @@ impl Train for BatchNorm {
     fn train_backward(&self, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
         let run = unsave::<BatchNormRun>(saved, "BatchNorm")?;
         let g = grad.into_float(self.type_name())?;
-        let (gx, gw, gb) = match &run.batch {
+        let grads = match &run.batch {
             Some(saved) => grad::batch_norm_backward(&run.input, self.weight(), saved, &g)?,
             None => grad::batch_norm_eval_backward(
                 &run.input,
@@ -107,11 +107,11 @@ impl Train for BatchNorm {
                 &g,
             )?,
         };
-        if let (Some(gw), Some(gb)) = (gw, gb) {
+        if let (Some(gw), Some(gb)) = (grads.weight, grads.bias) {
             pass.add_grad("weight", gw);
             pass.add_grad("bias", gb);
         }
-        Ok(Value::Float(gx))
+        Ok(Value::Float(grads.input))
     }
 }
 

@@ -31,8 +31,8 @@ fn channel_sums(x: &ArrayD<f32>) -> Vec<f32> {
 impl Train for QatConv {
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
         let x = input.into_float(self.type_name())?;
-        let (out, run, stats) = self.run(x)?;
-        if let Some((mean, var)) = stats {
+        let (out, mut run) = self.run(x)?;
+        if let Some((mean, var)) = run.updated_stats.take() {
             let (running_mean, running_var) = self.running_stats_mut()?;
             *running_mean = mean;
             *running_var = var;
@@ -49,7 +49,8 @@ impl Train for QatConv {
         let has_bias = self.conv().bias().is_some();
         let (g_conv, bn_part) = match (&run.bn, self.bn()) {
             (Some(bn_run), Some(bn)) => {
-                let (g_in, g_gamma, g_beta) = match &bn_run.batch {
+                let grad::BatchNormGrads { input: g_in, weight: g_gamma, bias: g_beta } = match &bn_run.batch
+                {
                     Some(saved) => grad::batch_norm_backward(&bn_run.bn_input, bn.weight(), saved, &g)?,
                     None => grad::batch_norm_eval_backward(
                         &bn_run.bn_input,
@@ -138,7 +139,8 @@ impl Train for QatLinear {
             relu_backward(&mut g, &run.output);
         }
         let has_bias = self.linear().bias().is_some();
-        let (g_input, g_weight, g_bias) = grad::linear_backward(&run.input, &run.weight, &g, has_bias)?;
+        let grad::LinearGrads { input: g_input, weight: g_weight, bias: g_bias } =
+            grad::linear_backward(&run.input, &run.weight, &g, has_bias)?;
         let g_weight = self.weight_fake_quant().lock().backward(&run.fake_quant, &g_weight)?.input;
         pass.add_grad("weight", g_weight);
         if let Some(g_bias) = g_bias {
