@@ -7,7 +7,18 @@ use std::fmt;
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use crate::{GraphError, GraphResult, Value};
+use crate::{GraphError, GraphResult, PerTensor, Value};
+
+/// What `convert` needs from a module's `activation_post_process`: an observer (`workflow::ObserverModule`) after
+/// calibration, or a fake quantizer after quantization-aware training. A module that is one
+/// returns itself from [`Module::as_post_process`].
+pub trait ActivationPostProcess {
+    /// The output's quantization parameters (PyTorch's `calculate_qparams`).
+    fn activation_qparams(&self) -> GraphResult<PerTensor>;
+
+    /// How many outputs it has seen; `convert` refuses one that saw none.
+    fn calls(&self) -> usize;
+}
 
 /// A tensor a module saves, borrowed from it.
 #[derive(Debug, Clone)]
@@ -142,7 +153,7 @@ pub trait Module: ModuleAny + fmt::Debug + Send + Sync {
     }
 
     /// The module as an activation post-process (an observer or a fake quantizer), if it is one.
-    fn as_post_process(&self) -> Option<&dyn crate::workflow::ActivationPostProcess> {
+    fn as_post_process(&self) -> Option<&dyn ActivationPostProcess> {
         None
     }
 

@@ -11,6 +11,7 @@ use qobserve::{ObservedRange, Observer, ObserverState};
 use serde::{Deserialize, Serialize};
 
 use crate::mappings::{Mappings, ModuleKey, Swap};
+pub use crate::module::ActivationPostProcess;
 use crate::module::{Functional, join, slot_mut};
 use crate::qconfig::QConfig;
 use crate::record::{Record, TensorView};
@@ -83,17 +84,6 @@ impl From<QConfig> for QConfigMapping {
     fn from(qconfig: QConfig) -> Self {
         QConfigMapping::global(qconfig)
     }
-}
-
-/// What `convert` needs from a module's `activation_post_process`: an [`ObserverModule`] after
-/// calibration, or a fake quantizer after quantization-aware training. A module that is one
-/// returns itself from [`Module::as_post_process`].
-pub trait ActivationPostProcess {
-    /// The output's quantization parameters (PyTorch's `calculate_qparams`).
-    fn activation_qparams(&self) -> GraphResult<PerTensor>;
-
-    /// How many outputs it has seen; `convert` refuses one that saw none.
-    fn calls(&self) -> usize;
 }
 
 /// An observer as a module: PyTorch's `activation_post_process` child. It records the float

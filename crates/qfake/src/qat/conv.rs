@@ -10,7 +10,7 @@ use qgraph::record::{Record, TensorView};
 use qgraph::{GraphError, Module, Value};
 use serde::{Deserialize, Serialize};
 
-use super::FakeQuantKind;
+use super::qconfig::FakeQuantKind;
 use crate::fake_quantize::{FakeQuantCtx, FakeQuantModule, QFakeResult, invalid};
 use crate::grad;
 

@@ -8,8 +8,8 @@ use qgraph::record::{Record, TensorView};
 use qgraph::{Module, Value};
 use serde::{Deserialize, Serialize};
 
-use super::FakeQuantKind;
 use super::conv::{check_weight_quantizer, relu};
+use super::qconfig::FakeQuantKind;
 use crate::fake_quantize::{FakeQuantCtx, FakeQuantModule, QFakeResult, invalid};
 
 /// What a QAT linear layer saves besides its tensors and its fake quantizer child.
