@@ -29,9 +29,35 @@ SPARSE = "out of scope: sparse quantized linear"
 ONEDNN_FUSION = "not yet: eager `fuse_modules` never produces it (only onednn's FX backend config fuses it)"
 NORM = "not yet: needs PyTorch's quantized {} kernel (float module missing too)"
 
-# The QAT modules qfake has (its `qat_mappings()` extends qgraph's mappings).
-QAT_LINEAR = "supported with qfake: `Linear` -> `qfake::Linear` (`qfake::qat_mappings()`, forward only)"
-QAT_STATUS = {"nn.Linear": QAT_LINEAR}
+# The QAT modules qfake has (its `qat_mappings()` extends qgraph's mappings; `prepare_qat`).
+QAT_LINEARBN = "not yet: `LinearBn1d` QAT (fuse_modules_qat refuses Linear + BatchNorm1d)"
+
+
+def qat_swap(ours, kind=None):
+    as_kind = f" as `{kind}`" if kind else ""
+    return f"supported with qfake: `prepare_qat` swaps it for `{ours}`{as_kind} (training forward and backward)"
+
+
+def qat_convert(ours):
+    return f"supported with qfake: `{ours}` -> its quantized module (`qfake::convert`)"
+
+
+QAT_STATUS = {
+    "nn.Conv2d": qat_swap("QatConv", "Conv2d"),
+    "nn.Conv3d": qat_swap("QatConv", "Conv3d"),
+    "nn.Linear": qat_swap("QatLinear"),
+    "nn.NonDynamicallyQuantizableLinear": "not yet: only found inside `nn.MultiheadAttention`, which qgraph lacks",
+    "nni.ConvBn1d": qat_swap("QatConv", "ConvBn1d"),
+    "nni.ConvBn2d": qat_swap("QatConv", "ConvBn2d"),
+    "nni.ConvBn3d": qat_swap("QatConv", "ConvBn3d"),
+    "nni.ConvBnReLU1d": qat_swap("QatConv", "ConvBnReLU1d"),
+    "nni.ConvBnReLU2d": qat_swap("QatConv", "ConvBnReLU2d"),
+    "nni.ConvBnReLU3d": qat_swap("QatConv", "ConvBnReLU3d"),
+    "nni.ConvReLU2d": qat_swap("QatConv", "ConvReLU2d"),
+    "nni.ConvReLU3d": qat_swap("QatConv", "ConvReLU3d"),
+    "nni.LinearReLU": qat_swap("QatLinear", "LinearReLU"),
+    "nni.LinearBn1d": QAT_LINEARBN,
+}
 DYNAMIC_STATUS = {
     "nn.Linear": "supported: `Linear` -> `DynamicQuantizedLinear` (qint8 per tensor or per channel, float16)",
     "nni.LinearReLU": "supported: fused `LinearReLU` -> `DynamicQuantizedLinearReLU`",
@@ -47,7 +73,19 @@ DYNAMIC_STATUS = {
 
 # What qgraph does with each PyTorch name (float module, fused module or op).
 STATUS = {
-    "nnqat.Linear": "supported with qfake: `qfake::Linear` -> `QuantizedLinear` (`qfake::qat_mappings()`)",
+    "nnqat.Linear": qat_convert("QatLinear"),
+    "nnqat.Conv2d": qat_convert("QatConv"),
+    "nnqat.Conv3d": qat_convert("QatConv"),
+    "nniqat.ConvBn1d": qat_convert("QatConv"),
+    "nniqat.ConvBn2d": qat_convert("QatConv"),
+    "nniqat.ConvBn3d": qat_convert("QatConv"),
+    "nniqat.ConvBnReLU1d": qat_convert("QatConv"),
+    "nniqat.ConvBnReLU2d": qat_convert("QatConv"),
+    "nniqat.ConvBnReLU3d": qat_convert("QatConv"),
+    "nniqat.ConvReLU2d": qat_convert("QatConv"),
+    "nniqat.ConvReLU3d": qat_convert("QatConv"),
+    "nniqat.LinearReLU": qat_convert("QatLinear"),
+    "nniqat.LinearBn1d": QAT_LINEARBN,
     "QuantStub": "supported: `QuantStub` -> `Quantize`",
     "DeQuantStub": "supported: `DeQuantStub` -> `DeQuantize`",
     "nn.BatchNorm2d": "supported: `BatchNorm2d` -> `QuantizedBatchNorm2d`",
@@ -84,13 +122,13 @@ STATUS = {
     "nni.LinearReLU": "supported: `LinearReLU` -> `QuantizedLinearReLU`",
     "nni.LinearLeakyReLU": ONEDNN_FUSION,
     "nni.LinearTanh": ONEDNN_FUSION,
-    "nni.ConvBn1d": QAT,
-    "nni.ConvBn2d": QAT,
-    "nni.ConvBn3d": QAT,
-    "nni.ConvBnReLU1d": QAT,
-    "nni.ConvBnReLU2d": QAT,
-    "nni.ConvBnReLU3d": QAT,
-    "nni.LinearBn1d": QAT,
+    "nni.ConvBn1d": "supported: `fuse_modules_qat` makes `ConvBn1d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
+    "nni.ConvBn2d": "supported: `fuse_modules_qat` makes `ConvBn2d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
+    "nni.ConvBn3d": "supported: `fuse_modules_qat` makes `ConvBn3d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
+    "nni.ConvBnReLU1d": "supported: `fuse_modules_qat` makes `ConvBnReLU1d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
+    "nni.ConvBnReLU2d": "supported: `fuse_modules_qat` makes `ConvBnReLU2d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
+    "nni.ConvBnReLU3d": "supported: `fuse_modules_qat` makes `ConvBnReLU3d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
+    "nni.LinearBn1d": QAT_LINEARBN,
     "nn.GRUCell": RNN,
     "nn.LSTMCell": RNN,
     "nn.RNNCell": RNN,
