@@ -32,11 +32,20 @@ use crate::fake_quantize::{FakeQuantModule, QFakeResult};
 pub fn qat_mappings(kinds: FakeQuantKinds) -> Mappings {
     let mut m = Mappings::default();
     for dims in 1..=3 {
-        m.register_swap::<nn::Conv>(Swap::Qat, &format!("Conv{dims}d"), move |conv, qconfig| {
-            Ok(Box::new(QatConv::from_conv(conv, qconfig, kinds.weight)?))
-        });
-        for fused in [FusedKind::ConvReLU(dims), FusedKind::ConvBn(dims), FusedKind::ConvBnReLU(dims)] {
-            m.register_swap::<nn::Fused>(Swap::Qat, &fused.type_name(), move |f, qconfig| {
+        // PyTorch's table has Conv2d / Conv3d and ConvReLU2d / ConvReLU3d, and the batch-norm
+        // forms in every rank: a Conv1d stays float (observed, then quantized at convert).
+        if dims > 1 {
+            m.register_swap::<nn::Conv>(Swap::Qat, &format!("Conv{dims}d"), move |conv, qconfig| {
+                Ok(Box::new(QatConv::from_conv(conv, qconfig, kinds.weight)?))
+            });
+        }
+        let fused: &[FusedKind] = if dims > 1 {
+            &[FusedKind::ConvReLU(dims), FusedKind::ConvBn(dims), FusedKind::ConvBnReLU(dims)]
+        } else {
+            &[FusedKind::ConvBn(dims), FusedKind::ConvBnReLU(dims)]
+        };
+        for kind in fused {
+            m.register_swap::<nn::Fused>(Swap::Qat, &kind.type_name(), move |f, qconfig| {
                 Ok(Box::new(QatConv::from_fused(f, qconfig, kinds.weight)?))
             });
         }
