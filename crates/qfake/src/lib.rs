@@ -30,6 +30,7 @@ pub use fake_quantize::{
 };
 pub use qat::{
     FakeQuantKind, FakeQuantKinds, QatConv, QatConvKind, QatLinear, QatQConfig, convert, default_qat_qconfig,
-    freeze_bn_stats, get_default_qat_qconfig, loaders, prepare_qat, prepare_qat_with, qat_mappings,
+    default_qat_qconfig_v2, freeze_bn_stats, get_default_qat_qconfig, loaders, prepare_qat, prepare_qat_with,
+    qat_mappings,
 };
 pub use qgraph;

@@ -14,7 +14,10 @@ mod qconfig;
 
 pub use conv::{QatConv, QatConvKind};
 pub use linear::QatLinear;
-pub use qconfig::{FakeQuantKind, FakeQuantKinds, QatQConfig, default_qat_qconfig, get_default_qat_qconfig};
+pub use qconfig::{
+    FakeQuantKind, FakeQuantKinds, QatQConfig, default_qat_qconfig, default_qat_qconfig_v2,
+    get_default_qat_qconfig,
+};
 
 use qgraph::io::Loaders;
 use qgraph::mappings::{Mappings, Swap};

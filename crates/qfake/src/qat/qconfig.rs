@@ -155,3 +155,15 @@ pub fn default_qat_qconfig() -> QatQConfig {
         kinds: FakeQuantKinds { activation: kind, weight: kind },
     }
 }
+
+/// `default_qat_qconfig_v2`: as [`default_qat_qconfig`] with `FusedMovingAvgObsFakeQuantize`
+/// (`default_fused_act_fake_quant`: quint8 0..255 without `reduce_range`;
+/// `default_fused_wt_fake_quant`: per-tensor symmetric qint8).
+pub fn default_qat_qconfig_v2() -> QatQConfig {
+    let activation = moving_average(UniformArgs::per_tensor().quant_range(0, 255));
+    let kind = FakeQuantKind::FusedMovingAvgObs;
+    QatQConfig {
+        qconfig: QConfig { activation, weight: per_tensor_symmetric_weight() },
+        kinds: FakeQuantKinds { activation: kind, weight: kind },
+    }
+}
