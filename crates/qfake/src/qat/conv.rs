@@ -284,13 +284,13 @@ impl QatConv {
         let conv = grad::conv_forward(&x, &weight, Some(&zero_bias), options)?;
         let bias: Option<Vec<f32>> = self.conv.bias().map(|b| b.iter().copied().collect());
         let mut bn_input = conv.clone();
-        for (c, mut plane) in bn_input.axis_iter_mut(Axis(1)).enumerate() {
+        channel_runs(&mut bn_input, &conv, |c, run, _| {
             let s = scale_factor[c];
             match &bias {
-                Some(b) => plane.mapv_inplace(|v| v / s + b[c]),
-                None => plane.mapv_inplace(|v| v / s),
+                Some(b) => run.iter_mut().for_each(|v| *v = *v / s + b[c]),
+                None => run.iter_mut().for_each(|v| *v /= s),
             }
-        }
+        });
         let (mut out, batch, stats) = if self.uses_batch_stats() {
             let (mut mean, mut var) = (bn.running_mean().clone(), bn.running_var().clone());
             let (out, saved) = grad::batch_norm_train(
@@ -361,6 +361,23 @@ impl QatConv {
             freeze_bn: c.freeze_bn,
             training: false,
         })
+    }
+}
+
+/// Calls `f(channel, run, other_run)` on each contiguous run of one channel of `x` and `other`,
+/// standard-layout `[N, C, ...]` arrays of one shape (the fast way through per-channel math).
+pub(crate) fn channel_runs(
+    x: &mut ArrayD<f32>,
+    other: &ArrayD<f32>,
+    mut f: impl FnMut(usize, &mut [f32], &[f32]),
+) {
+    assert_eq!(x.shape(), other.shape(), "channel_runs takes arrays of one shape");
+    let channels = x.shape().get(1).copied().unwrap_or(1).max(1);
+    let run = (x.len() / (x.shape()[0] * channels).max(1)).max(1);
+    let other = other.as_standard_layout();
+    let (x, other) = (x.as_slice_mut().expect("standard layout"), other.as_slice().expect("standard layout"));
+    for (k, (a, b)) in x.chunks_mut(run).zip(other.chunks(run)).enumerate() {
+        f(k % channels, a, b);
     }
 }
 

@@ -2,12 +2,13 @@
 //! fake quantizer's observer; the backward goes through ReLU, batch norm, the division by the
 //! folding scale, the convolution and the weight's straight-through fake quantization.
 
-use ndarray::{ArrayD, Axis, Zip};
+use ndarray::{ArrayD, Zip};
 use qgraph::{Module, Value};
 
 use super::{BackPass, Backprop, Pass, Saved, Train, unsave};
 use crate::fake_quantize::QFakeResult;
 use crate::grad::{self, ConvNeeds};
+use crate::qat::conv::channel_runs;
 use crate::qat::{QatConv, QatLinear};
 
 pub(super) fn register(backprop: &mut Backprop) {
@@ -25,7 +26,14 @@ fn relu_backward(grad: &mut ArrayD<f32>, output: &ArrayD<f32>) {
 
 /// Per-channel sums over every axis but 1 (`[N, C, ...]`).
 fn channel_sums(x: &ArrayD<f32>) -> Vec<f32> {
-    x.axis_iter(Axis(1)).map(|c| c.sum()).collect()
+    let channels = x.shape().get(1).copied().unwrap_or(1).max(1);
+    let run = (x.len() / (x.shape()[0] * channels).max(1)).max(1);
+    let mut sums = vec![0f32; channels];
+    let x = x.as_standard_layout();
+    for (k, values) in x.as_slice().expect("standard layout").chunks(run).enumerate() {
+        sums[k % channels] += values.iter().sum::<f32>();
+    }
+    sums
 }
 
 impl Train for QatConv {
@@ -65,19 +73,15 @@ impl Train for QatConv {
                     pass.add_grad("bias", ndarray::Array1::from(channel_sums(&g_in)).into_dyn());
                 }
                 // conv_orig = conv / s: d conv = g / s, d s = -sum(g * conv / (s * s)).
-                let mut g_conv = g_in.clone();
+                let mut g_conv = g_in.as_standard_layout().into_owned();
                 let mut g_scale = vec![0f32; bn_run.scale_factor.len()];
-                for (c, (mut gc, conv)) in
-                    g_conv.axis_iter_mut(Axis(1)).zip(bn_run.conv.axis_iter(Axis(1))).enumerate()
-                {
+                channel_runs(&mut g_conv, &bn_run.conv, |c, g, conv| {
                     let s = bn_run.scale_factor[c];
-                    let mut total = 0f32;
-                    Zip::from(&mut gc).and(&conv).for_each(|g, &v| {
-                        total += -*g * v / (s * s);
+                    for (g, &v) in g.iter_mut().zip(conv) {
+                        g_scale[c] += -*g * v / (s * s);
                         *g /= s;
-                    });
-                    g_scale[c] = total;
-                }
+                    }
+                });
                 (g_conv, Some((g_scale, g_gamma, g_beta)))
             }
             _ => (g, None),
@@ -88,17 +92,18 @@ impl Train for QatConv {
         let g_scaled = self.weight_fake_quant().lock().backward(&run.fake_quant, &g_fq)?.input;
         match (bn_part, &run.bn) {
             (Some((mut g_scale, g_gamma, g_beta)), Some(bn_run)) => {
-                let mut g_weight = g_scaled.clone();
+                let mut g_weight = g_scaled.as_standard_layout().into_owned();
                 let weight = self.conv().weight();
-                for (c, (mut gw, w)) in
-                    g_weight.axis_iter_mut(Axis(0)).zip(weight.axis_iter(Axis(0))).enumerate()
-                {
+                let per_channel = weight.len() / bn_run.scale_factor.len().max(1);
+                let w = weight.as_slice().expect("parameters are kept in standard layout");
+                let gw = g_weight.as_slice_mut().expect("standard layout");
+                for (c, (gw, w)) in gw.chunks_mut(per_channel).zip(w.chunks(per_channel)).enumerate() {
                     let s = bn_run.scale_factor[c];
                     let mut total = 0f32;
-                    Zip::from(&mut gw).and(&w).for_each(|g, &w| {
+                    for (g, &w) in gw.iter_mut().zip(w) {
                         total += *g * w;
                         *g *= s;
-                    });
+                    }
                     g_scale[c] += total;
                 }
                 pass.add_grad("weight", g_weight);
