@@ -15,6 +15,7 @@
 //! ```
 
 mod fake_quantize;
+pub mod grad;
 mod linear;
 
 pub use fake_quantize::{

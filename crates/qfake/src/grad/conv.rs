@@ -1,0 +1,362 @@
+//! Convolution forward and backward (`aten::convolution_backward` on CPU): the input gradient by
+//! a transposed GEMM and col2im, the weight gradient by im2col and a GEMM per image, the bias
+//! gradient by a sum over the batch and the spatial positions.
+
+use ndarray::ArrayD;
+use qgraph::nn::ConvOptions;
+use qkernels::Isa;
+use qkernels::conv::PaddingMode;
+use qkernels::float::{self, Matrix};
+use rayon::prelude::*;
+
+use super::check::{array, bad, check_shape, to_vec};
+use crate::QFakeResult;
+
+const CONTEXT: &str = "qfake::grad::conv";
+
+/// Which gradients [`conv_backward`] computes (ATen's `output_mask`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvNeeds {
+    /// The gradient of the input.
+    pub input: bool,
+    /// The gradient of the weight.
+    pub weight: bool,
+    /// The gradient of the bias.
+    pub bias: bool,
+}
+
+impl ConvNeeds {
+    /// All three gradients.
+    pub const ALL: ConvNeeds = ConvNeeds { input: true, weight: true, bias: true };
+}
+
+/// The gradients [`conv_backward`] returns; `None` where not asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvGrads {
+    /// `[N, C, spatial...]`, the input's shape.
+    pub input: Option<ArrayD<f32>>,
+    /// `[O, C / groups, kernel...]`, the weight's shape.
+    pub weight: Option<ArrayD<f32>>,
+    /// `[O]`.
+    pub bias: Option<ArrayD<f32>>,
+}
+
+/// The geometry of one convolution, padded to three spatial axes (outermost first, size 1 for
+/// missing axes).
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    input: [usize; 3],
+    output: [usize; 3],
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+    dilation: [usize; 3],
+}
+
+impl Geometry {
+    fn in_plane(&self) -> usize {
+        self.input.iter().product()
+    }
+    fn out_plane(&self) -> usize {
+        self.output.iter().product()
+    }
+    fn kvol(&self) -> usize {
+        self.kernel.iter().product()
+    }
+
+    /// Calls `f(col, input, count)` for every run of output positions of im2col row `r` (input
+    /// channel `r / kvol`, kernel tap `r % kvol`) whose input position lies inside the image:
+    /// `count` positions from column `col` of the row read the input of the group from
+    /// `input` on, `stride[2]` apart. Positions not visited read padding.
+    fn runs(&self, r: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let (isp, osp, ksp) = (self.input, self.output, self.kernel);
+        let (s, p, d) = (self.stride, self.padding, self.dilation);
+        let kvol = self.kvol();
+        let (ch, kk) = (r / kvol, r % kvol);
+        let (kz, ky, kx) = (kk / (ksp[1] * ksp[2]), kk / ksp[2] % ksp[1], kk % ksp[2]);
+        let off = kx * d[2];
+        // Output columns whose input column ox * s - p + off lies in [0, W).
+        let lo = if off >= p[2] { 0 } else { (p[2] - off).div_ceil(s[2]) };
+        let hi = if isp[2] + p[2] > off { ((isp[2] + p[2] - off - 1) / s[2] + 1).min(osp[2]) } else { 0 };
+        if lo >= hi {
+            return;
+        }
+        for oz in 0..osp[0] {
+            let iz = (oz * s[0] + kz * d[0]).wrapping_sub(p[0]);
+            if iz >= isp[0] {
+                continue;
+            }
+            for oy in 0..osp[1] {
+                let iy = (oy * s[1] + ky * d[1]).wrapping_sub(p[1]);
+                if iy >= isp[1] {
+                    continue;
+                }
+                let col = (oz * osp[1] + oy) * osp[2] + lo;
+                let input = ((ch * isp[0] + iz) * isp[1] + iy) * isp[2] + lo * s[2] + off - p[2];
+                f(col, input, hi - lo);
+            }
+        }
+    }
+
+    /// Unfolds the input of one group (`cg` channels) into `col` (`cg * kvol` rows of
+    /// `out_plane`).
+    fn im2col(&self, x: &[f32], col: &mut [f32], cg: usize) {
+        let plane = self.out_plane();
+        let step = self.stride[2];
+        for (r, row) in col.chunks_mut(plane).take(cg * self.kvol()).enumerate() {
+            row.fill(0.0);
+            self.runs(r, |c, i, n| {
+                for (j, v) in row[c..c + n].iter_mut().enumerate() {
+                    *v = x[i + j * step];
+                }
+            });
+        }
+    }
+
+    /// Adds the columns `col` back onto the input gradient of one group (`dx`, zeroed first).
+    fn col2im(&self, col: &[f32], dx: &mut [f32], cg: usize) {
+        let plane = self.out_plane();
+        let step = self.stride[2];
+        dx.fill(0.0);
+        for (r, row) in col.chunks(plane).take(cg * self.kvol()).enumerate() {
+            self.runs(r, |c, i, n| {
+                for (j, v) in row[c..c + n].iter().enumerate() {
+                    dx[i + j * step] += v;
+                }
+            });
+        }
+    }
+}
+
+/// Checks the options, the padding mode and the input and weight shapes; returns the geometry
+/// and the output shape.
+fn geometry(input: &[usize], weight: &[usize], options: &ConvOptions) -> QFakeResult<(Geometry, Vec<usize>)> {
+    options.validate()?;
+    if options.padding_mode != PaddingMode::Zeros {
+        return Err(bad(
+            CONTEXT,
+            "padding_mode",
+            format!("{:?}", options.padding_mode).to_lowercase(),
+            "training supports zeros padding only; pad the input explicitly and use padding 0",
+        ));
+    }
+    let d = options.dims();
+    if input.len() != d + 2 {
+        return Err(qgraph::GraphError::ShapeMismatch {
+            context: CONTEXT,
+            what: "input rank (N, C, spatial...)",
+            got: input.len(),
+            expected: d + 2,
+        });
+    }
+    check_shape(CONTEXT, "input channels", &input[1..2], &[options.in_channels])?;
+    check_shape(CONTEXT, "weight", weight, &options.weight_shape())?;
+    let pad = |v: &[usize], fill: usize| {
+        let mut r = [fill; 3];
+        r[3 - v.len()..].copy_from_slice(v);
+        r
+    };
+    let mut output = vec![input[0], options.out_channels];
+    for i in 0..d {
+        let span = options.dilation[i] * (options.kernel_size[i] - 1) + 1;
+        let padded = input[2 + i] + 2 * options.padding[i];
+        if padded < span {
+            return Err(bad(
+                CONTEXT,
+                "input size",
+                &input[2..],
+                format!("the dilated kernel {:?} is larger than the padded input", options.kernel_size),
+            ));
+        }
+        output.push((padded - span) / options.stride[i] + 1);
+    }
+    let geo = Geometry {
+        input: pad(&input[2..], 1),
+        output: pad(&output[2..], 1),
+        kernel: pad(&options.kernel_size, 1),
+        stride: pad(&options.stride, 1),
+        padding: pad(&options.padding, 0),
+        dilation: pad(&options.dilation, 1),
+    };
+    Ok((geo, output))
+}
+
+/// The float convolution `F.conv{1,2,3}d(input, weight, bias)` with the geometry of `options`
+/// (zeros padding), by the kernel of qgraph's `nn::Conv` (`qkernels::float::conv`), so a QAT
+/// convolution gets the float layer's bits for a fake-quantized weight.
+///
+/// ```
+/// use ndarray::ArrayD;
+/// use qgraph::nn::Conv2d;
+/// let options = Conv2d::new(1, 1, [2, 2]).build()?.options().clone();
+/// let x = ArrayD::from_shape_vec(IxDyn(&[1, 1, 2, 2]), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+/// let w = ArrayD::from_elem(IxDyn(&[1, 1, 2, 2]), 0.5);
+/// let y = qfake::grad::conv_forward(&x, &w, None, &options)?;
+/// assert_eq!(y.into_raw_vec_and_offset().0, vec![5.0]);
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn conv_forward(
+    input: &ArrayD<f32>,
+    weight: &ArrayD<f32>,
+    bias: Option<&ArrayD<f32>>,
+    options: &ConvOptions,
+) -> QFakeResult<ArrayD<f32>> {
+    let (_, oshape) = geometry(input.shape(), weight.shape(), options)?;
+    if let Some(b) = bias {
+        check_shape(CONTEXT, "bias", b.shape(), &[options.out_channels])?;
+    }
+    let (x, w) = (to_vec(input), to_vec(weight));
+    let b = bias.map(to_vec);
+    let mut out = vec![0.0; oshape.iter().product()];
+    macro_rules! run {
+        ($d:literal) => {{
+            let arr = |v: &[usize]| -> [usize; $d] { v.try_into().expect("lengths validated") };
+            let params = float::ConvParams::<$d> {
+                stride: arr(&options.stride),
+                padding: arr(&options.padding),
+                dilation: arr(&options.dilation),
+                groups: options.groups,
+            };
+            float::conv::<$d>(
+                &x,
+                input.shape(),
+                &w,
+                weight.shape(),
+                b.as_deref(),
+                &params,
+                &mut out,
+                &mut float::ConvScratch::default(),
+                Isa::active(),
+            )?
+        }};
+    }
+    match options.dims() {
+        1 => run!(1),
+        2 => run!(2),
+        _ => run!(3),
+    };
+    Ok(array(&oshape, out))
+}
+
+/// Images per chunk of the weight-gradient sum: the batch is cut into chunks of this many images
+/// (a fixed split, so the bits do not depend on the number of threads), each chunk sums its
+/// images' products in order, and the chunk sums are added in order.
+const WEIGHT_CHUNK: usize = 8;
+
+/// The backward of [`conv_forward`] (`aten::convolution_backward`): for `grad_output`
+/// `[N, O, out spatial...]`, the gradients of the input, the weight and the bias that `need`
+/// asks for. Zeros padding only (another `padding_mode` is an error naming it).
+///
+/// Per group, the input gradient is `col2im(W^T * dY)` and the weight gradient
+/// `sum_n dY_n * im2col(X_n)^T`, both with [`qkernels::float::sgemm`]; images run on the rayon
+/// pool (the input gradient one image per task, the weight gradient in fixed chunks of images).
+/// Results agree with PyTorch to float rounding, not bit for bit (docs/NUMERICS.md, "Training
+/// gradients").
+///
+/// ```
+/// use ndarray::ArrayD;
+/// use qfake::grad::{ConvNeeds, conv_backward};
+/// use qgraph::nn::Conv1d;
+/// let options = Conv1d::new(1, 1, [2]).build()?.options().clone();
+/// let x = ArrayD::from_shape_vec(IxDyn(&[1, 1, 3]), vec![1.0, 2.0, 3.0]).unwrap();
+/// let w = ArrayD::from_shape_vec(IxDyn(&[1, 1, 2]), vec![1.0, -1.0]).unwrap();
+/// let dy = ArrayD::from_elem(IxDyn(&[1, 1, 2]), 1.0);
+/// let g = conv_backward(&x, &w, &options, &dy, ConvNeeds::ALL)?;
+/// assert_eq!(g.input.unwrap().into_raw_vec_and_offset().0, vec![1.0, 0.0, -1.0]);
+/// assert_eq!(g.weight.unwrap().into_raw_vec_and_offset().0, vec![3.0, 5.0]);
+/// assert_eq!(g.bias.unwrap().into_raw_vec_and_offset().0, vec![2.0]);
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn conv_backward(
+    input: &ArrayD<f32>,
+    weight: &ArrayD<f32>,
+    options: &ConvOptions,
+    grad_output: &ArrayD<f32>,
+    need: ConvNeeds,
+) -> QFakeResult<ConvGrads> {
+    let (geo, oshape) = geometry(input.shape(), weight.shape(), options)?;
+    check_shape(CONTEXT, "grad_output", grad_output.shape(), &oshape)?;
+    let (n, g) = (input.shape()[0], options.groups);
+    let (cg, og) = (options.in_channels / g, options.out_channels / g);
+    let (in_plane, out_plane, rows) = (geo.in_plane(), geo.out_plane(), cg * geo.kvol());
+    let x = to_vec(input);
+    let w = to_vec(weight);
+    let dy = to_vec(grad_output);
+    let isa = Isa::active();
+    let mut grads = ConvGrads { input: None, weight: None, bias: None };
+
+    if need.bias {
+        let mut db = vec![0.0f32; options.out_channels];
+        for image in dy.chunks(options.out_channels * out_plane) {
+            for (acc, plane) in db.iter_mut().zip(image.chunks(out_plane)) {
+                *acc += plane.iter().sum::<f32>();
+            }
+        }
+        grads.bias = Some(array(&[options.out_channels], db));
+    }
+
+    if need.input {
+        let image_len = (options.in_channels * in_plane).max(1);
+        let mut dx = vec![0.0f32; x.len()];
+        dx.par_chunks_mut(image_len).enumerate().for_each(|(b, dx_image)| {
+            let mut col = vec![0.0f32; rows * out_plane];
+            for gi in 0..g {
+                let wg = &w[gi * og * rows..(gi + 1) * og * rows];
+                let dyg = &dy[(b * g + gi) * og * out_plane..(b * g + gi + 1) * og * out_plane];
+                let product = float::sgemm(
+                    rows,
+                    out_plane,
+                    og,
+                    Matrix::transposed(wg, rows),
+                    Matrix::row_major(dyg, out_plane),
+                    &mut col,
+                    out_plane,
+                    false,
+                    isa,
+                );
+                product.expect("sizes checked");
+                geo.col2im(&col, &mut dx_image[gi * cg * in_plane..(gi + 1) * cg * in_plane], cg);
+            }
+        });
+        grads.input = Some(array(input.shape(), dx));
+    }
+
+    if need.weight {
+        let wlen = w.len();
+        let chunks: Vec<Vec<f32>> = (0..n.div_ceil(WEIGHT_CHUNK))
+            .into_par_iter()
+            .map(|chunk| {
+                let mut dw = vec![0.0f32; wlen];
+                let mut col = vec![0.0f32; rows * out_plane];
+                for b in chunk * WEIGHT_CHUNK..((chunk + 1) * WEIGHT_CHUNK).min(n) {
+                    for gi in 0..g {
+                        let xg = &x[(b * g + gi) * cg * in_plane..(b * g + gi + 1) * cg * in_plane];
+                        let dyg = &dy[(b * g + gi) * og * out_plane..(b * g + gi + 1) * og * out_plane];
+                        geo.im2col(xg, &mut col, cg);
+                        let product = float::sgemm(
+                            og,
+                            rows,
+                            out_plane,
+                            Matrix::row_major(dyg, out_plane),
+                            Matrix::transposed(&col, out_plane),
+                            &mut dw[gi * og * rows..(gi + 1) * og * rows],
+                            rows,
+                            b > chunk * WEIGHT_CHUNK,
+                            isa,
+                        );
+                        product.expect("sizes checked");
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0.0f32; wlen];
+        for part in &chunks {
+            for (acc, v) in dw.iter_mut().zip(part) {
+                *acc += v;
+            }
+        }
+        grads.weight = Some(array(weight.shape(), dw));
+    }
+    Ok(grads)
+}
