@@ -98,30 +98,43 @@ impl Geometry {
         }
     }
 
-    /// Unfolds the input of one group (`cg` channels) into `col` (`cg * kvol` rows of
-    /// `out_plane`).
-    fn im2col(&self, x: &[f32], col: &mut [f32], cg: usize) {
+    /// Unfolds the input of one group (`cg` channels) into columns `at..at + out_plane` of the
+    /// `cg * kvol` rows of `col` (row stride `ld`).
+    fn im2col(&self, x: &[f32], col: &mut [f32], ld: usize, at: usize, cg: usize) {
         let plane = self.out_plane();
         let step = self.stride[2];
-        for (r, row) in col.chunks_mut(plane).take(cg * self.kvol()).enumerate() {
+        for r in 0..cg * self.kvol() {
+            let row = &mut col[r * ld + at..r * ld + at + plane];
             row.fill(0.0);
             self.runs(r, |c, i, n| {
-                for (j, v) in row[c..c + n].iter_mut().enumerate() {
-                    *v = x[i + j * step];
+                if step == 1 {
+                    row[c..c + n].copy_from_slice(&x[i..i + n]);
+                } else {
+                    for (v, &src) in row[c..c + n].iter_mut().zip(x[i..].iter().step_by(step)) {
+                        *v = src;
+                    }
                 }
             });
         }
     }
 
-    /// Adds the columns `col` back onto the input gradient of one group (`dx`, zeroed first).
-    fn col2im(&self, col: &[f32], dx: &mut [f32], cg: usize) {
+    /// Adds columns `at..at + out_plane` of `col` (row stride `ld`) back onto the input
+    /// gradient of one group (`dx`, zeroed first).
+    fn col2im(&self, col: &[f32], ld: usize, at: usize, dx: &mut [f32], cg: usize) {
         let plane = self.out_plane();
         let step = self.stride[2];
         dx.fill(0.0);
-        for (r, row) in col.chunks(plane).take(cg * self.kvol()).enumerate() {
+        for r in 0..cg * self.kvol() {
+            let row = &col[r * ld + at..r * ld + at + plane];
             self.runs(r, |c, i, n| {
-                for (j, v) in row[c..c + n].iter().enumerate() {
-                    dx[i + j * step] += v;
+                if step == 1 {
+                    for (d, v) in dx[i..i + n].iter_mut().zip(&row[c..c + n]) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, v) in dx[i..].iter_mut().step_by(step).zip(&row[c..c + n]) {
+                        *d += v;
+                    }
                 }
             });
         }
@@ -238,18 +251,41 @@ pub fn conv_forward(
     Ok(array(&oshape, out))
 }
 
-/// Images per chunk of the weight-gradient sum: the batch is cut into chunks of this many images
-/// (a fixed split, so the bits do not depend on the number of threads), each chunk sums its
-/// images' products in order, and the chunk sums are added in order.
-const WEIGHT_CHUNK: usize = 8;
+/// Images per GEMM: the batch is cut into chunks of this many images, whose columns are put
+/// side by side so that each GEMM has `CHUNK * out_plane` columns (input gradient) or terms
+/// (weight gradient). A fixed split, so the bits do not depend on the number of threads: each
+/// chunk's weight-gradient sum runs over its images in order, and the chunk sums are added in
+/// order.
+const CHUNK: usize = 8;
+
+/// `dY` of images `images` and group `gi` side by side: `og` rows of `images.len() * out_plane`.
+fn gather_dy(
+    dy: &[f32],
+    images: std::ops::Range<usize>,
+    gi: usize,
+    g: usize,
+    og: usize,
+    out_plane: usize,
+) -> Vec<f32> {
+    let ld = images.len() * out_plane;
+    let mut m = vec![0.0f32; og * ld];
+    for (k, b) in images.enumerate() {
+        for o in 0..og {
+            let src = ((b * g + gi) * og + o) * out_plane;
+            m[o * ld + k * out_plane..o * ld + (k + 1) * out_plane]
+                .copy_from_slice(&dy[src..src + out_plane]);
+        }
+    }
+    m
+}
 
 /// The backward of [`conv_forward`] (`aten::convolution_backward`): for `grad_output`
 /// `[N, O, out spatial...]`, the gradients of the input, the weight and the bias that `need`
 /// asks for. Zeros padding only (another `padding_mode` is an error naming it).
 ///
 /// Per group, the input gradient is `col2im(W^T * dY)` and the weight gradient
-/// `sum_n dY_n * im2col(X_n)^T`, both with [`qkernels::float::sgemm`]; images run on the rayon
-/// pool (the input gradient one image per task, the weight gradient in fixed chunks of images).
+/// `sum_n dY_n * im2col(X_n)^T`, both with [`qkernels::float::sgemm`] on chunks of images put
+/// side by side; the chunks run on the rayon pool.
 /// Results agree with PyTorch to float rounding, not bit for bit (docs/NUMERICS.md, "Training
 /// gradients").
 ///
@@ -295,27 +331,34 @@ pub fn conv_backward(
         grads.bias = Some(array(&[options.out_channels], db));
     }
 
+    let chunks = n.div_ceil(CHUNK);
+    let images = |chunk: usize| chunk * CHUNK..((chunk + 1) * CHUNK).min(n);
     if need.input {
-        let image_len = (options.in_channels * in_plane).max(1);
+        let chunk_len = (CHUNK * options.in_channels * in_plane).max(1);
         let mut dx = vec![0.0f32; x.len()];
-        dx.par_chunks_mut(image_len).enumerate().for_each(|(b, dx_image)| {
-            let mut col = vec![0.0f32; rows * out_plane];
+        dx.par_chunks_mut(chunk_len).enumerate().for_each(|(chunk, dx_chunk)| {
+            let range = images(chunk);
+            let ld = range.len() * out_plane;
+            let mut col = vec![0.0f32; rows * ld];
             for gi in 0..g {
+                let dyg = gather_dy(&dy, range.clone(), gi, g, og, out_plane);
                 let wg = &w[gi * og * rows..(gi + 1) * og * rows];
-                let dyg = &dy[(b * g + gi) * og * out_plane..(b * g + gi + 1) * og * out_plane];
                 let product = float::sgemm(
                     rows,
-                    out_plane,
+                    ld,
                     og,
                     Matrix::transposed(wg, rows),
-                    Matrix::row_major(dyg, out_plane),
+                    Matrix::row_major(&dyg, ld),
                     &mut col,
-                    out_plane,
+                    ld,
                     false,
                     isa,
                 );
                 product.expect("sizes checked");
-                geo.col2im(&col, &mut dx_image[gi * cg * in_plane..(gi + 1) * cg * in_plane], cg);
+                for k in 0..range.len() {
+                    let at = (k * g + gi) * cg * in_plane;
+                    geo.col2im(&col, ld, k * out_plane, &mut dx_chunk[at..at + cg * in_plane], cg);
+                }
             }
         });
         grads.input = Some(array(input.shape(), dx));
@@ -323,35 +366,45 @@ pub fn conv_backward(
 
     if need.weight {
         let wlen = w.len();
-        let chunks: Vec<Vec<f32>> = (0..n.div_ceil(WEIGHT_CHUNK))
+        let parts: Vec<Vec<f32>> = (0..chunks)
             .into_par_iter()
             .map(|chunk| {
+                let range = images(chunk);
+                let ld = range.len() * out_plane;
                 let mut dw = vec![0.0f32; wlen];
-                let mut col = vec![0.0f32; rows * out_plane];
-                for b in chunk * WEIGHT_CHUNK..((chunk + 1) * WEIGHT_CHUNK).min(n) {
-                    for gi in 0..g {
+                let mut dwt = vec![0.0f32; rows * og];
+                let mut col = vec![0.0f32; rows * ld];
+                for gi in 0..g {
+                    for (k, b) in range.clone().enumerate() {
                         let xg = &x[(b * g + gi) * cg * in_plane..(b * g + gi + 1) * cg * in_plane];
-                        let dyg = &dy[(b * g + gi) * og * out_plane..(b * g + gi + 1) * og * out_plane];
-                        geo.im2col(xg, &mut col, cg);
-                        let product = float::sgemm(
-                            og,
-                            rows,
-                            out_plane,
-                            Matrix::row_major(dyg, out_plane),
-                            Matrix::transposed(&col, out_plane),
-                            &mut dw[gi * og * rows..(gi + 1) * og * rows],
-                            rows,
-                            b > chunk * WEIGHT_CHUNK,
-                            isa,
-                        );
-                        product.expect("sizes checked");
+                        geo.im2col(xg, &mut col, ld, k * out_plane, cg);
+                    }
+                    let dyg = gather_dy(&dy, range.clone(), gi, g, og, out_plane);
+                    // dW^T (rows x og) = col (rows x terms) * dY^T: the GEMM packs the small dY.
+                    let product = float::sgemm(
+                        rows,
+                        og,
+                        ld,
+                        Matrix::row_major(&col, ld),
+                        Matrix::transposed(&dyg, ld),
+                        &mut dwt,
+                        og,
+                        false,
+                        isa,
+                    );
+                    product.expect("sizes checked");
+                    let dwg = &mut dw[gi * og * rows..(gi + 1) * og * rows];
+                    for (r, row) in dwt.chunks(og.max(1)).enumerate() {
+                        for (o, &v) in row.iter().enumerate() {
+                            dwg[o * rows + r] = v;
+                        }
                     }
                 }
                 dw
             })
             .collect();
         let mut dw = vec![0.0f32; wlen];
-        for part in &chunks {
+        for part in &parts {
             for (acc, v) in dw.iter_mut().zip(part) {
                 *acc += v;
             }
