@@ -4,6 +4,7 @@
 //! vectorizes) to `1e-6 * max |torch|` per tensor (docs/NUMERICS.md, "Training gradients").
 
 use ndarray::{ArrayD, IxDyn};
+use proptest::prelude::*;
 use qfake::grad::*;
 use qgraph::nn::{Conv1d, Conv2d, Conv3d, ConvOptions};
 use qtest::{Fixture, assert_bits_eq, name};
@@ -307,4 +308,233 @@ fn mse_loss_matches_pytorch() {
         assert_close(n, "loss", &loss.into_shape_with_order(IxDyn(&[len])).unwrap(), &fx.tensor(n, "loss"));
         assert_bits_eq(n, "dx", &dx, &fx.tensor(n, "dx"));
     }
+}
+
+/// The convolution gradients by direct loops in f64 over every (output, tap) pair: `dx`, `dw`,
+/// `db` and, per element, the sum of the absolute terms (for the tolerance).
+fn naive_conv_backward(
+    x: &ArrayD<f32>,
+    w: &ArrayD<f32>,
+    o: &ConvOptions,
+    dy: &ArrayD<f32>,
+) -> [(Vec<f64>, Vec<f64>); 3] {
+    let d = o.dims();
+    let pad3 = |v: &[usize], fill: usize| {
+        let mut r = [fill; 3];
+        r[3 - d..].copy_from_slice(v);
+        r
+    };
+    let (isp, osp) = (pad3(&x.shape()[2..], 1), pad3(&dy.shape()[2..], 1));
+    let (k, s, p, dl) =
+        (pad3(&o.kernel_size, 1), pad3(&o.stride, 1), pad3(&o.padding, 0), pad3(&o.dilation, 1));
+    let (n, c, oc, g) = (x.shape()[0], o.in_channels, o.out_channels, o.groups);
+    let (cg, og) = (c / g, oc / g);
+    let (xs, ws, gs) = (x.as_slice().unwrap(), w.as_slice().unwrap(), dy.as_slice().unwrap());
+    let mut dx = (vec![0.0; xs.len()], vec![0.0; xs.len()]);
+    let mut dw = (vec![0.0; ws.len()], vec![0.0; ws.len()]);
+    let mut db = (vec![0.0; oc], vec![0.0; oc]);
+    let ivol = isp[0] * isp[1] * isp[2];
+    let ovol = osp[0] * osp[1] * osp[2];
+    let kvol = k[0] * k[1] * k[2];
+    for b in 0..n {
+        for oo in 0..oc {
+            let gi = oo / og;
+            for op in 0..ovol {
+                let ocoord = [op / (osp[1] * osp[2]), op / osp[2] % osp[1], op % osp[2]];
+                let gy = gs[(b * oc + oo) * ovol + op] as f64;
+                db.0[oo] += gy;
+                db.1[oo] += gy.abs();
+                for ci in 0..cg {
+                    for kk in 0..kvol {
+                        let kc = [kk / (k[1] * k[2]), kk / k[2] % k[1], kk % k[2]];
+                        let mut idx = 0usize;
+                        let mut inside = true;
+                        for a in 0..3 {
+                            let pos = (ocoord[a] * s[a] + kc[a] * dl[a]) as i64 - p[a] as i64;
+                            inside &= pos >= 0 && (pos as usize) < isp[a];
+                            idx = idx * isp[a] + pos.max(0) as usize;
+                        }
+                        if !inside {
+                            continue;
+                        }
+                        let xi = (b * c + gi * cg + ci) * ivol + idx;
+                        let wi = (oo * cg + ci) * kvol + kk;
+                        dx.0[xi] += ws[wi] as f64 * gy;
+                        dx.1[xi] += (ws[wi] as f64 * gy).abs();
+                        dw.0[wi] += xs[xi] as f64 * gy;
+                        dw.1[wi] += (xs[xi] as f64 * gy).abs();
+                    }
+                }
+            }
+        }
+    }
+    [dx, dw, db]
+}
+
+fn random(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let len = shape.iter().product();
+    ArrayD::from_shape_vec(IxDyn(shape), qtest::random_f32s(len, seed)).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// conv_backward against direct loops on random small geometries (1-3 spatial axes, groups,
+    /// stride, padding, dilation): checks the im2col / col2im index arithmetic, including the
+    /// transposed (input-gradient) direction, to float rounding of the summed terms.
+    #[test]
+    fn conv_backward_matches_direct_loops(
+        dims in 1usize..=3,
+        n in 1usize..=3,
+        groups in 1usize..=3,
+        cg in 1usize..=3,
+        og in 1usize..=3,
+        k in 1usize..=3,
+        stride in 1usize..=3,
+        dilation in 1usize..=2,
+        pad in 0usize..=2,
+        extra in 0usize..=4,
+        seed in any::<u64>(),
+    ) {
+        let span = dilation * (k - 1) + 1;
+        let size = (span + extra).saturating_sub(2 * pad).max(1);
+        prop_assume!(size + 2 * pad >= span);
+        let (c, o) = (cg * groups, og * groups);
+        let options = ConvOptions {
+            in_channels: c,
+            out_channels: o,
+            kernel_size: vec![k; dims],
+            stride: vec![stride; dims],
+            padding: vec![pad; dims],
+            dilation: vec![dilation; dims],
+            groups,
+            bias: true,
+            padding_mode: qgraph::qkernels::conv::PaddingMode::Zeros,
+        };
+        let mut xshape = vec![n, c];
+        xshape.extend(vec![size; dims]);
+        let x = random(&xshape, seed);
+        let w = random(&options.weight_shape(), seed ^ 1);
+        let y = conv_forward(&x, &w, None, &options).unwrap();
+        let dy = random(y.shape(), seed ^ 2);
+        let grads = conv_backward(&x, &w, &options, &dy, ConvNeeds::ALL).unwrap();
+        let reference = naive_conv_backward(&x, &w, &options, &dy);
+        for (what, got, (exact, abs)) in [
+            ("dx", grads.input.unwrap(), &reference[0]),
+            ("dw", grads.weight.unwrap(), &reference[1]),
+            ("db", grads.bias.unwrap(), &reference[2]),
+        ] {
+            prop_assert_eq!(got.len(), exact.len());
+            for (i, ((&g, &e), &a)) in got.iter().zip(exact).zip(abs).enumerate() {
+                prop_assert!((g as f64 - e).abs() <= 1e-5 * a + 1e-30, "{} [{}]: {} vs {}", what, i, g, e);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let x = random(&[2, 3, 5, 5], 1);
+    let options = Conv2d::new(3, 4, [3, 3]).build().unwrap().options().clone();
+    let w = random(&options.weight_shape(), 2);
+    let dy = random(&[2, 4, 3, 3], 3);
+    assert!(conv_backward(&x, &w, &options, &random(&[2, 4, 3, 2], 4), ConvNeeds::ALL).is_err());
+    assert!(conv_backward(&random(&[2, 2, 5, 5], 1), &w, &options, &dy, ConvNeeds::ALL).is_err());
+    assert!(conv_backward(&random(&[2, 3, 5], 1), &w, &options, &dy, ConvNeeds::ALL).is_err());
+    assert!(conv_forward(&x, &random(&[4, 3, 2, 2], 5), None, &options).is_err());
+    assert!(conv_forward(&x, &w, Some(&random(&[3], 5)), &options).is_err());
+    let reflect = Conv2d::new(3, 4, [3, 3])
+        .padding([1, 1])
+        .padding_mode(qgraph::qkernels::conv::PaddingMode::Reflect)
+        .build()
+        .unwrap();
+    let err =
+        conv_backward(&x, &w, reflect.options(), &random(&[2, 4, 5, 5], 6), ConvNeeds::ALL).unwrap_err();
+    assert!(err.to_string().contains("reflect"), "{err}");
+
+    assert!(linear_backward(&random(&[5, 7], 1), &random(&[3, 6], 2), &random(&[5, 3], 3), true).is_err());
+    assert!(linear_backward(&random(&[5, 7], 1), &random(&[3, 7], 2), &random(&[4, 3], 3), true).is_err());
+    assert!(linear_backward(&random(&[5, 7], 1), &random(&[21], 2), &random(&[5, 3], 3), true).is_err());
+
+    let (mut rm, mut rv) = (ArrayD::zeros(IxDyn(&[3])), ArrayD::ones(IxDyn(&[3])));
+    assert!(batch_norm_train(&random(&[3], 1), None, None, &mut rm, &mut rv, 0.1, 1e-5).is_err());
+    assert!(batch_norm_train(&random(&[1, 3], 1), None, None, &mut rm, &mut rv, 0.1, 1e-5).is_err());
+    assert!(
+        batch_norm_train(&random(&[4, 3], 1), Some(&random(&[2], 1)), None, &mut rm, &mut rv, 0.1, 1e-5)
+            .is_err()
+    );
+    assert!(batch_norm_train(&random(&[4, 2], 1), None, None, &mut rm, &mut rv, 0.1, 1e-5).is_err());
+    let (_, saved) = batch_norm_train(&random(&[4, 3], 1), None, None, &mut rm, &mut rv, 0.1, 1e-5).unwrap();
+    assert!(
+        batch_norm_backward(&random(&[4, 3], 1), None, &saved, &random(&[4, 2], 1), BatchNormNeeds::ALL)
+            .is_err()
+    );
+    assert!(
+        batch_norm_backward(&random(&[4, 2], 1), None, &saved, &random(&[4, 2], 1), BatchNormNeeds::ALL)
+            .is_err()
+    );
+
+    assert!(Activation::Relu.backward(&random(&[4], 1), &random(&[5], 1)).is_err());
+    let max = MaxPoolOptions {
+        kernel_size: vec![3, 3],
+        stride: vec![1, 1],
+        padding: vec![2, 2],
+        dilation: vec![1, 1],
+        ceil_mode: false,
+    };
+    assert!(max_pool_with_indices(&x, &max).is_err(), "padding above half the kernel");
+    let max = MaxPoolOptions { padding: vec![1, 1], ..max };
+    assert!(max_pool_with_indices(&random(&[5, 5], 1), &max).is_err());
+    let (_, idx) = max_pool_with_indices(&x, &max).unwrap();
+    let bad_idx = idx.mapv(|i| i + 100);
+    assert!(max_pool_backward(&random(&[2, 3, 5, 5], 1), &bad_idx, x.shape()).is_err());
+    assert!(max_pool_backward(&random(&[2, 3, 5], 1), &idx, x.shape()).is_err());
+    assert!(adaptive_max_pool(&x, &[0, 2]).is_err());
+    assert!(adaptive_max_pool(&x, &[2]).is_err());
+    assert!(adaptive_avg_pool_backward(&random(&[2, 3, 2], 1), x.shape()).is_err());
+
+    let logits = random(&[2, 3], 1);
+    assert!(cross_entropy(&logits, &[0], &CrossEntropyOptions::default()).is_err());
+    assert!(cross_entropy(&logits, &[0, 3], &CrossEntropyOptions::default()).is_err());
+    let smoothing = CrossEntropyOptions { label_smoothing: 1.5, ..Default::default() };
+    assert!(cross_entropy(&logits, &[0, 1], &smoothing).is_err());
+    let weighted = CrossEntropyOptions { weight: Some(vec![1.0; 2]), ..Default::default() };
+    assert!(cross_entropy(&logits, &[0, 1], &weighted).is_err());
+    assert!(mse_loss(&logits, &random(&[3, 2], 1), Reduction::Mean).is_err());
+    assert!(dropout_train(&logits, 1.5, &mut DropoutRng::new(1)).is_err());
+}
+
+#[test]
+fn dropout_scales_kept_elements_and_backward_uses_the_mask() {
+    let x = random(&[64, 33], 7);
+    let (y, mask) = dropout_train(&x, 0.25, &mut DropoutRng::new(3)).unwrap();
+    let kept = mask.iter().filter(|&&m| m).count() as f64 / mask.len() as f64;
+    assert!((kept - 0.75).abs() < 0.05, "kept fraction {kept}");
+    let scale = (1.0 / 0.75f64) as f32;
+    for ((&yv, &xv), &m) in y.iter().zip(&x).zip(&mask) {
+        assert_eq!(yv, if m { xv * scale } else { 0.0 });
+    }
+    let (y2, mask2) = dropout_train(&x, 0.25, &mut DropoutRng::new(3)).unwrap();
+    assert_eq!((y2, mask2.clone()), (y.clone(), mask.clone()), "same seed, same mask");
+    let g = dropout_backward(&x, &mask, 0.25).unwrap();
+    assert_eq!(g, y, "the backward of dropout is the same masked scaling");
+    let (all, _) = dropout_train(&x, 1.0, &mut DropoutRng::new(3)).unwrap();
+    assert!(all.iter().all(|&v| v == 0.0));
+    let (none, _) = dropout_train(&x, 0.0, &mut DropoutRng::new(3)).unwrap();
+    assert_eq!(none, x);
+}
+
+#[test]
+fn cumulative_momentum_averages_the_batches() {
+    // momentum=None: after k batches the running mean is the average of the k batch means.
+    let (mut rm, mut rv) = (ArrayD::zeros(IxDyn(&[1])), ArrayD::ones(IxDyn(&[1])));
+    let mut tracked = 0;
+    for v in [1.0f32, 2.0, 6.0] {
+        let x = ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![v - 1.0, v + 1.0]).unwrap();
+        let m = cumulative_momentum(&mut tracked);
+        batch_norm_train(&x, None, None, &mut rm, &mut rv, m, 1e-5).unwrap();
+    }
+    assert_eq!(tracked, 3);
+    assert_eq!(rm[[0]], 3.0);
+    assert_eq!(rv[[0]], 2.0);
 }
