@@ -35,6 +35,7 @@ mod module;
 pub use base::{
     FakeQuantize, default_fake_quant, default_per_channel_weight_fake_quant, default_weight_fake_quant,
 };
+pub(crate) use common::invalid;
 pub use common::{FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantizer, LearnedCtx, QFakeResult};
 pub use fixed::{
     FixedQParamsFakeQuantize, default_fixed_qparams_range_0to1_fake_quant,

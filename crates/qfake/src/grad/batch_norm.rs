@@ -5,6 +5,7 @@
 use ndarray::ArrayD;
 
 use super::check::{array, bad, check_rank, check_shape, to_vec};
+use super::conv::{ConvGrads, ConvNeeds};
 use crate::QFakeResult;
 
 const CONTEXT: &str = "qfake::grad::batch_norm";
@@ -19,32 +20,13 @@ pub struct BatchNormSaved {
     pub invstd: Vec<f32>,
 }
 
-/// Which gradients the batch-norm backward computes (ATen's `output_mask`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchNormNeeds {
-    /// The gradient of the input.
-    pub input: bool,
-    /// The gradient of the weight (gamma).
-    pub weight: bool,
-    /// The gradient of the bias (beta).
-    pub bias: bool,
-}
+/// Which gradients the batch-norm backward computes (ATen's `output_mask`): input, weight
+/// (gamma), bias (beta), as for a convolution.
+pub type BatchNormNeeds = ConvNeeds;
 
-impl BatchNormNeeds {
-    /// All three gradients.
-    pub const ALL: BatchNormNeeds = BatchNormNeeds { input: true, weight: true, bias: true };
-}
-
-/// The gradients of the batch-norm backward; `None` where not asked for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchNormGrads {
-    /// The input's shape.
-    pub input: Option<ArrayD<f32>>,
-    /// `[C]`.
-    pub weight: Option<ArrayD<f32>>,
-    /// `[C]`.
-    pub bias: Option<ArrayD<f32>>,
-}
+/// The gradients of the batch-norm backward (input's shape, `[C]`, `[C]`); `None` where not
+/// asked for.
+pub type BatchNormGrads = ConvGrads;
 
 /// The momentum of `nn.BatchNorm*(momentum=None)`: increments `num_batches_tracked` and returns
 /// `1 / num_batches_tracked`, so the running statistics become the cumulative average (PyTorch's

@@ -5,14 +5,30 @@ use qgraph::GraphError;
 
 use crate::QFakeResult;
 
-/// [`GraphError::InvalidArgument`] with the value formatted.
-pub(crate) fn bad(
-    context: &'static str,
-    what: &'static str,
-    value: impl std::fmt::Debug,
-    reason: impl Into<String>,
-) -> GraphError {
-    GraphError::InvalidArgument { context, what, value: format!("{value:?}"), reason: reason.into() }
+pub(crate) use crate::fake_quantize::invalid as bad;
+
+/// One spatial axis of a convolution or pooling window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Axis {
+    /// Input size.
+    pub input: usize,
+    /// Kernel (window) size.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Padding on both sides.
+    pub pad: usize,
+    /// Spacing of the window's elements.
+    pub dilation: usize,
+    /// Output size.
+    pub output: usize,
+}
+
+impl Axis {
+    /// The axis of size 1 that pads a geometry to more dimensions.
+    pub fn unit() -> Axis {
+        Axis { input: 1, kernel: 1, stride: 1, pad: 0, dilation: 1, output: 1 }
+    }
 }
 
 /// An error unless `got == expected` (`what` names the tensor).

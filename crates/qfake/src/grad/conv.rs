@@ -9,12 +9,13 @@ use qkernels::conv::PaddingMode;
 use qkernels::float::{self, Matrix};
 use rayon::prelude::*;
 
-use super::check::{array, bad, check_shape, to_vec};
+use super::check::{Axis, array, bad, check_shape, to_vec};
 use crate::QFakeResult;
 
 const CONTEXT: &str = "qfake::grad::conv";
 
-/// Which gradients [`conv_backward`] computes (ATen's `output_mask`).
+/// Which gradients a backward computes (ATen's `output_mask`): [`conv_backward`] and, as
+/// [`BatchNormNeeds`](super::BatchNormNeeds), the batch-norm backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvNeeds {
     /// The gradient of the input.
@@ -30,38 +31,32 @@ impl ConvNeeds {
     pub const ALL: ConvNeeds = ConvNeeds { input: true, weight: true, bias: true };
 }
 
-/// The gradients [`conv_backward`] returns; `None` where not asked for.
+/// The gradients [`conv_backward`] (and, as [`BatchNormGrads`](super::BatchNormGrads), the
+/// batch-norm backward) returns; `None` where not asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvGrads {
-    /// `[N, C, spatial...]`, the input's shape.
+    /// The input's shape.
     pub input: Option<ArrayD<f32>>,
-    /// `[O, C / groups, kernel...]`, the weight's shape.
+    /// The weight's shape (`[C]` for batch norm).
     pub weight: Option<ArrayD<f32>>,
-    /// `[O]`.
+    /// `[O]` (`[C]` for batch norm).
     pub bias: Option<ArrayD<f32>>,
 }
 
-/// The geometry of one convolution, padded to three spatial axes (outermost first, size 1 for
-/// missing axes).
+/// The geometry of one convolution: three spatial axes, outermost first, missing ones
+/// [`Axis::unit`].
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    input: [usize; 3],
-    output: [usize; 3],
-    kernel: [usize; 3],
-    stride: [usize; 3],
-    padding: [usize; 3],
-    dilation: [usize; 3],
-}
+struct Geometry([Axis; 3]);
 
 impl Geometry {
     fn in_plane(&self) -> usize {
-        self.input.iter().product()
+        self.0.iter().map(|a| a.input).product()
     }
     fn out_plane(&self) -> usize {
-        self.output.iter().product()
+        self.0.iter().map(|a| a.output).product()
     }
     fn kvol(&self) -> usize {
-        self.kernel.iter().product()
+        self.0.iter().map(|a| a.kernel).product()
     }
 
     /// Calls `f(col, input, count)` for every run of output positions of im2col row `r` (input
@@ -69,8 +64,9 @@ impl Geometry {
     /// `count` positions from column `col` of the row read the input of the group from
     /// `input` on, `stride[2]` apart. Positions not visited read padding.
     fn runs(&self, r: usize, mut f: impl FnMut(usize, usize, usize)) {
-        let (isp, osp, ksp) = (self.input, self.output, self.kernel);
-        let (s, p, d) = (self.stride, self.padding, self.dilation);
+        let field = |f: fn(&Axis) -> usize| self.0.map(|a| f(&a));
+        let (isp, osp, ksp) = (field(|a| a.input), field(|a| a.output), field(|a| a.kernel));
+        let (s, p, d) = (field(|a| a.stride), field(|a| a.pad), field(|a| a.dilation));
         let kvol = self.kvol();
         let (ch, kk) = (r / kvol, r % kvol);
         let (kz, ky, kx) = (kk / (ksp[1] * ksp[2]), kk / ksp[2] % ksp[1], kk % ksp[2]);
@@ -102,7 +98,7 @@ impl Geometry {
     /// `cg * kvol` rows of `col` (row stride `ld`).
     fn im2col(&self, x: &[f32], col: &mut [f32], ld: usize, at: usize, cg: usize) {
         let plane = self.out_plane();
-        let step = self.stride[2];
+        let step = self.0[2].stride;
         for r in 0..cg * self.kvol() {
             let row = &mut col[r * ld + at..r * ld + at + plane];
             row.fill(0.0);
@@ -122,7 +118,7 @@ impl Geometry {
     /// gradient of one group (`dx`, zeroed first).
     fn col2im(&self, col: &[f32], ld: usize, at: usize, dx: &mut [f32], cg: usize) {
         let plane = self.out_plane();
-        let step = self.stride[2];
+        let step = self.0[2].stride;
         dx.fill(0.0);
         for r in 0..cg * self.kvol() {
             let row = &col[r * ld + at..r * ld + at + plane];
@@ -164,11 +160,6 @@ fn geometry(input: &[usize], weight: &[usize], options: &ConvOptions) -> QFakeRe
     }
     check_shape(CONTEXT, "input channels", &input[1..2], &[options.in_channels])?;
     check_shape(CONTEXT, "weight", weight, &options.weight_shape())?;
-    let pad = |v: &[usize], fill: usize| {
-        let mut r = [fill; 3];
-        r[3 - v.len()..].copy_from_slice(v);
-        r
-    };
     let mut output = vec![input[0], options.out_channels];
     for i in 0..d {
         let span = options.dilation[i] * (options.kernel_size[i] - 1) + 1;
@@ -183,14 +174,18 @@ fn geometry(input: &[usize], weight: &[usize], options: &ConvOptions) -> QFakeRe
         }
         output.push((padded - span) / options.stride[i] + 1);
     }
-    let geo = Geometry {
-        input: pad(&input[2..], 1),
-        output: pad(&output[2..], 1),
-        kernel: pad(&options.kernel_size, 1),
-        stride: pad(&options.stride, 1),
-        padding: pad(&options.padding, 0),
-        dilation: pad(&options.dilation, 1),
-    };
+    let mut axes = [Axis::unit(); 3];
+    for (i, axis) in axes[3 - d..].iter_mut().enumerate() {
+        *axis = Axis {
+            input: input[2 + i],
+            kernel: options.kernel_size[i],
+            stride: options.stride[i],
+            pad: options.padding[i],
+            dilation: options.dilation[i],
+            output: output[2 + i],
+        };
+    }
+    let geo = Geometry(axes);
     Ok((geo, output))
 }
 

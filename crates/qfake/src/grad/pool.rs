@@ -6,7 +6,7 @@
 
 use ndarray::ArrayD;
 
-use super::check::{array, bad, check_shape, to_vec};
+use super::check::{Axis, array, bad, check_shape, to_vec};
 use crate::QFakeResult;
 
 const CONTEXT: &str = "qfake::grad::pool";
@@ -43,18 +43,20 @@ pub struct AvgPoolOptions {
     pub divisor_override: Option<usize>,
 }
 
-/// One spatial axis of a pooling: input size, kernel, stride, padding, dilation, output size.
-#[derive(Debug, Clone, Copy)]
-struct Axis {
-    input: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-    dilation: usize,
-    output: usize,
+/// The pooling rules of an [`Axis`].
+trait Pooling: Sized {
+    fn new(
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        dilation: usize,
+        ceil: bool,
+    ) -> QFakeResult<Self>;
+    fn window(&self, o: usize) -> (usize, usize, usize);
 }
 
-impl Axis {
+impl Pooling for Axis {
     /// ATen's `pooling_output_shape` with its checks (`pool2d_shape_check`).
     fn new(
         input: usize,
@@ -91,11 +93,6 @@ impl Axis {
             ));
         }
         Ok(Axis { input, kernel, stride, pad, dilation, output: output as usize })
-    }
-
-    /// The unit axis that a 1-D pooling has for its height.
-    fn unit() -> Axis {
-        Axis { input: 1, kernel: 1, stride: 1, pad: 0, dilation: 1, output: 1 }
     }
 
     /// The max-pool window of output `o`: first input index, end (exclusive), step.
