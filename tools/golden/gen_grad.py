@@ -45,6 +45,7 @@ conv_case("conv2d_c1", 2, 5, 1, 3, 5, 12, stride=2, pad=2, seed=7)
 conv_case("conv1d", 1, 5, 3, 7, 3, 17, stride=2, pad=1, dil=2, seed=8)
 conv_case("conv3d", 3, 1, 3, 7, 3, 5, pad=1, groups=1, seed=9)
 conv_case("conv2d_digits", 2, 2, 16, 32, 3, 8, pad=1, seed=10)
+conv_case("conv2d_batch9", 2, 9, 16, 32, 3, 6, pad=1, bias=False, seed=11)
 
 
 def linear_case(name, lead, fin, fout, bias=True, seed=0):
@@ -93,7 +94,7 @@ bn_case("bn_ncl", [5, 3, 9], seed=22)
 bn_case("bn_nchw", [5, 7, 6, 5], seed=23)
 bn_case("bn_nchw_c16_b1", [1, 16, 4, 4], momentum=0.3, seed=24)
 bn_case("bn_ncdhw_noaffine", [2, 3, 3, 4, 5], affine=False, eps=1e-3, seed=25)
-bn_case("bn_digits", [2, 32, 8, 8], seed=26)
+bn_case("bn_digits", [2, 32, 6, 6], seed=26)
 
 # Activations: random values plus every boundary, 100 elements (a vector body and a scalar tail).
 g = torch.Generator().manual_seed(31)

@@ -83,9 +83,20 @@ fn conv_forward_and_backward_match_pytorch() {
         let needs = ConvNeeds { input: true, weight: true, bias: b.is_some() };
         let g = conv_backward(&x, &w, &options, &dy, needs).unwrap();
         assert_close(n, "dx", g.input.as_ref().unwrap(), &fx.tensor(n, "dx"));
-        assert_close(n, "dw", g.weight.as_ref().unwrap(), &fx.tensor(n, "dw"));
+        // The weight gradient is one fused multiply-add chain over (image, position), oneDNN's
+        // order for kernels larger than 1x1; the bias gradient a float sum in that order, which
+        // PyTorch takes for batches of two or more.
+        if w.shape()[2..].iter().all(|&k| k == 1) {
+            assert_close(n, "dw", g.weight.as_ref().unwrap(), &fx.tensor(n, "dw"));
+        } else {
+            assert_bits_eq(n, "dw", g.weight.as_ref().unwrap(), &fx.tensor(n, "dw"));
+        }
         if let Some(db) = &g.bias {
-            assert_close(n, "db", db, &fx.tensor(n, "db"));
+            if x.shape()[0] > 1 {
+                assert_bits_eq(n, "db", db, &fx.tensor(n, "db"));
+            } else {
+                assert_close(n, "db", db, &fx.tensor(n, "db"));
+            }
         }
         let only_w =
             conv_backward(&x, &w, &options, &dy, ConvNeeds { input: false, weight: true, bias: false })
@@ -102,8 +113,13 @@ fn linear_backward_matches_pytorch() {
         let (x, w, dy) = (fx.tensor::<f32>(n, "x"), fx.tensor::<f32>(n, "w"), fx.tensor::<f32>(n, "dy"));
         let bias = case["bias"].as_bool().unwrap();
         let (dx, dw, db) = linear_backward(&x, &w, &dy, bias).unwrap();
-        assert_close(n, "dx", &dx, &fx.tensor(n, "dx"));
-        assert_close(n, "dw", &dw, &fx.tensor(n, "dw"));
+        // Both GEMMs sum in MKL's order here, except the input gradient of a single row.
+        if x.len() / x.shape()[x.ndim() - 1] > 1 {
+            assert_bits_eq(n, "dx", &dx, &fx.tensor(n, "dx"));
+        } else {
+            assert_close(n, "dx", &dx, &fx.tensor(n, "dx"));
+        }
+        assert_bits_eq(n, "dw", &dw, &fx.tensor(n, "dw"));
         assert_eq!(db.is_some(), bias);
         if let Some(db) = db {
             assert_close(n, "db", &db, &fx.tensor(n, "db"));

@@ -248,9 +248,8 @@ pub fn conv_forward(
 
 /// Images per GEMM: the batch is cut into chunks of this many images, whose columns are put
 /// side by side so that each GEMM has `CHUNK * out_plane` columns (input gradient) or terms
-/// (weight gradient). A fixed split, so the bits do not depend on the number of threads: each
-/// chunk's weight-gradient sum runs over its images in order, and the chunk sums are added in
-/// order.
+/// (weight gradient) while the unfolded input stays small. Input-gradient chunks run on the
+/// rayon pool; weight-gradient chunks accumulate in order.
 const CHUNK: usize = 8;
 
 /// `dY` of images `images` and group `gi` side by side: `og` rows of `images.len() * out_plane`.
@@ -280,8 +279,10 @@ fn gather_dy(
 ///
 /// Per group, the input gradient is `col2im(W^T * dY)` and the weight gradient
 /// `sum_n dY_n * im2col(X_n)^T`, both with [`qkernels::float::sgemm`] on chunks of images put
-/// side by side; the chunks run on the rayon pool.
-/// Results agree with PyTorch to float rounding, not bit for bit (docs/NUMERICS.md, "Training
+/// side by side (input-gradient chunks run on the rayon pool). The weight gradient is one fused
+/// multiply-add chain per element over (image, output position) in order and the bias gradient
+/// a float sum in that order: PyTorch's bits for kernels larger than 1x1 (bias: batches of two
+/// or more); the input gradient agrees to float rounding (docs/NUMERICS.md, "Training
 /// gradients").
 ///
 /// ```
@@ -319,8 +320,8 @@ pub fn conv_backward(
     if need.bias {
         let mut db = vec![0.0f32; options.out_channels];
         for image in dy.chunks(options.out_channels * out_plane) {
-            for (acc, plane) in db.iter_mut().zip(image.chunks(out_plane)) {
-                *acc += plane.iter().sum::<f32>();
+            for (acc, plane) in db.iter_mut().zip(image.chunks(out_plane.max(1))) {
+                *acc = plane.iter().fold(*acc, |a, &v| a + v);
             }
         }
         grads.bias = Some(array(&[options.out_channels], db));
@@ -360,48 +361,40 @@ pub fn conv_backward(
     }
 
     if need.weight {
-        let wlen = w.len();
-        let parts: Vec<Vec<f32>> = (0..chunks)
-            .into_par_iter()
-            .map(|chunk| {
-                let range = images(chunk);
-                let ld = range.len() * out_plane;
-                let mut dw = vec![0.0f32; wlen];
-                let mut dwt = vec![0.0f32; rows * og];
-                let mut col = vec![0.0f32; rows * ld];
-                for gi in 0..g {
-                    for (k, b) in range.clone().enumerate() {
-                        let xg = &x[(b * g + gi) * cg * in_plane..(b * g + gi + 1) * cg * in_plane];
-                        geo.im2col(xg, &mut col, ld, k * out_plane, cg);
-                    }
-                    let dyg = gather_dy(&dy, range.clone(), gi, g, og, out_plane);
-                    // dW^T (rows x og) = col (rows x terms) * dY^T: the GEMM packs the small dY.
-                    let product = float::sgemm(
-                        rows,
-                        og,
-                        ld,
-                        Matrix::row_major(&col, ld),
-                        Matrix::transposed(&dyg, ld),
-                        &mut dwt,
-                        og,
-                        false,
-                        isa,
-                    );
-                    product.expect("sizes checked");
-                    let dwg = &mut dw[gi * og * rows..(gi + 1) * og * rows];
-                    for (r, row) in dwt.chunks(og.max(1)).enumerate() {
-                        for (o, &v) in row.iter().enumerate() {
-                            dwg[o * rows + r] = v;
-                        }
-                    }
+        // dW^T (rows x og) += col (rows x terms) * dY^T per chunk: the GEMM packs the small dY,
+        // and accumulating continues each element's fused multiply-add chain, so every weight
+        // gradient is one chain over (image, output position) in order, as oneDNN's.
+        let mut dwt = vec![0.0f32; g * rows * og];
+        let mut col = vec![0.0f32; rows * CHUNK.min(n) * out_plane];
+        for chunk in 0..chunks {
+            let range = images(chunk);
+            let ld = range.len() * out_plane;
+            for gi in 0..g {
+                for (k, b) in range.clone().enumerate() {
+                    let xg = &x[(b * g + gi) * cg * in_plane..(b * g + gi + 1) * cg * in_plane];
+                    geo.im2col(xg, &mut col, ld, k * out_plane, cg);
                 }
-                dw
-            })
-            .collect();
-        let mut dw = vec![0.0f32; wlen];
-        for part in &parts {
-            for (acc, v) in dw.iter_mut().zip(part) {
-                *acc += v;
+                let dyg = gather_dy(&dy, range.clone(), gi, g, og, out_plane);
+                let product = float::sgemm(
+                    rows,
+                    og,
+                    ld,
+                    Matrix::row_major(&col, ld),
+                    Matrix::transposed(&dyg, ld),
+                    &mut dwt[gi * rows * og..(gi + 1) * rows * og],
+                    og,
+                    chunk > 0,
+                    isa,
+                );
+                product.expect("sizes checked");
+            }
+        }
+        let mut dw = vec![0.0f32; w.len()];
+        for (dwg, dwtg) in dw.chunks_mut((og * rows).max(1)).zip(dwt.chunks((rows * og).max(1))) {
+            for (r, row) in dwtg.chunks(og.max(1)).enumerate() {
+                for (o, &v) in row.iter().enumerate() {
+                    dwg[o * rows + r] = v;
+                }
             }
         }
         grads.weight = Some(array(weight.shape(), dw));
