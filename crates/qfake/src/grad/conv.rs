@@ -194,7 +194,7 @@ fn geometry(input: &[usize], weight: &[usize], options: &ConvOptions) -> QFakeRe
 /// convolution gets the float layer's bits for a fake-quantized weight.
 ///
 /// ```
-/// use ndarray::ArrayD;
+/// use ndarray::{ArrayD, IxDyn};
 /// use qgraph::nn::Conv2d;
 /// let options = Conv2d::new(1, 1, [2, 2]).build()?.options().clone();
 /// let x = ArrayD::from_shape_vec(IxDyn(&[1, 1, 2, 2]), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
@@ -286,7 +286,7 @@ fn gather_dy(
 /// gradients").
 ///
 /// ```
-/// use ndarray::ArrayD;
+/// use ndarray::{ArrayD, IxDyn};
 /// use qfake::grad::{ConvNeeds, conv_backward};
 /// use qgraph::nn::Conv1d;
 /// let options = Conv1d::new(1, 1, [2]).build()?.options().clone();
