@@ -219,7 +219,12 @@ impl Training {
     /// loss and the gradients.
     pub fn step(&mut self, images: ArrayD<f32>, labels: &[usize]) -> Result<(f32, qfake::train::Gradients)> {
         let (logits, tape) = self.backprop.forward(self.model.as_mut(), Value::Float(images))?;
-        let (loss, grad) = grad::cross_entropy(&logits.into_float("logits")?, labels)?;
+        let (loss, grad) = grad::cross_entropy(
+            &logits.into_float("logits")?,
+            labels,
+            &grad::CrossEntropyOptions::default(),
+        )?;
+        let loss = loss.first().copied().unwrap_or(f32::NAN);
         let (_, grads) = self.backprop.backward(self.model.as_ref(), tape, Value::Float(grad))?;
         let mut params = take_parameters(self.model.as_mut(), &grads);
         let mut refs: Vec<(String, &mut ArrayD<f32>)> =

@@ -1,243 +1,403 @@
-//! Convolution and linear layers: forward with a given weight, and the gradients of input,
-//! weight and bias.
+//! Convolution forward and backward (`aten::convolution_backward` on CPU): the input gradient by
+//! a transposed GEMM and col2im, the weight gradient by im2col and a GEMM per image, the bias
+//! gradient by a sum over the batch and the spatial positions.
 
-use ndarray::{Array2, ArrayD, Axis, Ix2, IxDyn};
-use qgraph::nn::{Conv, ConvOptions};
-use qgraph::{Module, Value};
+use ndarray::ArrayD;
+use qgraph::nn::ConvOptions;
+use qkernels::Isa;
 use qkernels::conv::PaddingMode;
+use qkernels::float::{self, Matrix};
+use rayon::prelude::*;
 
-use crate::fake_quantize::{QFakeResult, invalid};
+use super::check::{Axis, array, bad, check_shape, to_vec};
+use crate::QFakeResult;
 
-/// Which gradients [`conv_backward`] computes.
+const CONTEXT: &str = "qfake::grad::conv";
+
+/// Which gradients a backward computes (ATen's `output_mask`): [`conv_backward`] and, as
+/// [`BatchNormNeeds`](super::BatchNormNeeds), the batch-norm backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvNeeds {
-    /// The input's.
+    /// The gradient of the input.
     pub input: bool,
-    /// The weight's.
+    /// The gradient of the weight.
     pub weight: bool,
-    /// The bias's.
+    /// The gradient of the bias.
     pub bias: bool,
 }
 
-/// The gradients [`conv_backward`] computed.
+impl ConvNeeds {
+    /// All three gradients.
+    pub const ALL: ConvNeeds = ConvNeeds { input: true, weight: true, bias: true };
+}
+
+/// The gradients [`conv_backward`] (and, as [`BatchNormGrads`](super::BatchNormGrads), the
+/// batch-norm backward) returns; `None` where not asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvGrads {
-    /// Of the input.
+    /// The input's shape.
     pub input: Option<ArrayD<f32>>,
-    /// Of the weight.
+    /// The weight's shape (`[C]` for batch norm).
     pub weight: Option<ArrayD<f32>>,
-    /// Of the bias.
+    /// `[O]` (`[C]` for batch norm).
     pub bias: Option<ArrayD<f32>>,
 }
 
-/// The convolution `options` describes, run with `weight` and `bias` (the same kernel as
-/// `qgraph::nn::Conv`'s forward).
+/// The geometry of one convolution: three spatial axes, outermost first, missing ones
+/// [`Axis::unit`].
+#[derive(Debug, Clone, Copy)]
+struct Geometry([Axis; 3]);
+
+impl Geometry {
+    fn in_plane(&self) -> usize {
+        self.0.iter().map(|a| a.input).product()
+    }
+    fn out_plane(&self) -> usize {
+        self.0.iter().map(|a| a.output).product()
+    }
+    fn kvol(&self) -> usize {
+        self.0.iter().map(|a| a.kernel).product()
+    }
+
+    /// Calls `f(col, input, count)` for every run of output positions of im2col row `r` (input
+    /// channel `r / kvol`, kernel tap `r % kvol`) whose input position lies inside the image:
+    /// `count` positions from column `col` of the row read the input of the group from
+    /// `input` on, `stride[2]` apart. Positions not visited read padding.
+    fn runs(&self, r: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let field = |f: fn(&Axis) -> usize| self.0.map(|a| f(&a));
+        let (isp, osp, ksp) = (field(|a| a.input), field(|a| a.output), field(|a| a.kernel));
+        let (s, p, d) = (field(|a| a.stride), field(|a| a.pad), field(|a| a.dilation));
+        let kvol = self.kvol();
+        let (ch, kk) = (r / kvol, r % kvol);
+        let (kz, ky, kx) = (kk / (ksp[1] * ksp[2]), kk / ksp[2] % ksp[1], kk % ksp[2]);
+        let off = kx * d[2];
+        // Output columns whose input column ox * s - p + off lies in [0, W).
+        let lo = if off >= p[2] { 0 } else { (p[2] - off).div_ceil(s[2]) };
+        let hi = if isp[2] + p[2] > off { ((isp[2] + p[2] - off - 1) / s[2] + 1).min(osp[2]) } else { 0 };
+        if lo >= hi {
+            return;
+        }
+        for oz in 0..osp[0] {
+            let iz = (oz * s[0] + kz * d[0]).wrapping_sub(p[0]);
+            if iz >= isp[0] {
+                continue;
+            }
+            for oy in 0..osp[1] {
+                let iy = (oy * s[1] + ky * d[1]).wrapping_sub(p[1]);
+                if iy >= isp[1] {
+                    continue;
+                }
+                let col = (oz * osp[1] + oy) * osp[2] + lo;
+                let input = ((ch * isp[0] + iz) * isp[1] + iy) * isp[2] + lo * s[2] + off - p[2];
+                f(col, input, hi - lo);
+            }
+        }
+    }
+
+    /// Unfolds the input of one group (`cg` channels) into columns `at..at + out_plane` of the
+    /// `cg * kvol` rows of `col` (row stride `ld`).
+    fn im2col(&self, x: &[f32], col: &mut [f32], ld: usize, at: usize, cg: usize) {
+        let plane = self.out_plane();
+        let step = self.0[2].stride;
+        for r in 0..cg * self.kvol() {
+            let row = &mut col[r * ld + at..r * ld + at + plane];
+            row.fill(0.0);
+            self.runs(r, |c, i, n| {
+                if step == 1 {
+                    row[c..c + n].copy_from_slice(&x[i..i + n]);
+                } else {
+                    for (v, &src) in row[c..c + n].iter_mut().zip(x[i..].iter().step_by(step)) {
+                        *v = src;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Adds columns `at..at + out_plane` of `col` (row stride `ld`) back onto the input
+    /// gradient of one group (`dx`, zeroed first).
+    fn col2im(&self, col: &[f32], ld: usize, at: usize, dx: &mut [f32], cg: usize) {
+        let plane = self.out_plane();
+        let step = self.0[2].stride;
+        dx.fill(0.0);
+        for r in 0..cg * self.kvol() {
+            let row = &col[r * ld + at..r * ld + at + plane];
+            self.runs(r, |c, i, n| {
+                if step == 1 {
+                    for (d, v) in dx[i..i + n].iter_mut().zip(&row[c..c + n]) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, v) in dx[i..].iter_mut().step_by(step).zip(&row[c..c + n]) {
+                        *d += v;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Checks the options, the padding mode and the input and weight shapes; returns the geometry
+/// and the output shape.
+fn geometry(input: &[usize], weight: &[usize], options: &ConvOptions) -> QFakeResult<(Geometry, Vec<usize>)> {
+    options.validate()?;
+    if options.padding_mode != PaddingMode::Zeros {
+        return Err(bad(
+            CONTEXT,
+            "padding_mode",
+            format!("{:?}", options.padding_mode).to_lowercase(),
+            "training supports zeros padding only; pad the input explicitly and use padding 0",
+        ));
+    }
+    let d = options.dims();
+    if input.len() != d + 2 {
+        return Err(qgraph::GraphError::ShapeMismatch {
+            context: CONTEXT,
+            what: "input rank (N, C, spatial...)",
+            got: input.len(),
+            expected: d + 2,
+        });
+    }
+    check_shape(CONTEXT, "input channels", &input[1..2], &[options.in_channels])?;
+    check_shape(CONTEXT, "weight", weight, &options.weight_shape())?;
+    let mut output = vec![input[0], options.out_channels];
+    for i in 0..d {
+        let span = options.dilation[i] * (options.kernel_size[i] - 1) + 1;
+        let padded = input[2 + i] + 2 * options.padding[i];
+        if padded < span {
+            return Err(bad(
+                CONTEXT,
+                "input size",
+                &input[2..],
+                format!("the dilated kernel {:?} is larger than the padded input", options.kernel_size),
+            ));
+        }
+        output.push((padded - span) / options.stride[i] + 1);
+    }
+    let mut axes = [Axis::unit(); 3];
+    for (i, axis) in axes[3 - d..].iter_mut().enumerate() {
+        *axis = Axis {
+            input: input[2 + i],
+            kernel: options.kernel_size[i],
+            stride: options.stride[i],
+            pad: options.padding[i],
+            dilation: options.dilation[i],
+            output: output[2 + i],
+        };
+    }
+    let geo = Geometry(axes);
+    Ok((geo, output))
+}
+
+/// The float convolution `F.conv{1,2,3}d(input, weight, bias)` with the geometry of `options`
+/// (zeros padding), by the kernel of qgraph's `nn::Conv` (`qkernels::float::conv`), so a QAT
+/// convolution gets the float layer's bits for a fake-quantized weight.
+///
+/// ```
+/// use ndarray::{ArrayD, IxDyn};
+/// use qgraph::nn::Conv2d;
+/// let options = Conv2d::new(1, 1, [2, 2]).build()?.options().clone();
+/// let x = ArrayD::from_shape_vec(IxDyn(&[1, 1, 2, 2]), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+/// let w = ArrayD::from_elem(IxDyn(&[1, 1, 2, 2]), 0.5);
+/// let y = qfake::grad::conv_forward(&x, &w, None, &options)?;
+/// assert_eq!(y.into_raw_vec_and_offset().0, vec![5.0]);
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
 pub fn conv_forward(
     input: &ArrayD<f32>,
     weight: &ArrayD<f32>,
     bias: Option<&ArrayD<f32>>,
     options: &ConvOptions,
 ) -> QFakeResult<ArrayD<f32>> {
-    let mut conv = Conv::with_options(ConvOptions { bias: bias.is_some(), ..options.clone() })?;
-    conv.set_weight_bias(weight.clone(), bias.cloned())?;
-    conv.forward(Value::Float(input.clone()))?.into_float("conv")
+    let (_, oshape) = geometry(input.shape(), weight.shape(), options)?;
+    if let Some(b) = bias {
+        check_shape(CONTEXT, "bias", b.shape(), &[options.out_channels])?;
+    }
+    let (x, w) = (to_vec(input), to_vec(weight));
+    let b = bias.map(to_vec);
+    let mut out = vec![0.0; oshape.iter().product()];
+    macro_rules! run {
+        ($d:literal) => {{
+            let arr = |v: &[usize]| -> [usize; $d] { v.try_into().expect("lengths validated") };
+            let params = float::ConvParams::<$d> {
+                stride: arr(&options.stride),
+                padding: arr(&options.padding),
+                dilation: arr(&options.dilation),
+                groups: options.groups,
+            };
+            float::conv::<$d>(
+                &x,
+                input.shape(),
+                &w,
+                weight.shape(),
+                b.as_deref(),
+                &params,
+                &mut out,
+                &mut float::ConvScratch::default(),
+                Isa::active(),
+            )?
+        }};
+    }
+    match options.dims() {
+        1 => run!(1),
+        2 => run!(2),
+        _ => run!(3),
+    };
+    Ok(array(&oshape, out))
 }
 
-/// Sizes of a convolution with every spatial rank padded to 3 (leading 1s).
-struct Geometry {
-    n: usize,
-    cin: usize,
-    cout: usize,
-    groups: usize,
-    input: [usize; 3],
-    output: [usize; 3],
-    kernel: [usize; 3],
-    stride: [usize; 3],
-    padding: [usize; 3],
-    dilation: [usize; 3],
-}
+/// Images per GEMM: the batch is cut into chunks of this many images, whose columns are put
+/// side by side so that each GEMM has `CHUNK * out_plane` columns (input gradient) or terms
+/// (weight gradient) while the unfolded input stays small. Input-gradient chunks run on the
+/// rayon pool; weight-gradient chunks accumulate in order.
+const CHUNK: usize = 8;
 
-fn pad3(v: &[usize], fill: usize) -> [usize; 3] {
-    let mut out = [fill; 3];
-    out[3 - v.len()..].copy_from_slice(v);
-    out
-}
-
-impl Geometry {
-    fn new(input: &[usize], output: &[usize], options: &ConvOptions) -> QFakeResult<Self> {
-        if options.padding_mode != PaddingMode::Zeros {
-            return Err(invalid(
-                "conv_backward",
-                "padding_mode",
-                options.padding_mode,
-                "only zeros padding trains",
-            ));
-        }
-        Ok(Self {
-            n: input[0],
-            cin: options.in_channels,
-            cout: options.out_channels,
-            groups: options.groups,
-            input: pad3(&input[2..], 1),
-            output: pad3(&output[2..], 1),
-            kernel: pad3(&options.kernel_size, 1),
-            stride: pad3(&options.stride, 1),
-            padding: pad3(&options.padding, 0),
-            dilation: pad3(&options.dilation, 1),
-        })
-    }
-
-    fn taps(&self) -> usize {
-        self.kernel.iter().product::<usize>() * self.cin / self.groups
-    }
-
-    fn positions(&self) -> usize {
-        self.output.iter().product()
-    }
-
-    /// For each tap (ci within the group, kernel offset) and output position, the input index
-    /// (within one image and group), or `None` in the padding.
-    fn for_each_tap(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let [id, ih, iw] = self.input;
-        let [od, oh, ow] = self.output;
-        let [kd, kh, kw] = self.kernel;
-        let cin_g = self.cin / self.groups;
-        let mut tap = 0;
-        for ci in 0..cin_g {
-            for a in 0..kd {
-                for b in 0..kh {
-                    for c in 0..kw {
-                        let mut pos = 0;
-                        for z in 0..od {
-                            let zi = (z * self.stride[0] + a * self.dilation[0]) as isize
-                                - self.padding[0] as isize;
-                            for y in 0..oh {
-                                let yi = (y * self.stride[1] + b * self.dilation[1]) as isize
-                                    - self.padding[1] as isize;
-                                for x in 0..ow {
-                                    let xi = (x * self.stride[2] + c * self.dilation[2]) as isize
-                                        - self.padding[2] as isize;
-                                    if (0..id as isize).contains(&zi)
-                                        && (0..ih as isize).contains(&yi)
-                                        && (0..iw as isize).contains(&xi)
-                                    {
-                                        let idx =
-                                            ((ci * id + zi as usize) * ih + yi as usize) * iw + xi as usize;
-                                        f(tap, pos, idx);
-                                    }
-                                    pos += 1;
-                                }
-                            }
-                        }
-                        tap += 1;
-                    }
-                }
-            }
+/// `dY` of images `images` and group `gi` side by side: `og` rows of `images.len() * out_plane`.
+fn gather_dy(
+    dy: &[f32],
+    images: std::ops::Range<usize>,
+    gi: usize,
+    g: usize,
+    og: usize,
+    out_plane: usize,
+) -> Vec<f32> {
+    let ld = images.len() * out_plane;
+    let mut m = vec![0.0f32; og * ld];
+    for (k, b) in images.enumerate() {
+        for o in 0..og {
+            let src = ((b * g + gi) * og + o) * out_plane;
+            m[o * ld + k * out_plane..o * ld + (k + 1) * out_plane]
+                .copy_from_slice(&dy[src..src + out_plane]);
         }
     }
+    m
 }
 
-/// The gradients of a convolution (`options`, zeros padding) run on `input` with `weight`, for
-/// `grad_output`: im2col of each image and group, then matrix products.
+/// The backward of [`conv_forward`] (`aten::convolution_backward`): for `grad_output`
+/// `[N, O, out spatial...]`, the gradients of the input, the weight and the bias that `need`
+/// asks for. Zeros padding only (another `padding_mode` is an error naming it).
+///
+/// Per group, the input gradient is `col2im(W^T * dY)` and the weight gradient
+/// `sum_n dY_n * im2col(X_n)^T`, both with [`qkernels::float::sgemm`] on chunks of images put
+/// side by side (input-gradient chunks run on the rayon pool). The weight gradient is one fused
+/// multiply-add chain per element over (image, output position) in order and the bias gradient
+/// a float sum in that order: PyTorch's bits for kernels larger than 1x1 (bias: batches of two
+/// or more); the input gradient agrees to float rounding (docs/NUMERICS.md, "Training
+/// gradients").
+///
+/// ```
+/// use ndarray::{ArrayD, IxDyn};
+/// use qfake::grad::{ConvNeeds, conv_backward};
+/// use qgraph::nn::Conv1d;
+/// let options = Conv1d::new(1, 1, [2]).build()?.options().clone();
+/// let x = ArrayD::from_shape_vec(IxDyn(&[1, 1, 3]), vec![1.0, 2.0, 3.0]).unwrap();
+/// let w = ArrayD::from_shape_vec(IxDyn(&[1, 1, 2]), vec![1.0, -1.0]).unwrap();
+/// let dy = ArrayD::from_elem(IxDyn(&[1, 1, 2]), 1.0);
+/// let g = conv_backward(&x, &w, &options, &dy, ConvNeeds::ALL)?;
+/// assert_eq!(g.input.unwrap().into_raw_vec_and_offset().0, vec![1.0, 0.0, -1.0]);
+/// assert_eq!(g.weight.unwrap().into_raw_vec_and_offset().0, vec![3.0, 5.0]);
+/// assert_eq!(g.bias.unwrap().into_raw_vec_and_offset().0, vec![2.0]);
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
 pub fn conv_backward(
     input: &ArrayD<f32>,
     weight: &ArrayD<f32>,
     options: &ConvOptions,
     grad_output: &ArrayD<f32>,
-    needs: ConvNeeds,
+    need: ConvNeeds,
 ) -> QFakeResult<ConvGrads> {
-    let g = Geometry::new(input.shape(), grad_output.shape(), options)?;
-    if grad_output.shape()[..2] != [g.n, g.cout] || weight.shape() != options.weight_shape().as_slice() {
-        return Err(invalid(
-            "conv_backward",
-            "grad_output shape",
-            grad_output.shape(),
-            "must be the forward output's",
-        ));
-    }
-    let input = input.as_standard_layout();
-    let grad_output = grad_output.as_standard_layout();
-    let (taps, positions) = (g.taps(), g.positions());
-    let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
-    let image = g.cin * g.input.iter().product::<usize>();
-    let group_in = cin_g * g.input.iter().product::<usize>();
-    let w2 = weight
-        .as_standard_layout()
-        .into_owned()
-        .into_shape_with_order(IxDyn(&[g.cout, taps]))
-        .expect("shape");
-    let w2 = w2.into_dimensionality::<Ix2>().expect("rank 2");
-    let mut grad_weight = Array2::<f32>::zeros((g.cout, taps));
-    let mut grad_input = needs.input.then(|| vec![0f32; input.len()]);
-    let x = input.as_slice().expect("standard layout");
-    let go = grad_output.as_slice().expect("standard layout");
-    for n in 0..g.n {
-        for grp in 0..g.groups {
-            let base = n * image + grp * group_in;
-            let gy = Array2::from_shape_fn((cout_g, positions), |(co, p)| {
-                go[(n * g.cout + grp * cout_g + co) * positions + p]
-            });
-            if needs.weight {
-                let mut cols = Array2::<f32>::zeros((taps, positions));
-                g.for_each_tap(|tap, pos, idx| cols[[tap, pos]] = x[base + idx]);
-                let gw = gy.dot(&cols.t());
-                grad_weight.slice_mut(ndarray::s![grp * cout_g..(grp + 1) * cout_g, ..]).scaled_add(1.0, &gw);
-            }
-            if let Some(gi) = grad_input.as_mut() {
-                let w = w2.slice(ndarray::s![grp * cout_g..(grp + 1) * cout_g, ..]);
-                let cols = w.t().dot(&gy);
-                g.for_each_tap(|tap, pos, idx| gi[base + idx] += cols[[tap, pos]]);
+    let (geo, oshape) = geometry(input.shape(), weight.shape(), options)?;
+    check_shape(CONTEXT, "grad_output", grad_output.shape(), &oshape)?;
+    let (n, g) = (input.shape()[0], options.groups);
+    let (cg, og) = (options.in_channels / g, options.out_channels / g);
+    let (in_plane, out_plane, rows) = (geo.in_plane(), geo.out_plane(), cg * geo.kvol());
+    let x = to_vec(input);
+    let w = to_vec(weight);
+    let dy = to_vec(grad_output);
+    let isa = Isa::active();
+    let mut grads = ConvGrads { input: None, weight: None, bias: None };
+
+    if need.bias {
+        let mut db = vec![0.0f32; options.out_channels];
+        for image in dy.chunks(options.out_channels * out_plane) {
+            for (acc, plane) in db.iter_mut().zip(image.chunks(out_plane.max(1))) {
+                *acc = plane.iter().fold(*acc, |a, &v| a + v);
             }
         }
+        grads.bias = Some(array(&[options.out_channels], db));
     }
-    let bias = needs.bias.then(|| {
-        let sums: Vec<f32> = grad_output.axis_iter(Axis(1)).map(|c| c.sum()).collect();
-        ArrayD::from_shape_vec(IxDyn(&[g.cout]), sums).expect("length")
-    });
-    Ok(ConvGrads {
-        input: grad_input.map(|v| ArrayD::from_shape_vec(IxDyn(input.shape()), v).expect("length")),
-        weight: needs
-            .weight
-            .then(|| grad_weight.into_dyn().into_shape_with_order(IxDyn(weight.shape())).expect("length")),
-        bias,
-    })
-}
 
-/// The gradients of a linear layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LinearGrads {
-    /// Of the input.
-    pub input: ArrayD<f32>,
-    /// Of the weight.
-    pub weight: ArrayD<f32>,
-    /// Of the bias, when asked for.
-    pub bias: Option<ArrayD<f32>>,
-}
-
-/// The gradients of `y = x W^T + b` (`x` `[.., in]`, `W` `[out, in]`): input, weight and (with
-/// `need_bias`) bias.
-pub fn linear_backward(
-    input: &ArrayD<f32>,
-    weight: &ArrayD<f32>,
-    grad_output: &ArrayD<f32>,
-    need_bias: bool,
-) -> QFakeResult<LinearGrads> {
-    let (out, inp) = (weight.shape()[0], weight.shape()[1]);
-    let rows = input.len() / inp.max(1);
-    if grad_output.len() != rows * out {
-        return Err(invalid(
-            "linear_backward",
-            "grad_output shape",
-            grad_output.shape(),
-            "must be the forward output's",
-        ));
+    let chunks = n.div_ceil(CHUNK);
+    let images = |chunk: usize| chunk * CHUNK..((chunk + 1) * CHUNK).min(n);
+    if need.input {
+        let chunk_len = (CHUNK * options.in_channels * in_plane).max(1);
+        let mut dx = vec![0.0f32; x.len()];
+        dx.par_chunks_mut(chunk_len).enumerate().for_each(|(chunk, dx_chunk)| {
+            let range = images(chunk);
+            let ld = range.len() * out_plane;
+            let mut col = vec![0.0f32; rows * ld];
+            for gi in 0..g {
+                let dyg = gather_dy(&dy, range.clone(), gi, g, og, out_plane);
+                let wg = &w[gi * og * rows..(gi + 1) * og * rows];
+                let product = float::sgemm(
+                    rows,
+                    ld,
+                    og,
+                    Matrix::transposed(wg, rows),
+                    Matrix::row_major(&dyg, ld),
+                    &mut col,
+                    ld,
+                    false,
+                    isa,
+                );
+                product.expect("sizes checked");
+                for k in 0..range.len() {
+                    let at = (k * g + gi) * cg * in_plane;
+                    geo.col2im(&col, ld, k * out_plane, &mut dx_chunk[at..at + cg * in_plane], cg);
+                }
+            }
+        });
+        grads.input = Some(array(input.shape(), dx));
     }
-    let x = input.as_standard_layout().into_owned().into_shape_with_order((rows, inp)).expect("length");
-    let gy =
-        grad_output.as_standard_layout().into_owned().into_shape_with_order((rows, out)).expect("length");
-    let w = weight.as_standard_layout().into_owned().into_shape_with_order((out, inp)).expect("length");
-    let gx = gy.dot(&w).into_dyn().into_shape_with_order(IxDyn(input.shape())).expect("length");
-    let gw = gy.t().dot(&x).into_dyn();
-    let gb = need_bias.then(|| gy.sum_axis(Axis(0)).into_dyn());
-    Ok(LinearGrads { input: gx, weight: gw, bias: gb })
+
+    if need.weight {
+        // dW^T (rows x og) += col (rows x terms) * dY^T per chunk: the GEMM packs the small dY,
+        // and accumulating continues each element's fused multiply-add chain, so every weight
+        // gradient is one chain over (image, output position) in order, as oneDNN's.
+        let mut dwt = vec![0.0f32; g * rows * og];
+        let mut col = vec![0.0f32; rows * CHUNK.min(n) * out_plane];
+        for chunk in 0..chunks {
+            let range = images(chunk);
+            let ld = range.len() * out_plane;
+            for gi in 0..g {
+                for (k, b) in range.clone().enumerate() {
+                    let xg = &x[(b * g + gi) * cg * in_plane..(b * g + gi + 1) * cg * in_plane];
+                    geo.im2col(xg, &mut col, ld, k * out_plane, cg);
+                }
+                let dyg = gather_dy(&dy, range.clone(), gi, g, og, out_plane);
+                let product = float::sgemm(
+                    rows,
+                    og,
+                    ld,
+                    Matrix::row_major(&col, ld),
+                    Matrix::transposed(&dyg, ld),
+                    &mut dwt[gi * rows * og..(gi + 1) * rows * og],
+                    og,
+                    chunk > 0,
+                    isa,
+                );
+                product.expect("sizes checked");
+            }
+        }
+        let mut dw = vec![0.0f32; w.len()];
+        for (dwg, dwtg) in dw.chunks_mut((og * rows).max(1)).zip(dwt.chunks((rows * og).max(1))) {
+            for (r, row) in dwtg.chunks(og.max(1)).enumerate() {
+                for (o, &v) in row.iter().enumerate() {
+                    dwg[o * rows + r] = v;
+                }
+            }
+        }
+        grads.weight = Some(array(weight.shape(), dw));
+    }
+    Ok(grads)
 }

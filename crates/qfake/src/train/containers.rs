@@ -465,7 +465,7 @@ impl Train for Graph {
                     vec![Value::Float(g.permuted_axes(IxDyn(&inverse)).as_standard_layout().into_owned())]
                 }
                 (NodeSaved::AdaptiveAvgPool(shape), Op::AdaptiveAvgPool2d(_)) => {
-                    vec![Value::Float(crate::grad::adaptive_avg_pool2d_backward(
+                    vec![Value::Float(crate::grad::adaptive_avg_pool_backward(
                         &g.into_float("Graph")?,
                         &shape,
                     )?)]

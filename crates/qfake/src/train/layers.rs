@@ -1,17 +1,17 @@
 //! Training of qgraph's float layers: convolution, linear, batch norm, activations, pooling and
 //! dropout.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-use ndarray::{ArrayD, Zip};
+use ndarray::ArrayD;
 use qgraph::nn::{
-    AdaptiveAvgPool2d, BatchNorm, Conv, Dropout, Hardsigmoid, Hardswish, Linear, MaxPool, ReLU, ReLU6,
-    Sigmoid, Tanh,
+    AdaptiveAvgPool2d, BatchNorm, Conv, Dropout, ELU, Hardsigmoid, Hardswish, LeakyReLU, Linear, MaxPool,
+    ReLU, ReLU6, Sigmoid, Tanh,
 };
 use qgraph::{Module, Value};
 
 use super::{BackPass, Backprop, Pass, Saved, Train, unsave};
-use crate::fake_quantize::{QFakeResult, invalid};
+use crate::fake_quantize::QFakeResult;
 use crate::grad::{self, ConvNeeds};
 
 pub(super) fn register(backprop: &mut Backprop) {
@@ -25,6 +25,9 @@ pub(super) fn register(backprop: &mut Backprop) {
         .register::<Hardsigmoid>()
         .register::<Sigmoid>()
         .register::<Tanh>()
+        .register::<LeakyReLU>()
+        .register::<ELU>()
+        .register::<MaxPool<1>>()
         .register::<MaxPool<2>>()
         .register::<AdaptiveAvgPool2d>()
         .register::<Dropout>();
@@ -60,12 +63,12 @@ impl Train for Linear {
     fn train_backward(&self, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
         let x = unsave::<ArrayD<f32>>(saved, "Linear")?;
         let g = grad.into_float(self.type_name())?;
-        let grads = grad::linear_backward(&x, self.weight(), &g, self.bias().is_some())?;
-        pass.add_grad("weight", grads.weight);
-        if let Some(gb) = grads.bias {
+        let (gx, gw, gb) = grad::linear_backward(&x, self.weight(), &g, self.bias().is_some())?;
+        pass.add_grad("weight", gw);
+        if let Some(gb) = gb {
             pass.add_grad("bias", gb);
         }
-        Ok(Value::Float(grads.input))
+        Ok(Value::Float(gx))
     }
 }
 
@@ -97,7 +100,7 @@ impl Train for BatchNorm {
         let run = unsave::<BatchNormRun>(saved, "BatchNorm")?;
         let g = grad.into_float(self.type_name())?;
         let grads = match &run.batch {
-            Some(saved) => grad::batch_norm_backward(&run.input, self.weight(), saved, &g)?,
+            Some(saved) => grad::batch_norm_backward(&run.input, self.weight(), saved, &g, ConvNeeds::ALL)?,
             None => grad::batch_norm_eval_backward(
                 &run.input,
                 self.weight(),
@@ -105,25 +108,30 @@ impl Train for BatchNorm {
                 self.running_var(),
                 self.options().eps,
                 &g,
+                ConvNeeds::ALL,
             )?,
         };
-        if let (Some(gw), Some(gb)) = (grads.weight, grads.bias) {
+        if self.weight().is_some()
+            && let (Some(gw), Some(gb)) = (grads.weight, grads.bias)
+        {
             pass.add_grad("weight", gw);
             pass.add_grad("bias", gb);
         }
-        Ok(Value::Float(grads.input))
+        Ok(Value::Float(grads.input.expect("asked for")))
     }
 }
 
-/// An elementwise activation's training forward (keeping its input and output) and backward
-/// (`derivative(input, output)` times the output gradient).
+/// An activation layer's training forward and backward through [`grad::Activation`] (which
+/// keeps what ATen's autograd saves: the output of ReLU, sigmoid and tanh, the input otherwise).
 macro_rules! activation_train {
-    ($ty:ty, $derivative:expr) => {
+    ($ty:ty, $activation:expr) => {
         impl Train for $ty {
             fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
+                let activation: fn(&$ty) -> grad::Activation = $activation;
                 let x = input.into_float(self.type_name())?;
-                let y = self.forward(Value::Float(x.clone()))?.into_float(self.type_name())?;
-                Ok((Value::Float(y.clone()), Box::new((x, y))))
+                let y = activation(self).forward(&x)?;
+                let kept = if activation(self).saves_output() { y.clone() } else { x };
+                Ok((Value::Float(y), Box::new(kept)))
             }
 
             fn train_backward(
@@ -132,58 +140,58 @@ macro_rules! activation_train {
                 grad: Value,
                 _pass: &mut BackPass<'_>,
             ) -> QFakeResult<Value> {
-                let (x, y) = *unsave::<(ArrayD<f32>, ArrayD<f32>)>(saved, "activation")?;
-                let mut g = grad.into_float(self.type_name())?;
-                if g.shape() != x.shape() {
-                    return Err(invalid(
-                        stringify!($ty),
-                        "gradient shape",
-                        g.shape(),
-                        "must be the output's",
-                    ));
-                }
-                let derivative: fn(f32, f32) -> f32 = $derivative;
-                Zip::from(&mut g).and(&x).and(&y).for_each(|g, &x, &y| *g *= derivative(x, y));
-                Ok(Value::Float(g))
+                let activation: fn(&$ty) -> grad::Activation = $activation;
+                let kept = unsave::<ArrayD<f32>>(saved, "activation")?;
+                let g = grad.into_float(self.type_name())?;
+                Ok(Value::Float(activation(self).backward(&kept, &g)?))
             }
         }
     };
 }
 
-// PyTorch's `threshold_backward(grad, output, 0)`.
-activation_train!(ReLU, |_, y| if y > 0.0 { 1.0 } else { 0.0 });
-// `hardtanh_backward(grad, input, 0, 6)`: zero at and beyond the edges.
-activation_train!(ReLU6, |x, _| if x > 0.0 && x < 6.0 { 1.0 } else { 0.0 });
-// `hardswish_backward`: 0 below -3, x / 3 + 0.5 inside, 1 above 3.
-activation_train!(Hardswish, |x, _| if x < -3.0 {
-    0.0
-} else if x <= 3.0 {
-    x / 3.0 + 0.5
-} else {
-    1.0
-});
-// `hardsigmoid_backward`: 1/6 strictly inside (-3, 3).
-activation_train!(Hardsigmoid, |x, _| if x > -3.0 && x < 3.0 { 1.0 / 6.0 } else { 0.0 });
-// `sigmoid_backward(grad, y)`: y (1 - y).
-activation_train!(Sigmoid, |_, y| (1.0 - y) * y);
-// `tanh_backward(grad, y)`: 1 - y^2.
-activation_train!(Tanh, |_, y| 1.0 - y * y);
+activation_train!(ReLU, |_| grad::Activation::Relu);
+activation_train!(ReLU6, |_| grad::Activation::Relu6);
+activation_train!(Hardswish, |_| grad::Activation::Hardswish);
+activation_train!(Hardsigmoid, |_| grad::Activation::Hardsigmoid);
+activation_train!(Sigmoid, |_| grad::Activation::Sigmoid);
+activation_train!(Tanh, |_| grad::Activation::Tanh);
+activation_train!(LeakyReLU, |m| grad::Activation::LeakyRelu { negative_slope: m.negative_slope() as f32 });
+activation_train!(ELU, |m| grad::Activation::Elu { alpha: m.alpha() as f32 });
 
-impl Train for MaxPool<2> {
-    fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
-        let x = input.into_float(self.type_name())?;
-        let w = self.window();
-        let (out, indices) =
-            grad::max_pool2d_with_indices(&x, w.kernel, w.stride, w.padding, w.dilation, w.ceil_mode)?;
-        Ok((Value::Float(out), Box::new((indices, x.shape().to_vec()))))
-    }
+/// Max pooling keeps the index of each maximum for its backward.
+macro_rules! max_pool_train {
+    ($dims:literal) => {
+        impl Train for MaxPool<$dims> {
+            fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
+                let x = input.into_float(self.type_name())?;
+                let w = self.window();
+                let options = grad::MaxPoolOptions {
+                    kernel_size: w.kernel.to_vec(),
+                    stride: w.stride.to_vec(),
+                    padding: w.padding.to_vec(),
+                    dilation: w.dilation.to_vec(),
+                    ceil_mode: w.ceil_mode,
+                };
+                let (out, indices) = grad::max_pool_with_indices(&x, &options)?;
+                Ok((Value::Float(out), Box::new((indices, x.shape().to_vec()))))
+            }
 
-    fn train_backward(&self, saved: Saved, grad: Value, _pass: &mut BackPass<'_>) -> QFakeResult<Value> {
-        let (indices, shape) = *unsave::<(Vec<usize>, Vec<usize>)>(saved, "MaxPool2d")?;
-        let g = grad.into_float(self.type_name())?;
-        Ok(Value::Float(grad::max_pool2d_backward(&g, &indices, &shape)?))
-    }
+            fn train_backward(
+                &self,
+                saved: Saved,
+                grad: Value,
+                _pass: &mut BackPass<'_>,
+            ) -> QFakeResult<Value> {
+                let (indices, shape) = *unsave::<(ArrayD<i64>, Vec<usize>)>(saved, "MaxPool")?;
+                let g = grad.into_float(self.type_name())?;
+                Ok(Value::Float(grad::max_pool_backward(&g, &indices, &shape)?))
+            }
+        }
+    };
 }
+
+max_pool_train!(1);
+max_pool_train!(2);
 
 impl Train for AdaptiveAvgPool2d {
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
@@ -193,26 +201,17 @@ impl Train for AdaptiveAvgPool2d {
 
     fn train_backward(&self, saved: Saved, grad: Value, _pass: &mut BackPass<'_>) -> QFakeResult<Value> {
         let shape = unsave::<Vec<usize>>(saved, "AdaptiveAvgPool2d")?;
-        Ok(Value::Float(grad::adaptive_avg_pool2d_backward(&grad.into_float("AdaptiveAvgPool2d")?, &shape)?))
+        Ok(Value::Float(grad::adaptive_avg_pool_backward(&grad.into_float("AdaptiveAvgPool2d")?, &shape)?))
     }
 }
 
-/// The state of dropout's mask generator (xorshift64*), seeded by [`manual_seed`].
-static DROPOUT_STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+/// Dropout's mask generator, seeded by [`manual_seed`].
+static DROPOUT_RNG: Mutex<Option<grad::DropoutRng>> = Mutex::new(None);
 
 /// Seeds the generator of dropout's masks (PyTorch's generator cannot be reproduced, so masks
 /// differ from PyTorch's; training with dropout follows PyTorch in distribution, not bit for bit).
 pub fn manual_seed(seed: u64) {
-    DROPOUT_STATE.store(seed.max(1), Ordering::Relaxed);
-}
-
-fn next_uniform() -> f64 {
-    let mut x = DROPOUT_STATE.load(Ordering::Relaxed);
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    DROPOUT_STATE.store(x, Ordering::Relaxed);
-    (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    *DROPOUT_RNG.lock().unwrap_or_else(|p| p.into_inner()) = Some(grad::DropoutRng::new(seed));
 }
 
 impl Train for Dropout {
@@ -220,20 +219,20 @@ impl Train for Dropout {
     /// `1 / (1 - p)`; in eval mode the identity.
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
         let x = input.into_float("Dropout")?;
-        let p = self.p();
-        if !self.training() || p == 0.0 {
-            return Ok((Value::Float(x), Box::new(None::<ArrayD<f32>>)));
+        if !self.training() || self.p() == 0.0 {
+            return Ok((Value::Float(x), Box::new(None::<ArrayD<bool>>)));
         }
-        let keep = if p >= 1.0 { 0.0 } else { (1.0 / (1.0 - p)) as f32 };
-        let mask = x.mapv(|_| if next_uniform() >= p { keep } else { 0.0 });
-        Ok((Value::Float(&x * &mask), Box::new(Some(mask))))
+        let mut rng = DROPOUT_RNG.lock().unwrap_or_else(|p| p.into_inner());
+        let rng = rng.get_or_insert_with(|| grad::DropoutRng::new(0));
+        let (y, mask) = grad::dropout_train(&x, self.p(), rng)?;
+        Ok((Value::Float(y), Box::new(Some(mask))))
     }
 
     fn train_backward(&self, saved: Saved, grad: Value, _pass: &mut BackPass<'_>) -> QFakeResult<Value> {
-        let mask = unsave::<Option<ArrayD<f32>>>(saved, "Dropout")?;
+        let mask = unsave::<Option<ArrayD<bool>>>(saved, "Dropout")?;
         let g = grad.into_float("Dropout")?;
         Ok(Value::Float(match *mask {
-            Some(mask) => &g * &mask,
+            Some(mask) => grad::dropout_backward(&g, &mask, self.p())?,
             None => g,
         }))
     }

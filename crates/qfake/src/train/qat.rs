@@ -59,7 +59,9 @@ impl Train for QatConv {
             (Some(bn_run), Some(bn)) => {
                 let grad::BatchNormGrads { input: g_in, weight: g_gamma, bias: g_beta } = match &bn_run.batch
                 {
-                    Some(saved) => grad::batch_norm_backward(&bn_run.bn_input, bn.weight(), saved, &g)?,
+                    Some(saved) => {
+                        grad::batch_norm_backward(&bn_run.bn_input, bn.weight(), saved, &g, ConvNeeds::ALL)?
+                    }
                     None => grad::batch_norm_eval_backward(
                         &bn_run.bn_input,
                         bn.weight(),
@@ -67,8 +69,10 @@ impl Train for QatConv {
                         bn.running_var(),
                         bn.options().eps,
                         &g,
+                        ConvNeeds::ALL,
                     )?,
                 };
+                let g_in = g_in.expect("asked for");
                 if has_bias {
                     pass.add_grad("bias", ndarray::Array1::from(channel_sums(&g_in)).into_dyn());
                 }
@@ -144,8 +148,7 @@ impl Train for QatLinear {
             relu_backward(&mut g, &run.output);
         }
         let has_bias = self.linear().bias().is_some();
-        let grad::LinearGrads { input: g_input, weight: g_weight, bias: g_bias } =
-            grad::linear_backward(&run.input, &run.weight, &g, has_bias)?;
+        let (g_input, g_weight, g_bias) = grad::linear_backward(&run.input, &run.weight, &g, has_bias)?;
         let g_weight = self.weight_fake_quant().lock().backward(&run.fake_quant, &g_weight)?.input;
         pass.add_grad("weight", g_weight);
         if let Some(g_bias) = g_bias {
