@@ -21,6 +21,13 @@ fn bar(label: &str, done: usize, total: usize, loss: f32) {
 }
 
 fn main() -> Result<()> {
+    // One thread, as PyTorch's figures were measured.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    pool.install(|| run().map_err(|e| e.to_string()))?;
+    Ok(())
+}
+
+fn run() -> Result<()> {
     qgraph::set_pytorch_threads(1);
     let setup = Setup::load()?;
     let recipe = Recipe::load()?;
