@@ -1,7 +1,7 @@
 //! Quantization-aware training modules (`torch.ao.nn.qat`, `torch.ao.nn.intrinsic.qat`), the QAT
 //! qconfigs, and `prepare_qat` / `convert` on qgraph's workflow.
 //!
-//! A QAT qconfig is a qgraph [`QConfig`] (the observers) plus the fake quantizer classes that wrap
+//! A QAT qconfig is a qgraph [`QConfig`](qgraph::qconfig::QConfig) (the observers) plus the fake quantizer classes that wrap
 //! them ([`QatQConfig`], PyTorch's `FakeQuantize.with_args(observer=...)`). [`prepare_qat`] swaps
 //! float layers (and `fuse_modules_qat`'s fused ones) for their QAT forms, whose weights pass
 //! through a `weight_fake_quant`, and gives every module with a qconfig a fake-quantizing

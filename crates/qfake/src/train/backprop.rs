@@ -101,7 +101,7 @@ impl Entry {
     }
 }
 
-/// The layers that train, by Rust type (see the [module documentation](self)).
+/// The layers that train, by Rust type (see the [module documentation](crate::train)).
 #[derive(Clone)]
 pub struct Backprop {
     entries: HashMap<TypeId, Entry>,
