@@ -5,8 +5,8 @@ use std::sync::Mutex;
 
 use ndarray::ArrayD;
 use qgraph::nn::{
-    AdaptiveAvgPool2d, BatchNorm, Conv, Dropout, ELU, Hardsigmoid, Hardswish, LeakyReLU, Linear, MaxPool,
-    ReLU, ReLU6, Sigmoid, Tanh,
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv, Dropout, ELU, Hardsigmoid, Hardswish, LeakyReLU, Linear,
+    MaxPool, ReLU, ReLU6, Sigmoid, Tanh,
 };
 use qgraph::{Module, Value};
 
@@ -29,15 +29,22 @@ pub(super) fn register(backprop: &mut Backprop) {
         .register::<ELU>()
         .register::<MaxPool<1>>()
         .register::<MaxPool<2>>()
+        .register::<AvgPool2d>()
         .register::<AdaptiveAvgPool2d>()
         .register::<Dropout>();
 }
 
+/// The inference forward, keeping the input for the backward (a layer whose weight gradient
+/// needs it).
+fn forward_keeping_input(module: &dyn Module, input: Value) -> QFakeResult<(Value, Saved)> {
+    let x = input.into_float(module.type_name())?;
+    let out = module.forward(Value::Float(x.clone()))?;
+    Ok((out, Box::new(x)))
+}
+
 impl Train for Conv {
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
-        let x = input.into_float(self.type_name())?;
-        let out = self.forward(Value::Float(x.clone()))?;
-        Ok((out, Box::new(x)))
+        forward_keeping_input(self, input)
     }
 
     fn train_backward(&self, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
@@ -55,9 +62,7 @@ impl Train for Conv {
 
 impl Train for Linear {
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
-        let x = input.into_float(self.type_name())?;
-        let out = self.forward(Value::Float(x.clone()))?;
-        Ok((out, Box::new(x)))
+        forward_keeping_input(self, input)
     }
 
     fn train_backward(&self, saved: Saved, grad: Value, pass: &mut BackPass<'_>) -> QFakeResult<Value> {
@@ -192,6 +197,35 @@ macro_rules! max_pool_train {
 
 max_pool_train!(1);
 max_pool_train!(2);
+
+impl Train for AvgPool2d {
+    fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
+        let shape = input.shape()?.to_vec();
+        Ok((self.forward(input)?, Box::new(shape)))
+    }
+
+    fn train_backward(&self, saved: Saved, grad: Value, _pass: &mut BackPass<'_>) -> QFakeResult<Value> {
+        let shape = unsave::<Vec<usize>>(saved, "AvgPool2d")?;
+        let kernel = self.options();
+        let divisor_override = kernel
+            .divisor_override
+            .map(|d| {
+                usize::try_from(d).map_err(|_| {
+                    crate::fake_quantize::invalid("AvgPool2d", "divisor_override", d, "must be positive")
+                })
+            })
+            .transpose()?;
+        let options = grad::AvgPoolOptions {
+            kernel_size: kernel.window.kernel.to_vec(),
+            stride: kernel.window.stride.to_vec(),
+            padding: kernel.window.padding.to_vec(),
+            ceil_mode: kernel.window.ceil_mode,
+            count_include_pad: kernel.count_include_pad,
+            divisor_override,
+        };
+        Ok(Value::Float(grad::avg_pool_backward(&grad.into_float("AvgPool2d")?, &shape, &options)?))
+    }
+}
 
 impl Train for AdaptiveAvgPool2d {
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
