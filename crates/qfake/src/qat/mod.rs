@@ -55,13 +55,7 @@ pub fn qat_mappings(kinds: FakeQuantKinds) -> Mappings {
         for kind in [QatConvKind::Conv, QatConvKind::ConvReLU, QatConvKind::ConvBn, QatConvKind::ConvBnReLU] {
             m.register_static::<QatConv>(&kind.type_name(dims), |qat, _, out_q| {
                 let (conv, weight) = qat.quantized_weight()?;
-                Ok(Box::new(QuantizedConv::from_parts(
-                    conv.options().clone(),
-                    qat.kind().quantized_act(),
-                    weight,
-                    conv.bias().cloned(),
-                    out_q,
-                )?))
+                Ok(Box::new(QuantizedConv::with_weight(&conv, qat.kind().quantized_act(), weight, out_q)?))
             });
         }
     }
@@ -75,14 +69,7 @@ pub fn qat_mappings(kinds: FakeQuantKinds) -> Mappings {
         m.register_static::<QatLinear>(name, |qat, _, out_q| {
             let (linear, weight) = qat.quantized_weight()?;
             let act = if qat.relu() { QuantizedAct::Relu } else { QuantizedAct::None };
-            Ok(Box::new(QuantizedLinear::from_parts(
-                linear.in_features(),
-                linear.out_features(),
-                act,
-                weight,
-                linear.bias().cloned(),
-                out_q,
-            )?))
+            Ok(Box::new(QuantizedLinear::with_weight(&linear, act, weight, out_q)?))
         });
     }
     m.set_activation_post_process(move |_, qconfig| {

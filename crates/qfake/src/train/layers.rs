@@ -42,6 +42,14 @@ fn forward_keeping_input(module: &dyn Module, input: Value) -> QFakeResult<(Valu
     Ok((out, Box::new(x)))
 }
 
+/// Adds the gradients of `weight` and (if the layer has one) `bias`.
+fn add_weight_bias(pass: &mut BackPass<'_>, weight: ArrayD<f32>, bias: Option<ArrayD<f32>>) {
+    pass.add_grad("weight", weight);
+    if let Some(bias) = bias {
+        pass.add_grad("bias", bias);
+    }
+}
+
 impl Train for Conv {
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
         forward_keeping_input(self, input)
@@ -52,10 +60,7 @@ impl Train for Conv {
         let g = grad.into_float(self.type_name())?;
         let needs = ConvNeeds { input: true, weight: true, bias: self.bias().is_some() };
         let grads = grad::conv_backward(&x, self.weight(), self.options(), &g, needs)?;
-        pass.add_grad("weight", grads.weight.expect("asked for"));
-        if let Some(b) = grads.bias {
-            pass.add_grad("bias", b);
-        }
+        add_weight_bias(pass, grads.weight.expect("asked for"), grads.bias);
         Ok(Value::Float(grads.input.expect("asked for")))
     }
 }
@@ -69,10 +74,7 @@ impl Train for Linear {
         let x = unsave::<ArrayD<f32>>(saved, "Linear")?;
         let g = grad.into_float(self.type_name())?;
         let (gx, gw, gb) = grad::linear_backward(&x, self.weight(), &g, self.bias().is_some())?;
-        pass.add_grad("weight", gw);
-        if let Some(gb) = gb {
-            pass.add_grad("bias", gb);
-        }
+        add_weight_bias(pass, gw, gb);
         Ok(Value::Float(gx))
     }
 }

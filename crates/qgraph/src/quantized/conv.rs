@@ -50,7 +50,17 @@ impl QuantizedConv {
         weight_observer: &ObserverSpec,
         out_q: PerTensor,
     ) -> GraphResult<Self> {
-        let weight = QuantizedWeight::from_observer(conv.weight(), weight_observer)?;
+        Self::with_weight(conv, act, QuantizedWeight::from_observer(conv.weight(), weight_observer)?, out_q)
+    }
+
+    /// `conv` with its weight quantized elsewhere (a QAT layer's fake quantizer chose the
+    /// parameters) and its float bias.
+    pub fn with_weight(
+        conv: &Conv,
+        act: QuantizedAct,
+        weight: QuantizedWeight,
+        out_q: PerTensor,
+    ) -> GraphResult<Self> {
         Self::from_parts(conv.options().clone(), act, weight, conv.bias().cloned(), out_q)
     }
 

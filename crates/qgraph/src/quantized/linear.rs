@@ -46,7 +46,22 @@ impl QuantizedLinear {
         weight_observer: &ObserverSpec,
         out_q: PerTensor,
     ) -> GraphResult<Self> {
-        let weight = QuantizedWeight::from_observer(linear.weight(), weight_observer)?;
+        Self::with_weight(
+            linear,
+            act,
+            QuantizedWeight::from_observer(linear.weight(), weight_observer)?,
+            out_q,
+        )
+    }
+
+    /// `linear` with its weight quantized elsewhere (a QAT layer's fake quantizer chose the
+    /// parameters) and its float bias.
+    pub fn with_weight(
+        linear: &Linear,
+        act: QuantizedAct,
+        weight: QuantizedWeight,
+        out_q: PerTensor,
+    ) -> GraphResult<Self> {
         Self::from_parts(
             linear.in_features(),
             linear.out_features(),
