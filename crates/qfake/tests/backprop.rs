@@ -95,3 +95,32 @@ fn gradients_match_finite_differences() {
         check(&format!("input[{index}]"), dx.as_slice().unwrap()[index], &perturb);
     }
 }
+
+/// Bad use is an error naming the module and the fix, never a panic: a module type without a
+/// training rule, a tape from another model, `prepare_qat` on a model in eval mode.
+#[test]
+fn misuse_is_a_clear_error() {
+    use qgraph::Sequential;
+    use qgraph::nn::Softmax;
+    let backprop = Backprop::default();
+    let mut unsupported: Box<dyn Module> =
+        Box::new(Sequential::new(vec![Box::new(Linear::new(4, 4, true)), Box::new(Softmax::new(1))]));
+    train(&mut unsupported, true);
+    let x = Value::Float(random(&[2, 4], 3));
+    let err = backprop.forward(unsupported.as_mut(), x.clone()).unwrap_err().to_string();
+    assert!(err.contains("`1`") && err.contains("Softmax") && err.contains("Backprop::register"), "{err}");
+
+    let mut linear: Box<dyn Module> = Box::new(Linear::new(4, 4, true));
+    let (_, tape) = backprop.forward(linear.as_mut(), x).unwrap();
+    let mut other = model();
+    let err =
+        backprop.backward(other.as_ref(), tape, Value::Float(random(&[2, 4], 4))).unwrap_err().to_string();
+    assert!(err.contains("tape"), "{err}");
+
+    let mut float: Box<dyn Module> = Box::new(Sequential::new(vec![Box::new(Linear::new(4, 4, true))]));
+    qgraph::eval(&mut float);
+    let err = qfake::prepare_qat(&mut float, &qfake::get_default_qat_qconfig("x86").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train(&mut model, true)"), "{err}");
+}
