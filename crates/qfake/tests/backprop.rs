@@ -112,7 +112,7 @@ fn misuse_is_a_clear_error() {
 
     let mut linear: Box<dyn Module> = Box::new(Linear::new(4, 4, true));
     let (_, tape) = backprop.forward(linear.as_mut(), x).unwrap();
-    let mut other = model();
+    let other = model();
     let err =
         backprop.backward(other.as_ref(), tape, Value::Float(random(&[2, 4], 4))).unwrap_err().to_string();
     assert!(err.contains("tape"), "{err}");
