@@ -45,6 +45,8 @@ pub enum Activation {
 
 /// The C library's `erff`, which ATen's scalar GELU loop calls through `std::erf`.
 fn erf(x: f32) -> f32 {
+    // SAFETY: C's `float erff(float)`: one float in, one float out, no pointers, so this
+    // declaration matches the C library's symbol on every platform.
     unsafe extern "C" {
         fn erff(x: f32) -> f32;
     }

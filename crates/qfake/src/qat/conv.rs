@@ -256,7 +256,8 @@ impl QatConv {
     /// The forward: the output and what backward needs (with the running statistics the batch
     /// gives, when batch norm uses batch statistics; the training forward stores them).
     pub(crate) fn run(&self, x: ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, ConvRun)> {
-        let x = x.as_standard_layout().into_owned();
+        // Copied only when not already in standard layout.
+        let x = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
         let options = self.conv.options();
         let fq = self.weight_fake_quant();
         let Some(bn) = self.bn.as_ref().map(|_| self.batch_norm()).transpose()? else {
