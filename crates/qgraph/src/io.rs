@@ -32,7 +32,29 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
     format_version: u32,
+    /// The model's inputs, when the writer recorded them (see [`to_bytes_with_inputs`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    inputs: Vec<TensorInfo>,
     model: SavedModule,
+}
+
+/// Name and shape of a model input, as a model file may record it; `None` is a dimension of any
+/// size (usually the batch).
+///
+/// ```
+/// use qgraph::io::{TensorInfo, inputs_from_bytes, to_bytes_with_inputs};
+/// use qgraph::nn::ReLU;
+///
+/// let input = TensorInfo { name: "input".into(), shape: vec![None, Some(3), Some(224), Some(224)] };
+/// let bytes = to_bytes_with_inputs(&ReLU::default(), &[input.clone()]).unwrap();
+/// assert_eq!(inputs_from_bytes(&bytes).unwrap(), vec![input]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorInfo {
+    /// The input's name (an ONNX graph input's, or `input`).
+    pub name: String,
+    /// Its shape; `None` for a dimension of any size.
+    pub shape: Vec<Option<usize>>,
 }
 
 /// One module in the saved tree.
@@ -54,9 +76,15 @@ fn file_error(path: &str, reason: impl Into<String>) -> GraphError {
 
 /// The bytes of a model file for `model` (see the [module documentation](self)).
 pub fn to_bytes(model: &dyn Module) -> GraphResult<Vec<u8>> {
+    to_bytes_with_inputs(model, &[])
+}
+
+/// The bytes of a model file for `model` that also records its `inputs` (read back by
+/// [`inputs_from_bytes`] / [`load_inputs`]; with none, the same bytes as [`to_bytes`]).
+pub fn to_bytes_with_inputs(model: &dyn Module, inputs: &[TensorInfo]) -> GraphResult<Vec<u8>> {
     let mut tensors: Vec<(String, OwnedTensor)> = Vec::new();
     let tree = describe(model, "", &mut tensors)?;
-    let header = Header { format_version: FORMAT_VERSION, model: tree };
+    let header = Header { format_version: FORMAT_VERSION, inputs: inputs.to_vec(), model: tree };
     let metadata =
         HashMap::from([(FORMAT.to_string(), serde_json::to_string(&header).expect("plain data serializes"))]);
     let views = tensors
@@ -73,9 +101,47 @@ pub fn to_bytes(model: &dyn Module) -> GraphResult<Vec<u8>> {
 
 /// Saves `model` to `path`.
 pub fn save(model: &dyn Module, path: impl AsRef<Path>) -> GraphResult<()> {
+    save_with_inputs(model, &[], path)
+}
+
+/// Saves `model` to `path`, recording its `inputs` (see [`to_bytes_with_inputs`]).
+pub fn save_with_inputs(
+    model: &dyn Module,
+    inputs: &[TensorInfo],
+    path: impl AsRef<Path>,
+) -> GraphResult<()> {
     let path = path.as_ref();
-    let bytes = to_bytes(model)?;
+    let bytes = to_bytes_with_inputs(model, inputs)?;
     std::fs::write(path, bytes).map_err(|e| file_error(&path.display().to_string(), e.to_string()))
+}
+
+/// The inputs the model file `bytes` records (empty if its writer recorded none).
+pub fn inputs_from_bytes(bytes: &[u8]) -> GraphResult<Vec<TensorInfo>> {
+    Ok(header(bytes, "<bytes>")?.inputs)
+}
+
+/// The inputs the model file at `path` records (empty if its writer recorded none); reads the
+/// header only.
+pub fn load_inputs(path: impl AsRef<Path>) -> GraphResult<Vec<TensorInfo>> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let json = read_header_json(path).map_err(|e| file_error(&name, e.to_string()))?;
+    let header: serde_json::Value = serde_json::from_slice(&json)
+        .map_err(|e| file_error(&name, format!("not a safetensors file: its header is not JSON: {e}")))?;
+    let text =
+        header.get("__metadata__").and_then(|meta| meta.get(FORMAT)).and_then(serde_json::Value::as_str);
+    Ok(parse_header(text, &name)?.inputs)
+}
+
+/// The JSON header of a safetensors file, read without the tensor data.
+fn read_header_json(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)?;
+    let mut json = Vec::new();
+    file.take(u64::from_le_bytes(prefix)).read_to_end(&mut json)?;
+    Ok(json)
 }
 
 /// Loads a model saved by [`save`], memory-mapping the file, with the [default
@@ -111,10 +177,27 @@ pub fn from_bytes_with(bytes: &[u8], loaders: &Loaders) -> GraphResult<Box<dyn M
 fn from_bytes_named(bytes: &[u8], name: &str, loaders: &Loaders) -> GraphResult<Box<dyn Module>> {
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| file_error(name, format!("not a safetensors file: {e}")))?;
+    let tree = header(bytes, name)?.model;
+    let views = file.tensors();
+    let raw: HashMap<String, RawTensor<'_>> = views
+        .iter()
+        .map(|(k, v)| (k.clone(), RawTensor { dtype: v.dtype(), shape: v.shape(), bytes: v.data() }))
+        .collect();
+    rebuild(tree, "", &raw, 0, loaders)
+        .map_err(|e| GraphError::Load { file: name.to_string(), source: Box::new(e) })
+}
+
+/// The `qgraph` metadata of the model file `bytes` (only its header needs to be present).
+fn header(bytes: &[u8], name: &str) -> GraphResult<Header> {
     let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| file_error(name, format!("not a safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let Some(text) = meta.get(FORMAT) else {
+    parse_header(meta.get(FORMAT).map(String::as_str), name)
+}
+
+/// Parses the `qgraph` metadata entry `text` (`None` when the file has none).
+fn parse_header(text: Option<&str>, name: &str) -> GraphResult<Header> {
+    let Some(text) = text else {
         return Err(file_error(
             name,
             format!(
@@ -132,16 +215,8 @@ fn from_bytes_named(bytes: &[u8], name: &str, loaders: &Loaders) -> GraphResult<
             format!("format version {found}; this build reads version {FORMAT_VERSION}"),
         ));
     }
-    let tree = serde_json::from_str::<Header>(text)
-        .map_err(|e| file_error(name, format!("the module tree is not valid: {e}")))?
-        .model;
-    let views = file.tensors();
-    let raw: HashMap<String, RawTensor<'_>> = views
-        .iter()
-        .map(|(k, v)| (k.clone(), RawTensor { dtype: v.dtype(), shape: v.shape(), bytes: v.data() }))
-        .collect();
-    rebuild(tree, "", &raw, 0, loaders)
-        .map_err(|e| GraphError::Load { file: name.to_string(), source: Box::new(e) })
+    serde_json::from_str::<Header>(text)
+        .map_err(|e| file_error(name, format!("the module tree is not valid: {e}")))
 }
 
 /// A tensor to write.

@@ -145,3 +145,31 @@ fn the_format_version_is_recorded() {
     let bytes = io::to_bytes(small_resnet().as_ref()).unwrap();
     assert_eq!(header_of(&bytes)["format_version"], FORMAT_VERSION);
 }
+
+#[test]
+fn recorded_inputs_round_trip_and_leave_the_model_unchanged() {
+    let model = small_resnet();
+    let inputs = [io::TensorInfo { name: "image".into(), shape: vec![None, Some(3), Some(16), Some(16)] }];
+    let bytes = io::to_bytes_with_inputs(model.as_ref(), &inputs).unwrap();
+    assert_eq!(io::inputs_from_bytes(&bytes).unwrap(), inputs);
+    let loaded = io::from_bytes(&bytes).unwrap();
+    assert_eq!(outputs(model.as_ref()), outputs(loaded.as_ref()));
+    // Without inputs the file is the plain one, and records none.
+    let plain = io::to_bytes_with_inputs(model.as_ref(), &[]).unwrap();
+    assert_eq!(plain, io::to_bytes(model.as_ref()).unwrap());
+    assert!(io::inputs_from_bytes(&plain).unwrap().is_empty());
+    // From a file, reading the header only.
+    let path = std::env::temp_dir().join(format!("qgraph-io-inputs-{}.safetensors", std::process::id()));
+    io::save_with_inputs(model.as_ref(), &inputs, &path).unwrap();
+    let read = io::load_inputs(&path);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(read.unwrap(), inputs);
+}
+
+#[test]
+fn recorded_inputs_of_a_bad_file_are_an_error() {
+    assert!(io::inputs_from_bytes(b"not a model").is_err());
+    let missing = std::env::temp_dir().join("qgraph-io-no-such-file.safetensors");
+    let err = io::load_inputs(&missing).unwrap_err().to_string();
+    assert!(err.contains("qgraph-io-no-such-file"), "{err}");
+}
