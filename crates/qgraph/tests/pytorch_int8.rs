@@ -5,8 +5,13 @@
 //! converted model (scales aside), and:
 //! - fed PyTorch's output of each module's predecessors (teacher forcing), every module's int8
 //!   output equals PyTorch's `int_repr` bit for bit, with PyTorch's scale and zero point;
-//! - running freely, it meets the zoo agreement bar (`agreement.rs`) on all layers together and
-//!   gives PyTorch's top-1;
+//! - running freely, it meets the zoo agreement bar (`agreement.rs`) on all layers together, is at
+//!   least as close to PyTorch's "fbgemm" outputs as PyTorch's own "x86" engine is (the
+//!   generator's `x86_equal_fraction`, `x86_final_max_abs`), and gives PyTorch's top-1.
+//!
+//! The fixtures are PyTorch's "fbgemm" engine, whose arithmetic qgraph reproduces; under "x86" on
+//! a CPU with AVX512-VNNI PyTorch runs symmetric-weight convolutions on oneDNN, which rounds
+//! differently (docs/NUMERICS.md section 17). The exported weights are the same under both.
 //! - the LSTM's output is within `dynamic_rnn.rs`'s tolerance for stacks (MKL's tanh, NUMERICS
 //!   §12), and the head fed PyTorch's LSTM output gives PyTorch's output within the same bound.
 //!
@@ -140,7 +145,24 @@ fn check_static(dir: &Path, name: &str, min_layers: usize) {
         free.len(),
         out.len()
     );
+    let final_max = out.iter().zip(&final_torch).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let engines = &params(&fx, "output");
+    let x86_fraction = engines["x86_equal_fraction"].as_f64().expect("x86_equal_fraction");
+    let x86_final = engines["x86_final_max_abs"].as_f64().expect("x86_final_max_abs");
+    eprintln!(
+        "{name}: final output max |difference| {final_max:e}; PyTorch's own engines: x86 vs fbgemm {:.4}% \
+         equal, final max |difference| {x86_final:e}",
+        x86_fraction * 100.0
+    );
     assert!(fraction >= FREE_TOTAL_EQUAL, "{name}: free-running, {fraction} equal");
+    assert!(
+        fraction >= x86_fraction,
+        "{name}: free-running, {fraction} equal, below PyTorch's x86 vs fbgemm"
+    );
+    assert!(
+        f64::from(final_max) <= x86_final,
+        "{name}: final output off by {final_max}, beyond PyTorch's engines"
+    );
     assert_eq!(argmax(&out), argmax(&final_torch), "{name}: top-1");
 }
 
@@ -152,6 +174,16 @@ fn resnet_from_pytorch_matches_layer_by_layer() {
 #[test]
 fn mobilenet_v2_from_pytorch_matches_layer_by_layer() {
     check_static(Path::new(DIR), "mobilenet_v2", 50);
+}
+
+#[test]
+fn every_mapped_module_and_op_from_pytorch_matches_layer_by_layer() {
+    check_static(Path::new(DIR), "ops", 23);
+}
+
+#[test]
+fn conv3d_and_batch_norm_3d_from_pytorch_match_layer_by_layer() {
+    check_static(Path::new(DIR), "volume", 3);
 }
 
 /// Max |a - b| within the stack bound of `dynamic_rnn.rs`.
@@ -204,5 +236,5 @@ fn full_resnet18_from_pytorch_matches_layer_by_layer() {
         );
         return;
     }
-    check_static(&dir, "resnet18_int8", 40);
+    check_static(&dir, "resnet18_int8", 30);
 }
