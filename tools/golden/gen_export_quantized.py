@@ -42,6 +42,15 @@ non-trivial by three train-mode passes on random batches, as tools/export_torchv
                 output, quantize_dynamic({LSTM, Linear}, qint8). Input 6x2x8 (seq, batch,
                 features). Cases as above, except that output holds "lstm" (the LSTM's output
                 tensor, f32), "fc" and "final" (f32).
+  recurrent     nn.GRU(6, 8, batch_first=True) (per-channel qint8) and nn.Linear(8, 4) (float16)
+                on its output, quantize_dynamic. Input 2x5x6. Output case: "final" only.
+  cells         LSTMCell(8, 8), GRUCell(8, 8), RNNCell(8, 8, relu) (qint8 per tensor) and a
+                fused Linear(8, 4) + ReLU (per-channel qint8), quantize_dynamic. Input 3x8;
+                "final" only.
+  tables        Embedding(20, 6), EmbeddingBag(20, 6, sum) (quint8) and EmbeddingBag(20, 8,
+                sum) (quint4x2), weight-only (prepare / convert with
+                float_qparams_weight_only_qconfig[_4bit]), on the same 4x3 int64 indices; outputs
+                "final.0", "final.1", "final.2".
 
 With --full, also the full torchvision quantizable ResNet-18 (tools/export_torchvision.py's
 seeded weights and statistics, seed 0), quantized as resnet above (calibration on four
@@ -58,6 +67,7 @@ import warnings
 import torch
 import torch.ao.quantization as tq
 import torch.ao.nn.quantized as nnq
+import torch.ao.nn.intrinsic as nni
 import torch.nn as nn
 from fixtures import ROOT, Fixture
 from gen_models import output_tensors
@@ -253,6 +263,78 @@ def lstm_model():
     return tq.quantize_dynamic(LstmHead().eval(), {nn.LSTM, nn.Linear}, dtype=torch.qint8)
 
 
+class Recurrent(nn.Module):
+    """A batch-first GRU and a linear head on its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(6, 8, batch_first=True)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        out, _ = self.gru(x)
+        return self.fc(out)
+
+
+def recurrent_model():
+    """GRU with per-channel qint8 weights, a float16 head."""
+    torch.manual_seed(6)
+    spec = {nn.GRU: tq.per_channel_dynamic_qconfig, nn.Linear: tq.float16_dynamic_qconfig}
+    return tq.quantize_dynamic(Recurrent().eval(), spec)
+
+
+class Cells(nn.Module):
+    """LSTMCell, GRUCell, RNNCell (relu) and Linear + ReLU in a chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm_cell = nn.LSTMCell(8, 8)
+        self.gru_cell = nn.GRUCell(8, 8)
+        self.rnn_cell = nn.RNNCell(8, 8, nonlinearity="relu")
+        self.fc = nn.Linear(8, 4)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        h, _ = self.lstm_cell(x)
+        return self.relu(self.fc(self.rnn_cell(self.gru_cell(h))))
+
+
+def cells_model():
+    """qint8 per-tensor cells, the fused Linear + ReLU with per-channel weights."""
+    torch.manual_seed(7)
+    model = tq.fuse_modules(Cells().eval(), [["fc", "relu"]])
+    spec = {nn.LSTMCell: tq.default_dynamic_qconfig, nn.GRUCell: tq.default_dynamic_qconfig,
+            nn.RNNCell: tq.default_dynamic_qconfig, nni.LinearReLU: tq.per_channel_dynamic_qconfig}
+    return tq.quantize_dynamic(model, spec)
+
+
+class Tables(nn.Module):
+    """An Embedding and two EmbeddingBags on the same indices; three outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(20, 6)
+        self.bag = nn.EmbeddingBag(20, 6, mode="sum")
+        self.bag4 = nn.EmbeddingBag(20, 8, mode="sum")
+
+    def forward(self, indices):
+        return self.embedding(indices), self.bag(indices), self.bag4(indices)
+
+
+def tables_model():
+    """quint8 Embedding and EmbeddingBag, quint4x2 EmbeddingBag (weight only)."""
+    torch.manual_seed(8)
+    model = Tables().eval()
+    model.embedding.qconfig = tq.float_qparams_weight_only_qconfig
+    model.bag.qconfig = tq.float_qparams_weight_only_qconfig
+    model.bag4.qconfig = tq.float_qparams_weight_only_qconfig_4bit
+    return tq.convert(tq.prepare(model))
+
+
+def final_only(model, x):
+    return model(x), {}
+
+
 def save(converted, x, folder, name, outputs_of=None):
     """Exports the model and writes its fixture: input, per-module outputs, printout. Static models
     come converted under both engines ({engine: model}): the "fbgemm" one is exported and run, the
@@ -269,7 +351,8 @@ def save(converted, x, folder, name, outputs_of=None):
     fixture = Fixture("qgraph", f"{FOLDER}/{name}_outputs")
     fixture.path = folder / f"{name}_outputs.safetensors"
     fixture.case("input", {}, x=x)
-    fixture.case("output", {"order": list(outputs), **engine_params}, final=final, **output_tensors(outputs))
+    finals = {"final": final} if torch.is_tensor(final) else {f"final.{i}": f for i, f in enumerate(final)}
+    fixture.case("output", {"order": list(outputs), **engine_params}, **finals, **output_tensors(outputs))
     fixture.case("printed", {"converted": str(model)})
     fixture.save()
     print(f"{model_path.relative_to(ROOT)}: {model_path.stat().st_size} bytes; {engine_params}")
@@ -339,6 +422,12 @@ def main():
     save(quantize_static(volume_model(), (2, 2, 4, 6, 6), 14), torch.randn(1, 2, 4, 6, 6), folder, "volume")
     torch.manual_seed(101)
     save(lstm_model(), torch.randn(6, 2, 8), folder, "lstm", lstm_outputs)
+    torch.manual_seed(105)
+    save(recurrent_model(), torch.randn(2, 5, 6), folder, "recurrent", final_only)
+    torch.manual_seed(106)
+    save(cells_model(), torch.randn(3, 8), folder, "cells", final_only)
+    torch.manual_seed(107)
+    save(tables_model(), torch.randint(0, 20, (4, 3)), folder, "tables", final_only)
     if args.full:
         target = ROOT / "target" / FOLDER
         target.mkdir(parents=True, exist_ok=True)

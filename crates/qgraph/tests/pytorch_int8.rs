@@ -14,6 +14,9 @@
 //! differently (docs/NUMERICS.md section 17). The exported weights are the same under both.
 //! - the LSTM's output is within `dynamic_rnn.rs`'s tolerance for stacks (MKL's tanh, NUMERICS
 //!   §12), and the head fed PyTorch's LSTM output gives PyTorch's output within the same bound.
+//! - the dynamic GRU (per-channel qint8) with a float16 head, the qint8 cells with a fused dynamic
+//!   Linear + ReLU, and the weight-only quint8 / quint4x2 embeddings give PyTorch's outputs
+//!   (recurrent ones within the same bound, embeddings bit for bit).
 //!
 //! `full_resnet18_from_pytorch_matches_layer_by_layer` does the same for the full torchvision
 //! ResNet-18 that `gen_export_quantized.py --full` writes to `target/pytorch_int8/` (not
@@ -219,6 +222,56 @@ fn dynamic_lstm_from_pytorch_is_within_the_recurrent_tolerance() {
     );
     let out = model.forward(x).expect("forward").into_float("test").expect("a tensor");
     assert_within_stack_bound("model output", &out, &fx.tensor("output", "final"));
+}
+
+/// The model's outputs (a tuple flattened, in order) as floats.
+fn float_outputs(y: Value) -> Vec<ArrayD<f32>> {
+    match y {
+        Value::Tuple(items) => items.into_iter().flat_map(float_outputs).collect(),
+        other => vec![other.into_float("test").expect("a float output")],
+    }
+}
+
+/// Loads a dynamically quantized model, checks its printout and runs it on the fixture's input:
+/// each output within `ulps` (0: bit for bit) of PyTorch's.
+fn check_dynamic(name: &str, input: Value, ulps: f32) {
+    let (model, fx) = load(Path::new(DIR), name);
+    let printed = params(&fx, "printed")["converted"].as_str().expect("printout");
+    assert_eq!(model.to_string(), printed, "{name}: printout");
+    let outputs = float_outputs(model.forward(input).unwrap_or_else(|e| panic!("{name}: {e}")));
+    let fields: Vec<String> = if outputs.len() == 1 {
+        vec!["final".to_string()]
+    } else {
+        (0..outputs.len()).map(|i| format!("final.{i}")).collect()
+    };
+    for (field, got) in fields.iter().zip(&outputs) {
+        assert!(fx.has("output", field), "{name}: PyTorch gave no {field}");
+        let want = fx.tensor::<f32>("output", field);
+        assert_eq!(got.shape(), want.shape(), "{name}: {field} shape");
+        let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let equal = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+        let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        eprintln!("{name}: {field}: max abs difference {max:e}, {equal} of {} bit-equal", got.len());
+        assert!(max <= ulps * scale * f32::EPSILON, "{name}: {field} off by {max:e}, over {ulps} ulps");
+    }
+}
+
+#[test]
+fn dynamic_gru_with_a_float16_head_from_pytorch_is_within_the_recurrent_tolerance() {
+    let fx = Fixture::load(DIR, "recurrent_outputs");
+    check_dynamic("recurrent", Value::from(fx.tensor::<f32>("input", "x")), STACK_ULPS);
+}
+
+#[test]
+fn dynamic_cells_and_linear_relu_from_pytorch_are_within_the_recurrent_tolerance() {
+    let fx = Fixture::load(DIR, "cells_outputs");
+    check_dynamic("cells", Value::from(fx.tensor::<f32>("input", "x")), STACK_ULPS);
+}
+
+#[test]
+fn weight_only_embeddings_from_pytorch_are_bit_exact() {
+    let fx = Fixture::load(DIR, "tables_outputs");
+    check_dynamic("tables", Value::Int(fx.tensor::<i64>("input", "x")), 0.0);
 }
 
 /// `target/pytorch_int8`, where `gen_export_quantized.py --full` writes the full ResNet-18.
