@@ -4,7 +4,8 @@
 
 MODEL is either
   - a file written by `torch.save(model)` (the whole pickled module; its classes must be
-    importable, and it is loaded with `weights_only=False`, so load only files you trust), or
+    importable, from the current directory or PYTHONPATH, and it is loaded with
+    `weights_only=False`, so load only files you trust), or
   - a Python entry point `package.module:function` (or `path/to/file.py:function`) whose function,
     called without arguments, returns the model.
 
@@ -25,6 +26,12 @@ torchvision's `Conv2dNormActivation`, as a `Graph` printed under its class name)
 `--input-shape` is the shape of an example float input, used to resolve reshape / view and by
 `--verify`. A module or operation with no qgraph counterpart stops the export with an error naming
 it, its type and what is supported.
+
+--engine (default fbgemm) is PyTorch's quantized engine while the model is loaded (a pickled
+model packs its weights then) and verified. qgraph reproduces FBGEMM's arithmetic; under "x86"
+on a CPU with AVX512-VNNI, PyTorch runs convolutions with symmetric weights on oneDNN, which
+rounds a few values differently (docs/NUMERICS.md section 17). The exported file is the same
+either way.
 
 --verify INPUT runs PyTorch on INPUT (`seed:N`: `torch.manual_seed(N)`, then `torch.randn` of
 --input-shape; or a safetensors file holding a tensor named `input`) and writes
@@ -358,8 +365,19 @@ LEAVES = {
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
+ALIASES = [("torch.ao.nn.intrinsic.quantized.dynamic", "nniqd"), ("torch.ao.nn.intrinsic.quantized", "nniq"),
+           ("torch.ao.nn.quantized.dynamic", "nnqd"), ("torch.ao.nn.quantized", "nnq"), ("torch.nn", "nn"),
+           ("torch.ao.quantization", "tq")]
+
+
 def supported():
-    return ", ".join(sorted({f"{c.__module__.replace('torch.ao.nn.', '')}.{c.__name__}" for c in LEAVES}))
+    """The supported module classes, as `nnq.Conv2d`, `nn.ReLU`, ..."""
+
+    def short(c):
+        alias = next((a for prefix, a in ALIASES if c.__module__.startswith(prefix)), c.__module__)
+        return f"{alias}.{c.__name__}"
+
+    return ", ".join(sorted(short(c) for c in LEAVES))
 
 
 def convert_leaf(module, path):
@@ -658,6 +676,14 @@ class Exporter:
         b.env[n] = b.add(child, {"Call": child}, ins)
         return child, ins
 
+    def is_tuple(self, n):
+        """True if node `n` gives a tuple: by its propagated shape, else by the module it calls."""
+        meta = n.meta.get("tensor_meta")
+        if meta is not None:
+            # TensorMetadata is a NamedTuple itself: a tensor has a shape.
+            return not hasattr(meta, "shape")
+        return n.op == "call_module" and isinstance(self.modules[n.target], TUPLE_MODULES)
+
     def functional(self, b, n):
         """A QFunctional op (add, add_relu, mul, cat, add_scalar, mul_scalar)."""
         path, op = n.meta["functional"]
@@ -717,10 +743,12 @@ class Exporter:
             source = n.args[0]
             if b.env.get(source, "") is None:
                 b.env[n] = None
-            elif isinstance(n.args[1], int):
+            elif isinstance(n.args[1], int) and self.is_tuple(source):
                 b.env[n] = b.add(n.name, {"GetItem": n.args[1]}, [b.value(source, n)])
             else:
-                raise ExportError(f"{b.where}: `{n.name}` indexes with {n.args[1]!r}; qgraph takes tuple items only")
+                raise ExportError(f"{b.where}: `{n.name}` indexes `{source.name}` with {n.args[1]!r}; qgraph takes "
+                                  "items of the tuples recurrent modules return, not tensor slices (pass "
+                                  f"--input-shape if `{source.name}` is such a tuple)")
         elif target is F.adaptive_avg_pool2d or target is torch._C._nn.adaptive_avg_pool2d:
             size = n.args[1] if len(n.args) > 1 else n.kwargs["output_size"]
             pair = _adaptive_size(size, f"{b.where}: `{n.name}`")
@@ -731,6 +759,9 @@ class Exporter:
             raise ExportError(f"{b.where}: operation `{n.name}` ({n.op} {tname}) has no qgraph counterpart; "
                               "supported in forward: module calls, QFunctional ops, flatten, reshape / view (as a "
                               "flatten), adaptive_avg_pool2d, tuple indexing")
+
+
+TUPLE_MODULES = (nnqd.LSTM, nnqd.GRU, nnqd.LSTMCell)
 
 
 def _shape(n):
@@ -794,8 +825,9 @@ def write(saved, out):
 def load_model(spec):
     """A model from a `torch.save` file or a `module:function` entry point."""
     path = pathlib.Path(spec)
+    sys.path.insert(0, str(pathlib.Path.cwd()))
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return _repair(torch.load(path, map_location="cpu", weights_only=False))
     if ":" not in spec:
         raise ExportError(f"{spec}: neither a file nor an entry point `module:function`")
     module_name, function = spec.rsplit(":", 1)
@@ -807,9 +839,23 @@ def load_model(spec):
         sys.modules[file.stem] = module
         loader.loader.exec_module(module)
     else:
-        sys.path.insert(0, str(pathlib.Path.cwd()))
         module = importlib.import_module(module_name)
     return getattr(module, function)()
+
+
+def _repair(module):
+    """Completes the modules a pickle left half-built. PyTorch's quantized conv modules pickle
+    through their own `__getstate__` / `__setstate__`, which skip `nn.Module.__init__`, so an
+    unpickled one has no `_modules` or hook dictionaries; rebuilt here as their `__deepcopy__`
+    does (`Module.__init__`, then `__setstate__`)."""
+    if "_modules" not in module.__dict__:
+        state = module.__getstate__()
+        torch.nn.Module.__init__(module)
+        module.__setstate__(state)
+    for child in module._modules.values():
+        if child is not None:
+            _repair(child)
+    return module
 
 
 def verify_input(spec, shape):
@@ -847,7 +893,10 @@ def main():
     parser.add_argument("out", type=pathlib.Path, help="the model file to write (.safetensors)")
     parser.add_argument("--input-shape", help="an example float input's shape, e.g. 1,3,224,224")
     parser.add_argument("--verify", metavar="INPUT", help="seed:N or a safetensors file with a tensor `input`")
+    parser.add_argument("--engine", default="fbgemm", choices=torch.backends.quantized.supported_engines,
+                        help="PyTorch's quantized engine while loading and verifying (default fbgemm)")
     args = parser.parse_args()
+    torch.backends.quantized.engine = args.engine
     shape = [int(v) for v in args.input_shape.split(",")] if args.input_shape else None
     try:
         model = load_model(args.model)
