@@ -23,9 +23,14 @@ adaptive_avg_pool2d / getitem become graph ops). Every module keeps its PyTorch 
 chain of its children is saved as a `Sequential` (a subclass of `Sequential`, such as
 torchvision's `Conv2dNormActivation`, as a `Graph` printed under its class name), any other as a
 `Graph` named by its class.
-`--input-shape` is the shape of an example float input, used to resolve reshape / view and by
-`--verify`. A module or operation with no qgraph counterpart stops the export with an error naming
-it, its type and what is supported.
+
+`--input-shape` is the shape of an example float input, used to resolve reshape / view, negative
+dimensions and tuple indexing, and by `--verify` (omit it for models taking integer indices).
+Module paths and the weight and bias names are PyTorch's (`layer1.0.conv1.weight` holds the
+int8 `int_repr`, next to `weight_scale` and `weight_zero_point`); output scales and zero points
+are in the module's configuration, and recurrent weights are named per layer and direction
+(`lstm.l0_reverse.ih.weight`), as qgraph's loaders read them. A module or operation with no
+qgraph counterpart stops the export with an error naming it, its type and what is supported.
 
 --engine (default fbgemm) is PyTorch's quantized engine while the model is loaded (a pickled
 model packs its weights then) and verified. qgraph reproduces FBGEMM's arithmetic; under "x86"

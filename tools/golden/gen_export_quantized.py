@@ -60,7 +60,6 @@ target/pytorch_int8/resnet18_int8_outputs.safetensors (input 1x3x224x224). Not c
 
 import argparse
 import copy
-import pathlib
 import sys
 import warnings
 
@@ -179,7 +178,8 @@ def ops_model():
     model.fuse_model()
     model.qconfig = tq.get_default_qconfig("x86")
     # Per-tensor weights for the last layer.
-    model.fc2.qconfig = tq.QConfig(activation=tq.get_default_qconfig("x86").activation, weight=tq.default_weight_observer)
+    x86 = tq.get_default_qconfig("x86")
+    model.fc2.qconfig = tq.QConfig(activation=x86.activation, weight=tq.default_weight_observer)
     return model
 
 
