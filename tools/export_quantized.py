@@ -351,8 +351,8 @@ LEAVES = {
     nnq.Hardswish: with_out("QuantizedHardswish"),
     nnq.LeakyReLU: with_out("QuantizedLeakyReLU", negative_slope="negative_slope"),
     nnq.ELU: with_out("QuantizedELU", alpha="alpha"),
-    nnq.Dropout: lambda m, path: Saved("QuantizedDropout", {"p": float(m.p)}),
-    nn.Dropout: lambda m, path: Saved("Dropout", {"p": float(m.p)}),
+    nnq.Dropout: lambda m, path: Saved("QuantizedDropout", {"p": float(m.p), "inplace": bool(m.inplace)}),
+    nn.Dropout: lambda m, path: Saved("Dropout", {"p": float(m.p), "inplace": bool(m.inplace)}),
     nn.ReLU: constant("ReLU"), nn.ReLU6: constant("ReLU6"), nn.Hardsigmoid: constant("Hardsigmoid"),
     nn.Sigmoid: constant("Sigmoid"), nn.Tanh: constant("Tanh"), nn.Hardswish: constant("Hardswish"),
     nn.LeakyReLU: lambda m, path: Saved("LeakyReLU", {"negative_slope": float(m.negative_slope)}),
@@ -423,7 +423,7 @@ class Tracer(torch.fx.Tracer):
             return True
         if isinstance(m, CONTAINERS):
             return False
-        if type(m).__module__.startswith(("torch.nn", "torch.ao")):
+        if type(m).__module__.startswith(("torch.nn.", "torch.ao.nn.")):
             raise ExportError(f"{qualified_name or '<model>'}: {type(m).__qualname__} has no qgraph counterpart "
                               f"(is the model converted?); supported modules: {supported()}")
         return False

@@ -31,6 +31,8 @@ non-trivial by three train-mode passes on random batches, as tools/export_torchv
                 _make_layer), 10 classes; fuse_model(), get_default_qconfig("x86"), prepare,
                 calibrate on four 2x3x64x64 batches (torch.randn), convert. Input 1x3x64x64.
   mobilenet_v2  torchvision's QuantizableMobileNetV2 (width_mult 0.25, 10 classes), as above.
+  mobilenet_v3  torchvision's QuantizableMobileNetV3 (mobilenet_v3_large, width_mult 0.25, 10
+                classes), as above on 32x32 images (calibration on 2x3x32x32). Input 1x3x32x32.
   ops           Ops below: one of each module and op the exporter maps (conv + bn + relu,
                 batch norm, bn + relu, ReLU6, Hardswish, LeakyReLU, ELU, Sigmoid, Tanh,
                 Hardsigmoid, QFunctional cat / mul / add_scalar / mul_scalar / add, max, average
@@ -207,6 +209,12 @@ class Volume(nn.Module):
 def volume_model():
     torch.manual_seed(5)
     return settle_batch_norms(Volume(), (2, 2, 4, 6, 6))
+
+
+def small_mobilenet_v3():
+    torch.manual_seed(9)
+    model = qmodels.mobilenet_v3_large(weights=None, quantize=False, width_mult=0.25, num_classes=10)
+    return settle_batch_norms(model, (4, 3, 32, 32))
 
 
 def quantize_static(model, input_shape, seed):
@@ -416,6 +424,9 @@ def main():
     image = torch.randn(1, 3, 64, 64)
     save(quantize_static(small_resnet(), (2, 3, 64, 64), 10), image, folder, "resnet")
     save(quantize_static(small_mobilenet(), (2, 3, 64, 64), 11), image, folder, "mobilenet_v2")
+    torch.manual_seed(108)
+    v3 = quantize_static(small_mobilenet_v3(), (2, 3, 32, 32), 15)
+    save(v3, torch.randn(1, 3, 32, 32), folder, "mobilenet_v3")
     torch.manual_seed(103)
     save(quantize_static(ops_model(), (2, 4, 8, 8), 13), torch.randn(1, 4, 8, 8), folder, "ops")
     torch.manual_seed(104)

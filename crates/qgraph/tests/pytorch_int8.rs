@@ -1,6 +1,7 @@
 //! Models quantized in PyTorch 2.15 (x86 engine) and exported with `tools/export_quantized.py`
 //! (fixtures from `tools/golden/gen_export_quantized.py`): a narrow torchvision quantizable ResNet
-//! with BasicBlocks, a narrow quantizable MobileNetV2 and a `quantize_dynamic` bidirectional LSTM
+//! with BasicBlocks, narrow quantizable MobileNetV2 and MobileNetV3 (Hardswish, squeeze-excitation
+//! with a quantized mul and Hardsigmoid), one model of every other mapped module and op, and a `quantize_dynamic` bidirectional LSTM
 //! with a linear head. Each file loads with `qgraph::io::load`, prints as PyTorch printed the
 //! converted model (scales aside), and:
 //! - fed PyTorch's output of each module's predecessors (teacher forcing), every module's int8
@@ -177,6 +178,11 @@ fn resnet_from_pytorch_matches_layer_by_layer() {
 #[test]
 fn mobilenet_v2_from_pytorch_matches_layer_by_layer() {
     check_static(Path::new(DIR), "mobilenet_v2", 50);
+}
+
+#[test]
+fn mobilenet_v3_from_pytorch_matches_layer_by_layer() {
+    check_static(Path::new(DIR), "mobilenet_v3", 100);
 }
 
 #[test]
