@@ -1,23 +1,23 @@
-//! Models quantized in PyTorch 2.15 (x86 engine) and exported with `tools/export_quantized.py`
-//! (fixtures from `tools/golden/gen_export_quantized.py`): a narrow torchvision quantizable ResNet
-//! with BasicBlocks, narrow quantizable MobileNetV2 and MobileNetV3 (Hardswish, squeeze-excitation
-//! with a quantized mul and Hardsigmoid), one model of every other mapped module and op, and a `quantize_dynamic` bidirectional LSTM
-//! with a linear head. Each file loads with `qgraph::io::load`, prints as PyTorch printed the
-//! converted model (scales aside), and:
-//! - fed PyTorch's output of each module's predecessors (teacher forcing), every module's int8
-//!   output equals PyTorch's `int_repr` bit for bit, with PyTorch's scale and zero point;
-//! - running freely, it meets the zoo agreement bar (`agreement.rs`) on all layers together, is at
+//! Models quantized in PyTorch 2.15 and exported with `tools/export_quantized.py` (fixtures from
+//! `tools/golden/gen_export_quantized.py`): a narrow torchvision quantizable ResNet with
+//! BasicBlocks, narrow quantizable MobileNetV2 and MobileNetV3 (Hardswish, squeeze-excitation with
+//! a quantized mul and Hardsigmoid), a model of every other mapped module and op, a Conv3d model,
+//! and `quantize_dynamic` models (a bidirectional LSTM with a linear head, a GRU with a float16
+//! head, cells, embeddings). Each file loads with `qgraph::io::load` and prints exactly as PyTorch
+//! printed the converted model. The static models:
+//! - fed PyTorch's output of each module's predecessors (teacher forcing), give every module's
+//!   int8 output equal to PyTorch's `int_repr` bit for bit, with PyTorch's scale and zero point;
+//! - running freely, meet the zoo agreement bar (`agreement.rs`) on all layers together, are at
 //!   least as close to PyTorch's "fbgemm" outputs as PyTorch's own "x86" engine is (the
-//!   generator's `x86_equal_fraction`, `x86_final_max_abs`), and gives PyTorch's top-1.
+//!   generator's `x86_equal_fraction`, `x86_final_max_abs`), and give PyTorch's top-1.
 //!
-//! The fixtures are PyTorch's "fbgemm" engine, whose arithmetic qgraph reproduces; under "x86" on
-//! a CPU with AVX512-VNNI PyTorch runs symmetric-weight convolutions on oneDNN, which rounds
-//! differently (docs/NUMERICS.md section 17). The exported weights are the same under both.
-//! - the LSTM's output is within `dynamic_rnn.rs`'s tolerance for stacks (MKL's tanh, NUMERICS
-//!   §12), and the head fed PyTorch's LSTM output gives PyTorch's output within the same bound.
-//! - the dynamic GRU (per-channel qint8) with a float16 head, the qint8 cells with a fused dynamic
-//!   Linear + ReLU, and the weight-only quint8 / quint4x2 embeddings give PyTorch's outputs
-//!   (recurrent ones within the same bound, embeddings bit for bit).
+//! The dynamic models: the LSTM's output is within `dynamic_rnn.rs`'s tolerance for stacks (MKL's
+//! tanh, NUMERICS §12), and so are the head fed PyTorch's LSTM output, the GRU model and the cells;
+//! the weight-only quint8 / quint4x2 embeddings are bit for bit.
+//!
+//! The static fixtures are PyTorch's "fbgemm" engine, whose arithmetic qgraph reproduces; under
+//! "x86" on a CPU with AVX512-VNNI PyTorch runs symmetric-weight convolutions on oneDNN, which
+//! rounds differently (docs/NUMERICS.md section 17). The exported weights are the same under both.
 //!
 //! `full_resnet18_from_pytorch_matches_layer_by_layer` does the same for the full torchvision
 //! ResNet-18 that `gen_export_quantized.py --full` writes to `target/pytorch_int8/` (not
