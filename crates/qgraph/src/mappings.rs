@@ -400,7 +400,10 @@ pub fn get_default_static_quant_module_mappings() -> Mappings {
     m.register_unobserved::<nn::Dropout>(
         "Dropout",
         |dropout, qconfig| dropout.swap_at_convert = qconfig.is_some(),
-        |dropout| dropout.swap_at_convert.then(|| boxed(qa::Dropout::new(dropout.p()))).transpose(),
+        |dropout| {
+            let quantized = || qa::Dropout::new(dropout.p()).map(|q| q.with_inplace(dropout.inplace()));
+            dropout.swap_at_convert.then(|| boxed(quantized())).transpose()
+        },
     );
     m
 }

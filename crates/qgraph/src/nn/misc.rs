@@ -23,6 +23,10 @@ pub struct Dropout {
     /// as PyTorch swaps every mapped module with a qconfig. Saved only when set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) swap_at_convert: bool,
+    /// PyTorch's `inplace` flag: printed and passed on by `convert`, nothing else (the module
+    /// returns its input). Saved only when set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    inplace: bool,
 }
 
 impl Dropout {
@@ -31,7 +35,17 @@ impl Dropout {
         if !(0.0..=1.0).contains(&p) {
             return Err(invalid("Dropout", "p", p, "dropout probability has to be between 0 and 1"));
         }
-        Ok(Self { p, training: false, swap_at_convert: false })
+        Ok(Self { p, training: false, swap_at_convert: false, inplace: false })
+    }
+
+    /// `nn.Dropout(p, inplace)`: the same module, printed with PyTorch's `inplace` flag.
+    pub fn with_inplace(self, inplace: bool) -> Self {
+        Self { inplace, ..self }
+    }
+
+    /// PyTorch's `inplace` flag.
+    pub fn inplace(&self) -> bool {
+        self.inplace
     }
 
     /// The probability of zeroing an element in training.
@@ -42,13 +56,13 @@ impl Dropout {
     /// Rebuilds a saved module (in evaluation mode, marked for `convert` as it was saved).
     pub fn from_record(record: Record<'_>) -> GraphResult<Self> {
         let saved: Self = record.config()?;
-        Ok(Self { swap_at_convert: saved.swap_at_convert, ..Self::new(saved.p)? })
+        Ok(Self { swap_at_convert: saved.swap_at_convert, inplace: saved.inplace, ..Self::new(saved.p)? })
     }
 }
 
 /// `Dropout(p=0.5, inplace=False)`: the printout of `nn.Dropout` and `nnq.Dropout`.
-pub(crate) fn dropout_repr(p: f64) -> String {
-    format!("p={}, inplace=False", py_float(p))
+pub(crate) fn dropout_repr(p: f64, inplace: bool) -> String {
+    format!("p={}, inplace={}", py_float(p), if inplace { "True" } else { "False" })
 }
 
 impl Module for Dropout {
@@ -69,7 +83,7 @@ impl Module for Dropout {
     }
 
     fn extra_repr(&self) -> String {
-        dropout_repr(self.p)
+        dropout_repr(self.p, self.inplace)
     }
 
     training_field!();
@@ -475,5 +489,27 @@ impl Module for Upsample {
             align_corners: self.align_corners,
         })
         .expect("plain data")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mappings::get_default_static_quant_module_mappings;
+    use crate::qconfig::get_default_qconfig;
+
+    #[test]
+    fn inplace_is_printed_saved_and_passed_on_by_convert() {
+        let dropout = Dropout::new(0.2).unwrap().with_inplace(true);
+        assert_eq!((&dropout as &dyn Module).to_string(), "Dropout(p=0.2, inplace=True)");
+        let mut loaded = crate::io::from_bytes(&crate::io::to_bytes(&dropout).unwrap()).unwrap();
+        assert_eq!(loaded.to_string(), "Dropout(p=0.2, inplace=True)");
+        // Convert's swap, as `prepare` / `convert` run it.
+        let mappings = get_default_static_quant_module_mappings();
+        assert!(mappings.mark(loaded.as_mut(), Some(&get_default_qconfig("x86").unwrap())));
+        let quantized = mappings.take(loaded.as_ref()).unwrap().expect("marked with a qconfig");
+        assert_eq!(quantized.to_string(), "QuantizedDropout(p=0.2, inplace=True)");
+        let loaded = crate::io::from_bytes(&crate::io::to_bytes(quantized.as_ref()).unwrap()).unwrap();
+        assert_eq!(loaded.to_string(), "QuantizedDropout(p=0.2, inplace=True)");
     }
 }

@@ -143,12 +143,20 @@ quantized_activation!(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dropout {
     p: f64,
+    /// PyTorch's `inplace` flag, printed only; saved only when set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    inplace: bool,
 }
 
 impl Dropout {
     /// `nnq.Dropout(p)`; `p` must be within `[0, 1]`, as for `nn.Dropout`.
     pub fn new(p: f64) -> GraphResult<Self> {
-        Ok(Self { p: nn::Dropout::new(p)?.p() })
+        Ok(Self { p: nn::Dropout::new(p)?.p(), inplace: false })
+    }
+
+    /// `nnq.Dropout(p, inplace)`: the same module, printed with PyTorch's `inplace` flag.
+    pub fn with_inplace(self, inplace: bool) -> Self {
+        Self { inplace, ..self }
     }
 }
 
@@ -162,7 +170,7 @@ impl Module for Dropout {
     }
 
     fn extra_repr(&self) -> String {
-        dropout_repr(self.p)
+        dropout_repr(self.p, self.inplace)
     }
 
     serde_config!();
