@@ -224,3 +224,27 @@ fn quant_wrapper_and_one_shot_quantize() {
     assert!(!out.is_quant(), "QuantWrapper dequantizes its output");
     assert_eq!(out.shape().unwrap(), [1, 4, 8, 8]);
 }
+
+#[test]
+fn dropout_inplace_is_printed_saved_and_passed_on_by_convert() {
+    let dropout = qgraph::nn::Dropout::new(0.2).unwrap().with_inplace(true);
+    assert_eq!((&dropout as &dyn Module).to_string(), "Dropout(p=0.2, inplace=True)");
+    let loaded = qgraph::io::from_bytes(&qgraph::io::to_bytes(&dropout).unwrap()).unwrap();
+    assert_eq!(loaded.to_string(), "Dropout(p=0.2, inplace=True)");
+    let mut model: Box<dyn Module> = Box::new(
+        Sequential::named(vec![
+            ("quant".into(), Box::new(QuantStub::new())),
+            ("drop".into(), loaded),
+            ("dequant".into(), Box::new(qgraph::DeQuantStub::new())),
+        ])
+        .unwrap(),
+    );
+    eval(&mut model);
+    prepare(&mut model, &QConfigMapping::global(get_default_qconfig("x86").unwrap())).unwrap();
+    model.forward(Value::from(random(&[1, 4], 3))).unwrap();
+    convert(&mut model).unwrap();
+    let quantized = model.get("drop").unwrap().to_string();
+    assert_eq!(quantized, "QuantizedDropout(p=0.2, inplace=True)");
+    let loaded = qgraph::io::from_bytes(&qgraph::io::to_bytes(model.as_ref()).unwrap()).unwrap();
+    assert_eq!(loaded.get("drop").unwrap().to_string(), quantized);
+}

@@ -491,25 +491,3 @@ impl Module for Upsample {
         .expect("plain data")
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mappings::get_default_static_quant_module_mappings;
-    use crate::qconfig::get_default_qconfig;
-
-    #[test]
-    fn inplace_is_printed_saved_and_passed_on_by_convert() {
-        let dropout = Dropout::new(0.2).unwrap().with_inplace(true);
-        assert_eq!((&dropout as &dyn Module).to_string(), "Dropout(p=0.2, inplace=True)");
-        let mut loaded = crate::io::from_bytes(&crate::io::to_bytes(&dropout).unwrap()).unwrap();
-        assert_eq!(loaded.to_string(), "Dropout(p=0.2, inplace=True)");
-        // Convert's swap, as `prepare` / `convert` run it.
-        let mappings = get_default_static_quant_module_mappings();
-        assert!(mappings.mark(loaded.as_mut(), Some(&get_default_qconfig("x86").unwrap())));
-        let quantized = mappings.take(loaded.as_ref()).unwrap().expect("marked with a qconfig");
-        assert_eq!(quantized.to_string(), "QuantizedDropout(p=0.2, inplace=True)");
-        let loaded = crate::io::from_bytes(&crate::io::to_bytes(quantized.as_ref()).unwrap()).unwrap();
-        assert_eq!(loaded.to_string(), "QuantizedDropout(p=0.2, inplace=True)");
-    }
-}
