@@ -1,0 +1,423 @@
+//! `compare_weights`, `compare_model_outputs`, `compare_model_stub` and their matching rule.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+use ndarray::ArrayD;
+
+use crate::debug::{self, OutputLog};
+use crate::mappings::{
+    ModuleKey, Swap, get_default_dynamic_quant_module_mappings, get_default_static_quant_module_mappings,
+};
+use crate::module::{TensorView, join};
+use crate::quantized::QuantizedWeight;
+use crate::{Functional, GraphError, GraphResult, Module, Value};
+
+/// A float tensor and the matching quantized one, dequantized (an entry of [`compare_weights`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorPair {
+    /// The float model's tensor.
+    pub float: ArrayD<f32>,
+    /// The quantized model's tensor, dequantized.
+    pub quantized: ArrayD<f32>,
+}
+
+/// The outputs one layer logged in the float and the quantized model, one per call (an entry
+/// of [`compare_model_outputs`]; PyTorch's `{"float": [...], "quantized": [...]}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValuePair {
+    /// The float module's outputs (`OutputLogger.stats["tensor_val"]` of the float model).
+    pub float: Vec<Value>,
+    /// The quantized module's outputs, as it returned them (quantized values).
+    pub quantized: Vec<Value>,
+}
+
+/// The outputs a [`Shadow`] logged: the quantized module's and its float shadow's on the same
+/// (dequantized) input, one per call (`ShadowLogger.stats`).
+pub type ShadowPair = ValuePair;
+
+/// `_find_match(str_list, key_str, postfix)`: the first of `candidates` whose key, without its
+/// last one or two dotted parts, equals `key` without its last part (`postfix`), comparing with
+/// the dots removed as PyTorch does (`features.0.weight` matches `features.0.0.weight`, a fused
+/// module's float weight). For `postfix == "_packed_params"`, `key` without its last two parts
+/// is tried too. `None` if `key` does not end with `postfix` or nothing matches.
+///
+/// ```
+/// use qgraph::ns::find_match;
+/// let float = ["features.0.0.weight", "features.0.0.bias", "fc.weight"];
+/// assert_eq!(find_match(&float, "features.0.weight", "weight"), Some("features.0.0.weight"));
+/// assert_eq!(find_match(&float, "fc.weight", "weight"), Some("fc.weight"));
+/// assert_eq!(find_match(&float, "fc.bias", "weight"), None);
+/// ```
+pub fn find_match<'a, S: AsRef<str>>(candidates: &'a [S], key: &str, postfix: &str) -> Option<&'a str> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.last() != Some(&postfix) {
+        return None;
+    }
+    let without = |s: &str, n: usize| -> String {
+        let p: Vec<&str> = s.split('.').collect();
+        p[..p.len().saturating_sub(n)].concat()
+    };
+    let search = |target: &str| {
+        candidates.iter().map(AsRef::as_ref).find(|s| without(s, 1) == target || without(s, 2) == target)
+    };
+    if let Some(found) = search(&without(key, 1)) {
+        return Some(found);
+    }
+    if postfix == "_packed_params" {
+        let target = without(key, 2);
+        if !target.is_empty() {
+            return search(&target);
+        }
+    }
+    None
+}
+
+/// The quantized model's weights as PyTorch's quantized `state_dict` holds them: every module
+/// that saves a qint8 `weight` with its `weight_scale` and `weight_zero_point` (quantized Conv,
+/// Linear, their fused forms, dynamic Linear), under `<path>.weight`, in module order.
+pub fn quantized_state_dict(model: &dyn Module) -> GraphResult<Vec<(String, QuantizedWeight)>> {
+    let mut out = Vec::new();
+    for (path, module) in model.named_modules() {
+        let tensors = module.tensors();
+        let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        let (Some(TensorView::I8(int)), Some(TensorView::F64(scales)), Some(TensorView::I64(zps))) =
+            (find("weight"), find("weight_scale"), find("weight_zero_point"))
+        else {
+            continue;
+        };
+        let scales: Vec<f64> = scales.iter().copied().collect();
+        let per_channel = scales.len() > 1;
+        let weight = QuantizedWeight::new(int.to_owned(), scales, zps.iter().copied().collect(), per_channel)
+            .map_err(|e| GraphError::At { path: path.clone(), source: Box::new(e) })?;
+        out.push((join(&path, "weight"), weight));
+    }
+    Ok(out)
+}
+
+/// `compare_weights(float_dict, quantized_dict)`: for each quantized weight whose key matches a
+/// float key by [`find_match`] (postfix `weight`), the float tensor and the quantized one
+/// dequantized, keyed by the quantized key, in the quantized dict's order.
+///
+/// Give the float model the quantized model was converted from after fusion (PyTorch's tutorial
+/// fuses the float model too), so that batch norms are folded in both.
+pub fn compare_weights(
+    float_dict: &[(String, &ArrayD<f32>)],
+    quantized_dict: &[(String, QuantizedWeight)],
+) -> Vec<(String, TensorPair)> {
+    let keys: Vec<&str> = float_dict.iter().map(|(k, _)| k.as_str()).collect();
+    quantized_dict
+        .iter()
+        .filter_map(|(key, weight)| {
+            let found = find_match(&keys, key, "weight")?;
+            let float = float_dict.iter().find(|(k, _)| k == found).map(|(_, t)| (*t).clone())?;
+            Some((key.clone(), TensorPair { float, quantized: weight.dequantize() }))
+        })
+        .collect()
+}
+
+/// `get_default_compare_output_module_list()`: the float module types whose outputs
+/// [`compare_model_outputs`] logs: every type with a static or dynamic default mapping
+/// (QuantStub, DeQuantStub, Conv, Linear, fused modules, BatchNorm, FloatFunctional, the
+/// quantizable activations, LSTM, Embedding, ...). A quantized module is logged where the float
+/// model has a listed module at the same path.
+pub fn get_default_compare_output_module_list() -> BTreeSet<ModuleKey> {
+    let mut keys: BTreeSet<ModuleKey> =
+        get_default_static_quant_module_mappings().static_keys().cloned().collect();
+    keys.extend(get_default_dynamic_quant_module_mappings().swap_keys(Swap::Dynamic).cloned());
+    keys
+}
+
+/// The outermost modules of `model` that are at one of `paths` or of a type in `allow`.
+fn selected_paths(model: &dyn Module, paths: &HashSet<String>, allow: &BTreeSet<ModuleKey>) -> Vec<String> {
+    let mut chosen: Vec<String> = Vec::new();
+    for (path, module) in model.named_modules() {
+        let inside = chosen.iter().any(|p| p.is_empty() || path.starts_with(&format!("{p}.")));
+        if !inside && (paths.contains(&path) || allow.contains(&ModuleKey::of(module))) {
+            chosen.push(path);
+        }
+    }
+    chosen
+}
+
+/// The paths of `model` that [`compare_model_outputs`] logs: listed types, outermost first.
+pub(crate) fn float_logged_paths(model: &dyn Module, allow: &BTreeSet<ModuleKey>) -> Vec<String> {
+    selected_paths(model, &HashSet::new(), allow)
+}
+
+/// What [`run_logged`] recorded, in execution order.
+pub(crate) struct Logs {
+    /// `(path, output)` per call.
+    pub(crate) outputs: Vec<(String, Value)>,
+    /// `(path, input)` per call, if asked for.
+    pub(crate) inputs: Vec<(String, Value)>,
+}
+
+/// Runs `model` on each input with output loggers (forcing with `force`, if given) and, if
+/// `with_inputs`, input loggers on the modules at `paths` or of `allow`'s types, then removes
+/// them.
+pub(crate) fn run_logged(
+    model: &mut Box<dyn Module>,
+    paths: &HashSet<String>,
+    allow: &BTreeSet<ModuleKey>,
+    inputs: &[Value],
+    force: Option<debug::Forcing>,
+    with_inputs: bool,
+) -> GraphResult<Logs> {
+    let selected: HashSet<String> = selected_paths(model.as_ref(), paths, allow).into_iter().collect();
+    let select = |path: &str, _: &dyn Module| selected.contains(path);
+    let attached = (|| -> GraphResult<(OutputLog, Option<OutputLog>)> {
+        let outputs = match force {
+            Some(force) => debug::log_outputs_forced(model, select, force)?,
+            None => debug::log_outputs(model, select)?,
+        };
+        let input_log = if with_inputs { Some(debug::log_inputs(model, select)?) } else { None };
+        Ok((outputs, input_log))
+    })();
+    let run = attached.and_then(|logs| {
+        inputs.iter().try_for_each(|x| model.forward(x.clone()).map(drop))?;
+        Ok(logs)
+    });
+    debug::remove_loggers(model)?;
+    let (outputs, input_log) = run?;
+    Ok(Logs { outputs: outputs.take(), inputs: input_log.map(|l| l.take()).unwrap_or_default() })
+}
+
+/// The log's entries grouped by path, paths in order of first appearance.
+pub(crate) fn group(log: Vec<(String, Value)>) -> Vec<(String, Vec<Value>)> {
+    let mut out: Vec<(String, Vec<Value>)> = Vec::new();
+    for (path, value) in log {
+        match out.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, values)) => values.push(value),
+            None => out.push((path, vec![value])),
+        }
+    }
+    out
+}
+
+/// `key.stats` for a module path (the root's is `stats`).
+fn stats_key(path: &str) -> String {
+    join(path, "stats")
+}
+
+/// Pairs the quantized log with the float log by PyTorch's rule (`get_matching_activations`:
+/// [`find_match`] with postfix `stats` over the float keys sorted in reverse), as
+/// `(quantized path, float path, pair)`.
+pub(crate) fn match_logs(
+    float_log: Vec<(String, Value)>,
+    quantized_log: Vec<(String, Value)>,
+) -> Vec<(String, String, ValuePair)> {
+    let float = group(float_log);
+    let mut float_keys: Vec<String> = float.iter().map(|(p, _)| stats_key(p)).collect();
+    float_keys.sort_unstable_by(|a, b| b.cmp(a));
+    group(quantized_log)
+        .into_iter()
+        .filter_map(|(q_path, quantized)| {
+            let key = find_match(&float_keys, &stats_key(&q_path), "stats")?;
+            let (f_path, values) = float.iter().find(|(p, _)| stats_key(p) == key)?;
+            Some((q_path, f_path.clone(), ValuePair { float: values.clone(), quantized }))
+        })
+        .collect()
+}
+
+/// `compare_model_outputs(float_model, q_model, *data)`: runs both models on each input with
+/// output loggers on the modules of [`get_default_compare_output_module_list`] (in the quantized
+/// model: at the float model's logged paths) and returns, per quantized module, the float and
+/// quantized outputs, keyed `<path>.stats` as PyTorch's `get_matching_activations`. Modules
+/// that logged nothing are left out. The loggers are removed afterwards.
+pub fn compare_model_outputs(
+    float_model: &mut Box<dyn Module>,
+    q_model: &mut Box<dyn Module>,
+    inputs: &[Value],
+) -> GraphResult<Vec<(String, ValuePair)>> {
+    let allow = get_default_compare_output_module_list();
+    let paths: HashSet<String> = float_logged_paths(float_model.as_ref(), &allow).into_iter().collect();
+    let float_log = run_logged(float_model, &paths, &allow, inputs, None, false)?.outputs;
+    let quantized_log = run_logged(q_model, &paths, &allow, inputs, None, false)?.outputs;
+    Ok(match_logs(float_log, quantized_log).into_iter().map(|(q, _, pair)| (stats_key(&q), pair)).collect())
+}
+
+/// Shared log of the shadows: `(path, quantized output, float output)` per call.
+type ShadowLog = Arc<Mutex<Vec<(String, Value, Value)>>>;
+
+/// PyTorch's `Shadow`: runs the quantized module (`orig_module`), then its float counterpart
+/// (`shadow_module`) on the same input dequantized, logs both outputs and passes on the
+/// quantized one. `FloatFunctional` calls are shadowed too (`add`, `cat`, ...).
+///
+/// PyTorch's `ShadowLogger` keeps `x[0]` when `len(x) > 1`, which for a tensor is the first
+/// sample of the batch; here a tuple output keeps its first element and a tensor is kept whole.
+#[derive(Clone)]
+pub struct Shadow {
+    orig_module: Box<dyn Module>,
+    shadow_module: Box<dyn Module>,
+    path: String,
+    log: ShadowLog,
+}
+
+impl std::fmt::Debug for Shadow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shadow")
+            .field("orig_module", &self.orig_module)
+            .field("shadow_module", &self.shadow_module)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `_dequantize_tensor_list`: quantized values dequantized, tuples element by element.
+fn dequantize(value: &Value) -> GraphResult<Value> {
+    Ok(match value {
+        Value::Tuple(items) => Value::Tuple(items.iter().map(dequantize).collect::<GraphResult<_>>()?),
+        v if v.is_quant() => Value::Float(v.to_float()?),
+        other => other.clone(),
+    })
+}
+
+/// What `ShadowLogger` keeps of an output: a tuple's first element, else the value.
+fn first(value: Value) -> Value {
+    match value {
+        Value::Tuple(mut items) if !items.is_empty() => items.swap_remove(0),
+        other => other,
+    }
+}
+
+impl Shadow {
+    fn record(&self, quantized: &Value, float: Value) {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push((
+            self.path.clone(),
+            first(quantized.clone()),
+            first(float),
+        ));
+    }
+}
+
+impl Module for Shadow {
+    fn type_name(&self) -> &str {
+        "Shadow"
+    }
+
+    fn forward(&self, input: Value) -> GraphResult<Value> {
+        let output = self.orig_module.forward(input.clone())?;
+        let shadow_output = self.shadow_module.forward(dequantize(&input)?)?;
+        self.record(&output, shadow_output);
+        Ok(output)
+    }
+
+    fn forward_functional(&self, op: Functional, inputs: Vec<Value>) -> GraphResult<Value> {
+        let float_inputs = inputs.iter().map(dequantize).collect::<GraphResult<Vec<_>>>()?;
+        let output = self.orig_module.forward_functional(op, inputs)?;
+        let shadow_output = self.shadow_module.forward_functional(op, float_inputs)?;
+        self.record(&output, shadow_output);
+        Ok(output)
+    }
+
+    fn children(&self) -> Vec<(&str, &dyn Module)> {
+        vec![("orig_module", self.orig_module.as_ref()), ("shadow_module", self.shadow_module.as_ref())]
+    }
+
+    fn child_slot(&mut self, name: &str) -> Option<&mut Box<dyn Module>> {
+        match name {
+            "orig_module" => Some(&mut self.orig_module),
+            "shadow_module" => Some(&mut self.shadow_module),
+            _ => None,
+        }
+    }
+}
+
+/// `_is_identical_module_type`: the same module types, in the same order, in both trees.
+fn identical_module_types(a: &dyn Module, b: &dyn Module) -> bool {
+    let types =
+        |m: &dyn Module| m.named_modules().into_iter().map(|(_, m)| ModuleKey::of(m)).collect::<Vec<_>>();
+    types(a) == types(b)
+}
+
+/// `prepare_model_with_stubs(float_module, q_module, module_swap_list, ShadowLogger)`: walks both
+/// trees by child name and replaces each quantized module whose float counterpart's class is in
+/// `module_swap_list` (and whose module types differ from it) by a [`Shadow`] of the two. Returns
+/// the shadows' log and the shadowed paths (module order).
+fn attach_shadows(
+    float_module: &dyn Module,
+    q_module: &mut Box<dyn Module>,
+    module_swap_list: &[&str],
+    prefix: &str,
+    log: &ShadowLog,
+    shadowed: &mut Vec<String>,
+) -> GraphResult<()> {
+    let names: Vec<String> = q_module.children().into_iter().map(|(n, _)| n.to_string()).collect();
+    for name in names {
+        let Some(float_child) = float_module.children().into_iter().find(|(n, _)| *n == name).map(|(_, m)| m)
+        else {
+            continue;
+        };
+        let Some(slot) = q_module.child_slot(&name) else { continue };
+        let path = join(prefix, &name);
+        if !module_swap_list.contains(&float_child.type_name()) {
+            attach_shadows(float_child, slot, module_swap_list, &path, log, shadowed)?;
+        } else if !identical_module_types(slot.as_ref(), float_child) {
+            let orig = std::mem::replace(slot, Box::new(crate::nn::Identity::new()));
+            *slot = Box::new(Shadow {
+                orig_module: orig,
+                shadow_module: float_child.clone_module(),
+                path: path.clone(),
+                log: log.clone(),
+            });
+            shadowed.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Puts back the quantized modules of every [`Shadow`] in `model`.
+fn remove_shadows(model: &mut Box<dyn Module>) {
+    if model.is::<Shadow>() {
+        let shadow = std::mem::replace(model, Box::new(crate::nn::Identity::new()));
+        if let Ok(shadow) = shadow.into_any().downcast::<Shadow>() {
+            *model = shadow.orig_module;
+        }
+    }
+    let names: Vec<String> = model.children().into_iter().map(|(n, _)| n.to_string()).collect();
+    for name in names {
+        if let Some(child) = model.child_slot(&name) {
+            remove_shadows(child);
+        }
+    }
+}
+
+/// `compare_model_stub(float_model, q_model, module_swap_list, *data)`: shadows the quantized
+/// modules whose float counterparts are of a class in `module_swap_list` (class names, e.g.
+/// `["ConvReLU2d", "Linear"]`), runs `q_model` on each input and returns, keyed
+/// `<path>.stats`, each shadow's quantized and float outputs. `q_model` is restored afterwards.
+pub fn compare_model_stub(
+    float_model: &dyn Module,
+    q_model: &mut Box<dyn Module>,
+    module_swap_list: &[&str],
+    inputs: &[Value],
+) -> GraphResult<Vec<(String, ShadowPair)>> {
+    let log = ShadowLog::default();
+    let mut shadowed = Vec::new();
+    attach_shadows(float_model, q_model, module_swap_list, "", &log, &mut shadowed)?;
+    if shadowed.is_empty() {
+        remove_shadows(q_model);
+        return Err(crate::invalid(
+            "compare_model_stub",
+            "module_swap_list",
+            module_swap_list,
+            "no quantized module has a float counterpart of these classes at the same path; list the float \
+             class names (e.g. \"ConvReLU2d\", \"Linear\") of the modules to shadow",
+        ));
+    }
+    let run = inputs.iter().try_for_each(|x| q_model.forward(x.clone()).map(drop));
+    remove_shadows(q_model);
+    run?;
+    let entries = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(shadowed
+        .into_iter()
+        .map(|path| {
+            let mut pair = ShadowPair { float: Vec::new(), quantized: Vec::new() };
+            for (_, q, f) in entries.iter().filter(|(p, _, _)| *p == path) {
+                pair.quantized.push(q.clone());
+                pair.float.push(f.clone());
+            }
+            (stats_key(&path), pair)
+        })
+        .collect())
+}
