@@ -381,7 +381,9 @@ pub fn report(
             let module = quantized.get(&name).map(|m| m.type_name().to_string()).unwrap_or_default();
             let (observer, qconfig) = observer_columns(prepared, [acc.float_path.as_str(), name.as_str()]);
             Layer {
-                weight_sqnr: weights.get(&crate::module::join(&name, "weight")).copied(),
+                weight_sqnr: ["weight", super::suite::PACKED]
+                    .iter()
+                    .find_map(|suffix| weights.get(&crate::module::join(&name, suffix)).copied()),
                 output_sqnr: acc.output.map(|s| s.db()),
                 forced_sqnr: acc.forced.map(|s| s.db()),
                 input_sqnr: acc.input.map(|s| s.db()),

@@ -10,8 +10,8 @@ use crate::mappings::{
     ModuleKey, Swap, get_default_dynamic_quant_module_mappings, get_default_static_quant_module_mappings,
 };
 use crate::module::{TensorView, join};
-use crate::quantized::QuantizedWeight;
-use crate::{Functional, GraphError, GraphResult, Module, Value};
+use crate::quantized::{DynamicQuantizedLinear, QuantizedLinear, QuantizedWeight};
+use crate::{DeQuantStub, Functional, GraphError, GraphResult, Module, Value};
 
 /// A float tensor and the matching quantized one, dequantized (an entry of [`compare_weights`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -50,8 +50,7 @@ pub type ShadowPair = ValuePair;
 /// assert_eq!(find_match(&float, "fc.bias", "weight"), None);
 /// ```
 pub fn find_match<'a, S: AsRef<str>>(candidates: &'a [S], key: &str, postfix: &str) -> Option<&'a str> {
-    let parts: Vec<&str> = key.split('.').collect();
-    if parts.last() != Some(&postfix) {
+    if key.rsplit('.').next() != Some(postfix) {
         return None;
     }
     let without = |s: &str, n: usize| -> String {
@@ -73,9 +72,13 @@ pub fn find_match<'a, S: AsRef<str>>(candidates: &'a [S], key: &str, postfix: &s
     None
 }
 
+/// Where PyTorch's quantized and dynamic `Linear` keep their weight in a `state_dict`.
+pub(crate) const PACKED: &str = "_packed_params._packed_params";
+
 /// The quantized model's weights as PyTorch's quantized `state_dict` holds them: every module
 /// that saves a qint8 `weight` with its `weight_scale` and `weight_zero_point` (quantized Conv,
-/// Linear, their fused forms, dynamic Linear), under `<path>.weight`, in module order.
+/// Linear, their fused forms, dynamic Linear), in module order, under `<path>.weight`, or
+/// `<path>._packed_params._packed_params` for a Linear (PyTorch's key).
 pub fn quantized_state_dict(model: &dyn Module) -> GraphResult<Vec<(String, QuantizedWeight)>> {
     let mut out = Vec::new();
     for (path, module) in model.named_modules() {
@@ -90,13 +93,15 @@ pub fn quantized_state_dict(model: &dyn Module) -> GraphResult<Vec<(String, Quan
         let per_channel = scales.len() > 1;
         let weight = QuantizedWeight::new(int.to_owned(), scales, zps.iter().copied().collect(), per_channel)
             .map_err(|e| GraphError::At { path: path.clone(), source: Box::new(e) })?;
-        out.push((join(&path, "weight"), weight));
+        // PyTorch's quantized Linear keeps its weight in packed parameters.
+        let linear = module.is::<QuantizedLinear>() || module.is::<DynamicQuantizedLinear>();
+        out.push((join(&path, if linear { PACKED } else { "weight" }), weight));
     }
     Ok(out)
 }
 
 /// `compare_weights(float_dict, quantized_dict)`: for each quantized weight whose key matches a
-/// float key by [`find_match`] (postfix `weight`), the float tensor and the quantized one
+/// float key by [`find_match`] (postfix `weight`, else `_packed_params`), the float tensor and the quantized one
 /// dequantized, keyed by the quantized key, in the quantized dict's order.
 ///
 /// Give the float model the quantized model was converted from after fusion (PyTorch's tutorial
@@ -109,7 +114,8 @@ pub fn compare_weights(
     quantized_dict
         .iter()
         .filter_map(|(key, weight)| {
-            let found = find_match(&keys, key, "weight")?;
+            let found =
+                find_match(&keys, key, "weight").or_else(|| find_match(&keys, key, "_packed_params"))?;
             let float = float_dict.iter().find(|(k, _)| k == found).map(|(_, t)| (*t).clone())?;
             Some((key.clone(), TensorPair { float, quantized: weight.dequantize() }))
         })
@@ -128,12 +134,20 @@ pub fn get_default_compare_output_module_list() -> BTreeSet<ModuleKey> {
     keys
 }
 
-/// The outermost modules of `model` that are at one of `paths` or of a type in `allow`.
+/// True if `compare_model_outputs` logs `module`'s outputs: its type is in `allow`, and it is not
+/// one of the two modules PyTorch's `prepare` never observes (`DeQuantStub`, `nn.Dropout`).
+fn logged_type(module: &dyn Module, allow: &BTreeSet<ModuleKey>) -> bool {
+    allow.contains(&ModuleKey::of(module))
+        && !module.is::<DeQuantStub>()
+        && !module.is::<crate::nn::Dropout>()
+}
+
+/// The outermost modules of `model` that are at one of `paths` or of a logged type.
 fn selected_paths(model: &dyn Module, paths: &HashSet<String>, allow: &BTreeSet<ModuleKey>) -> Vec<String> {
     let mut chosen: Vec<String> = Vec::new();
     for (path, module) in model.named_modules() {
         let inside = chosen.iter().any(|p| p.is_empty() || path.starts_with(&format!("{p}.")));
-        if !inside && (paths.contains(&path) || allow.contains(&ModuleKey::of(module))) {
+        if !inside && (paths.contains(&path) || logged_type(module, allow)) {
             chosen.push(path);
         }
     }
@@ -223,8 +237,13 @@ pub(crate) fn match_logs(
 /// `compare_model_outputs(float_model, q_model, *data)`: runs both models on each input with
 /// output loggers on the modules of [`get_default_compare_output_module_list`] (in the quantized
 /// model: at the float model's logged paths) and returns, per quantized module, the float and
-/// quantized outputs, keyed `<path>.stats` as PyTorch's `get_matching_activations`. Modules
-/// that logged nothing are left out. The loggers are removed afterwards.
+/// quantized outputs, keyed `<path>.stats` as PyTorch's `get_matching_activations`. As PyTorch's
+/// `prepare`, it logs no `DeQuantStub` and no `Dropout`, so neither has an entry. Modules that
+/// logged nothing are left out. The loggers are removed afterwards.
+///
+/// One difference: PyTorch logs a fused float module's output twice per call (its logger is the
+/// last module of the `nn.Sequential` and also a forward hook), so its `float` lists are twice
+/// as long as the `quantized` ones there; here every list has one entry per call.
 pub fn compare_model_outputs(
     float_model: &mut Box<dyn Module>,
     q_model: &mut Box<dyn Module>,
