@@ -107,6 +107,21 @@ pub fn log_outputs(
 /// As [`log_outputs`], but records what each selected module is given (the role of a forward
 /// pre-hook): its input, or the tuple of a `FloatFunctional` call's inputs. Loggers of both kinds
 /// may wrap the same module; [`remove_loggers`] removes all.
+///
+/// ```
+/// use qgraph::nn::{Flatten, ReLU};
+/// use qgraph::{Module, Sequential, Value, debug};
+/// let mut model: Box<dyn Module> = Box::new(Sequential::new(vec![Box::new(ReLU::new()), Box::new(Flatten::new(1, -1))]));
+/// let outputs = debug::log_outputs(&mut model, |path, _| path == "0")?;
+/// let inputs = debug::log_inputs(&mut model, |path, _| path == "1")?;
+/// let x = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&[1, 2, 2]), -1.0);
+/// model.forward(Value::from(x))?;
+/// // The Flatten is given what the ReLU output.
+/// assert_eq!(inputs.take()[0].1, outputs.take()[0].1);
+/// debug::remove_loggers(&mut model)?;
+/// assert_eq!(model.to_string(), "Sequential(\n  (0): ReLU()\n  (1): Flatten(start_dim=1, end_dim=-1)\n)");
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
 pub fn log_inputs(
     model: &mut Box<dyn Module>,
     select: impl Fn(&str, &dyn Module) -> bool,

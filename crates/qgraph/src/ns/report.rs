@@ -1,38 +1,21 @@
 //! [`report()`]: the per-layer accuracy table of a quantized model against its float original.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 
-use super::SqnrSum;
+use super::range::{Codes, RangeUse};
+use super::sqnr::{SqnrSum, compute_sqnr};
 use super::suite::{
-    compare_weights, float_logged_paths, group, match_logs, quantized_state_dict, run_logged,
+    compare_weights, float_logged_paths, get_default_compare_output_module_list, group, match_logs,
+    quantized_state_dict, run_logged,
 };
+use super::svg::{self, Bar};
 use crate::mappings::ModuleKey;
 use crate::workflow::Observed;
 use crate::{GraphError, GraphResult, Module, QuantTensor, QuantTensorOf, Value};
-
-/// How a layer's quantized output uses its integer range, over all inputs of the report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RangeUse {
-    /// The output's dtype (`quint8`, `qint8`).
-    pub dtype: String,
-    /// The output's scale.
-    pub scale: f64,
-    /// The output's zero point.
-    pub zero_point: i64,
-    /// Percent of the elements clipped at the dtype's lowest code. Counted only when that code
-    /// is not the zero point: at a zero point of `qmin` (after a ReLU) it stands for 0.0.
-    pub saturated_low: f64,
-    /// Percent of the elements at the dtype's highest code (clipped).
-    pub saturated_high: f64,
-    /// Percent of the dtype's codes outside the span `[lowest, highest]` of the codes seen
-    /// (`reduce_range` observers leave half of them unused by design).
-    pub unused_codes: f64,
-}
 
 /// One row of a [`Report`]: a module of the quantized model and its float counterpart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,7 +103,12 @@ impl Report {
 
     /// The SQNR by layer as an SVG bar chart (teacher-forced bars, free-running points).
     pub fn to_svg(&self) -> String {
-        super::svg::render(self)
+        let bars: Vec<Bar<'_>> = self
+            .layers
+            .iter()
+            .map(|l| Bar { name: &l.name, bar: l.forced_sqnr, point: l.output_sqnr })
+            .collect();
+        svg::render(&bars, self.worst.as_deref())
     }
 }
 
@@ -152,72 +140,6 @@ mod decibels {
                 .parse::<f64>()
                 .map(Some)
                 .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number of decibels"))),
-        }
-    }
-}
-
-/// Codes seen in a layer's quantized outputs.
-#[derive(Debug, Clone)]
-struct Codes {
-    dtype: &'static str,
-    qmin: i64,
-    qmax: i64,
-    scale: f64,
-    zero_point: i64,
-    count: usize,
-    at_min: usize,
-    at_max: usize,
-    lowest: i64,
-    highest: i64,
-}
-
-impl Codes {
-    fn of(value: &Value) -> Option<(Self, Vec<i64>)> {
-        let (dtype, qmin, qmax, q, codes): (_, _, _, _, Vec<i64>) = match value {
-            Value::Quant(t) => {
-                ("quint8", 0, 255, t.qparams(), t.data().iter().map(|&c| i64::from(c)).collect())
-            }
-            Value::QInt8(t) => {
-                ("qint8", -128, 127, t.qparams(), t.data().iter().map(|&c| i64::from(c)).collect())
-            }
-            _ => return None,
-        };
-        let empty = Self {
-            dtype,
-            qmin,
-            qmax,
-            scale: q.scale,
-            zero_point: q.zero_point,
-            count: 0,
-            at_min: 0,
-            at_max: 0,
-            lowest: qmax,
-            highest: qmin,
-        };
-        Some((empty, codes))
-    }
-
-    fn add(&mut self, codes: &[i64]) {
-        self.count += codes.len();
-        for &c in codes {
-            self.at_min += usize::from(c == self.qmin);
-            self.at_max += usize::from(c == self.qmax);
-            self.lowest = self.lowest.min(c);
-            self.highest = self.highest.max(c);
-        }
-    }
-
-    fn range_use(&self) -> RangeUse {
-        let percent = |n: usize| if self.count == 0 { 0.0 } else { 100.0 * n as f64 / self.count as f64 };
-        let span = if self.count == 0 { 0 } else { self.highest - self.lowest + 1 };
-        let codes = self.qmax - self.qmin + 1;
-        RangeUse {
-            dtype: self.dtype.to_string(),
-            scale: self.scale,
-            zero_point: self.zero_point,
-            saturated_low: if self.zero_point == self.qmin { 0.0 } else { percent(self.at_min) },
-            saturated_high: percent(self.at_max),
-            unused_codes: 100.0 * (codes - span) as f64 / codes as f64,
         }
     }
 }
@@ -320,10 +242,10 @@ pub fn report(
     let weights: HashMap<String, f64> =
         compare_weights(&float_dict, &quantized_state_dict(quantized.as_ref())?)
             .into_iter()
-            .map(|(key, pair)| Ok((key, super::compute_sqnr(&pair.float, &pair.quantized)?)))
+            .map(|(key, pair)| Ok((key, compute_sqnr(&pair.float, &pair.quantized)?)))
             .collect::<GraphResult<_>>()?;
 
-    let allow: BTreeSet<ModuleKey> = super::get_default_compare_output_module_list();
+    let allow: BTreeSet<ModuleKey> = get_default_compare_output_module_list();
     let paths: HashSet<String> = float_logged_paths(float.as_ref(), &allow).into_iter().collect();
     let mut order: Vec<String> = Vec::new();
     let mut layers: HashMap<String, Accumulated> = HashMap::new();
@@ -408,94 +330,4 @@ pub fn report(
         })
         .map(|(l, _)| l.name.clone());
     Ok(Report { inputs: inputs.len(), layers, worst })
-}
-
-/// `inf`, `-` for none, else two decimals.
-pub(super) fn db_text(value: Option<f64>) -> String {
-    match value {
-        None => "-".to_string(),
-        Some(v) if v.is_infinite() => if v > 0.0 { "inf" } else { "-inf" }.to_string(),
-        Some(v) => format!("{v:.2}"),
-    }
-}
-
-impl fmt::Display for Report {
-    /// An aligned text table, one row per layer, then the worst layer.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let header = [
-            "layer",
-            "module",
-            "weight dB",
-            "output dB",
-            "input dB",
-            "forced dB",
-            "own dB",
-            "sat lo %",
-            "sat hi %",
-            "unused %",
-            "observer",
-        ];
-        let pct = |r: &Option<RangeUse>, get: fn(&RangeUse) -> f64| {
-            r.as_ref().map_or("-".to_string(), |r| format!("{:.2}", get(r)))
-        };
-        let rows: Vec<[String; 11]> = self
-            .layers
-            .iter()
-            .map(|l| {
-                [
-                    l.name.clone(),
-                    l.module.clone(),
-                    db_text(l.weight_sqnr),
-                    db_text(l.output_sqnr),
-                    db_text(l.input_sqnr),
-                    db_text(l.forced_sqnr),
-                    db_text(l.own_sqnr),
-                    pct(&l.range, |r| r.saturated_low),
-                    pct(&l.range, |r| r.saturated_high),
-                    pct(&l.range, |r| r.unused_codes),
-                    l.observer.clone().unwrap_or_else(|| "-".to_string()),
-                ]
-            })
-            .collect();
-        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, cells: Vec<&str>| -> fmt::Result {
-            let mut text = String::new();
-            for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-                let sep = if i == 0 { "" } else { "  " };
-                // Names and the observer are left-aligned, numbers right-aligned.
-                if i < 2 || i == 10 {
-                    text.push_str(&format!("{sep}{cell:<w$}"));
-                } else {
-                    text.push_str(&format!("{sep}{cell:>w$}"));
-                }
-            }
-            writeln!(f, "{}", text.trim_end())
-        };
-        line(f, header.to_vec())?;
-        line(
-            f,
-            widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>().iter().map(String::as_str).collect(),
-        )?;
-        for row in &rows {
-            line(f, row.iter().map(String::as_str).collect())?;
-        }
-        match self.worst_layer() {
-            Some(l) => write!(
-                f,
-                "worst layer: {} ({}), own SQNR {} dB, teacher-forced {} dB, free-running {} dB ({} input batches)",
-                l.name,
-                l.module,
-                db_text(l.own_sqnr),
-                db_text(l.forced_sqnr),
-                db_text(l.output_sqnr),
-                self.inputs
-            ),
-            None => write!(f, "no layer could be compared ({} input batches)", self.inputs),
-        }
-    }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::report::Report;
+use super::sqnr::db_text;
 
 /// Plot height of the bars, in pixels.
 const HEIGHT: f64 = 240.0;
@@ -30,17 +30,26 @@ fn plotted(value: Option<f64>, top: f64) -> f64 {
     }
 }
 
-/// The SVG document of `report` (see [`Report::to_svg`]).
-pub(super) fn render(report: &Report) -> String {
-    let finite = report
-        .layers
+/// One layer of the plot.
+pub(crate) struct Bar<'a> {
+    /// The layer's name (its label).
+    pub(crate) name: &'a str,
+    /// The bar's value: teacher-forced SQNR, dB.
+    pub(crate) bar: Option<f64>,
+    /// The point's value: free-running SQNR, dB.
+    pub(crate) point: Option<f64>,
+}
+
+/// The SVG document of `layers`, `worst` in red (see `Report::to_svg`).
+pub(crate) fn render(layers: &[Bar<'_>], worst: Option<&str>) -> String {
+    let finite = layers
         .iter()
-        .flat_map(|l| [l.forced_sqnr, l.output_sqnr])
+        .flat_map(|l| [l.bar, l.point])
         .flatten()
         .filter(|v| v.is_finite())
         .fold(10.0f64, f64::max);
     let top = (finite / 10.0).ceil() * 10.0;
-    let width = LEFT + SLOT * report.layers.len().max(1) as f64 + 20.0;
+    let width = LEFT + SLOT * layers.len().max(1) as f64 + 20.0;
     let total_height = TOP + HEIGHT + BOTTOM;
     let y = |v: f64| TOP + HEIGHT * (1.0 - v / top);
     let mut svg = String::new();
@@ -48,8 +57,8 @@ pub(super) fn render(report: &Report) -> String {
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{total_height:.0}" viewBox="0 0 {width:.0} {total_height:.0}" font-family="sans-serif" font-size="10">"#
     );
-    let title = match report.worst_layer() {
-        Some(l) => format!("SQNR by layer (dB): bars teacher-forced, dots free-running; worst {}", l.name),
+    let title = match worst {
+        Some(name) => format!("SQNR by layer (dB): bars teacher-forced, dots free-running; worst {name}"),
         None => "SQNR by layer (dB)".to_string(),
     };
     let _ = writeln!(svg, r#"<text x="{LEFT}" y="20" font-size="12">{}</text>"#, escape(&title));
@@ -68,12 +77,11 @@ pub(super) fn render(report: &Report) -> String {
             ty + 3.0
         );
     }
-    let worst = report.worst.as_deref();
-    for (i, layer) in report.layers.iter().enumerate() {
+    for (i, layer) in layers.iter().enumerate() {
         let x = LEFT + SLOT * i as f64;
-        let name = escape(&layer.name);
-        let bar = plotted(layer.forced_sqnr, top);
-        let fill = if Some(layer.name.as_str()) == worst { "#d62728" } else { "#4c78a8" };
+        let name = escape(layer.name);
+        let bar = plotted(layer.bar, top);
+        let fill = if Some(layer.name) == worst { "#d62728" } else { "#4c78a8" };
         let _ = writeln!(
             svg,
             r#"<rect class="bar" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{fill}"><title>{name}: teacher-forced {}</title></rect>"#,
@@ -81,15 +89,15 @@ pub(super) fn render(report: &Report) -> String {
             y(bar),
             SLOT - 8.0,
             HEIGHT * bar / top,
-            super::report::db_text(layer.forced_sqnr)
+            db_text(layer.bar)
         );
-        let point = plotted(layer.output_sqnr, top);
+        let point = plotted(layer.point, top);
         let _ = writeln!(
             svg,
             r##"<circle class="point" cx="{:.1}" cy="{:.1}" r="3" fill="#f58518"><title>{name}: free-running {}</title></circle>"##,
             x + SLOT / 2.0,
             y(point),
-            super::report::db_text(layer.output_sqnr)
+            db_text(layer.point)
         );
         let (lx, ly) = (x + SLOT / 2.0 + 3.0, TOP + HEIGHT + 8.0);
         let _ = writeln!(
