@@ -360,8 +360,19 @@ fn report_svg_is_well_formed_with_one_bar_and_point_per_layer() {
 }
 
 #[test]
-fn report_rejects_no_inputs() {
+fn report_rejects_no_inputs_and_an_unfused_float_model() {
     let m = digits_models(|_| {});
     let err = ns::report(m.fused.as_ref(), m.quantized.as_ref(), &[], None).expect_err("no inputs");
     assert!(err.to_string().contains("at least one input"), "{err}");
+
+    let mut unfused = digits::digits_net().expect("model builds");
+    io::load_state_dict_file(&mut unfused, digits::asset("digits_cnn.safetensors")).expect("weights load");
+    let err = ns::report(unfused.as_ref(), m.quantized.as_ref(), &m.inputs, None).expect_err("not fused");
+    let text = err.to_string();
+    assert!(
+        text.contains("`features.0` is QuantizedConvReLU2d")
+            && text.contains("is Conv2d")
+            && text.contains("fuse_modules"),
+        "{text}"
+    );
 }

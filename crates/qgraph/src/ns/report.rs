@@ -220,6 +220,31 @@ fn observer_columns(prepared: Option<&dyn Module>, paths: [&str; 2]) -> (Option<
     (observer, Some(qconfig_text))
 }
 
+/// An error unless the float module at `float_path` is what the quantized module at `name` was
+/// converted from, by class name (`QuantizedConvReLU2d` from `ConvReLU2d`): a float model that
+/// was not fused as the quantized one would compare a convolution before its batch norm and
+/// ReLU with the fused int8 layer.
+fn check_counterpart(
+    float: &dyn Module,
+    quantized: &dyn Module,
+    name: &str,
+    float_path: &str,
+) -> GraphResult<()> {
+    let (Ok(q), Ok(f)) = (quantized.get(name), float.get(float_path)) else { return Ok(()) };
+    match q.type_name().strip_prefix("Quantized") {
+        Some(expected) if expected != f.type_name() => Err(GraphError::Mismatch {
+            context: "ns::report",
+            reason: format!(
+                "layer `{name}` is {} in the quantized model but `{float_path}` is {} in the float model; pass \
+                 the float model after fuse_modules with the quantized model's groups (as convert saw it)",
+                q.type_name(),
+                f.type_name()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// `report(float_model, quantized_model, inputs)`: runs both models on each input and gives
 /// one [`Layer`] per quantized module that [`compare_model_outputs`](super::compare_model_outputs)
 /// matches with a float module: weight SQNR ([`compare_weights`]), output SQNR free-running and
@@ -296,6 +321,9 @@ pub fn report(
         }
     }
 
+    for name in &order {
+        check_counterpart(float.as_ref(), quantized.as_ref(), name, &layers[name].float_path)?;
+    }
     let layers: Vec<Layer> = order
         .into_iter()
         .map(|name| {

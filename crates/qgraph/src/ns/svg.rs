@@ -13,6 +13,8 @@ const SLOT: f64 = 28.0;
 const LEFT: f64 = 56.0;
 /// Top margin (title).
 const TOP: f64 = 36.0;
+/// Narrowest plot (the title's width).
+const MIN_WIDTH: f64 = 560.0;
 /// Bottom margin (layer names, rotated).
 const BOTTOM: f64 = 150.0;
 
@@ -49,7 +51,8 @@ pub(crate) fn render(layers: &[Bar<'_>], worst: Option<&str>) -> String {
         .filter(|v| v.is_finite())
         .fold(10.0f64, f64::max);
     let top = (finite / 10.0).ceil() * 10.0;
-    let width = LEFT + SLOT * layers.len().max(1) as f64 + 20.0;
+    // Wide enough for the title, whatever the number of layers.
+    let width = (LEFT + SLOT * layers.len().max(1) as f64 + 20.0).max(MIN_WIDTH);
     let total_height = TOP + HEIGHT + BOTTOM;
     let y = |v: f64| TOP + HEIGHT * (1.0 - v / top);
     let mut svg = String::new();
