@@ -26,14 +26,15 @@ impl OutputLog {
 /// [`log_outputs_forced`]); `None` passes the module's output.
 pub type Forcing = Arc<dyn Fn(&str) -> Option<Value> + Send + Sync>;
 
-/// A module whose outputs go to an [`OutputLog`]; it prints and behaves as the module it wraps,
-/// unless a [`Forcing`] replaces what it passes on.
+/// A module whose outputs (or, for [`log_inputs`], inputs) go to an [`OutputLog`]; it prints and
+/// behaves as the module it wraps, unless a [`Forcing`] replaces what it passes on.
 #[derive(Clone)]
 struct Logged {
     inner: Box<dyn Module>,
     path: String,
     log: OutputLog,
     force: Option<Forcing>,
+    inputs: bool,
 }
 
 impl std::fmt::Debug for Logged {
@@ -55,10 +56,18 @@ impl Module for Logged {
     }
 
     fn forward(&self, input: Value) -> GraphResult<Value> {
+        if self.inputs {
+            self.log.push(&self.path, &input);
+            return self.inner.forward(input);
+        }
         Ok(self.pass_on(self.inner.forward(input)?))
     }
 
     fn forward_functional(&self, op: Functional, inputs: Vec<Value>) -> GraphResult<Value> {
+        if self.inputs {
+            self.log.push(&self.path, &Value::Tuple(inputs.clone()));
+            return self.inner.forward_functional(op, inputs);
+        }
         Ok(self.pass_on(self.inner.forward_functional(op, inputs)?))
     }
 
@@ -92,7 +101,32 @@ pub fn log_outputs(
     model: &mut Box<dyn Module>,
     select: impl Fn(&str, &dyn Module) -> bool,
 ) -> GraphResult<OutputLog> {
-    attach(model, select, None)
+    attach(model, select, None, false)
+}
+
+/// As [`log_outputs`], but records what each selected module is given (the role of a forward
+/// pre-hook): its input, or the tuple of a `FloatFunctional` call's inputs. Loggers of both kinds
+/// may wrap the same module; [`remove_loggers`] removes all.
+///
+/// ```
+/// use qgraph::nn::{Flatten, ReLU};
+/// use qgraph::{Module, Sequential, Value, debug};
+/// let mut model: Box<dyn Module> = Box::new(Sequential::new(vec![Box::new(ReLU::new()), Box::new(Flatten::new(1, -1))]));
+/// let outputs = debug::log_outputs(&mut model, |path, _| path == "0")?;
+/// let inputs = debug::log_inputs(&mut model, |path, _| path == "1")?;
+/// let x = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&[1, 2, 2]), -1.0);
+/// model.forward(Value::from(x))?;
+/// // The Flatten is given what the ReLU output.
+/// assert_eq!(inputs.take()[0].1, outputs.take()[0].1);
+/// debug::remove_loggers(&mut model)?;
+/// assert_eq!(model.to_string(), "Sequential(\n  (0): ReLU()\n  (1): Flatten(start_dim=1, end_dim=-1)\n)");
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn log_inputs(
+    model: &mut Box<dyn Module>,
+    select: impl Fn(&str, &dyn Module) -> bool,
+) -> GraphResult<OutputLog> {
+    attach(model, select, None, true)
 }
 
 /// As [`log_outputs`], and each selected module then passes on `force(path)` instead of its own
@@ -104,13 +138,14 @@ pub fn log_outputs_forced(
     select: impl Fn(&str, &dyn Module) -> bool,
     force: Forcing,
 ) -> GraphResult<OutputLog> {
-    attach(model, select, Some(force))
+    attach(model, select, Some(force), false)
 }
 
 fn attach(
     model: &mut Box<dyn Module>,
     select: impl Fn(&str, &dyn Module) -> bool,
     force: Option<Forcing>,
+    inputs: bool,
 ) -> GraphResult<OutputLog> {
     let log = OutputLog::default();
     let mut chosen: Vec<String> = Vec::new();
@@ -125,14 +160,15 @@ fn attach(
         // cannot be wrapped; they only pass values through.
         let Ok(slot) = slot_mut(model, &path) else { continue };
         let inner = std::mem::replace(slot, Box::new(crate::nn::Identity::new()));
-        *slot = Box::new(Logged { inner, path, log: log.clone(), force: force.clone() });
+        *slot = Box::new(Logged { inner, path, log: log.clone(), force: force.clone(), inputs });
     }
     Ok(log)
 }
 
-/// Removes the loggers [`log_outputs`] attached, restoring the modules they wrapped.
+/// Removes the loggers [`log_outputs`], [`log_outputs_forced`] and [`log_inputs`] attached,
+/// restoring the modules they wrapped.
 pub fn remove_loggers(model: &mut Box<dyn Module>) -> GraphResult<()> {
-    if model.is::<Logged>() {
+    while model.is::<Logged>() {
         let logged = std::mem::replace(model, Box::new(crate::nn::Identity::new()));
         let logged = logged.into_any().downcast::<Logged>().expect("checked just above");
         *model = logged.inner;

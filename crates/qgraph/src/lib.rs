@@ -85,6 +85,7 @@ pub mod memory;
 pub mod models;
 mod module;
 pub mod nn;
+pub mod ns;
 mod outq;
 pub mod qconfig;
 pub mod quantized;
