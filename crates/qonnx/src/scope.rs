@@ -1,0 +1,90 @@
+//! The PyTorch module scope of an ONNX node, as the exporters record it: the TorchScript
+//! exporter in the node name (`/layer1/layer1.0/conv1/Conv`), the torch.export exporter in the
+//! `pkg.torch.onnx.name_scopes` metadata (`['', 'layer1', 'layer1.0', 'layer1.0.conv1', 'conv2d']`).
+
+use crate::proto::NodeProto;
+
+/// A name component usable as a qgraph child name: ASCII letters, digits and `_`, not empty.
+pub(crate) fn sanitize(name: &str) -> String {
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if s.is_empty() { "_".into() } else { s }
+}
+
+/// The scope's module path components (outermost first), empty if the node records none.
+pub(crate) fn of_node(node: &NodeProto) -> Vec<String> {
+    if let Some((_, scopes)) = node.metadata.iter().find(|(k, _)| k == "pkg.torch.onnx.name_scopes") {
+        return from_name_scopes(scopes);
+    }
+    from_node_name(&node.name)
+}
+
+/// `['', 'layer1', 'layer1.0', 'layer1.0.conv1', 'conv2d']`: the last entry is the operation,
+/// the one before it the innermost module's full path.
+fn from_name_scopes(list: &str) -> Vec<String> {
+    let entries: Vec<&str> =
+        list.trim_matches(['[', ']']).split(',').map(|e| e.trim().trim_matches(['\'', '"'])).collect();
+    match entries.len() {
+        0..=1 => Vec::new(),
+        n => split(entries[n - 2]),
+    }
+}
+
+/// `/layer1/layer1.0/conv1/Conv`: the components before the last name the modules; a component
+/// extending the previous one (`layer1` then `layer1.0`) replaces it.
+fn from_node_name(name: &str) -> Vec<String> {
+    if !name.starts_with('/') {
+        return Vec::new();
+    }
+    let parts: Vec<&str> = name[1..].split('/').collect();
+    let Some((_, modules)) = parts.split_last() else { return Vec::new() };
+    let mut path: Vec<String> = Vec::new();
+    let mut prev: Option<&str> = None;
+    for &comp in modules {
+        if comp.is_empty() {
+            continue;
+        }
+        match prev {
+            Some(p) if comp.starts_with(p) && comp[p.len()..].starts_with('.') => {
+                let drop = split(p).len();
+                path.truncate(path.len() - drop.min(path.len()));
+                path.extend(split(comp));
+            }
+            _ => path.extend(split(comp)),
+        }
+        prev = Some(comp);
+    }
+    path
+}
+
+fn split(path: &str) -> Vec<String> {
+    path.split('.').filter(|s| !s.is_empty()).map(sanitize).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torchscript_names() {
+        assert_eq!(from_node_name("/layer1/layer1.0/conv1/Conv"), ["layer1", "0", "conv1"]);
+        assert_eq!(
+            from_node_name("/features/features.1/conv/conv.0/conv.0.0/Conv"),
+            ["features", "1", "conv", "0", "0"]
+        );
+        assert_eq!(from_node_name("/Add"), Vec::<String>::new());
+        assert_eq!(from_node_name("Conv_3"), Vec::<String>::new());
+        assert_eq!(from_node_name("/rnn/LSTM_1"), ["rnn"]);
+    }
+
+    #[test]
+    fn torch_export_scopes() {
+        assert_eq!(
+            from_name_scopes("['', 'layer1', 'layer1.0', 'layer1.0.conv1', 'conv2d']"),
+            ["layer1", "0", "conv1"]
+        );
+        assert_eq!(from_name_scopes("['', 'relu', 'relu']"), ["relu"]);
+        assert_eq!(from_name_scopes("['', 'add']"), Vec::<String>::new());
+        assert_eq!(sanitize("a:b"), "a_b");
+    }
+}
