@@ -477,7 +477,21 @@ impl<'a> Converter<'a> {
                 Some(Val::Const(t)) => known.push(Some(Val::Const(t.clone()))),
                 Some(Val::Dims(d)) => known.push(Some(Val::Dims(d.clone()))),
                 Some(Val::Zeros) => {
-                    if op == "Expand" || op == "Identity" || op == "Cast" || op == "CastLike" {
+                    // Zeros stay zeros through the layout ops (a recurrent layer's initial
+                    // states are sliced per layer from one zero tensor).
+                    const KEEP: &[&str] = &[
+                        "Expand",
+                        "Identity",
+                        "Cast",
+                        "CastLike",
+                        "Slice",
+                        "Gather",
+                        "Squeeze",
+                        "Unsqueeze",
+                        "Reshape",
+                        "Transpose",
+                    ];
+                    if k == 0 && KEEP.contains(&op) {
                         self.set(Self::out(node), Val::Zeros);
                         return Ok(true);
                     }
