@@ -294,12 +294,88 @@ def gen(name):
           f"{len(paths)} observers, {len(outputs)} outputs, ORT vs torch {worst:.2e}")
 
 
+class Ops(nn.Module):
+    """One operator (or a short chain) per case, for the importer's per-operator tests."""
+
+    def __init__(self, fn, **modules):
+        super().__init__()
+        self.fn = fn
+        for k, m in modules.items():
+            setattr(self, k, m)
+
+    def forward(self, x):
+        return self.fn(self, x)
+
+
+def conv(cin, cout, k=3, **kw):
+    return nn.Conv2d(cin, cout, k, **kw)
+
+
+# name -> (module, input shape). Each is exported as above and run by ONNX Runtime.
+OP_CASES = {
+    "clip_hardtanh": (Ops(lambda s, x: torch.clamp(x, -0.5, 0.75)), [2, 3, 4, 5]),
+    "relu6_leaky_elu": (Ops(lambda s, x: s.c(s.a(x)) + s.b(x), a=nn.ReLU6(), b=nn.LeakyReLU(0.1), c=nn.ELU(0.7)),
+                        [2, 3, 4, 5]),
+    "sigmoid_tanh_hardsigmoid": (Ops(lambda s, x: s.a(x) * s.b(x) + s.c(x), a=nn.Sigmoid(), b=nn.Tanh(),
+                                     c=nn.Hardsigmoid()), [2, 3, 4, 5]),
+    "scalar_arithmetic": (Ops(lambda s, x: (x + 1.5) * 2.0 - 0.25 + x / 4.0), [2, 3, 4, 5]),
+    "concat_split_slice": (Ops(lambda s, x: torch.cat([torch.cat(torch.split(x, [1, 2], dim=1)[::-1], 1),
+                                                      x[:, :, 1:3]], 2)), [2, 3, 4, 5]),
+    "gather_index": (Ops(lambda s, x: x[:, 1] + x[:, -1]), [2, 3, 4, 5]),
+    "view_flatten_linear": (Ops(lambda s, x: s.fc(x.view(x.size(0), -1)), fc=nn.Linear(60, 7)), [2, 3, 4, 5]),
+    "matmul_linear_3d": (Ops(lambda s, x: s.fc(x.permute(0, 2, 3, 1)), fc=nn.Linear(3, 6)), [2, 3, 4, 5]),
+    "transpose_unsqueeze": (Ops(lambda s, x: x.transpose(2, 3).unsqueeze(1).squeeze(1)), [2, 3, 4, 5]),
+    "softmax_logsoftmax": (Ops(lambda s, x: torch.softmax(x, dim=1) + torch.log_softmax(x, dim=-1)), [2, 3, 4, 5]),
+    "pools": (Ops(lambda s, x: torch.cat([s.a(x), s.b(x)], 1), a=nn.AvgPool2d(3, 2, 1),
+                  b=nn.MaxPool2d(3, 2, 1, ceil_mode=True)), [2, 3, 9, 9]),
+    "avgpool_exclude_pad": (Ops(lambda s, x: s.a(x), a=nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+                            [2, 3, 9, 9]),
+    "upsample_nearest": (Ops(lambda s, x: s.c(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")),
+                             c=conv(3, 4, 1)), [2, 3, 4, 5]),
+    "upsample_bilinear": (Ops(lambda s, x: nn.functional.interpolate(x, size=(7, 9), mode="bilinear",
+                                                                    align_corners=False)), [2, 3, 4, 5]),
+    "pad_constant": (Ops(lambda s, x: nn.functional.pad(x, (1, 2, 0, 1))), [2, 3, 4, 5]),
+    "conv_groups_dilation": (Ops(lambda s, x: s.c(x), c=conv(4, 8, 3, padding=2, dilation=2, groups=2)),
+                             [2, 4, 7, 7]),
+    "conv1d_bn": (Ops(lambda s, x: s.b(s.c(x)), c=nn.Conv1d(3, 5, 3, padding=1), b=nn.BatchNorm1d(5)), [2, 3, 11]),
+    "conv_transpose": (Ops(lambda s, x: s.c(x), c=nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1,
+                                                                     output_padding=1)), [2, 3, 4, 5]),
+    "gru": (Ops(lambda s, x: s.g(x.flatten(2).permute(2, 0, 1))[0], g=nn.GRU(3, 6, bidirectional=True)),
+            [1, 3, 2, 4]),
+    "lstm_forward": (Ops(lambda s, x: s.l(x.flatten(2).permute(2, 0, 1))[0], l=nn.LSTM(3, 5)), [1, 3, 2, 4]),
+    "gemm": (Ops(lambda s, x: s.fc(torch.flatten(x, 1)), fc=nn.Linear(60, 4)), [2, 3, 4, 5]),
+}
+
+
+def gen_ops():
+    """crates/qonnx/tests/fixtures/ops/<case>.onnx and ops.safetensors (case: input, ort, torch)."""
+    fx = Fixture("qonnx", "ops")
+    for i, (name, (model, shape)) in enumerate(OP_CASES.items()):
+        torch.manual_seed(100 + i)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.5, 0.5)
+        model.eval()
+        path = FIXTURES / "ops" / f"{name}.onnx"
+        export(model, shape, path)
+        x = image(shape, 700 + i)
+        with torch.no_grad():
+            y = model(x)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        fx.case(name, {}, input=x, torch=y, ort=torch.from_numpy(sess.run(None, {"input": x.numpy()})[0]))
+    fx.save()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="also write full-size models to target/onnx/")
     args = parser.parse_args()
     for name in SMALL:
         gen(name)
+    gen_ops()
     if args.full:
         for name, (build, shape) in FULL.items():
             _, plain = seeded(build, shape)

@@ -16,7 +16,10 @@ use qgraph::{DeQuantStub, Functional, Module, QuantStub};
 use crate::error::OnnxError;
 use crate::fold::{self, Dim, Dims};
 use crate::items::{Item, Kind, Layout, Role, Val};
-use crate::modules::{Gather, LogSoftmax, Pad, Reshape, Slice, Squeeze, Transpose, Unsqueeze};
+use crate::modules::{
+    ConvTranspose2d, ConvTransposeOptions, Gather, LogSoftmax, Pad, Reshape, Slice, Squeeze, Transpose,
+    Unsqueeze,
+};
 use crate::proto::{Attribute, NodeProto};
 use crate::scope;
 use crate::tensor::Tensor;
@@ -341,6 +344,7 @@ impl<'a> Converter<'a> {
         }
         match node.op_type.as_str() {
             "Conv" => self.conv(node),
+            "ConvTranspose" => self.conv_transpose(node),
             "BatchNormalization" => self.batch_norm(node),
             "Relu" => self.unary(node, "relu", ReLU::new()),
             "Clip" => self.clip(node),
@@ -777,6 +781,55 @@ impl<'a> Converter<'a> {
         let mut conv = Conv::with_options(options)?;
         conv.set_weight_bias(w, b.map(|b| b.to_f32()))?;
         self.unary(node, "conv", conv)
+    }
+
+    fn conv_transpose(&mut self, node: &NodeProto) -> Res<()> {
+        no_auto_pad(node)?;
+        if attr(node, "output_shape").is_some() {
+            return Err(node_err(
+                node,
+                "output_shape is given",
+                "export with output_padding (as torch.onnx.export does)",
+            ));
+        }
+        let w = self
+            .constant(node, 1, "the weight")?
+            .ok_or_else(|| node_err(node, "no weight", "check the model"))?
+            .to_f32();
+        let b = self.constant(node, 2, "the bias")?.map(|b| b.to_f32());
+        if w.ndim() != 4 {
+            return Err(node_err(
+                node,
+                format!("weight of shape {:?}", w.shape()),
+                "2-d transposed convolutions are supported",
+            ));
+        }
+        let pair = |name: &str, default: usize| -> Res<[usize; 2]> {
+            let v = match attr_ints(node, name) {
+                Some(v) => sizes(node, name, &v)?,
+                None => vec![default; 2],
+            };
+            <[usize; 2]>::try_from(v)
+                .map_err(|_| node_err(node, format!("{name} has not 2 entries"), "check the model"))
+        };
+        let groups = sizes(node, "group", &[attr_i(node, "group", 1)])?[0].max(1);
+        let padding = symmetric(node, attr_ints(node, "pads"), 2)?;
+        let options = ConvTransposeOptions {
+            in_channels: w.shape()[0],
+            out_channels: w.shape()[1]
+                .checked_mul(groups)
+                .ok_or_else(|| node_err(node, "too many groups", "check the model"))?,
+            kernel_size: [w.shape()[2], w.shape()[3]],
+            stride: pair("strides", 1)?,
+            padding: [padding[0], padding[1]],
+            output_padding: pair("output_padding", 0)?,
+            dilation: pair("dilations", 1)?,
+            groups,
+            bias: b.is_some(),
+        };
+        let module = ConvTranspose2d::new(options, w, b)?;
+        let rank = Some(4);
+        self.float_op(node, "conv_transpose", Box::new(module), rank).map(|_| ())
     }
 
     fn batch_norm(&mut self, node: &NodeProto) -> Res<()> {
@@ -1363,7 +1416,13 @@ impl<'a> Converter<'a> {
             })
         };
         let scales = self.constant(node, 2, "scales")?.filter(|t| t.len() > 0);
-        let sizes_in = self.ints_input(node, 3, "sizes")?;
+        let sizes_in = match self.input(node, 3)? {
+            Some(Val::Dims(d)) if d.dims.len() == 4 => match (&d.dims[2], &d.dims[3]) {
+                (Dim::Known(h), Dim::Known(w)) => Some(vec![0, 0, *h, *w]),
+                _ => None,
+            },
+            _ => self.ints_input(node, 3, "sizes")?,
+        };
         let u = match (scales, sizes_in) {
             (Some(s), _) => {
                 let s = s.values_f64();

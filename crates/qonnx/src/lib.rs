@@ -24,6 +24,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod conv_transpose;
 mod convert;
 mod error;
 mod fold;

@@ -1,11 +1,15 @@
 //! Modules for ONNX operators qgraph has no module for: the tensor-layout operators (reshape,
 //! transpose, squeeze, unsqueeze, slice, gather with constant indices, constant padding), which
 //! run on float values and, element for element, on quantized ones (PyTorch's view and indexing
-//! ops keep a quantized tensor's parameters), and `LogSoftmax` (float).
+//! ops keep a quantized tensor's parameters), and the float-only `LogSoftmax` and
+//! [`ConvTranspose2d`].
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice as NdSlice};
+
 use qgraph::{GraphError, GraphResult, Module, QuantTensor, Value};
 use serde::{Deserialize, Serialize};
+
+pub use crate::conv_transpose::{ConvTranspose2d, ConvTransposeOptions};
 
 fn invalid(module: &str, reason: impl Into<String>) -> GraphError {
     GraphError::Mismatch { context: "qonnx", reason: format!("{module}: {}", reason.into()) }
@@ -212,7 +216,7 @@ pub struct Slice {
     pub ends: Vec<i64>,
     /// The axes sliced.
     pub axes: Vec<i64>,
-    /// Steps (positive).
+    /// Steps (negative walks backwards).
     pub steps: Vec<i64>,
 }
 
@@ -226,17 +230,36 @@ impl Layout for Slice {
         }
         for i in 0..n {
             let axis = wrap("Slice", self.axes[i], x.ndim())?;
-            let dim = x.shape()[axis] as i64;
-            let step = self.steps[i];
-            if step <= 0 || step > isize::MAX as i64 {
-                return Err(invalid("Slice", format!("step {step} (only positive steps are supported)")));
-            }
-            let clamp = |v: i64| if v < 0 { v.saturating_add(dim).max(0) } else { v.min(dim) };
-            let (start, end) = (clamp(self.starts[i]), clamp(self.ends[i]).max(clamp(self.starts[i])));
-            x.slice_axis_inplace(Axis(axis), NdSlice::new(start as isize, Some(end as isize), step as isize));
+            let indices = slice_indices(x.shape()[axis], self.starts[i], self.ends[i], self.steps[i])?;
+            x = x.select(Axis(axis), &indices);
         }
-        Ok(x.as_standard_layout().into_owned())
+        Ok(x)
     }
+}
+
+/// The indices ONNX's `Slice` takes along a dimension of `dim` (negative bounds count from the
+/// end, bounds are clamped, a negative step walks backwards).
+fn slice_indices(dim: usize, start: i64, end: i64, step: i64) -> GraphResult<Vec<usize>> {
+    let d = i64::try_from(dim).map_err(|_| invalid("Slice", "dimension too large"))?;
+    let wrap = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+    let (start, end) = (wrap(start), wrap(end));
+    let mut out = Vec::new();
+    if step > 0 {
+        let (mut i, end) = (start.clamp(0, d), end.clamp(0, d));
+        while i < end {
+            out.push(i as usize);
+            i = i.saturating_add(step);
+        }
+    } else if step < 0 {
+        let (mut i, end) = (start.clamp(0, d - 1), end.clamp(-1, d - 1));
+        while i > end {
+            out.push(i as usize);
+            i = i.saturating_add(step);
+        }
+    } else {
+        return Err(invalid("Slice", "step 0"));
+    }
+    Ok(out)
 }
 layout_module!(Slice, "Slice");
 
@@ -397,7 +420,8 @@ pub(crate) fn register_loaders(loaders: &mut qgraph::io::Loaders) {
         .register_config::<Slice>("Slice")
         .register_config::<Gather>("Gather")
         .register_config::<Pad>("Pad")
-        .register_config::<LogSoftmax>("LogSoftmax");
+        .register_config::<LogSoftmax>("LogSoftmax")
+        .register("ConvTranspose2d", |record| Ok(Box::new(ConvTranspose2d::from_record(record)?)));
 }
 
 #[cfg(test)]
@@ -445,7 +469,17 @@ mod tests {
         assert_eq!(s.shape().unwrap(), &[3]);
         assert!(Squeeze { axes: vec![1] }.forward(Value::Float(arange(&[1, 3, 1]))).is_err());
         assert!(Gather { axis: 0, indices: vec![5], scalar: true }.forward(Value::Float(x.clone())).is_err());
-        assert!(Transpose { perm: vec![0, 0, 1] }.forward(Value::Float(x)).is_err());
+        assert!(Transpose { perm: vec![0, 0, 1] }.forward(Value::Float(x.clone())).is_err());
+        let r = Slice { starts: vec![-1], ends: vec![i64::MIN], axes: vec![2], steps: vec![-2] }
+            .forward(Value::Float(x))
+            .unwrap()
+            .into_float("t")
+            .unwrap();
+        assert_eq!(r.shape(), &[2, 3, 2]);
+        assert_eq!((r[[0, 0, 0]], r[[0, 0, 1]]), (3.0, 1.0));
+        assert_eq!(slice_indices(5, 1, 100, 2).unwrap(), [1, 3]);
+        assert_eq!(slice_indices(5, 10, -10, -1).unwrap(), [4, 3, 2, 1, 0]);
+        assert!(slice_indices(5, 0, 5, 0).is_err());
     }
 
     #[test]

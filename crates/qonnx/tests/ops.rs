@@ -1,0 +1,43 @@
+//! One small model per operator (or short chain), exported by `tools/golden/gen_onnx.py`
+//! (`OP_CASES`): imported and run in float, equal to PyTorch and ONNX Runtime within 1e-5 of the
+//! output's largest magnitude.
+
+use ndarray::ArrayD;
+use qgraph::Value;
+use qtest::Fixture;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn relative(ours: &ArrayD<f32>, reference: &ArrayD<f32>) -> f32 {
+    assert_eq!(ours.shape(), reference.shape());
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
+}
+
+#[test]
+fn every_operator_case_equals_pytorch_and_onnxruntime() {
+    let fx = Fixture::load(DIR, "ops");
+    let mut failures = Vec::new();
+    for case in &fx.cases {
+        let name = qtest::name(case);
+        let result =
+            qonnx::import_file(format!("{DIR}/ops/{name}.onnx")).map_err(|e| e.to_string()).and_then(|m| {
+                m.model
+                    .forward(Value::from(fx.tensor::<f32>(name, "input")))
+                    .and_then(|y| y.into_float_lossy())
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(y) => {
+                let (t, o) = (relative(&y, &fx.tensor(name, "torch")), relative(&y, &fx.tensor(name, "ort")));
+                eprintln!("{name}: vs PyTorch {t:e}, vs ONNX Runtime {o:e}");
+                if t > 1e-5 || o > 1e-5 {
+                    failures.push(format!("{name}: {t:e} / {o:e}"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(fx.cases.len() >= 20, "only {} cases", fx.cases.len());
+    assert!(failures.is_empty(), "{failures:#?}");
+}
