@@ -87,6 +87,20 @@ pub(crate) struct Converter<'a> {
     /// Graph output names (read even when no node reads them).
     outputs: Vec<String>,
     fresh: usize,
+    /// Recurrent layers made so far, by the index of their item: stacked onto when the next
+    /// recurrent node reads only their output.
+    recurrent: HashMap<usize, Stack>,
+}
+
+/// A recurrent module being built: one ONNX node per layer.
+struct Stack {
+    lstm: bool,
+    options: RnnOptions,
+    tensors: Vec<(String, ArrayD<f32>)>,
+    /// The node of its last layer.
+    last_node: usize,
+    /// Its output (the tuple element read by the next layer).
+    output: String,
 }
 
 type Res<T> = Result<T, OnnxError>;
@@ -186,6 +200,7 @@ impl<'a> Converter<'a> {
             quantized: HashMap::new(),
             outputs,
             fresh: 0,
+            recurrent: HashMap::new(),
         }
     }
 
@@ -327,6 +342,46 @@ impl<'a> Converter<'a> {
             Some(&[j]) => Some(j),
             _ => None,
         }
+    }
+
+    /// The recurrent stack `node` continues, if its input is, through the layout ops exporters
+    /// write between layers, the output of the stack's last layer and read by nothing else, and
+    /// the layers agree (kind, hidden size, directions, scope).
+    fn stack_below(
+        &mut self,
+        node: &NodeProto,
+        lstm: bool,
+        options: &RnnOptions,
+    ) -> Option<(usize, &mut Stack)> {
+        let mut value = node.inputs.first()?.as_str();
+        let mut reader = node;
+        let producer = |v: &str| self.nodes.iter().position(|n| n.outputs.iter().any(|o| o == v));
+        let found = loop {
+            let readers = self.readers.get(value)?;
+            if readers.len() != 1
+                || !std::ptr::eq(&self.nodes[readers[0]], reader)
+                || self.outputs.iter().any(|o| o == value)
+            {
+                return None;
+            }
+            let p = producer(value)?;
+            match self.nodes[p].op_type.as_str() {
+                "LSTM" | "GRU" => break p,
+                "Transpose" | "Reshape" | "Squeeze" => {
+                    reader = &self.nodes[p];
+                    value = reader.inputs.first()?.as_str();
+                }
+                _ => return None,
+            }
+        };
+        let scope = self.scope_of(node);
+        let (&item, stack) = self.recurrent.iter_mut().find(|(_, s)| s.last_node == found)?;
+        let same = stack.lstm == lstm
+            && stack.options.hidden_size == options.hidden_size
+            && stack.options.bidirectional == options.bidirectional
+            && options.input_size == options.hidden_size * options.num_directions()
+            && self.items[item].scope == scope;
+        same.then_some((item, stack))
     }
 
     pub(crate) fn convert(&mut self, index: usize) -> Res<()> {
@@ -1579,14 +1634,35 @@ impl<'a> Converter<'a> {
             ));
         }
         let options = RnnOptions { bidirectional: dirs == 2, ..RnnOptions::new(input, hidden) };
+        let y = node.outputs.first().cloned().unwrap_or_default();
+        let index = self.nodes.iter().position(|n| std::ptr::eq(n, node)).unwrap_or(0);
+        // A layer reading only the previous layer's output: PyTorch's next layer of one module.
+        if let Some((item, stack)) = self.stack_below(node, lstm, &options) {
+            let k = stack.options.num_layers;
+            let (lstm, output) = (stack.lstm, stack.output.clone());
+            stack.options.num_layers += 1;
+            stack.last_node = index;
+            stack
+                .tensors
+                .extend(tensors.into_iter().map(|(name, t)| (name.replace("_l0", &format!("_l{k}")), t)));
+            let tensors = stack.tensors.clone();
+            let options = stack.options;
+            self.items[item].kind = Kind::Module(if lstm {
+                Box::new(LSTM::from_tensors(options, tensors)?)
+            } else {
+                Box::new(GRU::from_tensors(options, tensors)?)
+            });
+            self.set(&y, Val::Node { id: output, rank: Some(3), layout: Layout::RnnY { dirs }, float: true });
+            return Ok(());
+        }
         let module: Box<dyn Module> = if lstm {
-            Box::new(LSTM::from_tensors(options, tensors)?)
+            Box::new(LSTM::from_tensors(options, tensors.clone())?)
         } else {
-            Box::new(GRU::from_tensors(options, tensors)?)
+            Box::new(GRU::from_tensors(options, tensors.clone())?)
         };
         let base = if lstm { "lstm" } else { "gru" };
         let tuple = self.float_op(node, base, module, None)?;
-        let y = node.outputs.first().cloned().unwrap_or_default();
+        let item = self.items.len() - 1;
         let out = self.fresh(&y);
         self.items.push(Item {
             scope: self.scope_of(node),
@@ -1597,6 +1673,7 @@ impl<'a> Converter<'a> {
             output: out.clone(),
             node: node.name.clone(),
         });
+        self.recurrent.insert(item, Stack { lstm, options, tensors, last_node: index, output: out.clone() });
         self.set(&y, Val::Node { id: out, rank: Some(3), layout: Layout::RnnY { dirs }, float: true });
         Ok(())
     }

@@ -72,7 +72,12 @@ macro_rules! layout_module {
             }
 
             fn extra_repr(&self) -> String {
-                serde_json::to_string(self).expect("plain data").trim_matches(['{', '}']).replace('"', "")
+                match serde_json::to_value(self).expect("plain data") {
+                    serde_json::Value::Object(fields) => {
+                        fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+                    }
+                    other => other.to_string(),
+                }
             }
 
             fn config(&self) -> serde_json::Value {
