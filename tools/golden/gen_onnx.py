@@ -311,47 +311,60 @@ def conv(cin, cout, k=3, **kw):
     return nn.Conv2d(cin, cout, k, **kw)
 
 
-# name -> (module, input shape). Each is exported as above and run by ONNX Runtime.
+# name -> (module builder, input shape). Each is built after seeding, exported as above and run
+# by ONNX Runtime.
 OP_CASES = {
-    "clip_hardtanh": (Ops(lambda s, x: torch.clamp(x, -0.5, 0.75)), [2, 3, 4, 5]),
-    "relu6_leaky_elu": (Ops(lambda s, x: s.c(s.a(x)) + s.b(x), a=nn.ReLU6(), b=nn.LeakyReLU(0.1), c=nn.ELU(0.7)),
+    "clip_hardtanh": (lambda: Ops(lambda s, x: torch.clamp(x, -0.5, 0.75)), [2, 3, 4, 5]),
+    "relu6_leaky_elu": (lambda: Ops(lambda s, x: s.c(s.a(x)) + s.b(x), a=nn.ReLU6(), b=nn.LeakyReLU(0.1), c=nn.ELU(0.7)),
                         [2, 3, 4, 5]),
-    "sigmoid_tanh_hardsigmoid": (Ops(lambda s, x: s.a(x) * s.b(x) + s.c(x), a=nn.Sigmoid(), b=nn.Tanh(),
+    "sigmoid_tanh_hardsigmoid": (lambda: Ops(lambda s, x: s.a(x) * s.b(x) + s.c(x), a=nn.Sigmoid(), b=nn.Tanh(),
                                      c=nn.Hardsigmoid()), [2, 3, 4, 5]),
-    "scalar_arithmetic": (Ops(lambda s, x: (x + 1.5) * 2.0 - 0.25 + x / 4.0), [2, 3, 4, 5]),
-    "concat_split_slice": (Ops(lambda s, x: torch.cat([torch.cat(torch.split(x, [1, 2], dim=1)[::-1], 1),
+    "scalar_arithmetic": (lambda: Ops(lambda s, x: (x + 1.5) * 2.0 - 0.25 + x / 4.0), [2, 3, 4, 5]),
+    "concat_split_slice": (lambda: Ops(lambda s, x: torch.cat([torch.cat(torch.split(x, [1, 2], dim=1)[::-1], 1),
                                                       x[:, :, 1:3]], 2)), [2, 3, 4, 5]),
-    "gather_index": (Ops(lambda s, x: x[:, 1] + x[:, -1]), [2, 3, 4, 5]),
-    "view_flatten_linear": (Ops(lambda s, x: s.fc(x.view(x.size(0), -1)), fc=nn.Linear(60, 7)), [2, 3, 4, 5]),
-    "matmul_linear_3d": (Ops(lambda s, x: s.fc(x.permute(0, 2, 3, 1)), fc=nn.Linear(3, 6)), [2, 3, 4, 5]),
-    "transpose_unsqueeze": (Ops(lambda s, x: x.transpose(2, 3).unsqueeze(1).squeeze(1)), [2, 3, 4, 5]),
-    "softmax_logsoftmax": (Ops(lambda s, x: torch.softmax(x, dim=1) + torch.log_softmax(x, dim=-1)), [2, 3, 4, 5]),
-    "pools": (Ops(lambda s, x: torch.cat([s.a(x), s.b(x)], 1), a=nn.AvgPool2d(3, 2, 1),
+    "gather_index": (lambda: Ops(lambda s, x: x[:, 1] + x[:, -1]), [2, 3, 4, 5]),
+    "view_flatten_linear": (lambda: Ops(lambda s, x: s.fc(x.view(x.size(0), -1)), fc=nn.Linear(60, 7)), [2, 3, 4, 5]),
+    "matmul_linear_3d": (lambda: Ops(lambda s, x: s.fc(x.permute(0, 2, 3, 1)), fc=nn.Linear(3, 6)), [2, 3, 4, 5]),
+    "transpose_unsqueeze": (lambda: Ops(lambda s, x: x.transpose(2, 3).unsqueeze(1).squeeze(1)), [2, 3, 4, 5]),
+    "softmax_logsoftmax": (lambda: Ops(lambda s, x: torch.softmax(x, dim=1) + torch.log_softmax(x, dim=-1)), [2, 3, 4, 5]),
+    "pools": (lambda: Ops(lambda s, x: torch.cat([s.a(x), s.b(x)], 1), a=nn.AvgPool2d(3, 2, 1),
                   b=nn.MaxPool2d(3, 2, 1, ceil_mode=True)), [2, 3, 9, 9]),
-    "avgpool_exclude_pad": (Ops(lambda s, x: s.a(x), a=nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+    "avgpool_exclude_pad": (lambda: Ops(lambda s, x: s.a(x), a=nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
                             [2, 3, 9, 9]),
-    "upsample_nearest": (Ops(lambda s, x: s.c(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")),
+    "upsample_nearest": (lambda: Ops(lambda s, x: s.c(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")),
                              c=conv(3, 4, 1)), [2, 3, 4, 5]),
-    "upsample_bilinear": (Ops(lambda s, x: nn.functional.interpolate(x, size=(7, 9), mode="bilinear",
+    "upsample_bilinear": (lambda: Ops(lambda s, x: nn.functional.interpolate(x, size=(7, 9), mode="bilinear",
                                                                     align_corners=False)), [2, 3, 4, 5]),
-    "pad_constant": (Ops(lambda s, x: nn.functional.pad(x, (1, 2, 0, 1))), [2, 3, 4, 5]),
-    "conv_groups_dilation": (Ops(lambda s, x: s.c(x), c=conv(4, 8, 3, padding=2, dilation=2, groups=2)),
+    "pad_constant": (lambda: Ops(lambda s, x: nn.functional.pad(x, (1, 2, 0, 1))), [2, 3, 4, 5]),
+    "conv_groups_dilation": (lambda: Ops(lambda s, x: s.c(x), c=conv(4, 8, 3, padding=2, dilation=2, groups=2)),
                              [2, 4, 7, 7]),
-    "conv1d_bn": (Ops(lambda s, x: s.b(s.c(x)), c=nn.Conv1d(3, 5, 3, padding=1), b=nn.BatchNorm1d(5)), [2, 3, 11]),
-    "conv_transpose": (Ops(lambda s, x: s.c(x), c=nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1,
+    "conv1d_bn": (lambda: Ops(lambda s, x: s.b(s.c(x)), c=nn.Conv1d(3, 5, 3, padding=1), b=nn.BatchNorm1d(5)), [2, 3, 11]),
+    "conv_transpose": (lambda: Ops(lambda s, x: s.c(x), c=nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1,
                                                                      output_padding=1)), [2, 3, 4, 5]),
-    "gru": (Ops(lambda s, x: s.g(x.flatten(2).permute(2, 0, 1))[0], g=nn.GRU(3, 6, bidirectional=True)),
+    "gru": (lambda: Ops(lambda s, x: s.g(x.flatten(2).permute(2, 0, 1))[0], g=nn.GRU(3, 6, bidirectional=True)),
             [1, 3, 2, 4]),
-    "lstm_forward": (Ops(lambda s, x: s.l(x.flatten(2).permute(2, 0, 1))[0], l=nn.LSTM(3, 5)), [1, 3, 2, 4]),
-    "gemm": (Ops(lambda s, x: s.fc(torch.flatten(x, 1)), fc=nn.Linear(60, 4)), [2, 3, 4, 5]),
+    "lstm_forward": (lambda: Ops(lambda s, x: s.l(x.flatten(2).permute(2, 0, 1))[0], l=nn.LSTM(3, 5)), [1, 3, 2, 4]),
+    "gemm": (lambda: Ops(lambda s, x: s.fc(torch.flatten(x, 1)), fc=nn.Linear(60, 4)), [2, 3, 4, 5]),
+}
+
+
+# The same models through torch.export (torch 2.15's default exporter): as users run it (its
+# optimizer folds batch norms into convolutions) and with optimize=False (batch norms kept, and
+# the weight and shape arithmetic the importer folds).
+EXPORTER_CASES = {
+    "dynamo_resnet18": ("resnet18", {"dynamo": True}),
+    "dynamo_crnn": ("crnn", {"dynamo": True}),
+    "dynamo_noopt_crnn": ("crnn", {"dynamo": True, "optimize": False}),
 }
 
 
 def gen_ops():
-    """crates/qonnx/tests/fixtures/ops/<case>.onnx and ops.safetensors (case: input, ort, torch)."""
+    """crates/qonnx/tests/fixtures/ops/<case>.onnx and ops.safetensors (case: input, ort, torch),
+    for OP_CASES and EXPORTER_CASES."""
     fx = Fixture("qonnx", "ops")
-    for i, (name, (model, shape)) in enumerate(OP_CASES.items()):
+    for i, (name, (build, shape)) in enumerate(OP_CASES.items()):
         torch.manual_seed(100 + i)
+        model = build()
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.running_mean.uniform_(-0.5, 0.5)
@@ -362,6 +375,17 @@ def gen_ops():
         path = FIXTURES / "ops" / f"{name}.onnx"
         export(model, shape, path)
         x = image(shape, 700 + i)
+        with torch.no_grad():
+            y = model(x)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        fx.case(name, {}, input=x, torch=y, ort=torch.from_numpy(sess.run(None, {"input": x.numpy()})[0]))
+    for i, (name, (model_name, kw)) in enumerate(EXPORTER_CASES.items()):
+        build, shape = SMALL[model_name]
+        _, model = seeded(build, shape)
+        path = FIXTURES / "ops" / f"{name}.onnx"
+        torch.onnx.export(model, (torch.zeros(shape),), str(path), input_names=["input"], output_names=["output"],
+                          verbose=False, **kw)
+        x = image(shape, 800 + i)
         with torch.no_grad():
             y = model(x)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -90,6 +90,8 @@ pub(crate) struct Converter<'a> {
     /// Recurrent layers made so far, by the index of their item: stacked onto when the next
     /// recurrent node reads only their output.
     recurrent: HashMap<usize, Stack>,
+    /// Ranks the exporter recorded (`value_info`, outputs), by value name.
+    ranks: HashMap<String, usize>,
 }
 
 /// A recurrent module being built: one ONNX node per layer.
@@ -183,7 +185,12 @@ fn no_auto_pad(node: &NodeProto) -> Res<()> {
 }
 
 impl<'a> Converter<'a> {
-    pub(crate) fn new(nodes: &'a [NodeProto], opset: i64, outputs: Vec<String>) -> Self {
+    pub(crate) fn new(
+        nodes: &'a [NodeProto],
+        opset: i64,
+        outputs: Vec<String>,
+        ranks: HashMap<String, usize>,
+    ) -> Self {
         let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, n) in nodes.iter().enumerate() {
             for input in &n.inputs {
@@ -201,6 +208,7 @@ impl<'a> Converter<'a> {
             outputs,
             fresh: 0,
             recurrent: HashMap::new(),
+            ranks,
         }
     }
 
@@ -293,7 +301,10 @@ impl<'a> Converter<'a> {
         scope::of_node(node)
     }
 
-    fn set(&mut self, name: &str, val: Val) {
+    fn set(&mut self, name: &str, mut val: Val) {
+        if let Val::Node { rank: rank @ None, .. } = &mut val {
+            *rank = self.ranks.get(name).copied();
+        }
         self.vals.insert(name.to_string(), val);
     }
 
@@ -357,11 +368,11 @@ impl<'a> Converter<'a> {
         let mut reader = node;
         let producer = |v: &str| self.nodes.iter().position(|n| n.outputs.iter().any(|o| o == v));
         let found = loop {
+            // Besides the chain, only shape queries may read the value.
             let readers = self.readers.get(value)?;
-            if readers.len() != 1
-                || !std::ptr::eq(&self.nodes[readers[0]], reader)
-                || self.outputs.iter().any(|o| o == value)
-            {
+            let chain = readers.iter().filter(|&&r| std::ptr::eq(&self.nodes[r], reader)).count();
+            let shapes = readers.iter().filter(|&&r| self.nodes[r].op_type == "Shape").count();
+            if chain != 1 || chain + shapes != readers.len() || self.outputs.iter().any(|o| o == value) {
                 return None;
             }
             let p = producer(value)?;
@@ -515,10 +526,21 @@ impl<'a> Converter<'a> {
                 let Some(Val::Const(t)) = self.input(node, 0)? else { unreachable!("matched above") };
                 t.shape().iter().map(|&d| Dim::Known(d as i64)).collect()
             } else {
-                let rank = rank.filter(|_| layout == Layout::Plain).ok_or_else(|| {
-                    node_err(node, "the rank of its input is unknown", "export with static shapes")
-                })?;
-                (0..rank).map(|axis| Dim::Of { value: id.clone(), axis }).collect()
+                let of = |axis| Dim::Of { value: id.clone(), axis };
+                match layout {
+                    Layout::Plain => {
+                        let rank = rank.ok_or_else(|| {
+                            node_err(node, "the rank of its input is unknown", "export with static shapes")
+                        })?;
+                        (0..rank).map(of).collect()
+                    }
+                    Layout::RnnY { dirs, hidden } => {
+                        vec![of(0), Dim::Known(dirs as i64), of(1), Dim::Known(hidden as i64)]
+                    }
+                    Layout::RnnYT { dirs, hidden } => {
+                        vec![of(0), of(1), Dim::Known(dirs as i64), Dim::Known(hidden as i64)]
+                    }
+                }
             };
             let dims = Dims { dims, scalar: false };
             let (start, end) = (attr_i(node, "start", 0), attr(node, "end").and_then(|a| a.i));
@@ -1126,7 +1148,7 @@ impl<'a> Converter<'a> {
                 ));
             }
         };
-        if layout == Layout::RnnYT && target.dims.len() == 3 {
+        if matches!(layout, Layout::RnnYT { .. }) && target.dims.len() == 3 {
             self.set(Self::out(node), Val::Node { id, rank: Some(3), layout: Layout::Plain, float });
             return Ok(());
         }
@@ -1176,10 +1198,13 @@ impl<'a> Converter<'a> {
                 .rev()
                 .collect(),
         };
-        if let Layout::RnnY { .. } = layout {
+        if let Layout::RnnY { dirs, hidden } = layout {
             if perm == [0, 2, 1, 3] {
                 let (id, ..) = self.value(node, 0)?;
-                self.set(Self::out(node), Val::Node { id, rank: Some(4), layout: Layout::RnnYT, float });
+                self.set(
+                    Self::out(node),
+                    Val::Node { id, rank: Some(4), layout: Layout::RnnYT { dirs, hidden }, float },
+                );
                 return Ok(());
             }
         }
@@ -1194,7 +1219,7 @@ impl<'a> Converter<'a> {
         };
         let (id, rank, layout, float) = self.value(node, 0)?;
         if node.op_type == "Squeeze" {
-            if layout == (Layout::RnnY { dirs: 1 }) && axes == [1] {
+            if matches!(layout, Layout::RnnY { dirs: 1, .. }) && axes == [1] {
                 self.set(Self::out(node), Val::Node { id, rank: Some(3), layout: Layout::Plain, float });
                 return Ok(());
             }
@@ -1652,7 +1677,10 @@ impl<'a> Converter<'a> {
             } else {
                 Box::new(GRU::from_tensors(options, tensors)?)
             });
-            self.set(&y, Val::Node { id: output, rank: Some(3), layout: Layout::RnnY { dirs }, float: true });
+            self.set(
+                &y,
+                Val::Node { id: output, rank: Some(3), layout: Layout::RnnY { dirs, hidden }, float: true },
+            );
             return Ok(());
         }
         let module: Box<dyn Module> = if lstm {
@@ -1674,7 +1702,10 @@ impl<'a> Converter<'a> {
             node: node.name.clone(),
         });
         self.recurrent.insert(item, Stack { lstm, options, tensors, last_node: index, output: out.clone() });
-        self.set(&y, Val::Node { id: out, rank: Some(3), layout: Layout::RnnY { dirs }, float: true });
+        self.set(
+            &y,
+            Val::Node { id: out, rank: Some(3), layout: Layout::RnnY { dirs, hidden }, float: true },
+        );
         Ok(())
     }
 }

@@ -62,9 +62,16 @@ pub(crate) enum Layout {
     RnnY {
         /// Directions.
         dirs: usize,
+        /// Hidden size.
+        hidden: usize,
     },
     /// `Y` transposed to `[seq, batch, dirs, hidden]` (PyTorch's output before its reshape).
-    RnnYT,
+    RnnYT {
+        /// Directions.
+        dirs: usize,
+        /// Hidden size.
+        hidden: usize,
+    },
 }
 
 /// A value while importing.

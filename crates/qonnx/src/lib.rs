@@ -103,7 +103,14 @@ fn import(bytes: &[u8], dir: Option<&Path>) -> Result<Imported, OnnxError> {
     }
     let graph = &model.graph;
     let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
-    let mut conv = Converter::new(&graph.nodes, opset, output_names.clone());
+    let ranks = graph
+        .value_info
+        .iter()
+        .chain(&graph.outputs)
+        .filter(|v| !v.shape.is_empty())
+        .map(|v| (v.name.clone(), v.shape.len()))
+        .collect();
+    let mut conv = Converter::new(&graph.nodes, opset, output_names.clone(), ranks);
     for init in &graph.initializers {
         let t = tensor::decode(init, dir)?;
         conv.vals.insert(init.name.clone(), Val::Const(t));

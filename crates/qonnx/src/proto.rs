@@ -212,6 +212,8 @@ pub struct GraphProto {
     pub inputs: Vec<ValueInfo>,
     /// Outputs.
     pub outputs: Vec<ValueInfo>,
+    /// Shapes of intermediate values, where the exporter recorded them.
+    pub value_info: Vec<ValueInfo>,
 }
 
 /// `NodeProto`.
@@ -347,6 +349,7 @@ fn parse_graph(buf: &[u8]) -> Result<GraphProto, OnnxError> {
             5 => g.initializers.push(parse_tensor(bytes(f, M, "initializer")?)?),
             11 => g.inputs.push(parse_value_info(bytes(f, M, "input")?)?),
             12 => g.outputs.push(parse_value_info(bytes(f, M, "output")?)?),
+            13 => g.value_info.push(parse_value_info(bytes(f, M, "value_info")?)?),
             15 => {
                 return Err(OnnxError::Unsupported {
                     what: "sparse initializers".into(),
