@@ -195,8 +195,14 @@ fn import(bytes: &[u8], dir: Option<&Path>) -> Result<Imported, OnnxError> {
     } else {
         (0..inputs.len()).map(|k| format!("input#{k}")).collect()
     };
-    let type_name = if graph.name.is_empty() { "Model".to_string() } else { scope::sanitize(&graph.name) };
-    let mut tree = nest::Tree::new(items, paths, &outputs);
+    let classes: std::collections::HashMap<Vec<String>, String> =
+        graph.nodes.iter().flat_map(scope::classes).collect();
+    let type_name = match classes.get(&Vec::new()) {
+        Some(class) => class.clone(),
+        None if graph.name.is_empty() => "Model".to_string(),
+        None => scope::sanitize(&graph.name),
+    };
+    let mut tree = nest::Tree::new(items, paths, &outputs, classes);
     let built = tree.build(&type_name, &members, 0, &inputs, &input_names, &outputs)?;
     let mut model: Box<dyn qgraph::Module> = Box::new(built);
     qgraph::eval(&mut model);

@@ -102,17 +102,24 @@ pub(crate) struct Tree<'a> {
     readers: HashMap<String, Vec<usize>>,
     /// Graph outputs (value ids).
     outputs: &'a [String],
+    /// PyTorch's class of each module path, where the exporter recorded it.
+    classes: HashMap<Vec<String>, String>,
 }
 
 impl<'a> Tree<'a> {
-    pub(crate) fn new(items: Vec<Item>, paths: Vec<Vec<String>>, outputs: &'a [String]) -> Self {
+    pub(crate) fn new(
+        items: Vec<Item>,
+        paths: Vec<Vec<String>>,
+        outputs: &'a [String],
+        classes: HashMap<Vec<String>, String>,
+    ) -> Self {
         let mut readers: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             for input in &item.inputs {
                 readers.entry(input.clone()).or_default().push(i);
             }
         }
-        Self { items: items.into_iter().map(Some).collect(), paths, readers, outputs }
+        Self { items: items.into_iter().map(Some).collect(), paths, readers, outputs, classes }
     }
 
     /// Builds the graph of the items `members` at `depth`, reading `inputs` (value ids, bound to
@@ -186,7 +193,8 @@ impl<'a> Tree<'a> {
                 (0..g_inputs.len()).map(|n| format!("input#{n}")).collect()
             };
             let name = &path[depth];
-            let child = self.build("Module", &group, depth + 1, &g_inputs, &child_names, &g_outputs)?;
+            let class = self.classes.get(head).cloned().unwrap_or_else(|| "Module".into());
+            let child = self.build(&class, &group, depth + 1, &g_inputs, &child_names, &g_outputs)?;
             let _ = member_set.len();
             b.add(name, child);
             let args: Vec<&str> = g_inputs

@@ -12,11 +12,47 @@ pub(crate) fn sanitize(name: &str) -> String {
 }
 
 /// The scope's module path components (outermost first), empty if the node records none.
+///
+/// A weighted operator whose weight keeps its `state_dict` name (`layer1.0.conv1.weight`, as the
+/// torch.export exporter writes initializers) is named after it: that exporter's optimizer folds
+/// a batch norm into the convolution before it and leaves the batch norm's scope on the result.
 pub(crate) fn of_node(node: &NodeProto) -> Vec<String> {
+    const WEIGHTED: &[&str] =
+        &["Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LSTM", "GRU"];
+    if !node.name.starts_with('/') && WEIGHTED.contains(&node.op_type.as_str()) {
+        if let Some(path) = node.inputs.get(1).and_then(|w| w.strip_suffix(".weight")) {
+            if !path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                return split(path);
+            }
+        }
+    }
     if let Some((_, scopes)) = node.metadata.iter().find(|(k, _)| k == "pkg.torch.onnx.name_scopes") {
         return from_name_scopes(scopes);
     }
     from_node_name(&node.name)
+}
+
+/// The entries of a Python list literal of strings.
+fn entries(list: &str) -> Vec<&str> {
+    list.trim_matches(['[', ']']).split(',').map(|e| e.trim().trim_matches(['\'', '"'])).collect()
+}
+
+/// The class of each module scope of a node (the torch.export exporter's
+/// `pkg.torch.onnx.class_hierarchy`, aligned with its name scopes): `(path, class name)`.
+pub(crate) fn classes(node: &NodeProto) -> Vec<(Vec<String>, String)> {
+    let get = |key: &str| node.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| entries(v));
+    let (Some(scopes), Some(classes)) =
+        (get("pkg.torch.onnx.name_scopes"), get("pkg.torch.onnx.class_hierarchy"))
+    else {
+        return Vec::new();
+    };
+    let n = scopes.len().min(classes.len()).saturating_sub(1);
+    (0..n)
+        .map(|i| {
+            let class = classes[i].rsplit('.').next().unwrap_or(classes[i]);
+            (split(scopes[i]), sanitize(class))
+        })
+        .collect()
 }
 
 /// `['', 'layer1', 'layer1.0', 'layer1.0.conv1', 'conv2d']`: the last entry is the operation,
@@ -86,5 +122,20 @@ mod tests {
         assert_eq!(from_name_scopes("['', 'relu', 'relu']"), ["relu"]);
         assert_eq!(from_name_scopes("['', 'add']"), Vec::<String>::new());
         assert_eq!(sanitize("a:b"), "a_b");
+        let node = NodeProto {
+            metadata: vec![
+                ("pkg.torch.onnx.name_scopes".into(), "['', 'layer1', 'layer1.0', 'relu']".into()),
+                (
+                    "pkg.torch.onnx.class_hierarchy".into(),
+                    "['torchvision.models.resnet.ResNet', 'torch.nn.modules.container.Sequential', \
+                     'torchvision.models.resnet.BasicBlock', 'aten.relu.default']"
+                        .into(),
+                ),
+            ],
+            ..NodeProto::default()
+        };
+        let classes = classes(&node);
+        assert_eq!(classes[0], (vec![], "ResNet".to_string()));
+        assert_eq!(classes[2], (vec!["layer1".to_string(), "0".to_string()], "BasicBlock".to_string()));
     }
 }

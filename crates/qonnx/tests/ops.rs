@@ -3,7 +3,7 @@
 //! output's largest magnitude.
 
 use ndarray::ArrayD;
-use qgraph::Value;
+use qgraph::{Module, Value};
 use qtest::Fixture;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -40,4 +40,26 @@ fn every_operator_case_equals_pytorch_and_onnxruntime() {
     }
     assert!(fx.cases.len() >= 20, "only {} cases", fx.cases.len());
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn torch_export_models_keep_pytorch_names_and_classes() {
+    let resnet = qonnx::import_file(format!("{DIR}/ops/dynamo_resnet18.onnx")).expect("import").model;
+    assert_eq!(resnet.type_name(), "ResNet");
+    assert_eq!(resnet.get("layer1.0").expect("block").type_name(), "BasicBlock");
+    // The exporter's optimizer folded bn1 into conv1; the convolution keeps conv1's name.
+    assert_eq!(resnet.get("layer1.0.conv1").expect("conv1").type_name(), "Conv2d");
+    assert!(resnet.get("layer1.0.bn1").is_err());
+    let crnn = qonnx::import_file(format!("{DIR}/ops/dynamo_noopt_crnn.onnx")).expect("import").model;
+    assert_eq!(crnn.type_name(), "CRNN");
+    assert_eq!(crnn.get("cnn.0.1").expect("bn").type_name(), "BatchNorm2d");
+    assert_eq!(crnn.get("rnn").expect("rnn").to_string(), "LSTM(16, 16, num_layers=2, bidirectional=True)");
+}
+
+#[test]
+fn external_data_needs_the_file() {
+    let bytes = std::fs::read(format!("{DIR}/ops/dynamo_crnn.onnx")).unwrap();
+    let err = qonnx::import_bytes(&bytes).expect_err("external data from bytes");
+    assert!(matches!(err, qonnx::OnnxError::Unsupported { .. }), "{err:?}");
+    assert!(err.to_string().contains("import_file"), "{err}");
 }
