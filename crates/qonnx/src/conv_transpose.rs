@@ -50,7 +50,10 @@ impl ConvTranspose2d {
     ) -> GraphResult<Self> {
         let o = &options;
         let sizes = o.kernel_size.iter().chain(&o.stride).chain(&o.dilation);
-        if o.groups == 0 || o.in_channels % o.groups != 0 || o.out_channels % o.groups != 0 {
+        if o.groups == 0
+            || !o.in_channels.is_multiple_of(o.groups)
+            || !o.out_channels.is_multiple_of(o.groups)
+        {
             return Err(err(format!(
                 "groups {} must divide {} and {}",
                 o.groups, o.in_channels, o.out_channels

@@ -117,7 +117,7 @@ impl Layout for Reshape {
         }
         let known = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(0);
         if let Some(i) = infer {
-            if known == 0 || x.len() % known != 0 {
+            if known == 0 || !x.len().is_multiple_of(known) {
                 return Err(invalid(
                     "Reshape",
                     format!("cannot reshape {:?} to {:?}", x.shape(), self.shape),

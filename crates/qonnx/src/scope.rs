@@ -19,12 +19,13 @@ pub(crate) fn sanitize(name: &str) -> String {
 pub(crate) fn of_node(node: &NodeProto) -> Vec<String> {
     const WEIGHTED: &[&str] =
         &["Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LSTM", "GRU"];
-    if !node.name.starts_with('/') && WEIGHTED.contains(&node.op_type.as_str()) {
-        if let Some(path) = node.inputs.get(1).and_then(|w| w.strip_suffix(".weight")) {
-            if !path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
-                return split(path);
-            }
-        }
+    if !node.name.starts_with('/')
+        && WEIGHTED.contains(&node.op_type.as_str())
+        && let Some(path) = node.inputs.get(1).and_then(|w| w.strip_suffix(".weight"))
+        && !path.is_empty()
+        && path.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    {
+        return split(path);
     }
     if let Some((_, scopes)) = node.metadata.iter().find(|(k, _)| k == "pkg.torch.onnx.name_scopes") {
         return from_name_scopes(scopes);

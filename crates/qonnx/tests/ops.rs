@@ -3,7 +3,7 @@
 //! output's largest magnitude.
 
 use ndarray::ArrayD;
-use qgraph::{Module, Value};
+use qgraph::Value;
 use qtest::Fixture;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
