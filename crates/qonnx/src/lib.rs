@@ -213,3 +213,8 @@ fn import(bytes: &[u8], dir: Option<&Path>) -> Result<Imported, OnnxError> {
         outputs: graph.outputs.iter().map(info).collect(),
     })
 }
+
+/// This crate's README examples, run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
