@@ -49,6 +49,15 @@ impl Dims {
     }
 }
 
+/// The most elements a folded constant may have (and at most `qgraph::memory::max_elements()`):
+/// shape arithmetic and weights stay far below it; a file that asks for more is refused rather
+/// than allocated.
+const FOLD_LIMIT: usize = 1 << 26;
+
+pub(crate) fn too_large(n: usize) -> bool {
+    n > FOLD_LIMIT.min(qgraph::memory::max_elements())
+}
+
 /// Elementwise binary arithmetic on constants, with broadcasting.
 pub(crate) fn binary(op: &str, a: &Tensor, b: &Tensor) -> Option<Tensor> {
     match (a, b) {
@@ -93,6 +102,10 @@ fn zip<T: Copy>(a: &ArrayD<T>, b: &ArrayD<T>, f: impl Fn(T, T) -> Option<T>) -> 
             _ => return None,
         });
     }
+    let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    if too_large(n) {
+        return None;
+    }
     let a = a.view().into_shape_with_order(IxDyn(&sa)).ok()?;
     let b = b.view().into_shape_with_order(IxDyn(&sb)).ok()?;
     let a = a.broadcast(IxDyn(&shape))?;
@@ -128,7 +141,7 @@ pub(crate) fn expand(t: &Tensor, shape: &[i64]) -> Option<Tensor> {
         target.push(if s == 1 { d } else { s });
     }
     let n = target.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
-    if n > qgraph::memory::max_elements() {
+    if too_large(n) {
         return None;
     }
     let pad = |a: &[usize]| -> Vec<usize> {
@@ -173,5 +186,9 @@ mod tests {
         assert_eq!(concat(&[&a, &ints(&[-1])], 0), Some(ints(&[1, 2, 3, -1])));
         assert_eq!(expand(&b, &[2, 2]).unwrap().shape(), &[2, 2]);
         assert!(expand(&b, &[1 << 40, 1 << 40]).is_none());
+        // Broadcasting two vectors to a matrix beyond the element limit is refused.
+        let long = Tensor::I64(ArrayD::zeros(IxDyn(&[1 << 14])));
+        let column = Tensor::I64(ArrayD::zeros(IxDyn(&[1 << 14, 1])));
+        assert_eq!(binary("Add", &long, &column), None);
     }
 }

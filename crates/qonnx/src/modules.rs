@@ -298,6 +298,13 @@ impl Layout for Gather {
                 }
             })
             .collect::<GraphResult<_>>()?;
+        let rows = x.len() / x.shape()[axis].max(1);
+        if rows.checked_mul(indices.len()).is_none_or(|n| n > qgraph::memory::max_elements()) {
+            return Err(invalid(
+                "Gather",
+                format!("{} indices of {:?} exceed the element limit", indices.len(), x.shape()),
+            ));
+        }
         if self.scalar {
             let [i] = indices[..] else { return Err(invalid("Gather", "a scalar index holds one value")) };
             return Ok(x.index_axis(Axis(axis), i).to_owned());

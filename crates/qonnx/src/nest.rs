@@ -101,7 +101,7 @@ pub(crate) struct Tree<'a> {
     /// Value id -> the items reading it.
     readers: HashMap<String, Vec<usize>>,
     /// Graph outputs (value ids).
-    outputs: &'a [String],
+    graph_outputs: HashSet<&'a String>,
     /// PyTorch's class of each module path, where the exporter recorded it.
     classes: HashMap<Vec<String>, String>,
 }
@@ -119,7 +119,8 @@ impl<'a> Tree<'a> {
                 readers.entry(input.clone()).or_default().push(i);
             }
         }
-        Self { items: items.into_iter().map(Some).collect(), paths, readers, outputs, classes }
+        let graph_outputs = outputs.iter().collect();
+        Self { items: items.into_iter().map(Some).collect(), paths, readers, graph_outputs, classes }
     }
 
     /// Builds the graph of the items `members` at `depth`, reading `inputs` (value ids, bound to
@@ -138,7 +139,15 @@ impl<'a> Tree<'a> {
         b.inputs(&names);
         let mut env: HashMap<String, String> =
             inputs.iter().cloned().zip(input_names.iter().cloned()).collect();
-        let member_set: HashSet<usize> = members.iter().copied().collect();
+        // Where each group (the members under one first component) ends, to find it in one pass.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (k, &i) in members.iter().enumerate() {
+            if self.paths[i].len() > depth + 1 {
+                last.insert(self.paths[i][depth].as_str(), k);
+            }
+        }
+        let last: HashMap<String, usize> = last.into_iter().map(|(name, k)| (name.to_string(), k)).collect();
+        let wanted: HashSet<&String> = outputs.iter().collect();
         let mut k = 0;
         while k < members.len() {
             let i = members[k];
@@ -148,16 +157,14 @@ impl<'a> Tree<'a> {
                 k += 1;
                 continue;
             }
-            // The contiguous run of members under path[depth].
+            // The members under path[depth]: a contiguous run, as exporters write module scopes.
             let head = &path[..=depth];
-            let mut end = k;
-            while end < members.len() && self.paths[members[end]].starts_with(head) {
-                end += 1;
-            }
-            if members[end..].iter().any(|&j| self.paths[j].starts_with(head)) {
+            let end = last[&path[depth]] + 1;
+            if members[k..end].iter().any(|&j| !self.paths[j].starts_with(head)) {
                 return Err(OnnxError::Unsupported {
                     what: format!("module `{}` whose operators are interleaved with others'", head.join(".")),
-                    fix: "export with the TorchScript or torch.export exporter, which keep module scopes contiguous".into(),
+                    fix: "export with the TorchScript or torch.export exporter, which keep module scopes contiguous"
+                        .into(),
                 });
             }
             let group: Vec<usize> = members[k..end].to_vec();
@@ -165,9 +172,10 @@ impl<'a> Tree<'a> {
             let produced: HashSet<&str> =
                 group.iter().map(|&j| self.items[j].as_ref().expect("unbuilt").output.as_str()).collect();
             let mut g_inputs: Vec<String> = Vec::new();
+            let mut seen: HashSet<&str> = HashSet::new();
             for &j in &group {
                 for input in &self.items[j].as_ref().expect("unbuilt").inputs {
-                    if !produced.contains(input.as_str()) && !g_inputs.contains(input) {
+                    if !produced.contains(input.as_str()) && seen.insert(input.as_str()) {
                         g_inputs.push(input.clone());
                     }
                 }
@@ -177,9 +185,9 @@ impl<'a> Tree<'a> {
                 let out = &self.items[j].as_ref().expect("unbuilt").output;
                 let read_outside =
                     self.readers.get(out).is_some_and(|r| r.iter().any(|x| !group_set.contains(x)))
-                        || self.outputs.contains(out)
-                        || outputs.contains(out);
-                if read_outside && !g_outputs.contains(out) {
+                        || self.graph_outputs.contains(out)
+                        || wanted.contains(out);
+                if read_outside {
                     g_outputs.push(out.clone());
                 }
             }
@@ -195,7 +203,6 @@ impl<'a> Tree<'a> {
             let name = &path[depth];
             let class = self.classes.get(head).cloned().unwrap_or_else(|| "Module".into());
             let child = self.build(&class, &group, depth + 1, &g_inputs, &child_names, &g_outputs)?;
-            let _ = member_set.len();
             b.add(name, child);
             let args: Vec<&str> = g_inputs
                 .iter()

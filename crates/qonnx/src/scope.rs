@@ -4,6 +4,19 @@
 
 use crate::proto::NodeProto;
 
+/// The deepest module nesting kept from a scope (deeper components are joined into the last
+/// one), so that building and running the nested graphs never recurses deeply.
+pub(crate) const MAX_DEPTH: usize = 32;
+
+/// At most [`MAX_DEPTH`] components: the rest joined with `_` into the last.
+fn bounded(mut path: Vec<String>) -> Vec<String> {
+    if path.len() > MAX_DEPTH {
+        let rest = path.split_off(MAX_DEPTH - 1).join("_");
+        path.push(rest);
+    }
+    path
+}
+
 /// A name component usable as a qgraph child name: ASCII letters, digits and `_`, not empty.
 pub(crate) fn sanitize(name: &str) -> String {
     let s: String =
@@ -17,6 +30,10 @@ pub(crate) fn sanitize(name: &str) -> String {
 /// torch.export exporter writes initializers) is named after it: that exporter's optimizer folds
 /// a batch norm into the convolution before it and leaves the batch norm's scope on the result.
 pub(crate) fn of_node(node: &NodeProto) -> Vec<String> {
+    bounded(unbounded(node))
+}
+
+fn unbounded(node: &NodeProto) -> Vec<String> {
     const WEIGHTED: &[&str] =
         &["Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LSTM", "GRU"];
     if !node.name.starts_with('/')
@@ -51,7 +68,7 @@ pub(crate) fn classes(node: &NodeProto) -> Vec<(Vec<String>, String)> {
     (0..n)
         .map(|i| {
             let class = classes[i].rsplit('.').next().unwrap_or(classes[i]);
-            (split(scopes[i]), sanitize(class))
+            (bounded(split(scopes[i])), sanitize(class))
         })
         .collect()
 }
@@ -112,6 +129,10 @@ mod tests {
         assert_eq!(from_node_name("/Add"), Vec::<String>::new());
         assert_eq!(from_node_name("Conv_3"), Vec::<String>::new());
         assert_eq!(from_node_name("/rnn/LSTM_1"), ["rnn"]);
+        let deep = NodeProto { name: format!("{}/Relu", "/a".repeat(100)), ..NodeProto::default() };
+        let path = of_node(&deep);
+        assert_eq!(path.len(), MAX_DEPTH);
+        assert_eq!(path[MAX_DEPTH - 1], vec!["a"; 100 - MAX_DEPTH + 1].join("_"));
     }
 
     #[test]

@@ -141,6 +141,12 @@ impl Converter<'_> {
                     Val::Dims(Dims { dims: pick.ok_or_else(fail)?, scalar: idx.ndim() == 0 })
                 } else {
                     let t = as_tensor(&known[0]).ok_or_else(fail)?;
+                    let rank = t.shape().len() as i64;
+                    let along = usize::try_from(if axis < 0 { axis + rank } else { axis }).unwrap_or(0);
+                    let rows = t.len() / t.shape().get(along).copied().unwrap_or(1).max(1);
+                    if fold::too_large(rows.saturating_mul(idx.len())) {
+                        return Err(fail());
+                    }
                     let g = Gather { axis, indices: idx.iter().copied().collect(), scalar: idx.ndim() == 0 };
                     if idx.ndim() > 1 {
                         return Err(fail());

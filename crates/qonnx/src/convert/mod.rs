@@ -78,6 +78,8 @@ pub(crate) struct Converter<'a> {
     nodes: &'a [NodeProto],
     /// For each value name, the indices of the nodes reading it.
     readers: HashMap<&'a str, Vec<usize>>,
+    /// For each value name, the index of the node writing it.
+    producers: HashMap<&'a str, usize>,
     /// Nodes folded into an earlier one (their output is that one's): node index -> value id.
     absorbed: HashMap<usize, String>,
     /// The opset of the default domain.
@@ -113,9 +115,13 @@ impl<'a> Converter<'a> {
         ranks: HashMap<String, usize>,
     ) -> Self {
         let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut producers: HashMap<&str, usize> = HashMap::new();
         for (i, n) in nodes.iter().enumerate() {
             for input in &n.inputs {
                 readers.entry(input.as_str()).or_default().push(i);
+            }
+            for output in &n.outputs {
+                producers.entry(output.as_str()).or_insert(i);
             }
         }
         Self {
@@ -123,6 +129,7 @@ impl<'a> Converter<'a> {
             items: Vec::new(),
             nodes,
             readers,
+            producers,
             absorbed: HashMap::new(),
             opset,
             quantized: HashMap::new(),

@@ -21,7 +21,6 @@ impl Converter<'_> {
     ) -> Option<(usize, &mut Stack)> {
         let mut value = node.inputs.first()?.as_str();
         let mut reader = node;
-        let producer = |v: &str| self.nodes.iter().position(|n| n.outputs.iter().any(|o| o == v));
         let found = loop {
             // Besides the chain, only shape queries may read the value.
             let readers = self.readers.get(value)?;
@@ -30,7 +29,7 @@ impl Converter<'_> {
             if chain != 1 || chain + shapes != readers.len() || self.outputs.iter().any(|o| o == value) {
                 return None;
             }
-            let p = producer(value)?;
+            let p = *self.producers.get(value)?;
             match self.nodes[p].op_type.as_str() {
                 "LSTM" | "GRU" => break p,
                 "Transpose" | "Reshape" | "Squeeze" => {
