@@ -128,10 +128,12 @@ impl Converter<'_> {
                 "export with opset 13 or later",
             ));
         }
-        if node.op_type == "Softmax" {
-            self.unary(node, "softmax", Softmax::new(axis))
+        // qgraph has no quantized softmax: both run in float, after a DeQuantStub.
+        let (base, module): (&str, Box<dyn qgraph::Module>) = if node.op_type == "Softmax" {
+            ("softmax", Box::new(Softmax::new(axis)))
         } else {
-            self.float_op(node, "log_softmax", Box::new(LogSoftmax { dim: axis }), rank).map(|_| ())
-        }
+            ("log_softmax", Box::new(LogSoftmax { dim: axis }))
+        };
+        self.float_op(node, base, module, rank).map(|_| ())
     }
 }
