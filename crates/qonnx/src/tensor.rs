@@ -143,19 +143,15 @@ pub(crate) fn decode(t: &TensorProto, dir: Option<&Path>) -> Result<Tensor, Onnx
             check(t.int64s.len())?;
             t.int64s.clone()
         })),
-        signed @ (3 | 5 | 6) => Tensor::I64(shaped_i64(if from_raw {
-            raw.chunks_exact(width)
-                .map(|c| {
-                    let v = i64::from_le_bytes(le(c));
-                    let bits = 64 - 8 * width as u32;
-                    (v << bits) >> bits
-                })
-                .collect()
+        // INT8, INT16, INT32: sign-extended from their width.
+        3 | 5 | 6 => Tensor::I64(shaped_i64(if from_raw {
+            let bits = 64 - 8 * width as u32;
+            raw.chunks_exact(width).map(|c| (i64::from_le_bytes(le(c)) << bits) >> bits).collect()
         } else {
-            let _ = signed;
             check(t.int32s.len())?;
             t.int32s.clone()
         })),
+        // UINT8, UINT16, UINT32, BOOL: zero-extended.
         _ => Tensor::I64(shaped_i64(if from_raw {
             raw.chunks_exact(width).map(|c| i64::from_le_bytes(le(c))).collect()
         } else {
@@ -204,4 +200,51 @@ fn read_external(
     let mut buf = vec![0u8; usize::try_from(length).map_err(|_| malformed(name, "external data too large"))?];
     file.read_exact(&mut buf).map_err(io)?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(data_type: i32, dims: Vec<i64>, raw: Vec<u8>) -> TensorProto {
+        TensorProto {
+            name: "t".into(),
+            dims,
+            data_type,
+            raw,
+            floats: Vec::new(),
+            int32s: Vec::new(),
+            int64s: Vec::new(),
+            doubles: Vec::new(),
+            data: TensorData::Inline,
+        }
+    }
+
+    #[test]
+    fn raw_data_of_each_width_decodes() {
+        let i8s = decode(&tensor(3, vec![2], vec![0xff, 0x02]), None).unwrap();
+        assert_eq!(i8s.as_i64().unwrap().as_slice().unwrap(), [-1, 2]);
+        let u8s = decode(&tensor(2, vec![2], vec![0xff, 0x02]), None).unwrap();
+        assert_eq!(u8s.as_i64().unwrap().as_slice().unwrap(), [255, 2]);
+        let i32s = decode(&tensor(6, vec![1], (-5i32).to_le_bytes().to_vec()), None).unwrap();
+        assert_eq!(i32s.as_i64().unwrap().as_slice().unwrap(), [-5]);
+        let f16 =
+            decode(&tensor(10, vec![1], half::f16::from_f32(1.5).to_le_bytes().to_vec()), None).unwrap();
+        assert_eq!(f16, Tensor::F32(ArrayD::from_elem(IxDyn(&[1]), 1.5)));
+        let f64s = decode(&tensor(11, vec![], 0.25f64.to_le_bytes().to_vec()), None).unwrap();
+        assert_eq!(f64s.values_f64(), [0.25]);
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        let short = decode(&tensor(1, vec![3], vec![0; 8]), None).unwrap_err().to_string();
+        assert!(short.contains("8 bytes of data for 3 elements"), "{short}");
+        let huge = decode(&tensor(1, vec![1 << 20, 1 << 20], vec![]), None).unwrap_err().to_string();
+        assert!(huge.contains("more than 2^31"), "{huge}");
+        assert!(decode(&tensor(1, vec![-1], vec![]), None).is_err());
+        assert!(decode(&tensor(8, vec![1], vec![0]), None).is_err(), "strings are not read");
+        let mut external = tensor(1, vec![1], vec![]);
+        external.data = TensorData::External { location: "../w.bin".into(), offset: 0, length: None };
+        assert!(decode(&external, Some(Path::new("."))).unwrap_err().to_string().contains("leaves"));
+    }
 }
