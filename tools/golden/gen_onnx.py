@@ -360,7 +360,7 @@ EXPORTER_CASES = {
 
 def gen_ops():
     """crates/qonnx/tests/fixtures/ops/<case>.onnx and ops.safetensors (case: input, ort, torch),
-    for OP_CASES and EXPORTER_CASES."""
+    for OP_CASES and EXPORTER_CASES; two_inputs (a, b, torch_sum, torch_cat, ort_sum, ort_cat)."""
     fx = Fixture("qonnx", "ops")
     for i, (name, (build, shape)) in enumerate(OP_CASES.items()):
         torch.manual_seed(100 + i)
@@ -390,7 +390,34 @@ def gen_ops():
             y = model(x)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         fx.case(name, {}, input=x, torch=y, ort=torch.from_numpy(sess.run(None, {"input": x.numpy()})[0]))
+    # Two inputs and two outputs: the graph takes and returns tuples.
+    torch.manual_seed(200)
+    model = TwoInputs().eval()
+    shapes = [[2, 3, 4, 5], [2, 4, 4, 5]]
+    path = FIXTURES / "ops" / "two_inputs.onnx"
+    torch.onnx.export(model, tuple(torch.zeros(s) for s in shapes), str(path), dynamo=False,
+                      do_constant_folding=True, opset_version=17, input_names=["a", "b"],
+                      output_names=["sum", "cat"])
+    a, b = image(shapes[0], 900), image(shapes[1], 901)
+    with torch.no_grad():
+        y_sum, y_cat = model(a, b)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    o_sum, o_cat = sess.run(None, {"a": a.numpy(), "b": b.numpy()})
+    fx.case("two_inputs", {}, a=a, b=b, torch_sum=y_sum, torch_cat=y_cat, ort_sum=torch.from_numpy(o_sum),
+            ort_cat=torch.from_numpy(o_cat))
     fx.save()
+
+
+class TwoInputs(nn.Module):
+    """(a, b) -> (conv(a) + b, cat(a, relu(b)))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, a, b):
+        return self.conv(a) + b, torch.cat([a, self.relu(b)], 1)
 
 
 def main():
