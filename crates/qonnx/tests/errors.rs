@@ -48,7 +48,25 @@ fn value_info(name: &str, shape: &[u64]) -> Vec<u8> {
 
 /// A model of one node `op_type` from `x` to `y`, opset 17.
 fn one_node_model(op_type: &str, name: &str) -> Vec<u8> {
+    one_node_model_with(op_type, name, &[])
+}
+
+/// An `AttributeProto` holding `ints`.
+fn ints_attribute(name: &str, ints: &[u64]) -> Vec<u8> {
+    let mut a = Vec::new();
+    field(&mut a, 1, name.as_bytes());
+    for &v in ints {
+        int_field(&mut a, 8, v);
+    }
+    a
+}
+
+/// [`one_node_model`] with the given encoded attributes.
+fn one_node_model_with(op_type: &str, name: &str, attributes: &[Vec<u8>]) -> Vec<u8> {
     let mut node = Vec::new();
+    for a in attributes {
+        field(&mut node, 5, a);
+    }
     field(&mut node, 1, b"x");
     field(&mut node, 2, b"y");
     field(&mut node, 3, name.as_bytes());
@@ -119,4 +137,22 @@ fn an_input_of_the_wrong_rank_is_an_error() {
     let x = ArrayD::<f32>::zeros(IxDyn(&[3, 32, 32]));
     let err = imported.model.forward(Value::from(x)).expect_err("rank 3");
     assert!(!err.to_string().is_empty());
+}
+
+#[test]
+fn attributes_of_the_wrong_length_are_errors() {
+    // Found by the import_onnx fuzz target: an empty `dilations` on a 2-d max pool.
+    let kernel = ints_attribute("kernel_shape", &[2, 2]);
+    let model =
+        one_node_model_with("MaxPool", "/pool/MaxPool", &[kernel.clone(), ints_attribute("dilations", &[])]);
+    let err = qonnx::import_bytes(&model).expect_err("empty dilations");
+    assert!(matches!(err, OnnxError::Node { .. }), "{err:?}");
+    let model =
+        one_node_model_with("MaxPool", "/pool/MaxPool", &[kernel.clone(), ints_attribute("strides", &[1])]);
+    assert!(qonnx::import_bytes(&model).is_err(), "one stride for two axes");
+    let model = one_node_model_with("MaxPool", "/pool/MaxPool", &[kernel, ints_attribute("pads", &[1, 1])]);
+    assert!(qonnx::import_bytes(&model).is_err(), "two pads for two axes");
+    let ok = one_node_model_with("MaxPool", "/pool/MaxPool", &[ints_attribute("kernel_shape", &[2, 2])]);
+    let imported = qonnx::import_bytes(&ok).expect("a 2x2 max pool");
+    assert!(imported.model.get("pool").is_ok());
 }

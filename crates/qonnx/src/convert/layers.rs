@@ -272,6 +272,13 @@ impl Converter<'_> {
         let Window { kernel: k, stride: s, padding: p, ceil } = self.pool_geometry(node)?;
         let dil =
             sizes(node, "dilations", &attr_ints(node, "dilations").unwrap_or_else(|| vec![1; k.len()]))?;
+        if dil.len() != k.len() || dil.contains(&0) {
+            return Err(node_err(
+                node,
+                format!("dilations {dil:?} for kernel {k:?}"),
+                "give one positive dilation per axis",
+            ));
+        }
         if node.outputs.len() > 1 && node.outputs[1..].iter().any(|o| !o.is_empty()) {
             return Err(node_err(node, "the indices output is used", "export without return_indices"));
         }
