@@ -127,7 +127,8 @@ impl Converter<'_> {
                 None => return Err(fail()),
             },
             "Gather" => {
-                let idx = known.get(1).and_then(as_tensor).and_then(|t| t.as_i64().cloned()).ok_or_else(fail)?;
+                let idx =
+                    known.get(1).and_then(as_tensor).and_then(|t| t.as_i64().cloned()).ok_or_else(fail)?;
                 let axis = attr_i(node, "axis", 0);
                 if let Some(d) = as_dims(&known[0]).filter(|d| !d.scalar && axis == 0) {
                     let n = d.dims.len() as i64;
