@@ -788,14 +788,16 @@ pub fn convert_with(model: &mut Box<dyn Module>, mappings: &Mappings) -> GraphRe
 }
 
 /// The paths of `Graph` children that no node of their graph calls (torchvision's MobileNetV2
-/// keeps a `skip_add` in blocks without a residual).
+/// keeps a `skip_add` in blocks without a residual), or calls only with ops whose output is not
+/// observed (`add_scalar`, `mul_scalar`): their observers see nothing, in PyTorch too.
 fn uncalled_functionals(model: &dyn Module) -> std::collections::HashSet<String> {
     let mut out = std::collections::HashSet::new();
     for (path, module) in model.named_modules() {
         let Some(graph) = module.downcast_ref::<crate::Graph>() else { continue };
         for (name, _) in module.children() {
             let called = graph.nodes().iter().any(|n| match &n.op {
-                crate::Op::Call(c) | crate::Op::Functional(c, _) => c == name,
+                crate::Op::Call(c) => c == name,
+                crate::Op::Functional(c, op) => c == name && op.is_observed(),
                 _ => false,
             });
             if !called {

@@ -121,6 +121,26 @@ fn one_float_functional_at_two_graph_call_sites_is_refused() {
     assert!(err.contains("reuses FloatFunctional `add`"), "{err}");
 }
 
+#[test]
+fn a_float_functional_used_only_for_scalar_ops_converts_as_in_pytorch() {
+    // add_scalar and mul_scalar do not observe their output, so the FloatFunctional's observer
+    // sees nothing; PyTorch converts it with its default parameters, and so does convert.
+    let mut b = Graph::builder("Scalars");
+    let x = b.then("quant", QuantStub::new(), Graph::INPUT);
+    let y = b.then_functional("add_scalar", FloatFunctional::new(), Functional::AddScalar(1.5), &[&x]);
+    let y = b.then_functional("mul_scalar", FloatFunctional::new(), Functional::MulScalar(0.5), &[&y]);
+    let y = b.then("dequant", qgraph::DeQuantStub::new(), &y);
+    let mut model: Box<dyn Module> = Box::new(b.build(&y).unwrap());
+    prepare(&mut model, &QConfigMapping::global(get_default_qconfig("x86").unwrap())).unwrap();
+    calibrate(model.as_ref(), images(2), |_, _| {}).unwrap();
+    convert(&mut model).unwrap();
+    let x = random(&[1, 3, 8, 8], 7);
+    let y = model.forward(Value::from(x.clone())).unwrap().into_float("test").unwrap();
+    let expected = x.mapv(|v| (v + 1.5) * 0.5);
+    let worst = y.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 0.02, "{worst}");
+}
+
 /// A hand-written module that calls one FloatFunctional twice per forward, as
 /// pytorch/pytorch#29657 describes.
 #[derive(Debug, Clone)]
