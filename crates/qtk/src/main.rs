@@ -1,0 +1,50 @@
+//! `qtk`: inspect, quantize, run and time int8 models from the command line.
+//!
+//! Each subcommand lives in its own module; this file parses the arguments, runs the command and
+//! turns its outcome into an exit code: 0 when it succeeded, 1 for a runtime error (printed as one
+//! `error: ...` line with its causes), 2 for a usage error.
+
+mod bench;
+mod calib;
+mod cli;
+mod error;
+mod image_input;
+mod input;
+mod inspect;
+mod model;
+mod progress;
+mod quantize;
+mod report;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::CliError;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and exit 0; usage errors print to stderr, exit 2.
+        Err(e) => e.exit(),
+    };
+    let quiet = cli.quiet;
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::main(&args),
+        Command::Quantize(args) => quantize::main(&args, quiet),
+        Command::Run(args) => run::main(&args, quiet),
+        Command::Bench(args) => bench::main(&args, quiet),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error::chain(&e));
+            match e {
+                CliError::Usage(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! `qtk quantize`: the eager post-training workflow on a model file: load (or import), fuse
+//! (`fuse_auto`), prepare with the chosen qconfig, calibrate, convert, save; or
+//! `quantize_dynamic`. Then the [report](crate::report).
+
+use qgraph::fuse::fuse_auto;
+use qgraph::qconfig::{QConfig, get_default_qconfig};
+use qgraph::workflow::{DynamicDType, DynamicQConfigSpec, quantize_dynamic};
+use qgraph::{Module, QConfigMapping, calibrate, convert_with, eval, prepare_with};
+
+use crate::calib::Calib;
+use crate::cli::QuantizeArgs;
+use crate::error::{CliError, Result};
+use crate::model::{self, InputInfo};
+use crate::progress::{Progress, note};
+use crate::report;
+
+/// The qconfig `--qconfig` and `--per-tensor` name.
+pub fn qconfig(args: &QuantizeArgs) -> Result<QConfig> {
+    let mut qconfig = get_default_qconfig(args.qconfig.name())?;
+    if args.per_tensor {
+        qconfig.weight = qgraph::qobserve::defaults::default_weight_observer();
+    }
+    Ok(qconfig)
+}
+
+/// Runs the command.
+pub fn main(args: &QuantizeArgs, quiet: bool) -> Result<()> {
+    let loaded = model::load(&args.model)?;
+    if loaded.inputs.len() > 1 {
+        return Err(CliError::Input(format!(
+            "{}: the model has {} inputs; qtk quantize feeds models with one input",
+            args.model.display(),
+            loaded.inputs.len()
+        )));
+    }
+    let mut float = loaded.model;
+    eval(&mut float);
+    let calib = args.calib.as_deref().map(|path| Calib::open(path, &args.data)).transpose()?;
+    let mut inputs = loaded.inputs;
+
+    let (reference, quantized) = if args.dynamic {
+        let mut quantized = float.clone();
+        let swapped = quantize_dynamic(&mut quantized, DynamicQConfigSpec::Default, DynamicDType::QInt8)?;
+        if swapped == 0 {
+            return Err(CliError::Input(format!(
+                "{}: no Linear, LSTM, GRU or recurrent cell to quantize dynamically; use static \
+                 quantization (--calib) for this model",
+                args.model.display()
+            )));
+        }
+        note(quiet, &format!("quantize_dynamic (qint8): {swapped} modules swapped"));
+        (float, quantized)
+    } else {
+        let calib =
+            calib.as_ref().ok_or_else(|| CliError::Usage("--calib is required without --dynamic".into()))?;
+        let mut fused = float;
+        let groups = fuse_auto(&mut fused)?;
+        note(quiet, &format!("fused {} module groups", groups.len()));
+        let mut prepared = fused.clone();
+        let mapping = QConfigMapping::global(qconfig(args)?);
+        let observers = prepare_with(&mut prepared, &mapping, &qonnx::mappings())?;
+        note(
+            quiet,
+            &format!(
+                "prepared with the {} qconfig{} ({observers} observers); calibrating on {}",
+                args.qconfig.name(),
+                if args.per_tensor { ", per-tensor weights" } else { "" },
+                calib.describe()
+            ),
+        );
+        let progress = Progress::new("calibrating", calib.count(None), quiet);
+        for (done, batch) in calib.batches(None).enumerate() {
+            let batch = batch?;
+            if inputs.is_empty() {
+                // Record the calibration shape, with any batch size.
+                let shape = batch.shape().iter().enumerate().map(|(i, &d)| (i > 0).then_some(d)).collect();
+                inputs.push(InputInfo { name: "input".into(), shape });
+            }
+            calibrate(prepared.as_ref(), [batch], |_, _| {})?;
+            progress.update(done + 1);
+        }
+        convert_with(&mut prepared, &qonnx::mappings())?;
+        (fused, prepared)
+    };
+
+    let bytes = model::save(quantized.as_ref(), &args.output, &inputs)?;
+    note(quiet, &format!("saved {} ({bytes} bytes)", args.output.display()));
+    print_report(reference.as_ref(), quantized.as_ref(), calib.as_ref(), args.report_samples, quiet)
+}
+
+/// Prints the report on `calib` (the first `samples` of it), or the modules swapped when there is
+/// no data to compare on.
+fn print_report(
+    reference: &dyn Module,
+    quantized: &dyn Module,
+    calib: Option<&Calib>,
+    samples: Option<usize>,
+    quiet: bool,
+) -> Result<()> {
+    let Some(calib) = calib else {
+        println!("quantized modules (no --calib, so no SQNR):");
+        for path in report::quantized_paths(reference, quantized) {
+            println!("{path}  {}", quantized.get(&path)?.type_name());
+        }
+        return Ok(());
+    };
+    let progress = Progress::new("comparing", calib.count(samples), quiet);
+    let report = report::compare(reference, quantized, calib.batches(samples), |done| progress.update(done))?;
+    print!("{}", report::render(&report));
+    Ok(())
+}
