@@ -9,8 +9,13 @@ pub enum CliError {
     #[error(transparent)]
     Graph(#[from] qgraph::GraphError),
     /// An ONNX model that cannot be imported.
-    #[error(transparent)]
-    Onnx(#[from] qonnx::OnnxError),
+    #[error("{}", prefixed(path, source))]
+    Onnx {
+        /// The ONNX file.
+        path: String,
+        /// What the importer said.
+        source: qonnx::OnnxError,
+    },
     /// A file or folder that cannot be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -41,6 +46,12 @@ impl CliError {
     pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         CliError::Io { path: path.display().to_string(), source }
     }
+}
+
+/// `path: message`, unless the message already names the path.
+fn prefixed(path: &str, message: &dyn std::fmt::Display) -> String {
+    let message = message.to_string();
+    if message.contains(path) { message } else { format!("{path}: {message}") }
 }
 
 /// Result of a command.

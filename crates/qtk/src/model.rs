@@ -72,7 +72,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
     let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     if is_onnx {
-        let imported = qonnx::import_file(path)?;
+        let imported = qonnx::import_file(path)
+            .map_err(|source| CliError::Onnx { path: path.display().to_string(), source })?;
         let inputs =
             imported.inputs.into_iter().map(|t| InputInfo { name: t.name, shape: t.shape }).collect();
         return Ok(Loaded { model: imported.model, inputs, format: Format::Onnx, file_bytes });

@@ -1,6 +1,6 @@
 //! `qtk quantize`: the eager post-training workflow on a model file: load (or import), fuse
 //! (`fuse_auto`), prepare with the chosen qconfig, calibrate, convert, save; or
-//! `quantize_dynamic`. Then the [report](crate::report).
+//! `quantize_dynamic`. Then the per-layer [`report`].
 
 use qgraph::fuse::fuse_auto;
 use qgraph::qconfig::{QConfig, get_default_qconfig};
