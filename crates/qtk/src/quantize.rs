@@ -3,6 +3,7 @@
 //! `quantize_dynamic`. Then the per-layer [`report`].
 
 use qgraph::fuse::fuse_auto;
+use qgraph::mappings::Mappings;
 use qgraph::qconfig::{QConfig, get_default_qconfig};
 use qgraph::workflow::{DynamicDType, DynamicQConfigSpec, quantize_dynamic};
 use qgraph::{Module, QConfigMapping, calibrate, convert_with, eval, prepare_with};
@@ -53,12 +54,14 @@ pub fn main(args: &QuantizeArgs, quiet: bool) -> Result<()> {
     } else {
         let calib =
             calib.as_ref().ok_or_else(|| CliError::Usage("--calib is required without --dynamic".into()))?;
+        let mappings = qonnx::mappings();
+        check_convertible(float.as_ref(), &mappings, &args.model)?;
         let mut fused = float;
         let groups = fuse_auto(&mut fused)?;
         note(quiet, &format!("fused {} module groups", groups.len()));
         let mut prepared = fused.clone();
         let mapping = QConfigMapping::global(qconfig(args)?);
-        let observers = prepare_with(&mut prepared, &mapping, &qonnx::mappings())?;
+        let observers = prepare_with(&mut prepared, &mapping, &mappings)?;
         note(
             quiet,
             &format!(
@@ -79,33 +82,52 @@ pub fn main(args: &QuantizeArgs, quiet: bool) -> Result<()> {
             calibrate(prepared.as_ref(), [batch], |_, _| {})?;
             progress.update(done + 1);
         }
-        convert_with(&mut prepared, &qonnx::mappings())?;
+        convert_with(&mut prepared, &mappings)?;
         (fused, prepared)
     };
 
+    // The comparison runs the quantized model, so a model that cannot run is not saved.
+    let text =
+        report_text(reference.as_ref(), quantized.as_ref(), calib.as_ref(), args.report_samples, quiet)?;
     let bytes = model::save(quantized.as_ref(), &args.output, &inputs)?;
     note(quiet, &format!("saved {} ({bytes} bytes)", args.output.display()));
-    print_report(reference.as_ref(), quantized.as_ref(), calib.as_ref(), args.report_samples, quiet)
+    print!("{text}");
+    Ok(())
 }
 
-/// Prints the report on `calib` (the first `samples` of it), or the modules swapped when there is
-/// no data to compare on.
-fn print_report(
+/// An error naming the file when no module of `model` is one static quantization converts (a
+/// model that is already quantized, or holds no float layer with a quantized form).
+fn check_convertible(model: &dyn Module, mappings: &Mappings, path: &std::path::Path) -> Result<()> {
+    let modules = model.named_modules();
+    if modules.iter().any(|(_, m)| mappings.is_observed(*m)) {
+        return Ok(());
+    }
+    let quantized: Vec<&str> =
+        modules.iter().map(|(_, m)| m.type_name()).filter(|t| t.contains("Quantize")).collect();
+    let hint = match quantized.first() {
+        Some(t) => format!("it is already quantized (it holds {t}); quantize its float original"),
+        None => "it holds no float module with a quantized form (Conv, Linear, QuantStub, ...)".to_string(),
+    };
+    Err(CliError::Input(format!("{}: nothing to quantize statically: {hint}", path.display())))
+}
+
+/// The report on `calib` (the first `samples` of it), or the list of the modules swapped when
+/// there is no data to compare on.
+fn report_text(
     reference: &dyn Module,
     quantized: &dyn Module,
     calib: Option<&Calib>,
     samples: Option<usize>,
     quiet: bool,
-) -> Result<()> {
+) -> Result<String> {
     let Some(calib) = calib else {
-        println!("quantized modules (no --calib, so no SQNR):");
+        let mut text = "quantized modules (no --calib, so no SQNR):\n".to_string();
         for path in report::quantized_paths(reference, quantized) {
-            println!("{path}  {}", quantized.get(&path)?.type_name());
+            text += &format!("{path}  {}\n", quantized.get(&path)?.type_name());
         }
-        return Ok(());
+        return Ok(text);
     };
     let progress = Progress::new("comparing", calib.count(samples), quiet);
     let report = report::compare(reference, quantized, calib.batches(samples), |done| progress.update(done))?;
-    print!("{}", report::render(&report));
-    Ok(())
+    Ok(report::render(&report))
 }

@@ -149,8 +149,19 @@ fn dynamic_quantization_matches_the_library() {
     assert!(run.stdout.contains("\n0             DynamicQuantizedLinear"), "{}", run.stdout);
     assert!(run.stdout.contains("top-1 agreement: "), "{}", run.stdout);
 
-    // Static quantization of a model without stubs fails with qgraph's message, exit 1.
-    let run = qtk(&["quantize", arg(&path), "--calib", arg(&calib), "-o", arg(&out)]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("error: "), "{}", run.stderr);
+    // A float model without a QuantStub converts, but its quantized form cannot run: the
+    // report says so and nothing is written.
+    let nowhere = dir.path().join("nowhere.qtk");
+    fails(
+        &["quantize", arg(&path), "--calib", arg(&calib), "-o", arg(&nowhere)],
+        1,
+        "module `0`: QuantizedLinearReLU received a float tensor but runs on quantized tensors: a QuantStub is missing",
+    );
+    assert!(!nowhere.exists());
+    // Statically quantizing the dynamically quantized file: nothing left to convert.
+    fails(
+        &["quantize", arg(&out), "--calib", arg(&calib), "-o", arg(&dir.path().join("again.qtk"))],
+        1,
+        "nothing to quantize statically: it is already quantized (it holds DynamicQuantizedLinear)",
+    );
 }
