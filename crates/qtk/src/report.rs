@@ -112,6 +112,8 @@ pub fn compare(
         })
         .collect();
     let mut report = Report { layers: Vec::new(), output: Energy::default(), samples: 0, top1: None };
+    // The order in which the modules first ran.
+    let mut order: Vec<String> = Vec::new();
     for (done, batch) in batches.enumerate() {
         let batch = batch?;
         report.samples += batch.shape().first().copied().unwrap_or(1);
@@ -120,6 +122,9 @@ pub fn compare(
         let quant_out = quant.forward(x)?;
         let quant_outputs = quant_log.take();
         for (path, f) in float_log.take() {
+            if !order.contains(&path) {
+                order.push(path.clone());
+            }
             let Some((_, q)) = quant_outputs.iter().find(|(p, _)| *p == path) else { continue };
             let layer = layers.iter_mut().find(|l| l.path == path).expect("a logged path was chosen");
             accumulate(&mut layer.energy, &f, q, &path)?;
@@ -137,6 +142,7 @@ pub fn compare(
     }
     // Modules that never ran (an unused branch) have nothing to report.
     layers.retain(|l| l.energy.tensors > 0);
+    layers.sort_by_key(|l| order.iter().position(|p| *p == l.path));
     report.layers = layers;
     Ok(report)
 }
