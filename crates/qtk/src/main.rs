@@ -2,7 +2,8 @@
 //!
 //! Each subcommand lives in its own module; this file parses the arguments, runs the command and
 //! turns its outcome into an exit code: 0 when it succeeded, 1 for a runtime error (printed as one
-//! `error: ...` line with its causes), 2 for a usage error.
+//! `error: ...` line with its causes; a bug that panics is reported the same way), 2 for a usage
+//! error.
 
 mod bench;
 mod calib;
@@ -30,16 +31,28 @@ fn main() -> ExitCode {
         // --help and --version print to stdout and exit 0; usage errors print to stderr, exit 2.
         Err(e) => e.exit(),
     };
+    // A bug must still end as one `error:` line and exit code 1, not a panic message.
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error{at}: {message}; please report it with the command that caused it");
+    }));
     let quiet = cli.quiet;
-    let result = match cli.command {
+    let result = std::panic::catch_unwind(move || match cli.command {
         Command::Inspect(args) => inspect::main(&args),
         Command::Quantize(args) => quantize::main(&args, quiet),
         Command::Run(args) => run::main(&args, quiet),
         Command::Bench(args) => bench::main(&args, quiet),
-    };
+    });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
+        Ok(Err(e)) => {
             eprintln!("error: {}", error::chain(&e));
             match e {
                 CliError::Usage(_) => ExitCode::from(2),
