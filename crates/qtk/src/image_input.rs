@@ -56,7 +56,8 @@ impl Preprocess {
             None
         } else {
             let side = args.resize.unwrap_or((height.max(width) as u64 * 256 / 224) as u32);
-            if side < height.min(width) {
+            // Either side of the image may be the shorter one, so both crop sides must fit in it.
+            if side < height.max(width) {
                 return Err(CliError::Usage(format!(
                     "--resize {side} is smaller than the {height}x{width} crop; give at least {}",
                     height.max(width)
@@ -160,5 +161,15 @@ mod tests {
         {
             assert!(matches!(Preprocess::new(&args("8x8", false, mean, std)), Err(CliError::Usage(_))));
         }
+        // A resize shorter than either crop side could leave too few pixels to crop.
+        let mut short = args("8x16", false, vec![0.5], vec![0.5]);
+        short.resize = Some(12);
+        assert!(matches!(Preprocess::new(&short), Err(CliError::Usage(_))));
+        short.resize = Some(16);
+        let prep = Preprocess::new(&short).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tall = dir.path().join("tall.png");
+        image::GrayImage::new(10, 20).save(&tall).unwrap();
+        assert_eq!(prep.load(&tall).unwrap().shape(), [1, 8, 16]);
     }
 }
