@@ -58,7 +58,7 @@ fn input_shape(args: &BenchArgs, inputs: &[InputInfo]) -> Result<Vec<usize>> {
                             "{}: input `{}` has the shape {}, with a free dimension past the first; give --shape",
                             args.file.display(),
                             input.name,
-                            input.shape_text()
+                            model::shape_text(input)
                         )));
                     }
                 }

@@ -98,7 +98,7 @@ pub fn main(args: &InspectArgs) -> Result<()> {
         println!("input shape: not recorded");
     }
     for input in &inputs {
-        println!("input `{}`: {}", input.name, input.shape_text());
+        println!("input `{}`: {}", input.name, model::shape_text(input));
     }
     println!("tensors by dtype:");
     let mut total = DTypeTotal::default();
