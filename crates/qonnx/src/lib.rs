@@ -54,14 +54,9 @@ pub struct Imported {
     pub outputs: Vec<TensorInfo>,
 }
 
-/// Name and shape of a graph input or output; `None` for a symbolic dimension.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorInfo {
-    /// The ONNX value name.
-    pub name: String,
-    /// Its dimensions (`None`: symbolic or unknown).
-    pub shape: Vec<Option<usize>>,
-}
+/// Name and shape of a graph input or output (`None` for a symbolic dimension): qgraph's type,
+/// so that a model file can record the inputs (`qgraph::io::save_with_inputs`).
+pub use qgraph::io::TensorInfo;
 
 /// Reads and imports the ONNX file at `path` (external data files are read from its directory).
 pub fn import_file(path: impl AsRef<Path>) -> Result<Imported, OnnxError> {

@@ -57,9 +57,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
     if is_onnx {
         let imported = qonnx::import_file(path)
             .map_err(|source| CliError::Onnx { path: path.display().to_string(), source })?;
-        let inputs =
-            imported.inputs.into_iter().map(|t| InputInfo { name: t.name, shape: t.shape }).collect();
-        return Ok(Loaded { model: imported.model, inputs, format: Format::Onnx, file_bytes });
+        return Ok(Loaded {
+            model: imported.model,
+            inputs: imported.inputs,
+            format: Format::Onnx,
+            file_bytes,
+        });
     }
     let model = qgraph::io::load_with(path, &qonnx::loaders())?;
     let inputs = qgraph::io::load_inputs(path)?;

@@ -1,0 +1,68 @@
+//! `qtk` on an ONNX model: the small ResNet-18 export of qonnx's fixtures
+//! (`tools/golden/gen_onnx.py`), quantized from a calibration tensor file, run and inspected,
+//! checked against the same workflow through the library API.
+
+mod common;
+
+use common::{arg, qtk_ok, read_tensor, write_tensors};
+use ndarray::{ArrayD, IxDyn};
+use qgraph::fuse::fuse_auto;
+use qgraph::qconfig::get_default_qconfig;
+use qgraph::{QConfigMapping, Value, calibrate, convert_with, io, prepare_with};
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../qonnx/tests/fixtures/resnet18.onnx");
+
+/// `count` seeded images of the model's input shape (the batch dimension set to `count`).
+fn images(shape: &[Option<usize>], count: usize, seed: u64) -> ArrayD<f32> {
+    let dims: Vec<usize> =
+        std::iter::once(count).chain(shape[1..].iter().map(|d| d.expect("fixed"))).collect();
+    let len = dims.iter().product();
+    ArrayD::from_shape_vec(IxDyn(&dims), qgraph::models::random_f32s(len, seed)).unwrap()
+}
+
+#[test]
+fn quantize_run_and_inspect_an_onnx_model_as_the_library_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let imported = qonnx::import_file(MODEL).unwrap();
+    let shape = imported.inputs[0].shape.clone();
+    let calib_images = images(&shape, 6, 7);
+    let calib = dir.path().join("calib.safetensors");
+    write_tensors(&calib, &[("images", &calib_images)]);
+    let int8 = dir.path().join("resnet18-int8.qtk");
+    let report =
+        qtk_ok(&["quantize", MODEL, "--calib", arg(&calib), "--batch", "3", "-o", arg(&int8)]).stdout;
+
+    // The library: import, fuse, prepare, calibrate in batches of 3, convert.
+    let mut model = imported.model;
+    fuse_auto(&mut model).unwrap();
+    let mapping = QConfigMapping::global(get_default_qconfig("x86").unwrap());
+    prepare_with(&mut model, &mapping, &qonnx::mappings()).unwrap();
+    let batches = calib_images.axis_chunks_iter(ndarray::Axis(0), 3).map(|b| b.to_owned());
+    calibrate(model.as_ref(), batches, |_, _| {}).unwrap();
+    convert_with(&mut model, &qonnx::mappings()).unwrap();
+    let expected = io::to_bytes_with_inputs(model.as_ref(), &imported.inputs).unwrap();
+    assert_eq!(std::fs::read(&int8).unwrap(), expected, "qtk's file is the library's");
+    assert_eq!(io::load_inputs(&int8).unwrap(), imported.inputs);
+    assert!(
+        report.lines().any(|l| l.starts_with("layer1.0.conv1 ") && l.contains("QuantizedConvReLU2d")),
+        "{report}"
+    );
+
+    // Run: the written output is the library model's.
+    let image = images(&shape, 1, 8);
+    let input = dir.path().join("image.safetensors");
+    write_tensors(&input, &[("image", &image)]);
+    let out = dir.path().join("out.safetensors");
+    qtk_ok(&["run", arg(&int8), arg(&input), "-o", arg(&out)]);
+    let want = model.forward(Value::from(image)).unwrap().to_float().unwrap();
+    assert_eq!(read_tensor(&out, "output"), want);
+
+    // Inspect prints the model and the recorded input.
+    let text = qtk_ok(&["inspect", arg(&int8)]).stdout;
+    assert!(text.contains("(conv1): QuantizedConvReLU2d(3, "), "{text}");
+    let dims: Vec<String> = shape[1..].iter().map(|d| d.unwrap().to_string()).collect();
+    assert!(
+        text.contains(&format!("input `{}`: [N, {}]", imported.inputs[0].name, dims.join(", "))),
+        "{text}"
+    );
+}
