@@ -13,8 +13,8 @@ pub enum CliError {
     Onnx {
         /// The ONNX file.
         path: String,
-        /// What the importer said.
-        source: qonnx::OnnxError,
+        /// What the importer said (boxed: the importer's error is large).
+        source: Box<qonnx::OnnxError>,
     },
     /// A file or folder that cannot be read or written.
     #[error("{path}: {source}")]

@@ -55,8 +55,10 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
     let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     if is_onnx {
-        let imported = qonnx::import_file(path)
-            .map_err(|source| CliError::Onnx { path: path.display().to_string(), source })?;
+        let imported = qonnx::import_file(path).map_err(|source| CliError::Onnx {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
         return Ok(Loaded {
             model: imported.model,
             inputs: imported.inputs,
