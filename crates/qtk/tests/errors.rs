@@ -165,3 +165,22 @@ fn dynamic_quantization_matches_the_library() {
         "nothing to quantize statically: it is already quantized (it holds DynamicQuantizedLinear)",
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.qtk");
+    let model: Box<dyn Module> = Box::new(Linear::new(4, 3, true));
+    qgraph::io::save(model.as_ref(), &path).unwrap();
+    // The reading end is closed before qtk writes, as `qtk inspect m.qtk | head -0` does.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qtk"))
+        .args(["inspect", arg(&path)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert_eq!(output.status.code(), Some(0));
+}
