@@ -48,3 +48,54 @@ class Fixture:
         meta = {"fixture": json.dumps({"torch": torch.__version__, **made_on(), "cases": self.cases})}
         save_file(self.tensors, str(self.path), metadata=meta)
         print(f"{self.path.relative_to(ROOT)}: {len(self.cases)} cases, {len(self.tensors)} tensors")
+
+
+def capture_outputs(model, x, ops, is_leaf, quantized_first_only=False):
+    """Runs `model` on x; returns its output and {path: output} of the modules `is_leaf(module)`
+    accepts (their forward hooks; an output that is one of the inputs is skipped) and of each
+    QFunctional op in `ops`, in execution order. A path that runs twice is an error, unless
+    `quantized_first_only`, which keeps the first quantized output of each path and nothing else.
+    Hooks and patched ops are removed afterwards."""
+    from torch.ao.nn.quantized import QFunctional
+
+    outputs = {}
+
+    def record(path, out):
+        if quantized_first_only:
+            if isinstance(out, torch.Tensor) and out.is_quantized and path not in outputs:
+                outputs[path] = out
+            return
+        if path in outputs:
+            raise ValueError(f"{path} ran twice")
+        outputs[path] = out
+
+    def on_forward(path):
+        def hook(module, inputs, out):
+            if not any(out is i for i in inputs):
+                record(path, out)
+
+        return hook
+
+    def wrap(path, method):
+        def call(*args, **kwargs):
+            out = method(*args, **kwargs)
+            record(path, out)
+            return out
+
+        return call
+
+    handles, patched = [], []
+    for path, mod in model.named_modules():
+        if isinstance(mod, QFunctional):
+            for op in ops:
+                setattr(mod, op, wrap(path, getattr(mod, op)))
+                patched.append((mod, op))
+        elif is_leaf(mod):
+            handles.append(mod.register_forward_hook(on_forward(path)))
+    try:
+        return model(x), outputs
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, op in patched:
+            delattr(mod, op)

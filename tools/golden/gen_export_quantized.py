@@ -70,7 +70,7 @@ import torch.ao.quantization as tq
 import torch.ao.nn.quantized as nnq
 import torch.ao.nn.intrinsic as nni
 import torch.nn as nn
-from fixtures import ROOT, Fixture
+from fixtures import ROOT, Fixture, capture_outputs
 from gen_models import output_tensors
 from torchvision.models import quantization as qmodels
 from torchvision.models.quantization.resnet import QuantizableBasicBlock, QuantizableResNet
@@ -369,43 +369,7 @@ def save(converted, x, folder, name, outputs_of=None):
 def capture(converted, x):
     """Runs `converted` on x; returns its output and {path: output} of its leaf modules and of every
     QFunctional op, in execution order (gen_models.capture's rule, for every QFunctional op)."""
-    outputs = {}
-
-    def record(path, out):
-        if path in outputs:
-            raise ValueError(f"{path} ran twice")
-        outputs[path] = out
-
-    def on_forward(path):
-        def hook(module, inputs, out):
-            if not any(out is i for i in inputs):
-                record(path, out)
-
-        return hook
-
-    def wrap(path, method):
-        def call(*args, **kwargs):
-            out = method(*args, **kwargs)
-            record(path, out)
-            return out
-
-        return call
-
-    handles, patched = [], []
-    for path, mod in converted.named_modules():
-        if isinstance(mod, nnq.QFunctional):
-            for op in export_quantized.QUANTIZED_OPS:
-                setattr(mod, op, wrap(path, getattr(mod, op)))
-                patched.append((mod, op))
-        elif type(mod) in export_quantized.LEAVES:
-            handles.append(mod.register_forward_hook(on_forward(path)))
-    try:
-        return converted(x), outputs
-    finally:
-        for h in handles:
-            h.remove()
-        for mod, op in patched:
-            delattr(mod, op)
+    return capture_outputs(converted, x, export_quantized.QUANTIZED_OPS, lambda m: type(m) in export_quantized.LEAVES)
 
 
 def lstm_outputs(model, x):

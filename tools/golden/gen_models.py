@@ -57,8 +57,7 @@ import warnings
 import numpy as np
 import torch
 import torch.ao.quantization as tq
-from fixtures import Fixture
-from torch.ao.nn.quantized import QFunctional
+from fixtures import Fixture, capture_outputs
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 from torch.ao.ns.fx.utils import compute_sqnr
 from torchvision.models import quantization as qmodels
@@ -122,33 +121,11 @@ def quantize(model, engine, calibration):
 
 def capture(converted, x):
     """Runs `converted` on x; returns its output and {path: output} of its leaves and QFunctional calls, in order."""
-    outputs = {}
 
-    def record(path, out):
-        if path in outputs:
-            raise ValueError(f"{path} ran twice")
-        outputs[path] = out
+    def is_leaf(mod):
+        return not isinstance(mod, LinearPackedParams) and all(isinstance(c, LinearPackedParams) for c in mod.children())
 
-    def hook(path):
-        def on_forward(module, inputs, out):
-            if not any(out is i for i in inputs):
-                record(path, out)
-        return on_forward
-
-    def wrap(path, method):
-        def call(*args):
-            out = method(*args)
-            record(path, out)
-            return out
-        return call
-
-    for path, mod in converted.named_modules():
-        if isinstance(mod, QFunctional):
-            for op in ["add", "add_relu"]:
-                setattr(mod, op, wrap(path, getattr(mod, op)))
-        elif not isinstance(mod, LinearPackedParams) and all(isinstance(c, LinearPackedParams) for c in mod.children()):
-            mod.register_forward_hook(hook(path))
-    return converted(x), outputs
+    return capture_outputs(converted, x, ["add", "add_relu"], is_leaf)
 
 
 def output_tensors(outputs):

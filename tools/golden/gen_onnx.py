@@ -56,7 +56,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from fixtures import ROOT, Fixture  # noqa: E402
+from fixtures import ROOT, Fixture, capture_outputs  # noqa: E402
 from xorshift import random_f32s  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -220,33 +220,10 @@ def quantize(name, qmodel, calibration):
 
 def capture(converted, x):
     """{path: quantized output} of every leaf module and QFunctional call, in execution order."""
-    outputs = {}
-
-    def record(path, out):
-        if isinstance(out, torch.Tensor) and out.is_quantized and path not in outputs:
-            outputs[path] = out
-
-    def hook(path):
-        def on_forward(module, inputs, out):
-            if not any(out is i for i in inputs):
-                record(path, out)
-        return on_forward
-
-    def wrap(path, method):
-        def call(*args):
-            out = method(*args)
-            record(path, out)
-            return out
-        return call
-
-    for path, mod in converted.named_modules():
-        if isinstance(mod, torch.ao.nn.quantized.QFunctional):
-            for op in ["add", "add_relu", "mul", "cat"]:
-                setattr(mod, op, wrap(path, getattr(mod, op)))
-        elif len(list(mod.children())) == 0:
-            mod.register_forward_hook(hook(path))
     with torch.no_grad():
-        converted(x)
+        _, outputs = capture_outputs(
+            converted, x, ["add", "add_relu", "mul", "cat"], lambda m: len(list(m.children())) == 0, quantized_first_only=True
+        )
     return outputs
 
 
