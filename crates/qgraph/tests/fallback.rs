@@ -228,3 +228,20 @@ fn targets() {
         Target::OutputSqnr(30.0).is_met(f64::INFINITY, 30.0) && !Target::OutputSqnr(30.0).is_met(0.0, 29.9)
     );
 }
+
+#[test]
+fn rows_with_an_infinite_metric_read_back_from_json() {
+    let row = Row {
+        step: Step::Greedy,
+        float_layers: vec!["fc".into()],
+        changed: Some("fc".into()),
+        metric: f64::INFINITY,
+        meets: true,
+        latency_ms: 0.5,
+    };
+    let json = serde_json::to_string(&row).unwrap();
+    assert!(json.contains(r#""metric":null"#), "{json}");
+    let back: Row = serde_json::from_str(&json).unwrap();
+    assert!(back.metric.is_nan());
+    assert_eq!(Row { metric: f64::INFINITY, ..back }, row);
+}

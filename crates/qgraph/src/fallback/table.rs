@@ -38,8 +38,9 @@ pub struct Row {
     pub float_layers: Vec<String>,
     /// The layer this row added (greedy) or removed (prune), if any.
     pub changed: Option<String>,
-    /// The evaluation closure's metric (dB for an SQNR target). `None` in JSON stands for a
-    /// non-finite value.
+    /// The evaluation closure's metric (dB for an SQNR target). JSON has no infinities: a
+    /// non-finite metric is written as `null` and read back as NaN.
+    #[serde(deserialize_with = "null_as_nan")]
     pub metric: f64,
     /// Whether the metric meets the target.
     pub meets: bool,
@@ -47,8 +48,12 @@ pub struct Row {
     pub latency_ms: f64,
 }
 
-/// An aligned text table of `rows` under `header` (the first column left-aligned, the last one
-/// too, the others right-aligned).
+/// An `f64` that serde_json wrote as `null` (it writes non-finite numbers so) as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// `rows` as an aligned text table (step and float layers left-aligned, numbers right-aligned).
 pub(super) fn write_rows(f: &mut fmt::Formatter<'_>, rows: &[Row]) -> fmt::Result {
     let header = ["step", "k", "metric", "meets", "latency ms", "change", "float layers"];
     let cells: Vec<[String; 7]> = rows
