@@ -117,7 +117,7 @@ pub struct Fallback {
     /// The metric of the model with the chosen layers float.
     pub metric: f64,
     /// Every configuration evaluated, in order: all quantized, the greedy pass (nested float
-    /// sets growing by one layer), the pruning pass.
+    /// sets growing by one layer), then the pruning and swapping passes.
     pub rows: Vec<Row>,
     /// The converted model with [`Fallback::layers`] float, each as `<path>.0` (DeQuantize),
     /// `<path>.1` (the float layer), `<path>.2` (Quantize).
@@ -131,7 +131,10 @@ impl Fallback {
     /// damaging layer), so the curve shows what each further float layer buys and costs; it
     /// ends at the first row that meets the target (or with every candidate float).
     pub fn curve(&self) -> Vec<&Row> {
-        self.rows.iter().filter(|r| r.step != Step::Prune).collect()
+        self.rows
+            .iter()
+            .filter(|r| matches!(r.step, Step::Quantized | Step::Greedy | Step::AllFloat))
+            .collect()
     }
 
     /// This result (without the model) as pretty JSON; non-finite metrics are `null`.
@@ -209,6 +212,48 @@ fn latency_ms(model: &dyn Module, input: &Value) -> GraphResult<f64> {
     Ok(times[LATENCY_RUNS / 2])
 }
 
+impl<E: FnMut(&dyn Module) -> GraphResult<f64>> Searcher<E> {
+    /// Drops layers of `chosen` (last added first) while the target is met without them, until
+    /// none can be dropped (dropping one may make another droppable).
+    fn prune(&mut self, mut chosen: Vec<usize>, mut metric: f64) -> GraphResult<(Vec<usize>, f64)> {
+        loop {
+            let mut dropped = false;
+            for layer in chosen.clone().into_iter().rev() {
+                let trial: Vec<usize> = chosen.iter().copied().filter(|&i| i != layer).collect();
+                let removed = format!("-{}", self.candidates[layer].path);
+                let (meets, m) = self.try_set(Step::Prune, &trial, Some(removed))?;
+                if meets {
+                    (chosen, metric, dropped) = (trial, m, true);
+                }
+            }
+            if !dropped {
+                return Ok((chosen, metric));
+            }
+        }
+    }
+
+    /// The first set (pairs of `chosen` in order, replacements in ranking order) that trades two
+    /// chosen layers for one other and still meets the target, with its metric.
+    fn swap(&mut self, chosen: &[usize]) -> GraphResult<Option<(Vec<usize>, f64)>> {
+        for (i, &a) in chosen.iter().enumerate() {
+            for &b in &chosen[i + 1..] {
+                for u in (0..self.candidates.len()).filter(|u| !chosen.contains(u)) {
+                    let mut trial: Vec<usize> =
+                        chosen.iter().copied().filter(|&c| c != a && c != b).collect();
+                    trial.push(u);
+                    let [a_path, b_path, u_path] = [a, b, u].map(|c| self.candidates[c].path.as_str());
+                    let change = format!("-{a_path} -{b_path} +{u_path}");
+                    let (meets, m) = self.try_set(Step::Swap, &trial, Some(change))?;
+                    if meets {
+                        return Ok(Some((trial, m)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// The error for a target that none of the evaluated `rows` met (the greedy pass ended with every
 /// candidate float): the best metric reached, where, and what to do.
 fn unreachable(rows: &[Row], target: &Target, float_metric: f64) -> GraphError {
@@ -263,7 +308,7 @@ impl<E: FnMut(&dyn Module) -> GraphResult<f64>> Searcher<E> {
 
     /// Evaluates the float set `float`, records the row and returns whether it meets the target
     /// and the metric; a set evaluated before (in any order) is not evaluated or recorded again.
-    fn try_set(&mut self, step: Step, float: &[usize], changed: Option<usize>) -> GraphResult<(bool, f64)> {
+    fn try_set(&mut self, step: Step, float: &[usize], changed: Option<String>) -> GraphResult<(bool, f64)> {
         let mut key = float.to_vec();
         key.sort_unstable();
         if let Some(&known) = self.seen.get(&key) {
@@ -276,7 +321,7 @@ impl<E: FnMut(&dyn Module) -> GraphResult<f64>> Searcher<E> {
         self.rows.push(Row {
             step,
             float_layers: float.iter().map(|&i| self.candidates[i].path.clone()).collect(),
-            changed: changed.map(|i| self.candidates[i].path.clone()),
+            changed,
             metric,
             meets,
             latency_ms,
@@ -298,9 +343,12 @@ impl<E: FnMut(&dyn Module) -> GraphResult<f64>> Searcher<E> {
 /// that can be left float (observed layers other than `QuantStub` and `FloatFunctional`) by own
 /// SQNR; evaluate the all-quantized model (done if it meets the target); add layers most
 /// damaging first until the target is met (an error if it is not met even with every candidate
-/// float); then drop each chosen layer again (last added first) if the target is still met
-/// without it. The result is minimal in that no single chosen layer can be
-/// dropped, not necessarily the smallest set overall.
+/// float); then drop chosen layers again (last added first) while the target is still met
+/// without them, and trade two chosen layers for one other where that still meets it
+/// (`k(k-1)/2 · (n-k)` evaluations for k chosen of n candidates), until neither helps. The
+/// result is minimal in that dropping any single chosen layer misses the target (the rows show
+/// each such set), not necessarily the smallest set overall. A float set is evaluated once
+/// (sets seen before are skipped).
 ///
 /// Errors: an empty calibration set, a target no configuration meets, and the workflow's and
 /// `evaluate`'s own errors.
@@ -365,25 +413,20 @@ where
         let (mut chosen, mut metric) = (None, metric);
         for k in 1..=n {
             let step = if k == n { Step::AllFloat } else { Step::Greedy };
-            let (meets, m) = s.try_set(step, &(0..k).collect::<Vec<_>>(), Some(k - 1))?;
+            let added = format!("+{}", s.candidates[k - 1].path);
+            let (meets, m) = s.try_set(step, &(0..k).collect::<Vec<_>>(), Some(added))?;
             if meets {
                 (chosen, metric) = (Some((0..k).collect::<Vec<usize>>()), m);
                 break;
             }
         }
         let Some(mut chosen) = chosen else { return Err(unreachable(&s.rows, &target, float_metric)) };
-        // Until no layer can be dropped: dropping one may make another droppable.
+        // Until no layer can be dropped and no two can be traded for one.
         loop {
-            let mut dropped = false;
-            for layer in chosen.clone().into_iter().rev() {
-                let trial: Vec<usize> = chosen.iter().copied().filter(|&i| i != layer).collect();
-                let (meets, m) = s.try_set(Step::Prune, &trial, Some(layer))?;
-                if meets {
-                    (chosen, metric, dropped) = (trial, m, true);
-                }
-            }
-            if !dropped {
-                break;
+            (chosen, metric) = s.prune(chosen, metric)?;
+            match s.swap(&chosen)? {
+                Some((trial, m)) => (chosen, metric) = (trial, m),
+                None => break,
             }
         }
         (chosen, metric)

@@ -15,6 +15,8 @@ pub enum Step {
     AllFloat,
     /// The pruning pass: the current choice without one of its layers.
     Prune,
+    /// The swapping pass: the current choice with two of its layers traded for one other.
+    Swap,
 }
 
 impl Step {
@@ -24,6 +26,7 @@ impl Step {
             Step::Greedy => "greedy",
             Step::AllFloat => "all float",
             Step::Prune => "prune",
+            Step::Swap => "swap",
         }
     }
 }
@@ -36,7 +39,8 @@ pub struct Row {
     pub step: Step,
     /// The float layers (paths), most damaging first.
     pub float_layers: Vec<String>,
-    /// The layer this row added (greedy) or removed (prune), if any.
+    /// What this row changed in the set it started from: `+layer` (greedy), `-layer` (prune),
+    /// `-a -b +c` (swap); none for the all-quantized row.
     pub changed: Option<String>,
     /// The evaluation closure's metric (dB for an SQNR target). JSON has no infinities: a
     /// non-finite metric is written as `null` and read back as NaN.
@@ -53,7 +57,8 @@ fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-/// `rows` as an aligned text table (step and float layers left-aligned, numbers right-aligned).
+/// `rows` as an aligned text table (step, change and float layers left-aligned, numbers
+/// right-aligned).
 pub(super) fn write_rows(f: &mut fmt::Formatter<'_>, rows: &[Row]) -> fmt::Result {
     let header = ["step", "k", "metric", "meets", "latency ms", "change", "float layers"];
     let cells: Vec<[String; 7]> = rows
@@ -65,11 +70,7 @@ pub(super) fn write_rows(f: &mut fmt::Formatter<'_>, rows: &[Row]) -> fmt::Resul
                 format!("{:.2}", r.metric),
                 if r.meets { "yes" } else { "no" }.to_string(),
                 format!("{:.3}", r.latency_ms),
-                match (&r.changed, r.step) {
-                    (Some(c), Step::Prune) => format!("-{c}"),
-                    (Some(c), _) => format!("+{c}"),
-                    (None, _) => "-".to_string(),
-                },
+                r.changed.clone().unwrap_or_else(|| "-".to_string()),
                 if r.float_layers.is_empty() { "-".to_string() } else { r.float_layers.join(", ") },
             ]
         })
@@ -84,7 +85,7 @@ pub(super) fn write_rows(f: &mut fmt::Formatter<'_>, rows: &[Row]) -> fmt::Resul
         let mut text = String::new();
         for (i, (cell, &w)) in row.iter().zip(&widths).enumerate() {
             let sep = if i == 0 { "" } else { "  " };
-            if i == 0 || i + 1 == row.len() {
+            if i == 0 || i + 2 >= row.len() {
                 text.push_str(&format!("{sep}{cell:<w$}"));
             } else {
                 text.push_str(&format!("{sep}{cell:>w$}"));
