@@ -4,8 +4,9 @@
 //!
 //! [`search`] quantizes everything once (prepare, calibrate, convert), ranks the layers by the
 //! numeric suite's own SQNR ([`crate::ns::report`], most damaging first), then adds layers to
-//! the float set greedily until the target is met, and finally tries to drop each chosen layer
-//! again (pruning). A float layer is placed as PyTorch's eager mode asks for it: the layer gets
+//! the float set greedily until the target is met, and finally drops chosen layers again
+//! (pruning) and trades two of them for one other (swapping) while the target stays met. A
+//! float layer is placed as PyTorch's eager mode asks for it: the layer gets
 //! qconfig `None` and is surrounded by a `DeQuantStub` and a `QuantStub` ([`isolate`]). Since
 //! calibration runs the whole model in float, the observers' statistics do not depend on which
 //! layers end up float: the search calibrates once and builds every candidate model from the
@@ -16,7 +17,7 @@
 //! use qgraph::fallback::{self, Target};
 //! # fn demo(float: &dyn qgraph::Module, mapping: &qgraph::QConfigMapping,
 //! #         calibration: &[qgraph::Value], test: &[qgraph::Value]) -> qgraph::GraphResult<()> {
-//! // Keep the output within 30 dB SQNR of the float model's on `test`.
+//! // The output's SQNR against the float model's, on `test`, at least 30 dB.
 //! let metric = fallback::output_sqnr(float, test)?;
 //! let found = fallback::search(float, mapping, calibration, metric, Target::OutputSqnr(30.0))?;
 //! println!("{found}");
@@ -431,6 +432,8 @@ where
         }
         (chosen, metric)
     };
+    let mut chosen = chosen;
+    chosen.sort_unstable(); // candidate indices are in ranking order
     let model = s.model(&chosen)?;
     Ok(Fallback {
         target,
