@@ -75,6 +75,7 @@ macro_rules! delegate_to_inner {
 mod container;
 pub mod debug;
 mod error;
+pub mod fallback;
 mod functional;
 pub mod fuse;
 pub mod fusion;
