@@ -206,7 +206,7 @@ fn bias_correction_removes_the_mean_output_error() {
     let quantized = quantize(float.as_ref(), default_qconfig(), &calibration).unwrap();
     let mean_error = |model: &dyn Module| -> Vec<f64> {
         let weights_only = equalize::with_quantized_weights(model, quantized.as_ref()).unwrap();
-        let mut sums = vec![0.0f64; 6];
+        let mut sums = [0.0f64; 6];
         for x in &values {
             let a = float.forward(x.clone()).unwrap().into_float("float").unwrap();
             let b = weights_only.forward(x.clone()).unwrap().into_float("weights").unwrap();

@@ -56,12 +56,12 @@ pub fn bias_correction(
     Ok(out)
 }
 
+/// A layer's float `Conv` / `Linear` path, its int8 weight dequantized, and its float weight.
+type LayerWeights = (String, ArrayD<f32>, ArrayD<f32>);
+
 /// For every int8 weight of `quantized`: the path of the float `Conv` or `Linear` at its path in
 /// `float` (part `0` of a fused module), the weight dequantized, and the float weight.
-fn dequantized_weights(
-    float: &dyn Module,
-    quantized: &dyn Module,
-) -> GraphResult<Vec<(String, ArrayD<f32>, ArrayD<f32>)>> {
+fn dequantized_weights(float: &dyn Module, quantized: &dyn Module) -> GraphResult<Vec<LayerWeights>> {
     let mut layers = Vec::new();
     for (key, weight) in quantized_state_dict(quantized)? {
         // `<path>.weight`, or `<path>._packed_params._packed_params` for a quantized Linear.
