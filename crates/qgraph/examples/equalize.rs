@@ -72,6 +72,11 @@ fn main() -> Result<()> {
     let q = quantize(cle_bc.as_ref(), default_qconfig(), &calibration)?;
     row("per-tensor + CLE + bias correction", cle_bc.as_ref(), q.as_ref())?;
 
+    let mut absorbed = float.clone();
+    equalize::equalize_model(&mut absorbed, equalize::DEFAULT_THRESHOLD, Some(&calibration_values))?;
+    let q = quantize(absorbed.as_ref(), default_qconfig(), &calibration)?;
+    row("per-tensor + CLE + high-bias absorption", absorbed.as_ref(), q.as_ref())?;
+
     let q = quantize(float.as_ref(), default_per_channel_qconfig(), &calibration)?;
     row("per-channel (reference)", float.as_ref(), q.as_ref())?;
 

@@ -239,7 +239,7 @@ fn cle_improves_per_tensor_mobilenet_v2() {
     let calibration = images(4, 1, 4, 64).unwrap();
     let test: Vec<Value> = images(4, 1000, 4, 64).unwrap().into_iter().map(Value::from).collect();
     let mut equalized = float.clone();
-    let groups = equalize::equalize_model(&mut equalized, equalize::DEFAULT_THRESHOLD).unwrap();
+    let groups = equalize::equalize_model(&mut equalized, equalize::DEFAULT_THRESHOLD, None).unwrap();
     assert_eq!(groups.len(), 16);
     for x in &test {
         let a = float.forward(x.clone()).unwrap().into_float("float").unwrap();
@@ -267,4 +267,54 @@ fn cle_improves_per_tensor_mobilenet_v2() {
     assert!(cle_w >= plain_w + 1.0, "{table}");
     assert!(cle_int8 >= plain_int8 + 0.3, "{table}");
     assert!(channel_w >= plain_w + 2.0, "{table}");
+}
+
+/// High-bias absorption keeps the function on the calibration data and lowers the first layer's
+/// bias by the smallest pre-activation of each channel; a padded second layer is an error.
+#[test]
+fn high_bias_absorption_keeps_the_function_on_calibration_data() {
+    let conv = Conv2d::new(3, 6, [1, 1]).build().unwrap();
+    let mut model: Box<dyn Module> = Box::new(Sequential::new(vec![
+        Box::new(Fused::new(FusedKind::ConvReLU(2), Box::new(conv), Box::new(ReLU::new())).unwrap()),
+        Box::new(Conv2d::new(6, 4, [1, 1]).build().unwrap()),
+        Box::new(Conv2d::new(4, 4, [3, 3]).padding([1, 1]).build().unwrap()),
+    ]));
+    eval(&mut model);
+    let mut state: BTreeMap<String, ArrayD<f32>> =
+        model.state_dict().into_iter().map(|(k, v)| (k, v.clone())).collect();
+    // Channels 0, 2, 4 get a bias of 3: their pre-activation stays positive.
+    for (c, b) in state.get_mut("0.0.bias").unwrap().iter_mut().enumerate() {
+        if c % 2 == 0 {
+            *b = 3.0;
+        }
+    }
+    load_state_dict(&mut model, state).unwrap();
+    let inputs: Vec<Value> = images(3, 21, 2, 5).unwrap().into_iter().map(Value::from).collect();
+    let before: Vec<ArrayD<f32>> =
+        inputs.iter().map(|x| model.forward(x.clone()).unwrap().into_float("model").unwrap()).collect();
+    let bias = |m: &dyn Module| {
+        m.get("0.0").unwrap().params().into_iter().find(|(n, _)| *n == "bias").unwrap().1.clone()
+    };
+    let b1 = bias(model.as_ref());
+    let c = equalize::absorb_high_bias(&mut model, "0", "1", &inputs).unwrap();
+    assert!(c.iter().step_by(2).all(|&v| v > 1.0), "{c:?}");
+    let b1_after = bias(model.as_ref());
+    for i in 0..6 {
+        assert_eq!(b1_after[i], b1[i] - c[i]);
+    }
+    for (x, y0) in inputs.iter().zip(&before) {
+        let y = model.forward(x.clone()).unwrap().into_float("model").unwrap();
+        for (a, b) in y0.iter().zip(&y) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+    let err = equalize::absorb_high_bias(&mut model, "1", "2", &inputs).unwrap_err().to_string();
+    assert!(err.contains("no ReLU"), "{err}");
+    let conv = Conv2d::new(3, 4, [1, 1]).build().unwrap();
+    let mut padded: Box<dyn Module> = Box::new(Sequential::new(vec![
+        Box::new(Fused::new(FusedKind::ConvReLU(2), Box::new(conv), Box::new(ReLU::new())).unwrap()),
+        Box::new(Conv2d::new(4, 4, [3, 3]).padding([1, 1]).build().unwrap()),
+    ]));
+    let err = equalize::absorb_high_bias(&mut padded, "0", "1", &inputs).unwrap_err().to_string();
+    assert!(err.contains("pads its input"), "{err}");
 }

@@ -1,9 +1,10 @@
 //! Finding the layers to equalize: chains of convs and linears in a fused float model with only
 //! ReLU, identity, dropout or max pooling between them, and [`equalize_model`] on all of them.
 
-use super::cle::equalize;
+use super::absorb::{absorb_high_bias, absorbable};
+use super::cle::{equalize, expand_groups};
 use super::layer::{self, Accept};
-use crate::{Graph, GraphResult, Module, Sequential};
+use crate::{Graph, GraphResult, Module, Sequential, Value};
 
 /// What a stretch of a model means for equalization, in execution order.
 enum Token {
@@ -123,12 +124,26 @@ pub fn find_equalizable_groups(model: &dyn Module) -> Vec<Vec<String>> {
 }
 
 /// Equalizes every group [`find_equalizable_groups`] finds in `model` (a fused float model in
-/// evaluation mode) with [`equalize`] at `threshold`, and returns the groups. The float
-/// function stays the same up to float rounding.
-pub fn equalize_model(model: &mut Box<dyn Module>, threshold: f32) -> GraphResult<Vec<Vec<String>>> {
+/// evaluation mode) with [`equalize`] at `threshold`, then, given calibration inputs
+/// (`absorb_with`), absorbs high biases ([`absorb_high_bias`]) along every pair it takes (first
+/// layer with a ReLU, second without padding), in order; returns the groups. The float function
+/// stays the same up to float rounding (with absorption: on the calibration data).
+pub fn equalize_model(
+    model: &mut Box<dyn Module>,
+    threshold: f32,
+    absorb_with: Option<&[Value]>,
+) -> GraphResult<Vec<Vec<String>>> {
     let groups = find_equalizable_groups(model.as_ref());
-    if !groups.is_empty() {
-        equalize(model, &groups, threshold)?;
+    if groups.is_empty() {
+        return Ok(groups);
+    }
+    equalize(model, &groups, threshold)?;
+    if let Some(inputs) = absorb_with {
+        for (first, second) in expand_groups(&groups)? {
+            if absorbable(model.as_ref(), &first, &second) {
+                absorb_high_bias(model, &first, &second, inputs)?;
+            }
+        }
     }
     Ok(groups)
 }
