@@ -74,6 +74,7 @@ macro_rules! delegate_to_inner {
 
 mod container;
 pub mod debug;
+pub mod equalize;
 mod error;
 pub mod fallback;
 mod functional;
