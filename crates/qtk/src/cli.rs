@@ -126,6 +126,13 @@ pub struct QuantizeArgs {
     /// Compare float and int8 on the first N calibration samples only (default: all).
     #[arg(long, value_name = "N")]
     pub report_samples: Option<usize>,
+    /// Also write the numeric suite's per-layer report (`qgraph::ns::report`: weight SQNR,
+    /// teacher-forced SQNR, each layer's own error, range use) as JSON, on the same samples.
+    #[arg(long, value_name = "PATH")]
+    pub report_json: Option<PathBuf>,
+    /// Also write that report as an SVG plot of SQNR by layer.
+    #[arg(long, value_name = "PATH")]
+    pub report_svg: Option<PathBuf>,
     /// Calibration data options.
     #[command(flatten)]
     pub data: DataArgs,

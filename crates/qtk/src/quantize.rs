@@ -6,7 +6,7 @@ use qgraph::fuse::fuse_auto;
 use qgraph::mappings::Mappings;
 use qgraph::qconfig::{QConfig, get_default_qconfig};
 use qgraph::workflow::{DynamicDType, DynamicQConfigSpec, quantize_dynamic};
-use qgraph::{Module, QConfigMapping, calibrate, convert_with, eval, prepare_with};
+use qgraph::{Module, QConfigMapping, Value, calibrate, convert_with, eval, prepare_with};
 
 use crate::calib::Calib;
 use crate::cli::QuantizeArgs;
@@ -89,6 +89,7 @@ pub fn main(args: &QuantizeArgs, quiet: bool) -> Result<()> {
     // The comparison runs the quantized model, so a model that cannot run is not saved.
     let text =
         report_text(reference.as_ref(), quantized.as_ref(), calib.as_ref(), args.report_samples, quiet)?;
+    write_suite_report(args, reference.as_ref(), quantized.as_ref(), calib.as_ref())?;
     let bytes = model::save(quantized.as_ref(), &args.output, &inputs)?;
     note(quiet, &format!("saved {} ({bytes} bytes)", args.output.display()));
     print!("{text}");
@@ -130,4 +131,29 @@ fn report_text(
     let progress = Progress::new("comparing", calib.count(samples), quiet);
     let report = report::compare(reference, quantized, calib.batches(samples), |done| progress.update(done))?;
     Ok(report::render(&report))
+}
+
+/// Writes `qgraph::ns::report` as JSON and / or SVG where `--report-json` / `--report-svg` ask,
+/// on the report samples of `calib`.
+fn write_suite_report(
+    args: &QuantizeArgs,
+    reference: &dyn Module,
+    quantized: &dyn Module,
+    calib: Option<&Calib>,
+) -> Result<()> {
+    if args.report_json.is_none() && args.report_svg.is_none() {
+        return Ok(());
+    }
+    let calib =
+        calib.ok_or_else(|| CliError::Usage("--report-json / --report-svg need --calib data".into()))?;
+    let inputs: Vec<Value> =
+        calib.batches(args.report_samples).map(|b| b.map(Value::from)).collect::<Result<_>>()?;
+    let report = qgraph::ns::report(reference, quantized, &inputs, None)?;
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, report.to_json()?).map_err(|e| CliError::io(path, e))?;
+    }
+    if let Some(path) = &args.report_svg {
+        std::fs::write(path, report.to_svg()).map_err(|e| CliError::io(path, e))?;
+    }
+    Ok(())
 }

@@ -410,3 +410,23 @@ fn quantize_from_a_folder_of_images() {
     ]);
     assert_eq!(quiet.stderr, "");
 }
+
+#[test]
+fn quantize_writes_the_numeric_suite_report_as_the_library_makes_it() {
+    let f = fixture();
+    let (json, svg, out) = (f.dir.join("report.json"), f.dir.join("report.svg"), f.dir.join("int8-r.qtk"));
+    let args = ["quantize", arg(&f.float), "--calib", arg(&f.calib), "--batch", "64", "--report-samples", "128"];
+    let tail = ["--report-json", arg(&json), "--report-svg", arg(&svg), "-o", arg(&out)];
+    qtk_ok(&[&args[..], &tail[..]].concat());
+    let inputs: Vec<Value> = f
+        .calib_images
+        .slice_axis(Axis(0), Slice::from(0..128))
+        .axis_chunks_iter(Axis(0), BATCH)
+        .map(|b| Value::from(b.to_owned()))
+        .collect();
+    let expected = qgraph::ns::report(f.fused.as_ref(), f.library_int8.as_ref(), &inputs, None).unwrap();
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), expected.to_json().unwrap());
+    assert_eq!(std::fs::read_to_string(&svg).unwrap(), expected.to_svg());
+    let report = qgraph::ns::Report::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report.layer("features.3").is_some(), "{json:?}");
+}
