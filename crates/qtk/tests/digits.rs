@@ -415,7 +415,8 @@ fn quantize_from_a_folder_of_images() {
 fn quantize_writes_the_numeric_suite_report_as_the_library_makes_it() {
     let f = fixture();
     let (json, svg, out) = (f.dir.join("report.json"), f.dir.join("report.svg"), f.dir.join("int8-r.qtk"));
-    let args = ["quantize", arg(&f.float), "--calib", arg(&f.calib), "--batch", "64", "--report-samples", "128"];
+    let args =
+        ["quantize", arg(&f.float), "--calib", arg(&f.calib), "--batch", "64", "--report-samples", "128"];
     let tail = ["--report-json", arg(&json), "--report-svg", arg(&svg), "-o", arg(&out)];
     qtk_ok(&[&args[..], &tail[..]].concat());
     let inputs: Vec<Value> = f
