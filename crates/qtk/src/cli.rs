@@ -44,7 +44,8 @@ Examples:
   qtk quantize model.qtk --calib calib.safetensors -o model-int8.qtk
   qtk quantize model.onnx --calib images/ --size 224x224 --limit 256 --batch 32 -o int8.qtk
   qtk quantize model.qtk --calib calib.safetensors --qconfig qnnpack --per-tensor -o int8.qtk
-  qtk quantize lstm.qtk --dynamic -o lstm-dynamic.qtk")]
+  qtk quantize lstm.qtk --dynamic -o lstm-dynamic.qtk
+  qtk quantize crnn.onnx --calib lines.safetensors --float fc --then-dynamic -o crnn-int8.qtk")]
     Quantize(QuantizeArgs),
     /// Run a model on one input and print the output's shape (and top-5 for a classifier).
     #[command(after_help = "\
@@ -120,6 +121,14 @@ pub struct QuantizeArgs {
     /// calibration; with --calib, the data is used for the report only.
     #[arg(long, conflicts_with_all = ["qconfig", "per_tensor"])]
     pub dynamic: bool,
+    /// Keep the module at PATH in float (its qconfig None, PyTorch's `set_name(PATH, None)`);
+    /// repeat for several.
+    #[arg(long = "float", value_name = "PATH", conflicts_with = "dynamic")]
+    pub float_modules: Vec<String>,
+    /// After static quantization, quantize dynamically what stayed float (LSTM, GRU, the cells,
+    /// Linear): a static CNN with dynamic recurrent layers, as PyTorch users quantize CRNNs.
+    #[arg(long, conflicts_with = "dynamic")]
+    pub then_dynamic: bool,
     /// Where to write the quantized model.
     #[arg(short, long)]
     pub output: PathBuf,

@@ -60,7 +60,16 @@ pub fn main(args: &QuantizeArgs, quiet: bool) -> Result<()> {
         let groups = fuse_auto(&mut fused)?;
         note(quiet, &format!("fused {} module groups", groups.len()));
         let mut prepared = fused.clone();
-        let mapping = QConfigMapping::global(qconfig(args)?);
+        let mut mapping = QConfigMapping::global(qconfig(args)?);
+        for path in &args.float_modules {
+            if fused.get(path).is_err() {
+                return Err(CliError::Usage(format!(
+                    "--float {path}: {} has no module at that path; `qtk inspect` lists them",
+                    args.model.display()
+                )));
+            }
+            mapping = mapping.set_name(path, None);
+        }
         let observers = prepare_with(&mut prepared, &mapping, &mappings)?;
         note(
             quiet,
@@ -83,6 +92,10 @@ pub fn main(args: &QuantizeArgs, quiet: bool) -> Result<()> {
             progress.update(done + 1);
         }
         convert_with(&mut prepared, &mappings)?;
+        if args.then_dynamic {
+            let swapped = quantize_dynamic(&mut prepared, DynamicQConfigSpec::Default, DynamicDType::QInt8)?;
+            note(quiet, &format!("then quantize_dynamic (qint8): {swapped} modules swapped"));
+        }
         (fused, prepared)
     };
 

@@ -8,9 +8,11 @@ use common::{arg, qtk_ok, read_tensor, write_tensors};
 use ndarray::{ArrayD, IxDyn};
 use qgraph::fuse::fuse_auto;
 use qgraph::qconfig::get_default_qconfig;
-use qgraph::{QConfigMapping, Value, calibrate, convert_with, io, prepare_with};
+use qgraph::workflow::{DynamicDType, DynamicQConfigSpec, quantize_dynamic};
+use qgraph::{Module, QConfigMapping, Value, calibrate, convert_with, io, prepare_with};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../qonnx/tests/fixtures/resnet18.onnx");
+const CRNN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../qonnx/tests/fixtures/crnn.onnx");
 
 /// `count` seeded images of the model's input shape (the batch dimension set to `count`).
 fn images(shape: &[Option<usize>], count: usize, seed: u64) -> ArrayD<f32> {
@@ -18,6 +20,29 @@ fn images(shape: &[Option<usize>], count: usize, seed: u64) -> ArrayD<f32> {
         std::iter::once(count).chain(shape[1..].iter().map(|d| d.expect("fixed"))).collect();
     let len = dims.iter().product();
     ArrayD::from_shape_vec(IxDyn(&dims), qgraph::models::random_f32s(len, seed)).unwrap()
+}
+
+/// The library's workflow, as `qtk quantize --batch 3 [--float PATH]... [--then-dynamic]` runs it:
+/// fuse, prepare (the x86 qconfig, `float` paths None), calibrate in batches of 3, convert, and
+/// optionally `quantize_dynamic`.
+fn library_workflow(
+    mut model: Box<dyn Module>,
+    calib_images: &ArrayD<f32>,
+    float: &[&str],
+    then_dynamic: bool,
+) -> Box<dyn Module> {
+    fuse_auto(&mut model).unwrap();
+    let mapping = float
+        .iter()
+        .fold(QConfigMapping::global(get_default_qconfig("x86").unwrap()), |m, path| m.set_name(path, None));
+    prepare_with(&mut model, &mapping, &qonnx::mappings()).unwrap();
+    let batches = calib_images.axis_chunks_iter(ndarray::Axis(0), 3).map(|b| b.to_owned());
+    calibrate(model.as_ref(), batches, |_, _| {}).unwrap();
+    convert_with(&mut model, &qonnx::mappings()).unwrap();
+    if then_dynamic {
+        quantize_dynamic(&mut model, DynamicQConfigSpec::Default, DynamicDType::QInt8).unwrap();
+    }
+    model
 }
 
 #[test]
@@ -32,14 +57,7 @@ fn quantize_run_and_inspect_an_onnx_model_as_the_library_does() {
     let report =
         qtk_ok(&["quantize", MODEL, "--calib", arg(&calib), "--batch", "3", "-o", arg(&int8)]).stdout;
 
-    // The library: import, fuse, prepare, calibrate in batches of 3, convert.
-    let mut model = imported.model;
-    fuse_auto(&mut model).unwrap();
-    let mapping = QConfigMapping::global(get_default_qconfig("x86").unwrap());
-    prepare_with(&mut model, &mapping, &qonnx::mappings()).unwrap();
-    let batches = calib_images.axis_chunks_iter(ndarray::Axis(0), 3).map(|b| b.to_owned());
-    calibrate(model.as_ref(), batches, |_, _| {}).unwrap();
-    convert_with(&mut model, &qonnx::mappings()).unwrap();
+    let model = library_workflow(imported.model, &calib_images, &[], false);
     let expected = io::to_bytes_with_inputs(model.as_ref(), &imported.inputs).unwrap();
     assert_eq!(std::fs::read(&int8).unwrap(), expected, "qtk's file is the library's");
     assert_eq!(io::load_inputs(&int8).unwrap(), imported.inputs);
@@ -65,4 +83,30 @@ fn quantize_run_and_inspect_an_onnx_model_as_the_library_does() {
         text.contains(&format!("input `{}`: [N, {}]", imported.inputs[0].name, dims.join(", "))),
         "{text}"
     );
+}
+
+#[test]
+fn a_crnn_quantizes_static_then_dynamic_as_the_library_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let imported = qonnx::import_file(CRNN).unwrap();
+    let calib_images = images(&imported.inputs[0].shape, 6, 11);
+    let calib = dir.path().join("calib.safetensors");
+    write_tensors(&calib, &[("lines", &calib_images)]);
+    let int8 = dir.path().join("crnn-int8.qtk");
+    let float = ["--float", "fc_quant", "--float", "fc", "--then-dynamic"];
+    let base = ["quantize", CRNN, "--calib", arg(&calib), "--batch", "3", "-o", arg(&int8)];
+    qtk_ok(&[&base[..], &float[..]].concat());
+
+    let model = library_workflow(imported.model, &calib_images, &["fc_quant", "fc"], true);
+    let expected = io::to_bytes_with_inputs(model.as_ref(), &imported.inputs).unwrap();
+    assert_eq!(std::fs::read(&int8).unwrap(), expected, "qtk's file is the library's");
+    let text = model.to_string();
+    for kind in ["QuantizedConvReLU2d", "DynamicQuantizedLSTM", "DynamicQuantizedLinear"] {
+        assert!(text.contains(kind), "{kind} missing from\n{text}");
+    }
+
+    // A path the model does not have is a usage error naming it.
+    let run = common::qtk(&[&base[..], &["--float", "no.such.layer"][..]].concat());
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--float no.such.layer"), "{}", run.stderr);
 }
