@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Instant;
 
-use ndarray::{ArrayD, Axis, IxDyn, Slice};
+use ndarray::{ArrayD, Axis, Slice};
 use serde::{Deserialize, Serialize};
 
 pub use island::isolate;
@@ -174,19 +174,17 @@ pub fn output_sqnr(
         return Err(crate::invalid("fallback::output_sqnr", "inputs", 0, "give at least one input batch"));
     }
     let inputs = inputs.to_vec();
-    let reference = flat_outputs(float_model, &inputs)?;
-    Ok(move |model: &dyn Module| ns::compute_sqnr(&reference, &flat_outputs(model, &inputs)?))
-}
-
-/// The outputs of `model` on `inputs`, dequantized and laid end to end.
-fn flat_outputs(model: &dyn Module, inputs: &[Value]) -> GraphResult<ArrayD<f32>> {
-    let mut all = Vec::new();
-    for input in inputs {
-        all.extend(model.forward(input.clone())?.into_float_lossy()?.iter().copied());
-    }
-    let len = all.len();
-    ArrayD::from_shape_vec(IxDyn(&[len]), all)
-        .map_err(|e| crate::invalid("fallback", "outputs", len, e.to_string()))
+    let reference: Vec<ArrayD<f32>> = inputs
+        .iter()
+        .map(|x| float_model.forward(x.clone())?.into_float_lossy())
+        .collect::<GraphResult<_>>()?;
+    Ok(move |model: &dyn Module| {
+        let mut sum = ns::SqnrSum::default();
+        for (input, float) in inputs.iter().zip(&reference) {
+            sum.add(float, &model.forward(input.clone())?.into_float_lossy()?)?;
+        }
+        Ok(sum.db())
+    })
 }
 
 /// The first sample of `batch` (a float batch's first row along axis 0; other values as they are).

@@ -30,7 +30,7 @@ mod table;
 
 pub use range::RangeUse;
 pub use report::{Layer, Report, report};
-pub use sqnr::compute_sqnr;
+pub use sqnr::{SqnrSum, compute_sqnr};
 pub use stub::{Shadow, compare_model_stub};
 pub use suite::{
     ShadowPair, TensorPair, ValuePair, compare_model_outputs, compare_weights, find_match,

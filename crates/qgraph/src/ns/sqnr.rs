@@ -22,16 +22,29 @@ pub fn compute_sqnr(x: &ArrayD<f32>, y: &ArrayD<f32>) -> GraphResult<f64> {
     Ok(acc.db())
 }
 
-/// Signal and noise energies summed over several tensor pairs (all batches of one layer).
+/// Signal and noise energies summed over several tensor pairs (all batches of one layer), so
+/// that the SQNR of a whole data set is [`compute_sqnr`] of everything laid end to end.
+///
+/// ```
+/// use ndarray::{ArrayD, IxDyn};
+/// use qgraph::ns::SqnrSum;
+/// let x = ArrayD::from_shape_vec(IxDyn(&[2]), vec![3.0f32, 4.0]).unwrap();
+/// let mut sum = SqnrSum::default();
+/// sum.add(&x, &x.mapv(|v| v + 0.25))?;
+/// sum.add(&x, &x)?;
+/// // ‖x‖² summed twice = 50, noise 2 · 0.0625: 10 log10(400).
+/// assert!((sum.db() - 10.0 * 400f64.log10()).abs() < 1e-9);
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct SqnrSum {
+pub struct SqnrSum {
     signal: f64,
     noise: f64,
 }
 
 impl SqnrSum {
     /// Adds `‖x‖²` and `‖x − y‖²`; an error if the shapes differ.
-    pub(crate) fn add(&mut self, x: &ArrayD<f32>, y: &ArrayD<f32>) -> GraphResult<()> {
+    pub fn add(&mut self, x: &ArrayD<f32>, y: &ArrayD<f32>) -> GraphResult<()> {
         if x.shape() != y.shape() {
             return Err(GraphError::Mismatch {
                 context: "compute_sqnr",
@@ -55,8 +68,8 @@ impl SqnrSum {
         if self.noise == 0.0 { 0.0 } else { self.noise / self.signal }
     }
 
-    /// `10 log10(signal / noise)`.
-    pub(crate) fn db(&self) -> f64 {
+    /// `10 log10(signal / noise)` in dB (`+inf` without noise).
+    pub fn db(&self) -> f64 {
         if self.noise == 0.0 { f64::INFINITY } else { 10.0 * (self.signal / self.noise).log10() }
     }
 }
