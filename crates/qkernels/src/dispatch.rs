@@ -1,7 +1,7 @@
 //! Instruction-set tiers, their detection, and the one place kernels choose a tier's code.
 //!
 //! Kernels are compiled for every tier of the target architecture and chosen at run time; the
-//! crate is never built with `target-cpu=native`. `QKERNELS_ISA=scalar|avx2|avx512|avx512vnni`
+//! crate is never built with `target-cpu=native`. `QKERNELS_ISA=scalar|avx2|avx512|avx512vnni|amx`
 //! caps the tier so every path can be tested and benchmarked on one machine; a tier the CPU lacks
 //! is never used.
 //!
@@ -49,16 +49,18 @@ use std::sync::OnceLock;
 use crate::error::{KernelError, KernelResult};
 use crate::util::Tiered;
 
-/// Runs the code of one tier: `on_tier!(isa, scalar: e, avx2: e, avx512: e, avx512vnni: e)`, every
-/// tier after `scalar` optional. A tier without its own expression runs the next lower tier's
-/// (`avx512vnni` -> `avx512` -> `avx2` -> `scalar`); tiers of other architectures run `scalar`.
+/// Runs the code of one tier: `on_tier!(isa, scalar: e, avx2: e, avx512: e, avx512vnni: e, amx: e)`,
+/// every tier after `scalar` optional. A tier without its own expression runs the next lower
+/// tier's (`amx` -> `avx512vnni` -> `avx512` -> `avx2` -> `scalar`); tiers of other architectures
+/// run `scalar`.
 /// The vector expressions are evaluated in an `unsafe` block: use only behind a public entry that
 /// checked `isa.ensure_supported()` (or on a tier from [`Isa::tiers`]), which is what makes the
 /// tier's target features available.
 macro_rules! on_tier {
     (
         $isa:expr, scalar: $scalar:expr
-        $(, avx2: $avx2:expr)? $(, avx512: $avx512:expr)? $(, avx512vnni: $vnni:expr)? $(,)?
+        $(, avx2: $avx2:expr)? $(, avx512: $avx512:expr)? $(, avx512vnni: $vnni:expr)?
+        $(, amx: $amx:expr)? $(,)?
     ) => {
         match $isa {
             $crate::Isa::Scalar => $scalar,
@@ -82,6 +84,14 @@ macro_rules! on_tier {
                 debug_assert!($crate::Isa::Avx512Vnni.is_supported());
                 // SAFETY: as above; the tier implies VNNI and everything of `avx512`.
                 unsafe { on_tier!(@first [$($vnni)?] [$($avx512)?] [$($avx2)?] [$scalar]) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unused_unsafe)]
+            $crate::Isa::Amx => {
+                debug_assert!($crate::Isa::Amx.is_supported());
+                // SAFETY: as above; the tier implies AMX-INT8 (tile data permitted by the OS) and
+                // everything of `avx512vnni`.
+                unsafe { on_tier!(@first [$($amx)?] [$($vnni)?] [$($avx512)?] [$($avx2)?] [$scalar]) }
             }
             // Tiers of other architectures, which this CPU never supports.
             #[allow(unreachable_patterns)]
@@ -109,18 +119,21 @@ pub enum Isa {
     Avx512,
     /// AVX-512 with VNNI (`vpdpbusd`) (x86-64).
     Avx512Vnni,
+    /// AMX-INT8 tiles (`tdpbusd`) for the int8 GEMM, on top of `Avx512Vnni` (x86-64 Linux: the
+    /// process asks the kernel for the tile state once).
+    Amx,
 }
 
 /// The tiers of the target architecture, best first; scalar last.
 #[cfg(target_arch = "x86_64")]
-pub(crate) const TIERS: &[Isa] = &[Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Scalar];
+pub(crate) const TIERS: &[Isa] = &[Isa::Amx, Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Scalar];
 /// The tiers of the target architecture, best first; scalar last.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) const TIERS: &[Isa] = &[Isa::Scalar];
 
 impl Isa {
     /// Every tier of every architecture, lowest first within each architecture.
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni];
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Amx];
 
     /// The name `QKERNELS_ISA` takes.
     pub const fn name(self) -> &'static str {
@@ -129,6 +142,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Amx => "amx",
         }
     }
 
@@ -140,6 +154,7 @@ impl Isa {
             Isa::Avx2 => 1,
             Isa::Avx512 => 2,
             Isa::Avx512Vnni => 3,
+            Isa::Amx => 4,
         }
     }
 
@@ -153,6 +168,8 @@ impl Isa {
             Isa::Avx512 => crate::x86::has_avx512(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => crate::x86::has_avx512vnni(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => crate::x86::has_amx(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -249,7 +266,7 @@ mod tests {
         }
         assert_eq!(" AVX2 ".parse::<Isa>().unwrap(), Isa::Avx2);
         let err = "sse9".parse::<Isa>().unwrap_err();
-        assert!(err.to_string().contains("scalar|avx2|avx512|avx512vnni"), "{err}");
+        assert!(err.to_string().contains("scalar|avx2|avx512|avx512vnni|amx"), "{err}");
         let err = Isa::ALL.into_iter().find(|isa| !isa.is_supported()).map(|isa| isa.ensure_supported());
         if let Some(Err(err)) = err {
             assert!(err.to_string().contains("does not support the"), "{err}");

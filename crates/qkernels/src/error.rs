@@ -9,7 +9,7 @@ pub enum KernelError {
     #[error(transparent)]
     Quant(#[from] qcore::QError),
     /// A `QKERNELS_ISA` value that names no tier.
-    #[error("unknown ISA tier {name:?}; QKERNELS_ISA takes scalar|avx2|avx512|avx512vnni")]
+    #[error("unknown ISA tier {name:?}; QKERNELS_ISA takes scalar|avx2|avx512|avx512vnni|amx")]
     UnknownIsa {
         /// The value given.
         name: String,

@@ -233,7 +233,7 @@ pub fn linear_fp16(
     let vector = match isa {
         Isa::Scalar => false,
         Isa::Avx2 => crate::x86::has_f16c(),
-        Isa::Avx512 | Isa::Avx512Vnni => true,
+        Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => true,
     };
     #[cfg(not(target_arch = "x86_64"))]
     let vector = false;

@@ -16,6 +16,17 @@ pub(crate) enum OutPtr {
     F32(*mut f32),
 }
 
+impl OutPtr {
+    /// The pointer `elements` elements further (wrapping: valid only where it is used).
+    pub(crate) fn wrapping_add(self, elements: usize) -> OutPtr {
+        match self {
+            OutPtr::U8(p) => OutPtr::U8(p.wrapping_add(elements)),
+            OutPtr::I32(p) => OutPtr::I32(p.wrapping_add(elements)),
+            OutPtr::F32(p) => OutPtr::F32(p.wrapping_add(elements)),
+        }
+    }
+}
+
 /// The output pipeline, per global column `n` (arrays padded by at least 64 past the last column).
 #[derive(Clone, Copy)]
 pub(crate) struct Epi {
@@ -179,24 +190,43 @@ unsafe fn tile<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi
     }
     let cols = blk.n_end.saturating_sub(n).min(nr);
     for (i, acc_row) in acc.iter().enumerate() {
-        let row = row0 + i;
-        // SAFETY: `rowsums`, when not null, holds `rows` entries and row < rows.
-        let rowsum = if blk.rowsums.is_null() { None } else { Some(unsafe { blk.rowsums.add(row).read() }) };
-        for (j, &v) in acc_row.iter().enumerate() {
-            let c0 = j * lanes;
-            if c0 >= cols {
-                break;
+        // SAFETY: row0 + i < rows; the rest is forwarded from the caller.
+        unsafe { store_row::<T, NV>(blk, epi, row0 + i, n, acc_row, cols) };
+    }
+}
+
+/// The output stage of one tile row: `acc` holds the accumulators (column term included) of
+/// block row `row`, global columns `n..n + NV * LANES`; subtracts `rowsum * w_zp` when the block
+/// has row sums, and emits the first `cols` columns.
+///
+/// # Safety
+/// As for [`block`], with `row < blk.rows` and columns `n..n + cols` in the output.
+#[inline(always)]
+pub(crate) unsafe fn store_row<T: Tier, const NV: usize>(
+    blk: &Block,
+    epi: &Epi,
+    row: usize,
+    n: usize,
+    acc: &[T::V; NV],
+    cols: usize,
+) {
+    let lanes = T::LANES;
+    // SAFETY: `rowsums`, when not null, holds `rows` entries and row < rows.
+    let rowsum = if blk.rowsums.is_null() { None } else { Some(unsafe { blk.rowsums.add(row).read() }) };
+    for (j, &v) in acc.iter().enumerate() {
+        let c0 = j * lanes;
+        if c0 >= cols {
+            break;
+        }
+        let nn = n + c0;
+        // SAFETY: the epilogue arrays are padded past every panel column; the output row has
+        // `cols - c0` writable elements from column `nn`; the tier's features are enabled.
+        unsafe {
+            let mut v = v;
+            if let Some(s) = rowsum {
+                v = T::sub(v, T::mul(T::splat(s), T::load_i32(epi.w_zp.add(nn))));
             }
-            let nn = n + c0;
-            // SAFETY: the epilogue arrays are padded past every panel column; the output row has
-            // `cols - c0` writable elements from column `nn`; the tier's features are enabled.
-            unsafe {
-                let mut v = v;
-                if let Some(s) = rowsum {
-                    v = T::sub(v, T::mul(T::splat(s), T::load_i32(epi.w_zp.add(nn))));
-                }
-                emit::<T>(epi, v, nn, blk.out, row * blk.ldc + nn, (cols - c0).min(lanes));
-            }
+            emit::<T>(epi, v, nn, blk.out, row * blk.ldc + nn, (cols - c0).min(lanes));
         }
     }
 }
@@ -534,6 +564,9 @@ pub(crate) struct Kernel {
     pub mr: usize,
     /// Columns per weight panel (`NR`), which the weights are packed with.
     pub nr: usize,
+    /// The packed K of each panel is a multiple of this many bytes (zero-padded): 4 for the
+    /// vector tiers, a whole AMX tile row (64) for AMX.
+    pub k_block: usize,
     /// One GEMM block.
     pub block: BlockFn,
     /// Depthwise output pixels.
@@ -570,4 +603,4 @@ impl Kernel {
 
 /// The scalar tier: 4 x 4 tiles.
 pub(crate) const SCALAR: Kernel =
-    Kernel { mr: 4, nr: 4, block: block::<Scalar, 4, 4>, depthwise: depthwise::<Scalar> };
+    Kernel { mr: 4, nr: 4, k_block: 4, block: block::<Scalar, 4, 4>, depthwise: depthwise::<Scalar> };

@@ -425,7 +425,7 @@ pub struct PackedWeights {
     isa: Isa,
     groups: usize,
     n_per_group: usize,
-    /// K groups of 4 (`ceil(k / 4)`).
+    /// K groups of 4 per panel (`ceil(k / 4)`, or more when the kernel pads K: `Kernel::k_block`).
     kq: usize,
     nr: usize,
     panels_per_group: usize,
@@ -444,6 +444,7 @@ pub(crate) fn kernel_for(isa: Isa, fast: impl FnOnce() -> bool) -> Kernel {
         avx2: if fast() { crate::x86::gemm::AVX2_FAST } else { crate::x86::gemm::AVX2_EXACT },
         avx512: crate::x86::gemm::AVX512,
         avx512vnni: crate::x86::gemm::VNNI,
+        amx: crate::x86::amx::AMX,
     )
 }
 
@@ -491,8 +492,9 @@ impl PackedWeights {
         let n = mul(op, "output channels", groups, n_per_group)?;
         check_len(op, "weight length", weights.len(), mul(op, "weight length", n, k)?)?;
         let channels = Channels::new(op, weights, n, k, qparams, bias)?;
-        let nr = kernel_for(isa, || false).nr;
-        let kq = k.div_ceil(4);
+        let kernel = kernel_for(isa, || false);
+        let nr = kernel.nr;
+        let kq = k.next_multiple_of(kernel.k_block) / 4;
         let panels_per_group = n_per_group.div_ceil(nr);
         let panel = kq * nr * 4;
         let mut data = vec![0i8; groups * panels_per_group * panel];
@@ -828,11 +830,7 @@ unsafe fn run_task(
             } else {
                 std::ptr::null()
             };
-            let out_block = match out {
-                OutPtr::U8(p) => OutPtr::U8(p.wrapping_add(r0 * ldc)),
-                OutPtr::I32(p) => OutPtr::I32(p.wrapping_add(r0 * ldc)),
-                OutPtr::F32(p) => OutPtr::F32(p.wrapping_add(r0 * ldc)),
-            };
+            let out_block = out.wrapping_add(r0 * ldc);
             let first = task.panels.start;
             let group_n0 = g * w.n_per_group;
             let blk = Block {

@@ -10,20 +10,20 @@ use crate::gemm::kernel::{Block, DwJob, Epi, Kernel, block, depthwise};
 /// Rows per tile of the AVX2 kernels.
 const AVX2_MR: usize = 4;
 /// Rows per tile of the AVX-512 kernels.
-const AVX512_MR: usize = 8;
+pub(crate) const AVX512_MR: usize = 8;
 
 /// AVX2 with the exact i16 path: 4 x 16 tiles.
 pub(crate) const AVX2_EXACT: Kernel =
-    Kernel { mr: AVX2_MR, nr: 16, block: block_avx2_exact, depthwise: depthwise_avx2 };
+    Kernel { mr: AVX2_MR, nr: 16, k_block: 4, block: block_avx2_exact, depthwise: depthwise_avx2 };
 /// AVX2 with `vpmaddubsw`, for calls where its i16 pair sums cannot saturate: 4 x 16 tiles.
 pub(crate) const AVX2_FAST: Kernel =
-    Kernel { mr: AVX2_MR, nr: 16, block: block_avx2_fast, depthwise: depthwise_avx2 };
+    Kernel { mr: AVX2_MR, nr: 16, k_block: 4, block: block_avx2_fast, depthwise: depthwise_avx2 };
 /// AVX-512BW: 8 x 32 tiles.
 pub(crate) const AVX512: Kernel =
-    Kernel { mr: AVX512_MR, nr: 32, block: block_avx512, depthwise: depthwise_avx512 };
+    Kernel { mr: AVX512_MR, nr: 32, k_block: 4, block: block_avx512, depthwise: depthwise_avx512 };
 /// AVX-512 VNNI: 8 x 32 tiles.
 pub(crate) const VNNI: Kernel =
-    Kernel { mr: AVX512_MR, nr: 32, block: block_vnni, depthwise: depthwise_avx512 };
+    Kernel { mr: AVX512_MR, nr: 32, k_block: 4, block: block_vnni, depthwise: depthwise_avx512 };
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2_exact(blk: &Block, epi: &Epi) {
@@ -44,7 +44,7 @@ unsafe fn block_avx512(blk: &Block, epi: &Epi) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
-unsafe fn block_vnni(blk: &Block, epi: &Epi) {
+pub(crate) unsafe fn block_vnni(blk: &Block, epi: &Epi) {
     // SAFETY: AVX-512 VNNI is enabled here; the rest is the caller's contract.
     unsafe { block::<Vnni, { AVX512_MR }, 2>(blk, epi) }
 }
@@ -56,7 +56,12 @@ unsafe fn depthwise_avx2(job: &DwJob, epi: &Epi, pixels: Range<usize>, taps: &mu
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-unsafe fn depthwise_avx512(job: &DwJob, epi: &Epi, pixels: Range<usize>, taps: &mut Vec<(usize, usize)>) {
+pub(crate) unsafe fn depthwise_avx512(
+    job: &DwJob,
+    epi: &Epi,
+    pixels: Range<usize>,
+    taps: &mut Vec<(usize, usize)>,
+) {
     // SAFETY: AVX-512 F/BW/VL/DQ are enabled here; the rest is the caller's contract.
     unsafe { depthwise::<Avx512Exact>(job, epi, pixels, taps) }
 }
@@ -438,4 +443,5 @@ mod tiers {
     }
 }
 
-use tiers::{Avx2Exact, Avx2Fast, Avx512Exact, Vnni};
+pub(crate) use tiers::Vnni;
+use tiers::{Avx2Exact, Avx2Fast, Avx512Exact};

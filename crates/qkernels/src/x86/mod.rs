@@ -1,10 +1,11 @@
 //! Every `std::arch` intrinsic and `#[target_feature]` function of the crate, for x86-64: AVX2 +
-//! FMA, AVX-512 F/BW/VL/DQ and AVX-512 VNNI. The generic modules hold the scalar code and the
+//! FMA, AVX-512 F/BW/VL/DQ, AVX-512 VNNI and AMX-INT8. The generic modules hold the scalar code and the
 //! public API; `crate::dispatch` chooses between these functions and the scalar ones.
 //!
 //! Nothing here reads the tier: each function is compiled for one set of target features and is
 //! only called, by `on_tier!`, on a CPU that has them.
 
+pub(crate) mod amx;
 pub(crate) mod dynamic;
 pub(crate) mod elementwise;
 pub(crate) mod float;
@@ -34,6 +35,36 @@ pub(crate) fn has_avx512() -> bool {
 /// True if the CPU has VNNI on top of the `avx512` tier (the `avx512vnni` tier).
 pub(crate) fn has_avx512vnni() -> bool {
     has_avx512() && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// True if the CPU has AMX-TILE and AMX-INT8 on top of the `avx512vnni` tier and the OS lets
+/// this process use the tile data (the `amx` tier). On Linux the process asks for that state
+/// once (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, process-wide, every thread); other
+/// systems do not get the tier.
+pub(crate) fn has_amx() -> bool {
+    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMX.get_or_init(|| {
+        // CPUID leaf 7, sub-leaf 0, EDX: bit 24 AMX-TILE, bit 25 AMX-INT8.
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let cpu = leaf7.edx >> 24 & 1 == 1 && leaf7.edx >> 25 & 1 == 1;
+        cpu && has_avx512vnni() && request_tile_data()
+    })
+}
+
+/// Asks the kernel for the AMX tile-data state; true if granted.
+#[cfg(target_os = "linux")]
+fn request_tile_data() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM takes two integers and touches no memory of
+    // ours; a kernel without AMX support returns an error, which means "no".
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+/// Other systems: the tile state is never requested, so the tier is not used.
+#[cfg(not(target_os = "linux"))]
+fn request_tile_data() -> bool {
+    false
 }
 
 /// True if the CPU has F16C (`vcvtph2ps`), which the `avx2` tier's fp16 GEMM needs.

@@ -1,0 +1,249 @@
+//! The AMX tier of the int8 GEMM: `tdpbusd` on tiles of 16 rows x 64 bytes.
+//!
+//! A block runs in tiles of 32 rows x 32 columns (one weight panel): two A tiles (16 rows x 64
+//! K bytes, loaded straight from the rows of A), two B tiles (16 K groups x 16 columns x 4 bytes
+//! of the panel, VNNI's layout read with the panel's 128-byte row stride) and four C tiles of
+//! i32 sums. Panels are packed with K zero-padded to a multiple of 64 (`Kernel::k_block`), so the
+//! last K step reads whole B tiles; its A bytes come from a zero-padded copy of the rows' tails,
+//! so no load passes the end of a row. The sums are exact (wrapping i32, as on every tier); the C
+//! tiles are stored to a small buffer and go through the VNNI tier's output stage. Rows below the
+//! last whole 16 of a block (and blocks of fewer than 16 rows, such as recurrent steps) run the
+//! VNNI kernel.
+//!
+//! Tile registers: `tmm0..tmm3` hold C (`tmm(2 * r + c)` for row tile `r`, column tile `c`),
+//! `tmm4`/`tmm5` the A tiles, `tmm6`/`tmm7` the B tiles. The instructions are written with `asm!`
+//! (the assembler knows them whatever the target features); each block configures the tiles on
+//! its thread and releases them when done.
+
+use std::arch::asm;
+
+use crate::gemm::kernel::{Block, Epi, Kernel, store_row};
+use crate::gemm::tier::Tier;
+use crate::x86::gemm::{Vnni, block_vnni, depthwise_avx512};
+
+/// Rows of a tile.
+const TILE_ROWS: usize = 16;
+/// Bytes of a tile row: 64 K values of A, 16 K groups x 4 of B, 16 i32 of C.
+const TILE_BYTES: usize = 64;
+/// Columns per weight panel: two C tiles side by side.
+const NR: usize = 32;
+/// Bytes per K group row of a panel (`NR` columns x 4).
+const PANEL_ROW: usize = NR * 4;
+
+/// AMX: 32 x 32 tiles, K padded to 64.
+pub(crate) const AMX: Kernel =
+    Kernel { mr: 2 * TILE_ROWS, nr: NR, k_block: TILE_BYTES, block: block_amx, depthwise: depthwise_avx512 };
+
+/// The tile configuration: palette 1, tiles 0..8 of 16 rows x 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+const CONFIG: TileConfig = {
+    let mut c = [0u8; 64];
+    c[0] = 1;
+    let mut t = 0;
+    while t < 8 {
+        // Bytes per row (`colsb`, u16 at 16 + 2t) and rows (u8 at 48 + t) of tile t.
+        c[16 + 2 * t] = TILE_BYTES as u8;
+        c[48 + t] = TILE_ROWS as u8;
+        t += 1;
+    }
+    TileConfig(c)
+};
+
+/// This thread's tiles, configured; released on drop.
+struct Tiles;
+
+impl Tiles {
+    /// Loads [`CONFIG`] (which zeroes every tile).
+    ///
+    /// # Safety
+    /// The CPU has AMX-TILE and the OS granted this process the tile data (`Isa::Amx` supported).
+    unsafe fn configure() -> Tiles {
+        // SAFETY: the caller guarantees AMX; `CONFIG` is a valid 64-byte, 64-aligned palette-1
+        // configuration, only read.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags)) };
+        Tiles
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: a `Tiles` exists only after `configure` ran on this thread, on an AMX CPU;
+        // releasing returns the tiles to their initial state.
+        unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+    }
+}
+
+/// `tileloadd tmm$t, [p + stride]`: 16 rows of 64 bytes, row `i` at `p + i * stride`.
+macro_rules! tile_load {
+    ($t:literal, $p:expr, $stride:expr) => {
+        asm!(
+            concat!("tileloadd tmm", $t, ", [{p} + {s}*1]"),
+            p = in(reg) $p,
+            s = in(reg) $stride,
+            options(nostack, readonly, preserves_flags),
+        )
+    };
+}
+
+/// `tdpbusd tmm$c, tmm$a, tmm$b`: `C[i][j] += Σ_k u8 A[i][4j'..] * i8 B[k][j]`, wrapping i32.
+macro_rules! tile_dot {
+    ($c:literal, $a:literal, $b:literal) => {
+        asm!(concat!("tdpbusd tmm", $c, ", tmm", $a, ", tmm", $b), options(nostack, nomem, preserves_flags),)
+    };
+}
+
+/// `tilestored [p + stride], tmm$t`.
+macro_rules! tile_store {
+    ($t:literal, $p:expr, $stride:expr) => {
+        asm!(
+            concat!("tilestored [{p} + {s}*1], tmm", $t),
+            p = in(reg) $p,
+            s = in(reg) $stride,
+            options(nostack, preserves_flags),
+        )
+    };
+}
+
+/// The i32 sums of one 32 x 32 tile, row-major.
+#[repr(C, align(64))]
+struct Sums([i32; 2 * TILE_ROWS * NR]);
+
+/// The last partial K step of 32 rows, zero-padded to 64 bytes per row.
+#[repr(C, align(64))]
+struct Tails([u8; 2 * TILE_ROWS * TILE_BYTES]);
+
+/// One GEMM block on AMX: whole 16-row tiles here, the remaining rows on VNNI.
+///
+/// # Safety
+/// The CPU supports `Isa::Amx`; `blk` and `epi` are valid as documented on their types; the
+/// weights were packed for [`AMX`] (32-column panels, K padded to 64).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
+unsafe fn block_amx(blk: &Block, epi: &Epi) {
+    let tiled = blk.rows / TILE_ROWS * TILE_ROWS;
+    if tiled > 0 {
+        // SAFETY: the caller guarantees AMX.
+        let _tiles = unsafe { Tiles::configure() };
+        let mut sums = Sums([0; 2 * TILE_ROWS * NR]);
+        let mut tails = Tails([0; 2 * TILE_ROWS * TILE_BYTES]);
+        let mut r = 0;
+        while r < tiled {
+            // SAFETY: rows r..r + 16 * R exist in the block; the rest is the caller's contract.
+            unsafe {
+                if r + 2 * TILE_ROWS <= tiled {
+                    row_tiles::<2>(blk, epi, r, &mut tails, &mut sums);
+                    r += 2 * TILE_ROWS;
+                } else {
+                    row_tiles::<1>(blk, epi, r, &mut tails, &mut sums);
+                    r += TILE_ROWS;
+                }
+            }
+        }
+    }
+    if tiled < blk.rows {
+        let rest = Block {
+            a: blk.a.wrapping_add(tiled * blk.lda),
+            lda: blk.lda,
+            rows: blk.rows - tiled,
+            k: blk.k,
+            panels: blk.panels,
+            panel_stride: blk.panel_stride,
+            npanels: blk.npanels,
+            n0: blk.n0,
+            n_end: blk.n_end,
+            rowsums: if blk.rowsums.is_null() { blk.rowsums } else { blk.rowsums.wrapping_add(tiled) },
+            out: blk.out.wrapping_add(tiled * blk.ldc),
+            ldc: blk.ldc,
+        };
+        // SAFETY: the remaining rows of the same block, with their row sums and output rows;
+        // VNNI reads the first ceil(k / 4) groups of each (longer) panel.
+        unsafe { block_vnni(&rest, epi) };
+    }
+}
+
+/// Rows `row0..row0 + 16 * R` of the block against every panel.
+///
+/// # Safety
+/// As for [`block_amx`], with the tiles configured and `row0 + 16 * R <= blk.rows`.
+#[inline(always)]
+unsafe fn row_tiles<const R: usize>(blk: &Block, epi: &Epi, row0: usize, tails: &mut Tails, sums: &mut Sums) {
+    let steps = blk.k / TILE_BYTES;
+    let tail = blk.k % TILE_BYTES;
+    // SAFETY: rows row0..row0 + 16R exist (pointer arithmetic only).
+    let a = unsafe { blk.a.add(row0 * blk.lda) };
+    if tail > 0 {
+        for i in 0..R * TILE_ROWS {
+            let dst = &mut tails.0[i * TILE_BYTES..(i + 1) * TILE_BYTES];
+            // SAFETY: row row0 + i has `k` readable bytes, the last `tail` of them from here.
+            let src = unsafe { std::slice::from_raw_parts(a.add(i * blk.lda + steps * TILE_BYTES), tail) };
+            dst[..tail].copy_from_slice(src);
+            dst[tail..].fill(0);
+        }
+    }
+    let a_tile1 = TILE_ROWS * blk.lda;
+    let sums_ptr = sums.0.as_mut_ptr();
+    let c_stride = NR * 4;
+    for p in 0..blk.npanels {
+        // SAFETY: p < npanels: the panel lies in the packed weights, with `steps` (+ 1 when
+        // `tail > 0`) whole K steps of 16 groups x PANEL_ROW bytes (K padded to 64); the A rows
+        // have `steps * 64` readable bytes, the tails buffer 64 per row; the sums buffer holds
+        // 32 rows of NR i32; the tiles are configured.
+        unsafe {
+            let bp = blk.panels.add(p * blk.panel_stride);
+            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem, preserves_flags));
+            if R == 2 {
+                asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem, preserves_flags));
+            }
+            for s in 0..steps {
+                let a0 = a.add(s * TILE_BYTES);
+                let b0 = bp.add(s * TILE_ROWS * PANEL_ROW);
+                tile_load!(4, a0, blk.lda);
+                tile_load!(6, b0, PANEL_ROW);
+                tile_load!(7, b0.add(TILE_BYTES), PANEL_ROW);
+                tile_dot!(0, 4, 6);
+                tile_dot!(1, 4, 7);
+                if R == 2 {
+                    tile_load!(5, a0.add(a_tile1), blk.lda);
+                    tile_dot!(2, 5, 6);
+                    tile_dot!(3, 5, 7);
+                }
+            }
+            if tail > 0 {
+                let t0 = tails.0.as_ptr();
+                let b0 = bp.add(steps * TILE_ROWS * PANEL_ROW);
+                tile_load!(4, t0, TILE_BYTES);
+                tile_load!(6, b0, PANEL_ROW);
+                tile_load!(7, b0.add(TILE_BYTES), PANEL_ROW);
+                tile_dot!(0, 4, 6);
+                tile_dot!(1, 4, 7);
+                if R == 2 {
+                    tile_load!(5, t0.add(TILE_ROWS * TILE_BYTES), TILE_BYTES);
+                    tile_dot!(2, 5, 6);
+                    tile_dot!(3, 5, 7);
+                }
+            }
+            tile_store!(0, sums_ptr, c_stride);
+            tile_store!(1, sums_ptr.add(TILE_ROWS), c_stride);
+            if R == 2 {
+                tile_store!(2, sums_ptr.add(TILE_ROWS * NR), c_stride);
+                tile_store!(3, sums_ptr.add(TILE_ROWS * NR + TILE_ROWS), c_stride);
+            }
+        }
+        let n = blk.n0 + p * NR;
+        let cols = blk.n_end.saturating_sub(n).min(NR);
+        // SAFETY: the epilogue arrays are padded past every panel column; the sums buffer holds
+        // 16R rows of NR i32; AVX-512 is enabled; rows row0 + i < rows.
+        unsafe {
+            let col_term = [Vnni::load_i32(epi.col_term.add(n)), Vnni::load_i32(epi.col_term.add(n + 16))];
+            for i in 0..R * TILE_ROWS {
+                let row = sums_ptr.add(i * NR).cast_const();
+                let acc = [
+                    Vnni::add(Vnni::load_i32(row), col_term[0]),
+                    Vnni::add(Vnni::load_i32(row.add(16)), col_term[1]),
+                ];
+                store_row::<Vnni, 2>(blk, epi, row0 + i, n, &acc, cols);
+            }
+        }
+    }
+}
