@@ -1,4 +1,5 @@
-//! This CPU's peaks, measured in the same run as the benchmarks: int8 `vpdpbusd` (AVX-512 VNNI),
+//! This CPU's peaks, measured in the same run as the benchmarks: int8 `tdpbusd` (AMX-INT8), int8
+//! `vpdpbusd` (AVX-512 VNNI),
 //! int8 `vpmaddubsw` (AVX2), f32 FMA, and copy bandwidth, on one and two cores. Each compute loop
 //! keeps enough independent accumulators to cover the instruction latency, like the C loops in
 //! `../shared/reference/ubench/`.
@@ -10,6 +11,8 @@ use serde::Serialize;
 /// Measured peaks, per core for compute, per thread count for copy.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Peaks {
+    /// int8 GOPS per core with AMX `tdpbusd`, if the CPU and OS give this process AMX tiles.
+    pub int8_amx_gops: Option<f64>,
     /// int8 GOPS per core with `vpdpbusd` zmm, if the CPU has AVX-512 VNNI.
     pub int8_vnni_gops: Option<f64>,
     /// int8 GOPS per core with `vpmaddubsw` + `vpmaddwd` + `vpaddd` ymm, if the CPU has AVX2.
@@ -30,6 +33,7 @@ const ITERATIONS: u64 = 1 << 22;
 /// timings are interference from the clock ramping up or a busy neighbour).
 pub fn measure() -> Peaks {
     Peaks {
+        int8_amx_gops: x86::amx_gops(),
         int8_vnni_gops: x86::vnni_gops(),
         int8_avx2_gops: x86::avx2_int8_gops(),
         f32_fma_gflops: x86::fma_gflops(),
@@ -46,6 +50,7 @@ impl Peaks {
             (a, b) => a.or(b),
         };
         Peaks {
+            int8_amx_gops: best(self.int8_amx_gops, other.int8_amx_gops),
             int8_vnni_gops: best(self.int8_vnni_gops, other.int8_vnni_gops),
             int8_avx2_gops: best(self.int8_avx2_gops, other.int8_avx2_gops),
             f32_fma_gflops: best(self.f32_fma_gflops, other.f32_fma_gflops),
@@ -95,6 +100,46 @@ mod x86 {
         let supported = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
         // SAFETY: the features the function is compiled for were detected on this CPU just above.
         supported.then(|| best_rate(|| unsafe { vnni_loop(ITERATIONS) }))
+    }
+
+    pub fn amx_gops() -> Option<f64> {
+        // Asking whether the tier is supported also asks the OS for the tile state.
+        let supported = qkernels::Isa::Amx.is_supported();
+        // SAFETY: AMX-TILE and AMX-INT8 were detected and the tile state granted just above.
+        supported.then(|| best_rate(|| unsafe { amx_loop(ITERATIONS / 8) }))
+    }
+
+    /// `tdpbusd` on four accumulator tiles of 16 x 64 bytes: 16 x 16 x 64 u8 x s8 multiply-adds
+    /// per instruction (the tiles hold whatever `ldtilecfg` leaves: zeros).
+    ///
+    /// # Safety
+    /// The CPU has AMX-INT8 and the OS granted this process the tile data.
+    unsafe fn amx_loop(n: u64) -> f64 {
+        /// Palette 1, tiles 0..8 of 16 rows x 64 bytes.
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut config = Config([0; 64]);
+        config.0[0] = 1;
+        for t in 0..8 {
+            config.0[16 + 2 * t] = 64;
+            config.0[48 + t] = 16;
+        }
+        // SAFETY: the caller guarantees AMX; the configuration is 64 valid, aligned bytes; the
+        // loop touches only tile registers, released at the end.
+        unsafe {
+            std::arch::asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly));
+            for _ in 0..black_box(n) {
+                std::arch::asm!(
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tdpbusd tmm1, tmm4, tmm7",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    options(nostack, nomem),
+                );
+            }
+            std::arch::asm!("tilerelease", options(nostack, nomem));
+        }
+        (n as usize * 4 * 16 * 16 * 64 * 2) as f64
     }
 
     pub fn avx2_int8_gops() -> Option<f64> {
@@ -160,6 +205,9 @@ mod x86 {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
+    pub fn amx_gops() -> Option<f64> {
+        None
+    }
     pub fn vnni_gops() -> Option<f64> {
         None
     }

@@ -58,7 +58,8 @@ impl Report {
         let _ = writeln!(out, "{} | {} | qkernels tier: {}", self.date, self.cpu, self.isa);
         let _ = writeln!(
             out,
-            "peaks per core: int8 vpdpbusd {} GOPS, int8 vpmaddubsw {} GOPS, f32 FMA {} GFLOPS; copy {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)",
+            "peaks per core: int8 tdpbusd {} GOPS, int8 vpdpbusd {} GOPS, int8 vpmaddubsw {} GOPS, f32 FMA {} GFLOPS; copy {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)",
+            show(p.int8_amx_gops),
             show(p.int8_vnni_gops),
             show(p.int8_avx2_gops),
             show(p.f32_fma_gflops),
@@ -115,6 +116,7 @@ fn row(r: &BenchResult, peaks: &Peaks, isa: Isa, torch: &TorchTimes) -> Row {
                 peaks.f32_fma_gflops
             } else {
                 match isa {
+                    Isa::Amx => peaks.int8_amx_gops,
                     Isa::Avx512Vnni => peaks.int8_vnni_gops,
                     Isa::Avx2 | Isa::Avx512 => peaks.int8_avx2_gops,
                     // Scalar, and tiers of other architectures.
@@ -212,6 +214,7 @@ mod tests {
     #[test]
     fn rows_compare_with_the_right_peak() {
         let peaks = Peaks {
+            int8_amx_gops: Some(3200.0),
             int8_vnni_gops: Some(400.0),
             int8_avx2_gops: Some(200.0),
             f32_fma_gflops: Some(100.0),

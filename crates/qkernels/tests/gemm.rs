@@ -165,6 +165,12 @@ fn battery_of_edge_shapes_on_every_tier() {
         (17, 64, 576),
         (5, 48, 256),
         (64, 96, 130),
+        // AMX tiles (K >= 128, N >= 32): one and two row tiles, row tails, partial K steps.
+        (16, 32, 128),
+        (31, 33, 191),
+        (48, 64, 256),
+        (70, 100, 129),
+        (32, 32, 323),
     ];
     for &(m, n, k) in &shapes {
         for w_zp in [false, true] {

@@ -574,23 +574,32 @@ impl ASource for Im2col {
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short runs of im2col, inline: overlapping 8-byte moves
-/// instead of a `memcpy` call.
+/// `dst.copy_from_slice(src)` for the runs of im2col (one tap's channels, or a kernel row's),
+/// inline: overlapping 8-byte moves below 64 bytes, 64-byte moves up to 4 KiB, instead of a
+/// `memcpy` call per run.
 #[inline(always)]
 fn copy_small(dst: &mut [u8], src: &[u8]) {
     let len = dst.len().min(src.len());
-    if !(8..=64).contains(&len) {
-        dst[..len].copy_from_slice(&src[..len]);
-        return;
+    match len {
+        8..64 => copy_chunks::<8>(&mut dst[..len], &src[..len]),
+        64..=4096 => copy_chunks::<64>(&mut dst[..len], &src[..len]),
+        _ => dst[..len].copy_from_slice(&src[..len]),
     }
-    let mut i = 0;
+}
+
+/// Copies `src` (at least `W` bytes, as long as `dst`) in `W`-byte moves, the last one
+/// overlapping its predecessor.
+#[inline(always)]
+fn copy_chunks<const W: usize>(dst: &mut [u8], src: &[u8]) {
+    let len = dst.len();
+    let mut at = 0;
     loop {
-        let at = i.min(len - 8);
-        let chunk: [u8; 8] = src[at..at + 8].try_into().unwrap_or([0; 8]);
-        dst[at..at + 8].copy_from_slice(&chunk);
-        if at + 8 >= len {
+        let start = at.min(len - W);
+        let chunk: [u8; W] = src[start..start + W].try_into().unwrap_or([0; W]);
+        dst[start..start + W].copy_from_slice(&chunk);
+        if start + W >= len {
             break;
         }
-        i += 8;
+        at += W;
     }
 }

@@ -200,8 +200,8 @@ unsafe fn row_tiles<const R: usize>(blk: &Block, epi: &Epi, row0: usize, tails: 
                 let b0 = bp.add(s * TILE_ROWS * PANEL_ROW);
                 tile_load!(4, a0, blk.lda);
                 tile_load!(6, b0, PANEL_ROW);
-                tile_load!(7, b0.add(TILE_BYTES), PANEL_ROW);
                 tile_dot!(0, 4, 6);
+                tile_load!(7, b0.add(TILE_BYTES), PANEL_ROW);
                 tile_dot!(1, 4, 7);
                 if R == 2 {
                     tile_load!(5, a0.add(a_tile1), blk.lda);
