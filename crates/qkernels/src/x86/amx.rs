@@ -6,9 +6,10 @@
 //! i32 sums. Panels are packed with K zero-padded to a multiple of 64 (`Kernel::k_block`), so the
 //! last K step reads whole B tiles; its A bytes come from a zero-padded copy of the rows' tails,
 //! so no load passes the end of a row. The sums are exact (wrapping i32, as on every tier); the C
-//! tiles are stored to a small buffer and go through the VNNI tier's output stage. Rows below the
-//! last whole 16 of a block (and blocks of fewer than 16 rows, such as recurrent steps) run the
-//! VNNI kernel.
+//! tiles are stored to a small buffer and go through the VNNI tier's output stage. The rows past
+//! the last whole pair of row tiles are covered by tiles ending at the block's last row, which
+//! overlap rows already done (recomputed to the same values: integer sums, the same output
+//! stage). Blocks of fewer than 16 rows (recurrent steps, say) run the VNNI kernel.
 //!
 //! Tile registers: `tmm0..tmm3` hold C (`tmm(2 * r + c)` for row tile `r`, column tile `c`),
 //! `tmm4`/`tmm5` the A tiles, `tmm6`/`tmm7` the B tiles. The instructions are written with `asm!`
@@ -114,51 +115,43 @@ struct Sums([i32; 2 * TILE_ROWS * NR]);
 #[repr(C, align(64))]
 struct Tails([u8; 2 * TILE_ROWS * TILE_BYTES]);
 
-/// One GEMM block on AMX: whole 16-row tiles here, the remaining rows on VNNI.
+/// One GEMM block on AMX (blocks of fewer than 16 rows on VNNI).
 ///
 /// # Safety
 /// The CPU supports `Isa::Amx`; `blk` and `epi` are valid as documented on their types; the
 /// weights were packed for [`AMX`] (32-column panels, K padded to 64).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
 unsafe fn block_amx(blk: &Block, epi: &Epi) {
-    let tiled = blk.rows / TILE_ROWS * TILE_ROWS;
-    if tiled > 0 {
-        // SAFETY: the caller guarantees AMX.
-        let _tiles = unsafe { Tiles::configure() };
-        let mut sums = Sums([0; 2 * TILE_ROWS * NR]);
-        let mut tails = Tails([0; 2 * TILE_ROWS * TILE_BYTES]);
+    if blk.rows < TILE_ROWS {
+        // SAFETY: the caller's contract; VNNI reads the first ceil(k / 4) groups of each (longer)
+        // panel.
+        unsafe { block_vnni(blk, epi) };
+        return;
+    }
+    // SAFETY: the caller guarantees AMX.
+    let _tiles = unsafe { Tiles::configure() };
+    let mut sums = Sums([0; 2 * TILE_ROWS * NR]);
+    let mut tails = Tails([0; 2 * TILE_ROWS * TILE_BYTES]);
+    let rows = blk.rows;
+    // Pairs of row tiles, then the rows left (fewer than 32) by tiles that end at the last row,
+    // overlapping rows already done: those are recomputed to the same values and stored again.
+    // SAFETY (every call): each tile's rows lie in 0..rows; the rest is the caller's contract.
+    unsafe {
         let mut r = 0;
-        while r < tiled {
-            // SAFETY: rows r..r + 16 * R exist in the block; the rest is the caller's contract.
-            unsafe {
-                if r + 2 * TILE_ROWS <= tiled {
-                    row_tiles::<2>(blk, epi, r, &mut tails, &mut sums);
-                    r += 2 * TILE_ROWS;
-                } else {
-                    row_tiles::<1>(blk, epi, r, &mut tails, &mut sums);
-                    r += TILE_ROWS;
+        while r + 2 * TILE_ROWS <= rows {
+            row_tiles::<2>(blk, epi, r, &mut tails, &mut sums);
+            r += 2 * TILE_ROWS;
+        }
+        if r < rows {
+            if rows >= 2 * TILE_ROWS {
+                row_tiles::<2>(blk, epi, rows - 2 * TILE_ROWS, &mut tails, &mut sums);
+            } else {
+                row_tiles::<1>(blk, epi, 0, &mut tails, &mut sums);
+                if rows > TILE_ROWS {
+                    row_tiles::<1>(blk, epi, rows - TILE_ROWS, &mut tails, &mut sums);
                 }
             }
         }
-    }
-    if tiled < blk.rows {
-        let rest = Block {
-            a: blk.a.wrapping_add(tiled * blk.lda),
-            lda: blk.lda,
-            rows: blk.rows - tiled,
-            k: blk.k,
-            panels: blk.panels,
-            panel_stride: blk.panel_stride,
-            npanels: blk.npanels,
-            n0: blk.n0,
-            n_end: blk.n_end,
-            rowsums: if blk.rowsums.is_null() { blk.rowsums } else { blk.rowsums.wrapping_add(tiled) },
-            out: blk.out.wrapping_add(tiled * blk.ldc),
-            ldc: blk.ldc,
-        };
-        // SAFETY: the remaining rows of the same block, with their row sums and output rows;
-        // VNNI reads the first ceil(k / 4) groups of each (longer) panel.
-        unsafe { block_vnni(&rest, epi) };
     }
 }
 
