@@ -15,6 +15,7 @@
 mod dispatch;
 
 mod error;
+mod small_copy;
 mod util;
 #[cfg(target_arch = "x86_64")]
 mod x86;

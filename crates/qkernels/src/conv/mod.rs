@@ -21,6 +21,7 @@ use crate::gemm::{
     self, ASource, Channels, DirectA, DwJob, Output, OutputPipeline, PackedWeights, SharedEpi, SharedOut,
     WeightQParams, mul, nonzero, split_count, split_part, with_scratch,
 };
+use crate::small_copy::{copy_small, fill_small};
 use crate::util::check_len;
 use crate::{Isa, KernelError, KernelResult};
 use rayon::prelude::*;
@@ -493,8 +494,17 @@ impl ASource for Im2col {
                 }
             }
             let row = &mut buf[i * lda..i * lda + lda];
-            let x0 = (x * self.stride[2]).checked_sub(self.pad[2]).filter(|&x0| x0 + kw_len <= iw);
-            if let (true, Some(x0)) = (runs && nrows <= MAX_ROWS, x0) {
+            // The kernel columns kx_lo..kx_hi of this pixel fall inside the input (one run of
+            // input pixels from column x_lo); the others are zero padding, or mirrored (reflect,
+            // left to the general path).
+            let xs = (x * self.stride[2]) as isize - self.pad[2] as isize;
+            let kx_lo = (-xs).clamp(0, kw_len as isize) as usize;
+            let kx_hi = (iw as isize - xs).clamp(0, kw_len as isize) as usize;
+            let whole = kx_lo == 0 && kx_hi == kw_len;
+            // The first input column of a kernel row that lies wholly inside the input.
+            let x0 = whole.then_some(xs as usize);
+            if runs && nrows <= MAX_ROWS && kx_lo < kx_hi && (whole || !self.reflect) {
+                let x_lo = (xs + kx_lo as isize) as usize;
                 // The input rows of this output row's kernel rows, computed once per output row.
                 if cached != Some((b, z, y)) {
                     cached = Some((b, z, y));
@@ -518,16 +528,28 @@ impl ASource for Im2col {
                     }
                 }
                 let len = kw_len * c;
+                let (lo, hi) = (kx_lo * c, kx_hi * c);
                 for (r, dst) in kernel_rows[..nrows].iter().zip(row.chunks_exact_mut(len)) {
                     match r {
-                        Some(base) => {
-                            // SAFETY: pixels x0..x0 + kw of an input row inside the input (tap_coord
-                            // returned its coordinates), each with `c` channels.
+                        Some(base) if whole => {
+                            // SAFETY: pixels x_lo..x_lo + kw of an input row inside the input
+                            // (tap_coord returned its coordinates), each with `c` channels.
                             let src =
-                                unsafe { std::slice::from_raw_parts(self.input.add(base + x0 * c), len) };
+                                unsafe { std::slice::from_raw_parts(self.input.add(base + x_lo * c), len) };
                             copy_small(dst, src);
                         }
-                        None => dst.fill(self.za),
+                        Some(base) => {
+                            // SAFETY: pixels x_lo..x_lo + (kx_hi - kx_lo) of an input row inside
+                            // the input (tap_coord returned its coordinates; the columns lie in
+                            // 0..iw by construction), each with `c` channels.
+                            let src = unsafe {
+                                std::slice::from_raw_parts(self.input.add(base + x_lo * c), hi - lo)
+                            };
+                            copy_small(&mut dst[lo..hi], src);
+                            fill_small(&mut dst[..lo], self.za);
+                            fill_small(&mut dst[hi..], self.za);
+                        }
+                        None => fill_small(dst, self.za),
                     }
                 }
                 x += 1;
@@ -562,7 +584,7 @@ impl ASource for Im2col {
                                 let src = unsafe { std::slice::from_raw_parts(self.input.add(off), cg) };
                                 copy_small(dst, src);
                             }
-                            _ => dst.fill(self.za),
+                            _ => fill_small(dst, self.za),
                         }
                         pos += cg;
                     }
@@ -571,35 +593,5 @@ impl ASource for Im2col {
             x += 1;
         }
         (buf.as_ptr(), lda)
-    }
-}
-
-/// `dst.copy_from_slice(src)` for the runs of im2col (one tap's channels, or a kernel row's),
-/// inline: overlapping 8-byte moves below 64 bytes, 64-byte moves up to 4 KiB, instead of a
-/// `memcpy` call per run.
-#[inline(always)]
-fn copy_small(dst: &mut [u8], src: &[u8]) {
-    let len = dst.len().min(src.len());
-    match len {
-        8..64 => copy_chunks::<8>(&mut dst[..len], &src[..len]),
-        64..=4096 => copy_chunks::<64>(&mut dst[..len], &src[..len]),
-        _ => dst[..len].copy_from_slice(&src[..len]),
-    }
-}
-
-/// Copies `src` (at least `W` bytes, as long as `dst`) in `W`-byte moves, the last one
-/// overlapping its predecessor.
-#[inline(always)]
-fn copy_chunks<const W: usize>(dst: &mut [u8], src: &[u8]) {
-    let len = dst.len();
-    let mut at = 0;
-    loop {
-        let start = at.min(len - W);
-        let chunk: [u8; W] = src[start..start + W].try_into().unwrap_or([0; W]);
-        dst[start..start + W].copy_from_slice(&chunk);
-        if start + W >= len {
-            break;
-        }
-        at += W;
     }
 }

@@ -20,6 +20,7 @@ use std::arch::asm;
 
 use crate::gemm::kernel::{Block, Epi, Kernel, store_row};
 use crate::gemm::tier::Tier;
+use crate::small_copy::{copy_small, fill_small};
 use crate::x86::gemm::{Vnni, block_vnni, depthwise_avx512};
 
 /// Rows of a tile.
@@ -130,8 +131,11 @@ unsafe fn block_amx(blk: &Block, epi: &Epi) {
     }
     // SAFETY: the caller guarantees AMX.
     let _tiles = unsafe { Tiles::configure() };
-    let mut sums = Sums([0; 2 * TILE_ROWS * NR]);
-    let mut tails = Tails([0; 2 * TILE_ROWS * TILE_BYTES]);
+    // The sums are written by tile stores before they are read (through the pointer only), so
+    // they are left uninitialised; the tails buffer exists only when K has a partial step.
+    let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
+    let sums = sums.as_mut_ptr().cast::<i32>();
+    let mut tails = (blk.k % TILE_BYTES != 0).then(|| Tails([0; 2 * TILE_ROWS * TILE_BYTES]));
     let rows = blk.rows;
     // Pairs of row tiles, then the rows left (fewer than 32) by tiles that end at the last row,
     // overlapping rows already done: those are recomputed to the same values and stored again.
@@ -139,16 +143,16 @@ unsafe fn block_amx(blk: &Block, epi: &Epi) {
     unsafe {
         let mut r = 0;
         while r + 2 * TILE_ROWS <= rows {
-            row_tiles::<2>(blk, epi, r, &mut tails, &mut sums);
+            row_tiles::<2>(blk, epi, r, tails.as_mut(), sums);
             r += 2 * TILE_ROWS;
         }
         if r < rows {
             if rows >= 2 * TILE_ROWS {
-                row_tiles::<2>(blk, epi, rows - 2 * TILE_ROWS, &mut tails, &mut sums);
+                row_tiles::<2>(blk, epi, rows - 2 * TILE_ROWS, tails.as_mut(), sums);
             } else {
-                row_tiles::<1>(blk, epi, 0, &mut tails, &mut sums);
+                row_tiles::<1>(blk, epi, 0, tails.as_mut(), sums);
                 if rows > TILE_ROWS {
-                    row_tiles::<1>(blk, epi, rows - TILE_ROWS, &mut tails, &mut sums);
+                    row_tiles::<1>(blk, epi, rows - TILE_ROWS, tails.as_mut(), sums);
                 }
             }
         }
@@ -158,24 +162,31 @@ unsafe fn block_amx(blk: &Block, epi: &Epi) {
 /// Rows `row0..row0 + 16 * R` of the block against every panel.
 ///
 /// # Safety
-/// As for [`block_amx`], with the tiles configured and `row0 + 16 * R <= blk.rows`.
+/// As for [`block_amx`], with the tiles configured, `row0 + 16 * R <= blk.rows`, `tails` given
+/// when `blk.k % 64 != 0`, and `sums` valid for writes and reads of [`Sums`].
 #[inline(always)]
-unsafe fn row_tiles<const R: usize>(blk: &Block, epi: &Epi, row0: usize, tails: &mut Tails, sums: &mut Sums) {
+unsafe fn row_tiles<const R: usize>(
+    blk: &Block,
+    epi: &Epi,
+    row0: usize,
+    tails: Option<&mut Tails>,
+    sums: *mut i32,
+) {
     let steps = blk.k / TILE_BYTES;
     let tail = blk.k % TILE_BYTES;
     // SAFETY: rows row0..row0 + 16R exist (pointer arithmetic only).
     let a = unsafe { blk.a.add(row0 * blk.lda) };
-    if tail > 0 {
+    let tails = tails.map(|t| {
         for i in 0..R * TILE_ROWS {
-            let dst = &mut tails.0[i * TILE_BYTES..(i + 1) * TILE_BYTES];
+            let dst = &mut t.0[i * TILE_BYTES..(i + 1) * TILE_BYTES];
             // SAFETY: row row0 + i has `k` readable bytes, the last `tail` of them from here.
             let src = unsafe { std::slice::from_raw_parts(a.add(i * blk.lda + steps * TILE_BYTES), tail) };
-            dst[..tail].copy_from_slice(src);
-            dst[tail..].fill(0);
+            copy_small(&mut dst[..tail], src);
+            fill_small(&mut dst[tail..], 0);
         }
-    }
+        t.0.as_ptr()
+    });
     let a_tile1 = TILE_ROWS * blk.lda;
-    let sums_ptr = sums.0.as_mut_ptr();
     let c_stride = NR * 4;
     for p in 0..blk.npanels {
         // SAFETY: p < npanels: the panel lies in the packed weights, with `steps` (+ 1 when
@@ -202,8 +213,7 @@ unsafe fn row_tiles<const R: usize>(blk: &Block, epi: &Epi, row0: usize, tails: 
                     tile_dot!(3, 5, 7);
                 }
             }
-            if tail > 0 {
-                let t0 = tails.0.as_ptr();
+            if let Some(t0) = tails {
                 let b0 = bp.add(steps * TILE_ROWS * PANEL_ROW);
                 tile_load!(4, t0, TILE_BYTES);
                 tile_load!(6, b0, PANEL_ROW);
@@ -216,11 +226,11 @@ unsafe fn row_tiles<const R: usize>(blk: &Block, epi: &Epi, row0: usize, tails: 
                     tile_dot!(3, 5, 7);
                 }
             }
-            tile_store!(0, sums_ptr, c_stride);
-            tile_store!(1, sums_ptr.add(TILE_ROWS), c_stride);
+            tile_store!(0, sums, c_stride);
+            tile_store!(1, sums.add(TILE_ROWS), c_stride);
             if R == 2 {
-                tile_store!(2, sums_ptr.add(TILE_ROWS * NR), c_stride);
-                tile_store!(3, sums_ptr.add(TILE_ROWS * NR + TILE_ROWS), c_stride);
+                tile_store!(2, sums.add(TILE_ROWS * NR), c_stride);
+                tile_store!(3, sums.add(TILE_ROWS * NR + TILE_ROWS), c_stride);
             }
         }
         let n = blk.n0 + p * NR;
@@ -230,7 +240,7 @@ unsafe fn row_tiles<const R: usize>(blk: &Block, epi: &Epi, row0: usize, tails: 
         unsafe {
             let col_term = [Vnni::load_i32(epi.col_term.add(n)), Vnni::load_i32(epi.col_term.add(n + 16))];
             for i in 0..R * TILE_ROWS {
-                let row = sums_ptr.add(i * NR).cast_const();
+                let row = sums.add(i * NR).cast_const();
                 let acc = [
                     Vnni::add(Vnni::load_i32(row), col_term[0]),
                     Vnni::add(Vnni::load_i32(row.add(16)), col_term[1]),
