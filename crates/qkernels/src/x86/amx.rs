@@ -135,7 +135,8 @@ unsafe fn block_amx(blk: &Block, epi: &Epi) {
     // they are left uninitialised; the tails buffer exists only when K has a partial step.
     let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
     let sums = sums.as_mut_ptr().cast::<i32>();
-    let mut tails = (blk.k % TILE_BYTES != 0).then(|| Tails([0; 2 * TILE_ROWS * TILE_BYTES]));
+    let mut tails =
+        if blk.k.is_multiple_of(TILE_BYTES) { None } else { Some(Tails([0; 2 * TILE_ROWS * TILE_BYTES])) };
     let rows = blk.rows;
     // Pairs of row tiles, then the rows left (fewer than 32) by tiles that end at the last row,
     // overlapping rows already done: those are recomputed to the same values and stored again.
