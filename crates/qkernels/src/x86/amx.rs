@@ -140,7 +140,9 @@ unsafe fn block_amx(blk: &Block, epi: &Epi) {
     let rows = blk.rows;
     // Pairs of row tiles, then the rows left (fewer than 32) by tiles that end at the last row,
     // overlapping rows already done: those are recomputed to the same values and stored again.
-    // SAFETY (every call): each tile's rows lie in 0..rows; the rest is the caller's contract.
+    // SAFETY: each tile's rows lie in 0..rows (rows >= 16); the tiles are configured, the tails
+    // buffer exists when K has a partial step, `sums` points to a whole `Sums`; the rest is the
+    // caller's contract.
     unsafe {
         let mut r = 0;
         while r + 2 * TILE_ROWS <= rows {
