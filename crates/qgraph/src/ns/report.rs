@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 
+use super::output::{ModelOutput, OutputSum};
 use super::range::{Codes, RangeUse};
 use super::sqnr::{SqnrSum, compute_sqnr};
 use super::suite::{
@@ -73,6 +74,9 @@ pub struct Report {
     pub layers: Vec<Layer>,
     /// The name of the worst layer (see [`Report::worst_layer`]).
     pub worst: Option<String>,
+    /// The model's output against the float model's (free-running).
+    #[serde(default)]
+    pub output: Option<ModelOutput>,
 }
 
 impl Report {
@@ -114,7 +118,7 @@ impl Report {
 
 /// `Option<f64>` decibels in serde: `null`, a number, or `"inf"` / `"-inf"` / `"nan"` (JSON has
 /// no infinities).
-mod decibels {
+pub(super) mod decibels {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]
@@ -124,7 +128,7 @@ mod decibels {
         Text(String),
     }
 
-    pub(super) fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    pub(in crate::ns) fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
         match value {
             None => s.serialize_none(),
             Some(v) if v.is_finite() => s.serialize_some(&Db::Number(*v)),
@@ -132,7 +136,7 @@ mod decibels {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    pub(in crate::ns) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
         match Option::<Db>::deserialize(d)? {
             None => Ok(None),
             Some(Db::Number(v)) => Ok(Some(v)),
@@ -155,7 +159,7 @@ struct Accumulated {
 }
 
 /// A value's float tensors: itself, or a tuple's elements; none for indices.
-fn tensors(value: &Value) -> Vec<ArrayD<f32>> {
+pub(super) fn tensors(value: &Value) -> Vec<ArrayD<f32>> {
     match value {
         Value::Tuple(items) => items.iter().flat_map(tensors).collect(),
         Value::Int(_) => Vec::new(),
@@ -274,10 +278,15 @@ pub fn report(
     let paths: HashSet<String> = float_logged_paths(float.as_ref(), &allow).into_iter().collect();
     let mut order: Vec<String> = Vec::new();
     let mut layers: HashMap<String, Accumulated> = HashMap::new();
+    let mut output = OutputSum::default();
     for input in inputs {
         let one = std::slice::from_ref(input);
         let float_logs = run_logged(&mut float, &paths, &allow, one, None, true)?;
-        let free_log = run_logged(&mut quantized, &paths, &allow, one, None, false)?.outputs;
+        let free = run_logged(&mut quantized, &paths, &allow, one, None, false)?;
+        for (f, q) in float_logs.results.iter().zip(&free.results) {
+            output.add("ns::report: the model output", f, q)?;
+        }
+        let free_log = free.outputs;
         let matched = match_logs(float_logs.outputs, free_log);
 
         let mut queues: HashMap<String, VecDeque<Value>> = HashMap::new();
@@ -357,5 +366,5 @@ pub fn report(
             _ => Some((l, v)),
         })
         .map(|(l, _)| l.name.clone());
-    Ok(Report { inputs: inputs.len(), layers, worst })
+    Ok(Report { inputs: inputs.len(), layers, worst, output: Some(output.finish()) })
 }
