@@ -9,6 +9,12 @@
 //! and clamped), and compared with the float output: `20 log10(‖x‖ / ‖x − fq(x)‖)`. A point's
 //! choice then does not depend on the others', and one calibration per candidate is enough.
 //!
+//! The best range at every point is not always the best model: clipping changes what the
+//! following layers see, and the errors of different points add up differently. So the
+//! per-point mix is also checked as a whole: the model output's SQNR against float on the same
+//! inputs, for the mix and for each candidate used at every point, and the mapping returned is
+//! the best of these ([`Kept`]).
+//!
 //! ```no_run
 //! use qgraph::calibrator_choice::{Calibrator, choose_calibrators};
 //! # fn demo(fused: &dyn qgraph::Module, mapping: &qgraph::QConfigMapping,
@@ -28,11 +34,12 @@ use qobserve::{ObserverSpec, UniformArgs};
 use serde::{Deserialize, Serialize};
 
 use crate::mappings::Mappings;
-use crate::ns::SqnrSum;
+use crate::ns::{OutputSum, SqnrSum};
 use crate::qconfig::QConfig;
 use crate::workflow::Observed;
 use crate::{
-    GraphError, GraphResult, Module, PerTensor, QConfigMapping, Value, calibrate, debug, prepare_with,
+    GraphError, GraphResult, Module, PerTensor, QConfigMapping, Value, calibrate, convert_with, debug,
+    prepare_with,
 };
 
 /// A candidate activation calibrator. Each keeps the argument of the qconfig's own activation
@@ -129,11 +136,36 @@ pub struct CalibratorChoice {
     pub candidates: Vec<Calibrator>,
     /// The observer points, in module order.
     pub points: Vec<Point>,
-    /// The given mapping with each point's qconfig carrying its chosen activation observer.
+    /// The model output's SQNR (dB) against float on the inputs with each candidate at every
+    /// point, in candidate order.
+    pub uniform_sqnr: Vec<f64>,
+    /// The model output's SQNR (dB) with each point's best candidate ([`Point::chosen`]).
+    pub per_point_sqnr: f64,
+    /// What [`CalibratorChoice::mapping`] holds: the one with the best model output SQNR.
+    pub kept: Kept,
+    /// The given mapping with each point's qconfig carrying the activation observer of
+    /// [`CalibratorChoice::kept`].
     pub mapping: QConfigMapping,
 }
 
+/// Which assignment of calibrators [`choose_calibrators`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kept {
+    /// Each point's best candidate.
+    PerPoint,
+    /// One candidate (its index) at every point: its model output beat the per-point mix.
+    Uniform(usize),
+}
+
 impl CalibratorChoice {
+    /// The candidate [`CalibratorChoice::mapping`] gives the point at `index`.
+    pub fn kept_at(&self, index: usize) -> Calibrator {
+        match self.kept {
+            Kept::PerPoint => self.candidates[self.points[index].chosen],
+            Kept::Uniform(c) => self.candidates[c],
+        }
+    }
+
     /// How many points chose each candidate, in candidate order.
     pub fn counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.candidates.len()];
@@ -187,7 +219,25 @@ impl fmt::Display for CalibratorChoice {
             .filter(|(_, n)| *n > 0)
             .map(|(c, n)| format!("{} {n}", c.name()))
             .collect();
-        write!(f, "chosen: {} of {} points", chosen.join(", "), self.points.len())
+        writeln!(f, "chosen: {} of {} points", chosen.join(", "), self.points.len())?;
+        let uniform: Vec<String> = self
+            .candidates
+            .iter()
+            .zip(&self.uniform_sqnr)
+            .map(|(c, db)| format!("{} {}", c.name(), crate::ns::db_text(Some(*db))))
+            .collect();
+        writeln!(
+            f,
+            "model output SQNR dB: per point {}; one calibrator everywhere: {}",
+            crate::ns::db_text(Some(self.per_point_sqnr)),
+            uniform.join(", ")
+        )?;
+        match self.kept {
+            Kept::PerPoint => write!(f, "kept: the per-point choice"),
+            Kept::Uniform(c) => {
+                write!(f, "kept: {} everywhere (a better model output)", self.candidates[c].name())
+            }
+        }
     }
 }
 
@@ -229,8 +279,10 @@ fn add_fake_quant(
 /// model's output there on `inputs` with the highest SQNR (see the module docs).
 ///
 /// `float_model` is the float model after fusion. The returned mapping gives each point its
-/// qconfig with the chosen activation observer (other arguments kept); prepare, calibrate and
-/// convert with it. Errors: no candidates, no calibration or no inputs, and the workflow's.
+/// qconfig with the kept activation observer (other arguments kept): each point's best, unless
+/// one candidate at every point gives a better model output SQNR on `inputs` ([`Kept`]); prepare,
+/// calibrate and convert with it. Errors: no candidates, no calibration or no inputs, and the
+/// workflow's.
 pub fn choose_calibrators(
     float_model: &dyn Module,
     mapping: &QConfigMapping,
@@ -264,12 +316,28 @@ pub fn choose_calibrators(
         .collect();
     drop(base);
 
-    // The parameters each candidate chooses at each site (none where the site never ran).
+    // The model output against float on `inputs`, for a mapping.
+    let reference: Vec<Value> =
+        inputs.iter().map(|x| float_model.forward(x.clone())).collect::<GraphResult<_>>()?;
+    let output_sqnr = |prepared: &dyn Module| -> GraphResult<f64> {
+        let mut quantized = prepared.clone_module();
+        convert_with(&mut quantized, mappings)?;
+        let mut sum = OutputSum::default();
+        for (x, float) in inputs.iter().zip(&reference) {
+            sum.add(STEP, float, &quantized.forward(x.clone())?)?;
+        }
+        Ok(sum.finish().sqnr.unwrap_or(f64::NAN))
+    };
+
+    // The parameters each candidate chooses at each site (none where the site never ran), and
+    // the model output with the candidate everywhere.
     let mut params: Vec<Vec<Option<PerTensor>>> = Vec::with_capacity(candidates.len());
+    let mut uniform_sqnr = Vec::with_capacity(candidates.len());
     for &candidate in candidates {
         let mut prepared = float_model.clone_module();
         prepare_with(&mut prepared, &with_activations(mapping, &sites, |_| candidate), mappings)?;
         calibrate(prepared.as_ref(), calibration.iter().cloned(), |_, _| {})?;
+        uniform_sqnr.push(output_sqnr(prepared.as_ref())?);
         let chosen = sites
             .iter()
             .map(|site| {
@@ -329,6 +397,31 @@ pub fn choose_calibrators(
             Point { path: site.path.clone(), sqnr, chosen }
         })
         .collect();
-    let mapping = with_activations(mapping, &sites, |i| candidates[points[i].chosen]);
-    Ok(CalibratorChoice { candidates: candidates.to_vec(), points, mapping })
+    let per_point = with_activations(mapping, &sites, |i| candidates[points[i].chosen]);
+    let mut prepared = float_model.clone_module();
+    prepare_with(&mut prepared, &per_point, mappings)?;
+    calibrate(prepared.as_ref(), calibration.iter().cloned(), |_, _| {})?;
+    let per_point_sqnr = output_sqnr(prepared.as_ref())?;
+    // The best uniform candidate, if it beats the mix (the first of equals).
+    let best = uniform_sqnr.iter().enumerate().filter(|(_, db)| !db.is_nan()).fold(
+        None::<(usize, f64)>,
+        |best, (i, &db)| match best {
+            Some((_, b)) if b >= db => best,
+            _ => Some((i, db)),
+        },
+    );
+    let (kept, mapping) = match best {
+        Some((c, db)) if db > per_point_sqnr || per_point_sqnr.is_nan() => {
+            (Kept::Uniform(c), with_activations(mapping, &sites, |_| candidates[c]))
+        }
+        _ => (Kept::PerPoint, per_point),
+    };
+    Ok(CalibratorChoice {
+        candidates: candidates.to_vec(),
+        points,
+        uniform_sqnr,
+        per_point_sqnr,
+        kept,
+        mapping,
+    })
 }

@@ -9,7 +9,7 @@
 //! ```
 
 use ndarray::{ArrayD, IxDyn};
-use qgraph::calibrator_choice::{Calibrator, choose_calibrators};
+use qgraph::calibrator_choice::{Calibrator, Kept, choose_calibrators};
 use qgraph::fallback;
 use qgraph::mappings::Mappings;
 use qgraph::models::{deterministic_state_dict, random_f32s};
@@ -115,22 +115,31 @@ fn an_outlier_in_calibration_makes_clipping_calibrators_win() {
     }
     assert!((10.0 * (signal / noise).log10() - db(Calibrator::MinMax)).abs() < 1e-9, "{choice}");
 
-    // The chosen mapping prepares each point with its chosen observer.
+    // The returned mapping prepares each point with the kept observer.
     let mut prepared = float.clone_module();
     prepare(&mut prepared, &choice.mapping).unwrap();
-    for point in &choice.points {
+    for (i, point) in choice.points.iter().enumerate() {
         let observed = prepared.get(&point.path).unwrap().downcast_ref::<Observed>().unwrap();
-        assert_eq!(observed.qconfig().activation, Calibrator::ALL[point.chosen].spec(args), "{}", point.path);
+        assert_eq!(observed.qconfig().activation, choice.kept_at(i).spec(args), "{}", point.path);
     }
 
-    // The model output: the chosen calibrators against MinMax everywhere.
-    let mut min_max = get_default_qconfig("x86").unwrap();
-    min_max.activation = Calibrator::MinMax.spec(args);
-    let min_max_model = quantize(float.as_ref(), &QConfigMapping::global(min_max), &calibration);
-    let chosen_model = quantize(float.as_ref(), &choice.mapping, &calibration);
+    // The model outputs the choice measured, recomputed: MinMax everywhere, the per-point mix,
+    // and what was kept, the best of all.
     let mut metric = fallback::output_sqnr(float.as_ref(), &test).unwrap();
-    let (before, after) = (metric(min_max_model.as_ref()).unwrap(), metric(chosen_model.as_ref()).unwrap());
-    assert!(after > before + 20.0, "MinMax {before:.2} dB, chosen {after:.2} dB\n{choice}");
+    let mut uniform = |calibrator: Calibrator| {
+        let mut qconfig = get_default_qconfig("x86").unwrap();
+        qconfig.activation = calibrator.spec(args);
+        metric(quantize(float.as_ref(), &QConfigMapping::global(qconfig), &calibration).as_ref()).unwrap()
+    };
+    let before = uniform(Calibrator::MinMax);
+    assert!((before - choice.uniform_sqnr[0]).abs() < 1e-9, "{before}\n{choice}");
+    let mut metric = fallback::output_sqnr(float.as_ref(), &test).unwrap();
+    let after = metric(quantize(float.as_ref(), &choice.mapping, &calibration).as_ref()).unwrap();
+    let best = choice.uniform_sqnr.iter().copied().fold(choice.per_point_sqnr, f64::max);
+    assert!((after - best).abs() < 1e-9, "kept {after:.2} dB\n{choice}");
+    assert!(after > before + 20.0, "MinMax {before:.2} dB, kept {after:.2} dB\n{choice}");
+    // Here no single calibrator suits every point: the mix beats each of them.
+    assert_eq!(choice.kept, Kept::PerPoint, "{choice}");
 }
 
 #[test]
