@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::sqnr::SqnrSum;
+use ndarray::ArrayD;
+
 use crate::{GraphError, GraphResult, Value};
 
 /// Top-1 agreement: rows (the last axis holds the classes) whose largest value is at the same
@@ -24,12 +26,12 @@ impl Top1 {
     }
 }
 
-/// The model output of a [`Report`](super::Report): its SQNR against the float model's output
+/// The model output of a report (`Report::output`): its SQNR against the float model's output
 /// over every input, and the top-1 agreement when the output is one tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelOutput {
     /// SQNR (dB) of the output against the float model's (tuples element by element).
-    #[serde(with = "super::report::decibels")]
+    #[serde(with = "super::sqnr::decibels")]
     pub sqnr: Option<f64>,
     /// Top-1 agreement, for an output that is one tensor.
     pub top1: Option<Top1>,
@@ -45,7 +47,7 @@ pub(crate) struct OutputSum {
 impl OutputSum {
     /// Adds one input's outputs; an error naming `context` if they hold different tensors.
     pub(crate) fn add(&mut self, context: &'static str, float: &Value, other: &Value) -> GraphResult<()> {
-        let (x, y) = (super::report::tensors(float), super::report::tensors(other));
+        let (x, y) = (tensors(float), tensors(other));
         if x.len() != y.len() || x.iter().zip(&y).any(|(a, b)| a.shape() != b.shape()) {
             return Err(GraphError::Mismatch {
                 context,
@@ -82,6 +84,15 @@ impl OutputSum {
     }
 }
 
+/// A value's float tensors: itself, or a tuple's elements; none for indices.
+pub(super) fn tensors(value: &Value) -> Vec<ArrayD<f32>> {
+    match value {
+        Value::Tuple(items) => items.iter().flat_map(tensors).collect(),
+        Value::Int(_) => Vec::new(),
+        v => v.to_float().into_iter().collect(),
+    }
+}
+
 /// The index of the largest value (the first of equal ones).
 fn argmax(values: &[f32]) -> usize {
     values.iter().enumerate().fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
@@ -89,7 +100,7 @@ fn argmax(values: &[f32]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use ndarray::{ArrayD, IxDyn};
+    use ndarray::IxDyn;
 
     use super::*;
 
