@@ -172,3 +172,22 @@ fn bad_arguments_are_errors() {
     let err = choose_calibrators(float.as_ref(), &mapping, &m, &Calibrator::ALL, &data, &[]).unwrap_err();
     assert!(matches!(err, GraphError::InvalidArgument { what: "inputs", .. }), "{err}");
 }
+
+#[test]
+fn only_per_tensor_range_observers_are_replaced() {
+    use qgraph::qobserve::{ObserverSpec, defaults};
+    let x86 = get_default_qconfig("x86").unwrap().activation;
+    let args = Calibrator::replaceable(&x86).expect("the histogram observer");
+    assert!(args.reduce_range, "the qconfig's arguments are kept");
+    for calibrator in Calibrator::ALL {
+        assert_eq!(Calibrator::replaceable(&calibrator.spec(args)), Some(args), "{}", calibrator.name());
+    }
+    for fixed in [
+        defaults::default_per_channel_weight_observer(),
+        defaults::default_fixed_qparams_range_0to1_observer(),
+        defaults::default_dynamic_quant_observer(),
+        ObserverSpec::placeholder(),
+    ] {
+        assert_eq!(Calibrator::replaceable(&fixed), None, "{fixed:?}");
+    }
+}
