@@ -130,8 +130,9 @@ pub struct StaticArgs {
     #[arg(long = "float", value_name = "PATH")]
     pub float_modules: Vec<String>,
     /// The activation observers: the qconfig's (`default`), one calibrator for every layer, or
-    /// `auto`: per layer, the candidate whose quantized output has the best SQNR against the
-    /// float output on the report samples (`qgraph::calibrator_choice`).
+    /// `auto`: per layer, the candidate whose range quantizes the float output with the best SQNR
+    /// on the report samples, unless one calibrator everywhere gives a better model output
+    /// there (`qgraph::calibrator_choice`).
     #[arg(long, value_enum, default_value_t = CalibratorArg::Default)]
     pub calibrator: CalibratorArg,
 }
@@ -141,7 +142,7 @@ pub struct StaticArgs {
 pub enum CalibratorArg {
     /// The qconfig's activation observer.
     Default,
-    /// Per layer, the best of the others by measured SQNR.
+    /// Per layer, the best of the others by measured SQNR (or the best one everywhere).
     Auto,
     /// MinMaxObserver.
     Minmax,
