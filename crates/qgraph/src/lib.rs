@@ -72,6 +72,7 @@ macro_rules! delegate_to_inner {
     };
 }
 
+pub mod calibrator_choice;
 mod container;
 pub mod debug;
 pub mod equalize;

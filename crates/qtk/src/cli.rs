@@ -45,8 +45,20 @@ Examples:
   qtk quantize model.onnx --calib images/ --size 224x224 --limit 256 --batch 32 -o int8.qtk
   qtk quantize model.qtk --calib calib.safetensors --qconfig qnnpack --per-tensor -o int8.qtk
   qtk quantize lstm.qtk --dynamic -o lstm-dynamic.qtk
-  qtk quantize crnn.onnx --calib lines.safetensors --float fc --then-dynamic -o crnn-int8.qtk")]
+  qtk quantize crnn.onnx --calib lines.safetensors --float fc --then-dynamic -o crnn-int8.qtk
+  qtk quantize model.qtk --calib calib.safetensors --per-tensor --target sqnr=30 -o int8.qtk
+  qtk quantize model.qtk --calib calib.safetensors --calibrator auto -o int8.qtk")]
     Quantize(QuantizeArgs),
+    /// Print the per-layer accuracy report of a float model quantized on calibration data:
+    /// weight SQNR, output SQNR free-running and teacher-forced, range use, observer.
+    #[command(after_help = "\
+CALIB is read as for quantize (a safetensors file or a folder of images).
+
+Examples:
+  qtk report model.qtk --calib calib.safetensors --per-tensor
+  qtk report model.onnx --calib images/ --size 224x224 --limit 64 --json report.json --svg report.svg
+  qtk report model.qtk --calib calib.safetensors --quantized model-int8.qtk")]
+    Report(ReportArgs),
     /// Run a model on one input and print the output's shape (and top-5 for a classifier).
     #[command(after_help = "\
 INPUT is a safetensors file (its one tensor, or the one named by --input NAME) or a .png/.jpg/.jpeg
@@ -103,6 +115,49 @@ impl Backend {
     }
 }
 
+/// How a float model is quantized statically: the qconfig, layers kept float, the activation
+/// calibrator.
+#[derive(Debug, Clone, Args)]
+pub struct StaticArgs {
+    /// The backend whose default qconfig is used (`get_default_qconfig`).
+    #[arg(long, value_enum, default_value_t = Backend::X86)]
+    pub qconfig: Backend,
+    /// Per-tensor weights (default_weight_observer) instead of the backend's per-channel ones.
+    #[arg(long)]
+    pub per_tensor: bool,
+    /// Keep the module at PATH in float (its qconfig None, PyTorch's `set_name(PATH, None)`);
+    /// repeat for several.
+    #[arg(long = "float", value_name = "PATH")]
+    pub float_modules: Vec<String>,
+    /// The activation observers: the qconfig's (`default`), one calibrator for every layer, or
+    /// `auto`: per layer, the candidate whose range quantizes the float output with the best SQNR
+    /// on the report samples, unless one calibrator everywhere gives a better model output
+    /// there (`qgraph::calibrator_choice`).
+    #[arg(long, value_enum, default_value_t = CalibratorArg::Default)]
+    pub calibrator: CalibratorArg,
+}
+
+/// `--calibrator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CalibratorArg {
+    /// The qconfig's activation observer.
+    Default,
+    /// Per layer, the best of the others by measured SQNR (or the best one everywhere).
+    Auto,
+    /// MinMaxObserver.
+    Minmax,
+    /// MovingAverageMinMaxObserver.
+    MovingAverage,
+    /// HistogramObserver.
+    Histogram,
+    /// Percentile calibrator (99.99 %).
+    Percentile,
+    /// Entropy (KL divergence) calibrator.
+    Entropy,
+    /// MSE calibrator.
+    Mse,
+}
+
 /// `qtk quantize`.
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
@@ -111,37 +166,91 @@ pub struct QuantizeArgs {
     /// Calibration data: a safetensors file or a folder of images (see below).
     #[arg(long, required_unless_present = "dynamic")]
     pub calib: Option<PathBuf>,
-    /// The backend whose default qconfig is used (`get_default_qconfig`).
-    #[arg(long, value_enum, default_value_t = Backend::X86)]
-    pub qconfig: Backend,
-    /// Per-tensor weights (default_weight_observer) instead of the backend's per-channel ones.
-    #[arg(long)]
-    pub per_tensor: bool,
+    /// Static quantization options.
+    #[command(flatten)]
+    pub quant: StaticArgs,
     /// Dynamic quantization (quantize_dynamic, qint8: Linear and recurrent layers), no
     /// calibration; with --calib, the data is used for the report only.
-    #[arg(long, conflicts_with_all = ["qconfig", "per_tensor"])]
+    #[arg(long, conflicts_with_all = ["qconfig", "per_tensor", "float_modules", "calibrator", "target"])]
     pub dynamic: bool,
-    /// Keep the module at PATH in float (its qconfig None, PyTorch's `set_name(PATH, None)`);
-    /// repeat for several.
-    #[arg(long = "float", value_name = "PATH", conflicts_with = "dynamic")]
-    pub float_modules: Vec<String>,
     /// After static quantization, quantize dynamically what stayed float (LSTM, GRU, the cells,
     /// Linear): a static CNN with dynamic recurrent layers, as PyTorch users quantize CRNNs.
     #[arg(long, conflicts_with = "dynamic")]
     pub then_dynamic: bool,
+    /// Accuracy-driven float fallback: keep the fewest layers float that the search finds for
+    /// the target on the report samples: `sqnr=DB` (model output SQNR against float, dB) or
+    /// `agreement=PERCENT` (top-1 agreement with float); prints the trade-off table.
+    #[arg(long, value_name = "METRIC=VALUE", value_parser = parse_target, conflicts_with = "float_modules")]
+    pub target: Option<TargetArg>,
     /// Where to write the quantized model.
     #[arg(short, long)]
     pub output: PathBuf,
     /// Compare float and int8 on the first N calibration samples only (default: all).
     #[arg(long, value_name = "N")]
     pub report_samples: Option<usize>,
-    /// Also write the numeric suite's per-layer report (`qgraph::ns::report`: weight SQNR,
-    /// teacher-forced SQNR, each layer's own error, range use) as JSON, on the same samples.
+    /// Also write the per-layer report (`qgraph::ns::report`, as printed) as JSON.
     #[arg(long, value_name = "PATH")]
     pub report_json: Option<PathBuf>,
     /// Also write that report as an SVG plot of SQNR by layer.
     #[arg(long, value_name = "PATH")]
     pub report_svg: Option<PathBuf>,
+    /// Calibration data options.
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// An accuracy target for `--target`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TargetArg {
+    /// The model output's SQNR against float at least this many dB.
+    Sqnr(f64),
+    /// Top-1 agreement with float at least this percentage.
+    Agreement(f64),
+}
+
+fn parse_target(text: &str) -> Result<TargetArg, String> {
+    let usage = "write sqnr=DB (e.g. sqnr=30) or agreement=PERCENT (e.g. agreement=99)";
+    let Some((metric, value)) = text.split_once('=') else {
+        return Err(format!("`{text}` is not METRIC=VALUE; {usage}"));
+    };
+    let number: f64 = value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| format!("`{value}` is not a number; {usage}"))?;
+    match metric.trim().to_ascii_lowercase().as_str() {
+        "sqnr" => Ok(TargetArg::Sqnr(number)),
+        "agreement" if (0.0..=100.0).contains(&number) => Ok(TargetArg::Agreement(number)),
+        "agreement" => Err(format!("agreement={value}: a percentage is between 0 and 100")),
+        other => Err(format!("unknown metric `{other}`; {usage}")),
+    }
+}
+
+/// `qtk report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The float model: a qgraph model file or an ONNX model (.onnx).
+    pub model: PathBuf,
+    /// Calibration data (and the data compared on): a safetensors file or a folder of images.
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// A model already quantized from MODEL (a qgraph model file) to compare instead of
+    /// quantizing MODEL here; MODEL is fused as `qtk quantize` fuses it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["qconfig", "per_tensor", "float_modules", "calibrator"])]
+    pub quantized: Option<PathBuf>,
+    /// Static quantization options (without --quantized).
+    #[command(flatten)]
+    pub quant: StaticArgs,
+    /// Compare on the first N calibration samples only (default: all).
+    #[arg(long, value_name = "N")]
+    pub samples: Option<usize>,
+    /// Also write the report as JSON.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Also write the report as an SVG plot of SQNR by layer.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
     /// Calibration data options.
     #[command(flatten)]
     pub data: DataArgs,
@@ -269,6 +378,17 @@ mod tests {
         assert_eq!(parse_shape("1x3x8x8"), Ok(Shape(vec![1, 3, 8, 8])));
         assert_eq!(parse_shape("2,64"), Ok(Shape(vec![2, 64])));
         assert!(parse_shape("1x0").is_err());
+    }
+
+    #[test]
+    fn targets_parse_with_clear_errors() {
+        assert_eq!(parse_target("sqnr=30"), Ok(TargetArg::Sqnr(30.0)));
+        assert_eq!(parse_target("Agreement=99.5"), Ok(TargetArg::Agreement(99.5)));
+        assert!(parse_target("sqnr").unwrap_err().contains("not METRIC=VALUE"));
+        assert!(parse_target("sqnr=abc").unwrap_err().contains("`abc` is not a number"));
+        assert!(parse_target("sqnr=inf").is_err());
+        assert!(parse_target("agreement=101").unwrap_err().contains("between 0 and 100"));
+        assert!(parse_target("loss=1").unwrap_err().contains("unknown metric `loss`"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `qtk`: inspect, quantize, run and time int8 models from the command line.
+//! `qtk`: inspect, quantize, report on, run and time int8 models from the command line.
 //!
 //! Each subcommand lives in its own module; this file parses the arguments, runs the command and
 //! turns its outcome into an exit code: 0 when it succeeded, 1 for a runtime error (printed as one
@@ -50,6 +50,7 @@ fn main() -> ExitCode {
     let result = std::panic::catch_unwind(move || match cli.command {
         Command::Inspect(args) => inspect::main(&args),
         Command::Quantize(args) => quantize::main(&args, quiet),
+        Command::Report(args) => report::main(&args, quiet),
         Command::Run(args) => run::main(&args, quiet),
         Command::Bench(args) => bench::main(&args, quiet),
     });

@@ -32,6 +32,8 @@ struct Fixture {
     fused: Box<dyn Module>,
     /// The same quantization through the library.
     library_int8: Box<dyn Module>,
+    /// Its calibrated model before convert.
+    library_prepared: Box<dyn Module>,
     calib_images: ArrayD<f32>,
     test_images: ArrayD<f32>,
 }
@@ -59,6 +61,7 @@ fn fixture() -> &'static Fixture {
         let batches: Vec<ArrayD<f32>> =
             calib_images.axis_chunks_iter(Axis(0), BATCH).map(|b| b.to_owned()).collect();
         calibrate(library_int8.as_ref(), batches, |_, _| {}).unwrap();
+        let library_prepared = library_int8.clone();
         convert(&mut library_int8).unwrap();
 
         let (float_path, calib, int8) =
@@ -82,6 +85,7 @@ fn fixture() -> &'static Fixture {
             report: run.stdout,
             fused,
             library_int8,
+            library_prepared,
             calib_images,
             test_images,
         }
@@ -102,13 +106,15 @@ fn output_sqnr(float: &dyn Module, quant: &dyn Module, images: &ArrayD<f32>) -> 
     10.0 * (signal / noise).log10()
 }
 
-/// The number after `label` in `text`'s line starting with `line_start`.
+/// The number in `text`'s line starting with `line_start`, after it (`model output: SQNR 34.69 dB`).
 fn number_in_line(text: &str, line_start: &str) -> f64 {
     let line = text
         .lines()
         .find(|l| l.starts_with(line_start))
         .unwrap_or_else(|| panic!("no `{line_start}` line in\n{text}"));
-    line.split_whitespace().last().unwrap().parse().unwrap_or_else(|_| panic!("no number ending `{line}`"))
+    let rest = &line[line_start.len()..];
+    let number = rest.split_whitespace().next().unwrap_or_default();
+    number.parse().unwrap_or_else(|_| panic!("no number after `{line_start}` in `{line}`"))
 }
 
 #[test]
@@ -126,16 +132,26 @@ fn quantize_reports_each_layer() {
     let f = fixture();
     let report = &f.report;
     assert!(
-        report.starts_with("SQNR of each quantized module against the float model, on 1437 samples\n"),
+        report.starts_with("per-layer SQNR against the float model, on 1437 samples (23 batches)\n"),
         "{report}"
     );
+    // The table is the numeric suite's, as the library prints it on the same batches.
+    let inputs: Vec<Value> =
+        f.calib_images.axis_chunks_iter(Axis(0), BATCH).map(|b| Value::from(b.to_owned())).collect();
+    let expected = qgraph::ns::report(
+        f.fused.as_ref(),
+        f.library_int8.as_ref(),
+        &inputs,
+        Some(f.library_prepared.as_ref()),
+    )
+    .unwrap();
+    assert!(report.contains(&format!("\n{expected}\n")), "{report}\n---\n{expected}");
     for (path, ty) in [
         ("quant", "Quantize"),
         ("features.0", "QuantizedConvReLU2d"),
         ("features.3", "QuantizedConvReLU2d"),
         ("features.7", "QuantizedConvReLU2d"),
         ("fc", "QuantizedLinear"),
-        ("dequant", "DeQuantize"),
     ] {
         let line = report
             .lines()
@@ -143,12 +159,14 @@ fn quantize_reports_each_layer() {
             .unwrap_or_else(|| panic!("{path}\n{report}"));
         let fields: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(fields[1], ty, "{line}");
-        let db: f64 = fields[2].parse().unwrap();
-        // 8-bit activations of a well-trained CNN: far above noise, below exactness.
+        // The free-running output SQNR: 8-bit activations of a well-trained CNN are far above
+        // noise, below exactness.
+        let db: f64 = fields[3].parse().unwrap();
         assert!((15.0..80.0).contains(&db), "{line}");
+        assert!(line.contains("HistogramObserver ["), "{line}");
     }
     // The model output's SQNR, recomputed here from the library's models on the same data.
-    let printed = number_in_line(report, "model output");
+    let printed = number_in_line(report, "model output: SQNR");
     let expected = output_sqnr(f.fused.as_ref(), f.library_int8.as_ref(), &f.calib_images);
     assert!((printed - expected).abs() <= 0.005 + 1e-9, "printed {printed}, recomputed {expected}");
     // Top-1 agreement, recomputed.
@@ -189,7 +207,7 @@ fn report_samples_and_per_tensor_and_limit() {
         arg(&out),
     ]);
     assert!(
-        run.stdout.starts_with("SQNR of each quantized module against the float model, on 30 samples\n"),
+        run.stdout.starts_with("per-layer SQNR against the float model, on 30 samples (1 batch)\n"),
         "{}",
         run.stdout
     );
@@ -425,9 +443,231 @@ fn quantize_writes_the_numeric_suite_report_as_the_library_makes_it() {
         .axis_chunks_iter(Axis(0), BATCH)
         .map(|b| Value::from(b.to_owned()))
         .collect();
-    let expected = qgraph::ns::report(f.fused.as_ref(), f.library_int8.as_ref(), &inputs, None).unwrap();
+    let expected = qgraph::ns::report(
+        f.fused.as_ref(),
+        f.library_int8.as_ref(),
+        &inputs,
+        Some(f.library_prepared.as_ref()),
+    )
+    .unwrap();
     assert_eq!(std::fs::read_to_string(&json).unwrap(), expected.to_json().unwrap());
     assert_eq!(std::fs::read_to_string(&svg).unwrap(), expected.to_svg());
     let report = qgraph::ns::Report::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(report.layer("features.3").is_some(), "{json:?}");
+}
+
+/// The first `n` calibration images in batches of [`BATCH`].
+fn first_batches(f: &Fixture, n: usize) -> Vec<Value> {
+    f.calib_images
+        .slice_axis(Axis(0), Slice::from(0..n))
+        .axis_chunks_iter(Axis(0), BATCH)
+        .map(|b| Value::from(b.to_owned()))
+        .collect()
+}
+
+#[test]
+fn report_prints_and_writes_the_library_report() {
+    let f = fixture();
+    let (json, svg) = (f.dir.join("cmd-report.json"), f.dir.join("cmd-report.svg"));
+    let run = qtk_ok(&[
+        "report",
+        arg(&f.float),
+        "--calib",
+        arg(&f.calib),
+        "--batch",
+        "64",
+        "--samples",
+        "128",
+        "--json",
+        arg(&json),
+        "--svg",
+        arg(&svg),
+    ]);
+    let inputs = first_batches(f, 128);
+    let expected = qgraph::ns::report(
+        f.fused.as_ref(),
+        f.library_int8.as_ref(),
+        &inputs,
+        Some(f.library_prepared.as_ref()),
+    )
+    .unwrap();
+    assert_eq!(
+        run.stdout,
+        format!("per-layer SQNR against the float model, on 128 samples (2 batches)\n{expected}\n")
+    );
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), expected.to_json().unwrap());
+    assert_eq!(std::fs::read_to_string(&svg).unwrap(), expected.to_svg());
+    let output = expected.output.as_ref().unwrap();
+    assert!(output.sqnr.unwrap() > 25.0 && output.top1.unwrap().rows == 128, "{expected}");
+
+    // An already quantized file beside its float model: compared as it is (no observers).
+    let run = qtk_ok(&[
+        "report",
+        arg(&f.float),
+        "--calib",
+        arg(&f.calib),
+        "--batch",
+        "64",
+        "--samples",
+        "64",
+        "--quantized",
+        arg(&f.int8),
+    ]);
+    let loaded = io::load(&f.int8).unwrap();
+    let expected =
+        qgraph::ns::report(f.fused.as_ref(), loaded.as_ref(), &first_batches(f, 64), None).unwrap();
+    assert!(run.stdout.ends_with(&format!("\n{expected}\n")), "{}", run.stdout);
+    // --quantized does not take quantization options.
+    let run = qtk(&[
+        "report",
+        arg(&f.float),
+        "--calib",
+        arg(&f.calib),
+        "--quantized",
+        arg(&f.int8),
+        "--per-tensor",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
+
+#[test]
+fn target_sqnr_keeps_the_fewest_layers_float_as_the_library_does() {
+    let f = fixture();
+    let out = f.dir.join("target.qtk");
+    let run = qtk_ok(&[
+        "quantize",
+        arg(&f.float),
+        "--calib",
+        arg(&f.calib),
+        "--batch",
+        "64",
+        "--report-samples",
+        "256",
+        "--target",
+        "sqnr=36",
+        "-o",
+        arg(&out),
+    ]);
+    let calibration = first_batches(f, 1437);
+    let measured = first_batches(f, 256);
+    let mapping = QConfigMapping::global(get_default_qconfig("x86").unwrap());
+    let metric = qgraph::fallback::output_sqnr(f.fused.as_ref(), &measured).unwrap();
+    let found = qgraph::fallback::search(
+        f.fused.as_ref(),
+        &mapping,
+        &calibration,
+        metric,
+        qgraph::fallback::Target::OutputSqnr(36.0),
+    )
+    .unwrap();
+    assert!(!found.layers.is_empty() && found.metric >= 36.0, "{found}");
+    let text = &run.stdout;
+    assert!(text.starts_with("target: output SQNR >= 36 dB\n"), "{text}");
+    let chosen = format!(
+        "chosen: {} float layer(s) of {} [{}], metric {:.2}\n",
+        found.layers.len(),
+        found.ranking.len(),
+        found.layers.join(", "),
+        found.metric
+    );
+    assert!(text.contains(&chosen), "{chosen}\n{text}");
+    // The trade-off table: one row per evaluated configuration, as the library's.
+    let table: Vec<&str> = text.lines().skip(4).take_while(|l| !l.starts_with("chosen:")).collect();
+    assert_eq!(table.len(), found.rows.len(), "{text}");
+    for (line, row) in table.iter().zip(&found.rows) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let metric = format!("{:.2}", row.metric);
+        let at = fields.iter().position(|f| *f == metric).unwrap_or_else(|| panic!("{metric}: {line}"));
+        assert_eq!(fields[at + 1], if row.meets { "yes" } else { "no" }, "{line}");
+        assert_eq!(fields[at - 1], row.float_layers.len().to_string(), "{line}");
+    }
+    let loaded = io::load(&out).unwrap();
+    assert_eq!(io::to_bytes(loaded.as_ref()).unwrap(), io::to_bytes(found.model.as_ref()).unwrap());
+    // The report that follows is the chosen model's.
+    let printed = number_in_line(text, "model output: SQNR");
+    assert!((printed - found.metric).abs() <= 0.005 + 1e-9, "{printed} vs {}", found.metric);
+}
+
+#[test]
+fn target_agreement_and_malformed_targets() {
+    let f = fixture();
+    let out = f.dir.join("agreement.qtk");
+    let base =
+        ["quantize", arg(&f.float), "--calib", arg(&f.calib), "--report-samples", "128", "-o", arg(&out)];
+    // Every one of these 128 images already agrees: no layer needs to stay float.
+    let run = qtk_ok(&[&base[..], &["--target", "agreement=99"]].concat());
+    assert!(run.stdout.starts_with("target: metric >= 99.0000 (float 100.0000 - 1)\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("chosen: 0 float layer(s) of 4 [], metric 100.00\n"), "{}", run.stdout);
+    for (target, message) in [
+        ("sqnr", "`sqnr` is not METRIC=VALUE"),
+        ("sqnr=x", "`x` is not a number"),
+        ("agreement=120", "a percentage is between 0 and 100"),
+        ("loss=0.5", "unknown metric `loss`"),
+    ] {
+        let run = qtk(&[&base[..], &["--target", target]].concat());
+        assert_eq!(run.code, 2, "{target}: {}", run.stderr);
+        assert!(run.stderr.contains(message), "{target}: {}", run.stderr);
+    }
+    // A target no float set reaches.
+    let run = qtk(&[&base[..], &["--target", "sqnr=300"]].concat());
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("is unreachable"), "{}", run.stderr);
+    let run = qtk(&[&base[..], &["--target", "sqnr=30", "--float", "fc"]].concat());
+    assert_eq!(run.code, 2, "--target and --float conflict: {}", run.stderr);
+}
+
+#[test]
+fn calibrator_auto_chooses_per_layer_as_the_library_does() {
+    use qgraph::calibrator_choice::{Calibrator, choose_calibrators};
+    let f = fixture();
+    let out = f.dir.join("auto.qtk");
+    let run = qtk_ok(&[
+        "quantize",
+        arg(&f.float),
+        "--calib",
+        arg(&f.calib),
+        "--batch",
+        "64",
+        "--report-samples",
+        "256",
+        "--calibrator",
+        "auto",
+        "-o",
+        arg(&out),
+    ]);
+    let calibration = first_batches(f, 1437);
+    let mapping = QConfigMapping::global(get_default_qconfig("x86").unwrap());
+    let choice = choose_calibrators(
+        f.fused.as_ref(),
+        &mapping,
+        &qgraph::mappings::Mappings::default(),
+        &Calibrator::ALL,
+        &calibration,
+        &first_batches(f, 256),
+    )
+    .unwrap();
+    assert!(run.stdout.starts_with(&format!("{choice}\n")), "{choice}\n{}", run.stdout);
+    assert_eq!(choice.points.len(), 5, "{choice}");
+    let mut model = f.fused.clone();
+    prepare(&mut model, &choice.mapping).unwrap();
+    calibrate(model.as_ref(), calibration.iter().cloned(), |_, _| {}).unwrap();
+    convert(&mut model).unwrap();
+    let loaded = io::load(&out).unwrap();
+    assert_eq!(io::to_bytes(loaded.as_ref()).unwrap(), io::to_bytes(model.as_ref()).unwrap());
+
+    // One calibrator everywhere: the report's observer column names it.
+    let run = qtk_ok(&[
+        "quantize",
+        arg(&f.float),
+        "--calib",
+        arg(&f.calib),
+        "--report-samples",
+        "64",
+        "--calibrator",
+        "percentile",
+        "-o",
+        arg(&out),
+    ]);
+    let rows = run.stdout.lines().filter(|l| l.contains("PercentileCalibrator")).count();
+    assert_eq!(rows, 5, "{}", run.stdout);
 }

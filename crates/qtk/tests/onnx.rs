@@ -110,3 +110,54 @@ fn a_crnn_quantizes_static_then_dynamic_as_the_library_does() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("--float no.such.layer"), "{}", run.stderr);
 }
+
+#[test]
+fn report_target_and_auto_calibrators_on_an_onnx_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let imported = qonnx::import_file(MODEL).unwrap();
+    let calib_images = images(&imported.inputs[0].shape, 6, 7);
+    let calib = dir.path().join("calib.safetensors");
+    write_tensors(&calib, &[("images", &calib_images)]);
+
+    // `qtk report` quantizes as `qtk quantize` does and prints the numeric suite's report.
+    let text = qtk_ok(&["report", MODEL, "--calib", arg(&calib), "--batch", "3"]).stdout;
+    let model = library_workflow(imported.model.clone(), &calib_images, &[], false);
+    let mut fused = imported.model.clone();
+    fuse_auto(&mut fused).unwrap();
+    let inputs: Vec<Value> =
+        calib_images.axis_chunks_iter(ndarray::Axis(0), 3).map(|b| Value::from(b.to_owned())).collect();
+    let expected = qgraph::ns::report(fused.as_ref(), model.as_ref(), &inputs, None).unwrap();
+    let output = expected.output.as_ref().unwrap().sqnr.unwrap();
+    assert!(text.contains(&format!("model output: SQNR {output:.2} dB")), "{output}\n{text}");
+    assert!(text.lines().any(|l| l.starts_with("layer1.0.add_relu ") && l.contains("QFunctional")), "{text}");
+
+    // The importer's modules go through the fallback search and the calibrator choice.
+    let out = dir.path().join("target.qtk");
+    let run = qtk_ok(&[
+        "quantize",
+        MODEL,
+        "--calib",
+        arg(&calib),
+        "--batch",
+        "3",
+        "--target",
+        "agreement=50",
+        "-o",
+        arg(&out),
+    ]);
+    assert!(run.stdout.contains("chosen: "), "{}", run.stdout);
+    assert!(io::load_with(&out, &qonnx::loaders()).is_ok());
+    let run = qtk_ok(&[
+        "quantize",
+        MODEL,
+        "--calib",
+        arg(&calib),
+        "--batch",
+        "3",
+        "--calibrator",
+        "auto",
+        "-o",
+        arg(&out),
+    ]);
+    assert!(run.stdout.starts_with("activation SQNR (dB) at each observer point"), "{}", run.stdout);
+}

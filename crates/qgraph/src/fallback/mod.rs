@@ -38,7 +38,10 @@ pub use island::isolate;
 use island::{Candidate, candidates, with_islands};
 pub use table::{Row, Step};
 
-use crate::{GraphError, GraphResult, Module, QConfigMapping, Value, calibrate, convert, ns, prepare};
+use crate::mappings::Mappings;
+use crate::{
+    GraphError, GraphResult, Module, QConfigMapping, Value, calibrate, convert_with, ns, prepare_with,
+};
 
 /// Batch-1 forward passes timed per configuration (the median is reported).
 const LATENCY_RUNS: usize = 5;
@@ -184,6 +187,33 @@ pub fn output_sqnr(
             sum.add(float, &model.forward(input.clone())?.into_float_lossy()?)?;
         }
         Ok(sum.db())
+    })
+}
+
+/// A metric for [`Target::MetricWithin`]: the top-1 agreement (percent) of a model's outputs on
+/// `inputs` with `float_model`'s (rows of the last axis, as [`ns::report`] counts them; the
+/// float model's own is 100). The float outputs are computed once, here. An error for no inputs.
+pub fn output_agreement(
+    float_model: &dyn Module,
+    inputs: &[Value],
+) -> GraphResult<impl FnMut(&dyn Module) -> GraphResult<f64> + use<>> {
+    if inputs.is_empty() {
+        return Err(crate::invalid(
+            "fallback::output_agreement",
+            "inputs",
+            0,
+            "give at least one input batch",
+        ));
+    }
+    let inputs = inputs.to_vec();
+    let reference: Vec<Value> =
+        inputs.iter().map(|x| float_model.forward(x.clone())).collect::<GraphResult<_>>()?;
+    Ok(move |model: &dyn Module| {
+        let mut sum = ns::OutputSum::default();
+        for (input, float) in inputs.iter().zip(&reference) {
+            sum.add("fallback::output_agreement", float, &model.forward(input.clone())?)?;
+        }
+        Ok(100.0 * sum.finish().top1.map_or(1.0, |t| t.fraction()))
     })
 }
 
@@ -355,6 +385,22 @@ pub fn search<E>(
     float_model: &dyn Module,
     mapping: &QConfigMapping,
     calibration: &[Value],
+    evaluate: E,
+    target: Target,
+) -> GraphResult<Fallback>
+where
+    E: FnMut(&dyn Module) -> GraphResult<f64>,
+{
+    search_with(float_model, mapping, &Mappings::default(), calibration, evaluate, target)
+}
+
+/// [`search`] preparing and converting with the mapping table `mappings` (a crate's own modules,
+/// e.g. an importer's, as `prepare_with` / `convert_with` take them).
+pub fn search_with<E>(
+    float_model: &dyn Module,
+    mapping: &QConfigMapping,
+    mappings: &Mappings,
+    calibration: &[Value],
     mut evaluate: E,
     target: Target,
 ) -> GraphResult<Fallback>
@@ -374,10 +420,10 @@ where
     let float_latency_ms = latency_ms(float_model, &sample)?;
 
     let mut prepared = float_model.clone_module();
-    prepare(&mut prepared, mapping)?;
+    prepare_with(&mut prepared, mapping, mappings)?;
     calibrate(prepared.as_ref(), calibration.iter().cloned(), |_, _| {})?;
     let mut quantized = prepared.clone();
-    convert(&mut quantized)?;
+    convert_with(&mut quantized, mappings)?;
 
     let report = ns::report(
         float_model,

@@ -17,9 +17,10 @@
 //!
 //! [`report()`] runs all of it at once and gives a [`Report`]: per layer, weight SQNR, output SQNR
 //! free-running and teacher-forced, the range use of the quantized output and (given the
-//! prepared model) the observer and qconfig that chose the range; it prints as a table, saves as
-//! JSON and draws an SVG plot.
+//! prepared model) the observer and qconfig that chose the range, and the model output's SQNR and
+//! top-1 agreement ([`ModelOutput`]); it prints as a table, saves as JSON and draws an SVG plot.
 
+mod output;
 mod range;
 mod report;
 mod sqnr;
@@ -28,8 +29,11 @@ mod suite;
 mod svg;
 mod table;
 
+pub(crate) use output::OutputSum;
+pub use output::{ModelOutput, Top1};
 pub use range::RangeUse;
 pub use report::{Layer, Report, report};
+pub(crate) use sqnr::db_text;
 pub use sqnr::{SqnrSum, compute_sqnr};
 pub use stub::{Shadow, compare_model_stub};
 pub use suite::{

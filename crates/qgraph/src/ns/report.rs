@@ -3,9 +3,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 
+use super::output::{ModelOutput, OutputSum, tensors};
 use super::range::{Codes, RangeUse};
 use super::sqnr::{SqnrSum, compute_sqnr};
 use super::suite::{
@@ -25,26 +25,26 @@ pub struct Layer {
     /// The quantized module's class (`QuantizedConvReLU2d`).
     pub module: String,
     /// SQNR (dB) of the dequantized weight against the float weight, if the module has one.
-    #[serde(with = "decibels")]
+    #[serde(with = "super::sqnr::decibels")]
     pub weight_sqnr: Option<f64>,
     /// SQNR (dB) of the output against the float model's, both models running freely
     /// (accumulated error).
-    #[serde(with = "decibels")]
+    #[serde(with = "super::sqnr::decibels")]
     pub output_sqnr: Option<f64>,
     /// SQNR (dB) of the output when the module is fed the float model's input to it, quantized
     /// with the module's input parameters (teacher forcing: this layer's own error, plus the
     /// rounding of its input).
-    #[serde(with = "decibels")]
+    #[serde(with = "super::sqnr::decibels")]
     pub forced_sqnr: Option<f64>,
     /// SQNR (dB) of the input the module was given in the teacher-forced run (the float model's
     /// input to it, rounded by the previous layers' output parameters).
-    #[serde(with = "decibels")]
+    #[serde(with = "super::sqnr::decibels")]
     pub input_sqnr: Option<f64>,
     /// The layer's own error, estimated from the teacher-forced run by subtracting the input's
     /// relative noise from the output's (`-10 log10(N_out/S_out - N_in/S_in)`, additive noise
     /// model): what its weights and output range add. `+inf` when the output is no noisier than
     /// the input.
-    #[serde(with = "decibels")]
+    #[serde(with = "super::sqnr::decibels")]
     pub own_sqnr: Option<f64>,
     /// Range use of the quantized output (none for float outputs).
     pub range: Option<RangeUse>,
@@ -73,6 +73,9 @@ pub struct Report {
     pub layers: Vec<Layer>,
     /// The name of the worst layer (see [`Report::worst_layer`]).
     pub worst: Option<String>,
+    /// The model's output against the float model's (free-running).
+    #[serde(default)]
+    pub output: Option<ModelOutput>,
 }
 
 impl Report {
@@ -112,38 +115,6 @@ impl Report {
     }
 }
 
-/// `Option<f64>` decibels in serde: `null`, a number, or `"inf"` / `"-inf"` / `"nan"` (JSON has
-/// no infinities).
-mod decibels {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(untagged)]
-    enum Db {
-        Number(f64),
-        Text(String),
-    }
-
-    pub(super) fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            None => s.serialize_none(),
-            Some(v) if v.is_finite() => s.serialize_some(&Db::Number(*v)),
-            Some(v) => s.serialize_some(&Db::Text(v.to_string().to_lowercase())),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-        match Option::<Db>::deserialize(d)? {
-            None => Ok(None),
-            Some(Db::Number(v)) => Ok(Some(v)),
-            Some(Db::Text(t)) => t
-                .parse::<f64>()
-                .map(Some)
-                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number of decibels"))),
-        }
-    }
-}
-
 /// What the report accumulates for one layer over the inputs.
 #[derive(Debug, Default)]
 struct Accumulated {
@@ -152,15 +123,6 @@ struct Accumulated {
     forced: Option<SqnrSum>,
     input: Option<SqnrSum>,
     codes: Option<Codes>,
-}
-
-/// A value's float tensors: itself, or a tuple's elements; none for indices.
-fn tensors(value: &Value) -> Vec<ArrayD<f32>> {
-    match value {
-        Value::Tuple(items) => items.iter().flat_map(tensors).collect(),
-        Value::Int(_) => Vec::new(),
-        v => v.to_float().into_iter().collect(),
-    }
 }
 
 /// Adds the tensors of `(float, other)` to `sum` when both hold as many; an error naming
@@ -274,10 +236,15 @@ pub fn report(
     let paths: HashSet<String> = float_logged_paths(float.as_ref(), &allow).into_iter().collect();
     let mut order: Vec<String> = Vec::new();
     let mut layers: HashMap<String, Accumulated> = HashMap::new();
+    let mut output = OutputSum::default();
     for input in inputs {
         let one = std::slice::from_ref(input);
         let float_logs = run_logged(&mut float, &paths, &allow, one, None, true)?;
-        let free_log = run_logged(&mut quantized, &paths, &allow, one, None, false)?.outputs;
+        let free = run_logged(&mut quantized, &paths, &allow, one, None, false)?;
+        for (f, q) in float_logs.results.iter().zip(&free.results) {
+            output.add("ns::report: the model output", f, q)?;
+        }
+        let free_log = free.outputs;
         let matched = match_logs(float_logs.outputs, free_log);
 
         let mut queues: HashMap<String, VecDeque<Value>> = HashMap::new();
@@ -357,5 +324,5 @@ pub fn report(
             _ => Some((l, v)),
         })
         .map(|(l, _)| l.name.clone());
-    Ok(Report { inputs: inputs.len(), layers, worst })
+    Ok(Report { inputs: inputs.len(), layers, worst, output: Some(output.finish()) })
 }

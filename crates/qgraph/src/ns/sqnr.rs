@@ -82,3 +82,35 @@ pub(crate) fn db_text(value: Option<f64>) -> String {
         Some(v) => format!("{v:.2}"),
     }
 }
+
+/// `Option<f64>` decibels in serde: `null`, a number, or `"inf"` / `"-inf"` / `"nan"` (JSON has
+/// no infinities).
+pub(super) mod decibels {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Db {
+        Number(f64),
+        Text(String),
+    }
+
+    pub(crate) fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(v) if v.is_finite() => s.serialize_some(&Db::Number(*v)),
+            Some(v) => s.serialize_some(&Db::Text(v.to_string().to_lowercase())),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match Option::<Db>::deserialize(d)? {
+            None => Ok(None),
+            Some(Db::Number(v)) => Ok(Some(v)),
+            Some(Db::Text(t)) => t
+                .parse::<f64>()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number of decibels"))),
+        }
+    }
+}

@@ -164,6 +164,8 @@ pub(crate) struct Logs {
     pub(crate) outputs: Vec<(String, Value)>,
     /// `(path, input)` per call, if asked for.
     pub(crate) inputs: Vec<(String, Value)>,
+    /// The model's output for each input.
+    pub(crate) results: Vec<Value>,
 }
 
 /// Runs `model` on each input with output loggers (forcing with `force`, if given) and, if
@@ -188,12 +190,12 @@ pub(crate) fn run_logged(
         Ok((outputs, input_log))
     })();
     let run = attached.and_then(|logs| {
-        inputs.iter().try_for_each(|x| model.forward(x.clone()).map(drop))?;
-        Ok(logs)
+        let results = inputs.iter().map(|x| model.forward(x.clone())).collect::<GraphResult<Vec<_>>>()?;
+        Ok((logs, results))
     });
     debug::remove_loggers(model)?;
-    let (outputs, input_log) = run?;
-    Ok(Logs { outputs: outputs.take(), inputs: input_log.map(|l| l.take()).unwrap_or_default() })
+    let ((outputs, input_log), results) = run?;
+    Ok(Logs { outputs: outputs.take(), inputs: input_log.map(|l| l.take()).unwrap_or_default(), results })
 }
 
 /// The log's entries grouped by path, paths in order of first appearance.

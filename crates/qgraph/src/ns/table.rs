@@ -7,7 +7,8 @@ use super::report::Report;
 use super::sqnr::db_text;
 
 impl fmt::Display for Report {
-    /// An aligned text table, one row per layer, then the worst layer.
+    /// An aligned text table, one row per layer, then the worst layer and the model output (SQNR,
+    /// and top-1 agreement for a classifier's output).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let header = [
             "layer",
@@ -83,6 +84,14 @@ impl fmt::Display for Report {
                 self.inputs
             ),
             None => write!(f, "no layer could be compared ({} input batches)", self.inputs),
+        }?;
+        if let Some(output) = &self.output {
+            write!(f, "\nmodel output: SQNR {} dB", db_text(output.sqnr))?;
+            if let Some(top1) = output.top1.filter(|t| t.classes > 1) {
+                let percent = 100.0 * top1.fraction();
+                write!(f, "\ntop-1 agreement: {}/{} ({percent:.2}%)", top1.agree, top1.rows)?;
+            }
         }
+        Ok(())
     }
 }
