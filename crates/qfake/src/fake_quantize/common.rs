@@ -148,6 +148,13 @@ pub trait FakeQuantizer: std::fmt::Debug + Send + Sync {
     /// The enable flags.
     fn flags(&self) -> &FakeQuantFlags;
 
+    /// The learned parameters an optimizer updates, by PyTorch's `named_parameters()` names
+    /// (`scale`, `zero_point` of `_LearnableFakeQuantize`, one value per tensor or per channel);
+    /// none for the quantizers whose qparams are buffers.
+    fn learned_mut(&mut self) -> Vec<(&'static str, &mut Vec<f32>)> {
+        Vec::new()
+    }
+
     /// The enable flags, to change.
     fn flags_mut(&mut self) -> &mut FakeQuantFlags;
 

@@ -1,15 +1,20 @@
 //! Training of the QAT modules: the forward updates batch-norm running statistics and the weight
 //! fake quantizer's observer; the backward goes through ReLU, batch norm, the division by the
-//! folding scale, the convolution and the weight's straight-through fake quantization.
+//! folding scale, the convolution and the weight's fake quantization (straight through, or with
+//! the gradients of a learnable quantizer's `weight_fake_quant.scale` / `.zero_point`).
 
 use ndarray::{ArrayD, Zip};
 use qgraph::{Module, Value};
 
+use super::fake_quant::fake_quant_backward;
 use super::{BackPass, Backprop, Pass, Saved, Train, unsave};
 use crate::fake_quantize::QFakeResult;
 use crate::grad::{self, ConvNeeds};
 use crate::qat::conv::channel_runs;
 use crate::qat::{QatConv, QatLinear};
+
+/// The name of a QAT module's weight fake quantizer (its learned parameters' prefix).
+const WFQ: &str = "weight_fake_quant";
 
 pub(super) fn register(backprop: &mut Backprop) {
     backprop.register::<QatConv>().register::<QatLinear>();
@@ -93,7 +98,7 @@ impl Train for QatConv {
         let needs = ConvNeeds { input: true, weight: true, bias: has_bias && bn_part.is_none() };
         let grads = grad::conv_backward(&run.input, &run.weight, self.conv().options(), &g_conv, needs)?;
         let g_fq = grads.weight.expect("asked for");
-        let g_scaled = self.weight_fake_quant().lock().backward(&run.fake_quant, &g_fq)?.input;
+        let g_scaled = fake_quant_backward(self.weight_fake_quant(), WFQ, &run.fake_quant, &g_fq, pass)?;
         match (bn_part, &run.bn) {
             (Some((mut g_scale, g_gamma, g_beta)), Some(bn_run)) => {
                 let mut g_weight = g_scaled.as_standard_layout().into_owned();
@@ -149,7 +154,7 @@ impl Train for QatLinear {
         }
         let has_bias = self.linear().bias().is_some();
         let (g_input, g_weight, g_bias) = grad::linear_backward(&run.input, &run.weight, &g, has_bias)?;
-        let g_weight = self.weight_fake_quant().lock().backward(&run.fake_quant, &g_weight)?.input;
+        let g_weight = fake_quant_backward(self.weight_fake_quant(), WFQ, &run.fake_quant, &g_weight, pass)?;
         pass.add_grad("weight", g_weight);
         if let Some(g_bias) = g_bias {
             pass.add_grad("bias", g_bias);
