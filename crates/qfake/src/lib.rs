@@ -29,8 +29,8 @@ pub use fake_quantize::{
     default_per_channel_weight_fake_quant, default_weight_fake_quant,
 };
 pub use qat::{
-    FakeQuantKind, FakeQuantKinds, QatConv, QatConvKind, QatLinear, QatQConfig, convert, default_qat_qconfig,
-    default_qat_qconfig_v2, freeze_bn_stats, get_default_qat_qconfig, loaders, prepare_qat, prepare_qat_with,
-    qat_mappings,
+    FakeQuantKind, FakeQuantKinds, QatConv, QatConvKind, QatLinear, QatLinearBn, QatQConfig, convert,
+    default_qat_qconfig, default_qat_qconfig_v2, freeze_bn_stats, get_default_qat_qconfig, loaders,
+    prepare_qat, prepare_qat_with, qat_mappings,
 };
 pub use qgraph;

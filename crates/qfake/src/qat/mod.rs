@@ -8,12 +8,15 @@
 //! `activation_post_process`; [`convert`] turns the trained model into the quantized modules
 //! post-training quantization makes, with the parameters the fake quantizers chose.
 
+pub(crate) mod bn_fold;
 pub(crate) mod conv;
 pub(crate) mod linear;
+pub(crate) mod linear_bn;
 mod qconfig;
 
 pub use conv::{QatConv, QatConvKind};
 pub use linear::QatLinear;
+pub use linear_bn::QatLinearBn;
 pub use qconfig::{
     FakeQuantKind, FakeQuantKinds, QatQConfig, default_qat_qconfig, default_qat_qconfig_v2,
     get_default_qat_qconfig,
@@ -64,6 +67,13 @@ pub fn qat_mappings(kinds: FakeQuantKinds) -> Mappings {
     });
     m.register_swap::<nn::Fused>(Swap::Qat, &FusedKind::LinearReLU.type_name(), move |f, qconfig| {
         Ok(Box::new(QatLinear::from_fused(f, qconfig, kinds.weight)?))
+    });
+    m.register_swap::<nn::Fused>(Swap::Qat, &FusedKind::LinearBn1d.type_name(), move |f, qconfig| {
+        Ok(Box::new(QatLinearBn::from_fused(f, qconfig, kinds.weight)?))
+    });
+    m.register_static::<QatLinearBn>("LinearBn1d", |qat, _, out_q| {
+        let (linear, weight) = qat.quantized_weight()?;
+        Ok(Box::new(QuantizedLinear::with_weight(&linear, QuantizedAct::None, weight, out_q)?))
     });
     for name in ["Linear", "LinearReLU"] {
         m.register_static::<QatLinear>(name, |qat, _, out_q| {
@@ -125,6 +135,7 @@ pub fn loaders() -> Loaders {
     let mut loaders = Loaders::default();
     loaders.register(QatConv::SAVED_TYPE, |record| Ok(Box::new(QatConv::from_record(record)?)));
     loaders.register(QatLinear::SAVED_TYPE, |record| Ok(Box::new(QatLinear::from_record(record)?)));
+    loaders.register(QatLinearBn::SAVED_TYPE, |record| Ok(Box::new(QatLinearBn::from_record(record)?)));
     loaders
         .register(FakeQuantModule::SAVED_TYPE, |record| Ok(Box::new(FakeQuantModule::from_record(record)?)));
     loaders
@@ -132,7 +143,8 @@ pub fn loaders() -> Loaders {
 
 /// `freeze_bn_stats` on every QAT conv-bn module of the tree (PyTorch's
 /// `model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)`): batch norm uses and keeps its
-/// running statistics from now on.
+/// running statistics from now on. As PyTorch's function, it leaves `LinearBn1d` alone: call
+/// [`QatLinearBn::freeze_bn_stats`] on it.
 pub fn freeze_bn_stats(model: &mut Box<dyn Module>) {
     visit::<QatConv>(model.as_mut(), &mut |m| m.freeze_bn_stats());
 }
