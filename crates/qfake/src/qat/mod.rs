@@ -10,16 +10,18 @@
 
 pub(crate) mod bn_fold;
 pub(crate) mod conv;
+pub(crate) mod embedding;
 pub(crate) mod linear;
 pub(crate) mod linear_bn;
 mod qconfig;
 
 pub use conv::{QatConv, QatConvKind};
+pub use embedding::{QatEmbedding, QatEmbeddingBag};
 pub use linear::QatLinear;
 pub use linear_bn::QatLinearBn;
 pub use qconfig::{
-    FakeQuantKind, FakeQuantKinds, QatQConfig, default_qat_qconfig, default_qat_qconfig_v2,
-    get_default_qat_qconfig,
+    FakeQuantKind, FakeQuantKinds, QatQConfig, default_embedding_qat_qconfig, default_qat_qconfig,
+    default_qat_qconfig_v2, get_default_qat_qconfig,
 };
 
 use qgraph::io::Loaders;
@@ -88,6 +90,44 @@ pub fn qat_mappings(kinds: FakeQuantKinds) -> Mappings {
     m
 }
 
+/// [`qat_mappings`] plus the embeddings (PyTorch's `get_embedding_qat_module_mappings()` for
+/// `prepare_qat` and `get_embedding_static_quant_module_mappings()` for `convert`, which the
+/// default tables leave out): `Embedding` and `EmbeddingBag` with a float-qparams weight qconfig
+/// ([`default_embedding_qat_qconfig`]) become [`QatEmbedding`] / [`QatEmbeddingBag`], whose
+/// table fake quantizer is always a `FakeQuantize` (as `default_embedding_fake_quant`) and which
+/// get no activation post-process (their `NoopObserver` keeps the output float); `convert` makes
+/// them `QuantizedEmbedding` / `QuantizedEmbeddingBag`. Use with `qgraph::prepare_qat_with` and
+/// `qgraph::convert_with`.
+///
+/// ```
+/// use qgraph::nn::{EmbeddingBag, EmbeddingBagMode};
+/// use qgraph::{Module, QConfigMapping, Sequential, train};
+/// let mut model: Box<dyn Module> =
+///     Box::new(Sequential::new(vec![Box::new(EmbeddingBag::new(10, 4, EmbeddingBagMode::Sum)?)]));
+/// train(&mut model, true);
+/// let qat = qfake::default_embedding_qat_qconfig();
+/// let mappings = qfake::qat::embedding_qat_mappings(qat.kinds);
+/// qgraph::prepare_qat_with(&mut model, &QConfigMapping::global(qat.qconfig), &mappings)?;
+/// assert_eq!(model.get("0.weight_fake_quant")?.type_name(), "FakeQuantize");
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn embedding_qat_mappings(kinds: FakeQuantKinds) -> Mappings {
+    let mut m = qat_mappings(kinds);
+    m.register_swap::<nn::Embedding>(Swap::Qat, "Embedding", |e, qconfig| {
+        Ok(Box::new(QatEmbedding::from_float(e, qconfig)?))
+    });
+    m.register_swap::<nn::EmbeddingBag>(Swap::Qat, "EmbeddingBag", |e, qconfig| {
+        Ok(Box::new(QatEmbeddingBag::from_float(e, qconfig)?))
+    });
+    m.register_unobserved::<QatEmbedding>("Embedding", |_, _| {}, |m| Ok(Some(Box::new(m.quantized()?))));
+    m.register_unobserved::<QatEmbeddingBag>(
+        "EmbeddingBag",
+        |_, _| {},
+        |m| Ok(Some(Box::new(m.quantized()?))),
+    );
+    m
+}
+
 /// PyTorch's `prepare_qat(model)` with a global QAT qconfig: see [`prepare_qat_with`].
 ///
 /// ```
@@ -135,6 +175,9 @@ pub fn loaders() -> Loaders {
     let mut loaders = Loaders::default();
     loaders.register(QatConv::SAVED_TYPE, |record| Ok(Box::new(QatConv::from_record(record)?)));
     loaders.register(QatLinear::SAVED_TYPE, |record| Ok(Box::new(QatLinear::from_record(record)?)));
+    loaders.register(QatEmbedding::SAVED_TYPE, |record| Ok(Box::new(QatEmbedding::from_record(record)?)));
+    loaders
+        .register(QatEmbeddingBag::SAVED_TYPE, |record| Ok(Box::new(QatEmbeddingBag::from_record(record)?)));
     loaders.register(QatLinearBn::SAVED_TYPE, |record| Ok(Box::new(QatLinearBn::from_record(record)?)));
     loaders
         .register(FakeQuantModule::SAVED_TYPE, |record| Ok(Box::new(FakeQuantModule::from_record(record)?)));
