@@ -7,7 +7,8 @@ Writes crates/qfake/tests/fixtures/qat_embedding.safetensors (format: tools/gold
 One thread, torch.manual_seed(case seed).
 
 Each case: a float nn.Sequential holding one nn.Embedding / nn.EmbeddingBag (PyTorch's N(0, 1)
-init; the padding row zeroed), model.qconfig = default_embedding_qat_qconfig, train mode,
+init; the padding row zeroed), model.qconfig = default_embedding_qat_qconfig (cases *_4bit:
+default_embedding_qat_qconfig_4bit), train mode,
 prepare_qat with mapping=get_embedding_qat_module_mappings() (PyTorch's default QAT mappings do
 not swap embeddings). Steps k = 1, 2, 3: the indices (and offsets, per_sample_weights) "idx.k",
 "offsets.k", "psw.k"; the upstream gradient "g.k"; y.k = the model's output; (y * g).sum()
@@ -41,6 +42,9 @@ CASES = {
     "bag_max": ("bag", 10, 6, None, "max", False, "2d", False),
     "bag_max_padding": ("bag", 10, 5, 4, "max", False, "1d", False),
     "bag_sum": ("bag", 10, 6, None, "sum", False, "2d", False),
+    # default_embedding_qat_qconfig_4bit (quint4x2 table).
+    "bag_mean_4bit": ("bag", 12, 6, None, "mean", False, "1d", False),
+    "bag_sum_psw_4bit": ("bag", 12, 8, 3, "sum", False, "1d", True),
 }
 
 
@@ -78,7 +82,9 @@ def main():
         model = nn.Sequential(float_mod)
         t = {"weight": float_mod.weight.detach().clone()}
         model.train()
-        model.qconfig = tq.default_embedding_qat_qconfig
+        model.qconfig = (
+            tq.default_embedding_qat_qconfig_4bit if name.endswith("4bit") else tq.default_embedding_qat_qconfig
+        )
         tq.prepare_qat(model, mapping=tq.quantization_mappings.get_embedding_qat_module_mappings(), inplace=True)
         qat = model[0]
         for k in range(1, 4):

@@ -1,6 +1,7 @@
 //! The QAT embeddings against PyTorch 2.15 (`tools/golden/gen_qat_embedding.py`): `Embedding`
 //! and `EmbeddingBag` (sum with per-sample weights, mean, max; offsets with an empty bag, 2-D
-//! input, `include_last_offset`, `padding_idx`) prepared with `default_embedding_qat_qconfig`,
+//! input, `include_last_offset`, `padding_idx`) prepared with `default_embedding_qat_qconfig`
+//! (two bags with `default_embedding_qat_qconfig_4bit`),
 //! three training steps (output, table gradient, per-sample weights' gradient, the weight fake
 //! quantizer's float scale and zero point), then `convert` (the quantized module's output).
 //!
@@ -82,11 +83,13 @@ fn weight_fake_quant(model: &dyn Module) -> &FakeQuantModule {
 fn qat_embeddings_train_and_convert_as_pytorch() {
     let f = fixture();
     let backprop = Backprop::default();
-    let qat = qfake::default_embedding_qat_qconfig();
-    let mappings = qfake::qat::embedding_qat_mappings(qat.kinds);
-    assert_eq!(f.cases.len(), 8);
+    let qat8 = qfake::default_embedding_qat_qconfig();
+    let mappings = qfake::qat::embedding_qat_mappings(qat8.kinds);
+    assert_eq!(f.cases.len(), 10);
     for c in &f.cases {
         let case = qtest::name(c);
+        let qat =
+            if case.ends_with("_4bit") { qfake::default_embedding_qat_qconfig_4bit() } else { qat8.clone() };
         let mut model = float_model(&f, c);
         qgraph::prepare_qat_with(&mut model, &QConfigMapping::global(qat.qconfig.clone()), &mappings)
             .unwrap();

@@ -401,15 +401,20 @@ pub fn default_fake_quant() -> QFakeResult<FakeQuantize> {
 /// `averaging_constant` 1 (the last weight's range), quint8 0..255,
 /// `per_channel_affine_float_qparams` (the weight quantizer of `default_embedding_qat_qconfig`).
 pub fn default_embedding_fake_quant() -> QFakeResult<FakeQuantize> {
-    FakeQuantize::new(embedding_weight_observer())
+    FakeQuantize::new(embedding_weight_observer(QDType::QUInt8))
 }
 
-/// The observer of [`default_embedding_fake_quant`].
-pub(crate) fn embedding_weight_observer() -> ObserverSpec {
-    let args = UniformArgs::per_channel()
-        .dtype(QDType::QUInt8)
-        .qscheme(QScheme::PerChannelAffineFloatQParams)
-        .quant_range(0, 255);
+/// `default_embedding_fake_quant_4bit`: as [`default_embedding_fake_quant`] with quint4x2
+/// (0..15).
+pub fn default_embedding_fake_quant_4bit() -> QFakeResult<FakeQuantize> {
+    FakeQuantize::new(embedding_weight_observer(QDType::QUInt4x2))
+}
+
+/// The observer of [`default_embedding_fake_quant`] (quint8, range 0..255) and
+/// [`default_embedding_fake_quant_4bit`] (quint4x2, the dtype's range).
+pub(crate) fn embedding_weight_observer(dtype: QDType) -> ObserverSpec {
+    let args = UniformArgs::per_channel().dtype(dtype).qscheme(QScheme::PerChannelAffineFloatQParams);
+    let args = if dtype == QDType::QUInt8 { args.quant_range(0, 255) } else { args };
     ObserverSpec::MovingAveragePerChannelMinMax { averaging_constant: 1.0, ch_axis: 0, args }
 }
 

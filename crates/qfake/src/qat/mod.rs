@@ -20,8 +20,8 @@ pub use embedding::{QatEmbedding, QatEmbeddingBag};
 pub use linear::QatLinear;
 pub use linear_bn::QatLinearBn;
 pub use qconfig::{
-    FakeQuantKind, FakeQuantKinds, QatQConfig, default_embedding_qat_qconfig, default_qat_qconfig,
-    default_qat_qconfig_v2, get_default_qat_qconfig,
+    FakeQuantKind, FakeQuantKinds, QatQConfig, default_embedding_qat_qconfig,
+    default_embedding_qat_qconfig_4bit, default_qat_qconfig, default_qat_qconfig_v2, get_default_qat_qconfig,
 };
 
 use qgraph::io::Loaders;

@@ -179,11 +179,21 @@ pub fn default_qat_qconfig_v2() -> QatQConfig {
 /// assert_eq!(qat.qconfig.weight.name(), "MovingAveragePerChannelMinMaxObserver");
 /// ```
 pub fn default_embedding_qat_qconfig() -> QatQConfig {
+    embedding_qat_qconfig(qcore::QDType::QUInt8)
+}
+
+/// `default_embedding_qat_qconfig_4bit`: as [`default_embedding_qat_qconfig`] with a quint4x2
+/// table (`default_embedding_fake_quant_4bit`; for `EmbeddingBag`, as PyTorch's 4-bit tables).
+pub fn default_embedding_qat_qconfig_4bit() -> QatQConfig {
+    embedding_qat_qconfig(qcore::QDType::QUInt4x2)
+}
+
+fn embedding_qat_qconfig(dtype: qcore::QDType) -> QatQConfig {
     let activation =
         ObserverSpec::Noop { dtype: qobserve::CarriedDType::Float32, custom_op_name: String::new() };
     let kind = FakeQuantKind::FakeQuantize;
     QatQConfig {
-        qconfig: QConfig { activation, weight: crate::fake_quantize::embedding_weight_observer() },
+        qconfig: QConfig { activation, weight: crate::fake_quantize::embedding_weight_observer(dtype) },
         kinds: FakeQuantKinds { activation: kind, weight: kind },
     }
 }
