@@ -154,3 +154,52 @@ fn learned_and_float(model: &dyn Module) -> std::collections::BTreeMap<String, A
     }
     out
 }
+
+/// One SGD step of the fixture's recipe on `model`: the loss.
+fn sgd_step(model: &mut Box<dyn Module>, sgd: &mut Sgd, f: &Fixture, k: usize) -> f32 {
+    let backprop = Backprop::default();
+    let x = f.tensor::<f32>("sgd", &format!("x.{k}"));
+    let labels: Vec<usize> =
+        f.tensor::<i64>("sgd", &format!("labels.{k}")).iter().map(|&l| l as usize).collect();
+    let (logits, tape) = backprop.forward(model.as_mut(), Value::Float(x)).unwrap();
+    let (loss, grad) =
+        cross_entropy(&logits.into_float("logits").unwrap(), &labels, &CrossEntropyOptions::default())
+            .unwrap();
+    let (_, grads) = backprop.backward(model.as_ref(), tape, Value::Float(grad)).unwrap();
+    let mut params = take_parameters(model.as_mut(), &grads);
+    let mut refs: Vec<(String, &mut ArrayD<f32>)> = params.iter_mut().map(|(n, p)| (n.clone(), p)).collect();
+    sgd.step(&mut refs, &grads).unwrap();
+    put_parameters(model.as_mut(), params);
+    loss[[]]
+}
+
+/// A checkpoint taken mid-run holds the learned scales and zero points and their momentum
+/// buffers: the resumed run continues bit for bit.
+#[test]
+fn a_checkpoint_resumes_learned_quantization_parameters() {
+    let f = fixture();
+    let mut model = prepared(&f);
+    let mut sgd = Sgd::new(0.002).momentum(0.9);
+    sgd_step(&mut model, &mut sgd, &f, 0);
+    qfake::qat::set_observers_enabled(&mut model, false);
+    for k in 1..3 {
+        sgd_step(&mut model, &mut sgd, &f, k);
+    }
+    let state = sgd.state();
+    assert!(
+        state.iter().any(|(n, _)| n == "1.weight_fake_quant.scale.momentum_buffer"),
+        "the optimizer keeps momentum for the learned scales: {:?}",
+        state.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    let bytes = qfake::checkpoint::to_bytes(model.as_ref(), &sgd, serde_json::json!({})).unwrap();
+    let saved = qfake::checkpoint::from_bytes(&bytes).unwrap();
+    let mut resumed_sgd = Sgd::new(0.002).momentum(0.9);
+    saved.restore_optimizer(&mut resumed_sgd).unwrap();
+    let mut resumed = saved.model;
+    train(&mut resumed, true);
+    for k in 3..6 {
+        let (a, b) = (sgd_step(&mut model, &mut sgd, &f, k), sgd_step(&mut resumed, &mut resumed_sgd, &f, k));
+        assert_eq!(a.to_bits(), b.to_bits(), "step {k}: loss");
+    }
+    assert_eq!(learned_and_float(model.as_ref()), learned_and_float(resumed.as_ref()));
+}
