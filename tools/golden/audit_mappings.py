@@ -30,7 +30,6 @@ ONEDNN_FUSION = "not yet: eager `fuse_modules` never produces it (only onednn's 
 NORM = "not yet: needs PyTorch's quantized {} kernel (float module missing too)"
 
 # The QAT modules qfake has (its `qat_mappings()` extends qgraph's mappings; `prepare_qat`).
-QAT_LINEARBN = "not yet: `LinearBn1d` QAT (fuse_modules_qat refuses Linear + BatchNorm1d)"
 
 
 def qat_swap(ours, kind=None):
@@ -56,7 +55,7 @@ QAT_STATUS = {
     "nni.ConvReLU2d": qat_swap("QatConv", "ConvReLU2d"),
     "nni.ConvReLU3d": qat_swap("QatConv", "ConvReLU3d"),
     "nni.LinearReLU": qat_swap("QatLinear", "LinearReLU"),
-    "nni.LinearBn1d": QAT_LINEARBN,
+    "nni.LinearBn1d": qat_swap("QatLinearBn", "LinearBn1d"),
 }
 DYNAMIC_STATUS = {
     "nn.Linear": "supported: `Linear` -> `DynamicQuantizedLinear` (qint8 per tensor or per channel, float16)",
@@ -85,7 +84,7 @@ STATUS = {
     "nniqat.ConvReLU2d": qat_convert("QatConv"),
     "nniqat.ConvReLU3d": qat_convert("QatConv"),
     "nniqat.LinearReLU": qat_convert("QatLinear"),
-    "nniqat.LinearBn1d": QAT_LINEARBN,
+    "nniqat.LinearBn1d": qat_convert("QatLinearBn"),
     "QuantStub": "supported: `QuantStub` -> `Quantize`",
     "DeQuantStub": "supported: `DeQuantStub` -> `DeQuantize`",
     "nn.BatchNorm2d": "supported: `BatchNorm2d` -> `QuantizedBatchNorm2d`",
@@ -128,7 +127,7 @@ STATUS = {
     "nni.ConvBnReLU1d": "supported: `fuse_modules_qat` makes `ConvBnReLU1d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
     "nni.ConvBnReLU2d": "supported: `fuse_modules_qat` makes `ConvBnReLU2d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
     "nni.ConvBnReLU3d": "supported: `fuse_modules_qat` makes `ConvBnReLU3d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
-    "nni.LinearBn1d": QAT_LINEARBN,
+    "nni.LinearBn1d": "supported: `fuse_modules_qat` makes `LinearBn1d` for `prepare_qat` (no post-training counterpart, as in PyTorch)",
     "nn.GRUCell": RNN,
     "nn.LSTMCell": RNN,
     "nn.RNNCell": RNN,

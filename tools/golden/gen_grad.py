@@ -127,7 +127,7 @@ def maxpool_case(name, shape, k, s, p, d, ceil, seed=0, ties=False):
         x = torch.round(x * 2) / 2
         x.view(-1)[::7] = float("nan") if name.endswith("nan") else x.view(-1)[::7]
     x = leaf(x)
-    fn = F.max_pool1d if len(shape) == 3 else F.max_pool2d
+    fn = {3: F.max_pool1d, 4: F.max_pool2d, 5: F.max_pool3d}[len(shape)]
     y, idx = fn(x, k, s, p, d, ceil, return_indices=True)
     dy = torch.randn(y.shape, generator=g)
     y.backward(dy)
@@ -140,6 +140,10 @@ maxpool_case("maxpool2d_ceil_dil", [1, 7, 10, 11], 3, 2, 1, 2, True, seed=42)
 maxpool_case("maxpool2d_overlap_ties", [2, 3, 8, 8], 3, 1, 1, 1, False, seed=43, ties=True)
 maxpool_case("maxpool2d_nan", [2, 3, 8, 8], 2, 2, 0, 1, True, seed=44, ties=True)
 maxpool_case("maxpool1d", [5, 3, 17], 4, 3, 2, 1, True, seed=45)
+maxpool_case("maxpool3d_k3s2", [2, 3, 7, 8, 9], 3, 2, 1, 1, False, seed=46)
+maxpool_case("maxpool3d_ceil_dil_ties", [1, 4, 9, 7, 10], [3, 2, 3], [2, 1, 2], [1, 1, 0], [2, 1, 1], True, seed=47,
+             ties=True)
+maxpool_case("maxpool3d_nan", [1, 2, 5, 6, 6], 2, 2, 0, 1, True, seed=48, ties=True)
 
 
 def avgpool_case(name, shape, k, s, p, ceil, include_pad, divisor=None, seed=0):

@@ -10,7 +10,9 @@ from shared seeded values; every step k (0-based) draws fresh seeded gradients "
 records "p{k}/<param>" and its state "s{k}/<param>.<momentum_buffer|exp_avg|exp_avg_sq|
 max_exp_avg_sq|step>", for every parameter after the steps in FULL and for the small ones after
 every step (the fixture stays small). Case "sched_*" records the learning rates "lrs" (f64) that
-StepLR / CosineAnnealingLR's step() gives over 30 epochs, from epoch 0.
+StepLR / MultiStepLR / ExponentialLR / CosineAnnealingLR / LinearLR / OneCycleLR's step() gives
+over 30 epochs, from epoch 0, on SGD(momentum=0.9); OneCycleLR cases also record SGD's momentum
+"momenta" (f64), which it cycles, and every case PyTorch's state_dict after STATE_AT steps.
 """
 
 import torch
@@ -43,7 +45,22 @@ SCHEDULERS = {
     "sched_step_gamma3": (torch.optim.lr_scheduler.StepLR, dict(step_size=3, gamma=0.3), 0.05),
     "sched_cosine": (torch.optim.lr_scheduler.CosineAnnealingLR, dict(T_max=10), 0.1),
     "sched_cosine_eta_min": (torch.optim.lr_scheduler.CosineAnnealingLR, dict(T_max=12, eta_min=1e-4), 0.01),
+    # T_max < 30: the schedule passes its minimum and climbs back (the restart branch).
+    "sched_cosine_restart": (torch.optim.lr_scheduler.CosineAnnealingLR, dict(T_max=7, eta_min=0.002), 0.03),
+    "sched_multistep": (torch.optim.lr_scheduler.MultiStepLR, dict(milestones=[3, 8, 8, 20], gamma=0.5), 0.1),
+    "sched_exponential": (torch.optim.lr_scheduler.ExponentialLR, dict(gamma=0.93), 0.07),
+    "sched_linear": (torch.optim.lr_scheduler.LinearLR, dict(start_factor=0.25, end_factor=1.0, total_iters=9), 0.1),
+    "sched_linear_decay": (torch.optim.lr_scheduler.LinearLR, dict(start_factor=1.0, end_factor=0.1, total_iters=25), 0.3),
+    "sched_onecycle": (torch.optim.lr_scheduler.OneCycleLR, dict(max_lr=0.2, total_steps=30), 0.1),
+    "sched_onecycle_linear_3phase": (
+        torch.optim.lr_scheduler.OneCycleLR,
+        dict(max_lr=0.05, total_steps=30, pct_start=0.25, anneal_strategy="linear", three_phase=True, div_factor=10.0),
+        0.1,
+    ),
 }
+# After this many steps each scheduler case records PyTorch's state_dict entries "last_epoch",
+# "_step_count", "_last_lr" and "base_lrs" (case parameter "state").
+STATE_AT = 12
 
 
 def initial_params():
@@ -89,14 +106,24 @@ def main():
         params_json = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
         fx.case(case, {"optimizer": cls.__name__, **params_json}, **tensors)
     for case, (cls, kwargs, lr) in SCHEDULERS.items():
-        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr, momentum=0.9)
         sched = cls(opt, **kwargs)
-        lrs = []
-        for _ in range(30):
+        lrs, momenta, state = [], [], None
+        for k in range(30):
+            if k == STATE_AT:
+                sd = sched.state_dict()
+                state = {key: sd[key] for key in ("last_epoch", "_step_count", "_last_lr", "base_lrs")}
             lrs.append(opt.param_groups[0]["lr"])
+            momenta.append(opt.param_groups[0]["momentum"])
             opt.step()
             sched.step()
-        fx.case(case, {"scheduler": cls.__name__, "lr": lr, **kwargs}, lrs=torch.tensor(lrs, dtype=torch.float64))
+        extra = {"momenta": torch.tensor(momenta, dtype=torch.float64)} if cls.__name__ == "OneCycleLR" else {}
+        fx.case(
+            case,
+            {"scheduler": cls.__name__, "lr": lr, "state": state, **kwargs},
+            lrs=torch.tensor(lrs, dtype=torch.float64),
+            **extra,
+        )
     fx.save()
 
 

@@ -19,8 +19,9 @@ running_var = 0.5 + rand (in this order, same generator). BatchNorm eps 1e-5, mo
 Steps k = 1, 2, 3: input x.k (randn * 1.5 + 0.1), upstream gradient g.k (randn); the training
 forward out = model(x.k) and loss (out * g.k).sum(); backward; every gradient is read, then zeroed.
 No optimizer step: the parameters never change, only buffers (BN running stats, fake-quant state).
-Before step 3, ConvBn* cases call `torch.ao.nn.intrinsic.qat.freeze_bn_stats` on the module
-(param "freeze_bn_before_step": 3; null when the module has no BN). Then `model.eval()` and one
+Before step 3, ConvBn* cases call `torch.ao.nn.intrinsic.qat.freeze_bn_stats` on the module, the
+LinearBn1d case its `freeze_bn_stats()` method (the function skips LinearBn1d) (param
+"freeze_bn_before_step": 3; null when the module has no BN). Then `model.eval()` and one
 forward on x.3 (suffix "eval", no backward). Finally `convert(copy.deepcopy(model).eval())` and the
 converted module runs on quantize_per_tensor(x.3, in_scale, in_zero_point, quint8).
 
@@ -49,7 +50,7 @@ Fields (tensor "<case>/<field>"; k is 1, 2, 3 or "eval"; fields of absent parts 
     q.output_fbgemm (u8)  the same under "fbgemm", present only when it differs from q.output
 Params per case: module (the QAT class), quantized (the converted class), float (the float
 Sequential's repr), qconfig (its name and repr), kind ("conv" / "linear"), dims (1, 2, 3; 0 for
-linear), kwargs (constructor arguments of the conv / linear), shape (input shape), bn ({"eps",
+linear, 1 for LinearBn1d), kwargs (constructor arguments of the conv / linear), shape (input shape), bn ({"eps",
 "momentum"} or null), relu, seed, freeze_bn_before_step, in_scale / in_zero_point (of q.input:
 MinMaxObserver(quint8) on x.3, calculate_qparams), fbgemm_output_differs (count of q.output
 elements "fbgemm" gives differently), weight_fake_quant / act_fake_quant (class names),
@@ -120,13 +121,15 @@ CASES = {
     "linear_4bit": ("linear", 0, dict(in_features=16, out_features=7, bias=True), [4, 16], False, False, X86_4BIT),
     "convbnrelu2d_default_qat_qconfig": ("conv", 2, dict(in_channels=3, out_channels=16, kernel_size=3, padding=1,
                                                          bias=False), [1, 3, 7, 9], True, True, DEFAULT_QAT),
+    # nniqat.LinearBn1d (fuse_modules_qat of Linear + BatchNorm1d); dims 1 is the batch norm's.
+    "linearbn1d": ("linear", 1, dict(in_features=16, out_features=7, bias=True), [8, 16], True, False, X86),
 }
 
 
 def float_model(kind, dims, kwargs, bn, relu):
     layers = [CONV[dims](**kwargs) if kind == "conv" else nn.Linear(**kwargs)]
     if bn:
-        norm = BN[dims](kwargs["out_channels"])
+        norm = BN[dims](kwargs["out_channels"] if kind == "conv" else kwargs["out_features"])
         n = norm.num_features
         with torch.no_grad():
             norm.weight.copy_(1 + 0.2 * torch.randn(n))
@@ -238,7 +241,12 @@ def main():
         xs = [torch.randn(shape) * 1.5 + 0.1 for _ in range(3)]
         for k in range(1, 4):
             if k == 3 and bn:
-                qat.apply(nniqat.freeze_bn_stats)
+                # nniqat.freeze_bn_stats (the function) freezes the ConvBn* classes only; LinearBn1d
+                # is frozen through its own method.
+                if kind == "conv":
+                    qat.apply(nniqat.freeze_bn_stats)
+                else:
+                    qat.freeze_bn_stats()
             g = torch.randn(output_shape(qat, kind, shape, kwargs))
             tensors.update(step(model, qat, xs[k - 1], g, k))
         model.eval()

@@ -1,6 +1,7 @@
 //! Training checkpoints: a QAT model (parameters, batch-norm statistics, observer and
-//! fake-quantizer state, freeze flags) with its optimizer's state and the caller's metadata (the
-//! epoch, say) in one safetensors file, to resume training where it stopped.
+//! fake-quantizer state, freeze flags) with its optimizer's state, optionally its learning-rate
+//! scheduler's, and the caller's metadata (the epoch, say) in one safetensors file, to resume
+//! training where it stopped.
 //!
 //! ```
 //! use qfake::checkpoint::{from_bytes, to_bytes};
@@ -28,7 +29,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::fake_quantize::QFakeResult;
-use crate::optim::Optimizer;
+use crate::optim::{LrScheduler, Optimizer};
 
 /// The metadata key of a checkpoint's header.
 const FORMAT: &str = "qfake.checkpoint";
@@ -42,6 +43,12 @@ const OPTIMIZER: &str = "optimizer.";
 struct Header {
     format_version: u32,
     lr: f64,
+    /// The optimizer's momentum (a scheduler may cycle it); absent in older checkpoints.
+    #[serde(default)]
+    momentum: Option<f64>,
+    /// The scheduler's `state_dict`, when one was saved.
+    #[serde(default)]
+    scheduler: Option<serde_json::Value>,
     meta: serde_json::Value,
 }
 
@@ -54,16 +61,39 @@ pub struct Checkpoint {
     pub optimizer_state: Vec<(String, ArrayD<f32>)>,
     /// The learning rate when it was saved.
     pub lr: f64,
+    /// The optimizer's momentum when it was saved (SGD's `momentum`, Adam's `beta1`; `None` in
+    /// checkpoints written before it was recorded).
+    pub momentum: Option<f64>,
+    /// The learning-rate scheduler's `state_dict`, if one was saved ([`to_bytes_with`]).
+    pub scheduler: Option<serde_json::Value>,
     /// The caller's metadata.
     pub meta: serde_json::Value,
 }
 
 impl Checkpoint {
-    /// Gives `optimizer` the saved state and learning rate.
+    /// Gives `optimizer` the saved state, learning rate and momentum.
     pub fn restore_optimizer(&self, optimizer: &mut dyn Optimizer) -> QFakeResult<()> {
         optimizer.load_state(self.optimizer_state.clone())?;
         optimizer.set_lr(self.lr);
+        if let Some(momentum) = self.momentum {
+            optimizer.set_momentum(momentum);
+        }
         Ok(())
+    }
+
+    /// Resumes `scheduler` from the saved one (PyTorch's `scheduler.load_state_dict`): build
+    /// it on the fresh optimizer, then call [`restore_optimizer`](Self::restore_optimizer) and
+    /// this, and the schedule goes on where it stopped.
+    pub fn restore_scheduler(&self, scheduler: &mut LrScheduler) -> QFakeResult<()> {
+        let state = self.scheduler.as_ref().ok_or_else(|| {
+            crate::fake_quantize::invalid(
+                "checkpoint",
+                "scheduler",
+                "none",
+                "this checkpoint holds no scheduler state; save it with checkpoint::to_bytes_with",
+            )
+        })?;
+        scheduler.load_state_dict(state)
     }
 }
 
@@ -75,6 +105,16 @@ fn error(path: &str, reason: impl Into<String>) -> GraphError {
 pub fn to_bytes(
     model: &dyn Module,
     optimizer: &dyn Optimizer,
+    meta: serde_json::Value,
+) -> QFakeResult<Vec<u8>> {
+    to_bytes_with(model, optimizer, None, meta)
+}
+
+/// [`to_bytes`], with the learning-rate scheduler's state when `scheduler` is given.
+pub fn to_bytes_with(
+    model: &dyn Module,
+    optimizer: &dyn Optimizer,
+    scheduler: Option<&LrScheduler>,
     meta: serde_json::Value,
 ) -> QFakeResult<Vec<u8>> {
     let model_bytes = qgraph::io::to_bytes(model)?;
@@ -98,7 +138,13 @@ pub fn to_bytes(
                 .map_err(|e| error("<checkpoint>", e.to_string()))?,
         ));
     }
-    let header = Header { format_version: 1, lr: optimizer.lr(), meta };
+    let header = Header {
+        format_version: 1,
+        lr: optimizer.lr(),
+        momentum: Some(optimizer.momentum()),
+        scheduler: scheduler.map(LrScheduler::state_dict),
+        meta,
+    };
     let metadata = HashMap::from([(FORMAT.to_string(), serde_json::to_string(&header).expect("plain data"))]);
     safetensors::serialize(views, Some(metadata)).map_err(|e| error("<checkpoint>", e.to_string()))
 }
@@ -137,7 +183,18 @@ fn from_bytes_named(bytes: &[u8], name: &str) -> QFakeResult<Checkpoint> {
         optimizer_state.push((param.to_string(), x));
     }
     optimizer_state.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(Checkpoint { model, optimizer_state, lr: header.lr, meta: header.meta })
+    if let Some(state) = &header.scheduler {
+        // A malformed scheduler state is reported at load time, not at restore.
+        LrScheduler::from_state_dict(state)?;
+    }
+    Ok(Checkpoint {
+        model,
+        optimizer_state,
+        lr: header.lr,
+        momentum: header.momentum,
+        scheduler: header.scheduler,
+        meta: header.meta,
+    })
 }
 
 /// Saves a checkpoint to `path`.
@@ -147,8 +204,19 @@ pub fn save(
     optimizer: &dyn Optimizer,
     meta: serde_json::Value,
 ) -> QFakeResult<()> {
+    save_with(path, model, optimizer, None, meta)
+}
+
+/// [`save`], with the learning-rate scheduler's state when `scheduler` is given.
+pub fn save_with(
+    path: impl AsRef<Path>,
+    model: &dyn Module,
+    optimizer: &dyn Optimizer,
+    scheduler: Option<&LrScheduler>,
+    meta: serde_json::Value,
+) -> QFakeResult<()> {
     let path = path.as_ref();
-    let bytes = to_bytes(model, optimizer, meta)?;
+    let bytes = to_bytes_with(model, optimizer, scheduler, meta)?;
     std::fs::write(path, bytes).map_err(|e| error(&path.display().to_string(), e.to_string()))
 }
 

@@ -23,14 +23,16 @@ pub mod train;
 pub use fake_quantize::{
     FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantModule, FakeQuantState, FakeQuantize,
     FakeQuantizer, FixedQParamsFakeQuantize, FusedMovingAvgObsFakeQuantize, LearnableFakeQuantize,
-    LearnedCtx, QFakeResult, default_fake_quant, default_fixed_qparams_range_0to1_fake_quant,
+    LearnedCtx, QFakeResult, default_embedding_fake_quant, default_embedding_fake_quant_4bit,
+    default_fake_quant, default_fixed_qparams_range_0to1_fake_quant,
     default_fixed_qparams_range_neg1to1_fake_quant, default_fused_act_fake_quant,
     default_fused_per_channel_wt_fake_quant, default_fused_wt_fake_quant,
     default_per_channel_weight_fake_quant, default_weight_fake_quant,
 };
 pub use qat::{
-    FakeQuantKind, FakeQuantKinds, QatConv, QatConvKind, QatLinear, QatQConfig, convert, default_qat_qconfig,
-    default_qat_qconfig_v2, freeze_bn_stats, get_default_qat_qconfig, loaders, prepare_qat, prepare_qat_with,
-    qat_mappings,
+    FakeQuantKind, FakeQuantKinds, QatConv, QatConvKind, QatEmbedding, QatEmbeddingBag, QatLinear,
+    QatLinearBn, QatQConfig, convert, default_embedding_qat_qconfig, default_embedding_qat_qconfig_4bit,
+    default_qat_qconfig, default_qat_qconfig_v2, freeze_bn_stats, get_default_qat_qconfig, loaders,
+    prepare_qat, prepare_qat_with, qat_mappings,
 };
 pub use qgraph;

@@ -168,8 +168,18 @@ fn bad_observers_and_qschemes_are_errors() {
         ch_axis: 0,
         args: UniformArgs::per_channel().qscheme(QScheme::PerChannelAffineFloatQParams),
     };
-    let err = FakeQuantize::new(float_qparams).unwrap_err().to_string();
-    assert!(err.contains("qscheme"), "{err}");
+    // FakeQuantize takes float qparams (PyTorch's default_embedding_fake_quant); the fused
+    // module, whose kernel takes integer zero points, does not.
+    assert!(FakeQuantize::new(float_qparams.clone()).unwrap().is_float_qparams());
+    let err = FusedMovingAvgObsFakeQuantize::new(float_qparams).unwrap_err().to_string();
+    assert!(err.contains("qscheme") && err.contains("integer zero points"), "{err}");
+    let symmetric_histogram = ObserverSpec::Histogram {
+        bins: 2048,
+        upsample_rate: 16,
+        args: UniformArgs::per_tensor().qscheme(QScheme::PerChannelSymmetric),
+    };
+    let err = FakeQuantize::new(symmetric_histogram).unwrap_err().to_string();
+    assert!(err.contains("qscheme") || err.contains("per tensor"), "{err}");
     let err = FixedQParamsFakeQuantize::new(ObserverSpec::moving_average_min_max()).unwrap_err().to_string();
     assert!(err.contains("FixedQParamsObserver"), "{err}");
     let err = FusedMovingAvgObsFakeQuantize::new(ObserverSpec::min_max()).unwrap_err().to_string();

@@ -220,8 +220,12 @@ fn ints(fx: &Fixture, case: &str, field: &str) -> ArrayD<i64> {
     fx.tensor::<i64>(case, field)
 }
 
+/// One entry per spatial axis: a case's list, or its single value repeated.
 fn list(v: &Value, len: usize) -> Vec<usize> {
-    vec![usize_of(v); len]
+    match v.as_array() {
+        Some(values) => values.iter().map(usize_of).collect(),
+        None => vec![usize_of(v); len],
+    }
 }
 
 #[test]
@@ -505,6 +509,8 @@ fn bad_arguments_are_errors() {
     let bad_idx = idx.mapv(|i| i + 100);
     assert!(max_pool_backward(&random(&[2, 3, 5, 5], 1), &bad_idx, x.shape()).is_err());
     assert!(max_pool_backward(&random(&[2, 3, 5], 1), &idx, x.shape()).is_err());
+    let err = max_pool_with_indices(&random(&[1, 2, 4, 4, 4], 1), &max).unwrap_err().to_string();
+    assert!(err.contains("needs 3 entries"), "3-D pooling with 2-D options: {err}");
     assert!(adaptive_max_pool(&x, &[0, 2]).is_err());
     assert!(adaptive_max_pool(&x, &[2]).is_err());
     assert!(adaptive_avg_pool_backward(&random(&[2, 3, 2], 1), x.shape()).is_err());
@@ -553,4 +559,31 @@ fn cumulative_momentum_averages_the_batches() {
     assert_eq!(tracked, 3);
     assert_eq!(rm[[0]], 3.0);
     assert_eq!(rv[[0]], 2.0);
+}
+
+/// A `MaxPool3d` in a model trains through `Backprop` with the 3-D pooling above: its forward
+/// equals the module's inference forward and its input gradient is `max_pool_backward`'s.
+#[test]
+fn max_pool3d_trains_in_a_model() {
+    use qfake::train::Backprop;
+    use qgraph::nn::MaxPool3d;
+    use qgraph::{Module, Sequential, Value};
+    let mut model: Box<dyn Module> = Box::new(Sequential::new(vec![Box::new(MaxPool3d::new(2).stride(1))]));
+    qgraph::train(&mut model, true);
+    let x = random(&[1, 2, 3, 4, 5], 9);
+    let backprop = Backprop::default();
+    let (y, tape) = backprop.forward(model.as_mut(), Value::Float(x.clone())).unwrap();
+    let y = y.into_float("test").unwrap();
+    assert_eq!(y, model.forward(Value::Float(x.clone())).unwrap().into_float("test").unwrap());
+    let g = random(y.shape(), 10);
+    let (dx, _) = backprop.backward(model.as_ref(), tape, Value::Float(g.clone())).unwrap();
+    let options = MaxPoolOptions {
+        kernel_size: vec![2; 3],
+        stride: vec![1; 3],
+        padding: vec![0; 3],
+        dilation: vec![1; 3],
+        ceil_mode: false,
+    };
+    let (_, idx) = max_pool_with_indices(&x, &options).unwrap();
+    assert_eq!(dx.into_float("test").unwrap(), max_pool_backward(&g, &idx, x.shape()).unwrap());
 }

@@ -77,3 +77,52 @@ fn prepared_and_converted_models_save_and_load() {
     let reloaded = io::from_bytes(&io::to_bytes(model.as_ref()).unwrap()).unwrap();
     assert_eq!(reloaded.forward(x).unwrap().into_float_lossy().unwrap(), y);
 }
+
+/// `fuse_modules_qat` of Linear + BatchNorm1d gives `LinearBn1d`, which `prepare_qat` swaps for
+/// the QAT module; it trains, saves and loads (batch-norm state and freeze flag included), and
+/// converts to a quantized Linear.
+#[test]
+fn linear_bn1d_prepares_saves_loads_and_converts() {
+    use qgraph::nn::BatchNorm1d;
+    manual_seed(3);
+    let mut model: Box<dyn Module> = Box::new(Sequential::new(vec![
+        Box::new(QuantStub::new()),
+        Box::new(Linear::new(6, 4, true)),
+        Box::new(BatchNorm1d::new(4)),
+        Box::new(DeQuantStub::new()),
+    ]));
+    train(&mut model, true);
+    qgraph::fuse::fuse_modules_qat(&mut model, &[&["1", "2"]]).unwrap();
+    assert_eq!(model.get("1").unwrap().type_name(), "LinearBn1d");
+    let qconfig = qfake::get_default_qat_qconfig("x86").unwrap();
+    qfake::prepare_qat(&mut model, &qconfig).unwrap();
+    let observed = model.get("1").unwrap().downcast_ref::<Observed>().expect("prepared");
+    assert!(observed.inner().is::<qfake::QatLinearBn>(), "swapped for the QAT LinearBn1d");
+    assert_eq!(model.get("1.bn").unwrap().type_name(), "BatchNorm1d");
+    let backprop = qfake::train::Backprop::default();
+    for seed in 0..2 {
+        backprop.forward(model.as_mut(), Value::from(batch(seed))).unwrap();
+    }
+    let bn = model.get("1.bn").unwrap();
+    let running_mean = bn.params().into_iter().find(|(n, _)| *n == "running_mean").unwrap().1;
+    assert!(
+        running_mean.iter().all(|&m| m != 0.0),
+        "training forwards update the running mean: {running_mean}"
+    );
+    let bytes = io::to_bytes(model.as_ref()).unwrap();
+    let mut loaded = io::from_bytes_with(&bytes, &qfake::loaders()).unwrap();
+    train(&mut loaded, true);
+    assert_eq!(loaded.to_string(), model.to_string());
+    let x = Value::from(batch(7));
+    let (a, b) = (model.forward(x.clone()).unwrap(), loaded.forward(x.clone()).unwrap());
+    assert_eq!(a.into_float("test").unwrap(), b.into_float("test").unwrap());
+    qfake::convert(&mut model, qconfig.kinds).unwrap();
+    assert_eq!(model.get("1").unwrap().type_name(), "QuantizedLinear");
+
+    // PyTorch's fuse_linear_bn(is_qat=True) checks.
+    let mut wrong: Box<dyn Module> =
+        Box::new(Sequential::new(vec![Box::new(Linear::new(6, 4, true)), Box::new(BatchNorm1d::new(5))]));
+    train(&mut wrong, true);
+    let err = qgraph::fuse::fuse_modules_qat(&mut wrong, &[&["0", "1"]]).unwrap_err().to_string();
+    assert!(err.contains("must match num_features"), "{err}");
+}

@@ -1,4 +1,5 @@
-//! The QAT modules against PyTorch 2.15 (`tools/golden/gen_qat_modules.py`): each case builds the
+//! The QAT modules (conv, conv-bn, linear, `LinearBn1d`) against PyTorch 2.15
+//! (`tools/golden/gen_qat_modules.py`): each case builds the
 //! float layers, fuses them for QAT, prepares them with its qconfig, and runs three training steps
 //! (batch norm frozen before the third), an eval forward and `convert`, as PyTorch's did.
 //!
@@ -10,7 +11,7 @@
 
 use ndarray::{ArrayD, IxDyn};
 use qfake::train::Backprop;
-use qfake::{FakeQuantModule, QatConv, QatLinear, QatQConfig};
+use qfake::{FakeQuantModule, QatConv, QatLinear, QatLinearBn, QatQConfig};
 use qgraph::nn::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, Conv1d, Conv2d, Conv3d, Linear, ReLU};
 use qgraph::quantized::{QuantizedConv, QuantizedLinear};
 use qgraph::workflow::Observed;
@@ -70,10 +71,25 @@ fn float_model(f: &Fixture, c: &Json) -> Box<dyn Module> {
     let weight = f.tensor::<f32>(case, "weight");
     let bias_tensor = bias.then(|| f.tensor::<f32>(case, "bias"));
     let mut parts: Vec<Box<dyn Module>> = Vec::new();
+    let batch_norm = |dims: usize, features: usize| -> BatchNorm {
+        let mut bn: BatchNorm = match dims {
+            1 => BatchNorm1d::new(features),
+            2 => BatchNorm2d::new(features),
+            _ => BatchNorm3d::new(features),
+        };
+        let t = |name| f.tensor::<f32>(case, name);
+        bn.set_params(t("bn.running_mean"), t("bn.running_var"), Some((t("bn.weight"), t("bn.bias"))))
+            .unwrap();
+        bn
+    };
     if c["kind"] == "linear" {
-        let mut linear = Linear::new(usize_of(kw, "in_features", 0), usize_of(kw, "out_features", 0), bias);
+        let out_features = usize_of(kw, "out_features", 0);
+        let mut linear = Linear::new(usize_of(kw, "in_features", 0), out_features, bias);
         linear.set_weight_bias(weight, bias_tensor).unwrap();
         parts.push(Box::new(linear));
+        if !c["bn"].is_null() {
+            parts.push(Box::new(batch_norm(dims, out_features)));
+        }
     } else {
         let (cin, cout, k) =
             (usize_of(kw, "in_channels", 0), usize_of(kw, "out_channels", 0), usize_of(kw, "kernel_size", 1));
@@ -92,15 +108,7 @@ fn float_model(f: &Fixture, c: &Json) -> Box<dyn Module> {
         conv.set_weight_bias(weight, bias_tensor).unwrap();
         parts.push(Box::new(conv));
         if !c["bn"].is_null() {
-            let mut bn: BatchNorm = match dims {
-                1 => BatchNorm1d::new(cout),
-                2 => BatchNorm2d::new(cout),
-                _ => BatchNorm3d::new(cout),
-            };
-            let t = |name| f.tensor::<f32>(case, name);
-            bn.set_params(t("bn.running_mean"), t("bn.running_var"), Some((t("bn.weight"), t("bn.bias"))))
-                .unwrap();
-            parts.push(Box::new(bn));
+            parts.push(Box::new(batch_norm(dims, cout)));
         }
     }
     if c["relu"].as_bool().unwrap() {
@@ -186,6 +194,13 @@ fn qat_modules_train_and_convert_as_pytorch() {
         for step in ["1", "2", "3"] {
             if step == "3" && !c["freeze_bn_before_step"].is_null() {
                 qfake::freeze_bn_stats(&mut model);
+                // PyTorch's function skips LinearBn1d: the module's own method freezes it.
+                let slot = qgraph::slot_mut(&mut model, "0").unwrap();
+                let observed = slot.downcast_mut::<Observed>().expect("prepared");
+                if let Some(linear_bn) = observed.inner_mut().downcast_mut::<QatLinearBn>() {
+                    assert!(!linear_bn.is_bn_frozen(), "{case}: freeze_bn_stats leaves LinearBn1d alone");
+                    linear_bn.freeze_bn_stats();
+                }
             }
             let field = |name: &str| format!("{name}.{step}");
             let x = f.tensor::<f32>(case, &field("x"));
@@ -219,9 +234,11 @@ fn qat_modules_train_and_convert_as_pytorch() {
                 }
             }
             let (_, inner) = parts(model.as_ref());
-            if let Some(conv) = inner.downcast_ref::<QatConv>()
-                && let Some(bn) = conv.bn()
-            {
+            let bn = match inner.downcast_ref::<QatConv>() {
+                Some(conv) => conv.bn(),
+                None => inner.downcast_ref::<QatLinearBn>().map(|m| m.bn().unwrap()),
+            };
+            if let Some(bn) = bn {
                 assert_close(
                     case,
                     &field("bn.running_mean"),

@@ -132,8 +132,10 @@ fn fuse_groups(model: &mut Box<dyn Module>, groups: &[&[&str]], fuse: FuseFn) ->
 }
 
 /// The module [`fuse_modules_qat`] makes of `modules`: `ConvBn{n}d` / `ConvBnReLU{n}d` for a conv
-/// and its batch norm, else what [`fuse_known_modules`] makes (ReLU6 and Linear + BatchNorm1d are
-/// not fused for QAT, as in PyTorch's QAT fuser table).
+/// and its batch norm, `LinearBn1d` for a linear layer and its `BatchNorm1d` (PyTorch's
+/// `fuse_linear_bn(is_qat=True)`: `num_features` must equal `out_features`, the batch norm must be
+/// affine), else what [`fuse_known_modules`] makes (ReLU6 is not fused for QAT, as in PyTorch's
+/// QAT fuser table).
 pub fn fuse_known_modules_qat(modules: &[&dyn Module]) -> GraphResult<Box<dyn Module>> {
     let parts: Vec<Part> = modules.iter().map(|m| part_of(*m)).collect();
     let types: Vec<String> = modules.iter().map(|m| m.type_name().to_string()).collect();
@@ -142,13 +144,18 @@ pub fn fuse_known_modules_qat(modules: &[&dyn Module]) -> GraphResult<Box<dyn Mo
         [Part::Conv(n), Part::Bn(m), Part::Relu] if n == m => FusedKind::ConvBnReLU(n),
         [Part::Conv(n), Part::Relu] => FusedKind::ConvReLU(n),
         [Part::Linear, Part::Relu] => FusedKind::LinearReLU,
+        [Part::Linear, Part::Bn(1)] => {
+            check_linear_bn_qat(modules, &types)?;
+            FusedKind::LinearBn1d
+        }
         [Part::Bn(n @ (2 | 3)), Part::Relu] => FusedKind::BNReLU(n),
         _ => {
             return Err(GraphError::Fusion {
                 modules: types.clone(),
                 reason: format!(
                     "({}) is not a pattern quantization-aware training fuses; supported: Conv{{n}}d + \
-                     BatchNorm{{n}}d (+ ReLU), Conv{{n}}d + ReLU, Linear + ReLU, BatchNorm2d/3d + ReLU",
+                     BatchNorm{{n}}d (+ ReLU), Conv{{n}}d + ReLU, Linear + ReLU, Linear + BatchNorm1d, \
+                     BatchNorm2d/3d + ReLU",
                     types.join(", ")
                 ),
             });
@@ -164,6 +171,31 @@ pub fn fuse_known_modules_qat(modules: &[&dyn Module]) -> GraphResult<Box<dyn Mo
         });
     }
     Ok(Box::new(Fused::from_parts(kind, modules.iter().map(|m| m.clone_module()).collect())?))
+}
+
+/// `fuse_linear_bn(is_qat=True)`'s checks: the batch norm normalizes the linear layer's outputs
+/// and is affine.
+fn check_linear_bn_qat(modules: &[&dyn Module], types: &[String]) -> GraphResult<()> {
+    let linear = modules[0].downcast_ref::<Linear>();
+    let bn = modules[1].downcast_ref::<BatchNorm>();
+    let (Some(linear), Some(bn)) = (linear, bn) else {
+        return Err(GraphError::Fusion {
+            modules: types.to_vec(),
+            reason: "Linear + BatchNorm1d fuses the library's Linear and BatchNorm only".into(),
+        });
+    };
+    let reason = if bn.num_features() != linear.out_features() {
+        format!(
+            "Output features of Linear ({}) must match num_features of BatchNorm1d ({})",
+            linear.out_features(),
+            bn.num_features()
+        )
+    } else if !bn.options().affine {
+        "only an affine BatchNorm1d (affine=True) fuses with Linear for QAT".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(GraphError::Fusion { modules: types.to_vec(), reason })
 }
 
 fn fusion_error(group: &[&str], reason: String) -> GraphError {

@@ -329,14 +329,16 @@ fn quantize_fused(fused: &nn::Fused, qconfig: &QConfig, out_q: PerTensor) -> Gra
             let bn = base.downcast_ref::<nn::BatchNorm>().ok_or_else(|| expect("BatchNorm"))?;
             boxed(QuantizedBatchNorm::from_float(bn, true, out_q))
         }
-        kind @ (nn::FusedKind::ConvBn(_) | nn::FusedKind::ConvBnReLU(_)) => Err(GraphError::Workflow {
-            step: "convert",
-            reason: format!(
-                "{} keeps its batch norm for quantization-aware training; prepare it with prepare_qat (its QAT form \
+        kind @ (nn::FusedKind::ConvBn(_) | nn::FusedKind::ConvBnReLU(_) | nn::FusedKind::LinearBn1d) => {
+            Err(GraphError::Workflow {
+                step: "convert",
+                reason: format!(
+                    "{} keeps its batch norm for quantization-aware training; prepare it with prepare_qat (its QAT form \
                  folds the batch norm), or fuse with fuse_modules in eval mode for post-training quantization",
-                kind.type_name()
-            ),
-        }),
+                    kind.type_name()
+                ),
+            })
+        }
     }
 }
 

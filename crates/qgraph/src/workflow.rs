@@ -466,31 +466,52 @@ pub fn prepare_with(
     mapping: &QConfigMapping,
     mappings: &Mappings,
 ) -> GraphResult<usize> {
-    check_single_call_sites(model.as_ref(), "", mappings)?;
-    let mut count = 0;
-    prepare_slot(model, "", None, mapping, mappings, &mut count)?;
+    let count = attach_observers(model, mapping, mappings)?;
     if count == 0 {
-        return Err(GraphError::Workflow {
-            step: "prepare",
-            reason:
-                "no module has a qconfig, so nothing would be observed or quantized; give the model one, \
-                     e.g. QConfigMapping::global(get_default_qconfig(\"x86\")?)"
-                    .into(),
-        });
+        return Err(nothing_to_quantize());
     }
     Ok(count)
 }
 
+/// [`prepare_with`] without its check that something was observed.
+fn attach_observers(
+    model: &mut Box<dyn Module>,
+    mapping: &QConfigMapping,
+    mappings: &Mappings,
+) -> GraphResult<usize> {
+    check_single_call_sites(model.as_ref(), "", mappings)?;
+    let mut count = 0;
+    prepare_slot(model, "", None, mapping, mappings, &mut count)?;
+    Ok(count)
+}
+
+/// The error of a prepare that finds no module with a qconfig.
+fn nothing_to_quantize() -> GraphError {
+    GraphError::Workflow {
+        step: "prepare",
+        reason: "no module has a qconfig, so nothing would be observed or quantized; give the model one, \
+                 e.g. QConfigMapping::global(get_default_qconfig(\"x86\")?)"
+            .into(),
+    }
+}
+
 /// `prepare_qat(model)`: swaps every module with a qconfig and an entry in the QAT table of
 /// `mappings` for its QAT form (PyTorch's `convert(model, mapping=qat_mappings)`), then
-/// [`prepare_with`]. Returns the number of observers attached.
+/// [`prepare_with`]. Returns the number of observers attached, which may be zero when modules
+/// were swapped (QAT embeddings get no observer); an error when nothing was swapped or observed.
 pub fn prepare_qat_with(
     model: &mut Box<dyn Module>,
     mapping: &QConfigMapping,
     mappings: &Mappings,
 ) -> GraphResult<usize> {
-    swap_with(model, mapping, mappings, Swap::Qat)?;
-    prepare_with(model, mapping, mappings)
+    let swapped = swap_with(model, mapping, mappings, Swap::Qat)?;
+    let count = attach_observers(model, mapping, mappings)?;
+    // QAT modules without an activation post-process (embeddings, whose NoopObserver keeps the
+    // output float) make a model with nothing observed but something to train and convert.
+    if count == 0 && swapped == 0 {
+        return Err(nothing_to_quantize());
+    }
+    Ok(count)
 }
 
 /// `quantize_dynamic(model)`: swaps every module with a qconfig and an entry in the dynamic table

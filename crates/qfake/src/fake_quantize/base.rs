@@ -6,7 +6,7 @@ use qobserve::{Observer, ObserverSpec, UniformArgs};
 
 use super::common::{
     FakeQuantCtx, FakeQuantFlags, FakeQuantGrads, FakeQuantizer, QFakeResult, fake_quantize_channels,
-    fake_quantize_tensor, invalid, observed_qparams, straight_through,
+    fake_quantize_channels_float, fake_quantize_tensor, invalid, observed_qparams, straight_through,
 };
 
 const CONTEXT: &str = "FakeQuantize";
@@ -39,13 +39,21 @@ pub struct FakeQuantize {
     ch_axis: i64,
     scale: Vec<f32>,
     zero_point: Vec<i64>,
+    /// The float `zero_point` buffer of `per_channel_affine_float_qparams` (empty otherwise).
+    float_zero_point: Vec<f32>,
     flags: FakeQuantFlags,
 }
 
 impl Clone for FakeQuantize {
     fn clone(&self) -> Self {
         let observer = self.observer.state().build().expect("an observer's own state rebuilds it");
-        Self { observer, scale: self.scale.clone(), zero_point: self.zero_point.clone(), ..*self }
+        Self {
+            observer,
+            scale: self.scale.clone(),
+            zero_point: self.zero_point.clone(),
+            float_zero_point: self.float_zero_point.clone(),
+            ..*self
+        }
     }
 }
 
@@ -109,6 +117,7 @@ impl FakeQuantize {
                 | QScheme::PerTensorSymmetric
                 | QScheme::PerChannelAffine
                 | QScheme::PerChannelSymmetric
+                | QScheme::PerChannelAffineFloatQParams
         ) {
             return Err(invalid(
                 CONTEXT,
@@ -117,6 +126,8 @@ impl FakeQuantize {
                 "only per channel and per tensor (affine or symmetric) quantization are supported in fake quantize",
             ));
         }
+        let float_zero_point =
+            if qscheme == QScheme::PerChannelAffineFloatQParams { vec![0.0] } else { Vec::new() };
         let observer = spec.build()?;
         Ok(Self {
             observer,
@@ -127,8 +138,28 @@ impl FakeQuantize {
             ch_axis,
             scale: vec![1.0],
             zero_point: vec![0],
+            float_zero_point,
             flags: FakeQuantFlags::default(),
         })
+    }
+
+    /// True for `per_channel_affine_float_qparams` (embedding weights): the zero point is a float
+    /// ([`FakeQuantize::float_zero_point`]).
+    pub fn is_float_qparams(&self) -> bool {
+        self.qscheme == QScheme::PerChannelAffineFloatQParams
+    }
+
+    /// The float `zero_point` buffer of a `per_channel_affine_float_qparams` quantizer (empty for
+    /// the others, whose zero point is [`FakeQuantize::zero_point`]).
+    pub fn float_zero_point(&self) -> &[f32] {
+        &self.float_zero_point
+    }
+
+    /// Sets the float zero points of a saved state.
+    pub(crate) fn restore_float_zero_point(&mut self, zero_point: Vec<f32>) {
+        if self.is_float_qparams() {
+            self.float_zero_point = zero_point;
+        }
     }
 
     /// The observer.
@@ -163,7 +194,10 @@ impl FakeQuantize {
 
     /// Whether fake quantization is per channel.
     pub fn is_per_channel(&self) -> bool {
-        matches!(self.qscheme, QScheme::PerChannelAffine | QScheme::PerChannelSymmetric)
+        matches!(
+            self.qscheme,
+            QScheme::PerChannelAffine | QScheme::PerChannelSymmetric | QScheme::PerChannelAffineFloatQParams
+        )
     }
 
     /// The `scale` buffer (float32; one value per tensor or per channel).
@@ -198,7 +232,11 @@ impl FakeQuantize {
 
     /// The saved state, under the class name `class`.
     pub(crate) fn state_as(&self, class: &str) -> super::common::FakeQuantState {
-        let zero_point = self.zero_point.iter().map(|&z| z as f32).collect();
+        let zero_point = if self.is_float_qparams() {
+            self.float_zero_point.clone()
+        } else {
+            self.zero_point.iter().map(|&z| z as f32).collect()
+        };
         super::common::FakeQuantState::of(
             class,
             self.observer.as_ref(),
@@ -226,13 +264,33 @@ impl FakeQuantize {
             self.qscheme.torch_name(),
             self.ch_axis,
             qcore::float_tensor_str(&self.scale),
-            int32_tensor_str(&self.zero_point),
+            if self.is_float_qparams() {
+                qcore::float_tensor_str(&self.float_zero_point)
+            } else {
+                int32_tensor_str(&self.zero_point)
+            },
         )
     }
 
     /// The observer step of forward: observe `x`, copy the parameters.
     fn observe(&mut self, x: &ArrayD<f32>) -> QFakeResult<()> {
         self.observer.observe(x.view())?;
+        if self.is_float_qparams() {
+            match self.observer.calculate_qparams()? {
+                QParams::PerChannelFloat { scales, zero_points, .. } => {
+                    (self.scale, self.float_zero_point) = (scales, zero_points);
+                }
+                other => {
+                    return Err(invalid(
+                        CONTEXT,
+                        "observer qparams",
+                        other.qscheme(),
+                        "a per_channel_affine_float_qparams fake quantizer needs float per-channel parameters",
+                    ));
+                }
+            }
+            return Ok(());
+        }
         let (scale, zero_point) = observed_qparams(CONTEXT, self.observer.as_ref())?;
         self.set_qparams(scale, zero_point);
         Ok(())
@@ -241,7 +299,12 @@ impl FakeQuantize {
     /// The fake-quantize step of forward with the current parameters: values and gradient mask.
     pub(crate) fn fake_quantize(&self, x: &ArrayD<f32>) -> QFakeResult<(ArrayD<f32>, ArrayD<bool>)> {
         let range = (self.quant_min, self.quant_max);
-        if self.is_per_channel() {
+        if self.is_float_qparams() {
+            let qparams: Vec<(f32, f32)> =
+                self.scale.iter().copied().zip(self.float_zero_point.iter().copied()).collect();
+            let (out, mask, _) = fake_quantize_channels_float(CONTEXT, x, self.ch_axis, &qparams, range)?;
+            Ok((out, mask))
+        } else if self.is_per_channel() {
             let qparams: Vec<(f32, i64)> =
                 self.scale.iter().copied().zip(self.zero_point.iter().copied()).collect();
             let (out, mask, _) = fake_quantize_channels(CONTEXT, x, self.ch_axis, &qparams, range)?;
@@ -332,6 +395,27 @@ impl FakeQuantizer for FakeQuantize {
 pub fn default_fake_quant() -> QFakeResult<FakeQuantize> {
     let args = UniformArgs::per_tensor().quant_range(0, 255).reduce_range(true);
     FakeQuantize::new(ObserverSpec::MovingAverageMinMax { averaging_constant: 0.01, args })
+}
+
+/// `default_embedding_fake_quant`: moving-average per-channel min/max along axis 0 with
+/// `averaging_constant` 1 (the last weight's range), quint8 0..255,
+/// `per_channel_affine_float_qparams` (the weight quantizer of `default_embedding_qat_qconfig`).
+pub fn default_embedding_fake_quant() -> QFakeResult<FakeQuantize> {
+    FakeQuantize::new(embedding_weight_observer(QDType::QUInt8))
+}
+
+/// `default_embedding_fake_quant_4bit`: as [`default_embedding_fake_quant`] with quint4x2
+/// (0..15).
+pub fn default_embedding_fake_quant_4bit() -> QFakeResult<FakeQuantize> {
+    FakeQuantize::new(embedding_weight_observer(QDType::QUInt4x2))
+}
+
+/// The observer of [`default_embedding_fake_quant`] (quint8, range 0..255) and
+/// [`default_embedding_fake_quant_4bit`] (quint4x2, the dtype's range).
+pub(crate) fn embedding_weight_observer(dtype: QDType) -> ObserverSpec {
+    let args = UniformArgs::per_channel().dtype(dtype).qscheme(QScheme::PerChannelAffineFloatQParams);
+    let args = if dtype == QDType::QUInt8 { args.quant_range(0, 255) } else { args };
+    ObserverSpec::MovingAveragePerChannelMinMax { averaging_constant: 1.0, ch_axis: 0, args }
 }
 
 /// `default_weight_fake_quant`: moving-average min/max, qint8 -128..127, per tensor symmetric.

@@ -148,6 +148,13 @@ pub trait FakeQuantizer: std::fmt::Debug + Send + Sync {
     /// The enable flags.
     fn flags(&self) -> &FakeQuantFlags;
 
+    /// The learned parameters an optimizer updates, by PyTorch's `named_parameters()` names
+    /// (`scale`, `zero_point` of `_LearnableFakeQuantize`, one value per tensor or per channel);
+    /// none for the quantizers whose qparams are buffers.
+    fn learned_mut(&mut self) -> Vec<(&'static str, &mut Vec<f32>)> {
+        Vec::new()
+    }
+
     /// The enable flags, to change.
     fn flags_mut(&mut self) -> &mut FakeQuantFlags;
 
@@ -266,6 +273,46 @@ pub(crate) fn fake_quantize_channels(
         Zip::from(&mut o).and(&mut m).for_each(|v, m| {
             let fq = fake_quantize_per_channel(*v, s, zp, qmin, qmax);
             (*v, *m) = (fq.value, fq.mask);
+        });
+    }
+    Ok((out, mask, axis))
+}
+
+/// `torch.fake_quantize_per_channel_affine` with float zero points
+/// (`per_channel_affine_float_qparams`, ATen's floating-zero-point branch of
+/// `_fake_quant_per_channel_cachemask_cpu_helper`): `q = lrint(fma(x, 1 / scale, zp))` (the x86
+/// build contracts `zp + x * inv`), the value `f32((clamp(q) - zp) * scale)` in double, the mask
+/// `qmin <= q <= qmax` (a NaN gives `i64::MIN`, so quant_min and mask false).
+pub(crate) fn fake_quantize_channels_float(
+    context: &'static str,
+    x: &ArrayD<f32>,
+    ch_axis: i64,
+    qparams: &[(f32, f32)],
+    (qmin, qmax): (i64, i64),
+) -> QFakeResult<(ArrayD<f32>, ArrayD<bool>, usize)> {
+    let axis = resolve_axis(context, ch_axis, x.ndim())?;
+    let channels = x.len_of(Axis(axis));
+    if qparams.len() != channels {
+        return Err(invalid(
+            context,
+            "scale length",
+            qparams.len(),
+            format!("must equal the input's size {channels} along ch_axis {ch_axis}"),
+        ));
+    }
+    let mut out = x.clone();
+    let mut mask = ArrayD::from_elem(x.raw_dim(), false);
+    for (&(s, zp), (mut o, mut m)) in
+        qparams.iter().zip(out.axis_iter_mut(Axis(axis)).zip(mask.axis_iter_mut(Axis(axis))))
+    {
+        let inv = 1.0f32 / s;
+        Zip::from(&mut o).and(&mut m).for_each(|v, m| {
+            let t = v.mul_add(inv, zp).round_ties_even();
+            // `std::lrint` on x86: NaN and out-of-range values give i64::MIN.
+            let q = if t.is_nan() || t.abs() >= 9.223_372e18 { i64::MIN } else { t as i64 };
+            let clamped = q.clamp(qmin, qmax) as f64;
+            *v = ((clamped - f64::from(zp)) * f64::from(s)) as f32;
+            *m = qmin <= q && q <= qmax;
         });
     }
     Ok((out, mask, axis))

@@ -52,6 +52,15 @@ impl FusedMovingAvgObsFakeQuantize {
             }
         };
         let inner = FakeQuantize::new(spec)?;
+        if inner.is_float_qparams() {
+            return Err(invalid(
+                CONTEXT,
+                "qscheme",
+                inner.qscheme(),
+                "the fused module's kernel takes integer zero points; use FakeQuantize \
+                 (default_embedding_fake_quant) for per_channel_affine_float_qparams",
+            ));
+        }
         let symmetric = matches!(inner.qscheme(), QScheme::PerTensorSymmetric | QScheme::PerChannelSymmetric);
         Ok(Self { inner, symmetric, reduce_range })
     }

@@ -401,6 +401,10 @@ impl FakeQuantizer for LearnableFakeQuantize {
         &self.flags
     }
 
+    fn learned_mut(&mut self) -> Vec<(&'static str, &mut Vec<f32>)> {
+        vec![("scale", &mut self.scale), ("zero_point", &mut self.zero_point)]
+    }
+
     fn flags_mut(&mut self) -> &mut FakeQuantFlags {
         &mut self.flags
     }

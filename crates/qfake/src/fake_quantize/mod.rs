@@ -33,8 +33,10 @@ mod learnable;
 mod module;
 mod state;
 
+pub(crate) use base::embedding_weight_observer;
 pub use base::{
-    FakeQuantize, default_fake_quant, default_per_channel_weight_fake_quant, default_weight_fake_quant,
+    FakeQuantize, default_embedding_fake_quant, default_embedding_fake_quant_4bit, default_fake_quant,
+    default_per_channel_weight_fake_quant, default_weight_fake_quant,
 };
 pub(crate) use common::invalid;
 pub use common::{

@@ -108,6 +108,14 @@ impl FakeQuantModule {
         self.lock().forward_train(x)
     }
 
+    /// The quantizer's learned parameters ([`FakeQuantizer::learned_mut`]), reached without
+    /// locking through the exclusive borrow.
+    pub fn learned_mut(&mut self) -> Vec<(&'static str, &mut Vec<f32>)> {
+        // A panic inside forward leaves parameters that are still a valid state.
+        let quantizer = self.quantizer.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        quantizer.learned_mut()
+    }
+
     /// The quantizer, locked (to read its parameters or toggle its flags).
     pub fn lock(&self) -> MutexGuard<'_, Box<dyn FakeQuantizer>> {
         // A panic inside forward leaves parameters that are still a valid state.

@@ -14,6 +14,7 @@ impl FakeQuantState {
         let observer = self.observer.build()?;
         let restore = |fq: &mut FakeQuantize, observer| {
             fq.restore(observer, self.scale.clone(), self.integer_zero_points(), self.flags());
+            fq.restore_float_zero_point(self.zero_point.clone());
         };
         Ok(match self.class.as_str() {
             "FakeQuantize" => {

@@ -1,8 +1,8 @@
-//! Max, average and adaptive pooling over 1 or 2 spatial axes, with their backward, as ATen's
-//! CPU kernels compute them (`aten/src/ATen/native/cpu/MaxPoolKernel.cpp`,
+//! Max, average and adaptive pooling over 1 or 2 spatial axes (max pooling also over 3), with
+//! their backward, as ATen's CPU kernels compute them (`aten/src/ATen/native/cpu/MaxPoolKernel.cpp`,
 //! `AvgPoolKernel.cpp`, `AdaptiveAvgPoolKernel.cpp`, `AdaptiveMaxPoolKernel.cpp`). 1-D pooling
-//! is 2-D pooling of height 1, as ATen computes it. Indices are flat within each `[H, W]` plane,
-//! as PyTorch returns them.
+//! is 2-D pooling of height 1, as ATen computes it. Indices are flat within each `[H, W]` plane
+//! (`[D, H, W]` volume), as PyTorch returns them.
 
 use ndarray::ArrayD;
 
@@ -11,7 +11,8 @@ use crate::QFakeResult;
 
 const CONTEXT: &str = "qfake::grad::pool";
 
-/// The arguments of `nn.MaxPool1d` / `nn.MaxPool2d` (one entry per spatial axis).
+/// The arguments of `nn.MaxPool1d` / `nn.MaxPool2d` / `nn.MaxPool3d` (one entry per spatial
+/// axis).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaxPoolOptions {
     /// Window size.
@@ -172,25 +173,33 @@ fn gather(
     (array(oshape, out), idx)
 }
 
-/// ATen's max rule over a window: the first maximum wins; a NaN always replaces (so NaN
-/// propagates, with the index of the last NaN); an all `-inf` window gives its first index.
-fn argmax(plane: &[f32], width: usize, rows: (usize, usize, usize), cols: (usize, usize, usize)) -> usize {
-    let mut best = rows.0 * width + cols.0;
+/// A window along one axis: first input index, end (exclusive), step.
+type Window = (usize, usize, usize);
+
+/// ATen's max rule over a window of a `[D, H, W]` volume (`[height, width]` its last two sizes;
+/// a plane is a volume of depth 1 and the depth window `(0, 1, 1)`), visited depth, row, column:
+/// the first maximum wins; a NaN always replaces (so NaN propagates, with the index of the last
+/// NaN); an all `-inf` window gives its first index.
+fn argmax(volume: &[f32], [height, width]: [usize; 2], [depths, rows, cols]: [Window; 3]) -> usize {
+    let flat = |id: usize, ih: usize, iw: usize| (id * height + ih) * width + iw;
+    let mut best = flat(depths.0, rows.0, cols.0);
     let mut max = f32::NEG_INFINITY;
-    for ih in (rows.0..rows.1).step_by(rows.2) {
-        for iw in (cols.0..cols.1).step_by(cols.2) {
-            let v = plane[ih * width + iw];
-            if v > max || v.is_nan() {
-                max = v;
-                best = ih * width + iw;
+    for id in (depths.0..depths.1).step_by(depths.2) {
+        for ih in (rows.0..rows.1).step_by(rows.2) {
+            for iw in (cols.0..cols.1).step_by(cols.2) {
+                let v = volume[flat(id, ih, iw)];
+                if v > max || v.is_nan() {
+                    max = v;
+                    best = flat(id, ih, iw);
+                }
             }
         }
     }
     best
 }
 
-/// `F.max_pool1d/2d(input, ..., return_indices=True)`: the output and the flat index of each
-/// maximum in its input plane.
+/// `F.max_pool1d/2d/3d(input, ..., return_indices=True)` on `[N, C, L]`, `[N, C, H, W]` or
+/// `[N, C, D, H, W]`: the output and the flat index of each maximum in its input plane (volume).
 ///
 /// ```
 /// use ndarray::{ArrayD, IxDyn};
@@ -206,13 +215,62 @@ pub fn max_pool_with_indices(
     input: &ArrayD<f32>,
     options: &MaxPoolOptions,
 ) -> QFakeResult<(ArrayD<f32>, ArrayD<i64>)> {
+    if input.ndim() == 5 {
+        return max_pool3d_with_indices(input, options);
+    }
     let axes = max_axes(input.shape(), options)?;
     let (_, sp) = planes(input.shape())?;
     let oshape = out_shape(input.shape(), &axes);
     let [ah, aw] = axes;
     Ok(gather(input, &oshape, sp[0] * sp[1], [ah.output, aw.output], |plane, oh, ow| {
-        argmax(plane, sp[1], ah.window(oh), aw.window(ow))
+        argmax(plane, sp, [(0, 1, 1), ah.window(oh), aw.window(ow)])
     }))
+}
+
+/// [`max_pool_with_indices`] on `[N, C, D, H, W]` (ATen's `cpu_max_pool` with `is_3d`).
+fn max_pool3d_with_indices(
+    input: &ArrayD<f32>,
+    o: &MaxPoolOptions,
+) -> QFakeResult<(ArrayD<f32>, ArrayD<i64>)> {
+    let &[n, c, d, h, w] = input.shape() else {
+        return Err(bad(CONTEXT, "input shape", input.shape(), "must be [N, C, D, H, W]"));
+    };
+    let three = |what: &'static str, v: &[usize]| -> QFakeResult<[usize; 3]> {
+        <[usize; 3]>::try_from(v).map_err(|_| bad(CONTEXT, what, v, "needs 3 entries, one per spatial axis"))
+    };
+    let (k, s) = (three("kernel_size", &o.kernel_size)?, three("stride", &o.stride)?);
+    let (p, dl) = (three("padding", &o.padding)?, three("dilation", &o.dilation)?);
+    let axes = [d, h, w]
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| Axis::new(size, k[i], s[i], p[i], dl[i], o.ceil_mode))
+        .collect::<QFakeResult<Vec<_>>>()?;
+    let oshape = [n, c, axes[0].output, axes[1].output, axes[2].output];
+    let x = to_vec(input);
+    let total: usize = oshape.iter().product();
+    let (mut out, mut idx) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    for volume in x.chunks((d * h * w).max(1)) {
+        for od in 0..axes[0].output {
+            for oh in 0..axes[1].output {
+                for ow in 0..axes[2].output {
+                    let i =
+                        argmax(volume, [h, w], [axes[0].window(od), axes[1].window(oh), axes[2].window(ow)]);
+                    out.push(volume[i]);
+                    idx.push(i as i64);
+                }
+            }
+        }
+    }
+    let idx = ArrayD::from_shape_vec(ndarray::IxDyn(&oshape), idx).expect("one index per output");
+    Ok((array(&oshape, out), idx))
+}
+
+/// `[N, C, ...]` with 1 to 3 spatial axes as (planes `N * C`, elements per plane).
+fn volumes(shape: &[usize]) -> QFakeResult<(usize, usize)> {
+    match shape {
+        [n, c, spatial @ ..] if (1..=3).contains(&spatial.len()) => Ok((n * c, spatial.iter().product())),
+        _ => Err(bad(CONTEXT, "shape", shape, "must be [N, C, L], [N, C, H, W] or [N, C, D, H, W]")),
+    }
 }
 
 /// The backward of [`max_pool_with_indices`] and [`adaptive_max_pool`]: each output's gradient
@@ -232,14 +290,13 @@ pub fn max_pool_backward(
     indices: &ArrayD<i64>,
     input_shape: &[usize],
 ) -> QFakeResult<ArrayD<f32>> {
-    let (np, sp) = planes(input_shape)?;
+    let (np, in_plane) = volumes(input_shape)?;
     check_shape(CONTEXT, "indices", indices.shape(), grad_output.shape())?;
-    let (gnp, _) = planes(grad_output.shape())?;
+    let (gnp, _) = volumes(grad_output.shape())?;
     check_shape(CONTEXT, "grad_output's [N, C]", &grad_output.shape()[..2], &input_shape[..2])?;
     if grad_output.ndim() != input_shape.len() || gnp != np {
         return Err(bad(CONTEXT, "grad_output shape", grad_output.shape(), "must have the input's rank"));
     }
-    let in_plane = sp[0] * sp[1];
     let out_plane = grad_output.len() / np.max(1);
     let g = to_vec(grad_output);
     let idx: Vec<i64> = indices.iter().copied().collect();
@@ -431,6 +488,6 @@ pub fn adaptive_max_pool(
     Ok(gather(input, &oshape, sp[0] * sp[1], o, |plane, oh, ow| {
         let (h0, h1) = adaptive_window(oh, o[0], sp[0]);
         let (w0, w1) = adaptive_window(ow, o[1], sp[1]);
-        argmax(plane, sp[1], (h0, h1, 1), (w0, w1, 1))
+        argmax(plane, sp, [(0, 1, 1), (h0, h1, 1), (w0, w1, 1)])
     }))
 }

@@ -1,5 +1,6 @@
 //! Optimizers: PyTorch's `torch.optim.SGD` and `Adam` (single-tensor CPU path), updating
-//! parameters by `state_dict` name from the [`Gradients`] of a backward pass.
+//! parameters by `state_dict` name from the [`Gradients`] of a backward pass, and the
+//! learning-rate schedulers of `torch.optim.lr_scheduler` ([`LrScheduler`]).
 
 use std::collections::BTreeMap;
 
@@ -7,6 +8,10 @@ use ndarray::ArrayD;
 
 use crate::fake_quantize::{QFakeResult, invalid};
 use crate::train::Gradients;
+
+mod sched;
+
+pub use sched::{Anneal, LrScheduler, Schedule};
 
 /// An optimizer: updates parameters in place from their gradients.
 pub trait Optimizer {
@@ -19,6 +24,12 @@ pub trait Optimizer {
 
     /// Sets the learning rate (a scheduler's step).
     fn set_lr(&mut self, lr: f64);
+
+    /// The momentum a scheduler may cycle (`OneCycleLR`): SGD's `momentum`, Adam's `beta1`.
+    fn momentum(&self) -> f64;
+
+    /// Sets [`momentum`](Optimizer::momentum).
+    fn set_momentum(&mut self, momentum: f64);
 
     /// The per-parameter state tensors by `<parameter>.<buffer>` name (`fc.weight.momentum_buffer`),
     /// to save in a checkpoint.
@@ -169,6 +180,14 @@ impl Optimizer for Sgd {
 
     fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
+    }
+
+    fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    fn set_momentum(&mut self, momentum: f64) {
+        self.momentum = momentum;
     }
 
     fn state(&self) -> Vec<(String, ArrayD<f32>)> {
@@ -342,6 +361,14 @@ impl Optimizer for Adam {
 
     fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
+    }
+
+    fn momentum(&self) -> f64 {
+        self.betas.0
+    }
+
+    fn set_momentum(&mut self, momentum: f64) {
+        self.betas.0 = momentum;
     }
 
     fn state(&self) -> Vec<(String, ArrayD<f32>)> {

@@ -1,7 +1,7 @@
 //! QAT convolutions: `qat.Conv{n}d`, `intrinsic.qat.ConvReLU{n}d`, `ConvBn{n}d` and
 //! `ConvBnReLU{n}d`, the last two folding their batch norm into the weight at every step.
 
-use ndarray::{ArrayD, Axis, IxDyn};
+use ndarray::{ArrayD, IxDyn};
 use qgraph::fusion::fuse_conv_bn_weights;
 use qgraph::nn::{BatchNorm, Conv, Fused, FusedKind};
 use qgraph::qconfig::QConfig;
@@ -10,6 +10,7 @@ use qgraph::record::{Record, TensorView};
 use qgraph::{GraphError, Module, Value};
 use serde::{Deserialize, Serialize};
 
+use super::bn_fold::{BnRun, finish_fold, fold_factors, scale_weight};
 use super::qconfig::FakeQuantKind;
 use crate::fake_quantize::{FakeQuantCtx, FakeQuantModule, QFakeResult, invalid};
 use crate::grad;
@@ -100,20 +101,6 @@ pub(crate) struct ConvRun {
     pub output: ArrayD<f32>,
     /// The running mean and variance after this batch (training-mode batch norm only).
     pub updated_stats: Option<(ArrayD<f32>, ArrayD<f32>)>,
-}
-
-/// The batch-norm part of a [`ConvRun`].
-pub(crate) struct BnRun {
-    /// `bn.weight / sqrt(running_var + eps)`, per output channel.
-    pub scale_factor: Vec<f32>,
-    /// `sqrt(running_var + eps)`.
-    pub running_std: Vec<f32>,
-    /// The convolution's output before the division by the scale factor.
-    pub conv: ArrayD<f32>,
-    /// Batch norm's input.
-    pub bn_input: ArrayD<f32>,
-    /// Batch statistics (training mode), or `None` when the running statistics were used.
-    pub batch: Option<grad::BatchNormSaved>,
 }
 
 impl QatConv {
@@ -239,18 +226,7 @@ impl QatConv {
             .bn
             .as_mut()
             .ok_or_else(|| invalid("QatConv", "bn", "none", "only the batch-norm forms have one"))?;
-        let mut mean = None;
-        let mut var = None;
-        for (name, x) in bn.params_mut() {
-            match name {
-                "running_mean" => mean = Some(x),
-                "running_var" => var = Some(x),
-                _ => {}
-            }
-        }
-        mean.zip(var).ok_or_else(|| {
-            invalid("QatConv", "bn", "no running statistics", "give a BatchNorm that tracks them")
-        })
+        super::bn_fold::running_stats_mut(bn.as_mut(), "QatConv")
     }
 
     /// The forward: the output and what backward needs (with the running statistics the batch
@@ -270,49 +246,15 @@ impl QatConv {
                 ConvRun { input: x, weight, fake_quant, bn: None, output: out.clone(), updated_stats: None };
             return Ok((out, run));
         };
-        let eps = bn.options().eps as f32;
-        let gamma = bn.weight().ok_or_else(|| {
-            invalid("QatConv", "bn.affine", false, "QAT conv-bn needs an affine batch norm")
-        })?;
-        let running_std: Vec<f32> = bn.running_var().iter().map(|&v| (v + eps).sqrt()).collect();
-        let scale_factor: Vec<f32> = gamma.iter().zip(&running_std).map(|(&g, &s)| g / s).collect();
-        let mut scaled = self.conv.weight().clone();
-        for (mut w, &s) in scaled.axis_iter_mut(Axis(0)).zip(&scale_factor) {
-            w.mapv_inplace(|v| v * s);
-        }
-        let (weight, fake_quant) = fq.fake_quantize(&scaled)?;
+        let (scale_factor, running_std) = fold_factors(bn, "QatConv")?;
+        let (weight, fake_quant) = fq.fake_quantize(&scale_weight(self.conv.weight(), &scale_factor))?;
         let zero_bias = ArrayD::zeros(IxDyn(&[self.conv.out_channels()]));
         let conv = grad::conv_forward(&x, &weight, Some(&zero_bias), options)?;
-        let bias: Option<Vec<f32>> = self.conv.bias().map(|b| b.iter().copied().collect());
-        let mut bn_input = conv.clone();
-        channel_runs(&mut bn_input, &conv, |c, run, _| {
-            let s = scale_factor[c];
-            match &bias {
-                Some(b) => run.iter_mut().for_each(|v| *v = *v / s + b[c]),
-                None => run.iter_mut().for_each(|v| *v /= s),
-            }
-        });
-        let (mut out, batch, stats) = if self.uses_batch_stats() {
-            let (mut mean, mut var) = (bn.running_mean().clone(), bn.running_var().clone());
-            let (out, saved) = grad::batch_norm_train(
-                &bn_input,
-                bn.weight(),
-                bn.bias(),
-                &mut mean,
-                &mut var,
-                bn.options().momentum,
-                bn.options().eps,
-            )?;
-            (out, Some(saved), Some((mean, var)))
-        } else {
-            let mut frozen = bn.clone();
-            frozen.set_training(false);
-            (frozen.forward(Value::Float(bn_input.clone()))?.into_float("BatchNorm")?, None, None)
-        };
+        let (mut out, bn_run, stats) =
+            finish_fold(bn, conv, self.conv.bias(), (scale_factor, running_std), self.uses_batch_stats())?;
         if self.kind.relu() {
             out.mapv_inplace(relu);
         }
-        let bn_run = BnRun { scale_factor, running_std, conv, bn_input, batch };
         let run = ConvRun {
             input: x,
             weight,

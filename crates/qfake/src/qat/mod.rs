@@ -8,15 +8,20 @@
 //! `activation_post_process`; [`convert`] turns the trained model into the quantized modules
 //! post-training quantization makes, with the parameters the fake quantizers chose.
 
+pub(crate) mod bn_fold;
 pub(crate) mod conv;
+pub(crate) mod embedding;
 pub(crate) mod linear;
+pub(crate) mod linear_bn;
 mod qconfig;
 
 pub use conv::{QatConv, QatConvKind};
+pub use embedding::{QatEmbedding, QatEmbeddingBag};
 pub use linear::QatLinear;
+pub use linear_bn::QatLinearBn;
 pub use qconfig::{
-    FakeQuantKind, FakeQuantKinds, QatQConfig, default_qat_qconfig, default_qat_qconfig_v2,
-    get_default_qat_qconfig,
+    FakeQuantKind, FakeQuantKinds, QatQConfig, default_embedding_qat_qconfig,
+    default_embedding_qat_qconfig_4bit, default_qat_qconfig, default_qat_qconfig_v2, get_default_qat_qconfig,
 };
 
 use qgraph::io::Loaders;
@@ -65,6 +70,13 @@ pub fn qat_mappings(kinds: FakeQuantKinds) -> Mappings {
     m.register_swap::<nn::Fused>(Swap::Qat, &FusedKind::LinearReLU.type_name(), move |f, qconfig| {
         Ok(Box::new(QatLinear::from_fused(f, qconfig, kinds.weight)?))
     });
+    m.register_swap::<nn::Fused>(Swap::Qat, &FusedKind::LinearBn1d.type_name(), move |f, qconfig| {
+        Ok(Box::new(QatLinearBn::from_fused(f, qconfig, kinds.weight)?))
+    });
+    m.register_static::<QatLinearBn>("LinearBn1d", |qat, _, out_q| {
+        let (linear, weight) = qat.quantized_weight()?;
+        Ok(Box::new(QuantizedLinear::with_weight(&linear, QuantizedAct::None, weight, out_q)?))
+    });
     for name in ["Linear", "LinearReLU"] {
         m.register_static::<QatLinear>(name, |qat, _, out_q| {
             let (linear, weight) = qat.quantized_weight()?;
@@ -75,6 +87,44 @@ pub fn qat_mappings(kinds: FakeQuantKinds) -> Mappings {
     m.set_activation_post_process(move |_, qconfig| {
         Ok(Box::new(FakeQuantModule::new(kinds.activation.build(&qconfig.activation, None)?)))
     });
+    m
+}
+
+/// [`qat_mappings`] plus the embeddings (PyTorch's `get_embedding_qat_module_mappings()` for
+/// `prepare_qat` and `get_embedding_static_quant_module_mappings()` for `convert`, which the
+/// default tables leave out): `Embedding` and `EmbeddingBag` with a float-qparams weight qconfig
+/// ([`default_embedding_qat_qconfig`]) become [`QatEmbedding`] / [`QatEmbeddingBag`], whose
+/// table fake quantizer is always a `FakeQuantize` (as `default_embedding_fake_quant`) and which
+/// get no activation post-process (their `NoopObserver` keeps the output float); `convert` makes
+/// them `QuantizedEmbedding` / `QuantizedEmbeddingBag`. Use with `qgraph::prepare_qat_with` and
+/// `qgraph::convert_with`.
+///
+/// ```
+/// use qgraph::nn::{EmbeddingBag, EmbeddingBagMode};
+/// use qgraph::{Module, QConfigMapping, Sequential, train};
+/// let mut model: Box<dyn Module> =
+///     Box::new(Sequential::new(vec![Box::new(EmbeddingBag::new(10, 4, EmbeddingBagMode::Sum)?)]));
+/// train(&mut model, true);
+/// let qat = qfake::default_embedding_qat_qconfig();
+/// let mappings = qfake::qat::embedding_qat_mappings(qat.kinds);
+/// qgraph::prepare_qat_with(&mut model, &QConfigMapping::global(qat.qconfig), &mappings)?;
+/// assert_eq!(model.get("0.weight_fake_quant")?.type_name(), "FakeQuantize");
+/// # Ok::<(), qgraph::GraphError>(())
+/// ```
+pub fn embedding_qat_mappings(kinds: FakeQuantKinds) -> Mappings {
+    let mut m = qat_mappings(kinds);
+    m.register_swap::<nn::Embedding>(Swap::Qat, "Embedding", |e, qconfig| {
+        Ok(Box::new(QatEmbedding::from_float(e, qconfig)?))
+    });
+    m.register_swap::<nn::EmbeddingBag>(Swap::Qat, "EmbeddingBag", |e, qconfig| {
+        Ok(Box::new(QatEmbeddingBag::from_float(e, qconfig)?))
+    });
+    m.register_unobserved::<QatEmbedding>("Embedding", |_, _| {}, |m| Ok(Some(Box::new(m.quantized()?))));
+    m.register_unobserved::<QatEmbeddingBag>(
+        "EmbeddingBag",
+        |_, _| {},
+        |m| Ok(Some(Box::new(m.quantized()?))),
+    );
     m
 }
 
@@ -125,6 +175,10 @@ pub fn loaders() -> Loaders {
     let mut loaders = Loaders::default();
     loaders.register(QatConv::SAVED_TYPE, |record| Ok(Box::new(QatConv::from_record(record)?)));
     loaders.register(QatLinear::SAVED_TYPE, |record| Ok(Box::new(QatLinear::from_record(record)?)));
+    loaders.register(QatEmbedding::SAVED_TYPE, |record| Ok(Box::new(QatEmbedding::from_record(record)?)));
+    loaders
+        .register(QatEmbeddingBag::SAVED_TYPE, |record| Ok(Box::new(QatEmbeddingBag::from_record(record)?)));
+    loaders.register(QatLinearBn::SAVED_TYPE, |record| Ok(Box::new(QatLinearBn::from_record(record)?)));
     loaders
         .register(FakeQuantModule::SAVED_TYPE, |record| Ok(Box::new(FakeQuantModule::from_record(record)?)));
     loaders
@@ -132,7 +186,8 @@ pub fn loaders() -> Loaders {
 
 /// `freeze_bn_stats` on every QAT conv-bn module of the tree (PyTorch's
 /// `model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)`): batch norm uses and keeps its
-/// running statistics from now on.
+/// running statistics from now on. As PyTorch's function, it leaves `LinearBn1d` alone: call
+/// [`QatLinearBn::freeze_bn_stats`] on it.
 pub fn freeze_bn_stats(model: &mut Box<dyn Module>) {
     visit::<QatConv>(model.as_mut(), &mut |m| m.freeze_bn_stats());
 }

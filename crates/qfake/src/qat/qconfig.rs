@@ -167,3 +167,33 @@ pub fn default_qat_qconfig_v2() -> QatQConfig {
         kinds: FakeQuantKinds { activation: kind, weight: kind },
     }
 }
+
+/// `default_embedding_qat_qconfig`: activation `NoopObserver(dtype=torch.float32)` (an
+/// embedding's output stays float), weight `default_embedding_fake_quant` (`FakeQuantize`
+/// around a moving-average per-channel min/max observer, `averaging_constant` 1, quint8 0..255,
+/// `per_channel_affine_float_qparams` on axis 0). Give it to the `Embedding` / `EmbeddingBag`
+/// modules (a per-module qconfig), as in PyTorch.
+///
+/// ```
+/// let qat = qfake::default_embedding_qat_qconfig();
+/// assert_eq!(qat.qconfig.weight.name(), "MovingAveragePerChannelMinMaxObserver");
+/// ```
+pub fn default_embedding_qat_qconfig() -> QatQConfig {
+    embedding_qat_qconfig(qcore::QDType::QUInt8)
+}
+
+/// `default_embedding_qat_qconfig_4bit`: as [`default_embedding_qat_qconfig`] with a quint4x2
+/// table (`default_embedding_fake_quant_4bit`; for `EmbeddingBag`, as PyTorch's 4-bit tables).
+pub fn default_embedding_qat_qconfig_4bit() -> QatQConfig {
+    embedding_qat_qconfig(qcore::QDType::QUInt4x2)
+}
+
+fn embedding_qat_qconfig(dtype: qcore::QDType) -> QatQConfig {
+    let activation =
+        ObserverSpec::Noop { dtype: qobserve::CarriedDType::Float32, custom_op_name: String::new() };
+    let kind = FakeQuantKind::FakeQuantize;
+    QatQConfig {
+        qconfig: QConfig { activation, weight: crate::fake_quantize::embedding_weight_observer(dtype) },
+        kinds: FakeQuantKinds { activation: kind, weight: kind },
+    }
+}

@@ -29,6 +29,7 @@ pub(super) fn register(backprop: &mut Backprop) {
         .register::<ELU>()
         .register::<MaxPool<1>>()
         .register::<MaxPool<2>>()
+        .register::<MaxPool<3>>()
         .register::<AvgPool2d>()
         .register::<AdaptiveAvgPool2d>()
         .register::<Dropout>();
@@ -199,6 +200,7 @@ macro_rules! max_pool_train {
 
 max_pool_train!(1);
 max_pool_train!(2);
+max_pool_train!(3);
 
 impl Train for AvgPool2d {
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {

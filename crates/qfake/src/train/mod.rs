@@ -29,6 +29,7 @@
 
 mod backprop;
 mod containers;
+mod embedding;
 mod fake_quant;
 mod layers;
 mod params;
@@ -46,6 +47,7 @@ impl Default for Backprop {
         layers::register(&mut backprop);
         fake_quant::register(&mut backprop);
         qat::register(&mut backprop);
+        embedding::register(&mut backprop);
         backprop
     }
 }

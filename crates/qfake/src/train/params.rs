@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, IxDyn};
 use qgraph::Module;
 
 use super::backprop::{Gradients, join};
+use crate::fake_quantize::FakeQuantModule;
 
 /// Calls `f(path, module)` on every module of the tree, parents first.
 pub fn visit_mut(module: &mut dyn Module, path: &str, f: &mut dyn FnMut(&str, &mut dyn Module)) {
@@ -19,8 +20,20 @@ pub fn visit_mut(module: &mut dyn Module, path: &str, f: &mut dyn FnMut(&str, &m
     }
 }
 
+/// The learned parameters of a fake quantizer module (`scale`, `zero_point` of a learnable one;
+/// PyTorch's `nn.Parameter`s), empty for any other module.
+fn learned_of(module: &mut dyn Module) -> Vec<(&'static str, &mut Vec<f32>)> {
+    module
+        .as_any_mut()
+        .downcast_mut::<FakeQuantModule>()
+        .map(FakeQuantModule::learned_mut)
+        .unwrap_or_default()
+}
+
 /// The parameters of `model` that have a gradient in `grads`, moved out by name (see
-/// [`put_parameters`]): optimizers update them in place, then they go back.
+/// [`put_parameters`]): optimizers update them in place, then they go back. They are the float
+/// parameters (`params_mut`) and, as in PyTorch's `model.parameters()`, the `scale` and
+/// `zero_point` of every learnable fake quantizer (1-D, one value per tensor or per channel).
 pub fn take_parameters(model: &mut dyn Module, grads: &Gradients) -> Vec<(String, ArrayD<f32>)> {
     let mut out = Vec::new();
     visit_mut(model, "", &mut |path, module| {
@@ -28,6 +41,13 @@ pub fn take_parameters(model: &mut dyn Module, grads: &Gradients) -> Vec<(String
             let key = join(path, name);
             if grads.contains_key(&key) {
                 out.push((key, std::mem::take(x)));
+            }
+        }
+        for (name, x) in learned_of(module) {
+            let key = join(path, name);
+            if grads.contains_key(&key) {
+                let values = std::mem::take(x);
+                out.push((key, ArrayD::from_shape_vec(IxDyn(&[values.len()]), values).expect("1-D")));
             }
         }
     });
@@ -41,6 +61,11 @@ pub fn put_parameters(model: &mut dyn Module, params: Vec<(String, ArrayD<f32>)>
         for (name, x) in module.params_mut() {
             if let Some(value) = params.remove(&join(path, name)) {
                 *x = value;
+            }
+        }
+        for (name, x) in learned_of(module) {
+            if let Some(value) = params.remove(&join(path, name)) {
+                *x = value.iter().copied().collect();
             }
         }
     });

@@ -52,7 +52,7 @@ impl EmbeddingOptions {
     }
 
     /// Index `i` as a row, or an error naming it and `num_embeddings`.
-    pub(crate) fn row(&self, context: &'static str, i: i64) -> GraphResult<usize> {
+    pub fn row(&self, context: &'static str, i: i64) -> GraphResult<usize> {
         if (0..self.num_embeddings as i64).contains(&i) {
             Ok(i as usize)
         } else {
@@ -265,7 +265,7 @@ pub struct EmbeddingBagOptions {
 /// The bags of one forward: each index checked, each bag a range of `rows`, and the
 /// per-sample weights if given.
 #[derive(Debug)]
-pub(crate) struct Bags {
+pub struct Bags {
     /// The table row of each index.
     pub rows: Vec<usize>,
     /// The start and end of each bag in `rows`.
@@ -278,7 +278,7 @@ impl Bags {
     /// Reads `input` as PyTorch's `forward(input, offsets=None, per_sample_weights=None)`: a 2-D
     /// int64 tensor `[B, L]` (B bags of L), or a tuple `(input, offsets)`,
     /// `(input, offsets, per_sample_weights)` or `(2-D input, per_sample_weights)`.
-    pub(crate) fn parse(
+    pub fn parse(
         context: &'static str,
         input: Value,
         options: &EmbeddingOptions,
@@ -466,7 +466,8 @@ impl EmbeddingBag {
         Ok(Self { options, weight, training: false })
     }
 
-    fn run(&self, bags: &Bags) -> GraphResult<ArrayD<f32>> {
+    /// The forward on bags [`Bags::parse`] read: one row per bag.
+    pub fn run(&self, bags: &Bags) -> GraphResult<ArrayD<f32>> {
         let d = self.options.table.embedding_dim;
         let padding = self.options.table.padding_idx;
         let mode = self.options.mode;

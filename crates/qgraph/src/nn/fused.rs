@@ -25,6 +25,9 @@ pub enum FusedKind {
     ConvBn(usize),
     /// `ConvBnReLU{n}d`: a convolution, its batch norm and `ReLU`, for quantization-aware training.
     ConvBnReLU(usize),
+    /// `LinearBn1d`: a linear layer and its `BatchNorm1d`, kept apart for quantization-aware
+    /// training (`fuse_modules_qat`), where the QAT module folds them at every step.
+    LinearBn1d,
 }
 
 impl FusedKind {
@@ -38,6 +41,7 @@ impl FusedKind {
             FusedKind::BNReLU(n) => format!("BNReLU{n}d"),
             FusedKind::ConvBn(n) => format!("ConvBn{n}d"),
             FusedKind::ConvBnReLU(n) => format!("ConvBnReLU{n}d"),
+            FusedKind::LinearBn1d => "LinearBn1d".to_string(),
         }
     }
 
@@ -50,12 +54,13 @@ impl FusedKind {
             FusedKind::BNReLU(n) => vec![format!("BatchNorm{n}d"), act],
             FusedKind::ConvBn(n) => vec![format!("Conv{n}d"), format!("BatchNorm{n}d")],
             FusedKind::ConvBnReLU(n) => vec![format!("Conv{n}d"), format!("BatchNorm{n}d"), act],
+            FusedKind::LinearBn1d => vec!["Linear".to_string(), "BatchNorm1d".to_string()],
         }
     }
 
-    /// True if the last part is an activation (every kind but `ConvBn`).
+    /// True if the last part is an activation (every kind but `ConvBn` and `LinearBn1d`).
     pub fn has_activation(&self) -> bool {
-        !matches!(self, FusedKind::ConvBn(_))
+        !matches!(self, FusedKind::ConvBn(_) | FusedKind::LinearBn1d)
     }
 
     /// True if the activation is ReLU6.
