@@ -25,7 +25,13 @@ pub struct Options {
     /// `--rounds K`: with `--models`, measure every configuration K times (default 1) and keep
     /// each side's fastest median, for a shared machine whose load comes and goes.
     pub rounds: usize,
+    /// `--batches 1,8,32`: with `--models`, the batch sizes every configuration runs at
+    /// (default [`DEFAULT_BATCHES`]), in the order given, without repeats.
+    pub batches: Vec<usize>,
 }
+
+/// The batch sizes `--models` times unless `--batches` says otherwise.
+pub const DEFAULT_BATCHES: [usize; 3] = [1, 8, 32];
 
 impl Default for Options {
     fn default() -> Self {
@@ -37,6 +43,7 @@ impl Default for Options {
             models: false,
             chart: None,
             rounds: 1,
+            batches: DEFAULT_BATCHES.to_vec(),
         }
     }
 }
@@ -45,7 +52,7 @@ impl Options {
     /// Parses the arguments after `bench`.
     pub fn parse(args: &[String]) -> Result<Self, String> {
         let mut options = Options::default();
-        let mut rounds_given = false;
+        let (mut rounds_given, mut batches_given) = (false, false);
         let mut rest = args.iter();
         while let Some(arg) = rest.next() {
             match arg.as_str() {
@@ -62,6 +69,10 @@ impl Options {
                     };
                     rounds_given = true;
                 }
+                "--batches" => {
+                    options.batches = parse_batches(rest.next().map(String::as_str).unwrap_or_default())?;
+                    batches_given = true;
+                }
                 "--chart" => match rest.next() {
                     Some(file) if !file.starts_with('-') => options.chart = Some(PathBuf::from(file)),
                     _ => return Err(format!("--chart needs a file name, e.g. --chart models.svg\n{USAGE}")),
@@ -72,14 +83,37 @@ impl Options {
                 extra => return Err(format!("only one FILTER is allowed, got a second: {extra}\n{USAGE}")),
             }
         }
-        if (options.chart.is_some() || rounds_given) && !options.models {
-            return Err(format!("--chart and --rounds apply to --models; add --models\n{USAGE}"));
+        if (options.chart.is_some() || rounds_given || batches_given) && !options.models {
+            return Err(format!("--chart, --rounds and --batches apply to --models; add --models\n{USAGE}"));
         }
         if options.models && (options.quick || !options.criterion_args.is_empty()) {
             return Err(format!("--quick and criterion arguments do not apply to --models\n{USAGE}"));
         }
         Ok(options)
     }
+}
+
+/// The value of `--batches`: comma-separated positive integers, repeats dropped, order kept.
+fn parse_batches(value: &str) -> Result<Vec<usize>, String> {
+    let mut batches = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.parse::<usize>() {
+            Ok(b) if b >= 1 => {
+                if !batches.contains(&b) {
+                    batches.push(b);
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "--batches takes positive integers separated by commas, e.g. 1,8,32; got {item:?}\n{USAGE}"
+                ));
+            }
+        }
+    }
+    if batches.is_empty() {
+        return Err(format!("--batches needs at least one batch size, e.g. --batches 1,8,32\n{USAGE}"));
+    }
+    Ok(batches)
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -163,5 +197,19 @@ mod tests {
         assert_eq!(Options::parse(&strings(&["--models", "--rounds", "3"])).unwrap().rounds, 3);
         assert!(Options::parse(&strings(&["--models", "--rounds", "0"])).unwrap_err().contains("positive"));
         assert!(Options::parse(&strings(&["--rounds", "2"])).unwrap_err().contains("add --models"));
+    }
+
+    #[test]
+    fn options_parse_batches() {
+        assert_eq!(Options::parse(&strings(&["--models"])).unwrap().batches, [1, 8, 32]);
+        let batches =
+            |list: &str| Options::parse(&strings(&["--models", "--batches", list])).map(|o| o.batches);
+        assert_eq!(batches("1").unwrap(), [1]);
+        assert_eq!(batches("32, 8,32,1").unwrap(), [32, 8, 1]);
+        assert!(batches("1,0").unwrap_err().contains("positive integers"));
+        assert!(batches("8,x").unwrap_err().contains("\"x\""));
+        assert!(batches(",").unwrap_err().contains("at least one"));
+        assert!(Options::parse(&strings(&["--models", "--batches"])).unwrap_err().contains("at least one"));
+        assert!(Options::parse(&strings(&["--batches", "8"])).unwrap_err().contains("add --models"));
     }
 }

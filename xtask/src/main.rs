@@ -6,9 +6,10 @@
 //! GB/s, percent of peak, and with `--vs-torch` the ratio to PyTorch), also written as JSON under
 //! `target/xtask-bench/`. The conventions the benchmarks follow are in `tools/bench/README.md`.
 //!
-//! `cargo xtask bench --models [MODELS] [--vs-torch] [--rounds K] [--chart FILE.svg]` times
-//! whole models instead (ResNet-18, ResNet-50, MobileNetV2, float and int8, on one and two
-//! threads, each configuration in its own process) and prints their table, written as
+//! `cargo xtask bench --models [MODELS] [--vs-torch] [--rounds K] [--batches 1,8,32]
+//! [--chart FILE.svg]` times whole models instead (ResNet-18, ResNet-50, MobileNetV2, float and
+//! int8, on one and two threads, at batch 1, 8 and 32 unless `--batches` says otherwise, each
+//! configuration in its own process) and prints their table, written as
 //! `target/xtask-bench/models.json`.
 //!
 //! `cargo xtask cycles` lists the import circles between the source files of each library crate
@@ -41,5 +42,5 @@ fn main() -> ExitCode {
 }
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--vs-torch] [FILTER] [-- CRITERION ARGS]
-       cargo xtask bench --models [resnet18,resnet50,mobilenet_v2] [--vs-torch] [--rounds K] [--chart FILE.svg]
+       cargo xtask bench --models [resnet18,resnet50,mobilenet_v2] [--vs-torch] [--rounds K] [--batches 1,8,32] [--chart FILE.svg]
        cargo xtask cycles";

@@ -1,12 +1,14 @@
-//! `cargo xtask bench --models`: whole-model latency, memory and file size, ours against PyTorch.
+//! `cargo xtask bench --models`: whole-model latency, throughput, memory and file size, ours
+//! against PyTorch.
 //!
 //! Builds `qbench-models` (benches/bin/models.rs) in release and runs it once per (model, kind,
-//! threads), each configuration in its own process so that its memory is its own. With
+//! threads, batch), each configuration in its own process so that its memory is its own. With
 //! `--vs-torch` it first exports each model's float weights with `tools/export_torchvision.py`
 //! into `<target>/models/<model>.safetensors` (unless present), so that both sides run the same
-//! weights, and runs `tools/bench/torch_models.py` for each (model, threads) right after ours.
-//! Prints one table, writes it as `<target>/xtask-bench/models.json` and, with `--chart`, as an
-//! SVG bar chart.
+//! weights, and runs `tools/bench/torch_models.py` for each (model, threads, batch) right after
+//! ours. Prints one table (time of one batch and images/s), writes it as
+//! `<target>/xtask-bench/models.json` and, with `--chart`, the latencies at the smallest batch
+//! (batch 1 by default) as an SVG bar chart.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -38,6 +40,10 @@ struct Ours {
     model: String,
     kind: String,
     threads: usize,
+    /// Images per inference (the input is `[batch, 3, 224, 224]`).
+    #[serde(default = "batch_one")]
+    batch: usize,
+    /// Median time of one inference of the whole batch.
     median_ns: f64,
     runs: usize,
     /// Peak RSS during inference minus the RSS before the model was built, bytes.
@@ -50,9 +56,15 @@ struct Ours {
     build_s: f64,
 }
 
+/// The batch of a `qbench-models` line that does not name one (before `--batch` existed).
+fn batch_one() -> usize {
+    1
+}
+
 /// PyTorch's numbers for one configuration, from `torch_models.py`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 struct Torch {
+    /// Median time of one inference of the whole batch.
     median_ns: f64,
     /// Same definition as [`Ours::memory`].
     memory: f64,
@@ -66,11 +78,16 @@ struct Row {
     model: String,
     kind: String,
     threads: usize,
+    batch: usize,
     ours: Ours,
     torch: Option<Torch>,
-    /// Our median / PyTorch's.
+    /// Our throughput: images of the batch per second of its median.
+    images_per_s: f64,
+    /// PyTorch's throughput, as [`Row::images_per_s`].
+    torch_images_per_s: Option<f64>,
+    /// Our median / PyTorch's (the same batch on both sides, so also PyTorch's images/s / ours).
     ours_over_torch: Option<f64>,
-    /// int8 rows: our float median / our int8 median.
+    /// int8 rows: our float median / our int8 median (same threads and batch).
     int8_speedup: Option<f64>,
     /// int8 rows: PyTorch's float median / its int8 median.
     torch_int8_speedup: Option<f64>,
@@ -88,6 +105,8 @@ struct ModelsReport {
     load_after: String,
     /// Each configuration was measured this many times; the fastest median is kept.
     rounds: usize,
+    /// The batch sizes measured (`--batches`).
+    batches: Vec<usize>,
     rows: Vec<Row>,
 }
 
@@ -104,9 +123,9 @@ pub fn run(root: &Path, target: &Path, options: &Options) -> Result<(), String> 
     }
     let load_before = load_average();
     eprintln!("xtask bench: load average before: {load_before}");
-    // Ours and PyTorch's run of each (model, threads) follow each other, so that a load that
-    // changes during the run affects both sides alike; with several rounds, each side keeps the
-    // fastest median of each configuration (a busy neighbour only ever slows a run down).
+    // Ours and PyTorch's run of each (model, threads, batch) follow each other, so that a load
+    // that changes during the run affects both sides alike; with several rounds, each side keeps
+    // the fastest median of each configuration (a busy neighbour only ever slows a run down).
     let script = root.join("tools/bench").join(MODELS_SCRIPT);
     let mut ours: Vec<Ours> = Vec::new();
     let mut torch_out: BTreeMap<usize, ScriptOutput> = BTreeMap::new();
@@ -118,18 +137,24 @@ pub fn run(root: &Path, target: &Path, options: &Options) -> Result<(), String> 
             let weights = weights_dir.join(format!("{model}.safetensors"));
             let weights = weights.exists().then_some(weights);
             for threads in THREADS {
-                for kind in KINDS {
-                    keep_fastest(&mut ours, run_ours(&binary, model, kind, threads, weights.as_deref())?);
-                }
-                if let Some(python) = &python {
-                    let args: [&OsStr; 4] = [
-                        "--models".as_ref(),
-                        model.as_ref(),
-                        "--weights-dir".as_ref(),
-                        weights_dir.as_os_str(),
-                    ];
-                    let out = torch::run_script(python, &script, threads, &args)?;
-                    merge_fastest(torch_out.entry(threads).or_default(), out);
+                for &batch in &options.batches {
+                    for kind in KINDS {
+                        let run = run_ours(&binary, model, kind, threads, batch, weights.as_deref())?;
+                        keep_fastest(&mut ours, run);
+                    }
+                    if let Some(python) = &python {
+                        let batch = batch.to_string();
+                        let args: [&OsStr; 6] = [
+                            "--models".as_ref(),
+                            model.as_ref(),
+                            "--weights-dir".as_ref(),
+                            weights_dir.as_os_str(),
+                            "--batch".as_ref(),
+                            batch.as_ref(),
+                        ];
+                        let out = torch::run_script(python, &script, threads, &args)?;
+                        merge_fastest(torch_out.entry(threads).or_default(), out);
+                    }
                 }
             }
         }
@@ -142,6 +167,7 @@ pub fn run(root: &Path, target: &Path, options: &Options) -> Result<(), String> 
         load_before,
         load_after,
         rounds: options.rounds,
+        batches: options.batches.clone(),
         rows: rows(&ours, &torch_out),
     };
     println!("{}", render(&report));
@@ -223,11 +249,13 @@ fn run_ours(
     model: &str,
     kind: &str,
     threads: usize,
+    batch: usize,
     weights: Option<&Path>,
 ) -> Result<Ours, String> {
-    eprintln!("xtask bench: ours, {model} {kind} at {threads} thread(s)...");
+    eprintln!("xtask bench: ours, {model} {kind} at {threads} thread(s), batch {batch}...");
     let mut command = Command::new(binary);
-    command.args(["--model", model, "--kind", kind, "--threads", &threads.to_string()]);
+    let (threads, batch) = (threads.to_string(), batch.to_string());
+    command.args(["--model", model, "--kind", kind, "--threads", &threads, "--batch", &batch]);
     if let Some(weights) = weights {
         command.arg("--weights").arg(weights);
     }
@@ -235,7 +263,7 @@ fn run_ours(
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Err(format!(
-            "{BINARY} --model {model} --kind {kind} --threads {threads} failed ({}): {}",
+            "{BINARY} --model {model} --kind {kind} --threads {threads} --batch {batch} failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         ));
@@ -243,9 +271,10 @@ fn run_ours(
     let line = stdout.lines().last().unwrap_or_default();
     let ours: Ours = serde_json::from_str(line).map_err(|e| format!("{BINARY} printed {line:?}: {e}"))?;
     eprintln!(
-        "xtask bench:   {} median over {} runs (built in {:.1} s)",
+        "xtask bench:   {} median over {} runs, {:.1} images/s (built in {:.1} s)",
         format_time(ours.median_ns),
         ours.runs,
+        images_per_s(ours.batch, ours.median_ns),
         ours.build_s
     );
     Ok(ours)
@@ -253,7 +282,9 @@ fn run_ours(
 
 /// Adds `new` to `ours`, or replaces the same configuration's measurement if `new` is faster.
 fn keep_fastest(ours: &mut Vec<Ours>, new: Ours) {
-    let same = |o: &&mut Ours| o.model == new.model && o.kind == new.kind && o.threads == new.threads;
+    let same = |o: &&mut Ours| {
+        o.model == new.model && o.kind == new.kind && o.threads == new.threads && o.batch == new.batch
+    };
     match ours.iter_mut().find(same) {
         Some(old) if new.median_ns < old.median_ns => *old = new,
         Some(_) => {}
@@ -261,7 +292,7 @@ fn keep_fastest(ours: &mut Vec<Ours>, new: Ours) {
     }
 }
 
-/// Merges one output of `torch_models.py` into `merged`: each case (`models/<model>_<kind>`)
+/// Merges one output of `torch_models.py` into `merged`: each case ([`torch_case`])
 /// with all its numbers (time, memory, ...) from the run with the faster median.
 fn merge_fastest(merged: &mut ScriptOutput, out: ScriptOutput) {
     let faster = |case: &str| {
@@ -288,9 +319,20 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
 }
 
-/// PyTorch's numbers for `models/<model>_<kind>` in one output of `torch_models.py`.
-fn torch_numbers(out: &ScriptOutput, model: &str, kind: &str) -> Option<Torch> {
-    let key = format!("models/{model}_{kind}");
+/// The case `torch_models.py` names a configuration by: `models/<model>_<kind>` at batch 1 (as
+/// before batches were measured), `models/<model>_<kind>_b<batch>` above.
+fn torch_case(model: &str, kind: &str, batch: usize) -> String {
+    if batch == 1 { format!("models/{model}_{kind}") } else { format!("models/{model}_{kind}_b{batch}") }
+}
+
+/// Images per second of a batch of `batch` images that takes `median_ns`.
+fn images_per_s(batch: usize, median_ns: f64) -> f64 {
+    batch as f64 * 1e9 / median_ns
+}
+
+/// PyTorch's numbers for one configuration ([`torch_case`]) in one output of `torch_models.py`.
+fn torch_numbers(out: &ScriptOutput, model: &str, kind: &str, batch: usize) -> Option<Torch> {
+    let key = torch_case(model, kind, batch);
     let field = |group: &str| out.get(group).and_then(|g| g.get(&key)).copied();
     Some(Torch {
         median_ns: out.get(&key)?.get("torch").copied()?,
@@ -299,18 +341,20 @@ fn torch_numbers(out: &ScriptOutput, model: &str, kind: &str) -> Option<Torch> {
     })
 }
 
-/// The table's rows: ours with PyTorch's numbers (per thread count) and the int8 ratios.
+/// The table's rows: ours with PyTorch's numbers (per thread count and batch), the throughputs
+/// and the int8 ratios.
 fn rows(ours: &[Ours], torch: &BTreeMap<usize, ScriptOutput>) -> Vec<Row> {
-    let find = |model: &str, kind: &str, threads: usize| {
-        ours.iter().find(|o| o.model == model && o.kind == kind && o.threads == threads)
+    let find = |model: &str, kind: &str, threads: usize, batch: usize| {
+        ours.iter().find(|o| o.model == model && o.kind == kind && o.threads == threads && o.batch == batch)
     };
-    let torch_of =
-        |o: &Ours, kind: &str| torch.get(&o.threads).and_then(|out| torch_numbers(out, &o.model, kind));
+    let torch_of = |o: &Ours, kind: &str| {
+        torch.get(&o.threads).and_then(|out| torch_numbers(out, &o.model, kind, o.batch))
+    };
     ours.iter()
         .map(|o| {
             let t = torch_of(o, &o.kind);
             let (float, torch_float) = if o.kind == "int8" {
-                (find(&o.model, "float", o.threads), torch_of(o, "float"))
+                (find(&o.model, "float", o.threads, o.batch), torch_of(o, "float"))
             } else {
                 (None, None)
             };
@@ -318,8 +362,11 @@ fn rows(ours: &[Ours], torch: &BTreeMap<usize, ScriptOutput>) -> Vec<Row> {
                 model: o.model.clone(),
                 kind: o.kind.clone(),
                 threads: o.threads,
+                batch: o.batch,
                 ours: o.clone(),
                 torch: t,
+                images_per_s: images_per_s(o.batch, o.median_ns),
+                torch_images_per_s: t.map(|t| images_per_s(o.batch, t.median_ns)),
                 ours_over_torch: t.map(|t| o.median_ns / t.median_ns),
                 int8_speedup: float.map(|f| f.median_ns / o.median_ns),
                 torch_int8_speedup: torch_float.zip(t).map(|(f, t)| f.median_ns / t.median_ns),
@@ -335,9 +382,11 @@ fn render(report: &ModelsReport) -> String {
     let ms = |ns: f64| format!("{:.2}", ns / 1e6);
     let mib = |bytes: f64| if bytes.is_finite() { format!("{:.1}", bytes / MIB) } else { String::new() };
     let ratio = |r: Option<f64>, suffix: &str| r.map_or(String::new(), |r| format!("{r:.2}{suffix}"));
-    let mut header: Vec<String> = ["model", "kind", "threads", "ours ms"].map(String::from).into();
+    let per_s = |v: f64| format!("{v:.1}");
+    let mut header: Vec<String> =
+        ["model", "kind", "threads", "batch", "ours ms", "ours images/s"].map(String::from).into();
     if with_torch {
-        header.extend(["torch ms", "ours/torch"].map(String::from));
+        header.extend(["torch ms", "torch images/s", "ours/torch"].map(String::from));
     }
     header.push("int8 speed-up".into());
     if with_torch {
@@ -353,9 +402,17 @@ fn render(report: &ModelsReport) -> String {
     }
     let mut lines = vec![header];
     for r in &report.rows {
-        let mut cells = vec![r.model.clone(), r.kind.clone(), r.threads.to_string(), ms(r.ours.median_ns)];
+        let mut cells = vec![
+            r.model.clone(),
+            r.kind.clone(),
+            r.threads.to_string(),
+            r.batch.to_string(),
+            ms(r.ours.median_ns),
+            per_s(r.images_per_s),
+        ];
         if with_torch {
             cells.push(r.torch.map_or(String::new(), |t| ms(t.median_ns)));
+            cells.push(r.torch_images_per_s.map_or(String::new(), per_s));
             cells.push(ratio(r.ours_over_torch, ""));
         }
         cells.push(ratio(r.int8_speedup, "x"));
@@ -376,7 +433,7 @@ fn render(report: &ModelsReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} | {} | fastest median of {} round(s) | load before: {}",
+        "{} | {} | fastest median of {} round(s) | ms: one batch | load before: {}",
         report.date, report.cpu, report.rounds, report.load_before
     );
     out.push_str(&align(&lines));
@@ -392,18 +449,21 @@ const SERIES: [(&str, &str); 4] = [
     ("PyTorch int8", "#e6550d"),
 ];
 
-/// The latencies as an SVG grouped bar chart: one panel per model (its own scale), a group of
-/// bars per thread count, one bar per series of [`SERIES`] that was measured.
+/// The latencies at the smallest batch measured (batch 1 unless `--batches` left it out) as an
+/// SVG grouped bar chart: one panel per model (its own scale), a group of bars per thread count,
+/// one bar per series of [`SERIES`] that was measured.
 fn svg(report: &ModelsReport) -> String {
+    let batch = report.rows.iter().map(|r| r.batch).min().unwrap_or(1);
+    let charted: Vec<&Row> = report.rows.iter().filter(|r| r.batch == batch).collect();
     let mut models: Vec<&str> = Vec::new();
-    for r in &report.rows {
+    for r in &charted {
         if !models.contains(&r.model.as_str()) {
             models.push(&r.model);
         }
     }
     // (model, threads) -> the four series' medians in ms.
     let mut values: BTreeMap<(&str, usize), [Option<f64>; 4]> = BTreeMap::new();
-    for r in &report.rows {
+    for r in &charted {
         let slot = values.entry((r.model.as_str(), r.threads)).or_default();
         let int8 = usize::from(r.kind == "int8");
         slot[int8] = Some(r.ours.median_ns / 1e6);
@@ -421,7 +481,7 @@ fn svg(report: &ModelsReport) -> String {
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{left}" y="18" font-size="14" font-weight="bold">Batch-1 224x224 latency, ms (lower is better) — {} — {}</text>"#,
+        r#"<text x="{left}" y="18" font-size="14" font-weight="bold">Batch-{batch} 224x224 latency, ms (lower is better) — {} — {}</text>"#,
         escape(&report.cpu),
         escape(&report.date)
     );
@@ -516,6 +576,7 @@ mod tests {
             model: model.into(),
             kind: kind.into(),
             threads,
+            batch: 1,
             median_ns,
             runs: 10,
             memory: 1 << 20,
@@ -523,6 +584,11 @@ mod tests {
             file_size,
             build_s: 0.5,
         }
+    }
+
+    /// `o` measured at batch `batch`.
+    fn at_batch(o: Ours, batch: usize) -> Ours {
+        Ours { batch, ..o }
     }
 
     #[test]
@@ -540,7 +606,10 @@ mod tests {
         keep_fastest(&mut kept, ours("resnet18", "int8", 2, 12e6, 1000));
         keep_fastest(&mut kept, ours("resnet18", "int8", 1, 8e6, 1000));
         keep_fastest(&mut kept, ours("resnet18", "int8", 2, 13e6, 1000));
-        assert_eq!(kept.iter().map(|o| o.median_ns).collect::<Vec<_>>(), [8e6, 12e6]);
+        // Another batch is another configuration, however much slower.
+        keep_fastest(&mut kept, at_batch(ours("resnet18", "int8", 1, 50e6, 1000), 8));
+        keep_fastest(&mut kept, at_batch(ours("resnet18", "int8", 1, 40e6, 1000), 8));
+        assert_eq!(kept.iter().map(|o| o.median_ns).collect::<Vec<_>>(), [8e6, 12e6, 40e6]);
         let parse = |s: &str| -> ScriptOutput { serde_json::from_str(s).unwrap() };
         let mut merged = ScriptOutput::new();
         merge_fastest(
@@ -588,6 +657,7 @@ mod tests {
             load_before: "1.0".into(),
             load_after: "2.0".into(),
             rounds: 1,
+            batches: vec![1],
             rows,
         };
         let table = render(&report);
@@ -597,5 +667,75 @@ mod tests {
         assert!(chart.contains("CPU &lt;x&gt;") && chart.contains("<title>10.00 ms</title>"));
         // Four bars at one thread (ours float and int8, PyTorch float and int8) and one at two.
         assert_eq!(chart.matches("<title>").count(), 5);
+    }
+
+    #[test]
+    fn lines_and_cases_name_the_batch() {
+        let line = r#"{"model":"resnet18","kind":"int8","threads":2,"batch":8,"median_ns":8e7,"runs":5,"memory":1,"peak_rss":2,"file_size":3,"build_s":0.5}"#;
+        assert_eq!(serde_json::from_str::<Ours>(line).unwrap().batch, 8);
+        // A line from before `--batch` is batch 1.
+        let old = line.replace(r#""batch":8,"#, "");
+        assert_eq!(serde_json::from_str::<Ours>(&old).unwrap().batch, 1);
+        assert_eq!(torch_case("resnet18", "int8", 1), "models/resnet18_int8");
+        assert_eq!(torch_case("resnet18", "float", 32), "models/resnet18_float_b32");
+        assert_eq!(images_per_s(8, 80e6), 100.0);
+    }
+
+    #[test]
+    fn rows_pair_the_same_batch_on_both_sides() {
+        let measured = [
+            ours("resnet18", "float", 1, 40e6, 4000),
+            ours("resnet18", "int8", 1, 10e6, 1000),
+            at_batch(ours("resnet18", "float", 1, 200e6, 4000), 8),
+            at_batch(ours("resnet18", "int8", 1, 50e6, 1000), 8),
+        ];
+        let line = r#"{"models/resnet18_float": {"torch": 30e6}, "models/resnet18_int8": {"torch": 20e6},
+            "models/resnet18_float_b8": {"torch": 160e6}, "models/resnet18_int8_b8": {"torch": 100e6},
+            "memory": {"models/resnet18_int8_b8": 8388608}}"#;
+        let torch: BTreeMap<usize, ScriptOutput> = [(1, serde_json::from_str(line).unwrap())].into();
+        let rows = rows(&measured, &torch);
+        assert_eq!(rows.iter().map(|r| r.batch).collect::<Vec<_>>(), [1, 1, 8, 8]);
+        // Batch 1 pairs with the unsuffixed cases, as before.
+        assert_eq!((rows[1].ours_over_torch, rows[1].int8_speedup), (Some(0.5), Some(4.0)));
+        assert_eq!((rows[1].images_per_s, rows[1].torch_images_per_s), (100.0, Some(50.0)));
+        let float8 = &rows[2];
+        assert_eq!((float8.images_per_s, float8.torch_images_per_s), (40.0, Some(50.0)));
+        assert_eq!((float8.ours_over_torch, float8.int8_speedup), (Some(1.25), None));
+        let int8 = &rows[3];
+        let t = int8.torch.expect("PyTorch's batch-8 int8 numbers");
+        assert_eq!((t.median_ns, t.memory), (100e6, 8388608.0));
+        assert!(t.file_size.is_nan(), "no file_size in the output: NaN, not another batch's");
+        assert_eq!((int8.images_per_s, int8.torch_images_per_s), (160.0, Some(80.0)));
+        // The speed-ups compare float and int8 at the same batch on each side.
+        assert_eq!(
+            (int8.ours_over_torch, int8.int8_speedup, int8.torch_int8_speedup),
+            (Some(0.5), Some(4.0), Some(1.6))
+        );
+        let report = ModelsReport {
+            date: "2026-12-06 06:00 UTC".into(),
+            cpu: "CPU".into(),
+            load_before: "1.0".into(),
+            load_after: "1.0".into(),
+            rounds: 1,
+            batches: vec![1, 8],
+            rows,
+        };
+        let table = render(&report);
+        let header = table.lines().nth(1).unwrap();
+        for column in ["batch", "ours images/s", "torch images/s", "ours/torch"] {
+            assert!(header.contains(column), "{column} missing from {header}");
+        }
+        // Title, header, then the rows in order: the last is batch-8 int8.
+        let cells: Vec<&str> = table.lines().nth(5).unwrap().split_whitespace().collect();
+        assert_eq!(cells[..9], ["resnet18", "int8", "1", "8", "50.00", "160.0", "100.00", "80.0", "0.50"]);
+        // The chart shows batch 1 only: four bars.
+        let chart = svg(&report);
+        assert!(chart.contains("Batch-1 224x224 latency"));
+        assert_eq!(chart.matches("<title>").count(), 4);
+        assert!(!chart.contains("<title>200.00 ms</title>"));
+        // Without batch 1, it shows the smallest batch measured.
+        let batch8 = ModelsReport { rows: report.rows[2..].to_vec(), batches: vec![8], ..report };
+        let chart = svg(&batch8);
+        assert!(chart.contains("Batch-8 224x224 latency") && chart.contains("<title>200.00 ms</title>"));
     }
 }
