@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Optimizer;
+use super::optimizer::Optimizer;
 use crate::fake_quantize::{QFakeResult, invalid};
 
 const CONTEXT: &str = "LrScheduler";

@@ -307,23 +307,6 @@ impl QatConv {
     }
 }
 
-/// Calls `f(channel, run, other_run)` on each contiguous run of one channel of `x` and `other`,
-/// standard-layout `[N, C, ...]` arrays of one shape (the fast way through per-channel math).
-pub(crate) fn channel_runs(
-    x: &mut ArrayD<f32>,
-    other: &ArrayD<f32>,
-    mut f: impl FnMut(usize, &mut [f32], &[f32]),
-) {
-    assert_eq!(x.shape(), other.shape(), "channel_runs takes arrays of one shape");
-    let channels = x.shape().get(1).copied().unwrap_or(1).max(1);
-    let run = (x.len() / (x.shape()[0] * channels).max(1)).max(1);
-    let other = other.as_standard_layout();
-    let (x, other) = (x.as_slice_mut().expect("standard layout"), other.as_slice().expect("standard layout"));
-    for (k, (a, b)) in x.chunks_mut(run).zip(other.chunks(run)).enumerate() {
-        f(k % channels, a, b);
-    }
-}
-
 /// PyTorch's `relu` on floats (NaN passes).
 pub(crate) fn relu(x: f32) -> f32 {
     if x > 0.0 || x.is_nan() { x } else { 0.0 }

@@ -12,7 +12,7 @@ use super::{BackPass, Backprop, Pass, Saved, Train, unsave};
 use crate::fake_quantize::QFakeResult;
 use crate::grad::{self, ConvNeeds};
 use crate::qat::bn_fold::BnRun;
-use crate::qat::conv::channel_runs;
+use crate::qat::bn_fold::channel_runs;
 use crate::qat::{QatConv, QatLinear, QatLinearBn};
 
 /// The name of a QAT module's weight fake quantizer (its learned parameters' prefix).
