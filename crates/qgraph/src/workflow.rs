@@ -63,6 +63,33 @@ impl QConfigMapping {
         self
     }
 
+    /// The qconfig `prepare` gives the module at `path` of `model` (resolved at the root, then
+    /// at each ancestor down to `path`, as `prepare` walks), or `None` where it stays float. An
+    /// error if `path` does not exist.
+    ///
+    /// ```
+    /// use qgraph::nn::{Linear, ReLU};
+    /// use qgraph::qconfig::default_qconfig;
+    /// use qgraph::{QConfigMapping, Sequential};
+    /// let model = Sequential::new(vec![Box::new(Linear::new(4, 4, true)), Box::new(ReLU::new())]);
+    /// let mapping = QConfigMapping::global(default_qconfig()).set_name("1", None);
+    /// assert_eq!(mapping.qconfig_at(&model, "0")?, Some(default_qconfig()));
+    /// assert_eq!(mapping.qconfig_at(&model, "1")?, None);
+    /// # Ok::<(), qgraph::GraphError>(())
+    /// ```
+    pub fn qconfig_at(&self, model: &dyn Module, path: &str) -> GraphResult<Option<QConfig>> {
+        let mut qconfig = self.resolve("", model, None);
+        let mut prefix = String::new();
+        for part in path.split('.').filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('.');
+            }
+            prefix.push_str(part);
+            qconfig = self.resolve(&prefix, model.get(&prefix)?, qconfig.as_ref());
+        }
+        Ok(qconfig)
+    }
+
     fn resolve(&self, path: &str, module: &dyn Module, parent: Option<&QConfig>) -> Option<QConfig> {
         if let Some((_, q)) = self.by_name.iter().rev().find(|(p, _)| p == path) {
             return q.clone();
