@@ -94,3 +94,22 @@ pub(crate) fn write(
         None => Err(crate::invalid("equalize", "module", base, "is not a Conv or Linear")),
     }
 }
+
+/// `Σ_j Σ_taps weight[o, j, taps] · v[g·(in / groups) + j]` for each output `o` of a (possibly
+/// grouped) layer weight `[out, in / groups, ...]` (`g` the group of `o`), in f64: the layer's
+/// output, without bias, for an input constant at `v` per channel (away from padding).
+pub(crate) fn constant_input_response(weight: &ArrayD<f32>, groups: usize, v: &[f64]) -> Vec<f64> {
+    let per_group = weight.shape()[1];
+    let rows_per_group = weight.shape()[0] / groups.max(1);
+    weight
+        .axis_iter(ndarray::Axis(0))
+        .enumerate()
+        .map(|(o, row)| {
+            let g = o / rows_per_group.max(1);
+            row.axis_iter(ndarray::Axis(0))
+                .enumerate()
+                .map(|(j, kernel)| v[g * per_group + j] * kernel.iter().map(|&w| f64::from(w)).sum::<f64>())
+                .sum()
+        })
+        .collect()
+}

@@ -8,12 +8,23 @@
 //!   optional high-bias absorption ([`absorb_high_bias`], empirical: from calibration data);
 //! - empirical [`bias_correction`] from calibration data, and [`with_quantized_weights`] (weight
 //!   quantization alone, activations in float);
+//! - the data-free variants of the paper from batch-norm statistics ([`BnStatistics`], read
+//!   before folding): [`absorb_high_bias_from_bn`] / [`absorb_high_biases_from_bn`] with
+//!   `c = max(0, β − 3γ)`, and [`analytic_bias_correction`] with `E[x]` of a clipped normal
+//!   ([`Activation::mean_of_normal`]);
 //! - [`output_agreement`] to measure the result (SQNR against float, top-1 agreement).
 //!
 //! Equalizing scales output channel `i` of a layer by `1 / s_i` and input channel `i` of the next
 //! by `s_i`, which keeps the float function through ReLU (`relu(x / s) = relu(x) / s` for
 //! `s > 0`) and evens out the per-channel weight ranges, so that per-tensor weight quantization
 //! loses less. Fuse batch norms first (`fuse_modules`, `models::fuse_model`).
+//!
+//! The data-free pipeline runs in the paper's order: read the batch-norm statistics of the
+//! unfused model ([`BnStatistics::from_zoo_model`] or [`BnStatistics::from_fuse_groups`]), fuse
+//! (folding the batch norms), equalize ([`equalize_model`]), absorb high biases
+//! ([`absorb_high_biases_from_bn`]), correct the biases ([`analytic_bias_correction`]), then
+//! prepare, calibrate and convert. The statistics follow the layers through equalization and
+//! absorption, so only reading them has to come before fusing.
 //!
 //! ```
 //! use qgraph::nn::{Conv2d, ReLU};
@@ -36,9 +47,11 @@
 mod absorb;
 mod bias;
 mod cle;
+mod datafree;
 mod layer;
 mod measure;
 mod pairs;
+mod stats;
 
 pub use absorb::absorb_high_bias;
 pub use bias::{Correction, bias_correction, with_quantized_weights};
@@ -46,5 +59,7 @@ pub use cle::{
     DEFAULT_THRESHOLD, MAX_ITERATIONS, channel_range, converged, cross_layer_equalization, equalize,
     expand_groups,
 };
+pub use datafree::{absorb_high_bias_from_bn, absorb_high_biases_from_bn, analytic_bias_correction};
 pub use measure::{Agreement, output_agreement};
 pub use pairs::{equalize_model, find_equalizable_groups};
+pub use stats::{Activation, BnStatistics};

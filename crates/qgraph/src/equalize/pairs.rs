@@ -4,21 +4,43 @@
 use super::absorb::{absorb_high_bias, absorbable};
 use super::cle::{equalize, expand_groups};
 use super::layer::{self, Accept};
+use super::stats::Activation;
 use crate::{Graph, GraphResult, Module, Sequential, Value};
 
-/// What a stretch of a model means for equalization, in execution order.
-enum Token {
-    /// An equalizable layer (its path).
+/// What a stretch of a model means for a walk over it, in execution order.
+pub(crate) enum Token {
+    /// A weighted layer (its path).
     Layer(String),
-    /// A function that commutes with a positive per-channel scale (ReLU, identity, dropout in
-    /// evaluation, max pooling).
+    /// A function that leaves what the walk tracks unchanged (for equalization: one that
+    /// commutes with a positive per-channel scale).
     Pass,
+    /// A clipping activation between layers (for bias correction).
+    Act(Activation),
     /// Anything else: a chain ends here.
     Barrier,
 }
 
+/// What a leaf (or a whole weighted module) is to a walk: [`tokens`] asks this before looking
+/// at a module's children; `None` means "look inside" (a barrier if there is nothing inside).
+pub(crate) enum Leaf {
+    /// A weighted layer.
+    Layer,
+    /// See [`Token::Pass`].
+    Pass,
+    /// See [`Token::Act`].
+    Act(Activation),
+}
+
 /// The class names that commute with a positive per-channel scale.
 const PASS_THROUGH: [&str; 5] = ["ReLU", "Identity", "Dropout", "MaxPool1d", "MaxPool2d"];
+
+/// Equalization's view of a module: an equalizable layer, a pass-through, or neither.
+fn equalization_leaf(module: &dyn Module) -> Option<Leaf> {
+    if layer::base_path(module, "", Accept::Equalizable).is_ok() {
+        return Some(Leaf::Layer);
+    }
+    (PASS_THROUGH.contains(&module.type_name()) && module.children().is_empty()).then_some(Leaf::Pass)
+}
 
 /// `parent.name`, or `name` at the root.
 fn join(parent: &str, name: &str) -> String {
@@ -43,14 +65,20 @@ fn graph_chain(graph: &Graph) -> Option<Vec<&str>> {
     (previous == output.as_str()).then_some(calls)
 }
 
-/// The tokens of `module` at `path`; the groups of a stretch that cannot be a link of a longer
-/// chain (a graph with branches, an unknown container) are closed into `groups` here.
-fn tokens(module: &dyn Module, path: &str, groups: &mut Vec<Vec<String>>) -> Vec<Token> {
-    if layer::base_path(module, "", Accept::Equalizable).is_ok() {
-        return vec![Token::Layer(path.to_string())];
-    }
-    if PASS_THROUGH.contains(&module.type_name()) && module.children().is_empty() {
-        return vec![Token::Pass];
+/// The tokens of `module` at `path`, each module classified by `leaf`; a stretch that cannot be
+/// a link of a longer chain (inside a graph with branches, an unknown container) is handed to
+/// `sink` here, and the caller hands the returned top stretch to it.
+pub(crate) fn tokens(
+    module: &dyn Module,
+    path: &str,
+    leaf: &dyn Fn(&dyn Module) -> Option<Leaf>,
+    sink: &mut dyn FnMut(Vec<Token>),
+) -> Vec<Token> {
+    match leaf(module) {
+        Some(Leaf::Layer) => return vec![Token::Layer(path.to_string())],
+        Some(Leaf::Pass) => return vec![Token::Pass],
+        Some(Leaf::Act(act)) => return vec![Token::Act(act)],
+        None => {}
     }
     let children = module.children();
     let chain: Option<Vec<&str>> = if module.is::<Sequential>() {
@@ -64,14 +92,15 @@ fn tokens(module: &dyn Module, path: &str, groups: &mut Vec<Vec<String>>) -> Vec
             .flat_map(|name| {
                 let child = children.iter().find(|(n, _)| *n == name).map(|(_, m)| *m);
                 match child {
-                    Some(child) => tokens(child, &join(path, name), groups),
+                    Some(child) => tokens(child, &join(path, name), leaf, sink),
                     None => vec![Token::Barrier],
                 }
             })
             .collect(),
         None => {
             for (name, child) in children {
-                close(tokens(child, &join(path, name), groups), groups);
+                let stretch = tokens(child, &join(path, name), leaf, sink);
+                sink(stretch);
             }
             vec![Token::Barrier]
         }
@@ -85,7 +114,7 @@ fn close(tokens: Vec<Token>, groups: &mut Vec<Vec<String>>) {
         match token {
             Token::Layer(path) => run.push(path),
             Token::Pass => {}
-            Token::Barrier => {
+            Token::Act(_) | Token::Barrier => {
                 if run.len() >= 2 {
                     groups.push(std::mem::take(&mut run));
                 }
@@ -118,8 +147,9 @@ fn close(tokens: Vec<Token>, groups: &mut Vec<Vec<String>>) {
 /// ```
 pub fn find_equalizable_groups(model: &dyn Module) -> Vec<Vec<String>> {
     let mut groups = Vec::new();
-    let top = tokens(model, "", &mut groups);
-    close(top, &mut groups);
+    let mut sink = |stretch| close(stretch, &mut groups);
+    let top = tokens(model, "", &equalization_leaf, &mut sink);
+    sink(top);
     groups
 }
 
