@@ -25,6 +25,14 @@ pub fn images(count: u64, seed: u64, batch: usize, size: usize) -> Result<Vec<Ar
 /// 7 + the batch norm's index), so that folded per-channel weight ranges differ by up to 64x as in
 /// a trained model; then fused (`models::fuse_model`).
 pub fn skewed_mobilenet_v2() -> Result<Box<dyn Module>> {
+    let mut model = skewed_mobilenet_v2_unfused()?;
+    models::fuse_model(&mut model)?;
+    Ok(model)
+}
+
+/// [`skewed_mobilenet_v2`] before fusing: its batch norms still in place (the data-free steps
+/// read their statistics).
+pub fn skewed_mobilenet_v2_unfused() -> Result<Box<dyn Module>> {
     let mut model = models::mobilenet_v2(10)?;
     eval(&mut model);
     let mut state: BTreeMap<String, ArrayD<f32>> = deterministic_state_dict(model.as_ref())?;
@@ -34,7 +42,6 @@ pub fn skewed_mobilenet_v2() -> Result<Box<dyn Module>> {
         gamma.iter_mut().zip(u).for_each(|(g, u)| *g *= (3.0 * u).exp2());
     }
     load_state_dict(&mut model, state)?;
-    models::fuse_model(&mut model)?;
     Ok(model)
 }
 
