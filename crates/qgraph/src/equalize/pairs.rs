@@ -1,5 +1,7 @@
 //! Finding the layers to equalize: chains of convs and linears in a fused float model with only
 //! ReLU, identity, dropout or max pooling between them, and [`equalize_model`] on all of them.
+//! The chain walk ([`tokens`]) also finds, for the data-free bias correction, which layer's
+//! output each layer reads.
 
 use super::absorb::{absorb_high_bias, absorbable};
 use super::cle::{equalize, expand_groups};
