@@ -254,28 +254,13 @@ pub(crate) fn fake_quantize_channels(
     qparams: &[(f32, i64)],
     (qmin, qmax): (i64, i64),
 ) -> QFakeResult<(ArrayD<f32>, ArrayD<bool>, usize)> {
-    let axis = resolve_axis(context, ch_axis, x.ndim())?;
-    let channels = x.len_of(Axis(axis));
-    if qparams.len() != channels {
-        return Err(invalid(
-            context,
-            "scale length",
-            qparams.len(),
-            format!("must equal the input's size {channels} along ch_axis {ch_axis}"),
-        ));
-    }
-    let mut out = x.clone();
-    let mut mask = ArrayD::from_elem(x.raw_dim(), false);
-    for (&(s, zp), (mut o, mut m)) in
-        qparams.iter().zip(out.axis_iter_mut(Axis(axis)).zip(mask.axis_iter_mut(Axis(axis))))
-    {
+    map_channels(context, x, ch_axis, qparams, |(s, zp)| {
         qcore::fake_quant::check_fake_quant_range(context, zp, qmin, qmax)?;
-        Zip::from(&mut o).and(&mut m).for_each(|v, m| {
-            let fq = fake_quantize_per_channel(*v, s, zp, qmin, qmax);
-            (*v, *m) = (fq.value, fq.mask);
-        });
-    }
-    Ok((out, mask, axis))
+        Ok(move |v: f32| {
+            let fq = fake_quantize_per_channel(v, s, zp, qmin, qmax);
+            (fq.value, fq.mask)
+        })
+    })
 }
 
 /// `torch.fake_quantize_per_channel_affine` with float zero points
@@ -290,6 +275,29 @@ pub(crate) fn fake_quantize_channels_float(
     qparams: &[(f32, f32)],
     (qmin, qmax): (i64, i64),
 ) -> QFakeResult<(ArrayD<f32>, ArrayD<bool>, usize)> {
+    map_channels(context, x, ch_axis, qparams, |(s, zp)| {
+        let inv = 1.0f32 / s;
+        Ok(move |v: f32| {
+            let t = v.mul_add(inv, zp).round_ties_even();
+            // `std::lrint` on x86: NaN and out-of-range values give i64::MIN.
+            let q = if t.is_nan() || t.abs() >= 9.223_372e18 { i64::MIN } else { t as i64 };
+            let clamped = q.clamp(qmin, qmax) as f64;
+            (((clamped - f64::from(zp)) * f64::from(s)) as f32, qmin <= q && q <= qmax)
+        })
+    })
+}
+
+/// Applies `rule(qparams[c])`, a per-channel element rule giving each value's fake-quantized
+/// value and gradient mask, to channel `c` of `x` along `ch_axis`; returns the values, the mask
+/// and the resolved axis. An error if there is not one entry of `qparams` per channel, or if a
+/// rule cannot be built.
+fn map_channels<Q: Copy, F: Fn(f32) -> (f32, bool)>(
+    context: &'static str,
+    x: &ArrayD<f32>,
+    ch_axis: i64,
+    qparams: &[Q],
+    rule: impl Fn(Q) -> QFakeResult<F>,
+) -> QFakeResult<(ArrayD<f32>, ArrayD<bool>, usize)> {
     let axis = resolve_axis(context, ch_axis, x.ndim())?;
     let channels = x.len_of(Axis(axis));
     if qparams.len() != channels {
@@ -302,18 +310,11 @@ pub(crate) fn fake_quantize_channels_float(
     }
     let mut out = x.clone();
     let mut mask = ArrayD::from_elem(x.raw_dim(), false);
-    for (&(s, zp), (mut o, mut m)) in
+    for (&q, (mut o, mut m)) in
         qparams.iter().zip(out.axis_iter_mut(Axis(axis)).zip(mask.axis_iter_mut(Axis(axis))))
     {
-        let inv = 1.0f32 / s;
-        Zip::from(&mut o).and(&mut m).for_each(|v, m| {
-            let t = v.mul_add(inv, zp).round_ties_even();
-            // `std::lrint` on x86: NaN and out-of-range values give i64::MIN.
-            let q = if t.is_nan() || t.abs() >= 9.223_372e18 { i64::MIN } else { t as i64 };
-            let clamped = q.clamp(qmin, qmax) as f64;
-            *v = ((clamped - f64::from(zp)) * f64::from(s)) as f32;
-            *m = qmin <= q && q <= qmax;
-        });
+        let element = rule(q)?;
+        Zip::from(&mut o).and(&mut m).for_each(|v, m| (*v, *m) = element(*v));
     }
     Ok((out, mask, axis))
 }
