@@ -190,8 +190,11 @@ fn geometry(input: &[usize], weight: &[usize], options: &ConvOptions) -> QFakeRe
 }
 
 /// The float convolution `F.conv{1,2,3}d(input, weight, bias)` with the geometry of `options`
-/// (zeros padding), by the kernel of qgraph's `nn::Conv` (`qkernels::float::conv`), so a QAT
-/// convolution gets the float layer's bits for a fake-quantized weight.
+/// (zeros padding), as PyTorch's training forward computes it where that order is known: 2-D
+/// layers with kernels larger than 1x1 that are not depthwise run
+/// [`qkernels::float::conv2d_onednn`], oneDNN's summation order on AVX-512 CPUs, PyTorch's bits
+/// for batches of two or more (docs/NUMERICS.md §9.1); the others the kernel of qgraph's
+/// `nn::Conv` (`qkernels::float::conv`).
 ///
 /// ```
 /// use ndarray::{ArrayD, IxDyn};
@@ -217,7 +220,7 @@ pub fn conv_forward(
     let b = bias.map(to_vec);
     let mut out = vec![0.0; oshape.iter().product()];
     macro_rules! run {
-        ($d:literal) => {{
+        ($d:literal, $kernel:path) => {{
             let arr = |v: &[usize]| -> [usize; $d] { v.try_into().expect("lengths validated") };
             let params = float::ConvParams::<$d> {
                 stride: arr(&options.stride),
@@ -225,7 +228,7 @@ pub fn conv_forward(
                 dilation: arr(&options.dilation),
                 groups: options.groups,
             };
-            float::conv::<$d>(
+            $kernel(
                 &x,
                 input.shape(),
                 &w,
@@ -238,10 +241,13 @@ pub fn conv_forward(
             )?
         }};
     }
+    let depthwise = options.groups == input.shape()[1] && options.groups == options.out_channels;
+    let larger_than_1x1 = weight.shape()[2..].iter().product::<usize>() > 1;
     match options.dims() {
-        1 => run!(1),
-        2 => run!(2),
-        _ => run!(3),
+        1 => run!(1, float::conv::<1>),
+        2 if larger_than_1x1 && !depthwise => run!(2, float::conv2d_onednn),
+        2 => run!(2, float::conv::<2>),
+        _ => run!(3, float::conv::<3>),
     };
     Ok(array(&oshape, out))
 }

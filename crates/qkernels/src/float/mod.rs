@@ -1,7 +1,7 @@
 //! f32 kernels for float models and calibration, in PyTorch's NCHW layout: GEMM ([`sgemm`]),
 //! convolution (1-3 D, groups, dilation; im2col + GEMM, 1x1 without im2col, one GEMM per kernel
-//! tap for wide layers, a direct depthwise path), batch norm (eval), activations, pooling and
-//! softmax.
+//! tap for wide layers, a direct depthwise path; [`conv2d_onednn`] in PyTorch's AVX-512 order),
+//! batch norm (eval), activations, pooling and softmax.
 //!
 //! These follow PyTorch's definitions, not its bit patterns: sums run in a different order, so
 //! results agree with PyTorch and with the naive references in the tests to a relative 1e-5 of
@@ -14,6 +14,7 @@
 
 mod gemm;
 pub(crate) mod microkernel;
+mod onednn;
 mod unary;
 
 use rayon::prelude::*;
@@ -24,6 +25,7 @@ use crate::util::{SendPtr, Tiered, check_len, for_chunks, invalid, numel};
 use crate::{Isa, KernelError, KernelResult};
 use gemm::Gemm;
 pub use gemm::Matrix;
+pub use onednn::{ONEDNN_CHANNEL_BLOCK, conv2d_onednn};
 pub use unary::{
     PytorchCpuCapability, pytorch_cpu_capability, set_pytorch_cpu_capability, sigmoid, sigmoid_in_place,
     sigmoid_vector_len, tanh, tanh_in_place, tanh_value,
@@ -166,21 +168,9 @@ pub fn conv<const D: usize>(
     scratch: &mut ConvScratch,
     isa: Isa,
 ) -> KernelResult<Vec<usize>> {
-    const OP: &str = "conv";
-    isa.ensure_supported()?;
-    let oshape = conv_output_shape(in_shape, w_shape, params)?;
-    check_len(OP, "input length", input.len(), numel(OP, in_shape)?)?;
-    check_len(OP, "weight length", weight.len(), numel(OP, w_shape)?)?;
-    check_len(OP, "output length", out.len(), numel(OP, &oshape)?)?;
+    let (oshape, geo) = checked_geometry(input, in_shape, weight, w_shape, bias, params, out, isa)?;
     let (n, c, o, g) = (in_shape[0], in_shape[1], w_shape[0], params.groups);
-    if let Some(b) = bias {
-        check_len(OP, "bias length", b.len(), o)?;
-    }
-    let isp = pad3::<D>(in_shape[2..].try_into().expect("rank checked"), 1);
-    let osp = pad3::<D>(oshape[2..].try_into().expect("rank checked"), 1);
-    let ksp = pad3::<D>(w_shape[2..].try_into().expect("rank checked"), 1);
-    let (s, p, d) = (pad3(params.stride, 1), pad3(params.padding, 0), pad3(params.dilation, 1));
-    let geo = Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d };
+    let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, .. } = geo;
     let (cg, og) = (c / g, o / g);
     let (in_plane, out_plane): (usize, usize) = (isp.iter().product(), osp.iter().product());
     let kvol: usize = ksp.iter().product();
@@ -229,6 +219,35 @@ pub fn conv<const D: usize>(
         }
     }
     Ok(oshape)
+}
+
+/// Checks the arguments of [`conv`] (and [`conv2d_onednn`]): the tier, the shapes and the
+/// lengths of every slice; returns the output shape and the geometry padded to three dimensions.
+#[allow(clippy::too_many_arguments)]
+fn checked_geometry<const D: usize>(
+    input: &[f32],
+    in_shape: &[usize],
+    weight: &[f32],
+    w_shape: &[usize],
+    bias: Option<&[f32]>,
+    params: &ConvParams<D>,
+    out: &[f32],
+    isa: Isa,
+) -> KernelResult<(Vec<usize>, Geometry)> {
+    const OP: &str = "conv";
+    isa.ensure_supported()?;
+    let oshape = conv_output_shape(in_shape, w_shape, params)?;
+    check_len(OP, "input length", input.len(), numel(OP, in_shape)?)?;
+    check_len(OP, "weight length", weight.len(), numel(OP, w_shape)?)?;
+    check_len(OP, "output length", out.len(), numel(OP, &oshape)?)?;
+    if let Some(b) = bias {
+        check_len(OP, "bias length", b.len(), w_shape[0])?;
+    }
+    let isp = pad3::<D>(in_shape[2..].try_into().expect("rank checked"), 1);
+    let osp = pad3::<D>(oshape[2..].try_into().expect("rank checked"), 1);
+    let ksp = pad3::<D>(w_shape[2..].try_into().expect("rank checked"), 1);
+    let (s, p, d) = (pad3(params.stride, 1), pad3(params.padding, 0), pad3(params.dilation, 1));
+    Ok((oshape, Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d }))
 }
 
 /// Input channels per group from which 2-D convolutions use [`shifted_conv2d`] instead of im2col.
