@@ -8,10 +8,10 @@
 //! (padding taps are skipped); the first block's sum is stored plus the bias, each later block's
 //! sum is added to the stored output. [`conv2d_onednn`] computes exactly that, so its outputs
 //! equal PyTorch's bit for bit for those layers (`docs/NUMERICS.md` §9.1; golden
-//! `tools/golden/gen_conv_order.py`). Like [`conv`](super::conv), its bits depend on the shapes
+//! `tools/golden/gen_conv_order.py`). Like [`conv`](super::conv()), its bits depend on the shapes
 //! only, never on the CPU, tier or thread count it runs on.
 
-use super::{ConvParams, ConvScratch, Geometry, checked_geometry, shifted_conv2d};
+use super::conv::{ConvParams, ConvScratch, Geometry, checked_geometry, shifted_conv2d};
 use crate::{Isa, KernelResult};
 
 /// Input channels per block of [`conv2d_onednn`]: one AVX-512 register of floats, oneDNN's
@@ -19,7 +19,7 @@ use crate::{Isa, KernelResult};
 pub const ONEDNN_CHANNEL_BLOCK: usize = 16;
 
 /// 2-D convolution in NCHW (`torch.nn.functional.conv2d`, the arguments of
-/// [`conv`](super::conv) with `D = 2`) summed in oneDNN's AVX-512 order: per group, the input
+/// [`conv`](super::conv()) with `D = 2`) summed in oneDNN's AVX-512 order: per group, the input
 /// channels in blocks of [`ONEDNN_CHANNEL_BLOCK`]; per block, one chain of fused multiply-adds
 /// from 0 over (kernel y, kernel x, channel); the output is `((block 0 + bias) + block 1) + ...`.
 /// PyTorch 2.15 computes these bits on an AVX-512 CPU for kernels larger than 1x1 that are not

@@ -1,0 +1,535 @@
+//! Convolution (1-3 D, groups, dilation): im2col + GEMM, 1x1 without im2col, one GEMM per kernel
+//! tap for wide layers (`shifted_conv2d`), a direct depthwise path; each output's summation order
+//! is fixed by the layer's shape (docs/NUMERICS.md §9.1).
+
+use rayon::prelude::*;
+
+use super::gemm::{Gemm, Matrix};
+use crate::dispatch::run_tiered;
+use crate::util::{SendPtr, Tiered, check_len, invalid, numel};
+use crate::{Isa, KernelResult};
+
+/// Convolution geometry over `D` spatial dimensions (PyTorch's `ConvNd` arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvParams<const D: usize> {
+    /// Stride.
+    pub stride: [usize; D],
+    /// Zero padding on both sides.
+    pub padding: [usize; D],
+    /// Dilation.
+    pub dilation: [usize; D],
+    /// Groups: input and output channels are split into this many independent convolutions.
+    pub groups: usize,
+}
+
+impl<const D: usize> Default for ConvParams<D> {
+    fn default() -> Self {
+        Self { stride: [1; D], padding: [0; D], dilation: [1; D], groups: 1 }
+    }
+}
+
+/// Reusable scratch for [`conv`] (the im2col buffer); grows to the largest layer and is kept.
+#[derive(Debug, Default, Clone)]
+pub struct ConvScratch {
+    col: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+fn pad3<const D: usize>(v: [usize; D], fill: usize) -> [usize; 3] {
+    let mut r = [fill; 3];
+    r[3 - D..].copy_from_slice(&v);
+    r
+}
+
+/// The output shape of [`conv`]: `[N, O, out spatial...]`, or an error for inconsistent shapes.
+pub fn conv_output_shape<const D: usize>(
+    in_shape: &[usize],
+    w_shape: &[usize],
+    p: &ConvParams<D>,
+) -> KernelResult<Vec<usize>> {
+    const OP: &str = "conv";
+    if !(1..=3).contains(&D) {
+        return Err(invalid(OP, "spatial dimensions", D, "must be 1, 2 or 3"));
+    }
+    check_len(OP, "rank of the input (N, C, spatial...)", in_shape.len(), D + 2)?;
+    check_len(OP, "rank of the weight (O, C / groups, kernel...)", w_shape.len(), D + 2)?;
+    let (c, o, g) = (in_shape[1], w_shape[0], p.groups);
+    if g == 0 || c % g != 0 || o % g != 0 {
+        return Err(invalid(OP, "groups", g, "must be positive and divide the input and output channels"));
+    }
+    check_len(OP, "weight input channels", w_shape[1], c / g)?;
+    if p.stride.contains(&0) || p.dilation.contains(&0) {
+        return Err(invalid(OP, "stride / dilation", (p.stride, p.dilation), "must be positive"));
+    }
+    let mut out = vec![in_shape[0], o];
+    for i in 0..D {
+        let k = w_shape[2 + i];
+        let span = p.dilation[i].checked_mul(k.max(1) - 1).and_then(|x| x.checked_add(1));
+        let padded = p.padding[i].checked_mul(2).and_then(|x| x.checked_add(in_shape[2 + i]));
+        match (span, padded) {
+            (Some(span), Some(padded)) if k != 0 && padded >= span => {
+                out.push((padded - span) / p.stride[i] + 1)
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    OP,
+                    "kernel size",
+                    &w_shape[2..],
+                    "the kernel is larger than the padded input",
+                ));
+            }
+            _ => {
+                let sizes = (&w_shape[2..], p.padding, p.dilation);
+                return Err(invalid(OP, "(kernel, padding, dilation)", sizes, "the sizes overflow usize"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Convolution in NCHW (`torch.nn.functional.conv1d/2d/3d`): `input` `[N, C, spatial...]`,
+/// `weight` `[O, C / groups, kernel...]`, optional `bias` `[O]`, `out` of
+/// [`conv_output_shape`]. Depthwise 2-D layers (groups = C = O) run a direct kernel; 1x1 layers
+/// with stride 1 and no padding are one GEMM per group; wide 2-D layers one GEMM per kernel tap;
+/// the rest im2col + GEMM. The path, and with it the summation order of every output (from its
+/// bias, `docs/NUMERICS.md` §9.1), depends on the shapes only.
+#[allow(clippy::too_many_arguments)]
+pub fn conv<const D: usize>(
+    input: &[f32],
+    in_shape: &[usize],
+    weight: &[f32],
+    w_shape: &[usize],
+    bias: Option<&[f32]>,
+    params: &ConvParams<D>,
+    out: &mut [f32],
+    scratch: &mut ConvScratch,
+    isa: Isa,
+) -> KernelResult<Vec<usize>> {
+    let (oshape, geo) = checked_geometry(input, in_shape, weight, w_shape, bias, params, out, isa)?;
+    let (n, c, o, g) = (in_shape[0], in_shape[1], w_shape[0], params.groups);
+    let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, .. } = geo;
+    let (cg, og) = (c / g, o / g);
+    let (in_plane, out_plane): (usize, usize) = (isp.iter().product(), osp.iter().product());
+    let kvol: usize = ksp.iter().product();
+    if out.is_empty() {
+        return Ok(oshape);
+    }
+    if g == c && o == c && D == 2 {
+        depthwise(input, weight, bias, out, n * c, c, geo, scratch, isa);
+        return Ok(oshape);
+    }
+    let pointwise = kvol == 1 && s == [1; 3] && p == [0; 3];
+    let rows = cg * kvol;
+    // Wide 2-D layers skip im2col: one GEMM per kernel tap on a padded, stride-phase-split copy
+    // of the input (the unfolded matrix would be kernel-size times the input and spill to L3).
+    let shifted = D == 2 && !pointwise && cg >= SHIFTED_MIN_CHANNELS && osp[2] >= SHIFTED_MIN_WIDTH;
+    if !pointwise && !shifted {
+        grow(&mut scratch.col, rows * out_plane);
+    }
+    for b in 0..n {
+        for gi in 0..g {
+            let x = &input[(b * c + gi * cg) * in_plane..(b * c + (gi + 1) * cg) * in_plane];
+            let w = &weight[gi * og * rows..(gi + 1) * og * rows];
+            let y = &mut out[(b * o + gi * og) * out_plane..(b * o + (gi + 1) * og) * out_plane];
+            let bias = bias.map(|bias| &bias[gi * og..(gi + 1) * og]);
+            if shifted {
+                shifted_conv2d(x, w, bias, y, scratch, cg, og, geo, isa);
+                continue;
+            }
+            let columns = if pointwise {
+                x
+            } else {
+                let col = &mut scratch.col[..rows * out_plane];
+                im2col(x, col, cg, geo);
+                &*col
+            };
+            fill_rows(y, out_plane, out_plane, bias);
+            let product = Gemm {
+                m: og,
+                n: out_plane,
+                k: rows,
+                a: Matrix::row_major(w, rows),
+                b: Matrix::row_major(columns, out_plane),
+                accumulate: bias.is_some(),
+            };
+            product.run(y, out_plane, isa);
+        }
+    }
+    Ok(oshape)
+}
+
+/// Checks the arguments of [`conv`] (and [`conv2d_onednn`]): the tier, the shapes and the
+/// lengths of every slice; returns the output shape and the geometry padded to three dimensions.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn checked_geometry<const D: usize>(
+    input: &[f32],
+    in_shape: &[usize],
+    weight: &[f32],
+    w_shape: &[usize],
+    bias: Option<&[f32]>,
+    params: &ConvParams<D>,
+    out: &[f32],
+    isa: Isa,
+) -> KernelResult<(Vec<usize>, Geometry)> {
+    const OP: &str = "conv";
+    isa.ensure_supported()?;
+    let oshape = conv_output_shape(in_shape, w_shape, params)?;
+    check_len(OP, "input length", input.len(), numel(OP, in_shape)?)?;
+    check_len(OP, "weight length", weight.len(), numel(OP, w_shape)?)?;
+    check_len(OP, "output length", out.len(), numel(OP, &oshape)?)?;
+    if let Some(b) = bias {
+        check_len(OP, "bias length", b.len(), w_shape[0])?;
+    }
+    let isp = pad3::<D>(in_shape[2..].try_into().expect("rank checked"), 1);
+    let osp = pad3::<D>(oshape[2..].try_into().expect("rank checked"), 1);
+    let ksp = pad3::<D>(w_shape[2..].try_into().expect("rank checked"), 1);
+    let (s, p, d) = (pad3(params.stride, 1), pad3(params.padding, 0), pad3(params.dilation, 1));
+    Ok((oshape, Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d }))
+}
+
+/// Input channels per group from which 2-D convolutions use [`shifted_conv2d`] instead of im2col.
+const SHIFTED_MIN_CHANNELS: usize = 32;
+/// Output width from which [`shifted_conv2d`] pays: narrower rows waste too many phase-grid
+/// columns and give the per-tap GEMMs too few columns (measured: 56 and 28 gain, 7 loses).
+const SHIFTED_MIN_WIDTH: usize = 20;
+
+/// 2-D convolution of one group as a sum of GEMMs, one per kernel tap, without im2col.
+///
+/// The input is copied once, zero-padded and split into `s x s` stride phases
+/// (`P[ry][rx][c][i][j] = xpad[c][i * s + ry][j * s + rx]`). Output pixel `(oy, ox)` of tap
+/// `(ky, kx)` then reads phase `((ky d) mod s, (kx d) mod s)` at `(oy + ky d / s, ox + kx d / s)`,
+/// so with the output laid out on the phase grid (row length `Wq`), every tap is one GEMM
+/// `acc (og x L) += W_tap (og x cg) * P_shifted (cg x L)` with unit column stride. The `Wq - OW`
+/// extra columns per row are computed and dropped when the result is copied out.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn shifted_conv2d(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut ConvScratch,
+    cg: usize,
+    og: usize,
+    geo: Geometry,
+    isa: Isa,
+) {
+    let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
+    let ([_, ih, iw], [_, oh, ow], [_, kh, kw]) = (isp, osp, ksp);
+    let (sy, sx) = (s[1], s[2]);
+    let (hp, wp) = (ih + 2 * p[1], iw + 2 * p[2]);
+    let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
+    let plane = hq * wq;
+    let phases = sy * sx;
+    grow(&mut scratch.col, phases * cg * plane);
+    grow(&mut scratch.tmp, og * oh * wq);
+    let buf = &mut scratch.col[..phases * cg * plane];
+    // Fill the phases: zero, then scatter each input row.
+    let fill = |ph: usize, dst: &mut [f32]| {
+        let (ry, rx) = (ph / sx, ph % sx);
+        dst.fill(0.0);
+        for c in 0..cg {
+            let src = &x[c * ih * iw..(c + 1) * ih * iw];
+            for i in 0..hq {
+                let yy = (i * sy + ry).wrapping_sub(p[1]);
+                if yy >= ih {
+                    continue;
+                }
+                let row = &src[yy * iw..(yy + 1) * iw];
+                let out = &mut dst[(c * hq + i) * wq..(c * hq + i + 1) * wq];
+                scatter_row(row, out, sx, rx, p[2]);
+            }
+        }
+    };
+    if phases > 1 && rayon::current_num_threads() > 1 {
+        buf.par_chunks_mut(cg * plane).enumerate().for_each(|(ph, dst)| fill(ph, dst));
+    } else {
+        buf.chunks_mut(cg * plane).enumerate().for_each(|(ph, dst)| fill(ph, dst));
+    }
+    // Each output element starts from its bias and runs over the taps in order, each tap over
+    // the input channels in order.
+    let (len, kk) = ((oh - 1) * wq + ow, kh * kw);
+    let acc = &mut scratch.tmp[..og * oh * wq];
+    fill_rows(acc, oh * wq, len, bias);
+    let buf = &*buf;
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let (ry, qy) = ((ky * d[1]) % sy, (ky * d[1]) / sy);
+            let (rx, qx) = ((kx * d[2]) % sx, (kx * d[2]) / sx);
+            // Tap (ky, kx) reads phase (ry, rx) from (qy, qx) on; its last element,
+            // (cg - 1) * plane + base + len - 1, stays inside that phase because
+            // (oh - 1 + qy) * wq + ow - 1 + qx <= (hq - 1) * wq + wq - 1.
+            let base = (ry * sx + rx) * cg * plane + qy * wq + qx;
+            let tap = Gemm {
+                m: og,
+                n: len,
+                k: cg,
+                a: Matrix { data: &w[ky * kw + kx..], row_stride: cg * kk, col_stride: kk },
+                b: Matrix::row_major(&buf[base..], plane),
+                accumulate: bias.is_some() || ky + kx > 0,
+            };
+            tap.run(acc, oh * wq, isa);
+        }
+    }
+    for o in 0..og {
+        for oy in 0..oh {
+            let src = &acc[o * oh * wq + oy * wq..o * oh * wq + oy * wq + ow];
+            y[(o * oh + oy) * ow..(o * oh + oy + 1) * ow].copy_from_slice(src);
+        }
+    }
+}
+
+/// Sets the first `len` elements of each row of `rows` (rows `stride` apart) to its bias, when
+/// there is one.
+fn fill_rows(rows: &mut [f32], stride: usize, len: usize, bias: Option<&[f32]>) {
+    if let Some(bias) = bias {
+        for (row, &bv) in rows.chunks_mut(stride).zip(bias) {
+            row[..len].fill(bv);
+        }
+    }
+}
+
+/// `dst[j] = row[j * s + r - pad]` where that index is inside `row`; other entries untouched.
+#[inline(always)]
+fn scatter_row(row: &[f32], dst: &mut [f32], s: usize, r: usize, pad: usize) {
+    // Valid j: pad <= j * s + r < row.len() + pad.
+    let lo = if pad > r { (pad - r).div_ceil(s) } else { 0 };
+    let hi = if row.len() + pad > r { (row.len() + pad - r).div_ceil(s).min(dst.len()) } else { 0 };
+    if lo >= hi {
+        return;
+    }
+    let start = lo * s + r - pad;
+    if s == 1 {
+        dst[lo..hi].copy_from_slice(&row[start..start + hi - lo]);
+    } else if s == 2 {
+        // Pairs (a deinterleave LLVM vectorises), then the last odd element.
+        let n = hi - lo;
+        let pairs = (row.len() - start) / 2;
+        let m = n.min(pairs);
+        for (v, pair) in dst[lo..lo + m].iter_mut().zip(row[start..start + 2 * m].chunks_exact(2)) {
+            *v = pair[0];
+        }
+        if m < n {
+            dst[lo + m] = row[start + 2 * m];
+        }
+    } else {
+        for (v, &x) in dst[lo..hi].iter_mut().zip(row[start..].iter().step_by(s)) {
+            *v = x;
+        }
+    }
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// The spatial geometry of one convolution, each part padded to three dimensions.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Geometry {
+    pub(super) input: [usize; 3],
+    pub(super) output: [usize; 3],
+    pub(super) kernel: [usize; 3],
+    pub(super) stride: [usize; 3],
+    pub(super) padding: [usize; 3],
+    pub(super) dilation: [usize; 3],
+}
+
+/// Unfolds `x` (`cg` channels of `isp`) into `col`: row `(ch, kz, ky, kx)`, column = output pixel.
+fn im2col(x: &[f32], col: &mut [f32], cg: usize, geo: Geometry) {
+    let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
+    let out_plane: usize = osp.iter().product();
+    let kvol: usize = ksp.iter().product();
+    let in_plane: usize = isp.iter().product();
+    let fill_row = |r: usize, dst: &mut [f32]| {
+        let ch = r / kvol;
+        let kk = r % kvol;
+        let (kz, ky, kx) = (kk / (ksp[1] * ksp[2]), kk / ksp[2] % ksp[1], kk % ksp[2]);
+        let src = &x[ch * in_plane..(ch + 1) * in_plane];
+        // Output x range whose input column lies inside the image: ix = ox*s - p + kx*d.
+        let off = kx * d[2];
+        let lo = if off >= p[2] { 0 } else { (p[2] - off).div_ceil(s[2]) };
+        let hi = if isp[2] + p[2] > off { ((isp[2] + p[2] - off - 1) / s[2] + 1).min(osp[2]) } else { 0 };
+        for oz in 0..osp[0] {
+            let iz = (oz * s[0] + kz * d[0]).wrapping_sub(p[0]);
+            for oy in 0..osp[1] {
+                let iy = (oy * s[1] + ky * d[1]).wrapping_sub(p[1]);
+                let o = &mut dst[(oz * osp[1] + oy) * osp[2]..(oz * osp[1] + oy + 1) * osp[2]];
+                if iz >= isp[0] || iy >= isp[1] || lo >= hi {
+                    o.fill(0.0);
+                    continue;
+                }
+                let row = &src[(iz * isp[1] + iy) * isp[2]..(iz * isp[1] + iy + 1) * isp[2]];
+                o[..lo].fill(0.0);
+                o[hi..].fill(0.0);
+                if s[2] == 1 {
+                    let start = lo + off - p[2];
+                    o[lo..hi].copy_from_slice(&row[start..start + hi - lo]);
+                } else {
+                    for (ox, v) in o[lo..hi].iter_mut().enumerate() {
+                        *v = row[(ox + lo) * s[2] + off - p[2]];
+                    }
+                }
+            }
+        }
+    };
+    let rows = cg * kvol;
+    if rows * out_plane >= 1 << 16 && rayon::current_num_threads() > 1 {
+        col[..rows * out_plane].par_chunks_mut(out_plane).enumerate().for_each(|(r, dst)| fill_row(r, dst));
+    } else {
+        for (r, dst) in col[..rows * out_plane].chunks_mut(out_plane).enumerate() {
+            fill_row(r, dst);
+        }
+    }
+}
+
+struct DepthwisePlanes<'a> {
+    input: &'a [f32],
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    out: SendPtr<f32>,
+    planes: (usize, usize),
+    c: usize,
+    g: DwGeometry,
+    /// This task's scratch: the phase-split padded plane, then the phase-grid accumulator.
+    scratch: SendPtr<f32>,
+}
+
+/// The phase-grid geometry of a depthwise layer (see [`shifted_conv2d`] for the scheme).
+#[derive(Debug, Clone, Copy)]
+struct DwGeometry {
+    ih: usize,
+    iw: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    s: [usize; 2],
+    p: [usize; 2],
+    d: [usize; 2],
+    hq: usize,
+    wq: usize,
+}
+
+impl DwGeometry {
+    fn scratch_len(&self) -> usize {
+        self.s[0] * self.s[1] * self.hq * self.wq + self.oh * self.wq
+    }
+}
+
+impl Tiered for DepthwisePlanes<'_> {
+    #[inline(always)]
+    fn run(&self) {
+        let g = self.g;
+        let plane = g.hq * g.wq;
+        let phases = g.s[0] * g.s[1];
+        // SAFETY: each task owns a disjoint `scratch_len` region of the scratch buffer.
+        let buf = unsafe { self.scratch.slice(0, g.scratch_len()) };
+        let (ph_buf, acc) = buf.split_at_mut(phases * plane);
+        let len = (g.oh - 1) * g.wq + g.ow;
+        for pl in self.planes.0..self.planes.1 {
+            let ch = pl % self.c;
+            let x = &self.input[pl * g.ih * g.iw..(pl + 1) * g.ih * g.iw];
+            ph_buf.fill(0.0);
+            for ph in 0..phases {
+                let (ry, rx) = (ph / g.s[1], ph % g.s[1]);
+                for i in 0..g.hq {
+                    let yy = (i * g.s[0] + ry).wrapping_sub(g.p[0]);
+                    if yy >= g.ih {
+                        continue;
+                    }
+                    let row = &x[yy * g.iw..(yy + 1) * g.iw];
+                    let dst = &mut ph_buf[ph * plane + i * g.wq..ph * plane + (i + 1) * g.wq];
+                    scatter_row(row, dst, g.s[1], rx, g.p[1]);
+                }
+            }
+            let acc = &mut acc[..len];
+            acc.fill(0.0);
+            let w = &self.weight[ch * g.kh * g.kw..(ch + 1) * g.kh * g.kw];
+            let base = |ky: usize, kx: usize| {
+                let (ry, qy) = ((ky * g.d[0]) % g.s[0], (ky * g.d[0]) / g.s[0]);
+                let (rx, qx) = ((kx * g.d[1]) % g.s[1], (kx * g.d[1]) / g.s[1]);
+                (ry * g.s[1] + rx) * plane + qy * g.wq + qx
+            };
+            for ky in 0..g.kh {
+                let mut kx = 0;
+                // Three taps per pass over the accumulator (one load and store for three FMAs).
+                while kx + 3 <= g.kw {
+                    let (w0, w1, w2) = (w[ky * g.kw + kx], w[ky * g.kw + kx + 1], w[ky * g.kw + kx + 2]);
+                    let (b0, b1, b2) = (base(ky, kx), base(ky, kx + 1), base(ky, kx + 2));
+                    let (r0, r1, r2) = (&ph_buf[b0..b0 + len], &ph_buf[b1..b1 + len], &ph_buf[b2..b2 + len]);
+                    for (((a, &v0), &v1), &v2) in acc.iter_mut().zip(r0).zip(r1).zip(r2) {
+                        *a += w0 * v0 + w1 * v1 + w2 * v2;
+                    }
+                    kx += 3;
+                }
+                for kx in kx..g.kw {
+                    let wv = w[ky * g.kw + kx];
+                    let b = base(ky, kx);
+                    for (a, &v) in acc.iter_mut().zip(&ph_buf[b..b + len]) {
+                        *a += wv * v;
+                    }
+                }
+            }
+            // SAFETY: planes are disjoint ranges of `out`, one task each.
+            let y = unsafe { self.out.slice(pl * g.oh * g.ow, (pl + 1) * g.oh * g.ow) };
+            let bv = self.bias.map_or(0.0, |b| b[ch]);
+            for oy in 0..g.oh {
+                for (v, &a) in y[oy * g.ow..(oy + 1) * g.ow].iter_mut().zip(&acc[oy * g.wq..oy * g.wq + g.ow])
+                {
+                    *v = a + bv;
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise 2-D convolution (groups = C = O), plane by plane: each plane is zero-padded and
+/// split into stride phases, and each kernel tap is one contiguous multiply-add over the
+/// phase grid, so the inner loops are long and vectorise fully.
+#[allow(clippy::too_many_arguments)]
+fn depthwise(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    planes: usize,
+    c: usize,
+    geo: Geometry,
+    scratch: &mut ConvScratch,
+    isa: Isa,
+) {
+    let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
+    let (hp, wp) = (isp[1] + 2 * p[1], isp[2] + 2 * p[2]);
+    let g = DwGeometry {
+        ih: isp[1],
+        iw: isp[2],
+        oh: osp[1],
+        ow: osp[2],
+        kh: ksp[1],
+        kw: ksp[2],
+        s: [s[1], s[2]],
+        p: [p[1], p[2]],
+        d: [d[1], d[2]],
+        hq: hp.div_ceil(s[1]),
+        wq: wp.div_ceil(s[2]),
+    };
+    let tasks = planes.min(4 * rayon::current_num_threads()).max(1);
+    let per = g.scratch_len();
+    grow(&mut scratch.col, tasks * per);
+    let ptr = SendPtr(out.as_mut_ptr());
+    let sptr = SendPtr(scratch.col.as_mut_ptr());
+    let run = |t: usize| {
+        let (a, b) = (t * planes / tasks, (t + 1) * planes / tasks);
+        // Task t's scratch region [t * per, (t + 1) * per) lies inside `scratch.col` (grown to
+        // tasks * per above) and no other task uses it.
+        let scratch = sptr.offset(t * per);
+        let k = DepthwisePlanes { input, weight, bias, out: ptr, planes: (a, b), c, g, scratch };
+        run_tiered(&k, isa);
+    };
+    if tasks > 1 {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        run(0);
+    }
+}
