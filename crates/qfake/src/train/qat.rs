@@ -47,11 +47,7 @@ impl Train for QatConv {
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
         let x = input.into_float(self.type_name())?;
         let (out, mut run) = self.run(x)?;
-        if let Some((mean, var)) = run.updated_stats.take() {
-            let (running_mean, running_var) = self.running_stats_mut()?;
-            *running_mean = mean;
-            *running_var = var;
-        }
+        store_updated_stats(run.updated_stats.take(), || self.running_stats_mut())?;
         Ok((Value::Float(out), Box::new(run)))
     }
 
@@ -206,11 +202,7 @@ impl Train for QatLinearBn {
     fn train_forward(&mut self, input: Value, _pass: &Pass<'_>) -> QFakeResult<(Value, Saved)> {
         let x = input.into_float(self.type_name())?;
         let (out, mut run) = self.run(x)?;
-        if let Some((mean, var)) = run.updated_stats.take() {
-            let (running_mean, running_var) = self.running_stats_mut()?;
-            *running_mean = mean;
-            *running_var = var;
-        }
+        store_updated_stats(run.updated_stats.take(), || self.running_stats_mut())?;
         Ok((Value::Float(out), Box::new(run)))
     }
 
@@ -224,4 +216,18 @@ impl Train for QatLinearBn {
         folded_weight_backward(g_scaled, self.linear().weight(), &run.bn, folded, pass)?;
         Ok(Value::Float(g_input))
     }
+}
+
+/// Stores the running statistics a training forward computed (when batch norm used the batch's
+/// statistics) into the module's batch norm, reached through `stats`.
+fn store_updated_stats<'a>(
+    updated: Option<(ArrayD<f32>, ArrayD<f32>)>,
+    stats: impl FnOnce() -> QFakeResult<(&'a mut ArrayD<f32>, &'a mut ArrayD<f32>)>,
+) -> QFakeResult<()> {
+    if let Some((mean, var)) = updated {
+        let (running_mean, running_var) = stats()?;
+        *running_mean = mean;
+        *running_var = var;
+    }
+    Ok(())
 }
