@@ -156,6 +156,10 @@ fn battery_of_conv_variants_on_every_tier() {
         (2, geo(1, 8, 40, 1, [1, 6, 5], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false)),
         (2, geo(2, 5, 7, 1, [1, 9, 8], [1, 3, 3], [1, 2, 2], [1, 1, 1], [1, 1, 1], false)),
         (2, geo(1, 3, 64, 1, [1, 16, 16], [1, 7, 7], [1, 2, 2], [1, 3, 3], [1, 1, 1], false)),
+        // AMX tiles (K >= 128, N >= 32 per group): im2col rows with a partial last K step, and
+        // grouped pointwise rows whose last K step must not be read past the group's channels.
+        (2, geo(1, 20, 48, 1, [1, 6, 6], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false)),
+        (2, geo(1, 272, 80, 2, [1, 5, 5], [1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 1], false)),
         // Dilation, asymmetric kernel, groups, reflect.
         (2, geo(1, 4, 6, 1, [1, 9, 9], [1, 3, 2], [1, 1, 2], [2, 2, 1], [1, 2, 3], false)),
         (2, geo(1, 12, 18, 3, [1, 6, 6], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false)),

@@ -461,6 +461,11 @@ struct Im2col {
 unsafe impl Sync for Im2col {}
 
 impl ASource for Im2col {
+    /// The scratch rows are `lda` bytes apart and every byte of them is initialized.
+    fn row_bytes(&self, _k: usize, lda: usize) -> usize {
+        lda
+    }
+
     fn rows(&self, g: usize, r0: usize, rows: usize, kq: usize, buf: &mut Vec<u8>) -> (*const u8, usize) {
         use crate::gemm::tap_coord;
         let lda = kq * 4;

@@ -53,6 +53,8 @@ pub(crate) struct Block {
     pub lda: usize,
     pub rows: usize,
     pub k: usize,
+    /// Readable bytes of each row (at least `k`; a scratch buffer's rows up to their stride).
+    pub row_bytes: usize,
     /// The first panel of the range; panel `p` starts `p * panel_stride` bytes later and holds
     /// `ceil(k / 4) * NR * 4` bytes.
     pub panels: *const i8,

@@ -659,6 +659,12 @@ pub(crate) trait ASource: Sync {
     /// Rows `r0..r0 + rows` of group `g`: a pointer to row `r0` and the row stride. May fill
     /// `buf` and point into it.
     fn rows(&self, g: usize, r0: usize, rows: usize, kq: usize, buf: &mut Vec<u8>) -> (*const u8, usize);
+
+    /// Readable bytes of each row that [`ASource::rows`] returned with stride `lda`: `k` for a
+    /// matrix in memory (its rows may end at the end of the data), more for a scratch buffer.
+    fn row_bytes(&self, k: usize, _lda: usize) -> usize {
+        k
+    }
 }
 
 /// A matrix in memory: row `r` of group `g` at `a + r * lda + g * group_stride`.
@@ -863,6 +869,7 @@ unsafe fn run_task(
                 lda,
                 rows,
                 k,
+                row_bytes: src.row_bytes(k, lda),
                 // SAFETY: the panel index is inside the packed data.
                 panels: unsafe { w.data.as_ptr().add((g * w.panels_per_group + first) * panel) },
                 panel_stride: panel,

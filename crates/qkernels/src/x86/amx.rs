@@ -4,8 +4,9 @@
 //! K bytes, loaded straight from the rows of A), two B tiles (16 K groups x 16 columns x 4 bytes
 //! of the panel, VNNI's layout read with the panel's 128-byte row stride) and four C tiles of
 //! i32 sums. Panels are packed with K zero-padded to a multiple of 64 (`Kernel::k_block`), so the
-//! last K step reads whole B tiles; its A bytes come from a zero-padded copy of the rows' tails,
-//! so no load passes the end of a row. The sums are exact (wrapping i32, as on every tier); the C
+//! last K step reads whole B tiles; its A bytes come from the rows themselves when they have room
+//! (im2col's scratch rows), else from a zero-padded copy of the rows' tails, so no load passes the
+//! end of a row. The sums are exact (wrapping i32, as on every tier); the C
 //! tiles are stored to a small buffer and go through the VNNI tier's output stage. The rows past
 //! the last whole pair of row tiles are covered by tiles ending at the block's last row, which
 //! overlap rows already done (recomputed to the same values: integer sums, the same output
@@ -135,8 +136,7 @@ unsafe fn block_amx(blk: &Block, epi: &Epi) {
     // they are left uninitialised; the tails buffer exists only when K has a partial step.
     let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
     let sums = sums.as_mut_ptr().cast::<i32>();
-    let mut tails =
-        if blk.k.is_multiple_of(TILE_BYTES) { None } else { Some(Tails([0; 2 * TILE_ROWS * TILE_BYTES])) };
+    let mut tails = if reads_whole_steps(blk) { None } else { Some(Tails([0; 2 * TILE_ROWS * TILE_BYTES])) };
     let rows = blk.rows;
     // Pairs of row tiles, then the rows left (fewer than 32) by tiles that end at the last row,
     // overlapping rows already done: those are recomputed to the same values and stored again.
@@ -162,11 +162,19 @@ unsafe fn block_amx(blk: &Block, epi: &Epi) {
     }
 }
 
+/// True if every K step can be loaded from the rows themselves: K is a multiple of 64, or each
+/// row has room for the padded last step (im2col's scratch rows are `ceil(K / 64) * 64` bytes,
+/// all initialized). The bytes past K multiply zero weights (the panels are padded with zeros),
+/// so whatever they hold, the sums are the same.
+fn reads_whole_steps(blk: &Block) -> bool {
+    blk.k.is_multiple_of(TILE_BYTES) || blk.row_bytes >= blk.k.next_multiple_of(TILE_BYTES)
+}
+
 /// Rows `row0..row0 + 16 * R` of the block against every panel.
 ///
 /// # Safety
 /// As for [`block_amx`], with the tiles configured, `row0 + 16 * R <= blk.rows`, `tails` given
-/// when `blk.k % 64 != 0`, and `sums` valid for writes and reads of [`Sums`].
+/// unless [`reads_whole_steps`], and `sums` valid for writes and reads of [`Sums`].
 #[inline(always)]
 unsafe fn row_tiles<const R: usize>(
     blk: &Block,
@@ -175,8 +183,12 @@ unsafe fn row_tiles<const R: usize>(
     tails: Option<&mut Tails>,
     sums: *mut i32,
 ) {
-    let steps = blk.k / TILE_BYTES;
-    let tail = blk.k % TILE_BYTES;
+    // Whole 64-byte steps read from the rows; a partial last step comes from the tails buffer.
+    let (steps, tail) = if reads_whole_steps(blk) {
+        (blk.k.div_ceil(TILE_BYTES), 0)
+    } else {
+        (blk.k / TILE_BYTES, blk.k % TILE_BYTES)
+    };
     // SAFETY: rows row0..row0 + 16R exist (pointer arithmetic only).
     let a = unsafe { blk.a.add(row0 * blk.lda) };
     let tails = tails.map(|t| {
