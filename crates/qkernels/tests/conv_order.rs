@@ -35,31 +35,8 @@ fn conv2d_onednn_equals_pytorch_bit_for_bit() {
         let run = |kernel: &str, isa: Isa| {
             let mut out = vec![0.0; want.len()];
             let scratch = &mut ConvScratch::default();
-            let shape = if kernel == "onednn" {
-                float::conv2d_onednn(
-                    &xs,
-                    x.shape(),
-                    &ws,
-                    w.shape(),
-                    b.as_deref(),
-                    &params,
-                    &mut out,
-                    scratch,
-                    isa,
-                )
-            } else {
-                float::conv::<2>(
-                    &xs,
-                    x.shape(),
-                    &ws,
-                    w.shape(),
-                    b.as_deref(),
-                    &params,
-                    &mut out,
-                    scratch,
-                    isa,
-                )
-            };
+            let conv = if kernel == "onednn" { float::conv2d_onednn } else { float::conv::<2> };
+            let shape = conv(&xs, x.shape(), &ws, w.shape(), b.as_deref(), &params, &mut out, scratch, isa);
             assert_eq!(shape.unwrap(), want.shape(), "{n}");
             ArrayD::from_shape_vec(IxDyn(want.shape()), out).unwrap()
         };

@@ -366,26 +366,7 @@ impl Module for QatConv {
         }
     }
 
-    fn extra_repr(&self) -> String {
-        self.conv.extra_repr()
-    }
-
-    fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-        self.conv.params()
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-        self.conv.params_mut()
-    }
-
-    fn training(&self) -> bool {
-        self.training
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-        self.conv.set_training(training);
-    }
+    delegate_to_float!(conv);
 
     fn config(&self) -> serde_json::Value {
         let config = QatConvConfig {

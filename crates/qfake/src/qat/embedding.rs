@@ -122,26 +122,7 @@ macro_rules! qat_table {
                 (name == "weight_fake_quant").then_some(&mut self.weight_fake_quant)
             }
 
-            fn extra_repr(&self) -> String {
-                self.$field.extra_repr()
-            }
-
-            fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-                self.$field.params()
-            }
-
-            fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-                self.$field.params_mut()
-            }
-
-            fn training(&self) -> bool {
-                self.training
-            }
-
-            fn set_training(&mut self, training: bool) {
-                self.training = training;
-                self.$field.set_training(training);
-            }
+            delegate_to_float!($field);
 
             fn config(&self) -> serde_json::Value {
                 let config = QatTableConfig { table: self.$field.config(), qconfig: self.qconfig.clone() };

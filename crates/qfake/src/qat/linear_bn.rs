@@ -219,26 +219,7 @@ impl Module for QatLinearBn {
         }
     }
 
-    fn extra_repr(&self) -> String {
-        self.linear.extra_repr()
-    }
-
-    fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
-        self.linear.params()
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
-        self.linear.params_mut()
-    }
-
-    fn training(&self) -> bool {
-        self.training
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-        self.linear.set_training(training);
-    }
+    delegate_to_float!(linear);
 
     fn config(&self) -> serde_json::Value {
         let config = QatLinearBnConfig {

@@ -8,6 +8,33 @@
 //! `activation_post_process`; [`convert`] turns the trained model into the quantized modules
 //! post-training quantization makes, with the parameters the fake quantizers chose.
 
+/// The `Module` methods a QAT module forwards to the float module it wraps (field `$inner`): the
+/// printout, the parameters, and train / eval mode (also kept in the QAT module's `training`).
+macro_rules! delegate_to_float {
+    ($inner:tt) => {
+        fn extra_repr(&self) -> String {
+            self.$inner.extra_repr()
+        }
+
+        fn params(&self) -> Vec<(&'static str, &ArrayD<f32>)> {
+            self.$inner.params()
+        }
+
+        fn params_mut(&mut self) -> Vec<(&'static str, &mut ArrayD<f32>)> {
+            self.$inner.params_mut()
+        }
+
+        fn training(&self) -> bool {
+            self.training
+        }
+
+        fn set_training(&mut self, training: bool) {
+            self.training = training;
+            self.$inner.set_training(training);
+        }
+    };
+}
+
 pub(crate) mod bn_fold;
 pub(crate) mod conv;
 pub(crate) mod embedding;
