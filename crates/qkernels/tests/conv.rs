@@ -115,6 +115,8 @@ fn path(conv: &PackedConv) -> &'static str {
         "depthwise"
     } else if conv.is_pointwise() {
         "pointwise"
+    } else if conv.is_implicit() {
+        "implicit"
     } else {
         "im2col"
     }
@@ -160,6 +162,15 @@ fn battery_of_conv_variants_on_every_tier() {
         // grouped pointwise rows whose last K step must not be read past the group's channels.
         (2, geo(1, 20, 48, 1, [1, 6, 6], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false)),
         (2, geo(1, 272, 80, 2, [1, 5, 5], [1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 1], false)),
+        // Implicit GEMM on AMX (64-channel steps, stride 1): 3x3 with a panel tail, asymmetric
+        // padding and batch 2, 1x3 unpadded, 5x5, an image of exactly one tile of rows' worth
+        // (4x4: 22 rows) and one too small for a tile (3x3: 13 rows, im2col).
+        (2, geo(1, 64, 40, 1, [1, 6, 6], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false)),
+        (2, geo(2, 128, 64, 1, [1, 9, 5], [1, 3, 3], [1, 1, 1], [1, 1, 2], [1, 1, 1], false)),
+        (2, geo(1, 64, 32, 1, [1, 3, 20], [1, 1, 3], [1, 1, 1], [1, 0, 0], [1, 1, 1], false)),
+        (2, geo(1, 64, 33, 1, [1, 7, 7], [1, 5, 5], [1, 1, 1], [1, 2, 2], [1, 1, 1], false)),
+        (2, geo(1, 64, 64, 1, [1, 4, 4], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false)),
+        (2, geo(1, 64, 64, 1, [1, 3, 3], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false)),
         // Dilation, asymmetric kernel, groups, reflect.
         (2, geo(1, 4, 6, 1, [1, 9, 9], [1, 3, 2], [1, 1, 2], [2, 2, 1], [1, 2, 3], false)),
         (2, geo(1, 12, 18, 3, [1, 6, 6], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false)),
@@ -177,6 +188,8 @@ fn battery_of_conv_variants_on_every_tier() {
         (1, geo(1, 8, 8, 8, [1, 1, 15], [1, 1, 3], [1, 1, 1], [0, 0, 1], [1, 1, 1], true)),
         (3, geo(1, 4, 6, 1, [4, 5, 5], [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false)),
         (3, geo(1, 16, 16, 16, [3, 4, 4], [3, 3, 3], [2, 1, 1], [1, 1, 1], [1, 1, 1], false)),
+        // conv3d with one depth tap: each depth slice is an image of the implicit GEMM.
+        (3, geo(2, 64, 48, 1, [3, 5, 5], [1, 3, 3], [1, 1, 1], [0, 1, 1], [1, 1, 1], false)),
         (3, geo(1, 6, 4, 2, [3, 4, 5], [2, 2, 2], [1, 2, 1], [1, 0, 1], [1, 1, 2], true)),
     ];
     for (rank, g) in cases {
@@ -225,11 +238,46 @@ fn arb_case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// Stride-1 2-D convolutions over whole 64-channel steps (the implicit GEMM's layers on AMX,
+/// im2col elsewhere or with weight zero points).
+fn arb_implicit_case() -> impl Strategy<Value = Case> {
+    (
+        1usize..=2,
+        1usize..=2,
+        1usize..=70,
+        prop::array::uniform2((1usize..=5, 0usize..=2, 0usize..=9)),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(|(batch, steps, oc, axes, seed, w_zp)| {
+            let mut g = geo(batch, 64 * steps, oc, 1, [1; 3], [1; 3], [1; 3], [0; 3], [1; 3], false);
+            for (ax, (k, p, extra)) in axes.into_iter().enumerate() {
+                g.kernel[ax + 1] = k;
+                g.pad[ax + 1] = p.min(k - 1);
+                g.in3[ax + 1] = k + extra;
+            }
+            let mut rng = Rng(seed | 1);
+            Case::new(g, 2, &mut rng, 255, w_zp && seed.is_multiple_of(4))
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn every_tier_matches_the_oracle(case in arb_case()) {
+        for isa in Isa::supported() {
+            let result = case.check(isa);
+            prop_assert!(result.is_ok(), "{:?}", result);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn implicit_gemm_layers_match_the_oracle(case in arb_implicit_case()) {
         for isa in Isa::supported() {
             let result = case.check(isa);
             prop_assert!(result.is_ok(), "{:?}", result);
@@ -245,9 +293,12 @@ fn results_do_not_depend_on_the_thread_count() {
         geo(1, 96, 96, 96, [1, 40, 40], [1, 3, 3], [1, 2, 2], [1, 1, 1], [1, 1, 1], false),
         geo(1, 64, 256, 1, [1, 28, 28], [1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 1], false),
         geo(1, 256, 512, 1, [1, 7, 7], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false),
+        geo(2, 64, 64, 1, [1, 20, 20], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false),
+        geo(1, 128, 96, 1, [1, 9, 14], [1, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false),
     ];
-    for g in cases {
-        let case = Case::new(g, 2, &mut rng, 255, true);
+    for (i, g) in cases.into_iter().enumerate() {
+        // The last two without weight zero points, so that AMX runs them as an implicit GEMM.
+        let case = Case::new(g, 2, &mut rng, 255, i < 4);
         let g = case.geo.clone();
         let (_, zps, _) = scales_and_zps(&case.q, g.oc);
         let acc = g.acc(&case.input, &case.weights, case.a_zp, &zps);
@@ -286,6 +337,17 @@ fn paths_are_chosen_as_documented() {
     assert!(!strided.is_pointwise() && !strided.is_depthwise());
     assert_eq!(pw.isa(), Isa::active());
     assert_eq!(pw.params().in_channels, 8);
+    // The implicit GEMM, on every tier: whole 64-channel steps, stride 1, no weight zero points.
+    for isa in Isa::supported() {
+        let pack = |c: usize, stride: usize, q: &WeightQParams| {
+            let p = ConvParams::new(c, 32, &[3, 3]).stride(&[stride, stride]).padding(&[1, 1]);
+            PackedConv::with_isa(p, &vec![1; 32 * c * 9], q, None, isa).unwrap()
+        };
+        assert!(pack(64, 1, &q).is_implicit(), "{isa}");
+        assert!(!pack(96, 1, &q).is_implicit() && !pack(64, 2, &q).is_implicit());
+        let with_zp = WeightQParams::PerTensor { scale: 0.1, zero_point: 3 };
+        assert!(!pack(128, 1, &with_zp).is_implicit());
+    }
 }
 
 #[test]

@@ -10,12 +10,18 @@
 //!   stride, dilation and padding; padding taps are skipped (zero padding) or mirrored (reflect);
 //! * **pointwise** (all kernel sizes 1, stride 1, no padding): the GEMM straight on the input
 //!   rows, no copy;
+//! * **implicit GEMM** (stride 1, one group, zero padding, no dilation or depth taps, input
+//!   channels a multiple of 64, no weight zero points, at least 16 block rows per image): each
+//!   task pads its input rows once into scratch and the GEMM reads every tap's rows from there in
+//!   place (`implicit`), no im2col;
 //! * otherwise **im2col**: blocks of output pixels are gathered into per-thread scratch (padding
 //!   taps filled with the activation zero point) and multiplied by the packed GEMM kernel; the
 //!   reduction order is `(kd, kh, kw, input channel)`.
 //!
 //! Every path gives the bits of the scalar oracle: PyTorch's quantized conv with exact i32
 //! accumulation and FBGEMM's output requantization.
+
+mod implicit;
 
 use crate::gemm::{
     self, ASource, Channels, DirectA, DwJob, Output, OutputPipeline, PackedWeights, SharedEpi, SharedOut,
@@ -188,8 +194,19 @@ impl ConvParams {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Path {
-    Gemm { weights: PackedWeights, pointwise: bool },
-    Depthwise { channels: Channels, weights: Vec<i32>, cpad: usize },
+    /// `implicit`: the layer suits [`implicit::Implicit`] (tier, channels, no weight zero points,
+    /// stride 1, one group, zero padding, no dilation, no depth taps), which runs it for inputs
+    /// large enough.
+    Gemm {
+        weights: PackedWeights,
+        pointwise: bool,
+        implicit: bool,
+    },
+    Depthwise {
+        channels: Channels,
+        weights: Vec<i32>,
+        cpad: usize,
+    },
 }
 
 /// A convolution with packed weights, for one [`Isa`] tier.
@@ -254,7 +271,19 @@ impl PackedConv {
             let pointwise = params.kernel.iter().all(|&x| x == 1)
                 && params.stride.iter().all(|&x| x == 1)
                 && params.padding.iter().all(|&x| x == 0);
-            Path::Gemm { weights, pointwise }
+            let [kernel, stride, pad, dilation] = params.axes();
+            // The implicit GEMM needs whole 64-byte K steps and no row sums (no weight zero
+            // points).
+            let implicit = !pointwise
+                && implicit::channels_fit(cg)
+                && !weights.has_w_zp()
+                && g == 1
+                && params.padding_mode == PaddingMode::Zeros
+                && kernel[0] == 1
+                && pad[0] == 0
+                && stride == [1; 3]
+                && dilation == [1; 3];
+            Path::Gemm { weights, pointwise, implicit }
         };
         Ok(Self { params, isa, path })
     }
@@ -272,6 +301,12 @@ impl PackedConv {
     /// True if the depthwise kernel runs this convolution.
     pub fn is_depthwise(&self) -> bool {
         matches!(self.path, Path::Depthwise { .. })
+    }
+
+    /// True if the implicit-GEMM path (no im2col: tiles read from padded input rows) runs this
+    /// convolution for inputs of at least 16 output pixels per image (with fewer, im2col does).
+    pub fn is_implicit(&self) -> bool {
+        matches!(self.path, Path::Gemm { implicit: true, .. })
     }
 
     /// True if the pointwise (no im2col) path runs this convolution.
@@ -376,11 +411,27 @@ impl PackedConv {
                     (0..chunks).into_par_iter().for_each(run);
                 }
             }
-            Path::Gemm { weights, pointwise } => {
+            Path::Gemm { weights, pointwise, implicit: may_implicit } => {
                 let cg = p.in_channels / p.groups;
                 let kernel_kind = weights.kernel(|| za < 128 && gemm::all_7bit(input));
                 let out_ptr = SharedOut(out.ptr());
-                if *pointwise {
+                let geometry = implicit::Implicit {
+                    input,
+                    images: batch * in3[0],
+                    c: p.in_channels,
+                    in_hw: [in3[1], in3[2]],
+                    out_hw: [out3[1], out3[2]],
+                    kernel: [kernel[1], kernel[2]],
+                    pad: [pad[1], pad[2]],
+                    za,
+                };
+                if *may_implicit && geometry.fits() {
+                    // SAFETY: the geometry fits; at packing the layer was checked to have whole
+                    // 64-byte channel steps, stride 1, one group and no depth taps (so K = kh *
+                    // kw * C) and weights without zero points; the kernel is theirs; the input
+                    // length was checked above, the output and the pipeline against the weights.
+                    unsafe { geometry.run(weights, kernel_kind.implicit, pipeline.epi(), out_ptr.get()) };
+                } else if *pointwise {
                     let src = DirectA { a: input.as_ptr(), lda: p.in_channels, group_stride: cg };
                     // SAFETY: `input` holds pixels_out rows of C bytes (stride 1, no padding, so
                     // pixels_out == pixels_in), each group reads its `cg` channels; `out` holds

@@ -101,18 +101,44 @@ pub(crate) unsafe fn emit<T: Tier>(epi: &Epi, v: T::V, n: usize, out: OutPtr, of
 #[inline(always)]
 fn prefetch(_: *const u8) {}
 
+/// How a block's rows are read and stored: block row `v` is row `row(v)` of A (at
+/// `a + row(v) * lda`), its K byte `k` (for `k` a multiple of 4, and of 64 on AMX) at `at(k)` from
+/// there, with the rest of its group or step after it; it is stored as output row `store(v)`
+/// (`None`: computed, not stored).
+pub(crate) struct RowMap<R, S, O> {
+    pub row: R,
+    pub at: S,
+    pub store: O,
+}
+
+/// A GEMM block's own rows: row `v` of A, K byte `k` at `k`, stored as output row `v`.
+pub(crate) fn plain_rows()
+-> RowMap<impl Fn(usize) -> usize, impl Fn(usize) -> usize, impl Fn(usize) -> Option<usize>> {
+    RowMap { row: |v| v, at: |k| k, store: Some }
+}
+
 /// One `MR x (NV * LANES)` tile: rows `row0..row0 + MR` of the block against panel `p`.
 ///
 /// # Safety
-/// As for [`block`], with `row0 + MR <= blk.rows` and `p < blk.npanels`.
+/// As for [`mapped_block`], with `row0 + MR <= blk.rows` and `p < blk.npanels`.
 #[inline(always)]
-unsafe fn tile<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi, row0: usize, p: usize) {
+unsafe fn tile<T: Tier, const MR: usize, const NV: usize, R, S, O>(
+    blk: &Block,
+    epi: &Epi,
+    map: &RowMap<R, S, O>,
+    row0: usize,
+    p: usize,
+) where
+    R: Fn(usize) -> usize,
+    S: Fn(usize) -> usize,
+    O: Fn(usize) -> Option<usize>,
+{
     let lanes = T::LANES;
     let nr = NV * lanes;
     // SAFETY: `p < npanels`, so the panel lies inside the packed weights.
     let bp = unsafe { blk.panels.add(p * blk.panel_stride) };
-    // SAFETY: rows `row0..row0 + MR` exist in the block (pointer arithmetic only).
-    let arow: [*const u8; MR] = std::array::from_fn(|i| unsafe { blk.a.add((row0 + i) * blk.lda) });
+    // Pointer arithmetic only: rows `row0..row0 + MR` exist in the block.
+    let arow: [*const u8; MR] = std::array::from_fn(|i| blk.a.wrapping_add((map.row)(row0 + i) * blk.lda));
     // The accumulators start at the column term (the activation zero point's correction).
     let n = blk.n0 + p * nr;
     // SAFETY: the epilogue arrays are padded past every panel column; features are enabled.
@@ -129,15 +155,15 @@ unsafe fn tile<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi
         let mut part = [[zero; NV]; 3];
         while q_start + 4 <= k4 {
             if q_start % 16 == 0 {
-                prefetch(arow[0].wrapping_add(4 * q_start + 320));
+                prefetch(arow[0].wrapping_add((map.at)(4 * q_start) + 320));
             }
             for u in 0..4 {
                 let q = q_start + u;
                 // SAFETY: as in the loop below, for groups `q < k4`.
                 let b: [T::B; NV] =
                     std::array::from_fn(|j| unsafe { T::prep_b(bp.add((q * nr + j * lanes) * 4)) });
-                // SAFETY: 4 * q + 4 <= k bytes of the row are readable; features enabled.
-                let a = unsafe { T::prep_a(arow[0].add(4 * q).cast::<u32>().read_unaligned()) };
+                // SAFETY: the row's group q (K bytes 4q..4q + 4) is readable; features enabled.
+                let a = unsafe { T::prep_a(arow[0].add((map.at)(4 * q)).cast::<u32>().read_unaligned()) };
                 let sums = if u == 0 { &mut acc[0] } else { &mut part[u - 1] };
                 for (sum, &bj) in sums.iter_mut().zip(&b) {
                     // SAFETY: the tier's features are enabled.
@@ -154,16 +180,17 @@ unsafe fn tile<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi
         }
     }
     for q in q_start..k4 {
+        let at = (map.at)(4 * q);
         if q % 16 == 0 {
             for &row in &arow {
-                prefetch(row.wrapping_add(4 * q + 320));
+                prefetch(row.wrapping_add(at + 320));
             }
         }
         // SAFETY: the panel holds ceil(k/4) groups of NR * 4 bytes and q < ceil(k/4).
         let b: [T::B; NV] = std::array::from_fn(|j| unsafe { T::prep_b(bp.add((q * nr + j * lanes) * 4)) });
         for i in 0..MR {
-            // SAFETY: 4 * q + 4 <= k bytes of the row are readable.
-            let x = unsafe { arow[i].add(4 * q).cast::<u32>().read_unaligned() };
+            // SAFETY: the row's group q (K bytes 4q..4q + 4) is readable.
+            let x = unsafe { arow[i].add(at).cast::<u32>().read_unaligned() };
             // SAFETY: the tier's features are enabled.
             let a = unsafe { T::prep_a(x) };
             for j in 0..NV {
@@ -176,11 +203,12 @@ unsafe fn tile<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi
     if rem > 0 {
         // SAFETY: as above, for the last (zero-padded) group of the panel.
         let b: [T::B; NV] = std::array::from_fn(|j| unsafe { T::prep_b(bp.add((k4 * nr + j * lanes) * 4)) });
+        let at = (map.at)(4 * k4);
         for i in 0..MR {
             let mut x = 0u32;
             for t in 0..rem {
-                // SAFETY: byte 4 * k4 + t < k of the row is readable.
-                x |= u32::from(unsafe { arow[i].add(4 * k4 + t).read() }) << (8 * t);
+                // SAFETY: K byte 4 * k4 + t < k of the row is readable.
+                x |= u32::from(unsafe { arow[i].add(at + t).read() }) << (8 * t);
             }
             // SAFETY: the tier's features are enabled.
             let a = unsafe { T::prep_a(x) };
@@ -192,22 +220,26 @@ unsafe fn tile<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi
     }
     let cols = blk.n_end.saturating_sub(n).min(nr);
     for (i, acc_row) in acc.iter().enumerate() {
-        // SAFETY: row0 + i < rows; the rest is forwarded from the caller.
-        unsafe { store_row::<T, NV>(blk, epi, row0 + i, n, acc_row, cols) };
+        if let Some(out_row) = (map.store)(row0 + i) {
+            // SAFETY: row0 + i < rows; the rest is forwarded from the caller.
+            unsafe { store_row::<T, NV>(blk, epi, row0 + i, out_row, n, acc_row, cols) };
+        }
     }
 }
 
 /// The output stage of one tile row: `acc` holds the accumulators (column term included) of
 /// block row `row`, global columns `n..n + NV * LANES`; subtracts `rowsum * w_zp` when the block
-/// has row sums, and emits the first `cols` columns.
+/// has row sums, and emits the first `cols` columns to output row `out_row`.
 ///
 /// # Safety
-/// As for [`block`], with `row < blk.rows` and columns `n..n + cols` in the output.
+/// As for [`block`], with `row < blk.rows` and columns `n..n + cols` of output row `out_row`
+/// writable.
 #[inline(always)]
 pub(crate) unsafe fn store_row<T: Tier, const NV: usize>(
     blk: &Block,
     epi: &Epi,
     row: usize,
+    out_row: usize,
     n: usize,
     acc: &[T::V; NV],
     cols: usize,
@@ -228,7 +260,7 @@ pub(crate) unsafe fn store_row<T: Tier, const NV: usize>(
             if let Some(s) = rowsum {
                 v = T::sub(v, T::mul(T::splat(s), T::load_i32(epi.w_zp.add(nn))));
             }
-            emit::<T>(epi, v, nn, blk.out, row * blk.ldc + nn, (cols - c0).min(lanes));
+            emit::<T>(epi, v, nn, blk.out, out_row * blk.ldc + nn, (cols - c0).min(lanes));
         }
     }
 }
@@ -241,23 +273,57 @@ pub(crate) unsafe fn store_row<T: Tier, const NV: usize>(
 /// [`Block`] and [`Epi`]; `NV * T::LANES` is the panel width the weights were packed with.
 #[inline(always)]
 pub(crate) unsafe fn block<T: Tier, const MR: usize, const NV: usize>(blk: &Block, epi: &Epi) {
+    // SAFETY: the plain map reads and stores the block's own rows; forwarded from the caller.
+    unsafe { mapped_block::<T, MR, NV, _, _, _>(blk, epi, &plain_rows()) }
+}
+
+/// An implicit-GEMM convolution block ([`ImplicitRows`]) on a vector tier.
+///
+/// # Safety
+/// As for [`ImplicitFn`], with the tier's features enabled and the weights packed with panels of
+/// `NV * T::LANES` columns.
+#[inline(always)]
+pub(crate) unsafe fn implicit<T: Tier, const MR: usize, const NV: usize>(
+    blk: &Block,
+    epi: &Epi,
+    conv: &ImplicitRows<'_>,
+) {
+    // SAFETY: the caller guarantees every step of every row readable and the stored rows writable.
+    unsafe { mapped_block::<T, MR, NV, _, _, _>(blk, epi, &conv.dense_map()) }
+}
+
+/// [`block`] with rows read and stored through `map`.
+///
+/// # Safety
+/// As for [`block`], with `map` addressing readable K bytes of every row and writable output
+/// rows.
+#[inline(always)]
+unsafe fn mapped_block<T: Tier, const MR: usize, const NV: usize, R, S, O>(
+    blk: &Block,
+    epi: &Epi,
+    map: &RowMap<R, S, O>,
+) where
+    R: Fn(usize) -> usize,
+    S: Fn(usize) -> usize,
+    O: Fn(usize) -> Option<usize>,
+{
     for p in 0..blk.npanels {
         let mut r = 0;
         while r + MR <= blk.rows {
             // SAFETY: rows r..r + MR exist; p < npanels.
-            unsafe { tile::<T, MR, NV>(blk, epi, r, p) };
+            unsafe { tile::<T, MR, NV, R, S, O>(blk, epi, map, r, p) };
             r += MR;
         }
         // SAFETY: exactly `blk.rows - r` (< MR <= 8) rows remain.
         unsafe {
             match blk.rows - r {
-                1 => tile::<T, 1, NV>(blk, epi, r, p),
-                2 => tile::<T, 2, NV>(blk, epi, r, p),
-                3 => tile::<T, 3, NV>(blk, epi, r, p),
-                4 if MR > 4 => tile::<T, 4, NV>(blk, epi, r, p),
-                5 if MR > 5 => tile::<T, 5, NV>(blk, epi, r, p),
-                6 if MR > 6 => tile::<T, 6, NV>(blk, epi, r, p),
-                7 if MR > 7 => tile::<T, 7, NV>(blk, epi, r, p),
+                1 => tile::<T, 1, NV, R, S, O>(blk, epi, map, r, p),
+                2 => tile::<T, 2, NV, R, S, O>(blk, epi, map, r, p),
+                3 => tile::<T, 3, NV, R, S, O>(blk, epi, map, r, p),
+                4 if MR > 4 => tile::<T, 4, NV, R, S, O>(blk, epi, map, r, p),
+                5 if MR > 5 => tile::<T, 5, NV, R, S, O>(blk, epi, map, r, p),
+                6 if MR > 6 => tile::<T, 6, NV, R, S, O>(blk, epi, map, r, p),
+                7 if MR > 7 => tile::<T, 7, NV, R, S, O>(blk, epi, map, r, p),
                 _ => {}
             }
         }
@@ -558,6 +624,67 @@ pub(crate) type BlockFn = unsafe fn(&Block, &Epi);
 /// As for [`BlockFn`], with the job valid as documented on [`DwJob`].
 pub(crate) type DepthwiseFn = unsafe fn(&DwJob, &Epi, Range<usize>, &mut Vec<(usize, usize)>);
 
+/// Channel bytes of one K step of an implicit-GEMM convolution: one AMX tile row.
+pub(crate) const IMPLICIT_STEP: usize = 64;
+
+/// The rows of an implicit-GEMM convolution block (stride 1, no im2col): `Block::a` holds
+/// zero-point-padded input rows of `row_len` pixels of `Block::lda` channel bytes, and the output
+/// pixel whose window starts at padded pixel `v` reads K step `s` (64 channel bytes of one kernel
+/// tap) at `a + v * lda + step_offsets[s]`, for every pixel alike. The block's rows are its
+/// output pixels, `Block::rows` of them (whole output rows of `row_valid` pixels): output pixel
+/// `i` starts at padded pixel `(i / row_valid) * row_len + i % row_valid`.
+pub(crate) struct ImplicitRows<'a> {
+    /// Byte offset of each 64-byte K step from its row's start (`Block::k / 64` of them).
+    pub step_offsets: &'a [usize],
+    /// Padded input width.
+    pub row_len: usize,
+    /// Output width.
+    pub row_valid: usize,
+}
+
+impl ImplicitRows<'_> {
+    /// K byte `k`'s offset from its padded pixel.
+    fn at(&self, k: usize) -> usize {
+        self.step_offsets[k / IMPLICIT_STEP] + k % IMPLICIT_STEP
+    }
+
+    /// The output pixels as block rows (for kernels that address each row on its own).
+    pub(crate) fn dense_map(
+        &self,
+    ) -> RowMap<impl Fn(usize) -> usize, impl Fn(usize) -> usize + '_, impl Fn(usize) -> Option<usize>> {
+        let (len, valid) = (self.row_len, self.row_valid);
+        RowMap { row: move |i| i / valid * len + i % valid, at: move |k| self.at(k), store: Some }
+    }
+
+    /// Every padded pixel from the first output pixel's to the last's as a block row, rows `1`
+    /// apart (for tiles of evenly spaced rows): of each `row_len` the first `row_valid` are output
+    /// pixels, the rest straddle the padded row's end and are computed, not stored. There are
+    /// [`Self::padded_rows`] of them.
+    pub(crate) fn padded_map(
+        &self,
+    ) -> RowMap<impl Fn(usize) -> usize, impl Fn(usize) -> usize + '_, impl Fn(usize) -> Option<usize>> {
+        let (len, valid) = (self.row_len, self.row_valid);
+        RowMap {
+            row: |v| v,
+            at: move |k| self.at(k),
+            store: move |v| (v % len < valid).then(|| v / len * valid + v % len),
+        }
+    }
+
+    /// The padded pixels spanned by `outputs` output pixels (whole output rows).
+    pub(crate) fn padded_rows(&self, outputs: usize) -> usize {
+        (outputs / self.row_valid).saturating_sub(1) * self.row_len + self.row_valid
+    }
+}
+
+/// Runs one implicit-GEMM convolution block.
+///
+/// # Safety
+/// As for [`BlockFn`], with `Block::rows` a multiple of `row_valid` and at least 16 padded rows
+/// ([`ImplicitRows::padded_rows`]), `Block::k` a multiple of 64, no row sums, and every step of
+/// every padded row (`a + v * lda + step_offsets[s] .. + 64`) readable.
+pub(crate) type ImplicitFn = unsafe fn(&Block, &Epi, &ImplicitRows<'_>);
+
 /// The micro-kernels of one tier (two for AVX2: `vpmaddubsw` where it is exact, and the exact
 /// i16 path), chosen once per call by `gemm::kernel_for`.
 #[derive(Clone, Copy)]
@@ -573,6 +700,8 @@ pub(crate) struct Kernel {
     pub block: BlockFn,
     /// Depthwise output pixels.
     pub depthwise: DepthwiseFn,
+    /// Implicit-GEMM convolution blocks.
+    pub implicit: ImplicitFn,
 }
 
 impl Kernel {
@@ -604,5 +733,11 @@ impl Kernel {
 }
 
 /// The scalar tier: 4 x 4 tiles.
-pub(crate) const SCALAR: Kernel =
-    Kernel { mr: 4, nr: 4, k_block: 4, block: block::<Scalar, 4, 4>, depthwise: depthwise::<Scalar> };
+pub(crate) const SCALAR: Kernel = Kernel {
+    mr: 4,
+    nr: 4,
+    k_block: 4,
+    block: block::<Scalar, 4, 4>,
+    depthwise: depthwise::<Scalar>,
+    implicit: implicit::<Scalar, 4, 4>,
+};

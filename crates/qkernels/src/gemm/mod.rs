@@ -32,6 +32,7 @@ pub(crate) mod kernel;
 pub(crate) mod tier;
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use qcore::requant::{BiasTerm, ConvRequant};
@@ -593,6 +594,47 @@ impl PackedWeights {
         self.channels.output_i32(a_zero_point)
     }
 
+    /// The block of `rows` against panels `panels` of group `g`, writing `out` (at the block's
+    /// row 0, global column 0; rows `ldc` apart).
+    pub(crate) fn block(
+        &self,
+        g: usize,
+        panels: Range<usize>,
+        rows: RowsAt,
+        out: OutPtr,
+        ldc: usize,
+    ) -> Block {
+        let panel = self.kq * self.nr * 4;
+        let group_n0 = g * self.n_per_group;
+        Block {
+            a: rows.a,
+            lda: rows.lda,
+            rows: rows.rows,
+            k: self.k(),
+            row_bytes: rows.row_bytes,
+            // Pointer arithmetic only: the panel index is inside the packed data when
+            // `panels.start < panels_per_group`, which every caller's range satisfies.
+            panels: self.data.as_ptr().wrapping_add((g * self.panels_per_group + panels.start) * panel),
+            panel_stride: panel,
+            npanels: panels.len(),
+            n0: group_n0 + panels.start * self.nr,
+            n_end: group_n0 + self.n_per_group,
+            rowsums: rows.rowsums,
+            out,
+            ldc,
+        }
+    }
+
+    /// Weight panels per group.
+    pub(crate) fn panels_per_group(&self) -> usize {
+        self.panels_per_group
+    }
+
+    /// True if some weight zero point is not 0 (the GEMM then needs the row sums of A).
+    pub(crate) fn has_w_zp(&self) -> bool {
+        self.channels.has_w_zp()
+    }
+
     /// The micro-kernels a call runs; `acts_7bit` (asked only on AVX2) says whether every
     /// activation of the call is below 128.
     pub(crate) fn kernel(&self, acts_7bit: impl FnOnce() -> bool) -> Kernel {
@@ -682,6 +724,16 @@ impl ASource for DirectA {
     fn rows(&self, g: usize, r0: usize, _rows: usize, _kq: usize, _buf: &mut Vec<u8>) -> (*const u8, usize) {
         (self.a.wrapping_add(r0 * self.lda + g * self.group_stride), self.lda)
     }
+}
+
+/// The rows of A a block reads: row `i` at `a + i * lda`, `row_bytes` readable bytes each; their
+/// sums when the weights have zero points (`rows` of them), else null.
+pub(crate) struct RowsAt {
+    pub a: *const u8,
+    pub lda: usize,
+    pub rows: usize,
+    pub row_bytes: usize,
+    pub rowsums: *const i32,
 }
 
 /// Per-thread scratch, reused across calls: im2col rows, row sums, depthwise taps.
@@ -840,11 +892,9 @@ unsafe fn run_task(
     ldc: usize,
     scratch: &mut Scratch,
 ) {
-    let (mr, nr) = (kernel.mr, kernel.nr);
     let k = w.k();
-    let mc = block_rows(w.kq, mr);
-    let panel = w.kq * nr * 4;
-    let has_wzp = w.channels.has_w_zp();
+    let mc = block_rows(w.kq, kernel.mr);
+    let has_wzp = w.has_w_zp();
     for g in task.groups.clone() {
         let mut r0 = task.rows.start;
         while r0 < task.rows.end {
@@ -861,25 +911,8 @@ unsafe fn run_task(
             } else {
                 std::ptr::null()
             };
-            let out_block = out.wrapping_add(r0 * ldc);
-            let first = task.panels.start;
-            let group_n0 = g * w.n_per_group;
-            let blk = Block {
-                a,
-                lda,
-                rows,
-                k,
-                row_bytes: src.row_bytes(k, lda),
-                // SAFETY: the panel index is inside the packed data.
-                panels: unsafe { w.data.as_ptr().add((g * w.panels_per_group + first) * panel) },
-                panel_stride: panel,
-                npanels: task.panels.len(),
-                n0: group_n0 + first * nr,
-                n_end: group_n0 + w.n_per_group,
-                rowsums,
-                out: out_block,
-                ldc,
-            };
+            let rows_at = RowsAt { a, lda, rows, row_bytes: src.row_bytes(k, lda), rowsums };
+            let blk = w.block(g, task.panels.clone(), rows_at, out.wrapping_add(r0 * ldc), ldc);
             // SAFETY: forwarded from the caller: valid rows, output and pipeline.
             unsafe { kernel.block(&blk, epi) };
             r0 += rows;

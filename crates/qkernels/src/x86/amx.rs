@@ -19,7 +19,7 @@
 
 use std::arch::asm;
 
-use crate::gemm::kernel::{Block, Epi, Kernel, store_row};
+use crate::gemm::kernel::{Block, Epi, ImplicitRows, Kernel, RowMap, plain_rows, store_row};
 use crate::gemm::tier::Tier;
 use crate::small_copy::{copy_small, fill_small};
 use crate::x86::gemm::{Vnni, block_vnni, depthwise_avx512};
@@ -34,8 +34,14 @@ const NR: usize = 32;
 const PANEL_ROW: usize = NR * 4;
 
 /// AMX: 32 x 32 tiles, K padded to 64.
-pub(crate) const AMX: Kernel =
-    Kernel { mr: 2 * TILE_ROWS, nr: NR, k_block: TILE_BYTES, block: block_amx, depthwise: depthwise_avx512 };
+pub(crate) const AMX: Kernel = Kernel {
+    mr: 2 * TILE_ROWS,
+    nr: NR,
+    k_block: TILE_BYTES,
+    block: block_amx,
+    depthwise: depthwise_avx512,
+    implicit: implicit_amx,
+};
 
 /// The tile configuration: palette 1, tiles 0..8 of 16 rows x 64 bytes.
 #[repr(C, align(64))]
@@ -132,30 +138,60 @@ unsafe fn block_amx(blk: &Block, epi: &Epi) {
     }
     // SAFETY: the caller guarantees AMX.
     let _tiles = unsafe { Tiles::configure() };
+    // The tails buffer exists only when K has a partial step.
+    let mut tails = if reads_whole_steps(blk) { None } else { Some(Tails([0; 2 * TILE_ROWS * TILE_BYTES])) };
+    // SAFETY: the tiles are configured, rows >= 16, the tails buffer exists when K has a partial
+    // step; the rest is the caller's contract.
+    unsafe { each_row_tile(blk, epi, &plain_rows(), tails.as_mut()) };
+}
+
+/// One implicit-GEMM convolution block on AMX ([`ImplicitRows`]).
+///
+/// # Safety
+/// As for [`ImplicitFn`], on a CPU with `Isa::Amx`, the weights packed for [`AMX`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
+unsafe fn implicit_amx(blk: &Block, epi: &Epi, conv: &ImplicitRows<'_>) {
+    // SAFETY: the caller guarantees AMX.
+    let _tiles = unsafe { Tiles::configure() };
+    let padded = Block { rows: conv.padded_rows(blk.rows), ..*blk };
+    // SAFETY: the tiles are configured; K is a multiple of 64 (no tails), padded rows >= 16,
+    // every step of every padded row readable (the caller's contract).
+    unsafe { each_row_tile(&padded, epi, &conv.padded_map(), None) };
+}
+
+/// Every row tile of a block: pairs of row tiles, then the rows left (fewer than 32) by tiles
+/// that end at the last row, overlapping rows already done (recomputed to the same values and
+/// stored again).
+///
+/// # Safety
+/// As for [`row_tiles`], with `blk.rows >= 16`.
+#[inline(always)]
+unsafe fn each_row_tile<R: Fn(usize) -> usize, S: Fn(usize) -> usize, O: Fn(usize) -> Option<usize>>(
+    blk: &Block,
+    epi: &Epi,
+    map: &RowMap<R, S, O>,
+    mut tails: Option<&mut Tails>,
+) {
     // The sums are written by tile stores before they are read (through the pointer only), so
-    // they are left uninitialised; the tails buffer exists only when K has a partial step.
+    // they are left uninitialised.
     let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
     let sums = sums.as_mut_ptr().cast::<i32>();
-    let mut tails = if reads_whole_steps(blk) { None } else { Some(Tails([0; 2 * TILE_ROWS * TILE_BYTES])) };
     let rows = blk.rows;
-    // Pairs of row tiles, then the rows left (fewer than 32) by tiles that end at the last row,
-    // overlapping rows already done: those are recomputed to the same values and stored again.
-    // SAFETY: each tile's rows lie in 0..rows (rows >= 16); the tiles are configured, the tails
-    // buffer exists when K has a partial step, `sums` points to a whole `Sums`; the rest is the
-    // caller's contract.
+    // SAFETY: each tile's rows lie in 0..rows (rows >= 16); `sums` points to a whole `Sums`; the
+    // rest is the caller's contract.
     unsafe {
         let mut r = 0;
         while r + 2 * TILE_ROWS <= rows {
-            row_tiles::<2>(blk, epi, r, tails.as_mut(), sums);
+            row_tiles::<2, R, S, O>(blk, epi, map, r, tails.as_deref_mut(), sums);
             r += 2 * TILE_ROWS;
         }
         if r < rows {
             if rows >= 2 * TILE_ROWS {
-                row_tiles::<2>(blk, epi, rows - 2 * TILE_ROWS, tails.as_mut(), sums);
+                row_tiles::<2, R, S, O>(blk, epi, map, rows - 2 * TILE_ROWS, tails.as_deref_mut(), sums);
             } else {
-                row_tiles::<1>(blk, epi, 0, tails.as_mut(), sums);
+                row_tiles::<1, R, S, O>(blk, epi, map, 0, tails.as_deref_mut(), sums);
                 if rows > TILE_ROWS {
-                    row_tiles::<1>(blk, epi, rows - TILE_ROWS, tails.as_mut(), sums);
+                    row_tiles::<1, R, S, O>(blk, epi, map, rows - TILE_ROWS, tails, sums);
                 }
             }
         }
@@ -174,11 +210,18 @@ fn reads_whole_steps(blk: &Block) -> bool {
 ///
 /// # Safety
 /// As for [`block_amx`], with the tiles configured, `row0 + 16 * R <= blk.rows`, `tails` given
-/// unless [`reads_whole_steps`], and `sums` valid for writes and reads of [`Sums`].
+/// unless [`reads_whole_steps`], `sums` valid for writes and reads of [`Sums`], and `map`
+/// addressing readable bytes and writable output rows.
 #[inline(always)]
-unsafe fn row_tiles<const R: usize>(
+unsafe fn row_tiles<
+    const R: usize,
+    M: Fn(usize) -> usize,
+    S: Fn(usize) -> usize,
+    O: Fn(usize) -> Option<usize>,
+>(
     blk: &Block,
     epi: &Epi,
+    map: &RowMap<M, S, O>,
     row0: usize,
     tails: Option<&mut Tails>,
     sums: *mut i32,
@@ -189,8 +232,9 @@ unsafe fn row_tiles<const R: usize>(
     } else {
         (blk.k / TILE_BYTES, blk.k % TILE_BYTES)
     };
-    // SAFETY: rows row0..row0 + 16R exist (pointer arithmetic only).
-    let a = unsafe { blk.a.add(row0 * blk.lda) };
+    // SAFETY: rows row0..row0 + 16R exist (pointer arithmetic only), `row(row0 + i)` being
+    // `row(row0) + i` for the maps AMX runs (plain and padded).
+    let a = unsafe { blk.a.add((map.row)(row0) * blk.lda) };
     let tails = tails.map(|t| {
         for i in 0..R * TILE_ROWS {
             let dst = &mut t.0[i * TILE_BYTES..(i + 1) * TILE_BYTES];
@@ -215,7 +259,7 @@ unsafe fn row_tiles<const R: usize>(
                 asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem, preserves_flags));
             }
             for s in 0..steps {
-                let a0 = a.add(s * TILE_BYTES);
+                let a0 = a.add((map.at)(s * TILE_BYTES));
                 let b0 = bp.add(s * TILE_ROWS * PANEL_ROW);
                 tile_load!(4, a0, blk.lda);
                 tile_load!(6, b0, PANEL_ROW);
@@ -255,12 +299,13 @@ unsafe fn row_tiles<const R: usize>(
         unsafe {
             let col_term = [Vnni::load_i32(epi.col_term.add(n)), Vnni::load_i32(epi.col_term.add(n + 16))];
             for i in 0..R * TILE_ROWS {
+                let Some(out_row) = (map.store)(row0 + i) else { continue };
                 let row = sums.add(i * NR).cast_const();
                 let acc = [
                     Vnni::add(Vnni::load_i32(row), col_term[0]),
                     Vnni::add(Vnni::load_i32(row.add(16)), col_term[1]),
                 ];
-                store_row::<Vnni, 2>(blk, epi, row0 + i, n, &acc, cols);
+                store_row::<Vnni, 2>(blk, epi, row0 + i, out_row, n, &acc, cols);
             }
         }
     }

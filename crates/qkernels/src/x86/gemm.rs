@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use crate::gemm::kernel::{Block, DwJob, Epi, Kernel, block, depthwise};
+use crate::gemm::kernel::{Block, DwJob, Epi, ImplicitRows, Kernel, block, depthwise, implicit};
 
 /// Rows per tile of the AVX2 kernels.
 const AVX2_MR: usize = 4;
@@ -13,17 +13,41 @@ const AVX2_MR: usize = 4;
 pub(crate) const AVX512_MR: usize = 8;
 
 /// AVX2 with the exact i16 path: 4 x 16 tiles.
-pub(crate) const AVX2_EXACT: Kernel =
-    Kernel { mr: AVX2_MR, nr: 16, k_block: 4, block: block_avx2_exact, depthwise: depthwise_avx2 };
+pub(crate) const AVX2_EXACT: Kernel = Kernel {
+    mr: AVX2_MR,
+    nr: 16,
+    k_block: 4,
+    block: block_avx2_exact,
+    depthwise: depthwise_avx2,
+    implicit: implicit_avx2_exact,
+};
 /// AVX2 with `vpmaddubsw`, for calls where its i16 pair sums cannot saturate: 4 x 16 tiles.
-pub(crate) const AVX2_FAST: Kernel =
-    Kernel { mr: AVX2_MR, nr: 16, k_block: 4, block: block_avx2_fast, depthwise: depthwise_avx2 };
+pub(crate) const AVX2_FAST: Kernel = Kernel {
+    mr: AVX2_MR,
+    nr: 16,
+    k_block: 4,
+    block: block_avx2_fast,
+    depthwise: depthwise_avx2,
+    implicit: implicit_avx2_fast,
+};
 /// AVX-512BW: 8 x 32 tiles.
-pub(crate) const AVX512: Kernel =
-    Kernel { mr: AVX512_MR, nr: 32, k_block: 4, block: block_avx512, depthwise: depthwise_avx512 };
+pub(crate) const AVX512: Kernel = Kernel {
+    mr: AVX512_MR,
+    nr: 32,
+    k_block: 4,
+    block: block_avx512,
+    depthwise: depthwise_avx512,
+    implicit: implicit_avx512,
+};
 /// AVX-512 VNNI: 8 x 32 tiles.
-pub(crate) const VNNI: Kernel =
-    Kernel { mr: AVX512_MR, nr: 32, k_block: 4, block: block_vnni, depthwise: depthwise_avx512 };
+pub(crate) const VNNI: Kernel = Kernel {
+    mr: AVX512_MR,
+    nr: 32,
+    k_block: 4,
+    block: block_vnni,
+    depthwise: depthwise_avx512,
+    implicit: implicit_vnni,
+};
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2_exact(blk: &Block, epi: &Epi) {
@@ -47,6 +71,30 @@ unsafe fn block_avx512(blk: &Block, epi: &Epi) {
 pub(crate) unsafe fn block_vnni(blk: &Block, epi: &Epi) {
     // SAFETY: AVX-512 VNNI is enabled here; the rest is the caller's contract.
     unsafe { block::<Vnni, { AVX512_MR }, 2>(blk, epi) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn implicit_avx2_exact(blk: &Block, epi: &Epi, conv: &ImplicitRows<'_>) {
+    // SAFETY: AVX2 is enabled here; the rest is the caller's contract.
+    unsafe { implicit::<Avx2Exact, { AVX2_MR }, 2>(blk, epi, conv) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn implicit_avx2_fast(blk: &Block, epi: &Epi, conv: &ImplicitRows<'_>) {
+    // SAFETY: AVX2 is enabled here; the rest is the caller's contract.
+    unsafe { implicit::<Avx2Fast, { AVX2_MR }, 2>(blk, epi, conv) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn implicit_avx512(blk: &Block, epi: &Epi, conv: &ImplicitRows<'_>) {
+    // SAFETY: AVX-512 F/BW/VL/DQ are enabled here; the rest is the caller's contract.
+    unsafe { implicit::<Avx512Exact, { AVX512_MR }, 2>(blk, epi, conv) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
+pub(crate) unsafe fn implicit_vnni(blk: &Block, epi: &Epi, conv: &ImplicitRows<'_>) {
+    // SAFETY: AVX-512 VNNI is enabled here; the rest is the caller's contract.
+    unsafe { implicit::<Vnni, { AVX512_MR }, 2>(blk, epi, conv) }
 }
 
 #[target_feature(enable = "avx2,fma")]
