@@ -450,6 +450,7 @@ impl PackedConv {
                 } else {
                     let src = Im2col {
                         input: input.as_ptr(),
+                        input_len: input.len(),
                         c: p.in_channels,
                         cg,
                         in3,
@@ -496,6 +497,7 @@ impl SharedJob {
 /// The im2col rows of one group: output pixel `r` -> `[(kd, kh, kw, ic)]` input values.
 struct Im2col {
     input: *const u8,
+    input_len: usize,
     c: usize,
     cg: usize,
     in3: [usize; 3],
@@ -536,7 +538,8 @@ impl ASource for Im2col {
         let mut cached = None;
         let (mut b, rest) = (r0 / (od * oh * ow), r0 % (od * oh * ow));
         let (mut z, mut y, mut x) = (rest / (oh * ow), rest / ow % oh, rest % ow);
-        for i in 0..rows {
+        let mut i = 0;
+        while i < rows {
             if x == ow {
                 x = 0;
                 y += 1;
@@ -584,6 +587,16 @@ impl ASource for Im2col {
                     }
                 }
                 let len = kw_len * c;
+                if whole && len <= WIDE_MOVE {
+                    // This pixel and the next ones of its output row whose kernel columns all
+                    // lie inside the input (up to the block's end), kernel row by kernel row.
+                    let x_end = ((iw + self.pad[2] - kw_len) / self.stride[2] + 1).min(ow);
+                    let span = (x_end - x).min(rows - i);
+                    self.interior_runs(&kernel_rows[..nrows], x_lo, &mut buf[i * lda..(i + span) * lda], lda);
+                    i += span;
+                    x += span;
+                    continue;
+                }
                 let (lo, hi) = (kx_lo * c, kx_hi * c);
                 for (r, dst) in kernel_rows[..nrows].iter().zip(row.chunks_exact_mut(len)) {
                     match r {
@@ -608,6 +621,7 @@ impl ASource for Im2col {
                         None => fill_small(dst, self.za),
                     }
                 }
+                i += 1;
                 x += 1;
                 continue;
             }
@@ -646,8 +660,51 @@ impl ASource for Im2col {
                     }
                 }
             }
+            i += 1;
             x += 1;
         }
         (buf.as_ptr(), lda)
+    }
+}
+
+/// The width of the fixed moves of [`Im2col::interior_runs`].
+const WIDE_MOVE: usize = 32;
+
+impl Im2col {
+    /// Fills `rows` (im2col rows `lda` bytes apart) for consecutive output pixels of one output
+    /// row whose kernel columns all lie inside the input (one group, no dilation along W), the
+    /// first pixel's starting at input column `x0`; `kernel_rows[r]` is the offset of kernel row
+    /// `r`'s input row, or `None` for a padding row. Kernel row by kernel row, each run of
+    /// `kw * c <= WIDE_MOVE` bytes is one fixed `WIDE_MOVE`-byte move where that stays inside the
+    /// row and the input: the bytes it writes past its run belong to later runs of the same row,
+    /// written after it, or to the row's padding past K (multiplied by zero weights).
+    fn interior_runs(&self, kernel_rows: &[Option<usize>], x0: usize, rows: &mut [u8], lda: usize) {
+        let c = self.c;
+        let len = self.kernel[2] * c;
+        let step = self.stride[2] * c;
+        for (r, kernel_row) in kernel_rows.iter().enumerate() {
+            let slot = r * len;
+            let wide = slot + WIDE_MOVE <= lda;
+            let dst = rows[slot..].chunks_mut(lda);
+            match *kernel_row {
+                Some(base) => {
+                    for (j, dst) in dst.enumerate() {
+                        let at = base + x0 * c + j * step;
+                        if wide && at + WIDE_MOVE <= self.input_len {
+                            // SAFETY: `WIDE_MOVE` bytes at `at` lie inside the input (checked).
+                            let run =
+                                unsafe { self.input.add(at).cast::<[u8; WIDE_MOVE]>().read_unaligned() };
+                            dst[..WIDE_MOVE].copy_from_slice(&run);
+                        } else {
+                            // SAFETY: the run's `len` bytes are pixels inside the input row
+                            // (the pixel's kernel columns lie inside the input).
+                            let run = unsafe { std::slice::from_raw_parts(self.input.add(at), len) };
+                            copy_small(&mut dst[..len], run);
+                        }
+                    }
+                }
+                None => dst.for_each(|dst| fill_small(&mut dst[..len], self.za)),
+            }
+        }
     }
 }
