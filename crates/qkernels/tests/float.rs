@@ -441,3 +441,43 @@ fn bad_float_input_is_a_typed_error() {
     assert!(float::pool2d(&x, &[2, 4, 5, 5], &w, PoolKind::Max, &mut out, isa).is_err());
     assert!(float::adaptive_avg_pool2d(&x, &[2, 4, 5, 5], [0, 1], &mut out, isa).is_err());
 }
+
+#[test]
+fn max_pool_propagates_the_last_nan_and_keeps_the_first_of_equal_values() {
+    // Values from a few, so windows hold ties, signed zeros and NaNs with distinct payloads.
+    let palette = [-0.0f32, 0.0, 1.0, -1.0, f32::from_bits(0x7fc0_0001), f32::from_bits(0x7fc0_0002)];
+    let (ih, iw) = (9, 11);
+    let x: Vec<f32> =
+        random_f32s(ih * iw, 5).iter().map(|v| palette[((v + 1.0) * 3.0) as usize % 6]).collect();
+    for (k, s, p, d, ceil_mode) in
+        [(3, 2, 1, 1, false), (3, 1, 1, 1, false), (2, 2, 0, 1, true), (3, 1, 1, 2, false)]
+    {
+        let w = Window { kernel: [k, k], stride: [s, s], padding: [p, p], dilation: [d, d], ceil_mode };
+        let [oh, ow] = w.output_size("test", [ih, iw]).unwrap();
+        let mut want = Vec::new();
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut m = f32::NEG_INFINITY;
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let (yy, xx) =
+                            ((oy * s + ky * d) as i64 - p as i64, (ox * s + kx * d) as i64 - p as i64);
+                        if (0..ih as i64).contains(&yy) && (0..iw as i64).contains(&xx) {
+                            let v = x[yy as usize * iw + xx as usize];
+                            if v > m || v.is_nan() {
+                                m = v;
+                            }
+                        }
+                    }
+                }
+                want.push(m.to_bits());
+            }
+        }
+        for isa in Isa::supported() {
+            let mut out = vec![0.0f32; oh * ow];
+            float::pool2d(&x, &[1, 1, ih, iw], &w, PoolKind::Max, &mut out, isa).unwrap();
+            let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "k {k} s {s} p {p} d {d} ceil {ceil_mode} on {isa}");
+        }
+    }
+}

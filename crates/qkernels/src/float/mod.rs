@@ -374,49 +374,70 @@ pub fn pool2d(
     let w = *window;
     let plane = |pl: usize, y: &mut [f32]| {
         let x = &input[pl * ih * iw..(pl + 1) * ih * iw];
+        let (count_include_pad, divisor_override) = match kind {
+            PoolKind::Max => return max_plane(x, y, [ih, iw], [oh, ow], &w),
+            PoolKind::Avg { count_include_pad, divisor_override } => (count_include_pad, divisor_override),
+        };
         for oy in 0..oh {
             for ox in 0..ow {
                 let y0 = (oy * w.stride[0]) as i64 - w.padding[0] as i64;
                 let x0 = (ox * w.stride[1]) as i64 - w.padding[1] as i64;
-                y[oy * ow + ox] = match kind {
-                    PoolKind::Max => {
-                        let mut m = f32::NEG_INFINITY;
-                        for ky in w.taps_inside(0, oy, ih) {
-                            let yy = y0 + (ky * w.dilation[0]) as i64;
-                            for kx in w.taps_inside(1, ox, iw) {
-                                let xx = x0 + (kx * w.dilation[1]) as i64;
-                                let v = x[yy as usize * iw + xx as usize];
-                                if v > m || v.is_nan() {
-                                    m = v;
-                                }
-                            }
-                        }
-                        m
+                let y1 = (y0 + w.kernel[0] as i64).min((ih + w.padding[0]) as i64);
+                let x1 = (x0 + w.kernel[1] as i64).min((iw + w.padding[1]) as i64);
+                let pool = (y1 - y0) * (x1 - x0);
+                let (ya, xa, yb, xb) = (y0.max(0), x0.max(0), y1.min(ih as i64), x1.min(iw as i64));
+                let mut sum = 0.0f32;
+                for yy in ya..yb {
+                    for xx in xa..xb {
+                        sum += x[yy as usize * iw + xx as usize];
                     }
-                    PoolKind::Avg { count_include_pad, divisor_override } => {
-                        let y1 = (y0 + w.kernel[0] as i64).min((ih + w.padding[0]) as i64);
-                        let x1 = (x0 + w.kernel[1] as i64).min((iw + w.padding[1]) as i64);
-                        let pool = (y1 - y0) * (x1 - x0);
-                        let (ya, xa, yb, xb) = (y0.max(0), x0.max(0), y1.min(ih as i64), x1.min(iw as i64));
-                        let mut sum = 0.0f32;
-                        for yy in ya..yb {
-                            for xx in xa..xb {
-                                sum += x[yy as usize * iw + xx as usize];
-                            }
-                        }
-                        let div = divisor_override.unwrap_or(if count_include_pad {
-                            pool
-                        } else {
-                            (yb - ya) * (xb - xa)
-                        });
-                        sum / div as f32
-                    }
-                };
+                }
+                let div =
+                    divisor_override.unwrap_or(if count_include_pad { pool } else { (yb - ya) * (xb - xa) });
+                y[oy * ow + ox] = sum / div as f32;
             }
         }
     };
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(pl, y)| plane(pl, y));
     Ok(oshape)
+}
+
+/// Max pooling of one `[ih, iw]` plane into `y` (`[oh, ow]`): per output pixel, the taps
+/// inside the input in `(ky, kx)` order, each replacing the maximum when greater or NaN
+/// (PyTorch's rule: a NaN propagates, of equal values the first stays). The pixels whose column
+/// taps all lie inside the input go a row at a time, tap by tap across the row, the same order
+/// per pixel.
+fn max_plane(x: &[f32], y: &mut [f32], [ih, iw]: [usize; 2], [oh, ow]: [usize; 2], w: &Window<2>) {
+    let take = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
+    let [s, p, d] = [w.stride, w.padding, w.dilation];
+    let full = |ox: usize| w.taps_inside(1, ox, iw) == (0..w.kernel[1]);
+    let lo = (0..ow).find(|&ox| full(ox)).unwrap_or(ow);
+    let hi = (lo..ow).find(|&ox| !full(ox)).unwrap_or(ow);
+    for (oy, row) in y.chunks_exact_mut(ow).take(oh).enumerate() {
+        let rows = w.taps_inside(0, oy, ih).map(|ky| {
+            let yy = oy * s[0] + ky * d[0] - p[0];
+            &x[yy * iw..(yy + 1) * iw]
+        });
+        for ox in (0..lo).chain(hi..ow) {
+            row[ox] = rows.clone().fold(f32::NEG_INFINITY, |m, src| {
+                w.taps_inside(1, ox, iw).fold(m, |m, kx| take(m, src[ox * s[1] + kx * d[1] - p[1]]))
+            });
+        }
+        if lo == hi {
+            continue;
+        }
+        let inner = &mut row[lo..hi];
+        inner.fill(f32::NEG_INFINITY);
+        for src in rows {
+            for kx in 0..w.kernel[1] {
+                // Interior pixels: `lo * s + kx * d >= p`.
+                let taps = src[lo * s[1] + kx * d[1] - p[1]..].iter().step_by(s[1]);
+                for (m, &v) in inner.iter_mut().zip(taps) {
+                    *m = take(*m, v);
+                }
+            }
+        }
+    }
 }
 
 /// Adaptive average pooling of an NCHW f32 tensor to `output_size` (PyTorch's start/end index
