@@ -424,8 +424,15 @@ pub enum Value {
 
 impl From<ArrayD<f32>> for Value {
     fn from(x: ArrayD<f32>) -> Self {
-        Value::Float(x.as_standard_layout().into_owned())
+        Value::Float(standard_layout(x))
     }
+}
+
+/// `x` in standard (row-major, contiguous) layout: `x` itself when it already is, else a copy.
+pub(crate) fn standard_layout<A: Clone, D: ndarray::Dimension>(
+    x: ndarray::Array<A, D>,
+) -> ndarray::Array<A, D> {
+    if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() }
 }
 
 impl<T: QuantElement> From<QuantTensorOf<T>> for Value {

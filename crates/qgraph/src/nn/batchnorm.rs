@@ -9,6 +9,7 @@ use super::args::py_bool;
 use super::conv::check_shape;
 use crate::fusion::BatchNormParams;
 use crate::record::Record;
+use crate::value::standard_layout;
 use crate::{GraphError, GraphResult, Module, Value, invalid};
 
 const NAMES: [&str; 3] = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"];
@@ -294,7 +295,7 @@ impl Module for BatchNorm {
             ));
         }
         self.options.check_input(x.shape())?;
-        let x = x.as_standard_layout().into_owned();
+        let x = standard_layout(x);
         let mut out = vec![0f32; x.len()];
         float::batch_norm(
             x.as_slice().expect("standard layout"),

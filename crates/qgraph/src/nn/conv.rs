@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::args::{check_sizes, py_tuple};
 use super::init::{default_bound, uniform};
 use crate::record::{Record, Tensors};
+use crate::value::standard_layout;
 use crate::{GraphError, GraphResult, Module, Value, invalid, memory};
 
 /// PyTorch's class names, by spatial dimensions (1, 2, 3).
@@ -355,7 +356,7 @@ impl Conv {
 
     fn run(&self, x: ArrayD<f32>) -> GraphResult<ArrayD<f32>> {
         self.options.check_input(x.shape())?;
-        let x = x.as_standard_layout().into_owned();
+        let x = standard_layout(x);
         let (x, padding) = match self.options.padding_mode {
             PaddingMode::Zeros => (x, self.options.padding.clone()),
             PaddingMode::Reflect => (reflect_pad(&x, &self.options.padding), vec![0; self.dims()]),

@@ -8,7 +8,7 @@ use qkernels::elementwise::{self, Lut, PerTensor, Unary};
 use qkernels::{Isa, MemoryFormat, float};
 use serde::{Deserialize, Serialize};
 
-use crate::value::{QuantTensor, for_each_scalar_loop_element};
+use crate::value::{QuantTensor, for_each_scalar_loop_element, standard_layout};
 use crate::{GraphError, GraphResult, Module, Value};
 
 /// Python's `repr` of a float: shortest round-trip digits, `1.0` for integers, exponent form
@@ -147,7 +147,7 @@ pub(crate) fn apply_unary(
 ) -> GraphResult<Value> {
     match input {
         Value::Float(x) => {
-            let mut x = x.as_standard_layout().into_owned();
+            let mut x = standard_layout(x);
             let data = x.as_slice_mut().expect("standard layout");
             let src = data.to_vec();
             float::activation(act, &src, data, Isa::active())?;
