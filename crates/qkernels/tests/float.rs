@@ -481,3 +481,35 @@ fn max_pool_propagates_the_last_nan_and_keeps_the_first_of_equal_values() {
         }
     }
 }
+
+#[test]
+fn in_place_batch_norm_and_activations_give_the_bits_of_the_copying_ones() {
+    let shape = [2, 3, 70, 700];
+    let x = random_f32s(shape.iter().product(), 17);
+    let (mean, var, weight, bias) =
+        ([0.1f32, -0.2, 0.3], [0.5f32, 2.0, 0.01], [1.5f32, -0.5, 2.0], [0.0f32, 0.25, -1.0]);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let scaled: Vec<f32> = x.iter().map(|v| v * 8.0).collect();
+    for isa in Isa::supported() {
+        let mut want = vec![0.0; x.len()];
+        float::batch_norm(&x, &shape, &mean, &var, Some(&weight), Some(&bias), 1e-5, &mut want, isa).unwrap();
+        let mut got = x.clone();
+        float::batch_norm_in_place(&mut got, &shape, &mean, &var, Some(&weight), Some(&bias), 1e-5, isa)
+            .unwrap();
+        assert!(bits(&got) == bits(&want), "batch norm on {isa}");
+        let acts = [
+            Activation::Relu,
+            Activation::Relu6,
+            Activation::Hardtanh { min: -2.0, max: 3.0 },
+            Activation::Sigmoid,
+            Activation::Tanh,
+        ];
+        for act in acts {
+            let mut want = vec![0.0; x.len()];
+            float::activation(act, &scaled, &mut want, isa).unwrap();
+            let mut got = scaled.clone();
+            float::activation_in_place(act, &mut got, isa).unwrap();
+            assert!(bits(&got) == bits(&want), "{act:?} on {isa}");
+        }
+    }
+}

@@ -295,20 +295,19 @@ impl Module for BatchNorm {
             ));
         }
         self.options.check_input(x.shape())?;
-        let x = standard_layout(x);
-        let mut out = vec![0f32; x.len()];
-        float::batch_norm(
-            x.as_slice().expect("standard layout"),
-            x.shape(),
+        let mut x = standard_layout(x);
+        let shape = x.shape().to_vec();
+        float::batch_norm_in_place(
+            x.as_slice_mut().expect("standard layout"),
+            &shape,
             slice(&self.running_mean),
             slice(&self.running_var),
             self.weight.as_ref().map(slice),
             self.bias.as_ref().map(slice),
             self.options.eps,
-            &mut out,
             Isa::active(),
         )?;
-        Ok(Value::Float(ArrayD::from_shape_vec(IxDyn(x.shape()), out).expect("same length")))
+        Ok(Value::Float(x))
     }
 
     fn extra_repr(&self) -> String {

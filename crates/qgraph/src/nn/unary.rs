@@ -148,9 +148,7 @@ pub(crate) fn apply_unary(
     match input {
         Value::Float(x) => {
             let mut x = standard_layout(x);
-            let data = x.as_slice_mut().expect("standard layout");
-            let src = data.to_vec();
-            float::activation(act, &src, data, Isa::active())?;
+            float::activation_in_place(act, x.as_slice_mut().expect("standard layout"), Isa::active())?;
             Ok(Value::Float(x))
         }
         other => {

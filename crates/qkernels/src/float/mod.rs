@@ -89,13 +89,44 @@ pub fn batch_norm(
     out: &mut [f32],
     isa: Isa,
 ) -> KernelResult<()> {
+    check_len("batch_norm", "output length", out.len(), input.len())?;
+    batch_norm_into(Some(input), shape, mean, var, weight, bias, eps, out, isa)
+}
+
+/// [`batch_norm`] overwriting its input `data`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_in_place(
+    data: &mut [f32],
+    shape: &[usize],
+    mean: &[f32],
+    var: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f64,
+    isa: Isa,
+) -> KernelResult<()> {
+    batch_norm_into(None, shape, mean, var, weight, bias, eps, data, isa)
+}
+
+/// [`batch_norm`] from `input`, or in place when it is `None`.
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_into(
+    input: Option<&[f32]>,
+    shape: &[usize],
+    mean: &[f32],
+    var: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f64,
+    out: &mut [f32],
+    isa: Isa,
+) -> KernelResult<()> {
     const OP: &str = "batch_norm";
     isa.ensure_supported()?;
     if shape.len() < 2 {
         return Err(invalid(OP, "shape", shape, "needs at least (N, C)"));
     }
-    check_len(OP, "input length", input.len(), numel(OP, shape)?)?;
-    check_len(OP, "output length", out.len(), input.len())?;
+    check_len(OP, "input length", input.map_or(out.len(), <[f32]>::len), numel(OP, shape)?)?;
     let c = shape[1];
     for (what, v) in [
         ("mean length", Some(mean)),
@@ -108,7 +139,7 @@ pub fn batch_norm(
         }
     }
     let inner: usize = shape[2..].iter().product();
-    if inner == 0 || input.is_empty() {
+    if inner == 0 || out.is_empty() {
         return Ok(());
     }
     let ptr = SendPtr(out.as_mut_ptr());
@@ -127,7 +158,8 @@ pub fn batch_norm(
 }
 
 struct Affine<'a> {
-    input: &'a [f32],
+    /// The input, or `None` to read `out` itself.
+    input: Option<&'a [f32]>,
     out: SendPtr<f32>,
     planes: (usize, usize),
     c: usize,
@@ -150,9 +182,7 @@ impl Tiered for Affine<'_> {
             let (a, b) = (plane * self.inner, (plane + 1) * self.inner);
             // SAFETY: planes are disjoint ranges of `out`.
             let y = unsafe { self.out.slice(a, b) };
-            for (o, &x) in y.iter_mut().zip(&self.input[a..b]) {
-                *o = x * alpha + beta;
-            }
+            map_into(y, self.input.map(|x| &x[a..b]), |x| x * alpha + beta);
         }
     }
 }
@@ -253,7 +283,8 @@ fn relu(x: f32) -> f32 {
 
 struct ActRange<'a> {
     act: Activation,
-    input: &'a [f32],
+    /// The input, or `None` to read `out` itself.
+    input: Option<&'a [f32]>,
     out: SendPtr<f32>,
     range: (usize, usize),
 }
@@ -264,32 +295,58 @@ impl Tiered for ActRange<'_> {
         let (a, b) = self.range;
         // SAFETY: ranges are disjoint parts of `out`.
         let y = unsafe { self.out.slice(a, b) };
-        let x = &self.input[a..b];
+        let x = self.input.map(|x| &x[a..b]);
         // One loop per op so the clamping ones vectorise.
         match self.act {
-            Activation::Relu => y.iter_mut().zip(x).for_each(|(o, &v)| *o = relu(v)),
-            Activation::Relu6 => y.iter_mut().zip(x).for_each(|(o, &v)| *o = v.clamp(0.0, 6.0)),
-            act => y.iter_mut().zip(x).for_each(|(o, &v)| *o = act.apply(v)),
+            Activation::Relu => map_into(y, x, relu),
+            Activation::Relu6 => map_into(y, x, |v| v.clamp(0.0, 6.0)),
+            act => map_into(y, x, |v| act.apply(v)),
         }
+    }
+}
+
+/// `y[i] = f(x[i])`, with `x` the input or, when it is `None`, `y` itself.
+#[inline(always)]
+fn map_into(y: &mut [f32], x: Option<&[f32]>, f: impl Fn(f32) -> f32) {
+    match x {
+        Some(x) => y.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v)),
+        None => y.iter_mut().for_each(|o| *o = f(*o)),
     }
 }
 
 /// `out = act(input)` element by element.
 pub fn activation(act: Activation, input: &[f32], out: &mut [f32], isa: Isa) -> KernelResult<()> {
-    isa.ensure_supported()?;
     check_len("activation", "output length", out.len(), input.len())?;
+    activation_into(act, Some(input), out, isa)
+}
+
+/// `data = act(data)` element by element.
+pub fn activation_in_place(act: Activation, data: &mut [f32], isa: Isa) -> KernelResult<()> {
+    match act {
+        // The lookup-table activations read their input as a slice of its own.
+        Activation::Sigmoid | Activation::Tanh => {
+            let input = data.to_vec();
+            activation(act, &input, data, isa)
+        }
+        _ => activation_into(act, None, data, isa),
+    }
+}
+
+/// [`activation`] from `input`, or in place when it is `None` (not for sigmoid and tanh).
+fn activation_into(act: Activation, input: Option<&[f32]>, out: &mut [f32], isa: Isa) -> KernelResult<()> {
+    isa.ensure_supported()?;
     if let Activation::Hardtanh { min, max } = act
         && (min.is_nan() || max.is_nan() || min > max)
     {
         return Err(invalid("hardtanh", "(min, max)", (min, max), "needs min <= max"));
     }
-    match act {
-        Activation::Sigmoid => return sigmoid(input, out, isa),
-        Activation::Tanh => return tanh(input, out, isa),
+    match (act, input) {
+        (Activation::Sigmoid, Some(input)) => return sigmoid(input, out, isa),
+        (Activation::Tanh, Some(input)) => return tanh(input, out, isa),
         _ => {}
     }
     let ptr = SendPtr(out.as_mut_ptr());
-    for_chunks(input.len(), |a, b| run_tiered(&ActRange { act, input, out: ptr, range: (a, b) }, isa));
+    for_chunks(out.len(), |a, b| run_tiered(&ActRange { act, input, out: ptr, range: (a, b) }, isa));
     Ok(())
 }
 
