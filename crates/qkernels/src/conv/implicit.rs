@@ -2,17 +2,17 @@
 //! input channels a multiple of 64.
 //!
 //! Each task copies the input rows its output rows need into a scratch slab padded with the
-//! activation zero point, `row_len = W + 2 * pad_w` pixels per row. Output pixel `(y, x)` of the
-//! task is then block row `v = y * row_len + x`, and its window's tap `(ky, kx)` starts at slab
-//! pixel `v + ky * row_len + kx`: the same offset for every row, so each 64-channel step of K is
-//! 16 rows `C` bytes apart (one AMX tile), read from the slab in place. The `kw - 1` rows past each
-//! output row's end are computed and dropped. The reduction order is im2col's
-//! `(kh, kw, input channel)`, with the same packed weights, so the sums are the same exact
-//! integers.
+//! activation zero point, `row_len = W + 2 * pad_w` pixels per row. The window of output pixel
+//! `(y, x)` of the task starts at slab pixel `v = y * row_len + x`, and its tap `(ky, kx)` at
+//! `v + ky * row_len + kx`: the same offset for every pixel, so each 64-channel step of K is read
+//! from the slab in place (`ImplicitRows`). The vector tiers address each output pixel's row; AMX
+//! loads tiles of 16 consecutive padded pixels `C` bytes apart and drops the `kw - 1` past each
+//! output row's end. The reduction order is im2col's `(kh, kw, input channel)`, with the same
+//! packed weights, so the sums are the same exact integers.
 
 use rayon::prelude::*;
 
-use crate::gemm::kernel::{IMPLICIT_STEP as STEP, ImplicitFn, ImplicitRows};
+use crate::gemm::kernel::{IMPLICIT_STEP as STEP, ImplicitFn, ImplicitRows, padded_rows};
 use crate::gemm::{Epi, OutPtr, PackedWeights, RowsAt, SharedEpi, SharedOut, split_part, with_scratch};
 use crate::small_copy::{copy_small, fill_small};
 
@@ -37,18 +37,18 @@ pub(super) fn channels_fit(c: usize) -> bool {
 }
 
 impl Implicit<'_> {
-    /// True if each image has at least one tile of rows.
+    /// True if each image has at least one AMX tile of padded rows.
     pub(super) fn fits(&self) -> bool {
-        self.block_rows(self.out_hw[0]) >= MIN_ROWS
+        self.padded_rows(self.out_hw[0]) >= MIN_ROWS
     }
 
     fn row_len(&self) -> usize {
         self.in_hw[1] + 2 * self.pad[1]
     }
 
-    /// Block rows for `n` output rows: the last one ends at its last output pixel.
-    fn block_rows(&self, n: usize) -> usize {
-        n * self.row_len() - (self.kernel[1] - 1)
+    /// The padded pixels spanned by `n` output rows.
+    fn padded_rows(&self, n: usize) -> usize {
+        padded_rows(n, self.row_len(), self.out_hw[1])
     }
 
     /// Fills `slab` with the padded input rows of output rows `y0..y0 + n` of image `b`.
@@ -127,7 +127,7 @@ impl Implicit<'_> {
     /// times `panel_parts` runs of weight panels.
     fn split(&self, w: &PackedWeights) -> Split {
         let oh = self.out_hw[0];
-        let unit = (1..=oh).find(|&r| self.block_rows(r) >= MIN_ROWS).unwrap_or(oh);
+        let unit = (1..=oh).find(|&r| self.padded_rows(r) >= MIN_ROWS).unwrap_or(oh);
         let units = oh / unit;
         let threads = rayon::current_num_threads();
         let macs = self.images * oh * self.out_hw[1] * w.n() * w.k();

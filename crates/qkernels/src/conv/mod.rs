@@ -194,7 +194,7 @@ impl ConvParams {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Path {
-    /// `implicit`: the layer suits [`implicit::Implicit`] (tier, channels, no weight zero points,
+    /// `implicit`: the layer suits [`implicit::Implicit`] (channels, no weight zero points,
     /// stride 1, one group, zero padding, no dilation, no depth taps), which runs it for inputs
     /// large enough.
     Gemm {
@@ -304,7 +304,8 @@ impl PackedConv {
     }
 
     /// True if the implicit-GEMM path (no im2col: tiles read from padded input rows) runs this
-    /// convolution for inputs of at least 16 output pixels per image (with fewer, im2col does).
+    /// convolution for inputs whose output spans at least 16 padded pixels per image (one AMX
+    /// tile; with fewer, im2col does).
     pub fn is_implicit(&self) -> bool {
         matches!(self.path, Path::Gemm { implicit: true, .. })
     }

@@ -429,10 +429,13 @@ pub fn pool2d(
     let oshape = vec![shape[0], shape[1], oh, ow];
     check_len(OP, "output length", out.len(), numel(OP, &oshape)?)?;
     let w = *window;
+    let full = |ox: usize| w.taps_inside(1, ox, iw) == (0..w.kernel[1]);
+    let lo = (0..ow).find(|&ox| full(ox)).unwrap_or(ow);
+    let inner = lo..(lo..ow).find(|&ox| !full(ox)).unwrap_or(ow);
     let plane = |pl: usize, y: &mut [f32]| {
         let x = &input[pl * ih * iw..(pl + 1) * ih * iw];
         let (count_include_pad, divisor_override) = match kind {
-            PoolKind::Max => return max_plane(x, y, [ih, iw], [oh, ow], &w),
+            PoolKind::Max => return max_plane(x, y, [ih, iw], [oh, ow], &w, inner.clone()),
             PoolKind::Avg { count_include_pad, divisor_override } => (count_include_pad, divisor_override),
         };
         for oy in 0..oh {
@@ -461,15 +464,20 @@ pub fn pool2d(
 
 /// Max pooling of one `[ih, iw]` plane into `y` (`[oh, ow]`): per output pixel, the taps
 /// inside the input in `(ky, kx)` order, each replacing the maximum when greater or NaN
-/// (PyTorch's rule: a NaN propagates, of equal values the first stays). The pixels whose column
-/// taps all lie inside the input go a row at a time, tap by tap across the row, the same order
-/// per pixel.
-fn max_plane(x: &[f32], y: &mut [f32], [ih, iw]: [usize; 2], [oh, ow]: [usize; 2], w: &Window<2>) {
+/// (PyTorch's rule: a NaN propagates, of equal values the first stays). The output columns
+/// `inner`, whose taps all lie inside the input, go a row at a time, tap by tap across the row,
+/// the same order per pixel.
+fn max_plane(
+    x: &[f32],
+    y: &mut [f32],
+    [ih, iw]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    w: &Window<2>,
+    inner: std::ops::Range<usize>,
+) {
     let take = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
     let [s, p, d] = [w.stride, w.padding, w.dilation];
-    let full = |ox: usize| w.taps_inside(1, ox, iw) == (0..w.kernel[1]);
-    let lo = (0..ow).find(|&ox| full(ox)).unwrap_or(ow);
-    let hi = (lo..ow).find(|&ox| !full(ox)).unwrap_or(ow);
+    let (lo, hi) = (inner.start, inner.end);
     for (oy, row) in y.chunks_exact_mut(ow).take(oh).enumerate() {
         let rows = w.taps_inside(0, oy, ih).map(|ky| {
             let yy = oy * s[0] + ky * d[0] - p[0];

@@ -673,8 +673,14 @@ impl ImplicitRows<'_> {
 
     /// The padded pixels spanned by `outputs` output pixels (whole output rows).
     pub(crate) fn padded_rows(&self, outputs: usize) -> usize {
-        (outputs / self.row_valid).saturating_sub(1) * self.row_len + self.row_valid
+        padded_rows(outputs / self.row_valid, self.row_len, self.row_valid)
     }
+}
+
+/// The padded pixels from the first to the last output pixel of `out_rows` output rows of
+/// `row_valid` pixels, in padded rows of `row_len` pixels.
+pub(crate) fn padded_rows(out_rows: usize, row_len: usize, row_valid: usize) -> usize {
+    out_rows.saturating_sub(1) * row_len + row_valid
 }
 
 /// Runs one implicit-GEMM convolution block.
