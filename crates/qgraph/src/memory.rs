@@ -54,11 +54,20 @@ pub(crate) fn checked_numel(context: &'static str, shape: &[usize]) -> GraphResu
 /// A buffer of `T::default()` for a tensor of `shape`, checked by [`checked_numel`] and
 /// allocated fallibly.
 pub(crate) fn zeroed<T: Clone + Default>(context: &'static str, shape: &[usize]) -> GraphResult<Vec<T>> {
+    let mut v = reserved(context, shape)?;
+    v.resize(shape.iter().product(), T::default());
+    Ok(v)
+}
+
+/// An empty vector with room for exactly a tensor of `shape`, checked by [`checked_numel`],
+/// allocated fallibly and not written: for a kernel that appends the whole output
+/// (`qkernels::gemm::Output::AppendU8`), so that the threads computing it are the first to
+/// touch its memory.
+pub(crate) fn reserved<T>(context: &'static str, shape: &[usize]) -> GraphResult<Vec<T>> {
     let n = checked_numel(context, shape)?;
     let mut v = Vec::new();
     v.try_reserve_exact(n)
         .map_err(|e| invalid(context, "output shape", shape, format!("cannot allocate {n} elements: {e}")))?;
-    v.resize(n, T::default());
     Ok(v)
 }
 

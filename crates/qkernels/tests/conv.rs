@@ -4,7 +4,7 @@
 
 mod gemm_common;
 
-use gemm_common::{RefConv, Rng, dequant_f32, requant_u8, scales_and_zps};
+use gemm_common::{RefConv, Rng, appends, dequant_f32, requant_u8, scales_and_zps};
 use proptest::prelude::*;
 use qkernels::conv::{ConvParams, PackedConv, PaddingMode};
 use qkernels::gemm::{Output, WeightQParams};
@@ -88,6 +88,9 @@ impl Case {
             requant_u8(&acc, g.oc, &self.q, self.bias.as_deref(), a_scale, out_scale, out_zp, self.relu);
         if got != want {
             return Err(ctx("u8"));
+        }
+        if !appends(&want, |out| conv.run(&self.input, g.batch, in_spatial, &p, out).unwrap()) {
+            return Err(ctx("u8 appended"));
         }
 
         // A range around the output zero point, replacing the ReLU floor: the oracle without

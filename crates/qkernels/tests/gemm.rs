@@ -4,7 +4,7 @@
 
 mod gemm_common;
 
-use gemm_common::{Rng, dequant_f32, gemm_acc, requant_u8, scales_and_zps};
+use gemm_common::{Rng, appends, dequant_f32, gemm_acc, requant_u8, scales_and_zps};
 use proptest::prelude::*;
 use qkernels::gemm::{Output, OutputKind, PackedWeights, WeightQParams, gemm};
 use qkernels::{Isa, KernelError};
@@ -92,6 +92,9 @@ impl Case {
         if got != want {
             let i = got.iter().zip(&want).position(|(g, e)| g != e).unwrap();
             return Err(format!("{} at {i}: got {} want {} (acc {})", ctx("u8"), got[i], want[i], acc[i]));
+        }
+        if !appends(&want, |out| gemm(&self.a, self.m, &w, &p, out).unwrap()) {
+            return Err(ctx("u8 appended"));
         }
 
         // The range replaces the ReLU floor: the oracle without ReLU, clamped.
@@ -285,6 +288,7 @@ fn bad_input_is_a_typed_error() {
         assert!(shape(gemm(&a, 2, &w, &p, Output::U8(&mut out[..5])).unwrap_err()));
         assert!(shape(gemm(&a, 2, &w, &p, Output::U8(&mut [0u8; 7])).unwrap_err()));
         assert!(invalid(gemm(&a, 2, &w, &p, Output::I32(&mut [0i32; 6])).unwrap_err()));
+        assert!(invalid(gemm(&a, 2, &w, &w.output_i32(3), Output::AppendU8(&mut Vec::new())).unwrap_err()));
         // A pipeline of other weights (K mismatch between weights and pipeline).
         let other = PackedWeights::with_isa(&w8, 2, 6, &q, None, isa).unwrap();
         let po = other.output_u8(0.1, 3, 0.2, 4, false).unwrap();

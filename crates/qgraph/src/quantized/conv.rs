@@ -113,10 +113,10 @@ impl QuantizedConv {
         let out_spatial = self.packed.params().output_spatial(in_spatial)?;
         let mut shape = vec![batch, self.options.out_channels];
         shape.extend_from_slice(&out_spatial);
-        let mut out = memory::zeroed(self.options.type_name(), &shape)?;
+        let mut out = memory::reserved(self.options.type_name(), &shape)?;
         // An empty batch has an empty output, as in PyTorch (the kernel takes at least one image).
         if batch > 0 {
-            self.packed.run(x.data(), batch, in_spatial, &pipeline, Output::U8(&mut out))?;
+            self.packed.run(x.data(), batch, in_spatial, &pipeline, Output::AppendU8(&mut out))?;
         }
         QuantTensor::new(out, shape, self.parts.out_q)
     }

@@ -133,9 +133,9 @@ impl QuantizedLinear {
         let rows_in =
             if x.shape().len() <= 2 { x.into_data() } else { x.int_repr().iter().copied().collect() };
         let m: usize = shape[..shape.len() - 1].iter().product();
-        let mut out = memory::zeroed("QuantizedLinear", &shape)?;
+        let mut out = memory::reserved("QuantizedLinear", &shape)?;
         if m > 0 {
-            gemm(&rows_in, m, &self.packed, &pipeline, Output::U8(&mut out))?;
+            gemm(&rows_in, m, &self.packed, &pipeline, Output::AppendU8(&mut out))?;
         }
         let out = if shape.len() <= 2 {
             out

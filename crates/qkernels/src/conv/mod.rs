@@ -362,7 +362,8 @@ impl PackedConv {
         let pixels_in = in_spatial.iter().try_fold(batch, |acc, &x| mul(OP, "input size", acc, x))?;
         let pixels_out = out_spatial.iter().try_fold(batch, |acc, &x| mul(OP, "output size", acc, x))?;
         check_len(OP, "input length", input.len(), mul(OP, "input length", pixels_in, p.in_channels)?)?;
-        pipeline.check(OP, self.channels(), &out, mul(OP, "output length", pixels_out, p.out_channels)?)?;
+        let out_len = mul(OP, "output length", pixels_out, p.out_channels)?;
+        pipeline.check(OP, self.channels(), &mut out, out_len)?;
         let [kernel, stride, pad, dilation] = p.axes();
         let lift = |v: &[usize]| {
             let mut t = [1; 3];
@@ -479,6 +480,10 @@ impl PackedConv {
                 }
             }
         }
+        // SAFETY: the output was checked for `out_len` elements, and every path above writes
+        // all of them: the depthwise chunks and the GEMM rows cover every output pixel, each
+        // with all of its channels.
+        unsafe { out.written(out_len) };
         Ok(())
     }
 }

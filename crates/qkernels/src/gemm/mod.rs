@@ -95,30 +95,69 @@ pub enum Output<'a> {
     F32(&'a mut [f32]),
     /// For an [`OutputKind::I32`] pipeline.
     I32(&'a mut [i32]),
+    /// For an [`OutputKind::U8`] pipeline: the output is appended to the vector, computed
+    /// straight into its spare capacity (reserved if short). Nothing is zero-filled first, and
+    /// the threads that compute the output are the first to touch its memory.
+    ///
+    /// ```
+    /// use qkernels::gemm::{Output, PackedWeights, WeightQParams, gemm};
+    /// let w = PackedWeights::new(&[1, 2, 3, 4, 5, 6], 2, 3, &WeightQParams::per_tensor(1.0), None)?;
+    /// let mut out = Vec::new();
+    /// gemm(&[1, 1, 1], 1, &w, &w.output_u8(1.0, 0, 1.0, 0, false)?, Output::AppendU8(&mut out))?;
+    /// assert_eq!(out, [6, 15]);
+    /// # Ok::<(), qkernels::KernelError>(())
+    /// ```
+    AppendU8(&'a mut Vec<u8>),
 }
 
 impl Output<'_> {
     fn kind(&self) -> OutputKind {
         match self {
-            Output::U8(_) => OutputKind::U8,
+            Output::U8(_) | Output::AppendU8(_) => OutputKind::U8,
             Output::F32(_) => OutputKind::F32,
             Output::I32(_) => OutputKind::I32,
         }
     }
 
-    fn len(&self) -> usize {
-        match self {
+    /// Checks that the output holds `len` elements, or reserves them past an appended vector's
+    /// end.
+    fn fit(&mut self, op: &'static str, len: usize) -> KernelResult<()> {
+        let got = match self {
             Output::U8(s) => s.len(),
             Output::F32(s) => s.len(),
             Output::I32(s) => s.len(),
-        }
+            Output::AppendU8(v) => {
+                return v.try_reserve(len).map_err(|_| KernelError::InvalidArgument {
+                    op,
+                    what: "output length",
+                    value: len.to_string(),
+                    reason: "the appended output vector cannot grow by that many bytes",
+                });
+            }
+        };
+        check_len(op, "output buffer length", got, len)
     }
 
+    /// Where the output's first element goes.
     pub(crate) fn ptr(&mut self) -> OutPtr {
         match self {
             Output::U8(s) => OutPtr::U8(s.as_mut_ptr()),
             Output::F32(s) => OutPtr::F32(s.as_mut_ptr()),
             Output::I32(s) => OutPtr::I32(s.as_mut_ptr()),
+            Output::AppendU8(v) => OutPtr::U8(v.spare_capacity_mut().as_mut_ptr().cast()),
+        }
+    }
+
+    /// Marks the `len` elements a kernel wrote from [`Output::ptr`] as initialized.
+    ///
+    /// # Safety
+    ///
+    /// The output was checked by [`OutputPipeline::check`] with `len`, and every one of the `len`
+    /// elements from [`Output::ptr`] has been written.
+    pub(crate) unsafe fn written(self, len: usize) {
+        if let Output::AppendU8(v) = self {
+            // SAFETY: `check` reserved `len` bytes past the end, and the caller wrote all of them.
+            unsafe { v.set_len(v.len() + len) }
         }
     }
 }
@@ -373,12 +412,12 @@ impl OutputPipeline {
     }
 
     /// Checks that the pipeline belongs to `channels` and that `out` (of `len` elements needed)
-    /// matches its kind.
+    /// matches its kind; reserves an appended output.
     pub(crate) fn check(
         &self,
         op: &'static str,
         channels: &Channels,
-        out: &Output<'_>,
+        out: &mut Output<'_>,
         len: usize,
     ) -> KernelResult<()> {
         if self.id != channels.id {
@@ -397,7 +436,7 @@ impl OutputPipeline {
                 reason: "its element type must match the pipeline's OutputKind",
             });
         }
-        check_len(op, "output buffer length", out.len(), len)
+        out.fit(op, len)
     }
 }
 
@@ -680,13 +719,18 @@ pub fn gemm(
     }
     let k = w.k();
     check_len(OP, "A length (m x k)", a.len(), mul(OP, "A length", m, k)?)?;
-    pipeline.check(OP, &w.channels, &out, mul(OP, "output length", m, w.n())?)?;
+    let len = mul(OP, "output length", m, w.n())?;
+    pipeline.check(OP, &w.channels, &mut out, len)?;
     let kernel = w.kernel(|| all_7bit(a));
     let src = DirectA { a: a.as_ptr(), lda: k, group_stride: 0 };
     let ldc = w.n();
     // SAFETY: `a` holds m x k bytes and `out` m x n elements (checked above); the pipeline was
     // built from these weights (checked), the kernel is supported (packing checked the tier).
-    unsafe { run_gemm(w, kernel, m, &src, pipeline, out.ptr(), ldc) };
+    // `run_gemm` writes every one of the m x n outputs.
+    unsafe {
+        run_gemm(w, kernel, m, &src, pipeline, out.ptr(), ldc);
+        out.written(len);
+    }
     Ok(())
 }
 
@@ -807,7 +851,8 @@ fn block_rows(kq: usize, mr: usize) -> usize {
     ((32 * 1024 / (kq * 4)).clamp(mr, 512) / mr) * mr
 }
 
-/// The parallel GEMM driver shared by [`gemm`] and the convolutions.
+/// The parallel GEMM driver shared by [`gemm`] and the convolutions. Writes every one of the
+/// `m x w.n()` outputs (columns past `w.n()` of a row are not touched).
 ///
 /// # Safety
 /// `src` yields `m` valid rows of `w.k()` bytes for every group; `out` is valid for `m` rows of

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use qcore::requant::{BiasTerm, ConvRequant};
-use qkernels::gemm::WeightQParams;
+use qkernels::gemm::{Output, WeightQParams};
 
 /// Per-channel scales and zero points of `n` channels.
 pub fn scales_and_zps(q: &WeightQParams, n: usize) -> (Vec<f64>, Vec<i32>, bool) {
@@ -37,6 +37,15 @@ pub enum RefOut {
     U8(Vec<u8>),
     F32(Vec<f32>),
     I32(Vec<i32>),
+}
+
+/// True if `run` appends exactly `want` to a vector after a 3-byte prefix, into spare capacity
+/// that holds the complement of every expected byte (an output the kernel skipped keeps it).
+pub fn appends(want: &[u8], run: impl FnOnce(Output<'_>)) -> bool {
+    let mut appended: Vec<u8> = [1, 2, 3].into_iter().chain(want.iter().map(|x| !x)).collect();
+    appended.truncate(3);
+    run(Output::AppendU8(&mut appended));
+    appended[..3] == [1, 2, 3] && appended[3..] == *want
 }
 
 /// The u8 requantization of `acc` with qcore's `ConvRequant`.
