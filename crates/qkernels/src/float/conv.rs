@@ -220,63 +220,96 @@ pub(super) fn shifted_conv2d(
     let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
     let plane = hq * wq;
     let phases = sy * sx;
+    let (len, kk) = ((oh - 1) * wq + ow, kh * kw);
+    let threads = rayon::current_num_threads();
+    let parallel = threads > 1 && og * len * cg * kk >= PAR_CONV_MACS;
     grow(&mut scratch.col, phases * cg * plane);
     grow(&mut scratch.tmp, og * oh * wq);
     let buf = &mut scratch.col[..phases * cg * plane];
-    // Fill the phases: zero, then scatter each input row.
-    let fill = |ph: usize, dst: &mut [f32]| {
+    // Fill the phases, one (phase, channel) plane at a time: zero, then scatter each input row.
+    let fill = |index: usize, dst: &mut [f32]| {
+        let (ph, c) = (index / cg, index % cg);
         let (ry, rx) = (ph / sx, ph % sx);
         dst.fill(0.0);
-        for c in 0..cg {
-            let src = &x[c * ih * iw..(c + 1) * ih * iw];
-            for i in 0..hq {
-                let yy = (i * sy + ry).wrapping_sub(p[1]);
-                if yy >= ih {
-                    continue;
-                }
-                let row = &src[yy * iw..(yy + 1) * iw];
-                let out = &mut dst[(c * hq + i) * wq..(c * hq + i + 1) * wq];
-                scatter_row(row, out, sx, rx, p[2]);
+        let src = &x[c * ih * iw..(c + 1) * ih * iw];
+        for i in 0..hq {
+            let yy = (i * sy + ry).wrapping_sub(p[1]);
+            if yy < ih {
+                scatter_row(&src[yy * iw..(yy + 1) * iw], &mut dst[i * wq..(i + 1) * wq], sx, rx, p[2]);
             }
         }
     };
-    if phases > 1 && rayon::current_num_threads() > 1 {
-        buf.par_chunks_mut(cg * plane).enumerate().for_each(|(ph, dst)| fill(ph, dst));
+    if parallel {
+        buf.par_chunks_mut(plane).with_min_len(8).enumerate().for_each(|(i, dst)| fill(i, dst));
     } else {
-        buf.chunks_mut(cg * plane).enumerate().for_each(|(ph, dst)| fill(ph, dst));
+        buf.chunks_mut(plane).enumerate().for_each(|(i, dst)| fill(i, dst));
     }
-    // Each output element starts from its bias and runs over the taps in order, each tap over
-    // the input channels in order.
-    let (len, kk) = ((oh - 1) * wq + ow, kh * kw);
-    let acc = &mut scratch.tmp[..og * oh * wq];
-    fill_rows(acc, oh * wq, len, bias);
     let buf = &*buf;
-    for ky in 0..kh {
-        for kx in 0..kw {
-            let (ry, qy) = ((ky * d[1]) % sy, (ky * d[1]) / sy);
-            let (rx, qx) = ((kx * d[2]) % sx, (kx * d[2]) / sx);
-            // Tap (ky, kx) reads phase (ry, rx) from (qy, qx) on; its last element,
-            // (cg - 1) * plane + base + len - 1, stays inside that phase because
-            // (oh - 1 + qy) * wq + ow - 1 + qx <= (hq - 1) * wq + wq - 1.
-            let base = (ry * sx + rx) * cg * plane + qy * wq + qx;
-            let tap = Gemm {
-                m: og,
-                n: len,
-                k: cg,
-                a: Matrix { data: &w[ky * kw + kx..], row_stride: cg * kk, col_stride: kk },
-                b: Matrix::row_major(&buf[base..], plane),
-                accumulate: bias.is_some() || ky + kx > 0,
-            };
-            tap.run(acc, oh * wq, isa);
+    // Output element (o, oy, ox) sits at column oy * wq + ox of row o of `acc`. Each task owns a
+    // range of those columns: it starts them from their bias, runs every tap over them in order
+    // (each tap over the input channels in order), and copies the ones inside the output rows.
+    let ldc = oh * wq;
+    let (acc, out) = (SendPtr(scratch.tmp.as_mut_ptr()), SendPtr(y.as_mut_ptr()));
+    let run = |cols: std::ops::Range<usize>| {
+        if let Some(bias) = bias {
+            for (o, &bv) in bias.iter().enumerate() {
+                // SAFETY: row o of `acc` holds `ldc >= len` elements; this task owns `cols`.
+                unsafe { acc.offset(o * ldc).slice(cols.start, cols.end) }.fill(bv);
+            }
         }
-    }
-    for o in 0..og {
-        for oy in 0..oh {
-            let src = &acc[o * oh * wq + oy * wq..o * oh * wq + oy * wq + ow];
-            y[(o * oh + oy) * ow..(o * oh + oy + 1) * ow].copy_from_slice(src);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (ry, qy) = ((ky * d[1]) % sy, (ky * d[1]) / sy);
+                let (rx, qx) = ((kx * d[2]) % sx, (kx * d[2]) / sx);
+                // Tap (ky, kx) reads phase (ry, rx) from (qy, qx) on; its last element,
+                // (cg - 1) * plane + base + len - 1, stays inside that phase because
+                // (oh - 1 + qy) * wq + ow - 1 + qx <= (hq - 1) * wq + wq - 1.
+                let base = (ry * sx + rx) * cg * plane + qy * wq + qx;
+                let tap = Gemm {
+                    m: og,
+                    n: len,
+                    k: cg,
+                    a: Matrix { data: &w[ky * kw + kx..], row_stride: cg * kk, col_stride: kk },
+                    b: Matrix::row_major(&buf[base..], plane),
+                    accumulate: bias.is_some() || ky + kx > 0,
+                };
+                // SAFETY: `acc` holds og rows of ldc >= len elements (grown above), and this
+                // task is the only one touching columns `cols` of them.
+                unsafe { tap.run_columns(acc, ldc, cols.clone(), isa) };
+            }
         }
+        for o in 0..og {
+            for oy in cols.start / wq..cols.end.div_ceil(wq).min(oh) {
+                let (lo, hi) = (cols.start.max(oy * wq), cols.end.min(oy * wq + ow));
+                if lo < hi {
+                    let at = (o * oh + oy) * ow + lo - oy * wq;
+                    // SAFETY: columns lo..hi of row o are this task's and were computed above;
+                    // output (o, oy, lo - oy * wq..hi - oy * wq) lies in `y` (og x oh x ow) and
+                    // belongs to this task's columns only.
+                    unsafe {
+                        out.slice(at, at + hi - lo).copy_from_slice(acc.offset(o * ldc).slice(lo, hi));
+                    }
+                }
+            }
+        }
+    };
+    if parallel {
+        // Column ranges in whole multiples of every tier's panel width.
+        let chunks = len.div_ceil(COLUMN_CHUNK);
+        let parts = threads.min(chunks);
+        (0..parts).into_par_iter().for_each(|t| {
+            run(t * chunks / parts * COLUMN_CHUNK..((t + 1) * chunks / parts * COLUMN_CHUNK).min(len))
+        });
+    } else {
+        run(0..len);
     }
 }
+
+/// Multiply-adds from which [`shifted_conv2d`] splits its work over the rayon pool.
+const PAR_CONV_MACS: usize = 1 << 18;
+/// The unit of the column ranges [`shifted_conv2d`] gives its tasks: a multiple of the vector
+/// tiers' panel widths (48 and 16), so that no panel straddles two tasks.
+const COLUMN_CHUNK: usize = 96;
 
 /// Sets the first `len` elements of each row of `rows` (rows `stride` apart) to its bias, when
 /// there is one.

@@ -14,6 +14,8 @@
 //! `f32::mul_add` in a triple loop. The vector tiers ([`super::microkernel`]) run register-blocked microkernels
 //! on packed panels; rayon splits the output into tiles, never K.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::microkernel::{Tier, Tile};
@@ -83,62 +85,89 @@ impl Gemm<'_> {
     /// rayon pool when the product is large. Panics if a view is shorter than the shape needs
     /// (callers validate shapes first).
     pub(crate) fn run(&self, c: &mut [f32], ldc: usize, isa: Isa) {
-        let &Gemm { m, n, k, a, b, .. } = self;
+        let &Gemm { m, n, k, .. } = self;
         if m == 0 || n == 0 {
             return;
         }
         let c_len = (m - 1).checked_mul(ldc).and_then(|len| len.checked_add(n));
         assert!(ldc >= n && c_len.is_some_and(|len| len <= c.len()), "gemm: output view out of bounds");
-        assert!(a.needed(m, k).is_some_and(|len| len <= a.data.len()), "gemm: a out of bounds");
-        assert!(b.needed(k, n).is_some_and(|len| len <= b.data.len()), "gemm: b out of bounds");
-        if k == 0 {
-            if !self.accumulate {
-                c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
-            }
+        let parallel = rayon::current_num_threads() > 1 && m * n * k >= PAR_GEMM_MACS;
+        match self.checked_tier(isa) {
+            Some(tier) => self.blocked(tier, c, ldc, parallel),
+            None if parallel => c
+                .par_chunks_mut(ldc)
+                .take(m)
+                .enumerate()
+                .for_each(|(i, out)| self.scalar_row(i, &mut out[..n], 0)),
+            None => c
+                .chunks_mut(ldc)
+                .take(m)
+                .enumerate()
+                .for_each(|(i, out)| self.scalar_row(i, &mut out[..n], 0)),
+        }
+    }
+
+    /// Columns `cols` of the product, on this thread, into the output at `c` (rows `ldc` apart):
+    /// the same values [`Gemm::run`] computes there, so that threads can each run the same
+    /// sequence of products on their own columns.
+    ///
+    /// # Safety
+    /// `c` is valid for writes of `m` rows of `ldc` elements (the last row: of `n`), `cols` lies
+    /// in `0..n`, and no other thread accesses those columns of the output during the call.
+    pub(crate) unsafe fn run_columns(&self, c: SendPtr<f32>, ldc: usize, cols: Range<usize>, isa: Isa) {
+        assert!(cols.end <= self.n && ldc >= self.n, "gemm: columns out of bounds");
+        if self.m == 0 || cols.is_empty() {
             return;
         }
-        let parallel = rayon::current_num_threads() > 1 && m * n * k >= PAR_GEMM_MACS;
+        match self.checked_tier(isa) {
+            Some(tier) => self.block(tier, 0..self.m, cols, c, ldc),
+            None => (0..self.m).for_each(|i| {
+                // SAFETY: row `i`'s columns `cols` lie inside the output (caller), which only this
+                // thread accesses.
+                let out = unsafe { c.offset(i * ldc).slice(cols.start, cols.end) };
+                self.scalar_row(i, out, cols.start);
+            }),
+        }
+    }
+
+    /// Checks that A and B hold the `m x k` and `k x n` views, and picks the vector tier of
+    /// `isa` (`None` for the scalar tier, or when K is 0: the output is then 0, or kept when
+    /// accumulating, which [`Gemm::scalar_row`] does).
+    fn checked_tier(&self, isa: Isa) -> Option<&'static Tier> {
+        let &Gemm { m, n, k, a, b, .. } = self;
+        assert!(a.needed(m, k).is_some_and(|len| len <= a.data.len()), "gemm: a out of bounds");
+        assert!(b.needed(k, n).is_some_and(|len| len <= b.data.len()), "gemm: b out of bounds");
         // Only a tier the CPU supports, which is what makes `Tier::run` sound.
-        let tier: Option<&'static Tier> = on_tier!(
+        on_tier!(
             isa,
             scalar: None,
             avx2: Some(&crate::x86::float::AVX2),
             avx512: Some(&crate::x86::float::AVX512),
         )
-        .filter(|_| isa.is_supported());
-        match tier {
-            Some(tier) => self.blocked(tier, c, ldc, parallel),
-            None => self.scalar(c, ldc, parallel),
-        }
+        .filter(|_| isa.is_supported() && k > 0)
     }
 
-    /// The scalar tier and oracle: for each row, `c[i, :] = fma(a[i, p], b[p, :], c[i, :])` for
-    /// `p` in order, which is the chain of the module doc for every element.
-    fn scalar(&self, c: &mut [f32], ldc: usize, parallel: bool) {
-        let &Gemm { m, n, k, a, b, accumulate } = self;
-        let row = |i: usize, out: &mut [f32]| {
-            let out = &mut out[..n];
-            if !accumulate {
-                out.fill(0.0);
-            }
-            for p in 0..k {
-                let aip = a.at(i, p);
-                if b.col_stride == 1 {
-                    let start = p * b.row_stride;
-                    for (o, &bv) in out.iter_mut().zip(&b.data[start..start + n]) {
-                        *o = aip.mul_add(bv, *o);
-                    }
-                } else {
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o = aip.mul_add(b.at(p, j), *o);
-                    }
+    /// The scalar tier and oracle for row `i`, columns `j0..j0 + out.len()`:
+    /// `out = fma(a[i, p], b[p, cols], out)` for `p` in order, which is the chain of the module
+    /// doc for every element.
+    fn scalar_row(&self, i: usize, out: &mut [f32], j0: usize) {
+        let &Gemm { k, a, b, accumulate, .. } = self;
+        let len = out.len();
+        if !accumulate {
+            out.fill(0.0);
+        }
+        for p in 0..k {
+            let aip = a.at(i, p);
+            if b.col_stride == 1 {
+                let start = p * b.row_stride + j0;
+                for (o, &bv) in out.iter_mut().zip(&b.data[start..start + len]) {
+                    *o = aip.mul_add(bv, *o);
+                }
+            } else {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = aip.mul_add(b.at(p, j0 + j), *o);
                 }
             }
-        };
-        if parallel {
-            c.par_chunks_mut(ldc).take(m).enumerate().for_each(|(i, out)| row(i, out));
-        } else {
-            c.chunks_mut(ldc).take(m).enumerate().for_each(|(i, out)| row(i, out));
         }
     }
 
@@ -171,14 +200,7 @@ impl Gemm<'_> {
     /// Rows `rows` x columns `cols` of the output: for each K block in order, pack A's rows
     /// (`MR`-row panels) and B's columns (`NR`-column panels, `NC` at a time) and run the
     /// microkernel on every tile. Tiles of different tasks are disjoint.
-    fn block(
-        &self,
-        tier: &Tier,
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
-        c: SendPtr<f32>,
-        ldc: usize,
-    ) {
+    fn block(&self, tier: &Tier, rows: Range<usize>, cols: Range<usize>, c: SendPtr<f32>, ldc: usize) {
         let (mr, nr) = (tier.mr, tier.nr);
         let row_panels = rows.len().div_ceil(mr);
         // A with contiguous rows is read in place (one stream per tile row); otherwise packed.
