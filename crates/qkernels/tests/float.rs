@@ -102,7 +102,17 @@ proptest! {
         let b = random_f32s(k * n, seed ^ 1);
         let c0 = random_f32s(m * n, seed ^ 2);
         let mut c = c0.clone();
-        float::sgemm(m, n, k, Matrix::row_major(&a, k), Matrix::row_major(&b, n), &mut c, n, accumulate, Isa::active()).unwrap();
+        float::sgemm(m, n, k, Matrix::row_major(&a, k), Matrix::row_major(&b, n), &mut c, n, accumulate, Isa::Scalar).unwrap();
+        // Every tier, with B read in place (row-major) or packed (its transpose, stored n x k),
+        // gives the scalar tier's bits.
+        let b_t: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        for isa in Isa::supported() {
+            for b_view in [Matrix::row_major(&b, n), Matrix::transposed(&b_t, k)] {
+                let mut got = c0.clone();
+                float::sgemm(m, n, k, Matrix::row_major(&a, k), b_view, &mut got, n, accumulate, isa).unwrap();
+                prop_assert!(got.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()), "{} vs scalar", isa);
+            }
+        }
         let mut reference = Vec::new();
         for i in 0..m {
             for j in 0..n {

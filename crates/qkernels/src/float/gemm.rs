@@ -12,7 +12,8 @@
 //! output and reload them, and the blocking sizes are constants. So the bits are the same on
 //! every tier, every CPU and every thread count, and the scalar tier is the oracle:
 //! `f32::mul_add` in a triple loop. The vector tiers ([`super::microkernel`]) run register-blocked microkernels
-//! on packed panels; rayon splits the output into tiles, never K.
+//! on A and B in place where their K steps are contiguous rows / columns, else on packed panels;
+//! rayon splits the output into tiles, never K.
 
 use std::ops::Range;
 
@@ -198,15 +199,19 @@ impl Gemm<'_> {
     }
 
     /// Rows `rows` x columns `cols` of the output: for each K block in order, pack A's rows
-    /// (`MR`-row panels) and B's columns (`NR`-column panels, `NC` at a time) and run the
-    /// microkernel on every tile. Tiles of different tasks are disjoint.
+    /// (`MR`-row panels) and B's columns (`NR`-column panels, `NC` at a time) unless they are
+    /// read in place, and run the microkernel on every tile. Tiles of different tasks are
+    /// disjoint.
     fn block(&self, tier: &Tier, rows: Range<usize>, cols: Range<usize>, c: SendPtr<f32>, ldc: usize) {
         let (mr, nr) = (tier.mr, tier.nr);
         let row_panels = rows.len().div_ceil(mr);
         // A with contiguous rows is read in place (one stream per tile row); otherwise packed.
         let a_in_place = self.a.col_stride == 1;
         let a_len = if a_in_place { 0 } else { row_panels * mr * KC };
-        with_panels(a_len, NC.div_ceil(nr) * nr * KC, |a_pack, b_pack| {
+        // B with contiguous columns is read in place (its K steps a row apart); otherwise packed.
+        let b_in_place = self.b.col_stride == 1;
+        let b_len = if b_in_place { 0 } else { NC.div_ceil(nr) * nr * KC };
+        with_panels(a_len, b_len, |a_pack, b_pack| {
             for p0 in (0..self.k).step_by(KC) {
                 let kc = KC.min(self.k - p0);
                 if !a_in_place {
@@ -214,7 +219,9 @@ impl Gemm<'_> {
                 }
                 for j0 in cols.clone().step_by(NC) {
                     let j1 = (j0 + NC).min(cols.end);
-                    pack_b(self.b, j0..j1, p0, kc, nr, b_pack);
+                    if !b_in_place {
+                        pack_b(self.b, j0..j1, p0, kc, nr, b_pack);
+                    }
                     for ir in 0..row_panels {
                         let i = rows.start + ir * mr;
                         let (a, a_row, a_step) = if a_in_place {
@@ -222,16 +229,20 @@ impl Gemm<'_> {
                         } else {
                             (a_pack[ir * mr * kc..].as_ptr(), 1, mr)
                         };
-                        for (jr, b_panel) in
-                            b_pack.chunks_exact(nr * kc).take((j1 - j0).div_ceil(nr)).enumerate()
-                        {
+                        for jr in 0..(j1 - j0).div_ceil(nr) {
                             let j = j0 + jr * nr;
+                            let (b, b_step) = if b_in_place {
+                                (self.b.data[p0 * self.b.row_stride + j..].as_ptr(), self.b.row_stride)
+                            } else {
+                                (b_pack[jr * nr * kc..].as_ptr(), nr)
+                            };
                             let tile = Tile {
                                 kc,
                                 a,
                                 a_row,
                                 a_step,
-                                b: b_panel.as_ptr(),
+                                b,
+                                b_step,
                                 c: c.0.wrapping_add(i * ldc + j),
                                 ldc,
                                 rows: mr.min(rows.end - i),
@@ -242,8 +253,8 @@ impl Gemm<'_> {
                             // tile's rows and columns lie inside this task's part of
                             // `c` (checked against its length in `run`), which no other task
                             // writes; A's `rows x kc` block at its strides lies inside `a` (checked
-                            // in `run`) or its packed panel, and the B panel holds `kc` steps of
-                            // `nr` values.
+                            // in `run`) or its packed panel, and so does B's `kc x cols` block
+                            // (at its row stride, or the packed panel of `kc` steps of `nr`).
                             unsafe { tier.run(&tile) };
                         }
                     }
@@ -273,13 +284,8 @@ fn pack_b(b: Matrix<'_>, cols: std::ops::Range<usize>, p0: usize, kc: usize, nr:
         let j0 = cols.start + jr * nr;
         let live = nr.min(cols.end - j0);
         for (p, step) in panel.chunks_exact_mut(nr).enumerate() {
-            if b.col_stride == 1 {
-                let start = (p0 + p) * b.row_stride + j0;
-                step[..live].copy_from_slice(&b.data[start..start + live]);
-            } else {
-                for (j, v) in step[..live].iter_mut().enumerate() {
-                    *v = b.at(p0 + p, j0 + j);
-                }
+            for (j, v) in step[..live].iter_mut().enumerate() {
+                *v = b.at(p0 + p, j0 + j);
             }
             step[live..].fill(0.0);
         }

@@ -18,8 +18,11 @@ pub(crate) struct Tile {
     pub a_row: usize,
     /// Distance between A's K steps.
     pub a_step: usize,
-    /// Packed B panel: `kc` steps of `NR` values (columns past `cols` are zero).
+    /// B: the tile's `cols` columns of `kc` steps, `b_step` apart (a packed panel: `NR`, its
+    /// columns past `cols` zero; or B itself, which is not read past `cols`).
     pub b: *const f32,
+    /// Distance between B's K steps.
+    pub b_step: usize,
     /// The tile's first output element; rows are `ldc` apart.
     pub c: *mut f32,
     /// Output row stride.
@@ -54,7 +57,7 @@ impl Tier {
     /// The CPU has the tier's target features (the tier came from `on_tier!` behind a supported
     /// tier); the tile's `rows x cols` output elements (rows `ldc` apart) must be valid for reads and
     /// writes and touched by no one else meanwhile; A must hold `rows x kc` values at its strides
-    /// and the B panel `kc` steps of `nr` values; `1 <= rows <= mr` and `1 <= cols <= nr`.
+    /// and B `kc` steps of `cols` values at its stride; `1 <= rows <= mr` and `1 <= cols <= nr`.
     pub(crate) unsafe fn run(&self, tile: &Tile) {
         debug_assert!((1..=self.mr).contains(&tile.rows) && (1..=self.nr).contains(&tile.cols));
         let vectors = self.nr / self.lanes;

@@ -52,8 +52,9 @@ unsafe fn avx512<const ROWS: usize, const NV: usize>(t: &Tile) {
     }
     let (mut a, mut b) = (t.a, t.b);
     for _ in 0..t.kc {
-        // SAFETY: the B panel holds `kc` steps of 48 >= 16 NV values.
-        let bv: [__m512; NV] = std::array::from_fn(|v| unsafe { _mm512_loadu_ps(b.add(16 * v)) });
+        // SAFETY: B holds `kc` steps of `cols` values; the mask keeps the lanes inside them.
+        let bv: [__m512; NV] =
+            std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(masks[v], b.add(16 * v)) });
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: A holds ROWS rows of `kc` steps at its strides.
             let ai = _mm512_set1_ps(unsafe { *a.add(i * t.a_row) });
@@ -62,7 +63,7 @@ unsafe fn avx512<const ROWS: usize, const NV: usize>(t: &Tile) {
             }
         }
         a = a.wrapping_add(t.a_step);
-        b = b.wrapping_add(AVX512_NR);
+        b = b.wrapping_add(t.b_step);
     }
     for (i, row) in acc.iter().enumerate() {
         for (v, &x) in row.iter().enumerate() {
@@ -99,8 +100,11 @@ unsafe fn avx2<const ROWS: usize, const NV: usize>(t: &Tile) {
     }
     let (mut a, mut b) = (t.a, t.b);
     for _ in 0..t.kc {
-        // SAFETY: the B panel holds `kc` steps of 16 >= 8 NV values.
-        let bv: [__m256; NV] = std::array::from_fn(|v| unsafe { _mm256_loadu_ps(b.add(8 * v)) });
+        // SAFETY: B holds `kc` steps of `cols` values: full tiles load them all; otherwise the
+        // mask keeps the lanes inside them and masked-off lanes are not accessed.
+        let bv: [__m256; NV] = std::array::from_fn(|v| unsafe {
+            if full { _mm256_loadu_ps(b.add(8 * v)) } else { _mm256_maskload_ps(b.add(8 * v), masks[v]) }
+        });
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: A holds ROWS rows of `kc` steps at its strides.
             let ai = _mm256_set1_ps(unsafe { *a.add(i * t.a_row) });
@@ -109,7 +113,7 @@ unsafe fn avx2<const ROWS: usize, const NV: usize>(t: &Tile) {
             }
         }
         a = a.wrapping_add(t.a_step);
-        b = b.wrapping_add(AVX2_NR);
+        b = b.wrapping_add(t.b_step);
     }
     for (i, row) in acc.iter().enumerate() {
         for (v, &x) in row.iter().enumerate() {
