@@ -309,7 +309,7 @@ pub(super) fn shifted_conv2d(
 const PAR_CONV_MACS: usize = 1 << 18;
 /// The unit of the column ranges [`shifted_conv2d`] gives its tasks: a multiple of the vector
 /// tiers' panel widths (48 and 16), so that no panel straddles two tasks.
-const COLUMN_CHUNK: usize = 96;
+const COLUMN_CHUNK: usize = 48;
 
 /// Sets the first `len` elements of each row of `rows` (rows `stride` apart) to its bias, when
 /// there is one.
