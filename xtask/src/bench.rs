@@ -22,6 +22,9 @@ pub struct Options {
     pub models: bool,
     /// `--chart FILE.svg`: with `--models`, also draw the latencies as an SVG bar chart.
     pub chart: Option<PathBuf>,
+    /// `--from FILE.json`: with `--models`, print (and chart) a kept `models.json` instead of
+    /// measuring.
+    pub from: Option<PathBuf>,
     /// `--rounds K`: with `--models`, measure every configuration K times (default 1) and keep
     /// each side's fastest median, for a shared machine whose load comes and goes.
     pub rounds: usize,
@@ -42,6 +45,7 @@ impl Default for Options {
             criterion_args: Vec::new(),
             models: false,
             chart: None,
+            from: None,
             rounds: 1,
             batches: DEFAULT_BATCHES.to_vec(),
         }
@@ -77,14 +81,22 @@ impl Options {
                     Some(file) if !file.starts_with('-') => options.chart = Some(PathBuf::from(file)),
                     _ => return Err(format!("--chart needs a file name, e.g. --chart models.svg\n{USAGE}")),
                 },
+                "--from" => match rest.next() {
+                    Some(file) if !file.starts_with('-') => options.from = Some(PathBuf::from(file)),
+                    _ => return Err(format!("--from needs a file name, e.g. --from models.json\n{USAGE}")),
+                },
                 "--" => options.criterion_args.extend(rest.by_ref().cloned()),
                 flag if flag.starts_with('-') => return Err(format!("unknown option {flag}\n{USAGE}")),
                 filter if options.filter.is_none() => options.filter = Some(filter.to_string()),
                 extra => return Err(format!("only one FILTER is allowed, got a second: {extra}\n{USAGE}")),
             }
         }
-        if (options.chart.is_some() || rounds_given || batches_given) && !options.models {
-            return Err(format!("--chart, --rounds and --batches apply to --models; add --models\n{USAGE}"));
+        if (options.chart.is_some() || options.from.is_some() || rounds_given || batches_given)
+            && !options.models
+        {
+            return Err(format!(
+                "--chart, --from, --rounds and --batches apply to --models; add --models\n{USAGE}"
+            ));
         }
         if options.models && (options.quick || !options.criterion_args.is_empty()) {
             return Err(format!("--quick and criterion arguments do not apply to --models\n{USAGE}"));
@@ -192,6 +204,9 @@ mod tests {
         assert_eq!(models.chart, Some(PathBuf::from("m.svg")));
         assert!(Options::parse(&strings(&["--chart", "m.svg"])).unwrap_err().contains("add --models"));
         assert!(Options::parse(&strings(&["--models", "--chart"])).unwrap_err().contains("file name"));
+        let from = Options::parse(&strings(&["--models", "--from", "m.json", "--chart", "m.svg"])).unwrap();
+        assert_eq!(from.from, Some(PathBuf::from("m.json")));
+        assert!(Options::parse(&strings(&["--from", "m.json"])).unwrap_err().contains("add --models"));
         assert!(Options::parse(&strings(&["--models", "--quick"])).unwrap_err().contains("do not apply"));
         assert_eq!(models.rounds, 1);
         assert_eq!(Options::parse(&strings(&["--models", "--rounds", "3"])).unwrap().rounds, 3);

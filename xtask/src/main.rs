@@ -10,7 +10,8 @@
 //! [--chart FILE.svg]` times whole models instead (ResNet-18, ResNet-50, MobileNetV2, float and
 //! int8, on one and two threads, at batch 1, 8 and 32 unless `--batches` says otherwise, each
 //! configuration in its own process) and prints their table, written as
-//! `target/xtask-bench/models.json`.
+//! `target/xtask-bench/models.json`. `--models --from FILE.json [--chart FILE.svg]` prints (and
+//! charts) such a kept file without measuring.
 //!
 //! `cargo xtask cycles` lists the import circles between the source files of each library crate
 //! (files that reach each other through `use` paths) and fails if there is one.
@@ -43,4 +44,5 @@ fn main() -> ExitCode {
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--vs-torch] [FILTER] [-- CRITERION ARGS]
        cargo xtask bench --models [resnet18,resnet50,mobilenet_v2] [--vs-torch] [--rounds K] [--batches 1,8,32] [--chart FILE.svg]
+       cargo xtask bench --models --from models.json [--chart FILE.svg]
        cargo xtask cycles";

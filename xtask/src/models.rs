@@ -62,18 +62,25 @@ fn batch_one() -> usize {
 }
 
 /// PyTorch's numbers for one configuration, from `torch_models.py`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Torch {
     /// Median time of one inference of the whole batch.
     median_ns: f64,
-    /// Same definition as [`Ours::memory`].
+    /// Same definition as [`Ours::memory`] (NaN if the script did not report it, `null` in JSON).
+    #[serde(deserialize_with = "nan_if_null")]
     memory: f64,
-    /// `torch.save(model.state_dict())` size in bytes.
+    /// `torch.save(model.state_dict())` size in bytes (NaN / `null` likewise).
+    #[serde(deserialize_with = "nan_if_null")]
     file_size: f64,
 }
 
+/// A number, or NaN for the `null` that serde_json writes for NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
 /// One line of the table.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Row {
     model: String,
     kind: String,
@@ -96,7 +103,7 @@ struct Row {
 }
 
 /// The whole `--models` report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct ModelsReport {
     date: String,
     cpu: String,
@@ -110,8 +117,16 @@ struct ModelsReport {
     rows: Vec<Row>,
 }
 
-/// Runs `--models`: measure, print, write JSON (and the chart).
+/// Runs `--models`: measure, print, write JSON (and the chart); or, with `--from`, print and
+/// chart a kept report.
 pub fn run(root: &Path, target: &Path, options: &Options) -> Result<(), String> {
+    if let Some(from) = &options.from {
+        let text = std::fs::read_to_string(from).map_err(|e| format!("{}: {e}", from.display()))?;
+        let report: ModelsReport =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not a models.json: {e}", from.display()))?;
+        println!("{}", render(&report));
+        return write_chart(options, &report);
+    }
     let models = selected_models(options.filter.as_deref())?;
     let binary = build_binary(root, target)?;
     let weights_dir = target.join("models");
@@ -177,11 +192,16 @@ pub fn run(root: &Path, target: &Path, options: &Options) -> Result<(), String> 
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!("xtask bench: table written to {}", path.display());
+    write_chart(options, &report)
+}
+
+/// Writes `--chart`, if given.
+fn write_chart(options: &Options, report: &ModelsReport) -> Result<(), String> {
     if let Some(chart) = &options.chart {
         if let Some(parent) = chart.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         }
-        std::fs::write(chart, svg(&report)).map_err(|e| format!("{}: {e}", chart.display()))?;
+        std::fs::write(chart, svg(report)).map_err(|e| format!("{}: {e}", chart.display()))?;
         eprintln!("xtask bench: chart written to {}", chart.display());
     }
     Ok(())
@@ -662,6 +682,9 @@ mod tests {
         };
         let table = render(&report);
         assert!(table.contains("ours/torch") && table.contains("4.00x") && table.contains("0.25"));
+        // `--from` reads the JSON back to the same table.
+        let kept: ModelsReport = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(render(&kept), table);
         let chart = svg(&report);
         assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
         assert!(chart.contains("CPU &lt;x&gt;") && chart.contains("<title>10.00 ms</title>"));
