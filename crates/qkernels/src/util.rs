@@ -2,9 +2,25 @@
 //! output pointer tasks write through, and the [`Tiered`] kernel bodies compiled once per tier.
 //! Nothing here depends on a tier or an architecture.
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
 use rayon::prelude::*;
 
 use crate::error::{KernelError, KernelResult};
+
+/// Runs `f` with the thread-local scratch behind `key`, or with a fresh one if this thread is
+/// already using it (a kernel that waits in a rayon join can be handed another task that needs
+/// it).
+pub(crate) fn with_thread_local<T: Default, R>(
+    key: &'static LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut value) => f(&mut value),
+        Err(_) => f(&mut T::default()),
+    })
+}
 
 /// Elements per rayon task; tensors at most this long run on the calling thread.
 pub(crate) const PAR_CHUNK: usize = 1 << 16;

@@ -228,17 +228,19 @@ pub fn conv_forward(
                 dilation: arr(&options.dilation),
                 groups: options.groups,
             };
-            $kernel(
-                &x,
-                input.shape(),
-                &w,
-                weight.shape(),
-                b.as_deref(),
-                &params,
-                &mut out,
-                &mut float::ConvScratch::default(),
-                Isa::active(),
-            )?
+            float::ConvScratch::with_thread_local(|scratch| {
+                $kernel(
+                    &x,
+                    input.shape(),
+                    &w,
+                    weight.shape(),
+                    b.as_deref(),
+                    &params,
+                    &mut out,
+                    scratch,
+                    Isa::active(),
+                )
+            })?
         }};
     }
     let depthwise = options.groups == input.shape()[1] && options.groups == options.out_channels;

@@ -1,8 +1,6 @@
 //! `nn.Conv1d` / `Conv2d` / `Conv3d`: one [`Conv`] type for 1-3 spatial dimensions, built with
 //! [`Conv1d::new`], [`Conv2d::new`] or [`Conv3d::new`] and the builder's setters.
 
-use std::cell::RefCell;
-
 use ndarray::{ArrayD, Axis, IxDyn};
 use qkernels::conv::PaddingMode;
 use qkernels::{Isa, float};
@@ -381,7 +379,7 @@ impl Conv {
         };
         let shape = float::conv_output_shape(x.shape(), self.weight.shape(), &params)?;
         let mut out = memory::zeroed(o.type_name(), &shape)?;
-        with_conv_scratch(|scratch| {
+        float::ConvScratch::with_thread_local(|scratch| {
             float::conv::<D>(
                 x.as_slice().expect("standard layout"),
                 x.shape(),
@@ -505,21 +503,6 @@ impl Module for Conv {
     }
 
     weight_bias_layer!();
-}
-
-thread_local! {
-    /// The float convolutions' scratch of this thread: it grows to the largest layer once
-    /// instead of being allocated and zero-filled at every call.
-    static CONV_SCRATCH: RefCell<float::ConvScratch> = RefCell::default();
-}
-
-/// Runs `f` with this thread's convolution scratch (a fresh one if a convolution on this thread
-/// is already using it, e.g. one whose kernel waits in a rayon join).
-fn with_conv_scratch<R>(f: impl FnOnce(&mut float::ConvScratch) -> R) -> R {
-    CONV_SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut s) => f(&mut s),
-        Err(_) => f(&mut float::ConvScratch::default()),
-    })
 }
 
 #[cfg(test)]

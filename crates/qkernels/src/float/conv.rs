@@ -2,6 +2,8 @@
 //! tap for wide layers (`shifted_conv2d`), a direct depthwise path; each output's summation order
 //! is fixed by the layer's shape (docs/NUMERICS.md §9.1).
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::gemm::{Gemm, Matrix};
@@ -33,6 +35,31 @@ impl<const D: usize> Default for ConvParams<D> {
 pub struct ConvScratch {
     col: Vec<f32>,
     tmp: Vec<f32>,
+}
+
+thread_local! {
+    static CONV_SCRATCH: RefCell<ConvScratch> = RefCell::default();
+}
+
+impl ConvScratch {
+    /// Runs `f` with this thread's scratch, kept across calls (a fresh one if a convolution on
+    /// this thread is already using it), so that callers without a scratch of their own do not
+    /// allocate and zero-fill one per call.
+    ///
+    /// ```
+    /// use qkernels::Isa;
+    /// use qkernels::float::{ConvParams, ConvScratch, conv};
+    /// let mut out = [0.0];
+    /// ConvScratch::with_thread_local(|scratch| {
+    ///     conv::<2>(&[2.0], &[1, 1, 1, 1], &[3.0], &[1, 1, 1, 1], None, &ConvParams::default(), &mut out,
+    ///         scratch, Isa::Scalar)
+    /// })?;
+    /// assert_eq!(out, [6.0]);
+    /// # Ok::<(), qkernels::KernelError>(())
+    /// ```
+    pub fn with_thread_local<R>(f: impl FnOnce(&mut ConvScratch) -> R) -> R {
+        crate::util::with_thread_local(&CONV_SCRATCH, f)
+    }
 }
 
 fn pad3<const D: usize>(v: [usize; D], fill: usize) -> [usize; 3] {

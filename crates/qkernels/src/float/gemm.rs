@@ -307,8 +307,5 @@ fn with_panels(a_len: usize, b_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]
         }
         f(&mut a[..a_len], &mut b[..b_len]);
     };
-    PANELS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffers) => run(&mut buffers),
-        Err(_) => run(&mut Default::default()),
-    });
+    crate::util::with_thread_local(&PANELS, run);
 }

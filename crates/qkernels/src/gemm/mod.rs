@@ -794,10 +794,7 @@ thread_local! {
 
 /// Runs `f` with this thread's scratch (a fresh one if it is already in use).
 pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut s) => f(&mut s),
-        Err(_) => f(&mut Scratch::default()),
-    })
+    crate::util::with_thread_local(&SCRATCH, f)
 }
 
 /// An output pointer shared by the threads of one call, which write disjoint elements.
