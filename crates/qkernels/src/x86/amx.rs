@@ -15,8 +15,11 @@
 //! Tile registers: `tmm0..tmm3` hold C (`tmm(2 * r + c)` for row tile `r`, column tile `c`),
 //! `tmm4`/`tmm5` the A tiles, `tmm6`/`tmm7` the B tiles. The instructions are written with `asm!`
 //! (the assembler knows them whatever the target features); each block configures the tiles on
-//! its thread and releases them when done.
+//! its thread and releases them when done. Built with `--cfg qkernels_emulate_amx`, the same code
+//! runs on a software model of those instructions instead (`amx_emulated`), so that its tests run
+//! on CPUs without AMX.
 
+#[cfg(not(qkernels_emulate_amx))]
 use std::arch::asm;
 
 use crate::gemm::kernel::{Block, Epi, ImplicitRows, Kernel, RowMap, plain_rows, store_row};
@@ -69,22 +72,41 @@ impl Tiles {
     /// # Safety
     /// The CPU has AMX-TILE and the OS granted this process the tile data (`Isa::Amx` supported).
     unsafe fn configure() -> Tiles {
+        #[cfg(not(qkernels_emulate_amx))]
         // SAFETY: the caller guarantees AMX; `CONFIG` is a valid 64-byte, 64-aligned palette-1
         // configuration, only read.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags)) };
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags))
+        };
+        #[cfg(qkernels_emulate_amx)]
+        crate::x86::amx_emulated::configure(&CONFIG.0);
         Tiles
     }
 }
 
 impl Drop for Tiles {
     fn drop(&mut self) {
+        #[cfg(not(qkernels_emulate_amx))]
         // SAFETY: a `Tiles` exists only after `configure` ran on this thread, on an AMX CPU;
         // releasing returns the tiles to their initial state.
-        unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+        unsafe {
+            asm!("tilerelease", options(nostack, nomem, preserves_flags))
+        };
+        #[cfg(qkernels_emulate_amx)]
+        crate::x86::amx_emulated::release();
     }
 }
 
+/// `tilezero tmm$t`.
+#[cfg(not(qkernels_emulate_amx))]
+macro_rules! tile_zero {
+    ($t:literal) => {
+        asm!(concat!("tilezero tmm", $t), options(nostack, nomem, preserves_flags))
+    };
+}
+
 /// `tileloadd tmm$t, [p + stride]`: 16 rows of 64 bytes, row `i` at `p + i * stride`.
+#[cfg(not(qkernels_emulate_amx))]
 macro_rules! tile_load {
     ($t:literal, $p:expr, $stride:expr) => {
         asm!(
@@ -97,6 +119,7 @@ macro_rules! tile_load {
 }
 
 /// `tdpbusd tmm$c, tmm$a, tmm$b`: `C[i][j] += Σ_k u8 A[i][4j'..] * i8 B[k][j]`, wrapping i32.
+#[cfg(not(qkernels_emulate_amx))]
 macro_rules! tile_dot {
     ($c:literal, $a:literal, $b:literal) => {
         asm!(concat!("tdpbusd tmm", $c, ", tmm", $a, ", tmm", $b), options(nostack, nomem, preserves_flags),)
@@ -104,6 +127,7 @@ macro_rules! tile_dot {
 }
 
 /// `tilestored [p + stride], tmm$t`.
+#[cfg(not(qkernels_emulate_amx))]
 macro_rules! tile_store {
     ($t:literal, $p:expr, $stride:expr) => {
         asm!(
@@ -112,6 +136,32 @@ macro_rules! tile_store {
             s = in(reg) $stride,
             options(nostack, preserves_flags),
         )
+    };
+}
+
+/// The same four instructions on the software model (`--cfg qkernels_emulate_amx`).
+#[cfg(qkernels_emulate_amx)]
+macro_rules! tile_zero {
+    ($t:literal) => {
+        crate::x86::amx_emulated::zero($t)
+    };
+}
+#[cfg(qkernels_emulate_amx)]
+macro_rules! tile_load {
+    ($t:literal, $p:expr, $stride:expr) => {
+        crate::x86::amx_emulated::load($t, $p.cast::<u8>(), $stride)
+    };
+}
+#[cfg(qkernels_emulate_amx)]
+macro_rules! tile_dot {
+    ($c:literal, $a:literal, $b:literal) => {
+        crate::x86::amx_emulated::dot($c, $a, $b)
+    };
+}
+#[cfg(qkernels_emulate_amx)]
+macro_rules! tile_store {
+    ($t:literal, $p:expr, $stride:expr) => {
+        crate::x86::amx_emulated::store($t, $p.cast::<u8>(), $stride)
     };
 }
 
@@ -254,9 +304,11 @@ unsafe fn row_tiles<
         // 32 rows of NR i32; the tiles are configured.
         unsafe {
             let bp = blk.panels.add(p * blk.panel_stride);
-            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem, preserves_flags));
+            tile_zero!(0);
+            tile_zero!(1);
             if R == 2 {
-                asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem, preserves_flags));
+                tile_zero!(2);
+                tile_zero!(3);
             }
             for s in 0..steps {
                 let a0 = a.add((map.at)(s * TILE_BYTES));

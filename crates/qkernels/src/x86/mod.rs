@@ -6,6 +6,8 @@
 //! only called, by `on_tier!`, on a CPU that has them.
 
 pub(crate) mod amx;
+#[cfg(qkernels_emulate_amx)]
+mod amx_emulated;
 pub(crate) mod dynamic;
 pub(crate) mod elementwise;
 pub(crate) mod float;
@@ -44,6 +46,10 @@ pub(crate) fn has_avx512vnni() -> bool {
 pub(crate) fn has_amx() -> bool {
     static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AMX.get_or_init(|| {
+        // The software model of the tiles (`amx_emulated`) stands in for the CPU's.
+        if cfg!(qkernels_emulate_amx) {
+            return has_avx512vnni();
+        }
         // CPUID leaf 7, sub-leaf 0, EDX: bit 24 AMX-TILE, bit 25 AMX-INT8.
         let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
         let cpu = leaf7.edx >> 24 & 1 == 1 && leaf7.edx >> 25 & 1 == 1;
