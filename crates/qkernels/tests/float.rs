@@ -229,6 +229,69 @@ proptest! {
     }
 }
 
+/// The paths the small property cases above do not reach, against the naive reference: the
+/// per-tap path (32 or more input channels, 20 or more output columns) and depthwise layers at
+/// strides 1 to 3, with even and odd paddings, dilation and odd widths.
+#[test]
+fn wide_and_strided_2d_layers_match_naive() {
+    // (channels, out channels, groups, kernel, stride, padding, dilation, height, width)
+    let cases = [
+        (32, 6, 1, 3, 1, 1, 1, 5, 23),
+        (33, 5, 1, 3, 2, 1, 1, 6, 45),
+        (32, 4, 1, 3, 2, 0, 1, 5, 44),
+        (32, 4, 1, 3, 2, 2, 2, 7, 43),
+        (32, 3, 1, 5, 3, 2, 1, 8, 64),
+        (32, 3, 1, 7, 2, 3, 1, 9, 41),
+        (6, 6, 6, 3, 3, 1, 1, 10, 11),
+        (5, 5, 5, 3, 3, 2, 1, 7, 10),
+        (4, 4, 4, 5, 2, 2, 1, 9, 8),
+        (4, 4, 4, 3, 2, 1, 2, 7, 12),
+    ];
+    for (c, o, g, k, s, p, d, h, w) in cases {
+        let span = d * (k - 1) + 1;
+        let osp = [1, (h + 2 * p - span) / s + 1, (w + 2 * p - span) / s + 1];
+        let x = random_f32s(2 * c * h * w, 21);
+        let wt = random_f32s(o * (c / g) * k * k, 22);
+        let bias = random_f32s(o, 23);
+        let reference = naive_conv(
+            &x,
+            2,
+            c,
+            [1, h, w],
+            &wt,
+            o,
+            [1, k, k],
+            Some(&bias),
+            [1, s, s],
+            [0, p, p],
+            [1, d, d],
+            g,
+            osp,
+        );
+        let params = ConvParams { stride: [s, s], padding: [p, p], dilation: [d, d], groups: g };
+        for isa in Isa::supported() {
+            let mut out = vec![f32::NAN; reference.len()];
+            float::conv::<2>(
+                &x,
+                &[2, c, h, w],
+                &wt,
+                &[o, c / g, k, k],
+                Some(&bias),
+                &params,
+                &mut out,
+                &mut ConvScratch::default(),
+                isa,
+            )
+            .unwrap();
+            assert_close(
+                &format!("conv {c}->{o} g{g} k{k} s{s} p{p} d{d} {h}x{w} on {isa}"),
+                &out,
+                &reference,
+            );
+        }
+    }
+}
+
 #[test]
 fn batch_norm_activations_softmax_and_adaptive_pool_match_their_definitions() {
     let shape = [2, 3, 5, 7];

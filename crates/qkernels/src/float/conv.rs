@@ -223,7 +223,7 @@ const SHIFTED_MIN_WIDTH: usize = 20;
 /// 2-D convolution of one group as a sum of GEMMs, one per kernel tap, without im2col.
 ///
 /// The input is copied once, zero-padded and split into `s x s` stride phases
-/// (`P[ry][rx][c][i][j] = xpad[c][i * s + ry][j * s + rx]`). Output pixel `(oy, ox)` of tap
+/// (`P[c][ry][rx][i][j] = xpad[c][i * s + ry][j * s + rx]`, [`PhaseGrid`]). Output pixel `(oy, ox)` of tap
 /// `(ky, kx)` then reads phase `((ky d) mod s, (kx d) mod s)` at `(oy + ky d / s, ox + kx d / s)`,
 /// so with the output laid out on the phase grid (row length `Wq`), every tap is one GEMM
 /// `acc (og x L) += W_tap (og x cg) * P_shifted (cg x L)` with unit column stride. The `Wq - OW`
@@ -243,33 +243,23 @@ pub(super) fn shifted_conv2d(
     let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
     let ([_, ih, iw], [_, oh, ow], [_, kh, kw]) = (isp, osp, ksp);
     let (sy, sx) = (s[1], s[2]);
-    let (hp, wp) = (ih + 2 * p[1], iw + 2 * p[2]);
-    let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
-    let plane = hq * wq;
-    let phases = sy * sx;
+    let grid = PhaseGrid::new([ih, iw], [sy, sx], [p[1], p[2]]);
+    let (wq, plane, channel) = (grid.wq, grid.plane(), grid.len());
     let (len, kk) = ((oh - 1) * wq + ow, kh * kw);
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && og * len * cg * kk >= PAR_CONV_MACS;
-    grow(&mut scratch.col, phases * cg * plane);
+    grow(&mut scratch.col, cg * channel);
     grow(&mut scratch.tmp, og * oh * wq);
-    let buf = &mut scratch.col[..phases * cg * plane];
-    // Fill the phases, one (phase, channel) plane at a time: zero, then scatter each input row.
-    let fill = |index: usize, dst: &mut [f32]| {
-        let (ph, c) = (index / cg, index % cg);
-        let (ry, rx) = (ph / sx, ph % sx);
+    let buf = &mut scratch.col[..cg * channel];
+    // The phases of each input channel, `channel` values apart: zeroed, then filled.
+    let fill = |c: usize, dst: &mut [f32]| {
         dst.fill(0.0);
-        let src = &x[c * ih * iw..(c + 1) * ih * iw];
-        for i in 0..hq {
-            let yy = (i * sy + ry).wrapping_sub(p[1]);
-            if yy < ih {
-                scatter_row(&src[yy * iw..(yy + 1) * iw], &mut dst[i * wq..(i + 1) * wq], sx, rx, p[2]);
-            }
-        }
+        grid.split(&x[c * ih * iw..(c + 1) * ih * iw], dst);
     };
     if parallel {
-        buf.par_chunks_mut(plane).with_min_len(8).enumerate().for_each(|(i, dst)| fill(i, dst));
+        buf.par_chunks_mut(channel).with_min_len(4).enumerate().for_each(|(c, dst)| fill(c, dst));
     } else {
-        buf.chunks_mut(plane).enumerate().for_each(|(i, dst)| fill(i, dst));
+        buf.chunks_mut(channel).enumerate().for_each(|(c, dst)| fill(c, dst));
     }
     let buf = &*buf;
     // Output element (o, oy, ox) sits at column oy * wq + ox of row o of `acc`. Each task owns a
@@ -288,16 +278,16 @@ pub(super) fn shifted_conv2d(
             for kx in 0..kw {
                 let (ry, qy) = ((ky * d[1]) % sy, (ky * d[1]) / sy);
                 let (rx, qx) = ((kx * d[2]) % sx, (kx * d[2]) / sx);
-                // Tap (ky, kx) reads phase (ry, rx) from (qy, qx) on; its last element,
-                // (cg - 1) * plane + base + len - 1, stays inside that phase because
-                // (oh - 1 + qy) * wq + ow - 1 + qx <= (hq - 1) * wq + wq - 1.
-                let base = (ry * sx + rx) * cg * plane + qy * wq + qx;
+                // Tap (ky, kx) reads phase (ry, rx) of every channel from (qy, qx) on; its last
+                // element, (cg - 1) * channel + base + len - 1, stays inside that phase of the
+                // last channel because (oh - 1 + qy) * wq + ow - 1 + qx <= (hq - 1) * wq + wq - 1.
+                let base = (ry * sx + rx) * plane + qy * wq + qx;
                 let tap = Gemm {
                     m: og,
                     n: len,
                     k: cg,
                     a: Matrix { data: &w[ky * kw + kx..], row_stride: cg * kk, col_stride: kk },
-                    b: Matrix::row_major(&buf[base..], plane),
+                    b: Matrix::row_major(&buf[base..], channel),
                     accumulate: bias.is_some() || ky + kx > 0,
                 };
                 // SAFETY: `acc` holds og rows of ldc >= len elements (grown above), and this
@@ -348,32 +338,71 @@ fn fill_rows(rows: &mut [f32], stride: usize, len: usize, bias: Option<&[f32]>) 
     }
 }
 
-/// `dst[j] = row[j * s + r - pad]` where that index is inside `row`; other entries untouched.
-#[inline(always)]
-fn scatter_row(row: &[f32], dst: &mut [f32], s: usize, r: usize, pad: usize) {
-    // Valid j: pad <= j * s + r < row.len() + pad.
-    let lo = if pad > r { (pad - r).div_ceil(s) } else { 0 };
-    let hi = if row.len() + pad > r { (row.len() + pad - r).div_ceil(s).min(dst.len()) } else { 0 };
-    if lo >= hi {
-        return;
+/// The stride phases of a zero-padded input plane: `P[ry][rx][i][j] = xpad[i * sy + ry][j * sx +
+/// rx]`, phase `(ry, rx)` a plane of `hq x wq` values at `(ry * sx + rx) * hq * wq`.
+#[derive(Debug, Clone, Copy)]
+struct PhaseGrid {
+    /// Input rows and columns.
+    input: [usize; 2],
+    /// Stride (rows, columns).
+    stride: [usize; 2],
+    /// Padding (rows, columns).
+    pad: [usize; 2],
+    /// Rows and columns of a phase: the padded sizes divided by the stride, rounded up.
+    hq: usize,
+    wq: usize,
+}
+
+impl PhaseGrid {
+    fn new(input: [usize; 2], stride: [usize; 2], pad: [usize; 2]) -> Self {
+        let hq = (input[0] + 2 * pad[0]).div_ceil(stride[0]);
+        let wq = (input[1] + 2 * pad[1]).div_ceil(stride[1]);
+        Self { input, stride, pad, hq, wq }
     }
-    let start = lo * s + r - pad;
-    if s == 1 {
-        dst[lo..hi].copy_from_slice(&row[start..start + hi - lo]);
-    } else if s == 2 {
-        // Pairs (a deinterleave LLVM vectorises), then the last odd element.
-        let n = hi - lo;
-        let pairs = (row.len() - start) / 2;
-        let m = n.min(pairs);
-        for (v, pair) in dst[lo..lo + m].iter_mut().zip(row[start..start + 2 * m].chunks_exact(2)) {
-            *v = pair[0];
-        }
-        if m < n {
-            dst[lo + m] = row[start + 2 * m];
-        }
-    } else {
-        for (v, &x) in dst[lo..hi].iter_mut().zip(row[start..].iter().step_by(s)) {
-            *v = x;
+
+    fn plane(&self) -> usize {
+        self.hq * self.wq
+    }
+
+    fn len(&self) -> usize {
+        self.stride[0] * self.stride[1] * self.plane()
+    }
+
+    /// Writes every value of the input plane `x` to its place in `phases` ([`PhaseGrid::len`]
+    /// values), input row by input row; the padding entries are left as they are.
+    #[inline(always)]
+    fn split(&self, x: &[f32], phases: &mut [f32]) {
+        let ([ih, iw], [sy, sx], [py, px]) = (self.input, self.stride, self.pad);
+        let (plane, wq) = (self.plane(), self.wq);
+        for (yy, row) in x[..ih * iw].chunks_exact(iw).enumerate() {
+            let (ry, i) = ((yy + py) % sy, (yy + py) / sy);
+            // Phase (ry, rx)'s row i starts at `base + rx * plane`.
+            let base = ry * sx * plane + i * wq;
+            match sx {
+                1 => phases[base + px..base + px + iw].copy_from_slice(row),
+                2 => {
+                    // Input column k goes to phase (k + px) % 2 at (k + px) / 2: the pairs
+                    // (2t, 2t + 1) to phase px % 2 at t + px / 2 and the other at
+                    // t + (px + 1) / 2 (a deinterleave LLVM vectorises).
+                    let (r0, r1) = phases[base..base + plane + wq].split_at_mut(plane);
+                    let (first, second) = if px % 2 == 0 { (r0, &mut r1[..wq]) } else { (&mut r1[..wq], r0) };
+                    let (oa, ob) = (px / 2, px.div_ceil(2));
+                    let pairs = row.chunks_exact(2);
+                    if let [last] = pairs.remainder() {
+                        first[oa + iw / 2] = *last;
+                    }
+                    for ((a, b), pair) in first[oa..wq].iter_mut().zip(&mut second[ob..wq]).zip(pairs) {
+                        *a = pair[0];
+                        *b = pair[1];
+                    }
+                }
+                _ => {
+                    for (k, &v) in row.iter().enumerate() {
+                        let (rx, j) = ((k + px) % sx, (k + px) / sx);
+                        phases[base + rx * plane + j] = v;
+                    }
+                }
+            }
         }
     }
 }
@@ -487,22 +516,13 @@ impl Tiered for DepthwisePlanes<'_> {
         let buf = unsafe { self.scratch.slice(0, g.scratch_len()) };
         let (ph_buf, acc) = buf.split_at_mut(phases * plane);
         let len = (g.oh - 1) * g.wq + g.ow;
+        let grid = PhaseGrid::new([g.ih, g.iw], g.s, g.p);
+        // Every plane writes the same entries of the phase grid, so the padding entries, zeroed
+        // here, stay zero.
+        ph_buf.fill(0.0);
         for pl in self.planes.0..self.planes.1 {
             let ch = pl % self.c;
-            let x = &self.input[pl * g.ih * g.iw..(pl + 1) * g.ih * g.iw];
-            ph_buf.fill(0.0);
-            for ph in 0..phases {
-                let (ry, rx) = (ph / g.s[1], ph % g.s[1]);
-                for i in 0..g.hq {
-                    let yy = (i * g.s[0] + ry).wrapping_sub(g.p[0]);
-                    if yy >= g.ih {
-                        continue;
-                    }
-                    let row = &x[yy * g.iw..(yy + 1) * g.iw];
-                    let dst = &mut ph_buf[ph * plane + i * g.wq..ph * plane + (i + 1) * g.wq];
-                    scatter_row(row, dst, g.s[1], rx, g.p[1]);
-                }
-            }
+            grid.split(&self.input[pl * g.ih * g.iw..(pl + 1) * g.ih * g.iw], ph_buf);
             let acc = &mut acc[..len];
             acc.fill(0.0);
             let w = &self.weight[ch * g.kh * g.kw..(ch + 1) * g.kh * g.kw];
