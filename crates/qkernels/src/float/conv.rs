@@ -487,22 +487,17 @@ struct DepthwisePlanes<'a> {
 /// The phase-grid geometry of a depthwise layer (see [`shifted_conv2d`] for the scheme).
 #[derive(Debug, Clone, Copy)]
 struct DwGeometry {
-    ih: usize,
-    iw: usize,
+    grid: PhaseGrid,
     oh: usize,
     ow: usize,
     kh: usize,
     kw: usize,
-    s: [usize; 2],
-    p: [usize; 2],
     d: [usize; 2],
-    hq: usize,
-    wq: usize,
 }
 
 impl DwGeometry {
     fn scratch_len(&self) -> usize {
-        self.s[0] * self.s[1] * self.hq * self.wq + self.oh * self.wq
+        self.grid.len() + self.oh * self.grid.wq
     }
 }
 
@@ -510,26 +505,25 @@ impl Tiered for DepthwisePlanes<'_> {
     #[inline(always)]
     fn run(&self) {
         let g = self.g;
-        let plane = g.hq * g.wq;
-        let phases = g.s[0] * g.s[1];
+        let (grid, [sy, sx], wq) = (g.grid, g.grid.stride, g.grid.wq);
+        let (plane, in_plane) = (grid.plane(), grid.input[0] * grid.input[1]);
         // SAFETY: each task owns a disjoint `scratch_len` region of the scratch buffer.
         let buf = unsafe { self.scratch.slice(0, g.scratch_len()) };
-        let (ph_buf, acc) = buf.split_at_mut(phases * plane);
-        let len = (g.oh - 1) * g.wq + g.ow;
-        let grid = PhaseGrid::new([g.ih, g.iw], g.s, g.p);
+        let (ph_buf, acc) = buf.split_at_mut(grid.len());
+        let len = (g.oh - 1) * wq + g.ow;
         // Every plane writes the same entries of the phase grid, so the padding entries, zeroed
         // here, stay zero.
         ph_buf.fill(0.0);
         for pl in self.planes.0..self.planes.1 {
             let ch = pl % self.c;
-            grid.split(&self.input[pl * g.ih * g.iw..(pl + 1) * g.ih * g.iw], ph_buf);
+            grid.split(&self.input[pl * in_plane..(pl + 1) * in_plane], ph_buf);
             let acc = &mut acc[..len];
             acc.fill(0.0);
             let w = &self.weight[ch * g.kh * g.kw..(ch + 1) * g.kh * g.kw];
             let base = |ky: usize, kx: usize| {
-                let (ry, qy) = ((ky * g.d[0]) % g.s[0], (ky * g.d[0]) / g.s[0]);
-                let (rx, qx) = ((kx * g.d[1]) % g.s[1], (kx * g.d[1]) / g.s[1]);
-                (ry * g.s[1] + rx) * plane + qy * g.wq + qx
+                let (ry, qy) = ((ky * g.d[0]) % sy, (ky * g.d[0]) / sy);
+                let (rx, qx) = ((kx * g.d[1]) % sx, (kx * g.d[1]) / sx);
+                (ry * sx + rx) * plane + qy * wq + qx
             };
             for ky in 0..g.kh {
                 let mut kx = 0;
@@ -555,8 +549,7 @@ impl Tiered for DepthwisePlanes<'_> {
             let y = unsafe { self.out.slice(pl * g.oh * g.ow, (pl + 1) * g.oh * g.ow) };
             let bv = self.bias.map_or(0.0, |b| b[ch]);
             for oy in 0..g.oh {
-                for (v, &a) in y[oy * g.ow..(oy + 1) * g.ow].iter_mut().zip(&acc[oy * g.wq..oy * g.wq + g.ow])
-                {
+                for (v, &a) in y[oy * g.ow..(oy + 1) * g.ow].iter_mut().zip(&acc[oy * wq..oy * wq + g.ow]) {
                     *v = a + bv;
                 }
             }
@@ -580,19 +573,13 @@ fn depthwise(
     isa: Isa,
 ) {
     let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
-    let (hp, wp) = (isp[1] + 2 * p[1], isp[2] + 2 * p[2]);
     let g = DwGeometry {
-        ih: isp[1],
-        iw: isp[2],
+        grid: PhaseGrid::new([isp[1], isp[2]], [s[1], s[2]], [p[1], p[2]]),
         oh: osp[1],
         ow: osp[2],
         kh: ksp[1],
         kw: ksp[2],
-        s: [s[1], s[2]],
-        p: [p[1], p[2]],
         d: [d[1], d[2]],
-        hq: hp.div_ceil(s[1]),
-        wq: wp.div_ceil(s[2]),
     };
     let tasks = planes.min(4 * rayon::current_num_threads()).max(1);
     let per = g.scratch_len();
