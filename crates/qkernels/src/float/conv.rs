@@ -242,9 +242,8 @@ pub(super) fn shifted_conv2d(
 ) {
     let Geometry { input: isp, output: osp, kernel: ksp, stride: s, padding: p, dilation: d } = geo;
     let ([_, ih, iw], [_, oh, ow], [_, kh, kw]) = (isp, osp, ksp);
-    let (sy, sx) = (s[1], s[2]);
-    let grid = PhaseGrid::new([ih, iw], [sy, sx], [p[1], p[2]]);
-    let (wq, plane, channel) = (grid.wq, grid.plane(), grid.len());
+    let grid = PhaseGrid::new([ih, iw], [s[1], s[2]], [p[1], p[2]]);
+    let (wq, channel) = (grid.wq, grid.len());
     let (len, kk) = ((oh - 1) * wq + ow, kh * kw);
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && og * len * cg * kk >= PAR_CONV_MACS;
@@ -276,12 +275,10 @@ pub(super) fn shifted_conv2d(
         }
         for ky in 0..kh {
             for kx in 0..kw {
-                let (ry, qy) = ((ky * d[1]) % sy, (ky * d[1]) / sy);
-                let (rx, qx) = ((kx * d[2]) % sx, (kx * d[2]) / sx);
                 // Tap (ky, kx) reads phase (ry, rx) of every channel from (qy, qx) on; its last
                 // element, (cg - 1) * channel + base + len - 1, stays inside that phase of the
                 // last channel because (oh - 1 + qy) * wq + ow - 1 + qx <= (hq - 1) * wq + wq - 1.
-                let base = (ry * sx + rx) * plane + qy * wq + qx;
+                let base = grid.tap_offset((ky, kx), [d[1], d[2]]);
                 let tap = Gemm {
                     m: og,
                     n: len,
@@ -366,6 +363,16 @@ impl PhaseGrid {
 
     fn len(&self) -> usize {
         self.stride[0] * self.stride[1] * self.plane()
+    }
+
+    /// Where kernel tap `(ky, kx)` at dilation `d` starts reading: phase `((ky d) mod s, (kx d)
+    /// mod s)` at row `ky d / s`, column `kx d / s`, so that output pixel `(oy, ox)` reads the
+    /// grid `oy * wq + ox` further on.
+    fn tap_offset(&self, (ky, kx): (usize, usize), d: [usize; 2]) -> usize {
+        let ([sy, sx], [dy, dx]) = (self.stride, d);
+        let (ry, qy) = ((ky * dy) % sy, (ky * dy) / sy);
+        let (rx, qx) = ((kx * dx) % sx, (kx * dx) / sx);
+        (ry * sx + rx) * self.plane() + qy * self.wq + qx
     }
 
     /// Writes every value of the input plane `x` to its place in `phases` ([`PhaseGrid::len`]
@@ -505,8 +512,8 @@ impl Tiered for DepthwisePlanes<'_> {
     #[inline(always)]
     fn run(&self) {
         let g = self.g;
-        let (grid, [sy, sx], wq) = (g.grid, g.grid.stride, g.grid.wq);
-        let (plane, in_plane) = (grid.plane(), grid.input[0] * grid.input[1]);
+        let (grid, wq) = (g.grid, g.grid.wq);
+        let in_plane = grid.input[0] * grid.input[1];
         // SAFETY: each task owns a disjoint `scratch_len` region of the scratch buffer.
         let buf = unsafe { self.scratch.slice(0, g.scratch_len()) };
         let (ph_buf, acc) = buf.split_at_mut(grid.len());
@@ -520,11 +527,7 @@ impl Tiered for DepthwisePlanes<'_> {
             let acc = &mut acc[..len];
             acc.fill(0.0);
             let w = &self.weight[ch * g.kh * g.kw..(ch + 1) * g.kh * g.kw];
-            let base = |ky: usize, kx: usize| {
-                let (ry, qy) = ((ky * g.d[0]) % sy, (ky * g.d[0]) / sy);
-                let (rx, qx) = ((kx * g.d[1]) % sx, (kx * g.d[1]) / sx);
-                (ry * sx + rx) * plane + qy * wq + qx
-            };
+            let base = |ky: usize, kx: usize| grid.tap_offset((ky, kx), g.d);
             for ky in 0..g.kh {
                 let mut kx = 0;
                 // Three taps per pass over the accumulator (one load and store for three FMAs).

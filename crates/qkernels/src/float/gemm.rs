@@ -265,7 +265,7 @@ impl Gemm<'_> {
 }
 
 /// `A[rows, p0..p0 + kc]` as panels of `mr` rows: `panel[p * mr + r]`, zero past the last row.
-fn pack_a(a: Matrix<'_>, rows: std::ops::Range<usize>, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+fn pack_a(a: Matrix<'_>, rows: Range<usize>, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
     for (ir, panel) in out.chunks_exact_mut(mr * kc).take(rows.len().div_ceil(mr)).enumerate() {
         let i0 = rows.start + ir * mr;
         let live = mr.min(rows.end - i0);
@@ -279,7 +279,7 @@ fn pack_a(a: Matrix<'_>, rows: std::ops::Range<usize>, p0: usize, kc: usize, mr:
 
 /// `B[p0..p0 + kc, cols]` as panels of `nr` columns: `panel[p * nr + j]`, zero past the last
 /// column.
-fn pack_b(b: Matrix<'_>, cols: std::ops::Range<usize>, p0: usize, kc: usize, nr: usize, out: &mut [f32]) {
+fn pack_b(b: Matrix<'_>, cols: Range<usize>, p0: usize, kc: usize, nr: usize, out: &mut [f32]) {
     for (jr, panel) in out.chunks_exact_mut(nr * kc).take(cols.len().div_ceil(nr)).enumerate() {
         let j0 = cols.start + jr * nr;
         let live = nr.min(cols.end - j0);
